@@ -1,0 +1,23 @@
+"""debutla: Deformable Butterfly (DeBut) matrices for numerical linear algebra.
+
+Public API: :class:`Chain`, :class:`DeBut`, :func:`design_chain`,
+:func:`aslinearoperator`, :func:`load`.
+"""
+
+from .chain import Chain, FactorSpec, design_chain
+from .interop.scipy import aslinearoperator
+from .io import DeButFileError, load
+from .operator import DeBut
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Chain",
+    "FactorSpec",
+    "DeBut",
+    "design_chain",
+    "aslinearoperator",
+    "load",
+    "DeButFileError",
+    "__version__",
+]

@@ -1,0 +1,65 @@
+"""The :class:`scipy.sparse.linalg.LinearOperator` adapter."""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.sparse.linalg import LinearOperator
+
+from ..operator import DeBut
+
+__all__ = ["DeButLinearOperator", "aslinearoperator"]
+
+
+class DeButLinearOperator(LinearOperator):
+    """A DeBut operator seen as a ``scipy.sparse.linalg.LinearOperator``.
+
+    Every product goes to the DeBut kernels; ``.H``/``.adjoint()`` wrap ``op.H``, so
+    iterative solvers (``lsqr``, ``lsmr``, ``cg``, ``gmres``, ``svds``, ``eigsh``...) never
+    densify.  The dtype is the operator's, given explicitly (scipy does not probe it).
+
+    Parameters
+    ----------
+    op : DeBut
+
+    Examples
+    --------
+    >>> import numpy as np, scipy.sparse.linalg as spla
+    >>> from debutla import DeBut
+    >>> A = aslinearoperator(DeBut.random("8 <-(2,2,4)- 8 <-(2,2,2)- 8 <-(2,2,1)- 8", seed=1))
+    >>> x = spla.lsqr(A, A @ np.ones(8), atol=1e-12, btol=1e-12)[0]
+    >>> np.allclose(x, 1)
+    True
+    """
+
+    def __init__(self, op: DeBut) -> None:
+        if not isinstance(op, DeBut):
+            raise TypeError(f"aslinearoperator: op must be a DeBut operator, "
+                            f"got {type(op).__name__}")
+        self.op = op
+        super().__init__(dtype=op.dtype, shape=op.shape)
+
+    def _matvec(self, x):
+        return self.op.matvec(np.ravel(x))
+
+    def _rmatvec(self, x):
+        return self.op.rmatvec(np.ravel(x))
+
+    def _matmat(self, X):
+        return self.op.matmat(X)
+
+    def _rmatmat(self, X):
+        return self.op.rmatmat(X)
+
+    def _adjoint(self):
+        return DeButLinearOperator(self.op.H)
+
+    def _transpose(self):
+        return DeButLinearOperator(self.op.T)
+
+
+def aslinearoperator(op: DeBut) -> DeButLinearOperator:
+    """Wrap a DeBut operator as a :class:`scipy.sparse.linalg.LinearOperator`.
+
+    See :class:`DeButLinearOperator`.
+    """
+    return DeButLinearOperator(op)
