@@ -29,7 +29,7 @@ _ALLOWED = {np.dtype(np.int64), *SUPPORTED_DTYPES}
 
 
 class DeButFileError(ValueError):
-    """A file is not a valid debutla ``.npz`` file (corrupt, truncated or edited)."""
+    """Raised when a file is not a valid debutla file (corrupt, truncated or edited)."""
 
 
 def save(op: DeBut, path: str | os.PathLike) -> None:

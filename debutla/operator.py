@@ -64,7 +64,9 @@ def _as_seed(seed: Any) -> np.random.Generator:
 
 
 class DeBut:
-    """A Deformable Butterfly operator ``D = R_N ... R_2 R_1``.
+    """A Deformable Butterfly operator: the product of a chain of sparse DeBut factors.
+
+    ``D = R_N ... R_2 R_1``, applied right to left.
 
     Parameters
     ----------
@@ -83,14 +85,6 @@ class DeBut:
     backend : {"numpy", "numba"}, optional
         Force a backend; by default the input's array type chooses (see
         :mod:`debutla.backends`).
-
-    Attributes
-    ----------
-    chain : Chain
-    factors : tuple of numpy.ndarray
-        Read-only value arrays, canonical layout, application order.
-    shape : (int, int)
-    dtype : numpy.dtype
 
     Raises
     ------
