@@ -39,3 +39,12 @@ def test_sphinx_builds_without_warnings(tmp_path):
         capture_output=True, text=True, cwd=ROOT,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_readme_example_runs(tmp_path, monkeypatch):
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    start = text.index("```python\n") + len("```python\n")
+    code = text[start:text.index("```", start)]
+    monkeypatch.chdir(tmp_path)  # the example writes a file
+    exec(compile(code, "README.md", "exec"), {})
+    assert (tmp_path / "vgg.npz").exists()
