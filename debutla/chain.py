@@ -589,7 +589,7 @@ def design_chain(
     kind: str = "monotonic",
     n_factors: int | None = None,
     *,
-    max_radix: int = 16,
+    max_radix: int | None = None,
     max_pad: float = 0.25,
     max_factors: int = 16,
 ) -> Chain:
@@ -607,9 +607,11 @@ def design_chain(
         Exact number of factors.  ``None`` chooses the count that minimises parameters
         (up to ``max_factors``); smaller counts give fewer, larger factors (faster to
         apply, more parameters); ``n_factors=1`` is the dense matrix.
-    max_radix : int
+    max_radix : int, optional
         Largest ``r`` or ``s`` of a factor; also bounds the prime factors of padded sizes.
         The radix of a prime ``m`` or ``n`` above it is allowed when no padding is better.
+        ``None`` (default) tries 16 and doubles it until a chain exists (a few factors
+        for a large matrix need large factors).
     max_pad : float
         Largest relative padding tried for each side (``M <= m (1 + max_pad)``).
     max_factors : int
@@ -650,6 +652,16 @@ def design_chain(
     if kind not in ("monotonic", "bulging", "any"):
         raise ValueError(f"design_chain: kind must be 'monotonic', 'bulging' or 'any', "
                          f"got {kind!r}")
+    if max_radix is None:
+        radix = 16
+        while True:
+            try:
+                return design_chain(m, n, kind, n_factors, max_radix=radix,
+                                    max_pad=max_pad, max_factors=max_factors)
+            except ValueError:
+                if radix >= max(m, n):
+                    raise
+                radix *= 2
     max_radix = _check_int("max_radix", max_radix, where="design_chain: ")
     if max_radix < 2:
         raise ValueError(f"design_chain: max_radix must be >= 2, got {max_radix}")
