@@ -13,7 +13,7 @@ from typing import Any, Sequence
 import numpy as np
 import scipy.sparse as sp
 
-from .backends import default_backend_for, get_backend
+from .backends import _is_cupy_array, default_backend_for, get_backend
 from .chain import Chain, _check_int
 
 __all__ = ["DeBut", "SUPPORTED_DTYPES"]
@@ -55,6 +55,11 @@ def _result_dtype(op_dtype: np.dtype, x_dtype: np.dtype, what: str) -> np.dtype:
     return dt
 
 
+def _asarray(x: Any):
+    """``x`` as an array of its own module: CuPy arrays stay on the device."""
+    return x if _is_cupy_array(x) else np.asarray(x)
+
+
 def _as_seed(seed: Any) -> np.random.Generator:
     if isinstance(seed, np.random.Generator):
         return seed
@@ -82,9 +87,10 @@ class DeBut:
     dtype : dtype, optional
         Value dtype (float32, float64, complex64 or complex128).  Defaults to the
         factors' common dtype (integers become float64).
-    backend : {"numpy", "numba"}, optional
+    backend : {"numpy", "numba", "cupy"}, optional
         Force a backend; by default the input's array type chooses (see
-        :mod:`debutla.backends`).
+        :mod:`debutla.backends`): NumPy arrays run on the CPU, CuPy arrays on the GPU
+        (the values are uploaded once per operator and dtype and kept on the device).
 
     Raises
     ------
@@ -368,10 +374,14 @@ class DeBut:
         return DeBut._from_trusted(self._chain, self._factors, self._shape, backend)
 
     # -- products ----------------------------------------------------------------------
-    def _backend_for(self, x: Any):
-        if self._backend is not None:
-            return get_backend(self._backend)
-        return default_backend_for(x)
+    def _backend_for(self, x: Any, what: str):
+        if self._backend is None:
+            return default_backend_for(x)
+        backend = get_backend(self._backend)
+        if _is_cupy_array(x) != (backend.name == "cupy"):
+            raise TypeError(f"{what}: a {type(x).__module__.split('.')[0]} array cannot run "
+                            f"on the operator's forced backend {backend.name!r}")
+        return backend
 
     def _state(self, backend, dtype: np.dtype):
         key = (backend.name, dtype)
@@ -390,7 +400,7 @@ class DeBut:
         """``D @ X`` (layout "cols", X of shape (n, k)) or ``X @ D.T`` ("rows", (k, n))."""
         m, n = self._shape
         P, Q = self._chain.shape
-        X = np.asarray(X)
+        X = _asarray(X)
         dt = _result_dtype(self._dtype, X.dtype, what)
         feat = 0 if layout == "cols" else 1
         if X.shape[feat] != n:
@@ -398,10 +408,11 @@ class DeBut:
             raise ValueError(f"{what}: input has {X.shape[feat]} {axis} but the operator "
                              f"has n={n} columns (input shape {X.shape})")
         k = X.shape[1 - feat]
-        backend = self._backend_for(X)
+        backend = self._backend_for(X, what)
+        xp = backend.xp
         state = self._state(backend, dt)
         if n < Q:  # zero-pad the features
-            Xp = np.zeros((Q, k) if feat == 0 else (k, Q), dtype=dt)
+            Xp = xp.zeros((Q, k) if feat == 0 else (k, Q), dtype=dt)
             if feat == 0:
                 Xp[:n] = X
             else:
@@ -411,8 +422,8 @@ class DeBut:
             X = X.astype(dt)
         want = (m, k) if feat == 0 else (k, m)
         if out is not None:
-            if not isinstance(out, np.ndarray) or out.shape != want or out.dtype != dt:
-                raise ValueError(f"{what}: out must be a numpy array of shape {want} and "
+            if not isinstance(out, xp.ndarray) or out.shape != want or out.dtype != dt:
+                raise ValueError(f"{what}: out must be a {xp.__name__} array of shape {want} and "
                                  f"dtype {dt}, got "
                                  f"{getattr(out, 'shape', None)} {getattr(out, 'dtype', None)}")
         direct = out if (m == P and out is not None) else None
@@ -425,9 +436,9 @@ class DeBut:
             if m < P:
                 Y = Y[:, :m]
         if out is not None and direct is None:
-            np.copyto(out, Y)
+            xp.copyto(out, Y)
             return out
-        return Y if m == P else np.ascontiguousarray(Y)
+        return Y if m == P else xp.ascontiguousarray(Y)
 
     def matvec(self, x: Any, out: np.ndarray | None = None) -> np.ndarray:
         """``D @ x`` for a vector ``x`` of length n (shape ``(n,)`` or ``(n, 1)``).
@@ -439,7 +450,7 @@ class DeBut:
         TypeError
             If the dtype is unsupported.
         """
-        x = np.asarray(x)
+        x = _asarray(x)
         if x.ndim == 2 and x.shape[1] == 1:
             o = None if out is None else out.reshape(1, -1)
             return self._apply(x.reshape(1, -1), "rows", "DeBut.matvec", o).reshape(-1, 1)
@@ -455,7 +466,7 @@ class DeBut:
 
     def matmat(self, X: Any, out: np.ndarray | None = None) -> np.ndarray:
         """``D @ X`` for ``X`` of shape ``(n, k)``; ``out`` (m, k) avoids allocation."""
-        X = np.asarray(X)
+        X = _asarray(X)
         if X.ndim != 2:
             raise ValueError(f"DeBut.matmat: X must be 2-D (n, k) with n={self._shape[1]}, "
                              f"got shape {X.shape}")
@@ -470,7 +481,7 @@ class DeBut:
 
         Same as ``X @ op.T`` without building ``op.T``; ``out`` (batch, m).
         """
-        X = np.asarray(X)
+        X = _asarray(X)
         if X.ndim != 2:
             raise ValueError(f"DeBut.matmat_rows: X must be 2-D (batch, n) with "
                              f"n={self._shape[1]}, got shape {X.shape}")
@@ -479,7 +490,7 @@ class DeBut:
     def __matmul__(self, x: Any):
         if isinstance(x, DeBut):
             return NotImplemented
-        x = np.asarray(x)
+        x = _asarray(x)
         if x.ndim == 1:
             return self.matvec(x)
         if x.ndim == 2:
@@ -488,7 +499,7 @@ class DeBut:
 
     def __rmatmul__(self, x: Any):
         """``x @ D``: with ``x`` of shape ``(k, m)`` gives ``(k, n)``; ``(m,)`` gives ``(n,)``."""
-        x = np.asarray(x)
+        x = _asarray(x)
         if x.ndim == 1:
             return self.T.matvec(x)
         if x.ndim == 2:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
 from scipy.sparse.linalg import LinearOperator
 
 from ..operator import DeBut
@@ -10,7 +9,37 @@ from ..operator import DeBut
 __all__ = ["DeButLinearOperator", "aslinearoperator"]
 
 
-class DeButLinearOperator(LinearOperator):
+class _DeButAdapter:
+    """Product methods shared by the scipy and cupyx adapters (a mixin)."""
+
+    op: DeBut
+
+    def _check(self, op: DeBut) -> DeBut:
+        if not isinstance(op, DeBut):
+            raise TypeError(f"aslinearoperator: op must be a DeBut operator, "
+                            f"got {type(op).__name__}")
+        return op
+
+    def _matvec(self, x):
+        return self.op.matvec(x.reshape(-1))
+
+    def _rmatvec(self, x):
+        return self.op.rmatvec(x.reshape(-1))
+
+    def _matmat(self, X):
+        return self.op.matmat(X)
+
+    def _rmatmat(self, X):
+        return self.op.rmatmat(X)
+
+    def _adjoint(self):
+        return type(self)(self.op.H)
+
+    def _transpose(self):
+        return type(self)(self.op.T)
+
+
+class DeButLinearOperator(_DeButAdapter, LinearOperator):
     """A DeBut operator seen as a ``scipy.sparse.linalg.LinearOperator``.
 
     Every product goes to the DeBut kernels; ``.H``/``.adjoint()`` wrap ``op.H``, so
@@ -32,29 +61,8 @@ class DeButLinearOperator(LinearOperator):
     """
 
     def __init__(self, op: DeBut) -> None:
-        if not isinstance(op, DeBut):
-            raise TypeError(f"aslinearoperator: op must be a DeBut operator, "
-                            f"got {type(op).__name__}")
-        self.op = op
+        self.op = self._check(op)
         super().__init__(dtype=op.dtype, shape=op.shape)
-
-    def _matvec(self, x):
-        return self.op.matvec(np.ravel(x))
-
-    def _rmatvec(self, x):
-        return self.op.rmatvec(np.ravel(x))
-
-    def _matmat(self, X):
-        return self.op.matmat(X)
-
-    def _rmatmat(self, X):
-        return self.op.rmatmat(X)
-
-    def _adjoint(self):
-        return DeButLinearOperator(self.op.H)
-
-    def _transpose(self):
-        return DeButLinearOperator(self.op.T)
 
 
 def aslinearoperator(op: DeBut) -> DeButLinearOperator:
