@@ -5,6 +5,7 @@ Public API: :class:`Chain`, :class:`DeBut`, :func:`design_chain`,
 """
 
 from .chain import Chain, FactorSpec, design_chain
+from .factorize import FitInfo, factorize
 from .interop.scipy import aslinearoperator
 from .io import DeButFileError, load
 from .operator import DeBut
@@ -16,6 +17,8 @@ __all__ = [
     "FactorSpec",
     "DeBut",
     "design_chain",
+    "factorize",
+    "FitInfo",
     "aslinearoperator",
     "load",
     "DeButFileError",

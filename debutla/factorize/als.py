@@ -1,0 +1,178 @@
+"""Alternating least squares for chainable DeBut chains, one exact LS solve per factor.
+
+For a chainable chain (see :mod:`.hierarchical`) every entry of a core product is the
+product of exactly one value per factor::
+
+    T[g, I, J] ~ prod_k V_k[g, j_{>k}, i_k, j_k, i_{<k}].
+
+With all factors but ``k`` fixed, write ``Q_k`` for the product of the factors after
+``k`` (output side) and ``P_k`` for the product of those before it (input side)::
+
+    Q_k[g, i_{>k}, j_{>k}, (i_k, i_{<k})]      P_k[g, (j_{>k}, j_k), i_{<k}, j_{<k}]
+
+Each value of factor ``k`` multiplies a disjoint set of entries, and on that set the
+entry equals ``V_k * Q_k * P_k``: the least-squares problem for ``V_k`` is a set of
+independent scalar problems with the closed form::
+
+    V_k[g,b,i,j,t] = sum_{a,c} conj(Q[g,a,b,i,t] P[g,b,j,t,c]) W[g,(a,i,t),(b,j,c)]
+                     / (sum_a |Q[g,a,b,i,t]|^2 * sum_c |P[g,b,j,t,c]|^2)
+
+(the denominator factorises).  One update costs ``O(m n)``; the partial products
+``P_{k+1} = V_k * P_k`` and ``Q_{k-1} = Q_k * V_k`` are elementwise products of the same
+size, and a sweep in one direction leaves behind exactly the partial products the sweep
+in the other direction needs.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from .hierarchical import sqnorm
+
+__all__ = ["ALSState"]
+
+
+def _conj(x: np.ndarray) -> np.ndarray:
+    return np.conj(x) if np.iscomplexobj(x) else x
+
+
+def _abs2(x: np.ndarray) -> np.ndarray:
+    if np.iscomplexobj(x):
+        return x.real * x.real + x.imag * x.imag
+    return x * x
+
+
+class ALSState:
+    """ALS on a core batch ``T`` of shape ``(G, Mc, Nc)`` with the dense core chain ``rs``.
+
+    ``vals[k]`` has shape ``(G, nb^c_k, r_k, s_k, t^c_k)``.  Call :meth:`sweep_up`
+    (input side first) and :meth:`sweep_down` alternately; each returns the squared
+    residual ``||T - product||_F^2`` of the new factors, computed from the product itself.
+    """
+
+    def __init__(self, T: np.ndarray, rs, vals: list[np.ndarray]) -> None:
+        self.T = T
+        self.rs = tuple(rs)
+        self.N = len(rs)
+        self.G = T.shape[0]
+        self.vals = [np.ascontiguousarray(v, dtype=T.dtype) for v in vals]
+        N = self.N
+        r = [x for x, _ in rs]
+        s = [y for _, y in rs]
+        # core t_k, nb_k, R_{>k}, S_{<k}
+        self.t = [int(np.prod(r[:k])) for k in range(N)]
+        self.nb = [int(np.prod(s[k + 1:])) for k in range(N)]
+        self.Rgt = [int(np.prod(r[k + 1:])) for k in range(N)]
+        self.Slt = [int(np.prod(s[:k])) for k in range(N)]
+        self.Mc = int(np.prod(r))
+        self.Nc = int(np.prod(s))
+        # P[k] : product of factors < k, shape (G, nb_k, s_k, t_k, S_<k)
+        # Q[k] : product of factors > k, shape (G, R_>k, nb_k, r_k, t_k)
+        self.P: list[np.ndarray | None] = [None] * N
+        self.Q: list[np.ndarray | None] = [None] * N
+        self._have = None  # "P" if all P are current, "Q" if all Q are current
+
+    # -- partial products --------------------------------------------------------------
+    def _next_P(self, k: int) -> np.ndarray:
+        """P_{k+1} from P_k and V_k, shape (G, nb_k, r_k t_k, s_k S_<k)."""
+        G, V, P = self.G, self.vals[k], self.P[k]
+        nb, (r, s), t, c = self.nb[k], self.rs[k], self.t[k], self.Slt[k]
+        out = V.transpose(0, 1, 2, 4, 3)[..., None] * P.transpose(0, 1, 3, 2, 4)[:, :, None]
+        return out.reshape(G, nb, r * t, s * c)
+
+    def _next_Q(self, k: int) -> np.ndarray:
+        """Q_{k-1} from Q_k and V_k, shape (G, R_>k r_k, nb_k s_k, t_k)."""
+        G, V, Q = self.G, self.vals[k], self.Q[k]
+        nb, (r, s), t, a = self.nb[k], self.rs[k], self.t[k], self.Rgt[k]
+        out = (Q.transpose(0, 1, 3, 2, 4)[:, :, :, :, None, :]
+               * V.transpose(0, 2, 1, 3, 4)[:, None])
+        return out.reshape(G, a * r, nb * s, t)
+
+    def _P_first(self) -> np.ndarray:
+        return np.ones((self.G, self.nb[0], self.rs[0][1], 1, 1), dtype=self.T.dtype)
+
+    def _Q_last(self) -> np.ndarray:
+        r, t = self.rs[-1][0], self.t[-1]
+        return np.ones((self.G, 1, 1, r, t), dtype=self.T.dtype)
+
+    def _shape_P(self, k: int, X: np.ndarray) -> np.ndarray:
+        return X.reshape(self.G, self.nb[k], self.rs[k][1], self.t[k], self.Slt[k])
+
+    def _shape_Q(self, k: int, X: np.ndarray) -> np.ndarray:
+        return X.reshape(self.G, self.Rgt[k], self.nb[k], self.rs[k][0], self.t[k])
+
+    def _build_all_P(self) -> None:
+        self.P[0] = self._P_first()
+        for k in range(self.N - 1):
+            self.P[k + 1] = self._shape_P(k + 1, self._next_P(k))
+
+    def _build_all_Q(self) -> None:
+        self.Q[-1] = self._Q_last()
+        for k in range(self.N - 1, 0, -1):
+            self.Q[k - 1] = self._shape_Q(k - 1, self._next_Q(k))
+
+    # -- one factor ----------------------------------------------------------------------
+    def _update(self, k: int) -> None:
+        G = self.G
+        (r, s), t, nb, a, c = self.rs[k], self.t[k], self.nb[k], self.Rgt[k], self.Slt[k]
+        P, Q, V = self.P[k], self.Q[k], self.vals[k]
+        W7 = self.T.reshape(G, a, r, t, nb, s, c)
+        # X[g,a,i,t,b,j] = sum_c W[g,a,i,t,b,j,c] conj(P[g,b,j,t,c])
+        X = np.einsum("gaitbjc,gbjtc->gaitbj", W7, _conj(P))
+        # num[g,b,i,j,t] = sum_a conj(Q[g,a,b,i,t]) X[g,a,i,t,b,j]
+        num = np.einsum("gabit,gaitbj->gbijt", _conj(Q), X)
+        qq = _abs2(Q).sum(axis=1)            # (G, nb, r, t)
+        pp = _abs2(P).sum(axis=-1)           # (G, nb, s, t)
+        den = qq[:, :, :, None, :] * pp[:, :, None, :, :]   # (G, nb, r, s, t)
+        # a value whose paths all carry zero weight in the other factors is not
+        # determined by the data: keep its current value (no NaN, no collapse)
+        tiny = np.finfo(den.dtype).tiny
+        ok = den > tiny
+        newV = np.where(ok, num / np.where(ok, den, 1), V)
+        self.vals[k] = np.ascontiguousarray(newV.astype(self.T.dtype, copy=False))
+
+    def _residual2(self, prod: np.ndarray) -> float:
+        return sqnorm(prod.reshape(self.T.shape) - self.T)
+
+    # -- sweeps --------------------------------------------------------------------------
+    def sweep_up(self, step: Callable[[], None] | None = None) -> float:
+        """Update factors input side first; returns the new squared residual."""
+        if self._have != "Q":
+            self._build_all_Q()
+        self.P[0] = self._P_first()
+        for k in range(self.N):
+            self._update(k)
+            nxt = self._next_P(k)
+            if k + 1 < self.N:
+                self.P[k + 1] = self._shape_P(k + 1, nxt)
+            if step is not None:
+                step()
+        self._have = "P"
+        return self._residual2(nxt)
+
+    def sweep_down(self, step: Callable[[], None] | None = None) -> float:
+        """Update factors output side first; returns the new squared residual."""
+        if self._have != "P":
+            self._build_all_P()
+        self.Q[-1] = self._Q_last()
+        for k in range(self.N - 1, -1, -1):
+            self._update(k)
+            nxt = self._next_Q(k)
+            if k > 0:
+                self.Q[k - 1] = self._shape_Q(k - 1, nxt)
+            if step is not None:
+                step()
+        self._have = "Q"
+        return self._residual2(nxt)
+
+    def residual2(self) -> float:
+        """Squared residual of the current factors (one product pass)."""
+        self.P[0] = self._P_first()
+        for k in range(self.N):
+            nxt = self._next_P(k)
+            if k + 1 < self.N:
+                self.P[k + 1] = self._shape_P(k + 1, nxt)
+        self._have = "P"
+        return self._residual2(nxt)

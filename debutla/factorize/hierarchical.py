@@ -1,0 +1,297 @@
+"""Hierarchical (rank-one block) factorization for chainable DeBut supports.
+
+This module also holds the *layout* helpers shared with :mod:`.als`: how a chain whose
+product is a batch of dense sub-problems maps the matrix ``W`` and the factor values onto
+small tensors with one axis per index digit.
+
+Index calculus (see ``docs/factorize.rst``)
+-------------------------------------------
+Call a chain *t-chained* when ``t_{k+1} = r_k t_k`` for every k (application order).
+Write ``D = t_1`` and ``A = nb_N``; the "core" chain has ``t^c_k = t_k / D`` and
+``nb^c_k = nb_k / A`` (so ``t^c_1 = 1`` and ``nb^c_N = 1``: a dense chain).  With
+``Mc = prod r_k`` and ``Nc = prod s_k`` the product is a batch of ``G = A * D``
+independent ``Mc x Nc`` dense problems::
+
+    W[a*Mc*D + I*D + d, a*Nc*D + J*D + d] = T[a, d, I, J]     (all other entries are 0)
+
+and, writing ``I = (i_N, ..., i_1)`` and ``J = (j_N, ..., j_1)`` in mixed radix with
+``i_1``/``j_1`` fastest, every entry of a core product is one path through the chain::
+
+    T[g, I, J] = prod_k V_k[g, j_{>k}, i_k, j_k, i_{<k}]
+
+where ``j_{>k}`` is the core block index ``b`` and ``i_{<k}`` the core diagonal index.
+Full canonical values are ``V_k[a*nb^c + b, i, j, k'*D + d] = Vc_k[(a, d), b, i, j, k']``.
+A dense chain has ``A = D = 1``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..chain import Chain, FactorSpec
+
+__all__ = ["hierarchical_factors", "Structure", "analyse_chain", "rank_one_batched"]
+
+
+@dataclass(frozen=True)
+class Structure:
+    """How a chainable chain maps onto a batch of dense core problems.
+
+    Attributes
+    ----------
+    chain : Chain
+        The chain that is actually fitted (``chain`` itself, or its transpose when
+        ``transposed``).
+    transposed : bool
+        True when the user's chain is the transpose of a t-chained chain; the fit then
+        runs on ``W.T`` and the factors are transposed back.
+    A, D : int
+        Batch sizes (``nb`` of the last factor and ``t`` of the first).
+    rs : tuple of (int, int)
+        The ``(r_k, s_k)`` of the fitted chain, application order.
+    """
+
+    chain: Chain
+    transposed: bool
+    A: int
+    D: int
+    rs: tuple[tuple[int, int], ...]
+
+    @property
+    def Mc(self) -> int:
+        return int(np.prod([r for r, _ in self.rs]))
+
+    @property
+    def Nc(self) -> int:
+        return int(np.prod([s for _, s in self.rs]))
+
+    @property
+    def G(self) -> int:
+        return self.A * self.D
+
+    def core_t(self, k: int) -> int:
+        """Core diagonal size ``t^c_k = prod_{l<k} r_l`` (0-based k)."""
+        return int(np.prod([r for r, _ in self.rs[:k]], dtype=np.int64))
+
+    def core_nb(self, k: int) -> int:
+        """Core block count ``nb^c_k = prod_{l>k} s_l`` (0-based k)."""
+        return int(np.prod([s for _, s in self.rs[k + 1:]], dtype=np.int64))
+
+
+def _t_chained(chain: Chain) -> bool:
+    f = chain.factors
+    return all(f[i].t == f[i - 1].r * f[i - 1].t for i in range(1, len(f)))
+
+
+def analyse_chain(chain: Chain) -> Structure | None:
+    """The :class:`Structure` of a chainable chain, or None when it is not chainable.
+
+    Chainable here means: the chain or its transpose is t-chained
+    (``t_{k+1} = r_k t_k`` for every k).  Dense chains are t-chained with ``A = D = 1``;
+    the transpose of a dense chain (e.g. ``DeBut.T``) is handled through the transpose.
+    """
+    for transposed, c in ((False, chain), (True, chain.transpose())):
+        if _t_chained(c):
+            f = c.factors
+            return Structure(c, transposed, f[-1].nb, f[0].t,
+                             tuple((x.r, x.s) for x in f))
+    return None
+
+
+def not_chainable_message(chain: Chain, what: str) -> str:
+    return (
+        f"{what}: chain {chain} is not chainable for this method: neither it nor its "
+        f"transpose satisfies t_(k+1) = r_k * t_k for every factor k (the condition under "
+        f"which every entry of the product is one path through the chain; dense chains "
+        f"satisfy it).  Use a dense chain (debutla.design_chain) or method='als'"
+        if what.endswith("hierarchical'") else
+        f"{what}: chain {chain} is not chainable: neither it nor its transpose satisfies "
+        f"t_(k+1) = r_k * t_k for every factor k; debutla fits only chains whose product "
+        f"entries are single paths (dense chains and their transposes, possibly "
+        f"block-diagonal or Kronecker with an identity); use debutla.design_chain to get one"
+    )
+
+
+def core_tensor(W: np.ndarray, st: Structure) -> tuple[np.ndarray, float]:
+    """Map the (padded, possibly transposed) matrix onto the core batch ``(G, Mc, Nc)``.
+
+    Returns the tensor (a view when ``A = D = 1``) and the squared norm of the entries of
+    ``W`` outside the chain's support (they are forced to zero in any DeBut product).
+    """
+    A, D, Mc, Nc = st.A, st.D, st.Mc, st.Nc
+    if A == 1 and D == 1:
+        return W.reshape(1, Mc, Nc), 0.0
+    W6 = W.reshape(A, Mc, D, A, Nc, D)
+    T = np.ascontiguousarray(np.einsum("aidajd->adij", W6)).reshape(A * D, Mc, Nc)
+    off = sqnorm(W) - sqnorm(T)
+    return T, max(off, 0.0)
+
+
+def core_to_full(vals: list[np.ndarray], st: Structure) -> list[np.ndarray]:
+    """Core values ``(G, nb^c, r, s, t^c)`` to canonical ``(nb, r, s, t)`` of the fitted chain."""
+    A, D = st.A, st.D
+    out = []
+    for Vc, spec in zip(vals, st.chain.factors):
+        G, nbc, r, s, tc = Vc.shape
+        if A == 1 and D == 1:
+            V = Vc.reshape(nbc, r, s, tc)
+        else:
+            V = Vc.reshape(A, D, nbc, r, s, tc).transpose(0, 2, 3, 4, 5, 1)
+            V = V.reshape(A * nbc, r, s, tc * D)
+        assert V.shape == spec.value_shape
+        out.append(np.ascontiguousarray(V))
+    return out
+
+
+def full_to_core(vals, st: Structure) -> list[np.ndarray]:
+    """Inverse of :func:`core_to_full` (values in the fitted chain's order/layout)."""
+    A, D = st.A, st.D
+    out = []
+    for k, V in enumerate(vals):
+        nb, r, s, t = V.shape
+        nbc, tc = nb // A, t // D
+        Vc = V.reshape(A, nbc, r, s, tc, D).transpose(0, 5, 1, 2, 3, 4)
+        out.append(np.ascontiguousarray(Vc.reshape(A * D, nbc, r, s, tc)))
+    return out
+
+
+def user_factors(fitted: list[np.ndarray], st: Structure) -> list[np.ndarray]:
+    """Factors of the fitted chain to factors of the user's chain (undo the transpose)."""
+    if not st.transposed:
+        return fitted
+    return [np.ascontiguousarray(V.transpose(0, 2, 1, 3)) for V in reversed(fitted)]
+
+
+def fitted_factors(user: list[np.ndarray], st: Structure) -> list[np.ndarray]:
+    """Inverse of :func:`user_factors`."""
+    if not st.transposed:
+        return [np.asarray(V) for V in user]
+    return [np.ascontiguousarray(np.asarray(V).transpose(0, 2, 1, 3)) for V in reversed(user)]
+
+
+def sqnorm(x: np.ndarray) -> float:
+    """``||x||_F^2`` without BLAS (no thread wake-up cost on small arrays)."""
+    v = np.ascontiguousarray(x)
+    if np.iscomplexobj(v):
+        v = v.view(v.real.dtype)
+    v = v.reshape(-1)
+    return float(np.einsum("i,i->", v, v))
+
+
+# ---------------------------------------------------------------------------------------
+# batched best rank-one approximation
+# ---------------------------------------------------------------------------------------
+
+def _normalise_phase(u: np.ndarray) -> np.ndarray:
+    """Make the largest-magnitude entry of each vector (last axis) real positive."""
+    idx = np.argmax(np.abs(u), axis=-1)[..., None]
+    piv = np.take_along_axis(u, idx, axis=-1)
+    a = np.abs(piv)
+    ph = np.where(a > 0, piv / np.where(a > 0, a, 1), 1)
+    return u / ph if np.iscomplexobj(u) else u * np.sign(np.where(a > 0, piv, 1))
+
+
+def rank_one_batched(M: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Best rank-one approximations ``M[b] ~ u[b] (x) w[b]`` of a batch of small matrices.
+
+    Parameters
+    ----------
+    M : ndarray, shape (B, r, c)
+
+    Returns
+    -------
+    u : ndarray, shape (B, r)
+        Unit vectors (the top left singular vectors; ``e_1`` for a zero block), with the
+        largest-magnitude entry real positive.
+    w : ndarray, shape (B, c)
+        ``u^H M``: sigma times the conjugated top right singular vector, so that
+        ``u w`` is the best rank-one approximation (Eckart-Young).
+
+    Notes
+    -----
+    The top singular vector comes from the smaller Gram matrix (``M M^H`` when
+    ``r <= c``, else ``M^H M``) with one batched ``numpy.linalg.eigh`` call; no SVD of a
+    large matrix and no Python loop over blocks.  ``w = u^H M`` is then the exact
+    projection onto ``span(u)``, so the residual is orthogonal to ``u``.
+    """
+    B, r, c = M.shape
+    if r == 1:
+        u = np.ones((B, 1), dtype=M.dtype)
+        return u, M[:, 0, :].copy()
+    MH = np.conj(M) if np.iscomplexobj(M) else M
+    if r <= c:
+        if c == 1:
+            u = M[:, :, 0].copy()
+        else:
+            Gm = np.matmul(M, MH.transpose(0, 2, 1))
+            _, vecs = np.linalg.eigh(Gm)
+            u = vecs[:, :, -1]
+    else:
+        Gm = np.matmul(MH.transpose(0, 2, 1), M)
+        _, vecs = np.linalg.eigh(Gm)
+        u = np.matmul(M, vecs[:, :, -1:])[:, :, 0]
+    nrm = np.linalg.norm(u, axis=1)
+    zero = ~(nrm > 0)
+    if zero.any():
+        u[zero] = 0
+        u[zero, 0] = 1
+        nrm = np.where(zero, 1, nrm)
+    u = (u / nrm[:, None]).astype(M.dtype, copy=False)
+    u = _normalise_phase(u)
+    uH = np.conj(u) if np.iscomplexobj(u) else u
+    w = np.matmul(uH[:, None, :], M)[:, 0, :]
+    return u, w
+
+
+# ---------------------------------------------------------------------------------------
+# the algorithm
+# ---------------------------------------------------------------------------------------
+
+def hierarchical_core(T: np.ndarray, rs, progress=None) -> tuple[list[np.ndarray], list[float]]:
+    """Fit a batch ``T`` of shape ``(G, Mc, Nc)`` with the dense core chain ``rs``.
+
+    Peels the output-side factor first.  Returns the core values (application order,
+    shapes ``(G, nb^c_k, r_k, s_k, t^c_k)``) and the squared error of each split.
+    """
+    G, Mc, Nc = T.shape
+    N = len(rs)
+    vals: list[np.ndarray | None] = [None] * N
+    step_err2: list[float] = []
+    nb = 1
+    cur = T
+    for k in range(N - 1, 0, -1):
+        r, s = rs[k]
+        t = (Mc // int(np.prod([x for x, _ in rs[k:]])))
+        ncr = int(np.prod([y for _, y in rs[:k]]))
+        X = cur.reshape(G * nb, r, t, s, ncr)
+        blocks = X.transpose(0, 3, 2, 1, 4).reshape(G * nb * s * t, r, ncr)
+        u, w = rank_one_batched(blocks)
+        resid2 = sqnorm(blocks) - sqnorm(w)
+        step_err2.append(max(resid2, 0.0))
+        vals[k] = np.ascontiguousarray(
+            u.reshape(G, nb, s, t, r).transpose(0, 1, 4, 2, 3))
+        # carry sigma * v on: batch (G, nb, s) -> new nb; rows t -> (r_{k-1}, t_{k-1})
+        cur = w.reshape(G, nb * s, t, ncr)
+        nb = nb * s
+        if progress is not None:
+            progress()
+    r1, s1 = rs[0]
+    X = cur.reshape(G, nb, r1, 1, s1)  # t^c_1 = 1, ncr = s_1
+    vals[0] = np.ascontiguousarray(X.transpose(0, 1, 2, 4, 3))
+    if progress is not None:
+        progress()
+    return vals, step_err2  # type: ignore[return-value]
+
+
+def hierarchical_factors(W: np.ndarray, st: Structure, progress=None):
+    """Hierarchical fit of the padded matrix ``W`` (user orientation) for structure ``st``.
+
+    Returns ``(factors, split_errors2, off_support2)`` with factors in the user's chain
+    order and canonical layout.
+    """
+    Wf = W.T if st.transposed else W
+    T, off2 = core_tensor(Wf, st)
+    vals, errs = hierarchical_core(T, st.rs, progress)
+    return user_factors(core_to_full(vals, st), st), errs, off2
