@@ -62,9 +62,10 @@ class FactorSpec:
     t: int
 
     def __post_init__(self) -> None:
+        # name the factor in the paper's notation even when a number is bad
+        raw = f"factor {self.p} <-({self.r},{self.s},{self.t})- {self.q}: "
         for name in ("p", "q", "r", "s", "t"):
-            object.__setattr__(self, name, _check_int(name, getattr(self, name),
-                                                      where="factor: "))
+            object.__setattr__(self, name, _check_int(name, getattr(self, name), where=raw))
         p, q, r, s, t = self.p, self.q, self.r, self.s, self.t
         where = f"factor {self.notation()}"
         if p % (r * t):
