@@ -1,0 +1,402 @@
+"""Source generation for the Numba backend: one kernel module per chain and tile width.
+
+Every size of the chain (``nb, r, s, t`` of each factor, the tile width ``W``) is baked
+into the generated source as a ``numpy.uint64`` constant, so LLVM sees fixed trip counts
+and nonnegative index arithmetic (no wrap-around checks on negative indices), unrolls
+the tiny ``j`` sums and vectorises the innermost loop.
+
+The source is written to a real ``.py`` file in the kernel cache directory (its name is
+a hash of the source) and imported from there, so ``numba.njit(cache=True)`` can store
+the compiled machine code next to it and a second process loads it instead of
+compiling.  A file that exists is never rewritten (Numba's cache index is keyed on the
+file's modification time).
+
+Generated functions (all ``nogil``, ``cache=True``, compiled lazily per dtype):
+
+``chain_buf(V0, ..., ba, bb)``
+    Apply the whole chain to a ``W``-wide panel held features-major in ``ba``
+    (``ba[f * W + c]`` is feature ``f`` of panel column ``c``), ping-ponging between
+    ``ba`` and ``bb``.  The result lies in ``ba`` or ``bb`` (module constant
+    ``RESULT_IN_A``).
+``rows_tiles(V0, ..., X, out, k, t0, t1, ba, bb)``
+    ``out = X @ D.T`` for the tiles ``t0 .. t1-1`` of ``W`` rows of the flat row-major
+    ``X`` (``k x Q``) and ``out`` (``k x P``): gather a tile transposed, ``chain_buf``,
+    scatter it back.
+``cols_tiles(V0, ..., X, out, k, t0, t1, ba, bb)``
+    ``out = D @ X`` for the tiles of ``W`` columns of the flat row-major ``X`` (``Q x k``)
+    and ``out`` (``P x k``).
+``rows_single(V0, ..., X, out, r0, r1, ba, bb)``
+    ``out = X @ D.T`` one row at a time (rows ``r0 .. r1-1``), vectorising over the
+    diagonal index ``t``: the batch-1 (matvec) kernel.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import sys
+import tempfile
+import threading
+
+GENERATOR_VERSION = "1"
+_OPAQUE_T = 4  # per-row kernels: inner loops over t >= this get an opaque trip count
+_CHUNK = 4  # terms of the j-sum written out per statement
+
+_lock = threading.Lock()
+_modules: dict = {}
+
+
+class _Src:
+    """Accumulates source lines and the uint64 constants they use."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self.consts: set[int] = set()
+
+    def c(self, n: int) -> str:
+        self.consts.add(int(n))
+        return f"_u{int(n)}"
+
+    def add(self, indent: int, text: str) -> None:
+        self.lines.append("    " * indent + text)
+
+    # small expression helpers that fold the trivial cases
+    def mul(self, a: str, n: int) -> str:
+        if n == 0 or a == "_u0":
+            return self.c(0)
+        if n == 1:
+            return a
+        if "+" in a:
+            a = f"({a})"
+        return f"{a} * {self.c(n)}"
+
+    def plus(self, a: str, b: str) -> str:
+        if a == "_u0":
+            return b
+        if b == "_u0":
+            return a
+        return f"{a} + {b}"
+
+    def loop(self, indent: int, var: str, n: int) -> int:
+        """Open ``for var in range(n)`` (or bind ``var = 0`` when ``n == 1``)."""
+        if n == 1:
+            self.add(indent, f"{var} = {self.c(0)}")
+            return indent
+        self.add(indent, f"for {var} in range({self.c(n)}):")
+        return indent + 1
+
+
+def _sum_terms(terms: list[str]) -> str:
+    return " + ".join(terms)
+
+
+def _emit_jsum(S: _Src, ind: int, s: int, chunk) -> None:
+    """Emit the sum over ``j < s`` as statements of at most ``_CHUNK`` (+1) terms.
+
+    ``chunk(j0, n, first, jvar, ind)`` emits one statement for ``j = j0 .. j0+n-1``
+    (offset by ``jvar * _CHUNK`` when ``jvar`` names a loop variable); the first one
+    assigns, the others accumulate.
+    """
+    if s <= _CHUNK + 1:
+        chunk(0, s, True, None, ind)
+        return
+    chunk(0, _CHUNK, True, None, ind)
+    nfull = s // _CHUNK  # chunks 1 .. nfull-1 are full
+    if nfull > 1:
+        S.add(ind, f"for jc_ in range({S.c(1)}, {S.c(nfull)}):")
+        chunk(0, _CHUNK, False, "jc_", ind + 1)
+    rem = s - nfull * _CHUNK
+    if rem:
+        chunk(nfull * _CHUNK, rem, False, None, ind)
+
+
+def _emit_factor_panel(S: _Src, ind: int, spec, vname: str, src: str, dst: str, W: int,
+                       tag: str) -> None:
+    """One factor on a features-major panel of width ``W``: ``dst <- R src``."""
+    nb, r, s, t = spec
+    b, i, k = f"b{tag}", f"i{tag}", f"k{tag}"
+    ind1 = S.loop(ind, b, nb)
+    ind2 = S.loop(ind1, i, r)
+    ind3 = S.loop(ind2, k, t)
+    # output feature ((b r + i) t + k); V index of j: ((b r + i) s + j) t + k;
+    # input feature (b s + j) t + k
+    bri = S.plus(S.mul(b, r), i)
+    S.add(ind3, f"o_ = {S.mul(S.plus(S.mul(bri, t), k), W)}")
+    S.add(ind3, f"v_ = {S.plus(S.mul(S.mul(bri, s), t), k)}")
+    S.add(ind3, f"x_ = {S.mul(S.plus(S.mul(S.mul(b, s), t), k), W)}")
+    jstride_v, jstride_x = t, t * W
+
+    def chunk(j0: int, n: int, first: bool, jvar: str | None, ind_: int) -> None:
+        # j = j0 (+ jvar * _CHUNK) + 0..n-1
+        names = []
+        for jj in range(n):
+            voff = S.c((j0 + jj) * jstride_v)
+            if jvar is not None:
+                vidx = f"v_ + {jvar} * {S.c(_CHUNK * jstride_v)} + {voff}"
+            else:
+                vidx = f"v_ + {voff}"
+            S.add(ind_, f"w{jj} = {vname}[{vidx}]")
+            names.append(jj)
+        if jvar is not None:
+            S.add(ind_, f"xj_ = x_ + {jvar} * {S.c(_CHUNK * jstride_x)}")
+            xb = "xj_"
+        else:
+            xb = "x_"
+        S.add(ind_, "for c_ in range(wr):")
+        ind4 = ind_ + 1
+        terms = [f"w{jj} * {src}[{xb} + {S.c((j0 + jj) * jstride_x)} + c_]" for jj in names]
+        if first:
+            S.add(ind4, f"{dst}[o_ + c_] = {_sum_terms(terms)}")
+        else:
+            S.add(ind4, f"{dst}[o_ + c_] += {_sum_terms(terms)}")
+
+    _emit_jsum(S, ind3, s, chunk)
+
+
+def vec_transposed(spec) -> bool:
+    """Whether the per-row kernel wants this factor's values as ``(nb, s, r)``.
+
+    For ``t = 1`` and ``r >= 4`` the per-row kernel vectorises over the ``r`` outputs of
+    a block instead of summing ``s`` scalar products per output.
+    """
+    nb, r, s, t = spec
+    return t == 1 and r >= 4
+
+
+def _emit_factor_vec(S: _Src, ind: int, spec, vname: str, src: str, sbase: str, dst: str,
+                     dbase: str, tag: str) -> None:
+    """One factor on a single vector (features contiguous): ``dst <- R src``."""
+    nb, r, s, t = spec
+    b, i = f"b{tag}", f"i{tag}"
+    ind1 = S.loop(ind, b, nb)
+    if vec_transposed(spec):
+        # values stored as (nb, s, r): y[b, :] = sum_j U[b, j, :] x[b, j], vector over i
+        S.add(ind1, f"x_ = {S.plus(sbase, S.mul(b, s))}")
+        S.add(ind1, f"o_ = {S.plus(dbase, S.mul(b, r))}")
+        S.add(ind1, f"v_ = {S.mul(b, s * r)}")
+        for j0 in range(0, s, _CHUNK):
+            n = min(_CHUNK, s - j0)
+            for jj in range(n):
+                S.add(ind1, f"z{jj} = {src}[x_ + {S.c(j0 + jj)}]")
+            S.add(ind1, f"for c_ in range({S.c(r)} * one):")
+            ind4 = ind1 + 1
+            terms = [f"{vname}[v_ + {S.c((j0 + jj) * r)} + c_] * z{jj}" for jj in range(n)]
+            op = "=" if j0 == 0 else "+="
+            S.add(ind4, f"{dst}[o_ + c_] {op} {_sum_terms(terms)}")
+        return
+    if t == 1:
+        S.add(ind1, f"x_ = {S.plus(sbase, S.mul(b, s))}")
+        ind2 = S.loop(ind1, i, r)
+        bri = S.plus(S.mul(b, r), i)
+        S.add(ind2, f"v_ = {S.mul(bri, s)}")
+        if s <= 2 * _CHUNK:
+            terms = [f"{vname}[v_ + {S.c(j)}] * {src}[x_ + {S.c(j)}]" for j in range(s)]
+            S.add(ind2, f"{dst}[{S.plus(dbase, bri)}] = {_sum_terms(terms)}")
+        else:
+            S.add(ind2, f"a_ = {vname}[v_] * {src}[x_]")
+            S.add(ind2, f"for j_ in range({S.c(1)}, {S.c(s)}):")
+            S.add(ind2 + 1, f"a_ += {vname}[v_ + j_] * {src}[x_ + j_]")
+            S.add(ind2, f"{dst}[{S.plus(dbase, bri)}] = a_")
+        return
+    ind2 = S.loop(ind1, i, r)
+    bri = S.plus(S.mul(b, r), i)
+    S.add(ind2, f"o_ = {S.plus(dbase, S.mul(bri, t))}")
+    S.add(ind2, f"v_ = {S.mul(S.mul(bri, s), t)}")
+    S.add(ind2, f"x_ = {S.plus(sbase, S.mul(S.mul(b, s), t))}")
+
+    def chunk(j0: int, n: int, first: bool, jvar: str | None, ind_: int) -> None:
+        if jvar is not None:
+            S.add(ind_, f"vj_ = v_ + {jvar} * {S.c(_CHUNK * t)}")
+            S.add(ind_, f"xj_ = x_ + {jvar} * {S.c(_CHUNK * t)}")
+            vb, xb = "vj_", "xj_"
+        else:
+            vb, xb = "v_", "x_"
+        if t >= _OPAQUE_T:  # a trip count LLVM cannot see, so it vectorises this loop
+            S.add(ind_, f"for c_ in range({S.c(t)} * one):")
+            ind4 = ind_ + 1
+        else:
+            ind4 = S.loop(ind_, "c_", t)
+        terms = [f"{vname}[{vb} + {S.c((j0 + jj) * t)} + c_] * {src}[{xb} + {S.c((j0 + jj) * t)} + c_]"
+                 for jj in range(n)]
+        op = "=" if first else "+="
+        S.add(ind4, f"{dst}[o_ + c_] {op} {_sum_terms(terms)}")
+
+    _emit_jsum(S, ind2, s, chunk)
+
+
+_DECOR = "@njit(cache=True, nogil=True, fastmath={'contract'}, error_model='numpy')"
+
+
+def generate_source(shapes: tuple, W: int) -> str:
+    """Python source of the kernel module for a chain.
+
+    Parameters
+    ----------
+    shapes : tuple of (nb, r, s, t)
+        The factors' value shapes, application order.
+    W : int
+        Tile width (rows or columns per panel) baked into the panel kernels.
+    """
+    N = len(shapes)
+    sizes_in = [nb * s * t for nb, r, s, t in shapes]
+    sizes_out = [nb * r * t for nb, r, s, t in shapes]
+    Q, P = sizes_in[0], sizes_out[-1]
+    F = max(sizes_in + sizes_out)
+    vargs = ", ".join(f"V{i}" for i in range(N))
+    S = _Src()
+    body = S.lines
+
+    # -- chain_buf: features-major panel, ping-pong ba <-> bb ----------------------
+    S.add(0, _DECOR)
+    S.add(0, f"def chain_buf({vargs}, ba, bb, wr):")
+    bufs = ("ba", "bb")
+    for n, spec in enumerate(shapes):
+        _emit_factor_panel(S, 1, spec, f"V{n}", bufs[n % 2], bufs[(n + 1) % 2], W, str(n))
+    S.add(1, "return")
+    S.add(0, "")
+    result_in_a = N % 2 == 0
+    fin = "ba" if result_in_a else "bb"
+
+    # -- rows_tiles / cols_tiles: gather a tile features-major, chain, scatter -------
+    Wc, Qc, Pc = S.c(W), S.c(Q), S.c(P)
+    rows_io = (  # X (k, Q) and out (k, P) row-major: a tile is W rows, transposed
+        ["for c_ in range(w):", f"    xb = (c0 + c_) * {Qc}", f"    for f in range({Qc}):",
+         f"        ba[f * {Wc} + c_] = X[xb + f]"],
+        ["for c_ in range(w):", f"    ob = (c0 + c_) * {Pc}", f"    for f in range({Pc}):",
+         f"        out[ob + f] = {fin}[f * {Wc} + c_]"])
+    cols_io = (  # X (Q, k) and out (P, k) row-major: a tile is W columns, copied
+        [f"for f in range({Qc}):", "    xb = f * ku + c0", f"    fb = f * {Wc}",
+         "    for c_ in range(w):", "        ba[fb + c_] = X[xb + c_]"],
+        [f"for f in range({Pc}):", "    ob = f * ku + c0", f"    fb = f * {Wc}",
+         "    for c_ in range(w):", f"        out[ob + c_] = {fin}[fb + c_]"])
+    for fname, (gather, scatter) in (("rows_tiles", rows_io), ("cols_tiles", cols_io)):
+        S.add(0, _DECOR)
+        S.add(0, f"def {fname}({vargs}, X, out, k, t0, t1, ba, bb, wr):")
+        S.add(1, "ku = np.uint64(k)")
+        S.add(1, "for tl in range(np.uint64(t0), np.uint64(t1)):")
+        S.add(2, f"c0 = tl * {Wc}")
+        S.add(2, f"w = min({Wc}, ku - c0)")
+        S.add(2, f"if w < {Wc}:  # zero the padding of a partial tile")
+        S.add(3, f"ba[:{S.c(Q * W)}] = 0")
+        for line in gather:
+            S.add(2, line)
+        S.add(2, f"chain_buf({vargs}, ba, bb, wr)")
+        for line in scatter:
+            S.add(2, line)
+        S.add(0, "")
+
+    # -- rows_single -----------------------------------------------------------------
+    S.add(0, _DECOR)
+    S.add(0, f"def rows_single({vargs}, X, out, r0, r1, ba, bb, one):")
+    S.add(1, "for row in range(np.uint64(r0), np.uint64(r1)):")
+    S.add(2, f"xrow = row * {S.c(Q)}")
+    S.add(2, f"orow = row * {S.c(P)}")
+    for n, spec in enumerate(shapes):
+        if n == 0:
+            src, sbase = "X", "xrow"
+        else:
+            src, sbase = bufs[(n + 1) % 2], S.c(0)
+        if n == N - 1:
+            dst, dbase = "out", "orow"
+        else:
+            dst, dbase = bufs[n % 2], S.c(0)
+        _emit_factor_vec(S, 2, spec, f"V{n}", src, sbase, dst, dbase, str(n))
+    S.add(0, "")
+
+    head = [
+        f'"""debutla Numba kernels (generated, version {GENERATOR_VERSION}; do not edit).',
+        "",
+        f"chain (nb, r, s, t) in application order: {list(shapes)}",
+        f"tile width W = {W}; Q = {Q}, P = {P}, widest vector F = {F}",
+        '"""',
+        "import numpy as np",
+        "from numba import njit",
+        "",
+        f"W = {W}",
+        f"Q = {Q}",
+        f"P = {P}",
+        f"F = {F}",
+        f"RESULT_IN_A = {result_in_a}",
+    ]
+    head += [f"_u{n} = np.uint64({n})" for n in sorted(S.consts)]
+    head += ["", ""]
+    return "\n".join(head + body) + "\n"
+
+
+def default_cache_dir() -> str:
+    """Where generated kernel modules live (``DEBUTLA_CACHE_DIR`` overrides).
+
+    ``$XDG_CACHE_HOME/debutla/numba`` (``~/.cache/debutla/numba``), or a folder in the
+    system temporary directory when the home cache is not writable.
+    """
+    env = os.environ.get("DEBUTLA_CACHE_DIR", "").strip()
+    if env:
+        return os.path.join(os.path.abspath(os.path.expanduser(env)), "numba")
+    base = os.environ.get("XDG_CACHE_HOME", "").strip() or os.path.join(
+        os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "debutla", "numba")
+
+
+def _writable_dir(path: str) -> str:
+    try:
+        os.makedirs(path, exist_ok=True)
+        if os.access(path, os.W_OK):
+            return path
+    except OSError:
+        pass
+    alt = os.path.join(tempfile.gettempdir(), f"debutla-{os.getuid() if hasattr(os, 'getuid') else 'u'}", "numba")
+    os.makedirs(alt, exist_ok=True)
+    return alt
+
+
+def kernel_module(shapes: tuple, W: int, cache_dir: str | None = None):
+    """Import (generating and writing it first if needed) the kernel module for a chain.
+
+    Parameters
+    ----------
+    shapes : tuple of (nb, r, s, t)
+        The factors' value shapes, application order.
+    W : int
+        Tile width.
+    cache_dir : str, optional
+        Folder for the generated files (default :func:`default_cache_dir`).
+
+    Returns
+    -------
+    module
+        The imported module (kept in a process-wide table).
+    """
+    shapes = tuple(tuple(int(v) for v in sh) for sh in shapes)
+    key = (shapes, int(W))
+    mod = _modules.get(key)
+    if mod is not None:
+        return mod
+    with _lock:
+        mod = _modules.get(key)
+        if mod is not None:
+            return mod
+        src = generate_source(shapes, int(W))
+        digest = hashlib.sha256(src.encode()).hexdigest()[:20]
+        folder = _writable_dir(cache_dir or default_cache_dir())
+        modname = f"debutla_k_{digest}"
+        path = os.path.join(folder, modname + ".py")
+        if not _same_file(path, src):
+            tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
+            with open(tmp, "w", encoding="utf-8") as fh:
+                fh.write(src)
+            os.replace(tmp, path)
+        spec = importlib.util.spec_from_file_location(modname, path)
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[modname] = mod
+        spec.loader.exec_module(mod)
+        _modules[key] = mod
+        return mod
+
+
+def _same_file(path: str, src: str) -> bool:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return fh.read() == src
+    except OSError:
+        return False
