@@ -640,7 +640,10 @@ def design_chain(
     wins, ties going to less padding.  Monotonic chains need ``r_i <= s_i`` (when
     ``M < N``), ``r_i >= s_i`` (``M > N``) or ``r_i = s_i`` (``M = N``) at every step.
     In every kind no intermediate size falls below ``min(M, N)``, so the structure never
-    caps the rank of the product.
+    caps the rank of the product.  Bulging chains have at least two factors, so a
+    ``1 x n`` or ``m x 1`` shape (which cannot widen) has no bulging design.  Steps with
+    ``r = s = 1`` (a pure diagonal scaling: more values, no mixing) are never used, so
+    a larger ``n_factors`` than the sizes' prime factors allow raises ``ValueError``.
 
     Examples
     --------
@@ -685,6 +688,8 @@ def design_chain(
             pad = M * N
             for L in counts:
                 if L == 1:
+                    if kind == "bulging":  # one factor has no intermediate size
+                        continue
                     cand = (M * N, ((M, N),))
                 else:
                     cand = _best_sequence(M, N, L, kind, radix)
