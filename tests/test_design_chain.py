@@ -1,0 +1,240 @@
+"""Tests of design_chain: validity for any shape, kinds, factor counts, optimality."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from debutla import Chain, design_chain
+from strategies import dense_chain_from_rs
+from test_chain import PAPER
+
+PRIMES = (2, 3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 97, 101, 127, 251, 509, 1021)
+sizes = st.one_of(
+    st.integers(1, 700),
+    st.sampled_from(PRIMES),
+    st.sampled_from([2**k for k in range(11)]),
+    st.integers(1, 12).map(lambda k: 3 * 2**k),
+)
+
+small_sizes = st.one_of(st.integers(1, 200), st.sampled_from(PRIMES[:12]),
+                        st.sampled_from([2**k for k in range(8)]))
+
+
+def check_design(c: Chain, m: int, n: int, kind: str, max_pad: float = 0.25) -> None:
+    """The documented guarantees of a designed chain."""
+    assert isinstance(c, Chain)
+    assert c.is_dense
+    M, N = c.shape
+    assert M >= m and N >= n
+    assert M <= max(m, math.floor(m * (1 + max_pad)))
+    assert N <= max(n, math.floor(n * (1 + max_pad)))
+    # dense: every entry a product of one value per factor
+    assert math.prod(f.r for f in c) == M and math.prod(f.s for f in c) == N
+    if kind != "any":
+        assert c.kind == kind
+    # no waist narrower than the smaller side (it would cap the rank)
+    assert min(c.sizes) >= min(M, N)
+
+
+@given(sizes, sizes, st.sampled_from(["monotonic", "any"]))
+def test_monotonic_and_any_designs_are_valid_dense_chains_for_every_shape(m, n, kind):
+    check_design(design_chain(m, n, kind=kind), m, n, kind)
+
+
+@given(small_sizes, small_sizes)
+def test_bulging_design_is_bulging_and_exists_unless_a_side_is_one(m, n):
+    if min(m, n) == 1:
+        # a dense chain with prod r = 1 (or prod s = 1) never widens: none exists
+        with pytest.raises(ValueError, match="bulging"):
+            design_chain(m, n, kind="bulging")
+    else:
+        check_design(design_chain(m, n, kind="bulging"), m, n, "bulging")
+
+
+@pytest.mark.parametrize("m, n", [(1, 1), (2, 3), (7, 13), (1000, 1), (5, 5)])
+def test_bulging_design_never_returns_a_single_factor(m, n):
+    try:
+        c = design_chain(m, n, kind="bulging")
+    except ValueError:
+        assert min(m, n) == 1
+    else:
+        assert len(c) >= 2 and c.kind == "bulging"
+
+
+@pytest.mark.parametrize("m, n", [(1, 1), (1, 7), (7, 1), (13, 13), (97, 101), (1021, 509)])
+@pytest.mark.parametrize("kind", ["monotonic", "any"])
+def test_design_serves_ones_and_primes(m, n, kind):
+    check_design(design_chain(m, n, kind=kind), m, n, kind)
+
+
+@given(sizes, sizes, st.sampled_from(["monotonic", "bulging", "any"]), st.integers(1, 6))
+def test_n_factors_is_respected_or_refused_with_value_error(m, n, kind, L):
+    try:
+        c = design_chain(m, n, kind=kind, n_factors=L)
+    except ValueError as e:
+        assert "factors" in str(e) or "bulging" in str(e)
+        return
+    check_design(c, m, n, kind)
+    assert len(c) == L
+
+
+@pytest.mark.parametrize("a, b", [(a, b) for a in range(0, 9) for b in range(a, 9) if b >= 2])
+def test_power_of_two_shapes_get_every_feasible_factor_count(a, b):
+    # monotonic 2^a x 2^b (a <= b): each step needs s >= 2 and s <= 16, so every count
+    # L with ceil(b / 4) <= L <= b is feasible (without padding); both orientations
+    for L in range(max(2, math.ceil(b / 4)), b + 1):
+        c = design_chain(2**a, 2**b, n_factors=L)
+        check_design(c, 2**a, 2**b, "monotonic")
+        assert len(c) == L
+        t = design_chain(2**b, 2**a, n_factors=L)
+        check_design(t, 2**b, 2**a, "monotonic")
+        assert len(t) == L
+
+
+def test_one_factor_is_the_dense_matrix():
+    assert design_chain(12, 20, n_factors=1) == Chain([(12, 20, 12, 20, 1)])
+    with pytest.raises(ValueError, match="bulging"):
+        design_chain(12, 20, kind="bulging", n_factors=1)
+
+
+def test_square_power_of_two_with_two_factors_is_the_butterfly():
+    assert design_chain(4, 4, n_factors=2) == Chain.parse("4 <-(2,2,2)- 4 <-(2,2,1)- 4")
+
+
+@given(st.integers(2, 300), st.integers(2, 300), st.sampled_from(["monotonic", "bulging"]))
+def test_free_factor_count_has_no_more_parameters_than_any_fixed_count(m, n, kind):
+    free = design_chain(m, n, kind=kind)
+    for L in range(1, 7):
+        try:
+            fixed = design_chain(m, n, kind=kind, n_factors=L)
+        except ValueError:
+            continue
+        assert free.nnz <= fixed.nnz
+
+
+# ---------------------------------------------------------------------------------------
+# optimality against brute force (no padding, small sizes)
+# ---------------------------------------------------------------------------------------
+
+def _ordered_factorizations(x: int, L: int, radix: int):
+    """All ordered L-tuples of positive ints <= radix with product x."""
+    if L == 0:
+        if x == 1:
+            yield ()
+        return
+    for d in range(1, min(x, radix) + 1):
+        if x % d == 0:
+            for rest in _ordered_factorizations(x // d, L - 1, radix):
+                yield (d,) + rest
+
+
+def _documented_shape_ok(c: Chain, kind: str) -> bool:
+    """The rule of design_chain's Notes, written from the sizes."""
+    sz = c.sizes
+    M, N = c.shape
+    if min(sz) < min(M, N):
+        return False
+    if kind == "monotonic":
+        return c.kind == "monotonic"
+    if kind == "bulging":
+        peak = sz.index(max(sz))
+        grows = all(a <= b for a, b in zip(sz[: peak + 1], sz[1: peak + 1]))
+        shrinks = all(a >= b for a, b in zip(sz[peak:], sz[peak + 1:]))
+        return grows and shrinks and max(sz[1:-1]) > max(M, N)
+    return True
+
+
+def brute_force_min_nnz(M: int, N: int, L: int, kind: str, radix: int = 16):
+    best = None
+    for rr in _ordered_factorizations(M, L, radix):
+        for ss in _ordered_factorizations(N, L, radix):
+            pairs = list(zip(rr, ss))
+            if (1, 1) in pairs:
+                continue  # a (1, 1) step is a pure diagonal scaling: never useful
+            c = dense_chain_from_rs(pairs)
+            if not _documented_shape_ok(c, kind):
+                continue
+            nnz = sum(f.p * f.s for f in c)
+            best = nnz if best is None else min(best, nnz)
+    return best
+
+
+@pytest.mark.parametrize("kind", ["monotonic", "bulging", "any"])
+@pytest.mark.parametrize("M, N", [(4, 4), (6, 8), (8, 6), (12, 8), (16, 12), (9, 12),
+                                  (24, 16), (2, 12), (12, 2), (18, 18)])
+@pytest.mark.parametrize("L", [2, 3, 4])
+def test_design_without_padding_matches_brute_force_minimum(kind, M, N, L):
+    best = brute_force_min_nnz(M, N, L, kind)
+    if best is None:
+        with pytest.raises(ValueError):
+            design_chain(M, N, kind=kind, n_factors=L, max_pad=0)
+        return
+    c = design_chain(M, N, kind=kind, n_factors=L, max_pad=0)
+    assert c.shape == (M, N) and len(c) == L
+    check_design(c, M, N, kind, max_pad=0)
+    assert c.nnz == best
+
+
+# ---------------------------------------------------------------------------------------
+# as good as the paper's chains
+# ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", sorted(PAPER))
+def test_design_has_no_more_parameters_than_the_paper_chain_of_same_kind_and_length(name):
+    paper = Chain.parse(PAPER[name][0])
+    m, n = paper.shape
+    # kind from the sizes: the paper's CONV2 "mono1" is bulging by its sizes
+    c = design_chain(m, n, kind=paper.kind, n_factors=len(paper))
+    check_design(c, m, n, paper.kind)
+    assert len(c) == len(paper)
+    assert c.nnz <= paper.nnz
+
+
+@pytest.mark.parametrize("m, n", [(128, 400), (16, 72), (64, 128), (512, 4608), (512, 2304)])
+def test_design_with_free_count_beats_every_paper_chain_of_that_shape(m, n):
+    papers = [Chain.parse(v[0]) for v in PAPER.values() if v[1] == (m, n)]
+    assert papers
+    for kind in ("monotonic", "bulging"):
+        c = design_chain(m, n, kind=kind)
+        check_design(c, m, n, kind)
+        same = [p for p in papers if p.kind == kind]
+        assert all(c.nnz <= p.nnz for p in same)
+
+
+# ---------------------------------------------------------------------------------------
+# argument validation
+# ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kwargs, exc, word", [
+    (dict(m=0, n=4), ValueError, "m"),
+    (dict(m=4, n=-1), ValueError, "n"),
+    (dict(m=1.5, n=4), TypeError, "m"),
+    (dict(m=4, n="4"), TypeError, "n"),
+    (dict(m=4, n=4, kind="mono"), ValueError, "kind"),
+    (dict(m=4, n=4, n_factors=0), ValueError, "n_factors"),
+    (dict(m=4, n=4, n_factors=2.0), TypeError, "n_factors"),
+    (dict(m=4, n=4, max_radix=1), ValueError, "max_radix"),
+    (dict(m=4, n=4, max_pad=-0.1), ValueError, "max_pad"),
+    (dict(m=4, n=4, max_pad=5), ValueError, "max_pad"),
+    (dict(m=4, n=4, max_pad="0.1"), ValueError, "max_pad"),
+    (dict(m=4, n=4, max_factors=0), ValueError, "max_factors"),
+])
+def test_design_chain_rejects_bad_arguments(kwargs, exc, word):
+    with pytest.raises(exc, match=word):
+        design_chain(**kwargs)
+
+
+def test_max_pad_zero_gives_the_exact_shape():
+    for m, n in [(7, 13), (128, 400), (100, 30)]:
+        c = design_chain(m, n, max_pad=0)
+        assert c.shape == (m, n)
+
+
+def test_max_radix_bounds_r_and_s_when_the_sizes_allow_it():
+    c = design_chain(512, 4608, max_radix=4)
+    assert all(f.r <= 4 and f.s <= 4 for f in c)
+    check_design(c, 512, 4608, "monotonic")
