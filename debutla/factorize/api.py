@@ -259,16 +259,8 @@ class _Progress:
 # ---------------------------------------------------------------------------------------
 
 def _random_core(st: Structure, dtype: np.dtype, rng: np.random.Generator):
-    vals = []
-    for spec in st.chain:
-        sd = 1.0 / math.sqrt(spec.s)
-        if dtype.kind == "c":
-            v = (rng.standard_normal(spec.value_shape)
-                 + 1j * rng.standard_normal(spec.value_shape)) * (sd / math.sqrt(2.0))
-        else:
-            v = rng.standard_normal(spec.value_shape) * sd
-        vals.append(v.astype(dtype))
-    return full_to_core(vals, st)
+    """The ALS start: :meth:`DeBut.random` values (scale-preserving), core layout."""
+    return full_to_core(DeBut.random(st.chain, seed=rng, dtype=dtype).factors, st)
 
 
 def factorize(

@@ -268,7 +268,8 @@ def hierarchical_core(T: np.ndarray, rs, progress=None) -> tuple[list[np.ndarray
         X = cur.reshape(G * nb, r, t, s, ncr)
         blocks = X.transpose(0, 3, 2, 1, 4).reshape(G * nb * s * t, r, ncr)
         u, w = rank_one_batched(blocks)
-        resid2 = sqnorm(blocks) - sqnorm(w)
+        # computed directly (no ||M||^2 - sigma^2 cancellation)
+        resid2 = sqnorm(blocks - u[:, :, None] * w[:, None, :])
         step_err2.append(max(resid2, 0.0))
         vals[k] = np.ascontiguousarray(
             u.reshape(G, nb, s, t, r).transpose(0, 1, 4, 2, 3))
