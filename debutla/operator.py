@@ -60,6 +60,28 @@ def _asarray(x: Any):
     return x if _is_cupy_array(x) else np.asarray(x)
 
 
+def _freeze(a: np.ndarray) -> np.ndarray:
+    """A read-only view of ``a`` with a read-only base.
+
+    NumPy lets anyone set ``flags.writeable = True`` again on an array that owns its
+    data; on a view of a read-only array it refuses, so the values stay immutable.
+    """
+    a.flags.writeable = False
+    return a.view()
+
+
+def _check_out(out: Any, want: tuple, dt: np.dtype, xp, what: str) -> None:
+    """Refuse an ``out`` of the wrong type, shape or dtype, or a read-only one."""
+    if not isinstance(out, xp.ndarray):
+        raise TypeError(f"{what}: out must be a {xp.__name__} array of shape {want} and "
+                        f"dtype {dt}, got {type(out).__name__}")
+    if out.shape != want or out.dtype != dt:
+        raise ValueError(f"{what}: out must be a {xp.__name__} array of shape {want} and "
+                         f"dtype {dt}, got {out.shape} {out.dtype}")
+    if not getattr(out.flags, "writeable", True):
+        raise ValueError(f"{what}: out is read-only")
+
+
 def _as_seed(seed: Any) -> np.random.Generator:
     if isinstance(seed, np.random.Generator):
         return seed
@@ -159,9 +181,7 @@ class DeBut:
                 raise TypeError(f"DeBut: complex factors cannot be stored as {dt}")
         vals = []
         for a in arrs:
-            v = np.array(a, dtype=dt, copy=True, order="C")
-            v.flags.writeable = False
-            vals.append(v)
+            vals.append(_freeze(np.array(a, dtype=dt, copy=True, order="C")))
         self._init(chain, tuple(vals), shape, backend)
 
     def _init(self, chain: Chain, vals: tuple, shape, backend) -> None:
@@ -246,9 +266,7 @@ class DeBut:
                      + 1j * rng.standard_normal(spec.value_shape)) * (sd / np.sqrt(2.0))
             else:
                 v = rng.standard_normal(spec.value_shape) * sd
-            v = v.astype(dt)
-            v.flags.writeable = False
-            vals.append(v)
+            vals.append(_freeze(v.astype(dt)))
         return cls._from_trusted(chain, tuple(vals), shape, backend)
 
     @classmethod
@@ -264,8 +282,7 @@ class DeBut:
         """
         n = _check_int("n", n, where="DeBut.identity: ")
         dt = _supported_dtype(dtype, "DeBut.identity(dtype)")
-        v = np.ones((1, 1, 1, n), dtype=dt)
-        v.flags.writeable = False
+        v = _freeze(np.ones((1, 1, 1, n), dtype=dt))
         return cls._from_trusted(Chain([(n, n, 1, 1, n)]), (v,), None, None)
 
     # -- attributes ----------------------------------------------------------------
@@ -311,8 +328,7 @@ class DeBut:
 
     # -- derived operators -----------------------------------------------------------
     def _derived(self, vals: tuple, chain: Chain | None = None, shape=None) -> "DeBut":
-        for v in vals:
-            v.flags.writeable = False
+        vals = tuple(_freeze(v) for v in vals)
         return DeBut._from_trusted(chain or self._chain, vals,
                                    shape or self._shape, self._backend)
 
@@ -422,10 +438,7 @@ class DeBut:
             X = X.astype(dt)
         want = (m, k) if feat == 0 else (k, m)
         if out is not None:
-            if not isinstance(out, xp.ndarray) or out.shape != want or out.dtype != dt:
-                raise ValueError(f"{what}: out must be a {xp.__name__} array of shape {want} and "
-                                 f"dtype {dt}, got "
-                                 f"{getattr(out, 'shape', None)} {getattr(out, 'dtype', None)}")
+            _check_out(out, want, dt, xp, what)
         direct = out if (m == P and out is not None) else None
         if layout == "cols":
             Y = backend.apply_cols(state, self._chain.factors, X, out=direct)
@@ -451,14 +464,22 @@ class DeBut:
             If the dtype is unsupported.
         """
         x = _asarray(x)
-        if x.ndim == 2 and x.shape[1] == 1:
-            o = None if out is None else out.reshape(1, -1)
-            return self._apply(x.reshape(1, -1), "rows", "DeBut.matvec", o).reshape(-1, 1)
-        if x.ndim != 1:
+        col = x.ndim == 2 and x.shape[1] == 1
+        if x.ndim != 1 and not col:
             raise ValueError(f"DeBut.matvec: x must have shape ({self._shape[1]},), "
                              f"got {x.shape}")
-        o = None if out is None else out.reshape(1, -1)
-        return self._apply(x[None, :], "rows", "DeBut.matvec", o)[0]
+        o = None
+        if out is not None:
+            want = (self._shape[0], 1) if col else (self._shape[0],)
+            if getattr(out, "shape", None) != want:
+                raise (ValueError if hasattr(out, "shape") else TypeError)(
+                    f"DeBut.matvec: out must be an array of shape {want}, got "
+                    f"{getattr(out, 'shape', type(out).__name__)}")
+            o = out.T if col else out[None, :]  # a (1, m) view: written in place
+        y = self._apply(x.reshape(1, -1), "rows", "DeBut.matvec", o)
+        if out is not None:
+            return out
+        return y.reshape(-1, 1) if col else y[0]
 
     def rmatvec(self, x: Any, out: np.ndarray | None = None) -> np.ndarray:
         """``D^H @ x`` for a vector ``x`` of length m."""
