@@ -16,7 +16,7 @@ from debutla import Chain, DeBut, FactorSpec, factorize
 
 EXACT_TOL = {np.float64: 1e-10, np.complex128: 1e-10, np.float32: 1e-4, np.complex64: 1e-4}
 DTYPES = [np.float32, np.float64, np.complex64, np.complex128]
-HSET = settings(deadline=None, max_examples=int(os.environ.get("FACTORIZE_EXAMPLES", 30)),
+HSET = settings(deadline=None,
                 suppress_health_check=[HealthCheck.too_slow])
 
 
@@ -517,3 +517,25 @@ def test_lowrank_error():
     U, S, Vh = np.linalg.svd(W)
     W5 = (U[:, :5] * S[:5]) @ Vh[:5]
     assert err == pytest.approx(rel(W5, W), rel=1e-10)
+
+
+@pytest.mark.parametrize("name", ["debutla.factorize.api", "debutla.factorize.demo",
+                                  "debutla.factorize.hierarchical"])
+def test_docstring_examples_run(name):
+    import doctest
+    import importlib
+
+    mod = importlib.import_module(name)
+    res = doctest.testmod(mod, extraglobs={"np": np}, optionflags=doctest.ELLIPSIS
+                          | doctest.NORMALIZE_WHITESPACE, verbose=False)
+    assert res.attempted > 0 and res.failed == 0
+
+
+def test_demo_output():
+    from debutla.factorize.demo import run_fit_demo
+
+    lines: list[str] = []
+    assert run_fit_demo(out=lines.append) == 0
+    text = "\n".join(lines)
+    assert "Hadamard(1024)" in text and "truncated SVD" in text and "exact recovery: ok" in text
+    assert text.count("rel. error") >= 6

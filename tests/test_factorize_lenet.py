@@ -8,13 +8,13 @@ first factor's values; a correct ALS must do at least as well.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 import debutla as db
+from test_factorize import _numpy_backend  # noqa: F401  (autouse fixture)
 
 DATA = Path(__file__).parent / "data" / "lenet_mnist_debut_paper.npz"
 
@@ -36,17 +36,6 @@ def weights():
     w["conv2_kc"] = w["conv2_weight"].transpose(0, 2, 3, 1).reshape(16, 72)
     w["conv2_plain"] = w["conv2_weight"].reshape(16, 72)
     return w
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _numpy_backend():
-    old = os.environ.get("DEBUTLA_BACKEND")
-    os.environ["DEBUTLA_BACKEND"] = "numpy"
-    yield
-    if old is None:
-        os.environ.pop("DEBUTLA_BACKEND", None)
-    else:
-        os.environ["DEBUTLA_BACKEND"] = old
 
 
 def test_data_shapes(weights):

@@ -91,6 +91,14 @@ def analyse_chain(chain: Chain) -> Structure | None:
     Chainable here means: the chain or its transpose is t-chained
     (``t_{k+1} = r_k t_k`` for every k).  Dense chains are t-chained with ``A = D = 1``;
     the transpose of a dense chain (e.g. ``DeBut.T``) is handled through the transpose.
+
+    Examples
+    --------
+    >>> st = analyse_chain(Chain.parse("16 <-(2,2,8)- 16 <-(2,6,4)- 48 <-(1,2,4)- 96 <-(4,3,1)- 72"))
+    >>> st.transposed, st.A, st.D, st.rs
+    (False, 1, 1, ((4, 3), (1, 2), (2, 6), (2, 2)))
+    >>> analyse_chain(Chain.parse("4 <-(4,4,1)- 4 <-(4,4,1)- 4")) is None
+    True
     """
     for transposed, c in ((False, chain), (True, chain.transpose())):
         if _t_chained(c):
@@ -208,6 +216,13 @@ def rank_one_batched(M: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     w : ndarray, shape (B, c)
         ``u^H M``: sigma times the conjugated top right singular vector, so that
         ``u w`` is the best rank-one approximation (Eckart-Young).
+
+    Examples
+    --------
+    >>> M = np.array([[[3.0, 0.0], [0.0, 1.0]], [[1.0, 2.0], [2.0, 4.0]]])
+    >>> u, w = rank_one_batched(M)
+    >>> np.round(u, 6).tolist(), np.round(w, 6).tolist()
+    ([[1.0, 0.0], [0.447214, 0.894427]], [[3.0, 0.0], [2.236068, 4.472136]])
 
     Notes
     -----
