@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import os
 import zipfile
+import zlib
 from typing import Any
 
 import numpy as np
@@ -26,6 +27,16 @@ __all__ = ["save", "load", "DeButFileError", "FORMAT_VERSION"]
 FORMAT_VERSION = 1
 _MAGIC = "debutla"
 _ALLOWED = {np.dtype(np.int64), *SUPPORTED_DTYPES}
+
+try:  # zipfile reads LZMA members when Python has lzma
+    from lzma import LZMAError as _LZMAError
+except ImportError:  # pragma: no cover - Python built without lzma
+    _LZMAError = OSError
+
+# what zipfile, zlib/bz2/lzma and the .npy header parser raise on a damaged file
+_DAMAGED = (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, _LZMAError, EOFError,
+            ValueError, KeyError, OSError, UnicodeDecodeError, NotImplementedError,
+            OverflowError, MemoryError, RuntimeError, TypeError, SyntaxError, IndexError)
 
 
 class DeButFileError(ValueError):
@@ -167,9 +178,7 @@ def load(path: str | os.PathLike) -> DeBut:
             return _load(f)
         except DeButFileError:
             raise
-        except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, ValueError, KeyError,
-                OSError, UnicodeDecodeError, NotImplementedError, OverflowError,
-                MemoryError, RuntimeError, TypeError, SyntaxError, IndexError) as e:
+        except _DAMAGED as e:
             # zipfile/zlib/npy-header parsing of a damaged file; nothing else is in the try
             raise DeButFileError(f"load: {os.fspath(path)!r} is not a valid debutla file "
                                  f"({type(e).__name__}: {e})") from None
