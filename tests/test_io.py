@@ -164,17 +164,21 @@ def test_every_truncation_is_refused(saved, tmp_path):
             load(q)
 
 
-def test_truncated_member_data_is_refused(saved, tmp_path):
-    _, p = saved
+def _rewrite_member(src_path, dst_path, name, edit):
+    """Copy a zip, passing member ``name``'s bytes through ``edit``."""
     buf = io.BytesIO()
-    with zipfile.ZipFile(p) as src, zipfile.ZipFile(buf, "w") as dst:
+    with zipfile.ZipFile(src_path) as src, zipfile.ZipFile(buf, "w") as dst:
         for info in src.infolist():
             data = src.read(info)
-            if info.filename == "factor_1.npy":
-                data = data[:-8]  # header intact, one value missing
-            dst.writestr(info.filename, data)
+            dst.writestr(info.filename, edit(data) if info.filename == name else data)
+    dst_path.write_bytes(buf.getvalue())
+
+
+def test_truncated_member_data_is_refused(saved, tmp_path):
+    _, p = saved
     q = tmp_path / "t.npz"
-    q.write_bytes(buf.getvalue())
+    # header intact, one value missing
+    _rewrite_member(p, q, "factor_1.npy", lambda data: data[:-8])
     with pytest.raises(DeButFileError, match="factor_1"):
         load(q)
 
@@ -302,15 +306,12 @@ def test_compressed_files_load_and_corrupt_compressed_data_is_refused(saved, tmp
 
 def test_member_header_claiming_more_data_than_stored_is_refused(saved, tmp_path):
     _, p = saved
-    buf = io.BytesIO()
-    with zipfile.ZipFile(p) as src, zipfile.ZipFile(buf, "w") as dst:
-        for info in src.infolist():
-            data = src.read(info)
-            if info.filename == "factor_0.npy":
-                data = data.replace(b"(6, 1, 2, 1)", b"(6000000000000, 1, 2, 1)", 1)
-                assert b"6000000000000" in data
-            dst.writestr(info.filename, data)
+
+    def grow(data):
+        assert b"(6, 1, 2, 1)" in data
+        return data.replace(b"(6, 1, 2, 1)", b"(6000000000000, 1, 2, 1)", 1)
+
     q = tmp_path / "big.npz"
-    q.write_bytes(buf.getvalue())
+    _rewrite_member(p, q, "factor_0.npy", grow)
     with pytest.raises(DeButFileError, match="factor_0"):
         load(q)
