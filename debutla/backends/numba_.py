@@ -16,8 +16,10 @@ processes.  Three kernels serve all products:
   blocks that stay in L1/L2, and the tile is scattered to the output.  ``W`` is 32
   float32 values (128 bytes per feature; 16 for float64/complex64, 8 for complex128),
   halved while the two blocks would exceed :data:`FUSED_BYTES`;
-* **factor by factor** (a chain too wide for a fused pass even with the narrowest tile,
-  or fused kernels switched off with :func:`set_fused`): a generic kernel applies one
+* **factor by factor** (small chains, below :data:`CODEGEN_MIN_NNZ` values, until a
+  call is big enough to pay for compiling; a chain too wide for a fused pass even with
+  the narrowest tile; fused kernels switched off with :func:`set_fused`): a precompiled
+  generic kernel with run-time sizes applies one
   factor at a time to a panel of columns, reading the input and writing the output in
   their own layouts, with two ping-pong buffers and no transposes.
 
@@ -54,6 +56,7 @@ from ._numba_generic import chain_panels as _chain_panels
 __all__ = [
     "name", "xp", "prepare", "apply_rows", "apply_cols", "set_num_threads",
     "get_num_threads", "set_fused", "kernel_source", "FUSED_BYTES", "PARALLEL_MIN_WORK",
+    "CODEGEN_MIN_NNZ", "CODEGEN_MIN_WORK",
 ]
 
 name = "numba"
@@ -64,6 +67,11 @@ xp = np
 FUSED_BYTES = 3 * 2**20
 #: Multiply-adds (``nnz * batch``) from which a product is split over threads.
 PARALLEL_MIN_WORK = 4_000_000
+#: Chains with fewer values than this use the generic (precompiled) kernels until one
+#: call's work (``nnz * batch``) reaches :data:`CODEGEN_MIN_WORK`: a generated kernel
+#: costs 1-3 s to compile, which such small products never pay back.
+CODEGEN_MIN_NNZ = 4096
+CODEGEN_MIN_WORK = 2**17
 _MIN_W = 4
 _FALLBACK_PANEL_BYTES = 8 * 2**20
 
@@ -299,7 +307,8 @@ def _apply(state: _State, X, out, layout: str):
     X, Y, copy = _prep_io(state, X, out, shape)
     if k == 0:
         return _finish(Y, out, copy)
-    if not state.fused:
+    if not state.fused or (state.nnz < CODEGEN_MIN_NNZ and state.nnz * k < CODEGEN_MIN_WORK
+                           and state._mod is None):
         _fallback(state, X, Y, k, layout)
         return _finish(Y, out, copy)
     mod = state.module()
