@@ -1,0 +1,116 @@
+"""One operator shared by many threads gives the results of serial use."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from debutla import DeBut
+from debutla.backends import available_backends
+from strategies import DTYPE_IDS, DTYPES, assert_product_close, error_depth, reference
+
+CHAIN = "32 <-(2,4,16)- 64 <-(2,2,8)- 64 <-(4,2,2)- 32 <-(2,3,1)- 48"
+N_THREADS = 8
+ROUNDS = 20
+CPU_BACKENDS = [b for b in ("numpy", "numba") if b in available_backends()]
+
+
+def _tasks(op: DeBut, seed: int):
+    """Products of several kinds (and input dtypes) on inputs private to one thread."""
+    rng = np.random.default_rng(seed)
+    m, n = op.shape
+    x = rng.standard_normal(n).astype(op.dtype)
+    X = rng.standard_normal((n, 3)).astype(op.dtype)
+    R = rng.standard_normal((5, n)).astype(op.dtype)
+    y = rng.standard_normal(m).astype(op.dtype)
+    Y = rng.standard_normal((m, 2)).astype(op.dtype)
+    xi = rng.integers(-3, 4, n)  # int64: promotes float32/complex64 to a wider dtype
+    return [
+        ("matvec", lambda o: o @ x, x, "D"),
+        ("matmat", lambda o: o.matmat(X), X, "D"),
+        ("rows", lambda o: R @ o.T, R.T, "D"),
+        ("matmat_rows", lambda o: o.matmat_rows(R), R.T, "D"),
+        ("rmatvec", lambda o: o.rmatvec(y), y, "H"),
+        ("rmatmat", lambda o: o.rmatmat(Y), Y, "H"),
+        ("H", lambda o: o.H @ y, y, "H"),
+        ("T", lambda o: o.T @ y, y, "T"),
+        ("promoted", lambda o: o @ xi, xi, "D"),
+        ("out", lambda o: o.matmat(X, out=np.empty((m, 3), np.result_type(o.dtype, X))),
+         X, "D"),
+        ("dense", lambda o: o.to_dense(), None, "D"),
+    ]
+
+
+def _run_shared(op: DeBut, seeds):
+    """Every thread waits at a barrier, then runs its tasks ROUNDS times on ``op``."""
+    barrier = threading.Barrier(len(seeds))
+
+    def work(seed):
+        tasks = _tasks(op, seed)
+        barrier.wait()
+        results = []
+        for _ in range(ROUNDS):
+            results.append([f(op) for _, f, _, _ in tasks])
+        return results
+
+    with ThreadPoolExecutor(max_workers=len(seeds)) as pool:
+        return list(pool.map(work, seeds))
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_shared_operator_gives_serial_results_under_concurrency(dtype, backend):
+    make = lambda: DeBut.random(CHAIN, seed=7, dtype=dtype, shape=(30, 45),  # noqa: E731
+                                backend=backend)
+    serial_op, shared = make(), make()  # shared starts cold: caches built under contention
+    seeds = list(range(N_THREADS))
+    serial = {s: [f(serial_op) for _, f, _, _ in _tasks(serial_op, s)] for s in seeds}
+    before = [v.copy() for v in shared.factors]
+
+    threaded = _run_shared(shared, seeds)
+
+    D, B, depth = reference(serial_op), reference(serial_op, absolute=True), \
+        error_depth(serial_op.chain)
+    mats = {"D": (D, B), "H": (D.conj().T, B.T), "T": (D.T, B.T)}
+    for s, rounds in zip(seeds, threaded):
+        tasks = _tasks(serial_op, s)
+        for results in rounds:
+            for (name, _, inp, which), got, want in zip(tasks, results, serial[s]):
+                assert got.shape == want.shape and got.dtype == want.dtype, name
+                M, A = mats[which]
+                if inp is None:
+                    bound = A
+                elif name in ("rows", "matmat_rows"):
+                    bound = (A @ np.abs(inp)).T
+                else:
+                    bound = A @ np.abs(inp)
+                # threaded and serial agree to rounding (a race gives garbage)
+                assert_product_close(got, want.astype(np.complex128 if want.dtype.kind == "c"
+                                                      else np.float64),
+                                     2 * bound, got.dtype, depth, name)
+    for a, b in zip(before, shared.factors):
+        assert np.array_equal(a, b)
+
+
+def test_threads_with_different_input_dtypes_share_one_operator():
+    op = DeBut.random(CHAIN, seed=3, dtype=np.float32)
+    ref = DeBut.random(CHAIN, seed=3, dtype=np.float32)
+    inputs = [(np.arange(48) % 5).astype(dt) for dt in (np.float32, np.float64, np.complex64,
+                                                     np.complex128, np.int32, np.int64)]
+    expected = [ref @ x for x in inputs]
+    barrier = threading.Barrier(len(inputs))
+
+    def work(i):
+        barrier.wait()
+        return [op @ inputs[i] for _ in range(ROUNDS)]
+
+    with ThreadPoolExecutor(max_workers=len(inputs)) as pool:
+        outs = list(pool.map(work, range(len(inputs))))
+    for want, got in zip(expected, outs):
+        for g in got:
+            assert g.dtype == want.dtype
+            np.testing.assert_allclose(g, want, rtol=0,
+                                       atol=64 * np.finfo(want.dtype).eps * np.abs(want).max())
