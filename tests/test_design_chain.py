@@ -95,6 +95,16 @@ def test_power_of_two_shapes_get_every_feasible_factor_count(a, b):
         assert len(t) == L
 
 
+@pytest.mark.parametrize("m, n, L", [(4096, 4096, 2), (1024, 64, 2), (4608, 512, 3),
+                                     (997, 1000, 2)])
+def test_few_factors_for_large_shapes_grow_the_radix_automatically(m, n, L):
+    c = design_chain(m, n, n_factors=L)
+    check_design(c, m, n, "monotonic")
+    assert len(c) == L
+    with pytest.raises(ValueError, match="max_radix=16"):
+        design_chain(m, n, n_factors=L, max_radix=16, max_pad=0)
+
+
 def test_one_factor_is_the_dense_matrix():
     assert design_chain(12, 20, n_factors=1) == Chain([(12, 20, 12, 20, 1)])
     with pytest.raises(ValueError, match="bulging"):
@@ -107,10 +117,11 @@ def test_square_power_of_two_with_two_factors_is_the_butterfly():
 
 @given(st.integers(2, 300), st.integers(2, 300), st.sampled_from(["monotonic", "bulging"]))
 def test_free_factor_count_has_no_more_parameters_than_any_fixed_count(m, n, kind):
-    free = design_chain(m, n, kind=kind)
+    # at one radix bound (max_radix=None may grow the bound for a fixed count only)
+    free = design_chain(m, n, kind=kind, max_radix=16)
     for L in range(1, 7):
         try:
-            fixed = design_chain(m, n, kind=kind, n_factors=L)
+            fixed = design_chain(m, n, kind=kind, n_factors=L, max_radix=16)
         except ValueError:
             continue
         assert free.nnz <= fixed.nnz
@@ -171,9 +182,9 @@ def test_design_without_padding_matches_brute_force_minimum(kind, M, N, L):
     best = brute_force_min_nnz(M, N, L, kind)
     if best is None:
         with pytest.raises(ValueError):
-            design_chain(M, N, kind=kind, n_factors=L, max_pad=0)
+            design_chain(M, N, kind=kind, n_factors=L, max_pad=0, max_radix=16)
         return
-    c = design_chain(M, N, kind=kind, n_factors=L, max_pad=0)
+    c = design_chain(M, N, kind=kind, n_factors=L, max_pad=0, max_radix=16)
     assert c.shape == (M, N) and len(c) == L
     check_design(c, M, N, kind, max_pad=0)
     assert c.nnz == best
