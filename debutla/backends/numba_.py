@@ -66,7 +66,7 @@ xp = np
 #: and below the narrowest one the factor-by-factor kernel).
 FUSED_BYTES = 3 * 2**20
 #: Multiply-adds (``nnz * batch``) from which a product is split over threads.
-PARALLEL_MIN_WORK = 4_000_000
+PARALLEL_MIN_WORK = 1_000_000
 #: Chains with fewer values than this use the generic (precompiled) kernels until one
 #: call's work (``nnz * batch``) reaches :data:`CODEGEN_MIN_WORK`: a generated kernel
 #: costs 1-3 s to compile, which such small products never pay back.

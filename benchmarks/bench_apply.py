@@ -1,0 +1,368 @@
+"""Apply benchmark: DeBut products against dense BLAS, lazylinop and the roofline.
+
+Usage::
+
+    python benchmarks/bench_apply.py --quick     # about 2 minutes: float32, batch 1 and 256
+    python benchmarks/bench_apply.py             # the full table (about 10 minutes)
+
+For each chain (the paper's LeNet FC1, VGG 512x4608 and ResNet 512x2048 chains, a
+4096x4096 standard butterfly and a 4096x4096 radix-4 chain), batch (1, 16, 256, 4096)
+and dtype (float32, float64) it times, in one warm loop each (median of repeats):
+
+* ``dense``: ``X @ W.T`` with NumPy/BLAS (``W`` the dense ``m x n`` matrix);
+* ``numpy``: this library's NumPy backend, ``op.matmat_rows(X, out=Y)``;
+* ``numba``: this library's Numba backend, same call;
+* ``ksm``: ``lazylinop.butterfly.ksm`` (if installed) on the same values, ``L @ X.T``
+  (its column layout; skipped with a note when lazylinop does not import);
+* ``roofline``: ``max(bytes / bandwidth, flops / peak)`` with bytes = input + output +
+  factor values, flops = ``2 nnz batch``, the bandwidth measured by a large array copy and
+  the peak by a large BLAS GEMM, both in the same run.
+
+Each time is reported with its ratio to dense (speed-up, higher is better) and to the
+roofline (lower is better; 1 is the limit).  The compile section times a cold first call
+(empty kernel cache) and a cached import-and-first-call, each in a fresh process.
+
+Threads: every contender gets ``--threads`` threads (default: all cores); BLAS is limited
+with ``threadpoolctl``, the Numba backend with ``set_num_threads``.
+
+Environment: ``OPENBLAS_CORETYPE`` and ``OPENBLAS_L2_SIZE`` (set on some of our machines,
+they slow OpenBLAS down) are removed from this process's environment before NumPy loads,
+so the dense baseline runs at full speed.  Nothing else in the library touches them.
+
+Outputs (``--out``, default ``benchmarks/results``): ``bench_apply.md`` (tables),
+``bench_apply.csv`` (one row per case and contender) and ``bench_apply.png`` (speed-up
+over dense per chain, float32).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+_BAD_ENV = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+if any(v in os.environ for v in _BAD_ENV) and "numpy" not in sys.modules:
+    env = {k: v for k, v in os.environ.items() if k not in _BAD_ENV}
+    env["DEBUTLA_BENCH_ENV_CLEANED"] = ",".join(v for v in _BAD_ENV if v in os.environ)
+    os.execve(sys.executable, [sys.executable] + sys.argv, env)
+
+import argparse  # noqa: E402
+import csv  # noqa: E402
+import json  # noqa: E402
+import platform  # noqa: E402
+import statistics  # noqa: E402
+import subprocess  # noqa: E402
+import tempfile  # noqa: E402
+import textwrap  # noqa: E402
+import time  # noqa: E402
+import warnings  # noqa: E402
+
+import numpy as np  # noqa: E402
+from threadpoolctl import threadpool_limits  # noqa: E402
+
+import debutla.backends.numba_ as nbk  # noqa: E402
+from debutla import Chain, DeBut  # noqa: E402
+
+CHAINS = {
+    "LeNet FC1 mono2 128x400":
+        "128 <-(2,2,64)- 128 <-(2,2,32)- 128 <-(1,2,32)- 256 <-(2,2,16)- 256 <-(16,25,1)- 400",
+    "VGG 512x4608 mono":
+        "512 <-(2,4,256)- 1024 <-(2,4,128)- 2048 <-(2,4,64)- 4096 <-(2,2,32)- 4096 "
+        "<-(2,2,16)- 4096 <-(2,2,8)- 4096 <-(8,9,1)- 4608",
+    "ResNet 512x2048":
+        "512 <-(2,2,256)- 512 <-(2,4,128)- 1024 <-(2,2,64)- 1024 <-(2,2,32)- 1024 "
+        "<-(2,2,16)- 1024 <-(2,4,8)- 2048 <-(2,2,4)- 2048 <-(2,2,2)- 2048 <-(2,2,1)- 2048",
+    "butterfly 4096": " ".join(
+        f"4096 <-(2,2,{2 ** i})-" for i in range(11, -1, -1)) + " 4096",
+    "radix-4 4096": " ".join(
+        f"4096 <-(4,4,{4 ** i})-" for i in range(5, -1, -1)) + " 4096",
+}
+CONTENDERS = ("dense", "numpy", "numba", "ksm")
+
+
+# -- timing -------------------------------------------------------------------------------
+def timeit(fn, budget: float, min_reps: int = 3, max_reps: int = 2000) -> float:
+    """Median seconds per call of ``fn`` after one warm-up call, within ``budget``."""
+    t0 = time.perf_counter()
+    fn()
+    first = time.perf_counter() - t0
+    inner = max(1, int(2e-3 / max(first, 1e-9)))  # batch tiny calls to 2 ms samples
+    reps = int(min(max_reps, max(min_reps, budget / max(first * inner, 1e-9))))
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        for _ in range(inner):
+            fn()
+        times.append((time.perf_counter() - t0) / inner)
+    return statistics.median(times)
+
+
+def measure_machine(threads: int, quick: bool) -> dict:
+    """Copy bandwidth (GB/s) and GEMM peak (GFLOP/s per dtype) with ``threads`` threads."""
+    n = 32 * 2**20 if quick else 64 * 2**20  # float32 elements: 128 / 256 MB
+    a = np.ones(n, np.float32)
+    b = np.empty_like(a)
+    bw = 2 * a.nbytes / timeit(lambda: np.copyto(b, a), 1.0, min_reps=5)
+    del a, b
+    peak = {}
+    with threadpool_limits(limits=threads, user_api="blas"):
+        for dt in (np.float32, np.float64):
+            N = 2048
+            A = np.ones((N, N), dt)
+            B = np.ones((N, N), dt)
+            peak[np.dtype(dt).name] = 2 * N**3 / timeit(lambda: A @ B, 1.5) / 1e9
+    return {"bandwidth_GBs": bw / 1e9, "peak_GFLOPs": peak}
+
+
+# -- contenders -------------------------------------------------------------------------
+def load_ksm():
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            from lazylinop.butterfly import ksm
+        return ksm, None
+    except Exception as e:  # any import failure means "not available"
+        return None, f"{type(e).__name__}: {e}"
+
+
+def bench_case(op: DeBut, W: np.ndarray, k: int, ksm_op, threads: int, budget: float,
+               rng) -> dict:
+    """Times (s) of every contender for one chain, dtype and batch; and their errors."""
+    m, n = op.shape
+    dt = op.dtype
+    X = rng.standard_normal((k, n)).astype(dt)
+    res = {}
+    with threadpool_limits(limits=threads, user_api="blas"):
+        Yd = X @ W.T
+        res["dense"] = timeit(lambda: X @ W.T, budget)
+    ref = Yd.astype(np.float64)
+    scale = np.abs(ref).max()
+    errs = {}
+    for name in ("numpy", "numba"):
+        o = op.with_backend(name)
+        Y = np.empty((k, m), dt)
+        o.matmat_rows(X, out=Y)
+        errs[name] = float(np.abs(Y - ref).max() / scale)
+        with threadpool_limits(limits=threads if name == "numpy" else 1, user_api="blas"):
+            res[name] = timeit(lambda: o.matmat_rows(X, out=Y), budget)
+    if ksm_op is not None:
+        Xc = np.ascontiguousarray(X.T)
+        with threadpool_limits(limits=threads, user_api="blas"):
+            Yk = np.asarray(ksm_op @ Xc)
+            errs["ksm"] = float(np.abs(Yk.T - ref).max() / scale)
+            res["ksm"] = timeit(lambda: ksm_op @ Xc, budget, min_reps=1)
+    return res, errs
+
+
+def roofline(op: DeBut, k: int, machine: dict) -> float:
+    m, n = op.shape
+    item = op.dtype.itemsize
+    nbytes = (k * n + k * m + op.nnz) * item
+    flops = 2 * op.nnz * k
+    return max(nbytes / (machine["bandwidth_GBs"] * 1e9),
+               flops / (machine["peak_GFLOPs"][op.dtype.name] * 1e9))
+
+
+# -- compile cost -----------------------------------------------------------------------
+_COMPILE_SCRIPT = textwrap.dedent("""
+    import time, sys
+    t0 = time.perf_counter()
+    import numpy as np
+    from debutla import DeBut
+    op = DeBut.random(sys.argv[1], seed=0, dtype=sys.argv[2], backend="numba")
+    t1 = time.perf_counter()
+    op.matmat_rows(np.ones((int(sys.argv[3]), op.shape[1]), op.dtype))
+    t2 = time.perf_counter()
+    print(t1 - t0, t2 - t1)
+""")
+
+
+def compile_cost(text: str, dtype: str, k: int) -> dict:
+    """Cold first call (fresh cache) and cached import+first call, in fresh processes."""
+    with tempfile.TemporaryDirectory() as d:
+        env = dict(os.environ, DEBUTLA_CACHE_DIR=d)
+        out = {}
+        for label in ("cold", "cached"):
+            t0 = time.perf_counter()
+            r = subprocess.run([sys.executable, "-c", _COMPILE_SCRIPT, text, dtype, str(k)],
+                               env=env, capture_output=True, text=True, check=True)
+            wall = time.perf_counter() - t0
+            imp, call = (float(v) for v in r.stdout.split())
+            out[label] = {"import": imp, "first_call": call, "process": wall}
+        return out
+
+
+# -- report -----------------------------------------------------------------------------
+def fmt_t(t: float | None) -> str:
+    if t is None:
+        return "-"
+    if t < 1e-3:
+        return f"{t * 1e6:.1f} us"
+    if t < 1:
+        return f"{t * 1e3:.2f} ms"
+    return f"{t:.2f} s"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true",
+                    help="float32, batch 1 and 256, shorter timing loops")
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                                  "results"))
+    ap.add_argument("--chains", nargs="*", default=None,
+                    help="subset of chain names (default: all)")
+    ap.add_argument("--no-compile", action="store_true", help="skip the compile section")
+    args = ap.parse_args(argv)
+    if args.threads < 1:
+        ap.error("--threads must be a positive integer")
+    batches = (1, 256) if args.quick else (1, 16, 256, 4096)
+    dtypes = ("float32",) if args.quick else ("float32", "float64")
+    budget = 0.3 if args.quick else 0.8
+    names = args.chains or list(CHAINS)
+    unknown = [c for c in names if c not in CHAINS]
+    if unknown:
+        ap.error(f"--chains: unknown chain(s) {unknown}; known: {list(CHAINS)}")
+    os.makedirs(args.out, exist_ok=True)
+    nbk.set_num_threads(args.threads)
+    ksm, ksm_err = load_ksm()
+    rng = np.random.default_rng(0)
+
+    print(f"measuring the machine ({args.threads} threads) ...", flush=True)
+    machine = measure_machine(args.threads, args.quick)
+    print(json.dumps(machine), flush=True)
+    rows = []
+    for cname in names:
+        chain = Chain.parse(CHAINS[cname])
+        for dtn in dtypes:
+            op = DeBut.random(chain, seed=1, dtype=dtn)
+            W = op.to_dense()
+            kop = None
+            if ksm is not None:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    kop = ksm([np.asarray(v) for v in op.factors[::-1]])
+            for k in batches:
+                res, errs = bench_case(op, W, k, kop, args.threads, budget, rng)
+                roof = roofline(op, k, machine)
+                for c in CONTENDERS:
+                    t = res.get(c)
+                    rows.append({
+                        "chain": cname, "dtype": dtn, "batch": k, "contender": c,
+                        "seconds": t, "speedup_vs_dense": None if t is None else
+                        res["dense"] / t, "x_roofline": None if t is None else t / roof,
+                        "roofline_s": roof, "rel_err": errs.get(c),
+                    })
+                print(f"{cname:26s} {dtn:8s} k={k:5d} " + "  ".join(
+                    f"{c}={fmt_t(res.get(c))}" for c in CONTENDERS)
+                    + f"  roof={fmt_t(roof)}", flush=True)
+    compile_rows = []
+    if not args.no_compile:
+        for cname in names:
+            for k in ((1, 256) if not args.quick else (256,)):
+                cc = compile_cost(CHAINS[cname], "float32", k)
+                compile_rows.append((cname, k, cc))
+                print(f"compile {cname} k={k}: cold first call "
+                      f"{cc['cold']['first_call']:.2f} s, cached import+first call "
+                      f"{cc['cached']['import'] + cc['cached']['first_call']:.2f} s", flush=True)
+    write_reports(args, machine, rows, compile_rows, ksm_err)
+    return 0
+
+
+def write_reports(args, machine, rows, compile_rows, ksm_err) -> None:
+    base = os.path.join(args.out, "bench_apply")
+    with open(base + ".csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    try:
+        load = os.getloadavg()
+    except OSError:
+        load = None
+    L = ["# Apply benchmark", "",
+         f"Command: `python benchmarks/bench_apply.py{' --quick' if args.quick else ''}"
+         f"{'' if args.threads == (os.cpu_count() or 1) else f' --threads {args.threads}'}`",
+         f"Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; machine: "
+         f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+         f"{args.threads} threads; load average at the end {load}",
+         f"NumPy {np.__version__}; environment cleaned of: "
+         f"{os.environ.get('DEBUTLA_BENCH_ENV_CLEANED') or 'nothing (not set)'}",
+         f"Measured copy bandwidth {machine['bandwidth_GBs']:.1f} GB/s; GEMM peak "
+         + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in machine["peak_GFLOPs"].items()),
+         "lazylinop ksm: " + ("default (array-namespace) backend, `L @ X.T`"
+                              if ksm_err is None else f"not available ({ksm_err})"),
+         "",
+         "Each cell: time per call (median of a warm loop), then `speed-up over dense` and "
+         "`x roofline` (time / roofline time).", ""]
+    key = {}
+    for r in rows:
+        key.setdefault((r["chain"], r["dtype"], r["batch"]), {})[r["contender"]] = r
+    for dtn in sorted({r["dtype"] for r in rows}):
+        L += [f"## {dtn}", "",
+              "| chain | batch | roofline | dense | numpy | numba | ksm |",
+              "|---|---:|---:|---:|---:|---:|---:|"]
+        for (cname, d, k), cs in key.items():
+            if d != dtn:
+                continue
+            cells = []
+            for c in CONTENDERS:
+                r = cs[c]
+                if r["seconds"] is None:
+                    cells.append("-")
+                elif c == "dense":
+                    cells.append(f"{fmt_t(r['seconds'])} ({r['x_roofline']:.1f}x roof)")
+                else:
+                    cells.append(f"{fmt_t(r['seconds'])} ({r['speedup_vs_dense']:.1f}x, "
+                                 f"{r['x_roofline']:.1f}x roof)")
+            L.append(f"| {cname} | {k} | {fmt_t(cs['dense']['roofline_s'])} | "
+                     + " | ".join(cells) + " |")
+        L.append("")
+    if compile_rows:
+        L += ["## Compile cost (float32, fresh processes)", "",
+              "| chain | batch | cold first call | cached import | cached first call |",
+              "|---|---:|---:|---:|---:|"]
+        for cname, k, cc in compile_rows:
+            L.append(f"| {cname} | {k} | {cc['cold']['first_call']:.2f} s | "
+                     f"{cc['cached']['import']:.2f} s | {cc['cached']['first_call']:.3f} s |")
+        L.append("")
+    with open(base + ".md", "w") as fh:
+        fh.write("\n".join(L) + "\n")
+    plot(rows, base + ".png")
+    print(f"wrote {base}.md, .csv, .png")
+
+
+def plot(rows, path: str) -> None:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no plot")
+        return
+    rows = [r for r in rows if r["dtype"] == "float32"]
+    chains = list(dict.fromkeys(r["chain"] for r in rows))
+    fig, axes = plt.subplots(1, len(chains), figsize=(4 * len(chains), 3.6), squeeze=False)
+    for ax, cname in zip(axes[0], chains):
+        rs = [r for r in rows if r["chain"] == cname]
+        batches = sorted({r["batch"] for r in rs})
+        for c, style in (("numpy", "s-"), ("numba", "o-"), ("ksm", "^-")):
+            ys = [next((r["speedup_vs_dense"] for r in rs
+                        if r["batch"] == b and r["contender"] == c), None) for b in batches]
+            if any(y is not None for y in ys):
+                ax.plot(batches, [np.nan if y is None else y for y in ys], style, label=c)
+        roof = [next(r["roofline_s"] for r in rs if r["batch"] == b) for b in batches]
+        dense = [next(r["seconds"] for r in rs if r["batch"] == b and r["contender"] == "dense")
+                 for b in batches]
+        ax.plot(batches, [d / t for d, t in zip(dense, roof)], "k--", label="roofline")
+        ax.axhline(1.0, color="gray", lw=0.8)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_title(cname, fontsize=9)
+        ax.set_xlabel("batch")
+    axes[0][0].set_ylabel("speed-up over dense X @ W.T (float32)")
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
