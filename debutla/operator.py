@@ -218,6 +218,10 @@ class DeBut:
         op._init(chain, vals, shape, backend)
         return op
 
+    def __reduce__(self):
+        # pickle/copy/deepcopy the values only: the lock and kernel caches are rebuilt
+        return (_restore, (self._chain, self._factors, self._shape, self._backend))
+
     # -- constructors --------------------------------------------------------------
     @classmethod
     def random(
@@ -582,6 +586,11 @@ class DeBut:
         from .io import save
 
         save(self, path)
+
+
+def _restore(chain: Chain, vals: tuple, shape, backend) -> DeBut:
+    """Rebuild a pickled or copied operator (unpickled arrays are writeable: freeze)."""
+    return DeBut._from_trusted(chain, tuple(_freeze(v) for v in vals), shape, backend)
 
 
 _FORMATS = ("csr", "csc", "coo", "bsr", "lil", "dok", "dia")
