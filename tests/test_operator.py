@@ -656,3 +656,35 @@ def test_transposed_chain_of_operator_is_the_transposed_chain(c, dtype):
     op = DeBut.random(c, seed=0, dtype=dtype)
     assert op.T.chain == c.T
     assert op.T.nnz == op.nnz
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_operators_pickle_and_deepcopy_to_equal_read_only_operators(dtype):
+    import copy
+    import pickle
+
+    op = DeBut.random(WIDE, seed=0, dtype=dtype, shape=(3, 10)).H
+    op @ np.ones(op.shape[1])  # a used operator (cached kernel state) copies too
+    for other in (pickle.loads(pickle.dumps(op)), copy.deepcopy(op), copy.copy(op)):
+        assert other.chain == op.chain and other.shape == op.shape
+        assert other.dtype == op.dtype and other.backend == op.backend
+        for a, b in zip(other.factors, op.factors):
+            assert np.array_equal(a, b)
+            with pytest.raises(ValueError):
+                a[...] = 0
+            with pytest.raises(ValueError):
+                a.flags.writeable = True
+        x = np.arange(op.shape[1], dtype=dtype)
+        assert np.array_equal(other @ x, op @ x)
+
+
+def test_scipy_aslinearoperator_accepts_a_debut_operator_directly():
+    import scipy.sparse.linalg as spla
+
+    op = DeBut.random(WIDE, seed=0, dtype=np.complex128, shape=(3, 10))
+    A = spla.aslinearoperator(op)
+    assert A.shape == (3, 10) and A.dtype == np.complex128
+    x = np.arange(10.0)
+    y = np.arange(3.0)
+    assert np.array_equal(A @ x, op @ x)
+    assert np.array_equal(A.H @ y, op.H @ y)
