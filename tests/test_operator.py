@@ -688,3 +688,35 @@ def test_scipy_aslinearoperator_accepts_a_debut_operator_directly():
     y = np.arange(3.0)
     assert np.array_equal(A @ x, op @ x)
     assert np.array_equal(A.H @ y, op.H @ y)
+
+
+@by_dtype
+@given(data=st.data())
+def test_strided_reversed_and_fortran_inputs_agree_with_dense_reference(dtype, data):
+    op, rng, k, D, A, depth = _case(data, dtype)
+    m, n = op.shape
+    big = random_values(rng, (2 * n + 1, 3 * k + 2), dtype)
+    views = [big[1::2, ::3][:n, :k], np.asfortranarray(big[:n, :k]), big[::-1][:n, :k]]
+    for X in views:
+        assert X.shape == (n, k)
+        bound = A @ np.abs(X)
+        assert_product_close(op @ X, D @ X, bound, dtype, depth, "op @ view")
+        assert_product_close(X.T @ op.T, (D @ X).T, bound.T, dtype, depth, "view.T @ op.T")
+        assert_product_close(op @ X[:, 0], D @ X[:, 0], bound[:, 0], dtype, depth, "vector")
+
+
+@pytest.mark.parametrize("text", [SMALL, "6 <-(3,2,2)- 4 <-(2,3,1)- 6",
+                                  "12 <-(2,3,6)- 18 <-(3,2,2)- 12 <-(2,2,1)- 12"])
+@by_dtype
+def test_out_may_alias_the_input_of_a_square_operator(dtype, text):
+    op = DeBut.random(text, seed=0, dtype=dtype)
+    n = op.shape[1]
+    assert op.shape == (n, n)
+    rng = np.random.default_rng(1)
+    X = random_values(rng, (n, 3), dtype)
+    for f, arg in [(op.matmat, X), (op.matmat_rows, X.T), (op.rmatmat, X),
+                   (op.matvec, X[:, 0]), (op.rmatvec, X[:, 0])]:
+        expected = f(arg.copy())
+        buf = np.array(arg)
+        assert f(buf, out=buf) is buf
+        np.testing.assert_array_equal(buf, expected)
