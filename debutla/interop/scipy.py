@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import numpy as np
 from scipy.sparse.linalg import LinearOperator
 
 from ..operator import DeBut
 
 __all__ = ["DeButLinearOperator", "aslinearoperator"]
+
+
+def _vector(x):
+    """``x`` (n,) or (n, 1) as a 1-D array; a ``numpy.matrix`` stays 2-D under reshape."""
+    if isinstance(x, np.matrix):
+        x = x.A
+    return x.reshape(-1)
 
 
 class _DeButAdapter:
@@ -21,10 +29,10 @@ class _DeButAdapter:
         return op
 
     def _matvec(self, x):
-        return self.op.matvec(x.reshape(-1))
+        return self.op.matvec(_vector(x))
 
     def _rmatvec(self, x):
-        return self.op.rmatvec(x.reshape(-1))
+        return self.op.rmatvec(_vector(x))
 
     def _matmat(self, X):
         return self.op.matmat(X)
