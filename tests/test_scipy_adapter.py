@@ -189,3 +189,17 @@ def test_float32_operator_serves_float64_solver_vectors():
     y = A.matvec(x)
     assert y.dtype == np.float64  # NumPy promotion, as the operator does
     np.testing.assert_allclose(y, op.astype(np.float64) @ x, rtol=1e-12)
+
+
+@pytest.mark.filterwarnings("ignore::PendingDeprecationWarning")
+def test_adapter_accepts_numpy_matrix_inputs_like_scipy_operators():
+    # LinearOperator.matvec documents x as "{matrix, ndarray}"
+    op = DeBut.random(WIDE, seed=0, dtype=np.complex128)
+    A = aslinearoperator(op)
+    x = np.arange(40.0)
+    y = np.arange(24.0)
+    X = np.arange(80.0).reshape(40, 2)
+    np.testing.assert_array_equal(np.asarray(A.matvec(np.matrix(x).T)).ravel(), op @ x)
+    np.testing.assert_array_equal(np.asarray(A.rmatvec(np.matrix(y).T)).ravel(), op.H @ y)
+    np.testing.assert_array_equal(np.asarray(A.matmat(np.matrix(X))), op @ X)
+    np.testing.assert_array_equal(np.asarray(A.H.matmat(np.matrix(X[:24]))), op.H @ X[:24])
