@@ -162,7 +162,7 @@ def test_paper_chain_product_support_is_full_with_one_path_per_entry(name):
 @given(chains())
 def test_parse_of_str_round_trips(c):
     assert Chain.parse(str(c)) == c
-    assert Chain.parse(repr(c)[len("Chain.parse('"):-2]) == c
+    assert eval(repr(c), {"Chain": Chain}) == c
 
 
 @given(chains())
@@ -214,6 +214,7 @@ def test_from_pqrst_of_to_pqrst_round_trips(c):
     rows = c.to_pqrst()
     assert Chain.from_pqrst(rows) == c
     assert Chain.from_pqrst([list(r) for r in rows]) == c
+    assert Chain.from_pqrst(np.array(rows, dtype=np.int64)) == c
     assert rows[0][1] == c.shape[1] and rows[-1][0] == c.shape[0]  # input side first
     assert all(len(r) == 5 for r in rows)
 
