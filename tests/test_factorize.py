@@ -539,3 +539,72 @@ def test_demo_output():
     text = "\n".join(lines)
     assert "Hadamard(1024)" in text and "truncated SVD" in text and "exact recovery: ok" in text
     assert text.count("rel. error") >= 6
+
+
+# ---------------------------------------------------------------------------------------
+# valid chains that are not chainable: matrix-free ALS
+# ---------------------------------------------------------------------------------------
+
+NOT_CHAINABLE = ["4 <-(4,4,1)- 4 <-(4,4,1)- 4", "8 <-(2,2,2)- 8 <-(4,4,1)- 8",
+                 "12 <-(3,2,2)- 8 <-(2,2,2)- 8 <-(4,4,1)- 8"]
+
+
+@pytest.mark.parametrize("text", NOT_CHAINABLE)
+@pytest.mark.parametrize("dtype", [np.float64, np.complex128])
+def test_not_chainable_als_matrix_free(text, dtype):
+    from debutla.factorize.hierarchical import analyse_chain
+
+    chain = Chain.parse(text)
+    assert analyse_chain(chain) is None
+    W = random_matrix(chain.shape, dtype, np.random.default_rng(0))
+    with pytest.raises(ValueError, match="method='als'"):
+        factorize(W, chain, method="hierarchical")
+    for method in ("als", "auto"):
+        op, info = factorize(W, chain, method=method, seed=0, max_sweeps=8, tol=0,
+                             return_info=True)
+        h = np.array(info.history)
+        assert 1 <= len(h) <= 8 and np.all(np.isfinite(h))
+        assert np.all(h[1:] <= h[:-1] * (1 + 1e-10) + 1e-14)
+        assert info.rel_error == pytest.approx(rel(op.to_dense(), W), rel=1e-10)
+        if text == "8 <-(2,2,2)- 8 <-(4,4,1)- 8":
+            # the product is block-diagonal (two dense 4x4 blocks): the optimum fits the
+            # diagonal blocks exactly and misses the rest
+            off = W.copy()
+            off[:4, :4] = 0
+            off[4:, 4:] = 0
+            assert info.rel_error == pytest.approx(np.linalg.norm(off) / np.linalg.norm(W),
+                                                   rel=1e-8)
+
+
+def test_not_chainable_exact_when_representable():
+    # two dense 4x4 factors represent any 4x4 matrix: one update of R_1 is exact
+    chain = Chain.parse("4 <-(4,4,1)- 4 <-(4,4,1)- 4")
+    W = np.random.default_rng(1).standard_normal((4, 4))
+    _, info = factorize(W, chain, method="als", seed=0, max_sweeps=1, return_info=True)
+    assert info.rel_error < 1e-10
+
+
+@pytest.mark.parametrize("text", [
+    "16 <-(2,2,8)- 16 <-(2,6,4)- 48 <-(1,2,4)- 96 <-(4,3,1)- 72",
+    "24 <-(2,3,6)- 36 <-(3,2,2)- 24 <-(2,4,1)- 48",
+])
+@pytest.mark.parametrize("dtype", [np.float64, np.complex128])
+def test_matrix_free_update_equals_closed_form(text, dtype):
+    """On a chainable chain both ALS engines take the same exact LS steps."""
+    from debutla.factorize.als import ALSState, GeneralALSState
+    from debutla.factorize.hierarchical import (analyse_chain, core_tensor,
+                                                core_to_full, full_to_core)
+
+    chain = Chain.parse(text)
+    W = random_matrix(chain.shape, dtype, np.random.default_rng(0))
+    init = list(DeBut.random(chain, seed=1, dtype=dtype).factors)
+    g = GeneralALSState(W, chain, init, iter_lim=2000, rtol=1e-15)
+    s = analyse_chain(chain)
+    T, off2 = core_tensor(W, s)
+    a = ALSState(T, s.rs, full_to_core(init, s))
+    for sweep in range(3):
+        e_g = g.sweep_up() if sweep % 2 == 0 else g.sweep_down()
+        e_a = a.sweep_up() if sweep % 2 == 0 else a.sweep_down()
+        assert e_g == pytest.approx(e_a + off2, rel=1e-9)
+        for x, y in zip(g.vals, core_to_full(a.vals, s)):
+            np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-7 * np.abs(y).max())

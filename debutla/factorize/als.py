@@ -31,7 +31,7 @@ import numpy as np
 
 from .hierarchical import sqnorm
 
-__all__ = ["ALSState"]
+__all__ = ["ALSState", "GeneralALSState"]
 
 
 def _conj(x: np.ndarray) -> np.ndarray:
@@ -176,3 +176,88 @@ class ALSState:
                 self.P[k + 1] = self._shape_P(k + 1, nxt)
         self._have = "P"
         return self._residual2(nxt)
+
+
+# ---------------------------------------------------------------------------------------
+# any valid chain: matrix-free least squares (LSQR) per factor
+# ---------------------------------------------------------------------------------------
+
+class GeneralALSState:
+    """ALS for any valid chain: each factor update is a matrix-free LSQR solve.
+
+    For factor ``k`` the product is ``L S(V_k) R`` with ``L = R_N ... R_{k+1}`` and
+    ``R = R_{k-1} ... R_1`` (DeBut operators of the sub-chains) and ``S`` the scatter of
+    the values into the factor's support.  The map ``V_k -> L S(V_k) R`` and its adjoint
+    ``Y -> support entries of L^H Y R^H`` are applied with operator products (``R`` as a
+    dense ``q_k x n`` matrix, computed once per update); LSQR solves for the correction
+    from the current values, so the residual never increases.  No design matrix is
+    formed.  Cost per LSQR iteration: ``O((nnz_k + nnz_L) n)``.
+    """
+
+    def __init__(self, W: np.ndarray, chain, vals: list[np.ndarray], *,
+                 iter_lim: int = 50, rtol: float = 1e-10) -> None:
+        self.W = W
+        self.chain = chain
+        self.N = len(chain)
+        self.vals = [np.ascontiguousarray(v, dtype=W.dtype) for v in vals]
+        self.iter_lim = iter_lim
+        self.rtol = rtol
+
+    def _op(self, lo: int, hi: int):
+        from ..operator import DeBut
+
+        if lo >= hi:
+            return None
+        return DeBut(self.chain[lo:hi], self.vals[lo:hi], backend="numpy")
+
+    def _update(self, k: int) -> None:
+        from scipy.sparse.linalg import LinearOperator, lsqr
+
+        spec = self.chain[k]
+        nb, r, s, t = spec.value_shape
+        W = self.W
+        Q = W.shape[1]
+        dt = W.dtype
+        Lop = self._op(k + 1, self.N)
+        Rop = self._op(0, k)
+        Rd = (np.eye(spec.q, dtype=dt) if Rop is None
+              else Rop.to_dense()).reshape(nb, s, t, Q)
+        RdH = _conj(Rd)
+
+        def scatter_apply(x):  # S(x) @ Rd -> (p_k, Q)
+            X = x.reshape(nb, r, s, t)
+            Y = np.einsum("bijt,bjtc->bitc", X, Rd)
+            Y = Y.reshape(spec.p, Q)
+            return Y if Lop is None else Lop.matmat(Y)
+
+        def gather_adjoint(y):  # support entries of L^H Y Rd^H
+            Y = y.reshape(W.shape)
+            Z = Y if Lop is None else Lop.H.matmat(Y)
+            Z = Z.reshape(nb, r, t, Q)
+            return np.einsum("bitc,bjtc->bijt", Z, RdH).reshape(-1)
+
+        A = LinearOperator((W.size, spec.nnz), dtype=dt,
+                           matvec=lambda x: scatter_apply(x).reshape(-1),
+                           rmatvec=gather_adjoint)
+        x0 = self.vals[k].reshape(-1)
+        resid = (W - scatter_apply(x0)).reshape(-1)
+        delta = lsqr(A, resid, atol=self.rtol, btol=self.rtol, iter_lim=self.iter_lim)[0]
+        self.vals[k] = (x0 + delta.astype(dt, copy=False)).reshape(nb, r, s, t)
+
+    def residual2(self) -> float:
+        D = self._op(0, self.N).to_dense()
+        return sqnorm(D - self.W)
+
+    def sweep_up(self, step: Callable[[], None] | None = None) -> float:
+        for k in range(self.N):
+            self._update(k)
+            if step is not None:
+                step()
+        return self.residual2()
+
+    def sweep_down(self, step: Callable[[], None] | None = None) -> float:
+        for k in range(self.N - 1, -1, -1):
+            self._update(k)
+            if step is not None:
+                step()
+        return self.residual2()

@@ -13,7 +13,7 @@ import numpy as np
 
 from ..chain import Chain, design_chain
 from ..operator import DeBut
-from .als import ALSState
+from .als import ALSState, GeneralALSState
 from .hierarchical import (
     Structure,
     analyse_chain,
@@ -280,8 +280,8 @@ def factorize(
 
     Parameters
     ----------
-    W : array_like, shape (m, n)
-        The matrix to approximate: float32, float64, complex64 or complex128 (integers
+    W : array_like
+        The ``m x n`` matrix to approximate: float32, float64, complex64 or complex128 (integers
         become float64, float16 float32).  NaN and Inf are refused.
     chain : Chain or str
         The factor shapes: a :class:`~debutla.Chain`, a string in the paper's notation
@@ -396,8 +396,8 @@ def factorize(
         raise TypeError(f"factorize(return_info): return_info must be a bool, "
                         f"got {return_info!r}")
     st = analyse_chain(chain)
-    if st is None:
-        raise ValueError(not_chainable_message(chain, f"factorize(chain, method={method!r}"))
+    if st is None and method == "hierarchical":
+        raise ValueError(not_chainable_message(chain, "factorize(chain, method='hierarchical'"))
     dtype = A.dtype
     init_vals = None if init is None else _check_init(init, chain, dtype)
 
@@ -408,13 +408,19 @@ def factorize(
         Wp[:m, :n] = A
     else:
         Wp = A
-    Wf = Wp.T if st.transposed else Wp
     normW2 = sqnorm(A)
     normW = math.sqrt(normW2)
 
-    def finish(core_vals, history, sweeps, reason, splits):
-        factors = user_factors(core_to_full(core_vals, st), st)
-        op = DeBut(chain, factors, shape=(m, n))
+    if st is None:
+        # valid chain whose entries are not single paths: matrix-free ALS
+        def to_user(vals):
+            return vals
+    else:
+        def to_user(vals):
+            return user_factors(core_to_full(vals, st), st)
+
+    def finish(vals, history, sweeps, reason, splits):
+        op = DeBut(chain, to_user(vals), shape=(m, n))
         if normW2 > 0:
             D = op.with_backend("numpy").to_dense()
             rel = math.sqrt(sqnorm(D - A)) / normW
@@ -426,21 +432,33 @@ def factorize(
                        n_params=chain.nnz, shape=(m, n))
         return (op, info) if return_info else op
 
-    T, off2 = core_tensor(Wf, st)
-
     if normW2 == 0:
-        zero = [np.zeros((st.G,) + (spec.nb // st.A, spec.r, spec.s, spec.t // st.D),
-                         dtype=dtype) for spec in st.chain]
-        return finish(zero, [0.0], 0, "exact", ())
+        zero = [np.zeros(spec.value_shape, dtype=dtype) for spec in chain]
+        op = DeBut(chain, zero, shape=(m, n))
+        info = FitInfo(rel_error=0.0, method=method, chain=chain,
+                       seconds=time.perf_counter() - t_start, history=[0.0], sweeps=0,
+                       stop_reason="exact", n_params=chain.nnz, shape=(m, n))
+        return (op, info) if return_info else op
+
+    if st is None:
+        T, off2 = None, 0.0
+    else:
+        T, off2 = core_tensor(Wp.T if st.transposed else Wp, st)
 
     n_iter = max_sweeps if method != "hierarchical" else 0
-    bar = _Progress(bool(progress), n_iter + (0 if method == "als" else 1),
+    hier_stage = method != "als" and st is not None and init_vals is None
+    bar = _Progress(bool(progress), n_iter + (1 if hier_stage else 0),
                     f"factorize[{method}]")
     history: list[float] = []
     splits: list[float] = []
     try:
-        if method == "als" or (method == "auto" and init_vals is not None):
-            if init_vals is not None:
+        if st is None or method == "als" or init_vals is not None:
+            # random (seeded) or given start
+            if st is None:
+                vals = (init_vals if init_vals is not None
+                        else [np.array(v) for v in DeBut.random(chain, seed=rng,
+                                                                dtype=dtype).factors])
+            elif init_vals is not None:
                 vals = full_to_core(fitted_factors(init_vals, st), st)
             else:
                 vals = _random_core(st, dtype, rng)
@@ -455,11 +473,10 @@ def factorize(
                 return finish(vals, history, 0, "callback", splits)
         if method == "hierarchical":
             return finish(vals, history, 0, "hierarchical", splits)
-        if init_vals is not None and method == "auto":
-            start_err = None
 
         eps_stop = 8 * np.finfo(dtype).eps
-        state = ALSState(T, st.rs, vals)
+        state = (GeneralALSState(Wp, chain, vals) if st is None
+                 else ALSState(T, st.rs, vals))
         best_vals = [v.copy() for v in vals]
         best = start_err if start_err is not None else math.inf
         prev = best
@@ -500,7 +517,8 @@ def lowrank_error(W: Any, n_params: int) -> tuple[float, int]:
 
     Parameters
     ----------
-    W : array_like, shape (m, n)
+    W : array_like
+        The ``m x n`` matrix.
     n_params : int
 
     Returns

@@ -109,16 +109,13 @@ def analyse_chain(chain: Chain) -> Structure | None:
 
 
 def not_chainable_message(chain: Chain, what: str) -> str:
+    """The error for a chain the hierarchical method cannot split into rank-one blocks."""
     return (
         f"{what}: chain {chain} is not chainable for this method: neither it nor its "
         f"transpose satisfies t_(k+1) = r_k * t_k for every factor k (the condition under "
         f"which every entry of the product is one path through the chain; dense chains "
-        f"satisfy it).  Use a dense chain (debutla.design_chain) or method='als'"
-        if what.endswith("hierarchical'") else
-        f"{what}: chain {chain} is not chainable: neither it nor its transpose satisfies "
-        f"t_(k+1) = r_k * t_k for every factor k; debutla fits only chains whose product "
-        f"entries are single paths (dense chains and their transposes, possibly "
-        f"block-diagonal or Kronecker with an identity); use debutla.design_chain to get one"
+        f"satisfy it).  Use method='als' (matrix-free least squares for any valid chain) "
+        f"or a dense chain from debutla.design_chain"
     )
 
 
@@ -206,15 +203,16 @@ def rank_one_batched(M: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
     Parameters
     ----------
-    M : ndarray, shape (B, r, c)
+    M : ndarray
+        A batch of ``B`` matrices of size ``r x c``, shape ``(B, r, c)``.
 
     Returns
     -------
-    u : ndarray, shape (B, r)
-        Unit vectors (the top left singular vectors; ``e_1`` for a zero block), with the
+    u : ndarray
+        ``(B, r)`` unit vectors (the top left singular vectors; ``e_1`` for a zero block), with the
         largest-magnitude entry real positive.
-    w : ndarray, shape (B, c)
-        ``u^H M``: sigma times the conjugated top right singular vector, so that
+    w : ndarray
+        ``(B, c)``: ``u^H M``: sigma times the conjugated top right singular vector, so that
         ``u w`` is the best rank-one approximation (Eckart-Young).
 
     Examples

