@@ -34,8 +34,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import debutla as db  # noqa: E402
-from debutla import Chain, DeBut, FactorSpec  # noqa: E402
+from debutla import Chain, DeBut  # noqa: E402
 from debutla.factorize import lowrank_error  # noqa: E402
+from debutla.factorize.demo import butterfly_chain as butterfly  # noqa: E402
+from debutla.factorize.demo import hadamard  # noqa: E402
 
 VGG = ("512 <-(2,4,256)- 1024 <-(2,4,128)- 2048 <-(2,4,64)- 4096 <-(2,2,32)- 4096 "
        "<-(2,2,16)- 4096 <-(2,2,8)- 4096 <-(8,9,1)- 4608")
@@ -58,17 +60,6 @@ LENET = [
     ("FC2", "fc2", "64 <-(2,2,32)- 64 <-(2,2,16)- 64 <-(2,2,8)- 64 <-(2,2,4)- 64 "
                    "<-(2,2,2)- 64 <-(2,4,1)- 128", None),
 ]
-
-
-def butterfly(L: int) -> Chain:
-    return Chain([FactorSpec(2 ** L, 2 ** L, 2, 2, 2 ** k) for k in range(L)])
-
-
-def hadamard(n: int) -> np.ndarray:
-    H = np.ones((1, 1))
-    while H.shape[0] < n:
-        H = np.block([[H, H], [H, -H]])
-    return H
 
 
 def bitrev(L: int) -> np.ndarray:

@@ -11,17 +11,19 @@ from ..chain import Chain, FactorSpec
 from ..operator import DeBut
 from .api import factorize, lowrank_error
 
-__all__ = ["run_fit_demo"]
+__all__ = ["run_fit_demo", "butterfly_chain", "hadamard"]
 
 NOISY_CHAIN = ("128 <-(2,2,64)- 128 <-(2,2,32)- 128 <-(1,2,32)- 256 <-(2,2,16)- 256 "
                "<-(16,25,1)- 400")
 
 
-def _butterfly(L: int) -> Chain:
+def butterfly_chain(L: int) -> Chain:
+    """The standard butterfly chain of size ``2^L``: ``(2,2,1), (2,2,2), ..., (2,2,2^(L-1))``."""
     return Chain([FactorSpec(2 ** L, 2 ** L, 2, 2, 2 ** k) for k in range(L)])
 
 
-def _hadamard(n: int) -> np.ndarray:
+def hadamard(n: int) -> np.ndarray:
+    """The Sylvester-Hadamard matrix of size ``n`` (a power of two)."""
     H = np.ones((1, 1))
     while H.shape[0] < n:
         H = np.block([[H, H], [H, -H]])
@@ -81,8 +83,8 @@ def run_fit_demo(out: Callable[[str], object] = print) -> int:
         f"best possible)")
 
     L = 10
-    H = _hadamard(2 ** L)
-    hchain = _butterfly(L)
+    H = hadamard(2 ** L)
+    hchain = butterfly_chain(L)
     _report(out, f"Hadamard({2 ** L})", H, hchain, ("hierarchical",))
     _, info = factorize(H, hchain, method="hierarchical", return_info=True)
     ok = info.rel_error < 1e-10
