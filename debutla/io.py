@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import os
+import tokenize
 import zipfile
 import zlib
 from typing import Any
@@ -34,8 +35,8 @@ except ImportError:  # pragma: no cover - Python built without lzma
     _LZMAError = OSError
 
 # what zipfile, zlib/bz2/lzma and the .npy header parser raise on a damaged file
-_DAMAGED = (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, _LZMAError, EOFError,
-            ValueError, KeyError, OSError, UnicodeDecodeError, NotImplementedError,
+_DAMAGED = (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, _LZMAError,
+            tokenize.TokenError, EOFError, ValueError, KeyError, OSError, UnicodeDecodeError, NotImplementedError,
             OverflowError, MemoryError, RuntimeError, TypeError, SyntaxError, IndexError)
 
 
