@@ -315,3 +315,26 @@ def test_member_header_claiming_more_data_than_stored_is_refused(saved, tmp_path
     _rewrite_member(p, q, "factor_0.npy", grow)
     with pytest.raises(DeButFileError, match="factor_0"):
         load(q)
+
+
+@pytest.mark.parametrize("member, old, new", [
+    ("dtype.npy", b"'shape': (), }", b"'s), }"),                 # unterminated string
+    ("pqrst.npy", b"'descr': '<i8'", b"'descr': <i8'"),          # not a literal
+    ("shape.npy", b"'fortran_order': False", b"'fortran_order': 'x'"),
+    ("factor_0.npy", b"'shape': (6, 1, 2, 1)", b"'shape': (6, -1, 2, -1)"),
+    ("factor_1.npy", b"'descr': '<c8'", b"'descr': '|O'"),
+    ("factor_1.npy", b"'descr': '<c8'", b"'descr': '>c8'"),
+])
+def test_edited_npy_headers_are_refused(saved, tmp_path, member, old, new):
+    _, p = saved
+
+    def edit(data):
+        end = data.index(b"\n")
+        assert old in data[:end]
+        header = data[:end].replace(old, new, 1)
+        return header.ljust(end) + data[end:]  # same header length: only the text changes
+
+    q = tmp_path / "h.npz"
+    _rewrite_member(p, q, member, edit)
+    with pytest.raises(DeButFileError):
+        load(q)
