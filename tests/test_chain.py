@@ -570,3 +570,21 @@ def test_general_chain_strategy_yields_non_dense_chains_too():
 def test_dense_chain_helper_builds_the_paper_fc2_chain():
     rs = [(2, 4), (2, 2), (2, 2), (2, 2), (2, 2), (2, 2)]
     assert dense_chain_from_rs(rs) == Chain.parse(PAPER["lenet_fc2"][0])
+
+
+def test_factor_spec_notation_and_derived_fields():
+    f = FactorSpec(4096, 4608, 8, 9, 1)
+    assert f.notation() == str(f) == "4096 <-(8,9,1)- 4608"
+    assert f.notation(unicode=True) == "4096 \u2190(8,9,1)\u2212 4608"
+    assert (f.nb, f.nnz, f.value_shape, f.rst) == (512, 4096 * 9, (512, 8, 9, 1), (8, 9, 1))
+    assert f.transpose() == FactorSpec(4608, 4096, 9, 8, 1)
+    assert f.transpose().transpose() == f
+
+
+@given(chains())
+def test_factor_spec_transpose_is_the_transposed_support(c):
+    for f in c:
+        ones = np.ones(f.value_shape)
+        g = f.transpose()
+        assert np.array_equal(factor_dense(g, ones.transpose(0, 2, 1, 3)),
+                              factor_dense(f, ones).T)
