@@ -39,8 +39,9 @@ import sys
 import tempfile
 import threading
 
-GENERATOR_VERSION = "1"
+GENERATOR_VERSION = "2"
 _OPAQUE_T = 4  # per-row kernels: inner loops over t >= this get an opaque trip count
+_GROUP_MAX = 4  # outputs per register-blocked group in the panel kernels
 _CHUNK = 4  # terms of the j-sum written out per statement
 
 _lock = threading.Lock()
@@ -113,31 +114,37 @@ def _emit_jsum(S: _Src, ind: int, s: int, chunk) -> None:
 
 def _emit_factor_panel(S: _Src, ind: int, spec, vname: str, src: str, dst: str, W: int,
                        tag: str) -> None:
-    """One factor on a features-major panel of width ``W``: ``dst <- R src``."""
+    """One factor on a features-major panel of width ``W``: ``dst <- R src``.
+
+    Outputs are computed in groups of ``G`` (up to 4) rows ``i`` of a block, so each input
+    panel row loaded in the inner loop serves ``G`` outputs (a register-blocked micro
+    GEMM ``(G x s) @ (s x W)``).
+    """
     nb, r, s, t = spec
+    G = next(g for g in (4, 2, 1) if r % g == 0 and g <= _GROUP_MAX)
     b, i, k = f"b{tag}", f"i{tag}", f"k{tag}"
     ind1 = S.loop(ind, b, nb)
-    ind2 = S.loop(ind1, i, r)
+    ind2 = S.loop(ind1, i, r // G)
     ind3 = S.loop(ind2, k, t)
     # output feature ((b r + i) t + k); V index of j: ((b r + i) s + j) t + k;
-    # input feature (b s + j) t + k
-    bri = S.plus(S.mul(b, r), i)
+    # input feature (b s + j) t + k; here i = G * i_group + g
+    bri = S.plus(S.mul(b, r), S.mul(i, G))
     S.add(ind3, f"o_ = {S.mul(S.plus(S.mul(bri, t), k), W)}")
     S.add(ind3, f"v_ = {S.plus(S.mul(S.mul(bri, s), t), k)}")
     S.add(ind3, f"x_ = {S.mul(S.plus(S.mul(S.mul(b, s), t), k), W)}")
     jstride_v, jstride_x = t, t * W
+    gstride_o, gstride_v = t * W, s * t
 
     def chunk(j0: int, n: int, first: bool, jvar: str | None, ind_: int) -> None:
         # j = j0 (+ jvar * _CHUNK) + 0..n-1
-        names = []
-        for jj in range(n):
-            voff = S.c((j0 + jj) * jstride_v)
-            if jvar is not None:
-                vidx = f"v_ + {jvar} * {S.c(_CHUNK * jstride_v)} + {voff}"
-            else:
-                vidx = f"v_ + {voff}"
-            S.add(ind_, f"w{jj} = {vname}[{vidx}]")
-            names.append(jj)
+        for g in range(G):
+            for jj in range(n):
+                voff = S.c(g * gstride_v + (j0 + jj) * jstride_v)
+                if jvar is not None:
+                    vidx = f"v_ + {jvar} * {S.c(_CHUNK * jstride_v)} + {voff}"
+                else:
+                    vidx = f"v_ + {voff}"
+                S.add(ind_, f"w{g}_{jj} = {vname}[{vidx}]")
         if jvar is not None:
             S.add(ind_, f"xj_ = x_ + {jvar} * {S.c(_CHUNK * jstride_x)}")
             xb = "xj_"
@@ -145,11 +152,12 @@ def _emit_factor_panel(S: _Src, ind: int, spec, vname: str, src: str, dst: str, 
             xb = "x_"
         S.add(ind_, "for c_ in range(wr):")
         ind4 = ind_ + 1
-        terms = [f"w{jj} * {src}[{xb} + {S.c((j0 + jj) * jstride_x)} + c_]" for jj in names]
-        if first:
-            S.add(ind4, f"{dst}[o_ + c_] = {_sum_terms(terms)}")
-        else:
-            S.add(ind4, f"{dst}[o_ + c_] += {_sum_terms(terms)}")
+        for jj in range(n):
+            S.add(ind4, f"z{jj} = {src}[{xb} + {S.c((j0 + jj) * jstride_x)} + c_]")
+        op = "=" if first else "+="
+        for g in range(G):
+            terms = [f"w{g}_{jj} * z{jj}" for jj in range(n)]
+            S.add(ind4, f"{dst}[o_ + {S.c(g * gstride_o)} + c_] {op} {_sum_terms(terms)}")
 
     _emit_jsum(S, ind3, s, chunk)
 
