@@ -44,6 +44,29 @@ def _abs2(x: np.ndarray) -> np.ndarray:
     return x * x
 
 
+def _extend_P(V: np.ndarray, P: np.ndarray) -> np.ndarray:
+    """``P_{k+1}`` from ``V_k`` ``(G, nb, r, s, t)`` and ``P_k`` ``(G, nb, s, t, c)``.
+
+    Returns shape ``(G, nb, r t, s c)``: ``P_{k+1}[g, b, (i, t), (j, c)] = V[g,b,i,j,t]
+    P[g,b,j,t,c]`` (one path per entry).
+    """
+    G, nb, r, s, t = V.shape
+    out = V.transpose(0, 1, 2, 4, 3)[..., None] * P.transpose(0, 1, 3, 2, 4)[:, :, None]
+    return out.reshape(G, nb, r * t, s * P.shape[-1])
+
+
+def core_product(vals: list[np.ndarray]) -> np.ndarray:
+    """The dense products ``(G, Mc, Nc)`` of core values ``(G, nb, r, s, t)`` (O(m n))."""
+    G, nb, _, s, _ = vals[0].shape
+    P = np.ones((G, nb, s, 1, 1), dtype=vals[0].dtype)
+    for k, V in enumerate(vals):
+        out = _extend_P(V, P)
+        if k + 1 < len(vals):
+            _, nb1, _, s1, t1 = vals[k + 1].shape
+            P = out.reshape(G, nb1, s1, t1, out.shape[-1])
+    return out.reshape(G, out.shape[2], out.shape[3])
+
+
 class ALSState:
     """ALS on a core batch ``T`` of shape ``(G, Mc, Nc)`` with the dense core chain ``rs``.
 
@@ -77,10 +100,7 @@ class ALSState:
     # -- partial products --------------------------------------------------------------
     def _next_P(self, k: int) -> np.ndarray:
         """P_{k+1} from P_k and V_k, shape (G, nb_k, r_k t_k, s_k S_<k)."""
-        G, V, P = self.G, self.vals[k], self.P[k]
-        nb, (r, s), t, c = self.nb[k], self.rs[k], self.t[k], self.Slt[k]
-        out = V.transpose(0, 1, 2, 4, 3)[..., None] * P.transpose(0, 1, 3, 2, 4)[:, :, None]
-        return out.reshape(G, nb, r * t, s * c)
+        return _extend_P(self.vals[k], self.P[k])
 
     def _next_Q(self, k: int) -> np.ndarray:
         """Q_{k-1} from Q_k and V_k, shape (G, R_>k r_k, nb_k s_k, t_k)."""

@@ -13,7 +13,7 @@ import numpy as np
 
 from ..chain import Chain, design_chain
 from ..operator import DeBut
-from .als import ALSState, GeneralALSState
+from .als import ALSState, GeneralALSState, core_product
 from .hierarchical import (
     Structure,
     analyse_chain,
@@ -422,7 +422,12 @@ def factorize(
     def finish(vals, history, sweeps, reason, splits):
         op = DeBut(chain, to_user(vals), shape=(m, n))
         if normW2 > 0:
-            D = op.with_backend("numpy").to_dense()
+            if st is not None and st.G == 1:
+                # the dense product from the path formula: O(m n), no identity applied
+                D = core_product(vals).reshape(st.Mc, st.Nc)
+                D = (D.T if st.transposed else D)[:m, :n]
+            else:
+                D = op.with_backend("numpy").to_dense()
             rel = math.sqrt(sqnorm(D - A)) / normW
         else:
             rel = 0.0
