@@ -76,6 +76,7 @@ _MIN_W = 4
 _FALLBACK_PANEL_BYTES = 8 * 2**20
 
 _settings = {"threads": None, "fused": True}
+_ONE = np.uint64(1)
 _pool: ThreadPoolExecutor | None = None
 _pool_size = 0
 _pool_lock = threading.Lock()
@@ -244,8 +245,11 @@ def _get_pool(n: int) -> ThreadPoolExecutor:
 
 def _run_split(fn, ntasks: int, work: int) -> None:
     """Run ``fn(lo, hi)`` over ``range(ntasks)``, split across threads when worth it."""
+    if work < PARALLEL_MIN_WORK or ntasks < 2:
+        fn(0, ntasks)
+        return
     nth = min(get_num_threads(), ntasks)
-    if nth <= 1 or work < PARALLEL_MIN_WORK:
+    if nth <= 1:
         fn(0, ntasks)
         return
     bounds = [ntasks * i // nth for i in range(nth + 1)]
@@ -267,11 +271,14 @@ def _run_split(fn, ntasks: int, work: int) -> None:
 
 # -- products -------------------------------------------------------------------------
 def _prep_io(state: _State, X, out, shape_out):
-    X = np.ascontiguousarray(X, dtype=state.dtype)
-    if out is not None and out.flags.c_contiguous and out.dtype == state.dtype \
-            and not np.may_share_memory(out, X):
+    dt = state.dtype
+    if X.dtype != dt or not X.flags.c_contiguous:
+        X = np.ascontiguousarray(X, dtype=dt)
+    if out is None:
+        return X, np.empty(shape_out, dtype=dt), False
+    if out.flags.c_contiguous and out.dtype == dt and not np.may_share_memory(out, X):
         return X, out, False
-    return X, np.empty(shape_out, dtype=state.dtype), out is not None
+    return X, np.empty(shape_out, dtype=dt), True
 
 
 def _finish(Y, out, copy):
@@ -311,12 +318,19 @@ def _apply(state: _State, X, out, layout: str):
                            and state._mod is None):
         _fallback(state, X, Y, k, layout)
         return _finish(Y, out, copy)
-    mod = state.module()
+    mod = state._mod if state._mod is not None else state.module()
     W = state.W
     Xf, Yf = X.reshape(-1), Y.reshape(-1)
-    one = np.uint64(1)
-    # rows: one row at a time below half a tile; cols: a (Q, 1) column is a row
-    if (layout == "rows" and 2 * k < W) or k == 1:
+    one = _ONE
+    if k == 1:  # matvec: no thread pool, no closure (the call overhead is the cost here)
+        cache = getattr(_tls, "bufs", None)
+        pair = None if cache is None else cache.get(state.dtype.str)
+        if pair is None or pair[0].size < state.F:
+            pair = _scratch(state.dtype, state.F)
+        mod.rows_single(*state.vec, Xf, Yf, 0, 1, pair[0], pair[1], one)
+        return _finish(Y, out, copy)
+    # rows: one row at a time below half a tile
+    if layout == "rows" and 2 * k < W:
 
         def run_rows(lo: int, hi: int) -> None:
             a, b = _scratch(state.dtype, state.F)
