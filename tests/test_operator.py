@@ -720,3 +720,17 @@ def test_out_may_alias_the_input_of_a_square_operator(dtype, text):
         buf = np.array(arg)
         assert f(buf, out=buf) is buf
         np.testing.assert_array_equal(buf, expected)
+
+
+@by_dtype
+@given(data=st.data())
+def test_products_never_modify_their_inputs(dtype, data):
+    op, rng, k, _, _, _ = _case(data, dtype)
+    m, n = op.shape
+    x, X = random_values(rng, (n,), dtype), random_values(rng, (n, k), dtype)
+    y, Y = random_values(rng, (m,), dtype), random_values(rng, (m, k), dtype)
+    saved = [a.copy() for a in (x, X, y, Y)]
+    op @ x, op @ X, X.T @ op.T, op.matmat_rows(X.T), op.rmatvec(y), op.rmatmat(Y)
+    y @ op, Y.T @ op, op.H @ Y, op.T @ y
+    for a, b in zip((x, X, y, Y), saved):
+        assert np.array_equal(a, b)
