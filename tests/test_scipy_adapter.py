@@ -203,3 +203,16 @@ def test_adapter_accepts_numpy_matrix_inputs_like_scipy_operators():
     np.testing.assert_array_equal(np.asarray(A.rmatvec(np.matrix(y).T)).ravel(), op.H @ y)
     np.testing.assert_array_equal(np.asarray(A.matmat(np.matrix(X))), op @ X)
     np.testing.assert_array_equal(np.asarray(A.H.matmat(np.matrix(X[:24]))), op.H @ X[:24])
+
+
+def test_adapter_pickles_for_process_pools():
+    import pickle
+
+    op = DeBut.random(WIDE, seed=0, dtype=np.complex64, shape=(20, 37))
+    A = aslinearoperator(op)
+    B = pickle.loads(pickle.dumps(A))
+    assert isinstance(B, DeButLinearOperator)
+    assert B.shape == A.shape and B.dtype == A.dtype
+    x = np.arange(37.0)
+    np.testing.assert_array_equal(B @ x, A @ x)
+    np.testing.assert_array_equal(B.H @ x[:20], A.H @ x[:20])
