@@ -182,6 +182,8 @@ def sqnorm(x: np.ndarray) -> float:
     if np.iscomplexobj(v):
         v = v.view(v.real.dtype)
     v = v.reshape(-1)
+    if v.dtype == np.float32:  # accumulate single precision in double
+        return float(np.einsum("i,i->", v, v, dtype=np.float64))
     return float(np.einsum("i,i->", v, v))
 
 
@@ -196,6 +198,56 @@ def _normalise_phase(u: np.ndarray) -> np.ndarray:
     a = np.abs(piv)
     ph = np.where(a > 0, piv / np.where(a > 0, a, 1), 1)
     return u / ph if np.iscomplexobj(u) else u * np.sign(np.where(a > 0, piv, 1))
+
+
+def _unit(u: np.ndarray, dtype) -> np.ndarray:
+    """Normalise the rows of ``u`` (B, r); zero rows become ``e_1``; fix the phase."""
+    nrm = np.linalg.norm(u, axis=1)
+    zero = ~(nrm > 0)
+    if zero.any():
+        u = u.copy()
+        u[zero] = 0
+        u[zero, 0] = 1
+        nrm = np.where(zero, 1, nrm)
+    u = (u / nrm[:, None]).astype(dtype, copy=False)
+    return _normalise_phase(u)
+
+
+def _split_in_place(X: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """One split on the view ``X`` (B, r, t, s, c) without reordering it (needs r <= c).
+
+    The blocks are ``X[b, :, t, s, :]``.  Returns ``u`` (B, t, s, r) unit vectors,
+    ``w`` (B, s, t, c) = ``u^H`` times each block (laid out for the next split) and the
+    squared residual.  The Gram matrices come from ``r (r + 1) / 2`` contiguous
+    reductions over ``c`` (or one einsum for large ``r``): no copy of ``X``.
+    """
+    B, r, t, s, c = X.shape
+    cplx = np.iscomplexobj(X)
+    Xc = np.conj(X) if cplx else X
+    if r <= 4:
+        Gm = np.empty((B, t, s, r, r), dtype=X.dtype)
+        for i in range(r):
+            for j in range(i, r):
+                g = np.einsum("btsc,btsc->bts", X[:, i], Xc[:, j])
+                Gm[..., i, j] = g
+                if j != i:
+                    Gm[..., j, i] = np.conj(g) if cplx else g
+    else:
+        Gm = np.einsum("bitsc,bjtsc->btsij", X, Xc)
+    _, vecs = np.linalg.eigh(Gm.reshape(-1, r, r))
+    u = _unit(vecs[:, :, -1], X.dtype).reshape(B, t, s, r)
+    uc = np.conj(u) if cplx else u
+    w = np.empty((B, s, t, c), dtype=X.dtype)
+    wv = w.transpose(0, 2, 1, 3)  # (B, t, s, c) view
+    np.multiply(uc[..., 0, None], X[:, 0], out=wv)
+    for i in range(1, r):
+        wv += uc[..., i, None] * X[:, i]
+    # residual: cheap formula unless it is small against ||X||^2 (cancellation)
+    nX2 = sqnorm(X)
+    resid2 = nX2 - sqnorm(w)
+    if resid2 < 1e-6 * nX2:
+        resid2 = sum(sqnorm(X[:, i] - u[..., i, None] * wv) for i in range(r))
+    return u, w, max(resid2, 0.0)
 
 
 def rank_one_batched(M: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -245,14 +297,7 @@ def rank_one_batched(M: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         Gm = np.matmul(MH.transpose(0, 2, 1), M)
         _, vecs = np.linalg.eigh(Gm)
         u = np.matmul(M, vecs[:, :, -1:])[:, :, 0]
-    nrm = np.linalg.norm(u, axis=1)
-    zero = ~(nrm > 0)
-    if zero.any():
-        u[zero] = 0
-        u[zero, 0] = 1
-        nrm = np.where(zero, 1, nrm)
-    u = (u / nrm[:, None]).astype(M.dtype, copy=False)
-    u = _normalise_phase(u)
+    u = _unit(u, M.dtype)
     uH = np.conj(u) if np.iscomplexobj(u) else u
     w = np.matmul(uH[:, None, :], M)[:, 0, :]
     return u, w
@@ -279,13 +324,18 @@ def hierarchical_core(T: np.ndarray, rs, progress=None) -> tuple[list[np.ndarray
         t = (Mc // int(np.prod([x for x, _ in rs[k:]])))
         ncr = int(np.prod([y for _, y in rs[:k]]))
         X = cur.reshape(G * nb, r, t, s, ncr)
-        blocks = X.transpose(0, 3, 2, 1, 4).reshape(G * nb * s * t, r, ncr)
-        u, w = rank_one_batched(blocks)
-        # computed directly (no ||M||^2 - sigma^2 cancellation)
-        resid2 = sqnorm(blocks - u[:, :, None] * w[:, None, :])
+        if r <= ncr:
+            u, w, resid2 = _split_in_place(X)  # u (G nb, t, s, r), w (G nb, s, t, ncr)
+            vals[k] = np.ascontiguousarray(
+                u.reshape(G, nb, t, s, r).transpose(0, 1, 4, 3, 2))
+        else:
+            blocks = X.transpose(0, 3, 2, 1, 4).reshape(G * nb * s * t, r, ncr)
+            u, w = rank_one_batched(blocks)
+            # computed directly (no ||M||^2 - sigma^2 cancellation); blocks are small
+            resid2 = sqnorm(blocks - u[:, :, None] * w[:, None, :])
+            vals[k] = np.ascontiguousarray(
+                u.reshape(G, nb, s, t, r).transpose(0, 1, 4, 2, 3))
         step_err2.append(max(resid2, 0.0))
-        vals[k] = np.ascontiguousarray(
-            u.reshape(G, nb, s, t, r).transpose(0, 1, 4, 2, 3))
         # carry sigma * v on: batch (G, nb, s) -> new nb; rows t -> (r_{k-1}, t_{k-1})
         cur = w.reshape(G, nb * s, t, ncr)
         nb = nb * s
