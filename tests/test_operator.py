@@ -334,11 +334,12 @@ def test_out_may_be_a_non_contiguous_view():
     op = DeBut.random(WIDE, seed=1, shape=(3, 11))
     X = np.random.default_rng(0).standard_normal((11, 4))
     buf = np.zeros((4, 3))
-    res = op.matmat(X, out=buf.T)
-    assert res is not None
+    view = buf.T
+    assert op.matmat(X, out=view) is view
     np.testing.assert_array_equal(buf.T, op @ X)
     col = np.zeros((3, 2))
-    op.matvec(X[:, 0], out=col[:, 1])
+    view = col[:, 1]
+    assert op.matvec(X[:, 0], out=view) is view
     np.testing.assert_array_equal(col[:, 1], op @ X[:, 0])
     assert (col[:, 0] == 0).all()
 
