@@ -26,17 +26,21 @@ SUPPORTED_DTYPES = (
 )
 
 
-def _supported_dtype(dtype: Any, what: str) -> np.dtype:
-    """Map ``dtype`` to a supported one (ints/bools -> float64, float16 -> float32)."""
+def _supported_dtype(dtype: Any, what: str, *, promote: bool = False) -> np.dtype:
+    """Check that ``dtype`` is supported.
+
+    An explicitly requested dtype must be one of the four; with ``promote`` (dtypes
+    inferred from data) ints/bools become float64 and float16 float32.
+    """
     try:
         dt = np.dtype(dtype)
     except TypeError:
         raise TypeError(f"{what}: {dtype!r} is not a dtype") from None
     if dt in SUPPORTED_DTYPES:
         return dt
-    if dt.kind in "biu":
+    if promote and dt.kind in "biu":
         return np.dtype(np.float64)
-    if dt == np.float16:
+    if promote and dt == np.float16:
         return np.dtype(np.float32)
     raise TypeError(
         f"{what}: dtype {dt} is not supported; use float32, float64, complex64 or complex128"
@@ -174,7 +178,7 @@ class DeBut:
                 raise TypeError(f"DeBut: factor {i} has non-numeric dtype {a.dtype}")
             arrs.append(a)
         if dtype is None:
-            dt = _supported_dtype(np.result_type(*arrs), "DeBut")
+            dt = _supported_dtype(np.result_type(*arrs), "DeBut", promote=True)
         else:
             dt = _supported_dtype(dtype, "DeBut(dtype)")
             if any(a.dtype.kind == "c" for a in arrs) and dt.kind != "c":

@@ -735,3 +735,14 @@ def test_products_never_modify_their_inputs(dtype, data):
     y @ op, Y.T @ op, op.H @ Y, op.T @ y
     for a, b in zip((x, X, y, Y), saved):
         assert np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("bad", [np.int64, np.float16, np.bool_, np.longdouble])
+def test_explicit_unsupported_dtype_is_refused_not_mapped(bad):
+    chain = Chain.parse("4 <-(2,2,2)- 4 <-(2,2,1)- 4")
+    with pytest.raises(TypeError, match="not supported"):
+        DeBut.random(chain, dtype=bad)
+    with pytest.raises(TypeError, match="not supported"):
+        DeBut.random(chain).astype(bad)
+    with pytest.raises(TypeError, match="not supported"):
+        DeBut.identity(3, dtype=bad)
