@@ -139,10 +139,14 @@ class ALSState:
         (r, s), t, nb, a, c = self.rs[k], self.t[k], self.nb[k], self.Rgt[k], self.Slt[k]
         P, Q, V = self.P[k], self.Q[k], self.vals[k]
         W7 = self.T.reshape(G, a, r, t, nb, s, c)
-        # X[g,a,i,t,b,j] = sum_c W[g,a,i,t,b,j,c] conj(P[g,b,j,t,c])
-        X = np.einsum("gaitbjc,gbjtc->gaitbj", W7, _conj(P))
-        # num[g,b,i,j,t] = sum_a conj(Q[g,a,b,i,t]) X[g,a,i,t,b,j]
-        num = np.einsum("gabit,gaitbj->gbijt", _conj(Q), X)
+        # num[g,b,i,j,t] = sum_{a,c} conj(Q[g,a,b,i,t] P[g,b,j,t,c]) W[g,a,i,t,b,j,c],
+        # contracting the longer of a and c first (smaller intermediate)
+        if c > a:
+            X = np.einsum("gaitbjc,gbjtc->gaitbj", W7, _conj(P))
+            num = np.einsum("gabit,gaitbj->gbijt", _conj(Q), X)
+        else:
+            Y = np.einsum("gabit,gaitbjc->gitbjc", _conj(Q), W7)
+            num = np.einsum("gitbjc,gbjtc->gbijt", Y, _conj(P))
         qq = _abs2(Q).sum(axis=1)            # (G, nb, r, t)
         pp = _abs2(P).sum(axis=-1)           # (G, nb, s, t)
         den = qq[:, :, :, None, :] * pp[:, :, None, :, :]   # (G, nb, r, s, t)
