@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import os
 import tokenize
+import warnings
 import zipfile
 import zlib
 from typing import Any
@@ -78,12 +79,15 @@ def _read_member(zf: zipfile.ZipFile, name: str) -> np.ndarray:
         raise DeButFileError(f"load: the file has no {name!r} entry") from None
     with zf.open(info) as f:
         version = np.lib.format.read_magic(f)
-        if version == (1, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
-        elif version == (2, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
-        else:
+        if version not in ((1, 0), (2, 0)):
             raise DeButFileError(f"load: entry {name!r} has unsupported .npy version {version}")
+        read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                       else np.lib.format.read_array_header_2_0)
+        with warnings.catch_warnings():
+            # numpy's header parser warns (e.g. "invalid escape sequence") on some edited
+            # headers; a bad header must end as DeButFileError, even under -W error
+            warnings.simplefilter("ignore")
+            shape, fortran, dtype = read_header(f)
         if dtype.hasobject or (dtype not in _ALLOWED and dtype.kind != "U"):
             raise DeButFileError(f"load: entry {name!r} has disallowed dtype {dtype}")
         count = math.prod(shape)

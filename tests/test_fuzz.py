@@ -225,9 +225,8 @@ def mutations(files, spots):
 
 
 # numpy's .npy header parser (ast.literal_eval) warns about escape sequences that byte
-# edits create; a warning, not an error: the file is still refused with DeButFileError
-@pytest.mark.filterwarnings("ignore:invalid escape sequence:DeprecationWarning")
-@pytest.mark.filterwarnings("ignore:invalid escape sequence:SyntaxWarning")
+# edits create; load silences that, so no warning escapes either (CI may run -W error)
+@pytest.mark.filterwarnings("error")
 def test_load_fuzz_raises_only_file_errors(base_files):
     files, spots, path = base_files
     outcomes = {"loaded": 0, "refused": 0}
