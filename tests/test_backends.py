@@ -177,6 +177,13 @@ def test_factor_by_factor_fallback(unfused, dtype):
     _all_products(op, np.random.default_rng(2), (1, 5, 33), use_out=True)
 
 
+def test_chain_too_wide_to_fuse_uses_factor_by_factor(monkeypatch, codegen):
+    monkeypatch.setattr(nbk, "FUSED_BYTES", 64)  # no tile fits: every chain is "too wide"
+    op = DeBut.random(CHAIN_A, seed=10, dtype=np.float64, backend="numba")
+    assert not nbk.prepare(op.factors).fused
+    _all_products(op, np.random.default_rng(8), (1, 9), use_out=True)
+
+
 def test_threads_split_generic_and_fused(threaded, codegen):
     op = DeBut.random(CHAIN_A, seed=6, dtype=np.float64, backend="numba")
     W = _tile_width(op)

@@ -236,11 +236,19 @@ def _get_pool(n: int) -> ThreadPoolExecutor:
     global _pool, _pool_size
     with _pool_lock:
         if _pool is None or _pool_size < n:
-            if _pool is not None:
-                _pool.shutdown(wait=False)
+            # the old pool is left to finish what other threads may still be submitting
             _pool = ThreadPoolExecutor(max_workers=n, thread_name_prefix="debutla-numba")
             _pool_size = n
         return _pool
+
+
+def _reset_pool_after_fork() -> None:
+    global _pool, _pool_size
+    _pool, _pool_size = None, 0
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_pool_after_fork)
 
 
 def _run_split(fn, ntasks: int, work: int) -> None:
