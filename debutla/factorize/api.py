@@ -69,6 +69,25 @@ class FitInfo:
         Number of stored values (``chain.nnz``).
     shape : (int, int)
         Shape of ``W`` (the operator's shape).
+
+    Notes
+    -----
+    ``rel_error`` is computed from the returned factors (the dense product by the path
+    formula, or the operator's dense form), never extrapolated from the iteration; for
+    the hierarchical stage ``sum(e**2 for e in split_errors) == history[0]**2`` up to
+    rounding, because the split errors are orthogonal.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import debutla as db
+    >>> W = np.random.default_rng(0).standard_normal((16, 72))
+    >>> chain = "16 <-(2,2,8)- 16 <-(2,6,4)- 48 <-(1,2,4)- 96 <-(4,3,1)- 72"
+    >>> op, info = db.factorize(W, chain, method="auto", return_info=True)
+    >>> info.method, info.n_params, info.shape
+    ('auto', 512, (16, 72))
+    >>> bool(info.rel_error <= info.history[0])
+    True
     """
 
     rel_error: float

@@ -61,6 +61,14 @@ def run_fit_demo(out: Callable[[str], object] = print) -> int:
     int
         0 on success, 1 if an exactness check failed (Hadamard not recovered).
 
+    Notes
+    -----
+    A rank-``k`` factorization of an ``m x n`` matrix stores ``k (m + n)`` values; the
+    SVD column uses the largest ``k`` with ``k (m + n) <= nnz`` of the chain, and its error
+    is ``sqrt(sum_{i>k} sigma_i^2) / ||W||_F`` (Eckart-Young).  Hadamard(2^L) is exactly
+    the standard butterfly with every 2x2 grid ``[[1, 1], [1, -1]]``, so its fit must be
+    exact.
+
     Examples
     --------
     >>> lines = []
