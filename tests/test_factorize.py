@@ -14,7 +14,8 @@ from scipy.linalg import hadamard
 import debutla as db
 from debutla import Chain, DeBut, FactorSpec, factorize
 
-EXACT_TOL = {np.float64: 1e-10, np.complex128: 1e-10, np.float32: 1e-4, np.complex64: 1e-4}
+# single precision: about 80 eps (the worst of 1500 random chains measured 6.3e-7)
+EXACT_TOL = {np.float64: 1e-10, np.complex128: 1e-10, np.float32: 1e-5, np.complex64: 1e-5}
 DTYPES = [np.float32, np.float64, np.complex64, np.complex128]
 HSET = settings(deadline=None,
                 suppress_health_check=[HealthCheck.too_slow])
@@ -574,6 +575,31 @@ def test_not_chainable_als_matrix_free(text, dtype):
             off[4:, 4:] = 0
             assert info.rel_error == pytest.approx(np.linalg.norm(off) / np.linalg.norm(W),
                                                    rel=1e-8)
+
+
+def test_not_chainable_padding():
+    chain = Chain.parse("8 <-(2,2,2)- 8 <-(4,4,1)- 8")
+    W = np.random.default_rng(3).standard_normal((7, 6))
+    op, info = factorize(W, chain, method="als", seed=0, max_sweeps=6, return_info=True)
+    assert op.shape == (7, 6)
+    assert info.rel_error == pytest.approx(rel(op.to_dense(), W), rel=1e-10)
+    assert info.history[-1] >= info.rel_error * (1 - 1e-12)
+
+
+def test_init_with_transposed_chain():
+    chain = Chain.parse("24 <-(2,3,6)- 36 <-(3,2,2)- 24 <-(2,4,1)- 48").transpose()
+    true = DeBut.random(chain, seed=4)
+    W = true.to_dense()
+    # the transposed chain is fitted through W.T, so the user's last factor is the first
+    # one updated: with the others exact, one update recovers it exactly
+    start = list(true.factors)
+    start[-1] = np.random.default_rng(0).standard_normal(chain[-1].value_shape)
+    for method in ("als", "auto"):
+        op, info = factorize(W, chain, method=method, init=start, max_sweeps=1,
+                             return_info=True)
+        assert info.rel_error < 1e-10 and len(info.history) == 1
+    with pytest.raises(ValueError, match=r"factorize\(init\).*chain"):
+        factorize(W, chain, init=DeBut.random(chain.transpose(), seed=0))
 
 
 def test_not_chainable_exact_when_representable():
