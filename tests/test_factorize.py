@@ -63,7 +63,7 @@ def random_matrix(shape, dtype, rng):
 
 
 rs_pairs = st.lists(
-    st.tuples(st.integers(1, 4), st.integers(1, 4)).filter(lambda p: p != (1, 1)),
+    st.tuples(st.integers(1, 6), st.integers(1, 6)).filter(lambda p: p != (1, 1)),
     min_size=1, max_size=5,
 ).filter(lambda rs: math.prod(r for r, _ in rs) <= 96 and math.prod(s for _, s in rs) <= 96)
 
