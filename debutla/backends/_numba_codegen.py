@@ -39,7 +39,7 @@ import sys
 import tempfile
 import threading
 
-GENERATOR_VERSION = "2"
+GENERATOR_VERSION = "3"
 _OPAQUE_T = 4  # per-row kernels: inner loops over t >= this get an opaque trip count
 _GROUP_MAX = 4  # outputs per register-blocked group in the panel kernels
 _CHUNK = 4  # terms of the j-sum written out per statement
@@ -328,7 +328,9 @@ def generate_source(shapes: tuple, W: int) -> str:
         S.add(3, f"ba[:{S.c(Q * W)}] = 0")
         for line in gather:
             S.add(2, line)
-        S.add(2, f"chain_buf({vargs}, ba, bb, wr)")
+        # a partial tile computes only its columns, rounded up to a vector (W / 4)
+        S.add(2, f"wq = (w + {S.c(W // 4 - 1)}) // {S.c(W // 4)} * {S.c(W // 4)}")
+        S.add(2, f"chain_buf({vargs}, ba, bb, min(wr, wq))")
         for line in scatter:
             S.add(2, line)
         S.add(0, "")

@@ -7,15 +7,17 @@ unsigned constants (:mod:`debutla.backends._numba_codegen`), writes it to the ke
 directory and imports it, so ``numba.njit(cache=True)`` keeps the machine code across
 processes.  Three kernels serve all products:
 
-* **one row at a time** (batch below half a tile, matvec): the whole chain runs on one
+* **one row at a time** (batches of one or two rows, matvec): the whole chain runs on one
   vector held in two ping-pong scratch vectors, vectorised over the diagonal index ``t``
   (or, for ``t = 1`` factors with ``r >= 4``, over the ``r`` outputs of a block);
 * **tiles of W rows or columns** (larger batches): a tile is gathered features-major into
   a ``(features x W)`` scratch block so every inner loop runs over the ``W`` contiguous
   columns of the tile; the chain is applied factor after factor between two scratch
-  blocks that stay in L1/L2, and the tile is scattered to the output.  ``W`` is 32
-  float32 values (128 bytes per feature; 16 for float64/complex64, 8 for complex128),
-  halved while the two blocks would exceed :data:`FUSED_BYTES`;
+  blocks that stay in L1/L2, and the tile is scattered to the output.  ``W`` is 64
+  float32 values (256 bytes per feature; 32 for float64/complex64, 16 for complex128),
+  halved while the two blocks, weighted by the number of factors (``N / 6``, at least 1),
+  exceed :data:`FUSED_BYTES`; a partial tile computes only its columns (rounded up to
+  ``W / 4``);
 * **factor by factor** (small chains, below :data:`CODEGEN_MIN_NNZ` values, until a
   call is big enough to pay for compiling; a chain too wide for a fused pass even with
   the narrowest tile; fused kernels switched off with :func:`set_fused`): a precompiled
@@ -64,7 +66,7 @@ xp = np
 
 #: Largest size in bytes of the two scratch blocks of a fused tile (else a narrower tile,
 #: and below the narrowest one the factor-by-factor kernel).
-FUSED_BYTES = 3 * 2**20
+FUSED_BYTES = 3 * 2**19
 #: Multiply-adds (``nnz * batch``) from which a product is split over threads.
 PARALLEL_MIN_WORK = 1_000_000
 #: Chains with fewer values than this use the generic (precompiled) kernels until one
@@ -73,6 +75,7 @@ PARALLEL_MIN_WORK = 1_000_000
 CODEGEN_MIN_NNZ = 4096
 CODEGEN_MIN_WORK = 2**17
 _MIN_W = 4
+_ROWS_SINGLE_MAX = 2  # batches up to this run one row at a time (else tiles)
 _FALLBACK_PANEL_BYTES = 8 * 2**20
 
 _settings = {"threads": None, "fused": True}
@@ -172,8 +175,11 @@ class _State:
         self.F = max(max(nb * r * t, nb * s * t) for nb, r, s, t in self.shapes)
         self.nnz = sum(nb * r * s * t for nb, r, s, t in self.shapes)
         item = self.dtype.itemsize
-        W = max(_MIN_W, 128 // item)
-        while W > _MIN_W and 2 * self.F * W * item > FUSED_BYTES:
+        # 256 bytes per feature, halved while the two blocks, weighted by how many
+        # factors sweep them per tile (N / 6, at least 1), exceed FUSED_BYTES
+        W = max(_MIN_W, 256 // item)
+        sweeps = max(1.0, len(self.shapes) / 6)
+        while W > _MIN_W and 2 * self.F * W * item * sweeps > FUSED_BYTES:
             W //= 2
         self.W = W
         self._mod = None
@@ -337,8 +343,8 @@ def _apply(state: _State, X, out, layout: str):
             pair = _scratch(state.dtype, state.F)
         mod.rows_single(*state.vec, Xf, Yf, 0, 1, pair[0], pair[1], one)
         return _finish(Y, out, copy)
-    # rows: one row at a time below half a tile
-    if layout == "rows" and 2 * k < W:
+    # rows: tiny batches one row at a time
+    if layout == "rows" and k <= _ROWS_SINGLE_MAX:
 
         def run_rows(lo: int, hi: int) -> None:
             a, b = _scratch(state.dtype, state.F)
