@@ -634,3 +634,42 @@ def test_matrix_free_update_equals_closed_form(text, dtype):
         assert e_g == pytest.approx(e_a + off2, rel=1e-9)
         for x, y in zip(g.vals, core_to_full(a.vals, s)):
             np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-7 * np.abs(y).max())
+
+
+# ---------------------------------------------------------------------------------------
+# balanced order
+# ---------------------------------------------------------------------------------------
+
+@HSET
+@given(rs=rs_pairs, dtype=st.sampled_from(DTYPES), seed=st.integers(0, 2**31 - 1),
+       variant=st.sampled_from(["dense", "transposed", "batched"]))
+def test_balanced_exact_recovery(rs, dtype, seed, variant):
+    chain = chain_from_rs(rs, A=2, D=3) if variant == "batched" else chain_from_rs(rs)
+    if variant == "transposed":
+        chain = chain.transpose()
+    W = DeBut.random(chain, seed=seed, dtype=dtype).to_dense()
+    op, info = factorize(W, chain, method="hierarchical", order="balanced",
+                         return_info=True)
+    assert info.rel_error < EXACT_TOL[dtype]
+    assert rel(op.to_dense(), W) < EXACT_TOL[dtype]
+
+
+@HSET
+@given(rs=rs_pairs, seed=st.integers(0, 2**31 - 1))
+def test_balanced_on_any_matrix(rs, seed):
+    chain = chain_from_rs(rs)
+    W = np.random.default_rng(seed).standard_normal(chain.shape)
+    _, b = factorize(W, chain, method="hierarchical", order="balanced", return_info=True)
+    _, a = factorize(W, chain, method="auto", order="balanced", return_info=True)
+    # history[0] is measured, and auto never ends above it
+    assert b.history[0] == pytest.approx(b.rel_error, rel=1e-9, abs=1e-14)
+    assert a.rel_error <= b.rel_error * (1 + 1e-12) + 1e-15
+    if len(chain) == 2:  # one split: the same as left to right, the optimum
+        _, h = factorize(W, chain, method="hierarchical", return_info=True)
+        assert b.rel_error == pytest.approx(h.rel_error, rel=1e-10, abs=1e-14)
+
+
+def test_order_argument():
+    chain = chain_from_rs([(2, 2), (2, 2)])
+    with pytest.raises(ValueError, match=r"factorize\(order\).*'bfs'"):
+        factorize(np.ones((4, 4)), chain, order="bfs")

@@ -21,15 +21,17 @@ from .hierarchical import (
     core_to_full,
     fitted_factors,
     full_to_core,
+    hierarchical_balanced,
     hierarchical_core,
     not_chainable_message,
     sqnorm,
     user_factors,
 )
 
-__all__ = ["factorize", "FitInfo", "lowrank_error", "METHODS"]
+__all__ = ["factorize", "FitInfo", "lowrank_error", "METHODS", "ORDERS"]
 
 METHODS = ("hierarchical", "als", "auto")
+ORDERS = ("l2r", "balanced")
 _DEFAULT_MAX_SWEEPS = {"als": 200, "auto": 100}
 _FLOAT_FOR = {
     np.dtype(np.float16): np.dtype(np.float32),
@@ -63,8 +65,9 @@ class FitInfo:
         ``"hierarchical"`` (no iterations), ``"exact"``, ``"tol"``, ``"max_sweeps"`` or
         ``"callback"``.
     split_errors : tuple of float
-        Relative error of each split of the hierarchical stage (output side first); the
-        squares add up to the squared hierarchical error.
+        Relative error of each split of the hierarchical stage, in the order the splits
+        were made; with ``order="l2r"`` the squares add up to the squared hierarchical
+        error.
     n_params : int
         Number of stored values (``chain.nnz``).
     shape : (int, int)
@@ -294,6 +297,7 @@ def factorize(
     progress: bool = False,
     callback: Callable[[int, float], Any] | None = None,
     init: DeBut | Sequence[Any] | None = None,
+    order: str = "l2r",
 ) -> DeBut | tuple[DeBut, FitInfo]:
     """Fit a dense matrix with a DeBut product: the best operator for a chain.
 
@@ -333,6 +337,12 @@ def factorize(
     init : DeBut or sequence of arrays, optional
         Starting factors for ALS (``"als"`` and ``"auto"``; with ``"auto"`` it replaces
         the hierarchical start).
+    order : {"l2r", "balanced"}
+        Split order of the hierarchical stage: ``"l2r"`` (default) peels one factor at a
+        time from the output side and carries the guarantees below; ``"balanced"`` splits
+        each range of factors at its middle (a balanced tree), with the frames normalised
+        before each split; it is exact on DeBut products but its split errors are not
+        orthogonal, and no error bound is claimed for it here.
 
     Returns
     -------
@@ -402,6 +412,8 @@ def factorize(
     if not isinstance(method, str) or method not in METHODS:
         raise ValueError(f"factorize(method): method must be one of {METHODS}, "
                          f"got {method!r}")
+    if not isinstance(order, str) or order not in ORDERS:
+        raise ValueError(f"factorize(order): order must be one of {ORDERS}, got {order!r}")
     if max_sweeps is None:
         max_sweeps = _DEFAULT_MAX_SWEEPS.get(method, 0)
     max_sweeps = _check_int_arg("max_sweeps", max_sweeps, 0)
@@ -488,9 +500,15 @@ def factorize(
                 vals = _random_core(st, dtype, rng)
             start_err = None
         else:
-            vals, step2 = hierarchical_core(T, st.rs)
+            if order == "balanced":
+                vals, step2 = hierarchical_balanced(T, st)
+            else:
+                vals, step2 = hierarchical_core(T, st.rs)
             splits = [math.sqrt(max(e, 0.0)) / normW for e in step2]
-            start_err = math.sqrt(max(sum(step2), 0.0) + off2) / normW
+            if order == "balanced":  # split errors are not orthogonal: measure
+                start_err = math.sqrt(sqnorm(core_product(vals) - T) + off2) / normW
+            else:
+                start_err = math.sqrt(max(sum(step2), 0.0) + off2) / normW
             history.append(start_err)
             bar.update(start_err)
             if callback is not None and callback(0, start_err) is False:

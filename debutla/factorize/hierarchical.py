@@ -32,7 +32,8 @@ import numpy as np
 
 from ..chain import Chain, FactorSpec
 
-__all__ = ["hierarchical_factors", "Structure", "analyse_chain", "rank_one_batched"]
+__all__ = ["hierarchical_factors", "hierarchical_balanced", "Structure", "analyse_chain",
+           "rank_one_batched"]
 
 
 @dataclass(frozen=True)
@@ -359,3 +360,102 @@ def hierarchical_factors(W: np.ndarray, st: Structure, progress=None):
     T, off2 = core_tensor(Wf, st)
     vals, errs = hierarchical_core(T, st.rs, progress)
     return user_factors(core_to_full(vals, st), st), errs, off2
+
+
+# ---------------------------------------------------------------------------------------
+# balanced order (with frame normalisation)
+# ---------------------------------------------------------------------------------------
+
+def _split_blocks(X: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """Best rank-one blocks of ``X`` (B, r, t, s, c), blocks ``X[b, :, t, s, :]``.
+
+    Returns ``u`` (B, t, s, r) unit vectors, ``w`` (B, s, t, c) and the squared residual.
+    """
+    B, r, t, s, c = X.shape
+    if r <= c:
+        return _split_in_place(X)
+    blocks = X.transpose(0, 3, 2, 1, 4).reshape(B * s * t, r, c)
+    u, w = rank_one_batched(blocks)
+    resid2 = sqnorm(blocks - u[:, :, None] * w[:, None, :])
+    u = u.reshape(B, s, t, r).transpose(0, 2, 1, 3)
+    return u, w.reshape(B, s, t, c), max(resid2, 0.0)
+
+
+def _safe(nrm: np.ndarray) -> np.ndarray:
+    return np.where(nrm > 0, nrm, 1.0)
+
+
+def hierarchical_balanced(T: np.ndarray, st: Structure):
+    """Balanced-tree hierarchical fit of the core batch ``T`` (:func:`core_tensor`).
+
+    Each node holds the product of a range ``lo..hi`` of factors as a tensor
+    ``N[b, I, t, J]`` (block ``b = j_{>hi}``, diagonal ``t = i_{<lo}``, rows
+    ``I = (i_hi .. i_lo)``, columns ``J``).  A node is split at its middle into a batch of
+    rank-one blocks, as in the left-to-right order.  Before each split the nodes on its
+    output side are made column-unit and those on its input side row-unit (scalings
+    pushed along the chain, the product unchanged), so that, as in the left-to-right
+    order, a split's error is not amplified.  Unlike the left-to-right order, a later
+    split's error is not orthogonal to an earlier one when the earlier split's unit
+    vectors end up inside a node that is split again, so the squared split errors need
+    not add up to the squared total.
+
+    Returns ``(core_vals, split_errors2)``.
+    """
+    A, D, Mc, Nc = st.A, st.D, st.Mc, st.Nc
+    rs = st.rs
+    root = T.reshape(A, D, Mc, Nc).transpose(0, 2, 1, 3)  # (b=a, I, t=d, J)
+    nodes: list[tuple[int, int, np.ndarray]] = [(len(rs) - 1, 0, np.ascontiguousarray(root))]
+    errs: list[float] = []
+
+    def col_unit(i: int) -> None:  # node i column-unit, norms into node i + 1
+        hi, lo, N = nodes[i]
+        B, MI, Tn, NJ = N.shape
+        c = np.sqrt(np.einsum("bitj,bitj->btj", N, np.conj(N)).real)  # (B, T, J)
+        c = _safe(c).astype(N.real.dtype)
+        nodes[i] = (hi, lo, N / c[:, None])
+        h2, l2, Nr = nodes[i + 1]
+        Nr = Nr.reshape(B, NJ, Tn, -1) * c.transpose(0, 2, 1)[..., None]
+        nodes[i + 1] = (h2, l2, Nr.reshape(nodes[i + 1][2].shape))
+
+    def row_unit(i: int) -> None:  # node i row-unit, norms into node i - 1
+        hi, lo, N = nodes[i]
+        B, MI, Tn, NJ = N.shape
+        rn = np.sqrt(np.einsum("bitj,bitj->bit", N, np.conj(N)).real)  # (B, I, T)
+        rn = _safe(rn).astype(N.real.dtype)
+        nodes[i] = (hi, lo, N / rn[..., None])
+        h2, l2, Nl = nodes[i - 1]
+        BL, IL, TL, JL = Nl.shape
+        nodes[i - 1] = (h2, l2, Nl * rn.reshape(BL, JL, TL).transpose(0, 2, 1)[:, None])
+
+    def split(i: int) -> None:
+        for j in range(i):
+            col_unit(j)
+        for j in range(len(nodes) - 1, i, -1):
+            row_unit(j)
+        hi, lo, N = nodes[i]
+        h = lo + (hi - lo) // 2  # bottom = lo..h, top = h+1..hi
+        Itop = int(np.prod([r for r, _ in rs[h + 1:hi + 1]]))
+        Jtop = int(np.prod([s for _, s in rs[h + 1:hi + 1]]))
+        B, MI, Tn, NJ = N.shape
+        Ibot, Jbot = MI // Itop, NJ // Jtop
+        X = N.reshape(B, Itop, Ibot * Tn, Jtop, Jbot)
+        u, w, e2 = _split_blocks(X)
+        errs.append(e2)
+        top = np.ascontiguousarray(u.transpose(0, 3, 1, 2))  # (B, Itop, Ibot T, Jtop)
+        bot = w.reshape(B * Jtop, Ibot, Tn, Jbot)
+        nodes[i:i + 1] = [(hi, h + 1, top), (h, lo, bot)]
+
+    def process(i: int) -> int:
+        """Split node i recursively; returns how many leaves it became."""
+        hi, lo, _ = nodes[i]
+        if hi == lo:
+            return 1
+        split(i)
+        n_top = process(i)
+        return n_top + process(i + n_top)
+
+    process(0)
+    full = []
+    for hi, lo, N in reversed(nodes):  # input side first
+        full.append(np.ascontiguousarray(N.transpose(0, 1, 3, 2)))  # (nb, r, s, t)
+    return full_to_core(full, st), errs
