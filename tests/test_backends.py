@@ -217,6 +217,15 @@ def test_numba_result_does_not_alias_input_when_out_is_input():
     np.testing.assert_allclose(X, expected, rtol=1e-13, atol=1e-13)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_read_only_out_is_refused(backend):
+    op = DeBut.random(CHAIN_A, seed=11, backend=backend)
+    out = np.zeros((2, 24))
+    out.flags.writeable = False
+    with pytest.raises(ValueError, match="read-only|writeable|not writeable"):
+        op.matmat_rows(np.ones((2, 36)), out=out)
+
+
 def test_backend_interface_and_default():
     b = get_backend("numba")
     assert b.name == "numba" and b.xp is np

@@ -290,6 +290,8 @@ def _prep_io(state: _State, X, out, shape_out):
         X = np.ascontiguousarray(X, dtype=dt)
     if out is None:
         return X, np.empty(shape_out, dtype=dt), False
+    if not out.flags.writeable:
+        raise ValueError("out must be a writeable array; got a read-only one")
     if out.flags.c_contiguous and out.dtype == dt and not np.may_share_memory(out, X):
         return X, out, False
     return X, np.empty(shape_out, dtype=dt), True
