@@ -425,7 +425,7 @@ class DeBut:
         m, n = self._shape
         P, Q = self._chain.shape
         X = _asarray(X)
-        dt = _result_dtype(self._dtype, X.dtype, what)
+        dt = self._dtype if X.dtype == self._dtype else _result_dtype(self._dtype, X.dtype, what)
         feat = 0 if layout == "cols" else 1
         if X.shape[feat] != n:
             axis = "rows" if feat == 0 else "columns"

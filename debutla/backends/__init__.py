@@ -35,6 +35,8 @@ import importlib
 import os
 from types import ModuleType
 
+from numpy import ndarray as _np_ndarray
+
 __all__ = ["get_backend", "default_backend_for", "available_backends", "BACKENDS"]
 
 BACKENDS = ("numpy", "numba", "cupy")
@@ -82,21 +84,33 @@ def available_backends() -> list[str]:
 
 
 def _is_cupy_array(x: object) -> bool:
-    return type(x).__module__.split(".")[0] == "cupy"
+    t = type(x)
+    return t is not _np_ndarray and t.__module__.split(".")[0] == "cupy"
+
+
+# default CPU backend per value of DEBUTLA_BACKEND (read at every call, resolved once)
+_cpu_default: dict = {}
 
 
 def default_backend_for(x: object) -> ModuleType:
     """The backend that serves array ``x`` by default (see module docstring)."""
     if _is_cupy_array(x):
         return get_backend("cupy")
-    env = os.environ.get("DEBUTLA_BACKEND", "").strip().lower()
+    raw = os.environ.get("DEBUTLA_BACKEND")
+    mod = _cpu_default.get(raw)
+    if mod is not None:
+        return mod
+    env = (raw or "").strip().lower()
     if env:
         if env not in ("numpy", "numba"):
             raise ValueError(
                 f"DEBUTLA_BACKEND must be 'numpy' or 'numba' for NumPy inputs, got {env!r}"
             )
-        return get_backend(env)
-    try:
-        return get_backend("numba")
-    except ImportError:
-        return get_backend("numpy")
+        mod = get_backend(env)
+    else:
+        try:
+            mod = get_backend("numba")
+        except ImportError:
+            mod = get_backend("numpy")
+    _cpu_default[raw] = mod
+    return mod
