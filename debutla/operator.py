@@ -86,12 +86,14 @@ def _check_out(out: Any, want: tuple, dt: np.dtype, xp, what: str) -> None:
         raise ValueError(f"{what}: out is read-only")
 
 
-def _as_seed(seed: Any) -> np.random.Generator:
+def _as_seed(seed: Any, what: str = "seed") -> np.random.Generator:
+    """A ``numpy.random.Generator`` from ``seed`` (None, an int or a Generator)."""
     if isinstance(seed, np.random.Generator):
         return seed
     if seed is None or (isinstance(seed, (int, np.integer)) and not isinstance(seed, bool)):
         return np.random.default_rng(seed)
-    raise TypeError(f"seed must be None, an int or a numpy.random.Generator, got {seed!r}")
+    raise TypeError(f"{what}: seed must be None, an int or a numpy.random.Generator, "
+                    f"got {seed!r}")
 
 
 class DeBut:
@@ -265,7 +267,7 @@ class DeBut:
             raise TypeError(f"DeBut.random: chain must be a Chain or a str, "
                             f"got {type(chain).__name__}")
         dt = _supported_dtype(dtype, "DeBut.random(dtype)")
-        rng = _as_seed(seed)
+        rng = _as_seed(seed, "DeBut.random(seed)")
         vals = []
         for spec in chain:
             sd = 1.0 / np.sqrt(spec.s)

@@ -12,7 +12,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ..chain import Chain, design_chain
-from ..operator import DeBut
+from ..operator import DeBut, _as_seed
 from .als import ALSState, GeneralALSState, core_product
 from .hierarchical import (
     Structure,
@@ -190,15 +190,6 @@ def _check_tol(tol: Any) -> float:
     return tol
 
 
-def _rng(seed: Any) -> np.random.Generator:
-    if isinstance(seed, np.random.Generator):
-        return seed
-    if seed is None or (isinstance(seed, numbers.Integral) and not isinstance(seed, bool)):
-        return np.random.default_rng(seed)
-    raise TypeError(f"factorize(seed): seed must be None, an int or a "
-                    f"numpy.random.Generator, got {seed!r}")
-
-
 def _check_init(init: Any, chain: Chain, dtype: np.dtype) -> list[np.ndarray]:
     if isinstance(init, DeBut):
         if init.chain != chain:
@@ -206,18 +197,10 @@ def _check_init(init: Any, chain: Chain, dtype: np.dtype) -> list[np.ndarray]:
                              f"chain being fitted {chain}")
         vals = list(init.factors)
     else:
-        try:
-            vals = [np.asarray(v) for v in init]
-        except TypeError:
-            raise TypeError("factorize(init): init must be a DeBut operator or a sequence "
-                            "of factor value arrays") from None
-        if len(vals) != len(chain):
-            raise ValueError(f"factorize(init): {len(vals)} arrays given for a chain of "
-                             f"{len(chain)} factors")
-        for i, (v, spec) in enumerate(zip(vals, chain)):
-            if v.shape != spec.value_shape:
-                raise ValueError(f"factorize(init): factor {i} needs shape "
-                                 f"{spec.value_shape} (nb, r, s, t), got {v.shape}")
+        try:  # the operator's constructor validates the count and the shapes
+            vals = list(DeBut(chain, init).factors)
+        except (TypeError, ValueError) as e:
+            raise type(e)(f"factorize(init): {e}") from None
     out = []
     for i, v in enumerate(vals):
         if v.dtype.kind == "c" and dtype.kind != "c":
@@ -418,7 +401,7 @@ def factorize(
         max_sweeps = _DEFAULT_MAX_SWEEPS.get(method, 0)
     max_sweeps = _check_int_arg("max_sweeps", max_sweeps, 0)
     tol = _check_tol(tol)
-    rng = _rng(seed)
+    rng = _as_seed(seed, "factorize(seed)")
     if callback is not None and not callable(callback):
         raise TypeError(f"factorize(callback): callback must be callable, got {callback!r}")
     if not isinstance(progress, (bool, np.bool_)):
