@@ -39,6 +39,10 @@ BACKENDS = ("numpy", "numba")
 CHAIN_A = "24 <-(3,2,4)- 16 <-(4,9,1)- 36"
 # LeNet CONV2 mono1 from the paper: dense, r = 1 factor, t up to 8
 CHAIN_B = "16 <-(2,2,8)- 16 <-(2,6,4)- 48 <-(1,2,4)- 96 <-(4,3,1)- 72"
+# wide t = 1 factors (r s >= 64, the panel micro-kernel): (6,13,1) sums in passes of
+# 5 + 5 + 3 (one looped), groups of 2 outputs; its adjoint (13,6,1) groups of 1;
+# (8,9,1) passes of 5 + 4, groups of 4
+CHAIN_C = "16 <-(8,9,1)- 18 <-(3,2,2)- 12 <-(6,13,1)- 26"
 
 
 def _check(op: DeBut, got, X, layout: str, what: str) -> None:
@@ -127,6 +131,14 @@ def test_fused_kernels_chain_a(codegen, dtype):
     W = _tile_width(op)
     # 1, 3 rows: one row at a time; W + 5: a full and a partial tile
     _all_products(op, np.random.default_rng(0), (1, 3, W + 5), use_out=True,
+                  adjoint_ks=dtype == np.complex128)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.complex128], ids=["float32", "complex128"])
+def test_fused_kernels_wide_t1_factors(codegen, dtype):
+    op = DeBut.random(CHAIN_C, seed=5, dtype=dtype, backend="numba")
+    W = _tile_width(op)
+    _all_products(op, np.random.default_rng(2), (1, W + 5), use_out=True,
                   adjoint_ks=dtype == np.complex128)
 
 
