@@ -40,6 +40,9 @@ from __future__ import annotations
 import os
 import sys
 
+# time the checkout this script belongs to, not another installed copy of debutla
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 _BAD_ENV = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 if any(v in os.environ for v in _BAD_ENV) and "numpy" not in sys.modules:
     env = {k: v for k, v in os.environ.items() if k not in _BAD_ENV}

@@ -28,6 +28,9 @@ import time
 import warnings
 from pathlib import Path
 
+# time the checkout this script belongs to, not another installed copy of debutla
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]

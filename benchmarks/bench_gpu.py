@@ -15,6 +15,9 @@ import argparse
 import os
 import sys
 
+# time the checkout this script belongs to, not another installed copy of debutla
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 import numpy as np
 
 import debutla as db
@@ -41,12 +44,12 @@ def _time(cp, fn, reps=20):
 
 
 def main(argv=None):
-    import cupy as cp
-
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=None, help="write the Markdown table here too")
     ap.add_argument("--batches", default="1,256,4096")
     args = ap.parse_args(argv)
+    import cupy as cp
+
     batches = [int(b) for b in args.batches.split(",")]
     name = cp.cuda.runtime.getDeviceProperties(0)["name"].decode()
     lines = [f"GPU: {name}; CuPy {cp.__version__}; float32; median of 20 (CUDA events)", "",
