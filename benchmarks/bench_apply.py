@@ -64,21 +64,14 @@ import numpy as np  # noqa: E402
 from threadpoolctl import threadpool_limits  # noqa: E402
 
 import debutla.backends.numba_ as nbk  # noqa: E402
-from debutla import Chain, DeBut  # noqa: E402
+from debutla import PAPER_CHAINS, Chain, DeBut  # noqa: E402
 
 CHAINS = {
-    "LeNet FC1 mono2 128x400":
-        "128 <-(2,2,64)- 128 <-(2,2,32)- 128 <-(1,2,32)- 256 <-(2,2,16)- 256 <-(16,25,1)- 400",
-    "VGG 512x4608 mono":
-        "512 <-(2,4,256)- 1024 <-(2,4,128)- 2048 <-(2,4,64)- 4096 <-(2,2,32)- 4096 "
-        "<-(2,2,16)- 4096 <-(2,2,8)- 4096 <-(8,9,1)- 4608",
-    "ResNet 512x2048":
-        "512 <-(2,2,256)- 512 <-(2,4,128)- 1024 <-(2,2,64)- 1024 <-(2,2,32)- 1024 "
-        "<-(2,2,16)- 1024 <-(2,4,8)- 2048 <-(2,2,4)- 2048 <-(2,2,2)- 2048 <-(2,2,1)- 2048",
-    "butterfly 4096": " ".join(
-        f"4096 <-(2,2,{2 ** i})-" for i in range(11, -1, -1)) + " 4096",
-    "radix-4 4096": " ".join(
-        f"4096 <-(4,4,{4 ** i})-" for i in range(5, -1, -1)) + " 4096",
+    "LeNet FC1 mono2 128x400": PAPER_CHAINS["lenet_fc1_mono2"],
+    "VGG 512x4608 mono": PAPER_CHAINS["vgg_512x4608_mono"],
+    "ResNet 512x2048": PAPER_CHAINS["resnet50_layer4"],
+    "butterfly 4096": str(Chain.butterfly(4096)),
+    "radix-4 4096": str(Chain.butterfly(4096, radix=4)),
 }
 CONTENDERS = ("dense", "numpy", "numba", "ksm")
 

@@ -37,29 +37,20 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import debutla as db  # noqa: E402
-from debutla import Chain, DeBut  # noqa: E402
+from debutla import PAPER_CHAINS, Chain, DeBut  # noqa: E402
 from debutla.factorize import lowrank_error  # noqa: E402
-from debutla.factorize.demo import butterfly_chain as butterfly  # noqa: E402
 from debutla.factorize.demo import hadamard  # noqa: E402
 
-VGG = ("512 <-(2,4,256)- 1024 <-(2,4,128)- 2048 <-(2,4,64)- 4096 <-(2,2,32)- 4096 "
-       "<-(2,2,16)- 4096 <-(2,2,8)- 4096 <-(8,9,1)- 4608")
-FC1_MONO2 = ("128 <-(2,2,64)- 128 <-(2,2,32)- 128 <-(1,2,32)- 256 <-(2,2,16)- 256 "
-             "<-(16,25,1)- 400")
+VGG = PAPER_CHAINS["vgg_512x4608_mono"]
+FC1_MONO2 = PAPER_CHAINS["lenet_fc1_mono2"]
 LENET = [
     ("FC1 mono2", "fc", FC1_MONO2, 0.853),
-    ("FC1 mono1", "fc", "128 <-(2,2,64)- 128 <-(2,2,32)- 128 <-(2,2,16)- 128 <-(2,2,8)- "
-                        "128 <-(8,25,1)- 400", 0.904),
-    ("FC1 bulg1", "fc", "128 <-(2,4,64)- 256 <-(2,4,32)- 512 <-(4,5,8)- 640 <-(8,5,1)- 400",
-     None),
-    ("CONV2 mono1", "conv2_kc", "16 <-(2,2,8)- 16 <-(2,6,4)- 48 <-(1,2,4)- 96 <-(4,3,1)- 72",
-     0.803),
-    ("CONV2 mono1 (plain reshape)", "conv2_plain",
-     "16 <-(2,2,8)- 16 <-(2,6,4)- 48 <-(1,2,4)- 96 <-(4,3,1)- 72", 0.803),
-    ("CONV2 bulg1", "conv2_kc", "16 <-(2,6,8)- 48 <-(1,2,8)- 96 <-(2,2,4)- 96 <-(4,3,1)- 72",
-     0.629),
-    ("CONV2 bulg1 (plain reshape)", "conv2_plain",
-     "16 <-(2,6,8)- 48 <-(1,2,8)- 96 <-(2,2,4)- 96 <-(4,3,1)- 72", 0.629),
+    ("FC1 mono1", "fc", PAPER_CHAINS["lenet_fc1_mono1"], 0.904),
+    ("FC1 bulg1", "fc", PAPER_CHAINS["lenet_fc1_bulg1"], None),
+    ("CONV2 mono1", "conv2_kc", PAPER_CHAINS["lenet_conv2_mono1"], 0.803),
+    ("CONV2 mono1 (plain reshape)", "conv2_plain", PAPER_CHAINS["lenet_conv2_mono1"], 0.803),
+    ("CONV2 bulg1", "conv2_kc", PAPER_CHAINS["lenet_conv2_bulg1"], 0.629),
+    ("CONV2 bulg1 (plain reshape)", "conv2_plain", PAPER_CHAINS["lenet_conv2_bulg1"], 0.629),
     ("FC2", "fc2", "64 <-(2,2,32)- 64 <-(2,2,16)- 64 <-(2,2,8)- 64 <-(2,2,4)- 64 "
                    "<-(2,2,2)- 64 <-(2,4,1)- 128", None),
 ]
@@ -141,7 +132,7 @@ def run_pyfaust(peers, W, chain: Chain, repeat, max_n: int = 1024):
     if "pyfaust" not in peers:
         return None
     n = W.shape[0]
-    if W.shape[0] != W.shape[1] or n & (n - 1) or chain != butterfly(n.bit_length() - 1):
+    if W.shape[0] != W.shape[1] or n & (n - 1) or chain != Chain.butterfly(n):
         return ("n/a", "square power-of-two standard butterfly only")
     if n > max_n:
         return ("n/a", f"above --pyfaust-max-n {max_n}")
@@ -181,10 +172,11 @@ def cases(quick: bool):
     fc1 = Chain.parse(FC1_MONO2)
     out.append(("DeBut product (FC1 mono2 chain)", fc1,
                 DeBut.random(fc1, seed=1, backend="numpy").to_dense()))
-    out.append(("Hadamard 1024", butterfly(10), hadamard(1024)))
+    out.append(("Hadamard 1024", Chain.butterfly(1024), hadamard(1024)))
     F = np.fft.fft(np.eye(1024))[:, bitrev(10)]
-    out.append(("DFT 1024 x bitrev", butterfly(10), F))
-    out.append(("Gaussian 1024x1024", butterfly(10), rng.standard_normal((1024, 1024))))
+    out.append(("DFT 1024 x bitrev", Chain.butterfly(1024), F))
+    out.append(("Gaussian 1024x1024", Chain.butterfly(1024),
+                rng.standard_normal((1024, 1024))))
     mats, why = minilm_weights()
     if mats is None:
         print(f"# skipped real weights: {why}")
@@ -195,7 +187,7 @@ def cases(quick: bool):
         out.append(("DeBut product (VGG chain)", vgg,
                     DeBut.random(vgg, seed=2, backend="numpy").to_dense()))
         out.append(("Gaussian 512x4608 (VGG chain)", vgg, rng.standard_normal((512, 4608))))
-        out.append(("Gaussian 4096x4096", butterfly(12), rng.standard_normal((4096, 4096))))
+        out.append(("Gaussian 4096x4096", Chain.butterfly(4096), rng.standard_normal((4096, 4096))))
     return out
 
 

@@ -23,9 +23,9 @@ import numpy as np
 import debutla as db
 
 CHAINS = {
-    "LeNet FC1 128x400": "128 <-(2,2,64)- 128 <-(2,2,32)- 128 <-(1,2,32)- 256 <-(2,2,16)- 256 <-(16,25,1)- 400",
-    "VGG 512x4608": "512 <-(2,4,256)- 1024 <-(2,4,128)- 2048 <-(2,4,64)- 4096 <-(2,2,32)- 4096 <-(2,2,16)- 4096 <-(2,2,8)- 4096 <-(8,9,1)- 4608",
-    "butterfly 4096": " ".join(["4096"] + [f"(2,2,{2**i}) 4096" for i in range(11, -1, -1)]),
+    "LeNet FC1 128x400": db.PAPER_CHAINS["lenet_fc1_mono2"],
+    "VGG 512x4608": db.PAPER_CHAINS["vgg_512x4608_mono"],
+    "butterfly 4096": str(db.Chain.butterfly(4096)),
 }
 
 

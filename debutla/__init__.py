@@ -4,7 +4,7 @@ Public API: :class:`Chain`, :class:`DeBut`, :func:`design_chain`,
 :func:`aslinearoperator`, :func:`load`.
 """
 
-from .chain import Chain, FactorSpec, design_chain
+from .chain import PAPER_CHAINS, Chain, FactorSpec, design_chain
 from .factorize import FitInfo, factorize
 from .interop.scipy import aslinearoperator
 from .io import DeButFileError, load
@@ -17,6 +17,7 @@ __all__ = [
     "FactorSpec",
     "DeBut",
     "design_chain",
+    "PAPER_CHAINS",
     "factorize",
     "FitInfo",
     "aslinearoperator",

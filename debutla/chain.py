@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Iterable, Iterator, Sequence, overload
 
-__all__ = ["FactorSpec", "Chain", "design_chain"]
+__all__ = ["FactorSpec", "Chain", "design_chain", "PAPER_CHAINS"]
 
 
 def _check_int(name: str, value: object, *, where: str = "") -> int:
@@ -343,6 +343,37 @@ class Chain(Sequence[FactorSpec]):
     def to_ks(self) -> list[tuple[int, int, int, int]]:
         """The lazylinop patterns ``(a, b, c, d) = (nb, r, s, t)``, output side first."""
         return [(f.nb, f.r, f.s, f.t) for f in reversed(self._factors)]
+
+    @classmethod
+    def butterfly(cls, n: int, radix: int = 2) -> "Chain":
+        """The standard butterfly chain of size ``n = radix^L``.
+
+        Factors ``(radix, radix, radix^k)`` for ``k = 0 .. L-1`` in application order:
+        radix 2 gives the classic butterfly (Hadamard and the DFT up to a permutation),
+        radix 4 the radix-4 chain.
+
+        Raises
+        ------
+        ValueError
+            If ``radix < 2`` or ``n`` is not a power of ``radix`` greater than 1.
+
+        Examples
+        --------
+        >>> print(Chain.butterfly(8))
+        8 <-(2,2,4)- 8 <-(2,2,2)- 8 <-(2,2,1)- 8
+        """
+        n = _check_int("n", n, where="Chain.butterfly: ")
+        radix = _check_int("radix", radix, where="Chain.butterfly: ")
+        if radix < 2:
+            raise ValueError(f"Chain.butterfly: radix must be >= 2, got {radix}")
+        L, size = 0, 1
+        while size < n:
+            size *= radix
+            L += 1
+        if size != n or L == 0:
+            raise ValueError(f"Chain.butterfly: n={n} must be a power of radix={radix} "
+                             f"greater than 1")
+        return cls([FactorSpec(n, n, radix, radix, radix ** k) for k in range(L)])
 
     # -- sequence protocol ----------------------------------------------------------
     def __len__(self) -> int:
@@ -706,3 +737,30 @@ def design_chain(
             f"more factors or a larger max_radix"
         )
     return _chain_from_rs(best[1])
+
+
+#: The chains of the DeBut paper's tables (Lin et al., NeurIPS 2021), in its notation,
+#: by name.  ``Chain.parse(PAPER_CHAINS["vgg_512x4608_mono"])`` gives the VGG-16 CONV
+#: chain.  All are dense; ``lenet_conv2_mono1`` is called monotonic by the paper but its
+#: sizes bulge (96 > 72), so its ``kind`` is ``"bulging"``.
+PAPER_CHAINS: dict[str, str] = {
+    "lenet_fc1_mono2": "128 <-(2,2,64)- 128 <-(2,2,32)- 128 <-(1,2,32)- 256 <-(2,2,16)- 256 "
+                       "<-(16,25,1)- 400",
+    "lenet_fc1_mono1": "128 <-(2,2,64)- 128 <-(2,2,32)- 128 <-(2,2,16)- 128 <-(2,2,8)- 128 "
+                       "<-(8,25,1)- 400",
+    "lenet_fc1_bulg1": "128 <-(2,4,64)- 256 <-(2,4,32)- 512 <-(4,5,8)- 640 <-(8,5,1)- 400",
+    "lenet_conv2_mono1": "16 <-(2,2,8)- 16 <-(2,6,4)- 48 <-(1,2,4)- 96 <-(4,3,1)- 72",
+    "lenet_conv2_bulg1": "16 <-(2,6,8)- 48 <-(1,2,8)- 96 <-(2,2,4)- 96 <-(4,3,1)- 72",
+    "lenet_fc2": "64 <-(2,2,32)- 64 <-(2,2,16)- 64 <-(2,2,8)- 64 <-(2,2,4)- 64 <-(2,2,2)- 64 "
+                 "<-(2,4,1)- 128",
+    "vgg_512x4608_mono": "512 <-(2,4,256)- 1024 <-(2,4,128)- 2048 <-(2,4,64)- 4096 "
+                         "<-(2,2,32)- 4096 <-(2,2,16)- 4096 <-(2,2,8)- 4096 <-(8,9,1)- 4608",
+    "vgg_512x4608_bulg": "512 <-(2,4,256)- 1024 <-(2,4,128)- 2048 <-(2,4,64)- 4096 "
+                         "<-(2,4,32)- 8192 <-(2,2,16)- 8192 <-(16,9,1)- 4608",
+    "vgg_512x2304": "512 <-(2,2,256)- 512 <-(2,4,128)- 1024 <-(2,4,64)- 2048 <-(2,2,32)- 2048 "
+                    "<-(2,2,16)- 2048 <-(2,2,8)- 2048 <-(8,9,1)- 2304",
+    "vgg_64x576": "64 <-(8,9,8)- 72 <-(2,4,4)- 144 <-(1,2,4)- 288 <-(4,8,1)- 576",
+    "resnet50_layer4": "512 <-(2,2,256)- 512 <-(2,4,128)- 1024 <-(2,2,64)- 1024 <-(2,2,32)- "
+                       "1024 <-(2,2,16)- 1024 <-(2,4,8)- 2048 <-(2,2,4)- 2048 <-(2,2,2)- "
+                       "2048 <-(2,2,1)- 2048",
+}

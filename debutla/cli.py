@@ -9,13 +9,10 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .chain import Chain
+from .chain import PAPER_CHAINS, Chain
 from .operator import DeBut
 
 __all__ = ["main", "run_demo"]
-
-VGG_CHAIN = ("512 <-(2,4,256)- 1024 <-(2,4,128)- 2048 <-(2,4,64)- 4096 <-(2,2,32)- 4096 "
-             "<-(2,2,16)- 4096 <-(2,2,8)- 4096 <-(8,9,1)- 4608")
 
 
 def _best_time(fn: Callable[[], object], min_total: float = 0.2, max_reps: int = 1000) -> float:
@@ -40,7 +37,7 @@ def run_demo(out: Callable[[str], object] = print, fit: bool = True) -> int:
     its parameters and compression, and times ``X @ op.T`` against the dense product at
     batch 1 and 256.  Returns 0 on success, 1 if the check fails.
     """
-    chain = Chain.parse(VGG_CHAIN)
+    chain = Chain.parse(PAPER_CHAINS["vgg_512x4608_mono"])
     out("debutla demo: the DeBut paper's VGG-16 CONV chain (512 x 4608)")
     out(chain.summary())
     op = DeBut.random(chain, seed=0, dtype=np.float32)

@@ -588,3 +588,30 @@ def test_factor_spec_transpose_is_the_transposed_support(c):
         g = f.transpose()
         assert np.array_equal(factor_dense(g, ones.transpose(0, 2, 1, 3)),
                               factor_dense(f, ones).T)
+
+
+def test_paper_chains_constant_matches_the_paper_table():
+    from debutla import PAPER_CHAINS
+
+    assert set(PAPER_CHAINS) == set(PAPER)
+    for name, (text, shape, nnz, kind) in PAPER.items():
+        c = Chain.parse(PAPER_CHAINS[name])
+        assert c == Chain.parse(text)
+        assert (c.shape, c.nnz, c.kind, c.is_dense) == (shape, nnz, kind, True)
+
+
+@pytest.mark.parametrize("n, radix", [(2, 2), (8, 2), (1024, 2), (4096, 4), (27, 3)])
+def test_butterfly_chain_is_the_standard_one(n, radix):
+    c = Chain.butterfly(n, radix)
+    L = len(c)
+    assert radix ** L == n
+    assert c.to_pqrst() == [(n, n, radix, radix, radix ** k) for k in range(L)]
+    assert c.is_dense and c.shape == (n, n)
+
+
+@pytest.mark.parametrize("n, radix, exc", [(1, 2, ValueError), (12, 2, ValueError),
+                                           (8, 1, ValueError), (0, 2, ValueError),
+                                           (8.0, 2, TypeError)])
+def test_butterfly_chain_refuses_bad_sizes(n, radix, exc):
+    with pytest.raises(exc, match="Chain.butterfly"):
+        Chain.butterfly(n, radix)

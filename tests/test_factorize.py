@@ -129,14 +129,10 @@ def test_exact_recovery_vgg_chain():
     assert info.rel_error < 1e-10
 
 
-def butterfly_chain(L):
-    return Chain([FactorSpec(2 ** L, 2 ** L, 2, 2, 2 ** k) for k in range(L)])
-
-
 @pytest.mark.parametrize("L", range(1, 9))
 def test_hadamard_exact(L):
     H = hadamard(2 ** L).astype(np.float64)
-    op, info = factorize(H, butterfly_chain(L), method="hierarchical", return_info=True)
+    op, info = factorize(H, Chain.butterfly(2 ** L), method="hierarchical", return_info=True)
     assert info.rel_error < 1e-10
     np.testing.assert_allclose(op.to_dense(), H, atol=1e-10 * 2 ** L)
 
@@ -155,7 +151,7 @@ def test_dft_bitrev_exact(L, dtype):
     n = 2 ** L
     F = np.fft.fft(np.eye(n)).astype(dtype)
     W = F[:, bitrev(L)]  # F @ P with P the bit-reversal permutation
-    op, info = factorize(W, butterfly_chain(L), method="hierarchical", return_info=True)
+    op, info = factorize(W, Chain.butterfly(2 ** L), method="hierarchical", return_info=True)
     assert info.rel_error < EXACT_TOL[dtype]
 
 

@@ -39,7 +39,8 @@ timing them next to BLAS calls, limit BLAS with ``threadpoolctl`` (see
 First call and caching
 ----------------------
 The first product of a chain and dtype in a fresh cache compiles the kernel it needs
-(about 1-3 s); later processes load it from the cache (tens of milliseconds).  The cache
+(1.4-5.5 s measured on 2 cores, see ``docs/performance.rst``); later processes load it
+from the cache (0.15-0.3 s).  The cache
 lives in ``$DEBUTLA_CACHE_DIR/numba`` (default ``~/.cache/debutla/numba``).
 """
 

@@ -7,20 +7,11 @@ from typing import Callable
 
 import numpy as np
 
-from ..chain import Chain, FactorSpec
+from ..chain import PAPER_CHAINS, Chain
 from ..operator import DeBut
 from .api import factorize, lowrank_error
 
-__all__ = ["run_fit_demo", "butterfly_chain", "hadamard"]
-
-NOISY_CHAIN = ("128 <-(2,2,64)- 128 <-(2,2,32)- 128 <-(1,2,32)- 256 <-(2,2,16)- 256 "
-               "<-(16,25,1)- 400")
-
-
-def butterfly_chain(L: int) -> Chain:
-    """The standard butterfly chain of size ``2^L``: ``(2,2,1), (2,2,2), ..., (2,2,2^(L-1))``."""
-    return Chain([FactorSpec(2 ** L, 2 ** L, 2, 2, 2 ** k) for k in range(L)])
-
+__all__ = ["run_fit_demo", "hadamard"]
 
 def hadamard(n: int) -> np.ndarray:
     """The Sylvester-Hadamard matrix of size ``n`` (a power of two)."""
@@ -79,7 +70,7 @@ def run_fit_demo(out: Callable[[str], object] = print) -> int:
     """
     out("factorize: fitting dense matrices with DeBut chains "
         "(relative Frobenius errors)")
-    chain = Chain.parse(NOISY_CHAIN)
+    chain = Chain.parse(PAPER_CHAINS["lenet_fc1_mono2"])
     rng = np.random.default_rng(0)
     clean = DeBut.random(chain, seed=rng).to_dense()
     noise = rng.standard_normal(clean.shape)
@@ -92,7 +83,7 @@ def run_fit_demo(out: Callable[[str], object] = print) -> int:
 
     L = 10
     H = hadamard(2 ** L)
-    hchain = butterfly_chain(L)
+    hchain = Chain.butterfly(2 ** L)
     _report(out, f"Hadamard({2 ** L})", H, hchain, ("hierarchical",))
     _, info = factorize(H, hchain, method="hierarchical", return_info=True)
     ok = info.rel_error < 1e-10
