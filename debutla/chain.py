@@ -14,17 +14,9 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Iterable, Iterator, Sequence, overload
 
+from ._validation import check_int
+
 __all__ = ["FactorSpec", "Chain", "design_chain", "PAPER_CHAINS"]
-
-
-def _check_int(name: str, value: object, *, where: str = "") -> int:
-    """Return ``value`` as an ``int`` if it is a positive integer, else raise."""
-    if isinstance(value, bool) or not hasattr(type(value), "__index__"):
-        raise TypeError(f"{where}{name} must be an integer, got {value!r}")
-    v = _operator.index(value)  # type: ignore[arg-type]
-    if v <= 0:
-        raise ValueError(f"{where}{name} must be a positive integer, got {v}")
-    return v
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,9 +55,9 @@ class FactorSpec:
 
     def __post_init__(self) -> None:
         # name the factor in the paper's notation even when a number is bad
-        raw = f"factor {self.p} <-({self.r},{self.s},{self.t})- {self.q}: "
+        raw = f"factor {self.p} <-({self.r},{self.s},{self.t})- {self.q}"
         for name in ("p", "q", "r", "s", "t"):
-            object.__setattr__(self, name, _check_int(name, getattr(self, name), where=raw))
+            object.__setattr__(self, name, check_int(getattr(self, name), name, where=raw))
         p, q, r, s, t = self.p, self.q, self.r, self.s, self.t
         where = f"factor {self.notation()}"
         if p % (r * t):
@@ -335,8 +327,8 @@ class Chain(Sequence[FactorSpec]):
             if len(vals) != 4:
                 raise ValueError(f"Chain.from_ks: pattern {len(pats) - 1 - i} must have 4 "
                                  f"numbers (a, b, c, d), got {len(vals)}")
-            a, b, c, d = (_check_int(n, v, where=f"Chain.from_ks: pattern "
-                                     f"{len(pats) - 1 - i}: ") for n, v in zip("abcd", vals))
+            a, b, c, d = (check_int(v, n, where=f"Chain.from_ks: pattern {len(pats) - 1 - i}")
+                          for n, v in zip("abcd", vals))
             specs.append(FactorSpec(a * b * d, a * c * d, b, c, d))
         return cls(specs)
 
@@ -362,8 +354,8 @@ class Chain(Sequence[FactorSpec]):
         >>> print(Chain.butterfly(8))
         8 <-(2,2,4)- 8 <-(2,2,2)- 8 <-(2,2,1)- 8
         """
-        n = _check_int("n", n, where="Chain.butterfly: ")
-        radix = _check_int("radix", radix, where="Chain.butterfly: ")
+        n = check_int(n, "n", where="Chain.butterfly")
+        radix = check_int(radix, "radix", where="Chain.butterfly")
         if radix < 2:
             raise ValueError(f"Chain.butterfly: radix must be >= 2, got {radix}")
         L, size = 0, 1
@@ -432,7 +424,7 @@ class Chain(Sequence[FactorSpec]):
 
         For complex dtypes multiply by four for real flops.
         """
-        batch = _check_int("batch", batch, where="Chain.flops: ")
+        batch = check_int(batch, "batch", where="Chain.flops")
         return 2 * self.nnz * batch
 
     @property
@@ -682,8 +674,8 @@ def design_chain(
     >>> c.is_dense, c.shape, c.nnz <= 75776
     (True, (512, 4608), True)
     """
-    m = _check_int("m", m, where="design_chain: ")
-    n = _check_int("n", n, where="design_chain: ")
+    m = check_int(m, "m", where="design_chain")
+    n = check_int(n, "n", where="design_chain")
     if kind not in ("monotonic", "bulging", "any"):
         raise ValueError(f"design_chain: kind must be 'monotonic', 'bulging' or 'any', "
                          f"got {kind!r}")
@@ -697,12 +689,12 @@ def design_chain(
                 if radix >= max(m, n):
                     raise
                 radix *= 2
-    max_radix = _check_int("max_radix", max_radix, where="design_chain: ")
+    max_radix = check_int(max_radix, "max_radix", where="design_chain")
     if max_radix < 2:
         raise ValueError(f"design_chain: max_radix must be >= 2, got {max_radix}")
-    max_factors = _check_int("max_factors", max_factors, where="design_chain: ")
+    max_factors = check_int(max_factors, "max_factors", where="design_chain")
     if n_factors is not None:
-        n_factors = _check_int("n_factors", n_factors, where="design_chain: ")
+        n_factors = check_int(n_factors, "n_factors", where="design_chain")
     if not (isinstance(max_pad, (int, float)) and 0 <= max_pad <= 4):
         raise ValueError(f"design_chain: max_pad must be a number in [0, 4], got {max_pad!r}")
 

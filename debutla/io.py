@@ -22,7 +22,8 @@ from typing import Any
 import numpy as np
 
 from .chain import Chain
-from .operator import SUPPORTED_DTYPES, DeBut
+from ._validation import SUPPORTED_DTYPES
+from .operator import DeBut
 
 __all__ = ["save", "load", "DeButFileError", "FORMAT_VERSION"]
 

@@ -14,50 +14,11 @@ import numpy as np
 import scipy.sparse as sp
 
 from .backends import _is_cupy_array, default_backend_for, get_backend
-from .chain import Chain, _check_int
+from ._validation import (SUPPORTED_DTYPES, as_generator, check_int, check_out,
+                          result_dtype, supported_dtype)
+from .chain import Chain
 
 __all__ = ["DeBut", "SUPPORTED_DTYPES"]
-
-SUPPORTED_DTYPES = (
-    np.dtype(np.float32),
-    np.dtype(np.float64),
-    np.dtype(np.complex64),
-    np.dtype(np.complex128),
-)
-
-
-def _supported_dtype(dtype: Any, what: str, *, promote: bool = False) -> np.dtype:
-    """Check that ``dtype`` is supported.
-
-    An explicitly requested dtype must be one of the four; with ``promote`` (dtypes
-    inferred from data) ints/bools become float64 and float16 float32.
-    """
-    try:
-        dt = np.dtype(dtype)
-    except TypeError:
-        raise TypeError(f"{what}: {dtype!r} is not a dtype") from None
-    if dt in SUPPORTED_DTYPES:
-        return dt
-    if promote and dt.kind in "biu":
-        return np.dtype(np.float64)
-    if promote and dt == np.float16:
-        return np.dtype(np.float32)
-    raise TypeError(
-        f"{what}: dtype {dt} is not supported; use float32, float64, complex64 or complex128"
-    )
-
-
-def _result_dtype(op_dtype: np.dtype, x_dtype: np.dtype, what: str) -> np.dtype:
-    """The dtype of ``op @ x``: NumPy promotion, refused unless supported."""
-    if x_dtype.kind not in "biufc":
-        raise TypeError(f"{what}: input dtype {x_dtype} is not numeric; use float32, "
-                        f"float64, complex64 or complex128")
-    dt = np.result_type(op_dtype, x_dtype)
-    if dt not in SUPPORTED_DTYPES:
-        raise TypeError(f"{what}: {op_dtype} operator with {x_dtype} input gives {dt}, "
-                        f"which is not supported (float32, float64, complex64, complex128)")
-    return dt
-
 
 def _asarray(x: Any):
     """``x`` as an array of its own module: CuPy arrays stay on the device."""
@@ -72,28 +33,6 @@ def _freeze(a: np.ndarray) -> np.ndarray:
     """
     a.flags.writeable = False
     return a.view()
-
-
-def _check_out(out: Any, want: tuple, dt: np.dtype, xp, what: str) -> None:
-    """Refuse an ``out`` of the wrong type, shape or dtype, or a read-only one."""
-    if not isinstance(out, xp.ndarray):
-        raise TypeError(f"{what}: out must be a {xp.__name__} array of shape {want} and "
-                        f"dtype {dt}, got {type(out).__name__}")
-    if out.shape != want or out.dtype != dt:
-        raise ValueError(f"{what}: out must be a {xp.__name__} array of shape {want} and "
-                         f"dtype {dt}, got {out.shape} {out.dtype}")
-    if not getattr(out.flags, "writeable", True):
-        raise ValueError(f"{what}: out is read-only")
-
-
-def _as_seed(seed: Any, what: str = "seed") -> np.random.Generator:
-    """A ``numpy.random.Generator`` from ``seed`` (None, an int or a Generator)."""
-    if isinstance(seed, np.random.Generator):
-        return seed
-    if seed is None or (isinstance(seed, (int, np.integer)) and not isinstance(seed, bool)):
-        return np.random.default_rng(seed)
-    raise TypeError(f"{what}: seed must be None, an int or a numpy.random.Generator, "
-                    f"got {seed!r}")
 
 
 class DeBut:
@@ -180,9 +119,9 @@ class DeBut:
                 raise TypeError(f"DeBut: factor {i} has non-numeric dtype {a.dtype}")
             arrs.append(a)
         if dtype is None:
-            dt = _supported_dtype(np.result_type(*arrs), "DeBut", promote=True)
+            dt = supported_dtype(np.result_type(*arrs), where="DeBut", promote=True)
         else:
-            dt = _supported_dtype(dtype, "DeBut(dtype)")
+            dt = supported_dtype(dtype, where="DeBut(dtype)")
             if any(a.dtype.kind == "c" for a in arrs) and dt.kind != "c":
                 raise TypeError(f"DeBut: complex factors cannot be stored as {dt}")
         vals = []
@@ -200,8 +139,8 @@ class DeBut:
                 m, n = shape
             except (TypeError, ValueError):
                 raise TypeError(f"DeBut: shape must be a pair (m, n), got {shape!r}") from None
-            m = _check_int("m", m, where="DeBut(shape): ")
-            n = _check_int("n", n, where="DeBut(shape): ")
+            m = check_int(m, "m", where="DeBut(shape)")
+            n = check_int(n, "n", where="DeBut(shape)")
             if m > P or n > Q:
                 raise ValueError(f"DeBut: shape ({m}, {n}) exceeds the chain's size "
                                  f"({P}, {Q}); a chain can only serve a smaller matrix")
@@ -266,8 +205,8 @@ class DeBut:
         if not isinstance(chain, Chain):
             raise TypeError(f"DeBut.random: chain must be a Chain or a str, "
                             f"got {type(chain).__name__}")
-        dt = _supported_dtype(dtype, "DeBut.random(dtype)")
-        rng = _as_seed(seed, "DeBut.random(seed)")
+        dt = supported_dtype(dtype, where="DeBut.random(dtype)")
+        rng = as_generator(seed, where="DeBut.random(seed)")
         vals = []
         for spec in chain:
             sd = 1.0 / np.sqrt(spec.s)
@@ -290,8 +229,8 @@ class DeBut:
                [0., 1., 0.],
                [0., 0., 1.]])
         """
-        n = _check_int("n", n, where="DeBut.identity: ")
-        dt = _supported_dtype(dtype, "DeBut.identity(dtype)")
+        n = check_int(n, "n", where="DeBut.identity")
+        dt = supported_dtype(dtype, where="DeBut.identity(dtype)")
         v = _freeze(np.ones((1, 1, 1, n), dtype=dt))
         return cls._from_trusted(Chain([(n, n, 1, 1, n)]), (v,), None, None)
 
@@ -387,7 +326,7 @@ class DeBut:
         TypeError
             If ``dtype`` is unsupported, or complex values would be cast to a real dtype.
         """
-        dt = _supported_dtype(dtype, "DeBut.astype(dtype)")
+        dt = supported_dtype(dtype, where="DeBut.astype(dtype)")
         if dt == self._dtype:
             return self
         if self._dtype.kind == "c" and dt.kind != "c":
@@ -427,7 +366,7 @@ class DeBut:
         m, n = self._shape
         P, Q = self._chain.shape
         X = _asarray(X)
-        dt = self._dtype if X.dtype == self._dtype else _result_dtype(self._dtype, X.dtype, what)
+        dt = self._dtype if X.dtype == self._dtype else result_dtype(self._dtype, X.dtype, where=what)
         feat = 0 if layout == "cols" else 1
         if X.shape[feat] != n:
             axis = "rows" if feat == 0 else "columns"
@@ -448,7 +387,7 @@ class DeBut:
             X = X.astype(dt)
         want = (m, k) if feat == 0 else (k, m)
         if out is not None:
-            _check_out(out, want, dt, xp, what)
+            check_out(out, want, dt, xp, where=what)
         direct = out if (m == P and out is not None) else None
         if layout == "cols":
             Y = backend.apply_cols(state, self._chain.factors, X, out=direct)

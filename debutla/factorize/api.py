@@ -12,7 +12,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ..chain import Chain, design_chain
-from ..operator import DeBut, _as_seed
+from .._validation import as_generator
+from ..operator import DeBut
 from .als import ALSState, GeneralALSState, core_product
 from .hierarchical import (
     Structure,
@@ -401,7 +402,7 @@ def factorize(
         max_sweeps = _DEFAULT_MAX_SWEEPS.get(method, 0)
     max_sweeps = _check_int_arg("max_sweeps", max_sweeps, 0)
     tol = _check_tol(tol)
-    rng = _as_seed(seed, "factorize(seed)")
+    rng = as_generator(seed, where="factorize(seed)")
     if callback is not None and not callable(callback):
         raise TypeError(f"factorize(callback): callback must be callable, got {callback!r}")
     if not isinstance(progress, (bool, np.bool_)):

@@ -1,0 +1,263 @@
+"""Argument validation shared by every module: one error policy, written once.
+
+The policy (see ``docs/contributing.rst``):
+
+* ``TypeError`` when an argument has the wrong *kind* (a float where an int is needed,
+  a list where a dtype is needed, an unsupported dtype);
+* ``ValueError`` when it has the right kind but a wrong *value* (a negative size, a
+  shape that does not fit, NaN in a matrix);
+* ``IndexError`` only for *positions* (``chain[7]``, ``op.factor_sparse(99)``), as
+  Python's sequence protocol demands.
+
+Every message starts with ``where`` (the public function or argument, e.g.
+``"factorize(tol)"``), names the offending value and states the rule it broke.
+Messages are built once, at the place that knows the rule: no caller rewrites them.
+
+This module imports nothing from the rest of the package at import time.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import operator as _operator
+from typing import Any, Iterable
+
+import numpy as np
+
+__all__ = [
+    "SUPPORTED_DTYPES",
+    "check_int",
+    "check_real",
+    "check_choice",
+    "check_bool",
+    "supported_dtype",
+    "result_dtype",
+    "as_generator",
+    "as_chain",
+    "check_out",
+]
+
+#: The value dtypes every backend supports.
+SUPPORTED_DTYPES: tuple[np.dtype, ...] = (
+    np.dtype(np.float32),
+    np.dtype(np.float64),
+    np.dtype(np.complex64),
+    np.dtype(np.complex128),
+)
+
+_DTYPE_NAMES = "float32, float64, complex64 or complex128"
+
+
+def _prefix(where: str) -> str:
+    return f"{where}: " if where else ""
+
+
+def check_int(value: object, name: str, *, where: str = "", min: int | None = 1,
+              max: int | None = None) -> int:
+    """``value`` as a Python ``int`` in ``[min, max]``.
+
+    Any integer type (``int``, ``numpy.integer``, anything with ``__index__``) is
+    accepted; ``bool`` is refused.
+
+    Raises
+    ------
+    TypeError
+        If ``value`` is not an integer.
+    ValueError
+        If it lies outside ``[min, max]``.
+
+    Examples
+    --------
+    >>> check_int(np.int64(3), "n")
+    3
+    """
+    if isinstance(value, bool) or not hasattr(type(value), "__index__"):
+        raise TypeError(f"{_prefix(where)}{name} must be an integer, got {value!r}")
+    v = _operator.index(value)  # type: ignore[arg-type]
+    if min is not None and v < min:
+        rule = "a positive integer" if min == 1 else f"an integer >= {min}"
+        raise ValueError(f"{_prefix(where)}{name} must be {rule}, got {v}")
+    if max is not None and v > max:
+        raise ValueError(f"{_prefix(where)}{name} must be an integer <= {max}, got {v}")
+    return v
+
+
+def check_real(value: object, name: str, *, where: str = "", min: float | None = None,
+               max: float | None = None, min_open: bool = False,
+               allow_inf: bool = False) -> float:
+    """``value`` as a finite Python ``float`` in ``[min, max]`` (``(min, max]`` with
+    ``min_open``).
+
+    Any real number (``int``, ``float``, ``numpy.floating`` ...) is accepted; ``bool`` and
+    complex numbers are refused; NaN always, and infinity unless ``allow_inf``.
+
+    Raises
+    ------
+    TypeError
+        If ``value`` is not a real number.
+    ValueError
+        If it is NaN, infinite (unless allowed) or out of range.
+
+    Examples
+    --------
+    >>> check_real(np.float32(0.5), "tol", min=0)
+    0.5
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{_prefix(where)}{name} must be a real number, got {value!r}")
+    v = float(value)
+    if math.isnan(v) or (math.isinf(v) and not allow_inf):
+        raise ValueError(f"{_prefix(where)}{name} must be finite, got {v}")
+    if min is not None and (v < min or (min_open and v == min)):
+        op = ">" if min_open else ">="
+        raise ValueError(f"{_prefix(where)}{name} must be {op} {min}, got {v}")
+    if max is not None and v > max:
+        raise ValueError(f"{_prefix(where)}{name} must be <= {max}, got {v}")
+    return v
+
+
+def check_bool(value: object, name: str, *, where: str = "") -> bool:
+    """``value`` if it is a ``bool`` (or ``numpy.bool_``), else ``TypeError``."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{_prefix(where)}{name} must be True or False, got {value!r}")
+    return bool(value)
+
+
+def check_choice(value: object, name: str, choices: Iterable[str], *, where: str = "",
+                 lower: bool = False) -> str:
+    """``value`` if it is one of the strings ``choices`` (case-folded with ``lower``).
+
+    Raises
+    ------
+    TypeError
+        If ``value`` is not a string.
+    ValueError
+        If it is not one of ``choices``.
+    """
+    choices = tuple(choices)
+    if not isinstance(value, str):
+        raise TypeError(f"{_prefix(where)}{name} must be one of {choices}, got {value!r}")
+    v = value.strip().lower() if lower else value
+    if v not in choices:
+        raise ValueError(f"{_prefix(where)}{name} must be one of {choices}, got {value!r}")
+    return v
+
+
+def supported_dtype(dtype: Any, *, where: str = "", promote: bool = False) -> np.dtype:
+    """``dtype`` as one of :data:`SUPPORTED_DTYPES`.
+
+    An explicitly requested dtype must be one of the four. With ``promote`` (a dtype
+    inferred from data), integers and bools become float64 and float16 float32, and a
+    non-native byte order is converted to the native one.
+
+    Raises
+    ------
+    TypeError
+        If ``dtype`` is not a dtype or is not supported.
+    """
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        raise TypeError(f"{_prefix(where)}{dtype!r} is not a dtype") from None
+    if dt.kind in "fc" and not dt.isnative:
+        dt = dt.newbyteorder("=")
+    if dt in SUPPORTED_DTYPES:
+        return dt
+    if promote and dt.kind in "biu":
+        return np.dtype(np.float64)
+    if promote and dt == np.float16:
+        return np.dtype(np.float32)
+    raise TypeError(f"{_prefix(where)}dtype {dt} is not supported; use {_DTYPE_NAMES}")
+
+
+def result_dtype(op_dtype: np.dtype, x_dtype: np.dtype, *, where: str = "") -> np.dtype:
+    """The dtype of ``op @ x``: NumPy promotion, refused unless supported.
+
+    Raises
+    ------
+    TypeError
+        If ``x_dtype`` is not numeric or the promoted dtype is not supported.
+    """
+    if x_dtype.kind not in "biufc":
+        raise TypeError(f"{_prefix(where)}input dtype {x_dtype} is not numeric; use "
+                        f"{_DTYPE_NAMES}")
+    dt = np.result_type(op_dtype, x_dtype)
+    if dt not in SUPPORTED_DTYPES:
+        raise TypeError(f"{_prefix(where)}{op_dtype} operator with {x_dtype} input gives "
+                        f"{dt}, which is not supported ({_DTYPE_NAMES})")
+    return dt
+
+
+def as_generator(seed: Any, *, where: str = "seed") -> np.random.Generator:
+    """A ``numpy.random.Generator`` from ``seed``: None, a non-negative int, or a Generator.
+
+    Raises
+    ------
+    TypeError
+        If ``seed`` is of another kind.
+    ValueError
+        If ``seed`` is a negative int.
+
+    Examples
+    --------
+    >>> as_generator(0).integers(10) == np.random.default_rng(0).integers(10)
+    True
+    """
+    if isinstance(seed, np.random.Generator):
+        return seed
+    if seed is None:
+        return np.random.default_rng()
+    if isinstance(seed, (int, np.integer)) and not isinstance(seed, bool):
+        if seed < 0:
+            raise ValueError(f"{where}: seed must be a non-negative int, got {seed}")
+        return np.random.default_rng(int(seed))
+    raise TypeError(f"{where}: seed must be None, an int or a numpy.random.Generator, "
+                    f"got {seed!r}")
+
+
+def as_chain(chain: Any, *, where: str = "chain"):
+    """A :class:`~debutla.chain.Chain` from a Chain or a string in the paper's notation.
+
+    Raises
+    ------
+    TypeError
+        If ``chain`` is neither.
+    ValueError
+        If the string does not parse (the parser's message, prefixed by ``where``).
+    """
+    from .chain import Chain  # chain.py imports this module: import at call time
+
+    if isinstance(chain, Chain):
+        return chain
+    if isinstance(chain, str):
+        try:
+            return Chain.parse(chain)
+        except ValueError as e:
+            raise ValueError(f"{where}: {e}") from None
+    raise TypeError(f"{where}: chain must be a Chain or a string in the paper's notation, "
+                    f"got {type(chain).__name__}")
+
+
+def check_out(out: Any, want: tuple[int, ...], dtype: np.dtype, xp: Any, *,
+              where: str = "") -> None:
+    """Refuse an ``out`` array of the wrong type, shape or dtype, or a read-only one.
+
+    ``want`` is the shape the *user* sees (never an internal padded shape).
+
+    Raises
+    ------
+    TypeError
+        If ``out`` is not an array of module ``xp``.
+    ValueError
+        If its shape or dtype differs from the result's, or it is read-only.
+    """
+    if not isinstance(out, xp.ndarray):
+        raise TypeError(f"{_prefix(where)}out must be a {xp.__name__} array of shape "
+                        f"{want} and dtype {dtype}, got {type(out).__name__}")
+    if out.shape != want or out.dtype != dtype:
+        raise ValueError(f"{_prefix(where)}out must be a {xp.__name__} array of shape "
+                         f"{want} and dtype {dtype}, got shape {out.shape} and dtype "
+                         f"{out.dtype}")
+    if not getattr(out.flags, "writeable", True):
+        raise ValueError(f"{_prefix(where)}out is read-only")
