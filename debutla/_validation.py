@@ -34,7 +34,6 @@ __all__ = [
     "supported_dtype",
     "result_dtype",
     "as_generator",
-    "as_chain",
     "check_out",
 ]
 
@@ -214,29 +213,6 @@ def as_generator(seed: Any, *, where: str = "seed") -> np.random.Generator:
         return np.random.default_rng(int(seed))
     raise TypeError(f"{where}: seed must be None, an int or a numpy.random.Generator, "
                     f"got {seed!r}")
-
-
-def as_chain(chain: Any, *, where: str = "chain"):
-    """A :class:`~debutla.chain.Chain` from a Chain or a string in the paper's notation.
-
-    Raises
-    ------
-    TypeError
-        If ``chain`` is neither.
-    ValueError
-        If the string does not parse (the parser's message, prefixed by ``where``).
-    """
-    from .chain import Chain  # chain.py imports this module: import at call time
-
-    if isinstance(chain, Chain):
-        return chain
-    if isinstance(chain, str):
-        try:
-            return Chain.parse(chain)
-        except ValueError as e:
-            raise ValueError(f"{where}: {e}") from None
-    raise TypeError(f"{where}: chain must be a Chain or a string in the paper's notation, "
-                    f"got {type(chain).__name__}")
 
 
 def check_out(out: Any, want: tuple[int, ...], dtype: np.dtype, xp: Any, *,

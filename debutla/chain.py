@@ -16,7 +16,7 @@ from typing import Iterable, Iterator, Sequence, overload
 
 from ._validation import check_int
 
-__all__ = ["FactorSpec", "Chain", "design_chain", "PAPER_CHAINS"]
+__all__ = ["FactorSpec", "Chain", "as_chain", "design_chain", "PAPER_CHAINS"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -384,6 +384,10 @@ class Chain(Sequence[FactorSpec]):
     def __iter__(self) -> Iterator[FactorSpec]:
         return iter(self._factors)
 
+    def __reduce__(self):
+        # pickle by value with every protocol (0 and 1 cannot pickle __slots__ alone)
+        return (Chain, (self._factors,))
+
     @property
     def factors(self) -> tuple[FactorSpec, ...]:
         """The factor specs, input side first."""
@@ -495,6 +499,34 @@ class Chain(Sequence[FactorSpec]):
 # ---------------------------------------------------------------------------------------
 # Chain design
 # ---------------------------------------------------------------------------------------
+
+def as_chain(chain: "Chain | str", *, where: str = "chain") -> Chain:
+    """A :class:`Chain` from a Chain or a string in the paper's notation.
+
+    The one conversion every function that takes "a chain" uses.
+
+    Raises
+    ------
+    TypeError
+        If ``chain`` is neither a Chain nor a string.
+    ValueError
+        If the string does not parse (the parser's message, prefixed by ``where``).
+
+    Examples
+    --------
+    >>> as_chain("4 <-(2,2,2)- 4 <-(2,2,1)- 4").shape
+    (4, 4)
+    """
+    if isinstance(chain, Chain):
+        return chain
+    if isinstance(chain, str):
+        try:
+            return Chain.parse(chain)
+        except ValueError as e:
+            raise ValueError(f"{where}: {e}") from None
+    raise TypeError(f"{where}: chain must be a Chain or a string in the paper's notation, "
+                    f"got {type(chain).__name__}")
+
 
 def _divisors(n: int) -> list[int]:
     small, large = [], []

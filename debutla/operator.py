@@ -6,23 +6,49 @@ builds adjoints; the arithmetic is delegated to a backend (:mod:`debutla.backend
 
 from __future__ import annotations
 
-import os
+import math
+import numbers
+import sys
 import threading
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
-import scipy.sparse as sp
 
 from .backends import _is_cupy_array, default_backend_for, get_backend
 from ._validation import (SUPPORTED_DTYPES, as_generator, check_int, check_out,
                           result_dtype, supported_dtype)
-from .chain import Chain
+from .chain import Chain, FactorSpec, as_chain
+
+if TYPE_CHECKING:  # scipy is imported only by the sparse exports
+    import scipy.sparse as sp
 
 __all__ = ["DeBut", "SUPPORTED_DTYPES"]
 
 def _asarray(x: Any):
     """``x`` as an array of its own module: CuPy arrays stay on the device."""
     return x if _is_cupy_array(x) else np.asarray(x)
+
+
+def _as_input(x: Any, what: str):
+    """``x`` as an array for a product: CuPy arrays stay; non-arrays are refused.
+
+    Raises
+    ------
+    TypeError
+        For scipy sparse inputs (densify or use ``op.to_sparse()``), and for anything
+        that is not a numeric array (NumPy would make it a 0-d object array).
+    """
+    if isinstance(x, np.ndarray):
+        return x
+    sparse = sys.modules.get("scipy.sparse")
+    if sparse is not None and sparse.issparse(x):
+        raise TypeError(f"{what}: scipy sparse inputs are not supported; use x.toarray() "
+                        f"(or op.to_sparse() @ x for a sparse product)")
+    a = _asarray(x)
+    if a.dtype.kind not in "biufc":
+        raise TypeError(f"{what}: the input must be a numeric array, got "
+                        f"{type(x).__name__} of dtype {a.dtype}")
+    return a
 
 
 def _freeze(a: np.ndarray) -> np.ndarray:
@@ -94,10 +120,7 @@ class DeBut:
         dtype: Any = None,
         backend: str | None = None,
     ) -> None:
-        if isinstance(chain, str):
-            chain = Chain.parse(chain)
-        if not isinstance(chain, Chain):
-            raise TypeError(f"DeBut: chain must be a Chain or a str, got {type(chain).__name__}")
+        chain = as_chain(chain, where="DeBut(chain)")
         if isinstance(factors, np.ndarray) or not isinstance(factors, Sequence):
             try:
                 factors = list(factors)
@@ -200,11 +223,7 @@ class DeBut:
         >>> DeBut.random("4 <-(2,2,2)- 4 <-(2,2,1)- 4", seed=0).shape
         (4, 4)
         """
-        if isinstance(chain, str):
-            chain = Chain.parse(chain)
-        if not isinstance(chain, Chain):
-            raise TypeError(f"DeBut.random: chain must be a Chain or a str, "
-                            f"got {type(chain).__name__}")
+        chain = as_chain(chain, where="DeBut.random(chain)")
         dt = supported_dtype(dtype, where="DeBut.random(dtype)")
         rng = as_generator(seed, where="DeBut.random(seed)")
         vals = []
@@ -412,7 +431,7 @@ class DeBut:
         TypeError
             If the dtype is unsupported.
         """
-        x = _asarray(x)
+        x = _as_input(x, "DeBut.matvec")
         col = x.ndim == 2 and x.shape[1] == 1
         if x.ndim != 1 and not col:
             raise ValueError(f"DeBut.matvec: x must have shape ({self._shape[1]},), "
@@ -436,7 +455,7 @@ class DeBut:
 
     def matmat(self, X: Any, out: np.ndarray | None = None) -> np.ndarray:
         """``D @ X`` for ``X`` of shape ``(n, k)``; ``out`` (m, k) avoids allocation."""
-        X = _asarray(X)
+        X = _as_input(X, "DeBut.matmat")
         if X.ndim != 2:
             raise ValueError(f"DeBut.matmat: X must be 2-D (n, k) with n={self._shape[1]}, "
                              f"got shape {X.shape}")
@@ -447,34 +466,203 @@ class DeBut:
         return self.H.matmat(X, out=out)
 
     def matmat_rows(self, X: Any, out: np.ndarray | None = None) -> np.ndarray:
-        """``X @ D.T`` for ``X`` of shape ``(batch, n)``: the neural-network layout.
+        """``X @ D.T`` for ``X`` of shape ``(..., n)``: the neural-network layout.
 
-        Same as ``X @ op.T`` without building ``op.T``; ``out`` (batch, m).
+        Same as ``X @ op.T`` without building ``op.T``.  Any number of leading batch
+        dimensions is allowed, as with :func:`numpy.matmul` and ``torch.nn.Linear``;
+        the result has shape ``(..., m)``.  ``out`` (same shape as the result) avoids
+        the allocation.
+
+        Examples
+        --------
+        >>> op = DeBut.random("4 <-(2,2,2)- 4 <-(2,2,1)- 4", seed=0)
+        >>> op.matmat_rows(np.ones((3, 5, 4))).shape
+        (3, 5, 4)
         """
-        X = _asarray(X)
-        if X.ndim != 2:
-            raise ValueError(f"DeBut.matmat_rows: X must be 2-D (batch, n) with "
-                             f"n={self._shape[1]}, got shape {X.shape}")
-        return self._apply(X, "rows", "DeBut.matmat_rows", out)
+        X = _as_input(X, "DeBut.matmat_rows")
+        if X.ndim < 2:
+            raise ValueError(f"DeBut.matmat_rows: X must have shape (..., n) with at least "
+                             f"2 dimensions and n={self._shape[1]}, got shape {X.shape}")
+        if X.ndim == 2:
+            return self._apply(X, "rows", "DeBut.matmat_rows", out)
+        return self._rows_nd(X, "DeBut.matmat_rows", out)
+
+    def _rows_nd(self, X: Any, what: str, out: Any = None, axis: str = "last axis",
+                 shown: tuple | None = None):
+        """``X @ D.T`` for ``X`` of shape ``(..., n)`` with ``X.ndim > 2``.
+
+        ``axis`` and ``shown`` describe the input as the user passed it, for messages.
+        """
+        lead, n = X.shape[:-1], X.shape[-1]
+        if n != self._shape[1]:
+            raise ValueError(f"{what}: input has {n} entries along its {axis} but the "
+                             f"operator has n={self._shape[1]} columns (input shape "
+                             f"{shown or X.shape})")
+        if out is not None:
+            want = (*lead, self._shape[0])
+            if getattr(out, "shape", None) != want:
+                raise (ValueError if hasattr(out, "shape") else TypeError)(
+                    f"{what}: out must be an array of shape {want}, got "
+                    f"{getattr(out, 'shape', type(out).__name__)}")
+        Y = self._apply(X.reshape(-1, n), "rows", what)
+        Y = Y.reshape(*lead, self._shape[0])
+        if out is not None:
+            out[...] = Y
+            return out
+        return Y
 
     def __matmul__(self, x: Any):
+        """``D @ x``: ``x`` of shape ``(n,)``, ``(n, k)`` or ``(..., n, k)`` (as
+        :func:`numpy.matmul`); with a :class:`DeBut` on the right, the composed operator
+        (see :meth:`compose`)."""
         if isinstance(x, DeBut):
-            return NotImplemented
-        x = _asarray(x)
+            return self.compose(x)
+        x = _as_input(x, "DeBut @ x")
         if x.ndim == 1:
             return self.matvec(x)
         if x.ndim == 2:
             return self.matmat(x)
-        raise ValueError(f"DeBut @ x: x must be 1-D or 2-D, got shape {x.shape}")
+        if x.ndim == 0:
+            raise ValueError("DeBut @ x: x must have at least 1 dimension (matmul does not "
+                             "take scalars; use op * a to scale)")
+        # (..., n, k): rows of the transposed stack, then back
+        Y = self._rows_nd(np.swapaxes(x, -1, -2), "DeBut @ x", axis="second-to-last axis",
+                          shown=x.shape)
+        return np.ascontiguousarray(np.swapaxes(Y, -1, -2))
 
     def __rmatmul__(self, x: Any):
-        """``x @ D``: with ``x`` of shape ``(k, m)`` gives ``(k, n)``; ``(m,)`` gives ``(n,)``."""
-        x = _asarray(x)
+        """``x @ D``: ``x`` of shape ``(m,)`` gives ``(n,)``; ``(..., m)`` gives ``(..., n)``."""
+        x = _as_input(x, "x @ DeBut")
         if x.ndim == 1:
             return self.T.matvec(x)
         if x.ndim == 2:
             return self.T._apply(x, "rows", "x @ DeBut")
-        raise ValueError(f"x @ DeBut: x must be 1-D or 2-D, got shape {x.shape}")
+        if x.ndim == 0:
+            raise ValueError("x @ DeBut: x must have at least 1 dimension (matmul does not "
+                             "take scalars; use a * op to scale)")
+        return self.T._rows_nd(x, "x @ DeBut")
+
+    # -- arithmetic ------------------------------------------------------------------
+    def compose(self, other: "DeBut") -> "DeBut":
+        """The product ``self @ other`` of two DeBut operators, as a DeBut operator.
+
+        ``other``'s factors are applied first, then ``self``'s: the chain is the
+        concatenation ``other.chain + self.chain``.  When ``other`` cuts its output
+        (``m2 < P2``) or ``self`` pads its input (``n1 < Q1``), or the chains' sizes
+        differ at the junction, one exact *selection factor* ``Q1 <-(Q1/g, P2/g, g)- P2``
+        (``g = gcd(Q1, P2)``) holding the identity on the first ``m2`` entries and zeros
+        elsewhere is inserted between them, so the result is exactly the product.
+
+        Parameters
+        ----------
+        other : DeBut
+            An operator with ``other.shape[0] == self.shape[1]``.
+
+        Returns
+        -------
+        DeBut
+            Shape ``(self.shape[0], other.shape[1])``, dtype the promotion of both.
+
+        Raises
+        ------
+        TypeError
+            If ``other`` is not a DeBut operator, or the dtypes promote to none supported.
+        ValueError
+            If the inner sizes differ.
+
+        Examples
+        --------
+        >>> A = DeBut.random("4 <-(2,2,2)- 4 <-(2,2,1)- 4", seed=0)
+        >>> B = A.T @ A                     # a DeBut operator of 4 factors
+        >>> len(B.chain), np.allclose(B.to_dense(), A.to_dense().T @ A.to_dense())
+        (4, True)
+        """
+        if not isinstance(other, DeBut):
+            raise TypeError(f"DeBut.compose: other must be a DeBut operator, got "
+                            f"{type(other).__name__}")
+        m1, n1 = self._shape
+        m2, n2 = other._shape
+        if n1 != m2:
+            raise ValueError(f"DeBut.compose: inner sizes differ: self is {m1}x{n1} and "
+                             f"other is {m2}x{n2} (self.shape[1] must equal other.shape[0])")
+        dt = result_dtype(self._dtype, other._dtype, where="DeBut.compose")
+        P2 = other._chain.shape[0]
+        Q1 = self._chain.shape[1]
+        specs = list(other._chain.factors)
+        vals = [v.astype(dt, copy=False) for v in other._factors]
+        if not (m2 == P2 and n1 == Q1):
+            g = math.gcd(Q1, P2)
+            r, s = Q1 // g, P2 // g
+            sel = np.zeros((1, r, s, g), dtype=dt)
+            idx = np.arange(m2)
+            sel[0, idx // g, idx // g, idx % g] = 1
+            specs.append(FactorSpec(Q1, P2, r, s, g))
+            vals.append(sel)
+        specs.extend(self._chain.factors)
+        vals.extend(v.astype(dt, copy=False) for v in self._factors)
+        backend = self._backend if self._backend == other._backend else None
+        return DeBut._from_trusted(Chain(specs), tuple(_freeze(np.array(v)) for v in vals),
+                                   (m1, n2), backend)
+
+    def _scaled(self, a: Any, what: str) -> "DeBut":
+        if isinstance(a, np.ndarray) and a.ndim == 0:
+            a = a[()]
+        if not isinstance(a, (numbers.Number, np.generic)) or isinstance(a, (np.str_,
+                                                                              np.bytes_)):
+            raise TypeError(f"{what}: a DeBut operator can be multiplied by a scalar only, "
+                            f"got {type(a).__name__}; use op @ x for products and "
+                            f"op.to_dense() for elementwise arithmetic")
+        dt = result_dtype(self._dtype, np.result_type(self._dtype, a), where=what)
+        if not np.isfinite(a):
+            raise ValueError(f"{what}: the scalar must be finite, got {a}")
+        # scale the factor with the fewest values: the cheapest exact scaling
+        k = min(range(len(self._factors)), key=lambda i: self._factors[i].size)
+        vals = [v.astype(dt, copy=False) for v in self._factors]
+        vals[k] = vals[k] * np.asarray(a).astype(dt)
+        return self._derived(tuple(np.array(v) for v in vals))
+
+    def __mul__(self, a: Any) -> "DeBut":
+        """``op * a``: the operator scaled by the scalar ``a`` (one factor is scaled)."""
+        if isinstance(a, DeBut):
+            raise TypeError("DeBut * DeBut: the elementwise product of two operators is not "
+                            "supported; use a @ b for the matrix product")
+        return self._scaled(a, "DeBut * a")
+
+    def __rmul__(self, a: Any) -> "DeBut":
+        """``a * op``: the operator scaled by the scalar ``a``."""
+        return self._scaled(a, "a * DeBut")
+
+    def __truediv__(self, a: Any) -> "DeBut":
+        """``op / a``: the operator scaled by ``1 / a``."""
+        if isinstance(a, (numbers.Number, np.generic)) and a == 0:
+            raise ZeroDivisionError("DeBut / a: division by zero")
+        if isinstance(a, (numbers.Number, np.generic)):
+            return self._scaled(1 / a, "DeBut / a")
+        return self._scaled(a, "DeBut / a")
+
+    def __neg__(self) -> "DeBut":
+        return self._scaled(-1, "-DeBut")
+
+    def __pos__(self) -> "DeBut":
+        return self
+
+    def _no_sum(self, other: Any) -> "DeBut":
+        raise TypeError(
+            "the sum of DeBut operators is not a DeBut operator: use "
+            "debutla.aslinearoperator(a) + debutla.aslinearoperator(b) for a lazy sum, or "
+            "a.to_dense() + b.to_dense() for a dense one")
+
+    __add__ = __radd__ = __sub__ = __rsub__ = _no_sum
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        """Refused: a DeBut operator is not converted to a dense array implicitly.
+
+        ``np.asarray(op)`` would silently form the ``m x n`` dense matrix (or, without this
+        method, a useless 0-d object array); call :meth:`to_dense` explicitly.
+        """
+        raise TypeError(f"a DeBut operator is not converted to an array implicitly "
+                        f"(it would form the dense {self._shape[0]}x{self._shape[1]} "
+                        f"matrix); call op.to_dense()")
 
     # -- export ------------------------------------------------------------------------
     def to_dense(self) -> np.ndarray:
@@ -489,20 +677,27 @@ class DeBut:
         return np.ascontiguousarray(
             self._apply(np.eye(n, dtype=self._dtype), "rows", "DeBut.to_dense").T)
 
-    def factor_sparse(self, i: int, format: str = "csr") -> sp.sparray:
+    def factor_sparse(self, i: int, format: str = "csr") -> "sp.sparray":
         """Factor ``i`` (application order, negative allowed) as a scipy sparse array.
 
         Raises
         ------
+        TypeError
+            If ``i`` is not an integer.
         IndexError
-            Never: an out-of-range ``i`` raises ValueError naming the valid range.
+            If ``i`` is out of range (the message names the valid range).
+        ValueError
+            If ``format`` is not a scipy sparse format name.
         """
         N = len(self._chain)
         if isinstance(i, bool) or not isinstance(i, (int, np.integer)):
             raise TypeError(f"DeBut.factor_sparse: i must be an int, got {i!r}")
         if not -N <= i < N:
-            raise ValueError(f"DeBut.factor_sparse: i={i} out of range for {N} factors "
+            raise IndexError(f"DeBut.factor_sparse: i={i} out of range for {N} factors "
                              f"(valid: {-N}..{N - 1})")
+        _as_format(None, format, "DeBut.factor_sparse")
+        import scipy.sparse as sp
+
         spec = self._chain[int(i)]
         V = self._factors[int(i)]
         nb, r, s, t = spec.value_shape
@@ -512,7 +707,7 @@ class DeBut:
         A = sp.coo_array((V.ravel(), (rows, cols)), shape=(spec.p, spec.q))
         return _as_format(A, format, "DeBut.factor_sparse")
 
-    def to_sparse(self, format: str = "csr") -> sp.sparray:
+    def to_sparse(self, format: str = "csr") -> "sp.sparray":
         """The ``m x n`` product as a scipy sparse array (product of the factors).
 
         For a dense chain every entry is structurally nonzero; prefer :meth:`to_dense`.
@@ -522,15 +717,8 @@ class DeBut:
         for i in range(1, len(self._chain)):
             S = self.factor_sparse(i, "csr") @ S
         m, n = self._shape
-        S = sp.csr_array(S)[:m, :n]
+        S = S.tocsr()[:m, :n]
         return _as_format(S, format, "DeBut.to_sparse")
-
-    # -- files -------------------------------------------------------------------------
-    def save(self, path: str | os.PathLike) -> None:
-        """Save to a ``.npz`` file (see :func:`debutla.load`)."""
-        from .io import save
-
-        save(self, path)
 
 
 def _restore(chain: Chain, vals: tuple, shape, backend) -> DeBut:

@@ -109,7 +109,7 @@ def _base_files(tmp):
     files = []
     for i, op in enumerate(ops):
         p = tmp / f"base{i}.npz"
-        op.save(p)
+        db.save(op, p)
         files.append(p.read_bytes())
         q = tmp / f"base{i}c.npz"
         with zipfile.ZipFile(p) as src, zipfile.ZipFile(q, "w") as dst:

@@ -44,7 +44,7 @@ def write(path, arrays: dict, compressed: bool = False) -> None:
 def saved(tmp_path):
     op = DeBut.random(WIDE, seed=3, dtype=np.complex64, shape=(3, 10))
     p = tmp_path / "op.npz"
-    op.save(p)
+    db.save(op, p)
     return op, p
 
 
@@ -57,7 +57,7 @@ def saved(tmp_path):
 def test_save_load_round_trip(tmp_path, dtype, shape):
     op = DeBut.random(WIDE, seed=1, dtype=dtype, shape=shape)
     p = tmp_path / "w.npz"
-    op.save(p)
+    db.save(op, p)
     back = load(p)
     assert_same_operator(back, op)
     x = np.random.default_rng(0).standard_normal(op.shape[1])
@@ -70,7 +70,7 @@ def test_transpose_adjoint_and_conj_survive_save_and_load(tmp_path, dtype):
     for name, derived in [("T", op.T), ("H", op.H), ("conj", op.conj()),
                           ("TT", op.T.T), ("HT", op.H.T)]:
         p = tmp_path / f"{name}.npz"
-        derived.save(p)
+        db.save(derived, p)
         back = load(p)
         assert_same_operator(back, derived)
         assert np.array_equal(back.to_dense(), derived.to_dense())

@@ -216,3 +216,46 @@ def test_adapter_pickles_for_process_pools():
     x = np.arange(37.0)
     np.testing.assert_array_equal(B @ x, A @ x)
     np.testing.assert_array_equal(B.H @ x[:20], A.H @ x[:20])
+
+
+# ---------------------------------------------------------------------------------------
+# scipy's LinearOperator contract in full
+# ---------------------------------------------------------------------------------------
+
+def test_aslinearoperator_is_idempotent_and_has_args():
+    op = DeBut.random(WIDE, seed=0)
+    A = aslinearoperator(op)
+    assert aslinearoperator(A) is A
+    assert A.args == (op,)
+    assert A.H.args[0].shape == (40, 24)
+    with pytest.raises(TypeError, match="DeBut operator"):
+        aslinearoperator(np.eye(3))
+
+
+@pytest.mark.parametrize("protocol", range(0, __import__("pickle").HIGHEST_PROTOCOL + 1))
+def test_chain_operator_and_adapter_pickle_with_every_protocol(protocol):
+    import pickle
+
+    op = DeBut.random(WIDE, seed=0, dtype=np.complex64, shape=(20, 37))
+    A = aslinearoperator(op)
+    for obj in (op.chain, op.chain[0], op, A):
+        back = pickle.loads(pickle.dumps(obj, protocol))
+        assert type(back) is type(obj)
+    back = pickle.loads(pickle.dumps(A, protocol))
+    x = np.arange(37, dtype=np.complex64)
+    np.testing.assert_array_equal(back @ x, A @ x)
+    assert back.shape == A.shape and back.dtype == A.dtype
+
+
+@pytest.mark.filterwarnings("ignore:the matrix subclass:PendingDeprecationWarning")
+def test_matrix_in_matrix_out_as_scipys_operators():
+    op = DeBut.random(WIDE, seed=0)
+    A = aslinearoperator(op)
+    ref = spla.aslinearoperator(op.to_dense())
+    X = np.asmatrix(np.ones((40, 2)))
+    Y = np.asmatrix(np.ones((24, 2)))
+    for ours, theirs in ((A.matmat(X), ref.matmat(X)), (A.rmatmat(Y), ref.rmatmat(Y))):
+        assert type(ours) is type(theirs) is np.matrix
+        np.testing.assert_allclose(ours, theirs, rtol=1e-12, atol=1e-12)
+    x = np.asmatrix(np.ones((40, 1)))
+    assert type(A.matvec(x)) is type(ref.matvec(x))

@@ -27,11 +27,10 @@ class DeButCupyLinearOperator(_DeButAdapter, LinearOperator):
     >>> x = cspla.lsqr(A, cp.ones(8))[0]                        # doctest: +SKIP
     """
 
-    def __init__(self, op: DeBut) -> None:
-        self.op = self._check(op)
-        super().__init__(dtype=op.dtype, shape=op.shape)
 
-
-def aslinearoperator(op: DeBut) -> DeButCupyLinearOperator:
-    """Wrap a DeBut operator as a cupyx ``LinearOperator`` (see :class:`DeButCupyLinearOperator`)."""
+def aslinearoperator(op: DeBut | DeButCupyLinearOperator) -> DeButCupyLinearOperator:
+    """Wrap a DeBut operator as a cupyx ``LinearOperator`` (see
+    :class:`DeButCupyLinearOperator`); an adapter passed in is returned as it is."""
+    if isinstance(op, DeButCupyLinearOperator):
+        return op
     return DeButCupyLinearOperator(op)

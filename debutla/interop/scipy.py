@@ -22,11 +22,13 @@ class _DeButAdapter:
 
     op: DeBut
 
-    def _check(self, op: DeBut) -> DeBut:
+    def __init__(self, op: DeBut) -> None:
         if not isinstance(op, DeBut):
             raise TypeError(f"aslinearoperator: op must be a DeBut operator, "
                             f"got {type(op).__name__}")
-        return op
+        self.op = op
+        super().__init__(dtype=op.dtype, shape=op.shape)  # type: ignore[call-arg]
+        self.args = (op,)  # as scipy's own operators: the operands they wrap
 
     def _matvec(self, x):
         return self.op.matvec(_vector(x))
@@ -35,9 +37,13 @@ class _DeButAdapter:
         return self.op.rmatvec(_vector(x))
 
     def _matmat(self, X):
+        if isinstance(X, np.matrix):  # np.matrix in, np.matrix out, as scipy's operators
+            return np.asmatrix(self.op.matmat(X.A))
         return self.op.matmat(X)
 
     def _rmatmat(self, X):
+        if isinstance(X, np.matrix):
+            return np.asmatrix(self.op.rmatmat(X.A))
         return self.op.rmatmat(X)
 
     def _adjoint(self):
@@ -68,14 +74,25 @@ class DeButLinearOperator(_DeButAdapter, LinearOperator):
     True
     """
 
-    def __init__(self, op: DeBut) -> None:
-        self.op = self._check(op)
-        super().__init__(dtype=op.dtype, shape=op.shape)
 
-
-def aslinearoperator(op: DeBut) -> DeButLinearOperator:
+def aslinearoperator(op: DeBut | DeButLinearOperator) -> DeButLinearOperator:
     """Wrap a DeBut operator as a :class:`scipy.sparse.linalg.LinearOperator`.
 
-    See :class:`DeButLinearOperator`.
+    Idempotent: an adapter passed in is returned as it is.  See
+    :class:`DeButLinearOperator`.
+
+    Raises
+    ------
+    TypeError
+        If ``op`` is neither a DeBut operator nor an adapter.
+
+    Examples
+    --------
+    >>> from debutla import DeBut
+    >>> A = aslinearoperator(DeBut.identity(4))
+    >>> aslinearoperator(A) is A
+    True
     """
+    if isinstance(op, DeButLinearOperator):
+        return op
     return DeButLinearOperator(op)
