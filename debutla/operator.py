@@ -1,7 +1,8 @@
 """The DeBut operator: a chain plus its factor values.
 
-The operator validates inputs, pads and cuts (DESIGN.md "Padding"), promotes dtypes and
-builds adjoints; the arithmetic is delegated to a backend (:mod:`debutla.backends`).
+The operator validates inputs, pads and cuts (``docs/conventions.rst``, "Padding"),
+promotes dtypes, builds adjoints and compositions; the arithmetic of products is
+delegated to a backend (:mod:`debutla.backends`).
 """
 
 from __future__ import annotations

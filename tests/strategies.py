@@ -12,7 +12,7 @@ Strategies
 
 Reference
 ---------
-The dense reference is built here from the canonical layout formula of DESIGN.md,
+The dense reference is built here from the canonical layout formula (docs/conventions.rst),
 independently of the library's kernels and sparse export: ``V[b, i, j, k]`` sits at row
 ``b r t + i t + k`` and column ``b s t + j t + k`` of its factor, and the product is
 ``F_N ... F_1`` cut to the operator's shape.  :func:`assert_product_close` checks a
