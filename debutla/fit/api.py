@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import numbers
 import sys
 import time
 from dataclasses import dataclass, field
@@ -11,32 +10,23 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from .._validation import (as_chain, as_generator, check_bool, check_choice, check_int,
+                           check_real, supported_dtype)
 from ..chain import Chain, design_chain
-from .._validation import as_generator
 from ..operator import DeBut
-from .als import ALSState, GeneralALSState, core_product
-from .hierarchical import (
-    Structure,
-    analyse_chain,
-    core_tensor,
-    core_to_full,
-    fitted_factors,
-    full_to_core,
-    hierarchical_balanced,
-    hierarchical_core,
-    not_chainable_message,
-    sqnorm,
-    user_factors,
-)
+from ._layout import (Structure, analyse_chain, core_product, core_tensor, core_to_dense,
+                      core_to_full, fitted_factors, full_to_core, not_chainable_message,
+                      sqnorm, user_factors)
+from .als import ALSState, GeneralALSState
+from .hierarchical import hierarchical_balanced, hierarchical_core
 
 __all__ = ["factorize", "FitInfo", "lowrank_error", "METHODS", "ORDERS"]
 
+#: The fitting methods of :func:`factorize`.
 METHODS = ("hierarchical", "als", "auto")
+#: The split orders of the hierarchical stage.
 ORDERS = ("l2r", "balanced")
 _DEFAULT_MAX_SWEEPS = {"als": 200, "auto": 100}
-_FLOAT_FOR = {
-    np.dtype(np.float16): np.dtype(np.float32),
-}
 
 
 @dataclass
@@ -112,37 +102,32 @@ class FitInfo:
 
 
 # ---------------------------------------------------------------------------------------
-# argument checks
+# validate
 # ---------------------------------------------------------------------------------------
 
-def _check_W(W: Any) -> np.ndarray:
+def _check_W(W: Any, where: str) -> np.ndarray:
+    """``W`` as a finite 2-D NumPy array of a supported dtype (integers -> float64)."""
     if hasattr(W, "__cuda_array_interface__") or type(W).__module__.split(".")[0] == "cupy":
-        raise TypeError("factorize(W): W must be a NumPy array; CuPy arrays are not "
-                        "supported yet (move it with W.get())")
+        raise TypeError(f"{where}: W must be a NumPy array; CuPy arrays are not "
+                        f"supported yet (move it with W.get())")
     if isinstance(W, DeBut):
-        raise TypeError("factorize(W): W must be a dense array; use W.to_dense() to refit "
-                        "a DeBut operator")
+        raise TypeError(f"{where}: W must be a dense array; use W.to_dense() to refit "
+                        f"a DeBut operator")
     try:
         A = np.asarray(W)
     except Exception as e:  # pragma: no cover - exotic array-likes
-        raise TypeError(f"factorize(W): W must be array-like, got {type(W).__name__}") from e
+        raise TypeError(f"{where}: W must be array-like, got {type(W).__name__}") from e
     if A.dtype.kind not in "biufc":
-        raise TypeError(f"factorize(W): W must be numeric (float32, float64, complex64, "
+        raise TypeError(f"{where}: W must be numeric (float32, float64, complex64, "
                         f"complex128), got dtype {A.dtype}")
     if A.ndim != 2:
-        raise ValueError(f"factorize(W): W must be a 2-D matrix, got shape {A.shape}")
+        raise ValueError(f"{where}: W must be a 2-D matrix, got shape {A.shape}")
     if A.size == 0:
-        raise ValueError(f"factorize(W): W must not be empty, got shape {A.shape}")
-    if A.dtype.kind in "biu":
-        A = A.astype(np.float64)
-    elif A.dtype in _FLOAT_FOR:
-        A = A.astype(_FLOAT_FOR[A.dtype])
-    elif A.dtype not in (np.float32, np.float64, np.complex64, np.complex128):
-        raise TypeError(f"factorize(W): dtype {A.dtype} is not supported; use float32, "
-                        f"float64, complex64 or complex128")
+        raise ValueError(f"{where}: W must not be empty, got shape {A.shape}")
+    A = A.astype(supported_dtype(A.dtype, where=where, promote=True), copy=False)
     if not np.isfinite(A).all():
         bad = int(np.size(A) - np.count_nonzero(np.isfinite(A)))
-        raise ValueError(f"factorize(W): W contains {bad} NaN or Inf entries; all entries "
+        raise ValueError(f"{where}: W contains {bad} NaN or Inf entries; all entries "
                          f"must be finite")
     return A
 
@@ -150,21 +135,11 @@ def _check_W(W: Any) -> np.ndarray:
 def _suggest(m: int, n: int) -> str:
     try:
         return f"; for example design_chain({m}, {n}) gives '{design_chain(m, n)}'"
-    except Exception:  # pragma: no cover - defensive
+    except ValueError:  # pragma: no cover - defensive
         return ""
 
 
-def _check_chain(chain: Any, m: int, n: int) -> Chain:
-    if isinstance(chain, str):
-        if chain.strip().lower() == "auto":
-            return design_chain(m, n)
-        try:
-            chain = Chain.parse(chain)
-        except ValueError as e:
-            raise ValueError(f"factorize(chain): {e}") from None
-    if not isinstance(chain, Chain):
-        raise TypeError(f"factorize(chain): chain must be a Chain, a string in the paper's "
-                        f"notation or 'auto', got {type(chain).__name__}")
+def _check_fits(chain: Chain, m: int, n: int) -> Chain:
     P, Q = chain.shape
     if P < m or Q < n:
         raise ValueError(
@@ -172,23 +147,6 @@ def _check_chain(chain: Any, m: int, n: int) -> Chain:
             f"({m}, {n}); a chain serves W when its output size is >= {m} and its input "
             f"size is >= {n} (W is then zero-padded){_suggest(m, n)}")
     return chain
-
-
-def _check_int_arg(name: str, v: Any, lo: int) -> int:
-    if isinstance(v, bool) or not isinstance(v, numbers.Integral):
-        raise TypeError(f"factorize({name}): {name} must be an int, got {v!r}")
-    if v < lo:
-        raise ValueError(f"factorize({name}): {name} must be >= {lo}, got {v}")
-    return int(v)
-
-
-def _check_tol(tol: Any) -> float:
-    if isinstance(tol, bool) or not isinstance(tol, numbers.Real):
-        raise TypeError(f"factorize(tol): tol must be a real number, got {tol!r}")
-    tol = float(tol)
-    if not (tol >= 0 and math.isfinite(tol)):
-        raise ValueError(f"factorize(tol): tol must be finite and >= 0, got {tol}")
-    return tol
 
 
 def _check_init(init: Any, chain: Chain, dtype: np.dtype) -> list[np.ndarray]:
@@ -213,6 +171,133 @@ def _check_init(init: Any, chain: Chain, dtype: np.dtype) -> list[np.ndarray]:
     return out
 
 
+@dataclass(frozen=True)
+class _Request:
+    """The validated arguments of one :func:`factorize` call."""
+
+    A: np.ndarray
+    chain: Chain | None  # None: design one ("auto")
+    method: str
+    order: str
+    max_sweeps: int
+    tol: float
+    rng: np.random.Generator
+    progress: bool
+    callback: Callable[[int, float], Any] | None
+    init: Any
+    return_info: bool
+
+
+def _validate(W, chain, method, order, max_sweeps, tol, seed, progress, callback, init,
+              return_info) -> _Request:
+    """Every argument checked, nothing expensive done (no chain designed yet)."""
+    A = _check_W(W, "factorize(W)")
+    if isinstance(chain, str) and chain.strip().lower() == "auto":
+        chain = None
+    else:
+        chain = as_chain(chain, where="factorize(chain)")
+        _check_fits(chain, *A.shape)
+    method = check_choice(method, "method", METHODS, where="factorize(method)")
+    order = check_choice(order, "order", ORDERS, where="factorize(order)")
+    if max_sweeps is None:
+        max_sweeps = _DEFAULT_MAX_SWEEPS.get(method, 0)
+    max_sweeps = check_int(max_sweeps, "max_sweeps", where="factorize(max_sweeps)", min=0)
+    tol = check_real(tol, "tol", where="factorize(tol)", min=0)
+    rng = as_generator(seed, where="factorize(seed)")
+    if callback is not None and not callable(callback):
+        raise TypeError(f"factorize(callback): callback must be callable, got {callback!r}")
+    progress = check_bool(progress, "progress", where="factorize(progress)")
+    return_info = check_bool(return_info, "return_info", where="factorize(return_info)")
+    if init is not None and not isinstance(init, (DeBut, Sequence, np.ndarray)):
+        raise TypeError(f"factorize(init): init must be a DeBut or a sequence of arrays, "
+                        f"got {type(init).__name__}")
+    return _Request(A, chain, method, order, max_sweeps, tol, rng, progress, callback,
+                    init, return_info)
+
+
+# ---------------------------------------------------------------------------------------
+# the problem: W normalised, padded and laid out for the chain
+# ---------------------------------------------------------------------------------------
+
+def _ldexp(a: np.ndarray, k: int) -> np.ndarray:
+    """``a * 2**k`` exactly (no overflow of ``2**k`` itself; complex arrays too)."""
+    a = np.ascontiguousarray(a)
+    if np.iscomplexobj(a):
+        return np.ldexp(a.view(a.real.dtype), k).view(a.dtype)
+    return np.ldexp(a, k)
+
+
+def _max_exponent(A: np.ndarray) -> int:
+    """``e`` with ``max |entries| = f 2**e``, ``f`` in ``[0.5, 1)``; 0 for a zero matrix."""
+    peak = float(np.max(np.abs(A.real)))
+    if np.iscomplexobj(A):
+        peak = max(peak, float(np.max(np.abs(A.imag))))
+    return int(math.frexp(peak)[1]) if peak > 0 else 0
+
+
+def _split_exponent(e: int, n: int) -> list[int]:
+    """``n`` integers adding up to ``e``, as equal as possible."""
+    q, r = divmod(e, n)
+    return [q + (1 if k < r else 0) for k in range(n)]
+
+
+@dataclass
+class _Problem:
+    """``W = 2**exp * A`` (``max |A|`` in ``[0.5, 1)``), padded and laid out for the chain."""
+
+    chain: Chain
+    st: Structure | None
+    A: np.ndarray            # the normalised W, shape (m, n)
+    exp: int
+    Wf: np.ndarray           # normalised, zero-padded, fitted orientation
+    T: np.ndarray | None     # core batch (chainable chains)
+    off2: float              # squared norm of Wf outside the support
+    norm2: float             # ||A||_F^2
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.A.shape  # type: ignore[return-value]
+
+    def to_user(self, vals: list[np.ndarray]) -> list[np.ndarray]:
+        """Fitted values (core layout when chainable) to the user's canonical factors."""
+        if self.st is None:
+            return vals
+        return user_factors(core_to_full(vals, self.st), self.st)
+
+    def to_fitted(self, user: list[np.ndarray]) -> list[np.ndarray]:
+        """Inverse of :meth:`to_user`."""
+        if self.st is None:
+            return user
+        return full_to_core(fitted_factors(user, self.st), self.st)
+
+    def dense(self, vals: list[np.ndarray]) -> np.ndarray:
+        """The ``m x n`` product of fitted values (normalised scale)."""
+        m, n = self.shape
+        if self.st is None:
+            D = DeBut(self.chain, vals, backend="numpy").to_dense()
+        else:
+            D = core_to_dense(core_product(vals), self.st)
+            D = D.T if self.st.transposed else D
+        return D[:m, :n]
+
+
+def _prepare(A: np.ndarray, chain: Chain) -> _Problem:
+    exp = _max_exponent(A)
+    An = _ldexp(A, -exp)
+    m, n = A.shape
+    P, Q = chain.shape
+    Wp = An
+    if (P, Q) != (m, n):
+        Wp = np.zeros((P, Q), dtype=A.dtype)
+        Wp[:m, :n] = An
+    st = analyse_chain(chain)
+    if st is None:
+        return _Problem(chain, st, An, exp, Wp, None, 0.0, sqnorm(An))
+    Wf = Wp.T if st.transposed else Wp
+    T, off2 = core_tensor(Wf, st)
+    return _Problem(chain, st, An, exp, Wf, T, off2, sqnorm(An))
+
+
 # ---------------------------------------------------------------------------------------
 # progress
 # ---------------------------------------------------------------------------------------
@@ -235,19 +320,15 @@ class _Progress:
         if tqdm is not None:
             self.bar = tqdm(total=total, desc=desc, file=sys.stderr, leave=False)
 
-    def update(self, err: float | None = None) -> None:
+    def update(self, err: float) -> None:
         if not self.enabled:
             return
         self.n += 1
         if self.bar is not None:
             self.bar.update(1)
-            if err is not None:
-                self.bar.set_postfix(rel_error=f"{err:.4g}", refresh=False)
+            self.bar.set_postfix(rel_error=f"{err:.4g}", refresh=False)
         else:
-            msg = f"\r{self.desc}: {self.n}/{self.total}"
-            if err is not None:
-                msg += f" rel_error={err:.4g}"
-            sys.stderr.write(msg)
+            sys.stderr.write(f"\r{self.desc}: {self.n}/{self.total} rel_error={err:.4g}")
             sys.stderr.flush()
 
     def close(self) -> None:
@@ -261,13 +342,109 @@ class _Progress:
 
 
 # ---------------------------------------------------------------------------------------
-# factorize
+# start -> refine -> assemble
 # ---------------------------------------------------------------------------------------
 
-def _random_core(st: Structure, dtype: np.dtype, rng: np.random.Generator):
-    """The ALS start: :meth:`DeBut.random` values (scale-preserving), core layout."""
-    return full_to_core(DeBut.random(st.chain, seed=rng, dtype=dtype).factors, st)
+@dataclass
+class _Run:
+    """What the stages produce: fitted values and the record of how they were reached."""
 
+    vals: list[np.ndarray]
+    history: list[float] = field(default_factory=list)
+    splits: tuple[float, ...] = ()
+    sweeps: int = 0
+    stop: str = "hierarchical"
+    stopped: bool = False  # the callback asked to stop
+
+
+def _report(req: _Request, bar: _Progress, run: _Run, sweep: int, err: float) -> None:
+    run.history.append(err)
+    bar.update(err)
+    if req.callback is not None and req.callback(sweep, err) is False:
+        run.stopped = True
+
+
+def _start(prob: _Problem, req: _Request, init: list[np.ndarray] | None,
+           bar: _Progress) -> _Run:
+    """The starting values: hierarchical, the given ``init`` or a seeded random start."""
+    st, dtype = prob.st, prob.A.dtype
+    if init is not None:
+        exps = _split_exponent(prob.exp, len(init))
+        return _Run(prob.to_fitted([_ldexp(v, -e) for v, e in zip(init, exps)]))
+    if st is None or req.method == "als":
+        return _Run(prob.to_fitted([np.array(v) for v in
+                                    DeBut.random(prob.chain, seed=req.rng,
+                                                 dtype=dtype).factors]))
+    if req.order == "balanced":
+        vals, step2 = hierarchical_balanced(prob.T, st)
+        # the split errors are not orthogonal: measure
+        err2 = sqnorm(core_product(vals) - prob.T)
+    else:
+        vals, step2 = hierarchical_core(prob.T, st.rs)
+        err2 = sum(step2)
+    run = _Run(vals, splits=tuple(math.sqrt(e / prob.norm2) for e in step2))
+    _report(req, bar, run, 0, math.sqrt((err2 + prob.off2) / prob.norm2))
+    if run.stopped:
+        run.stop = "callback"
+    return run
+
+
+def _refine(prob: _Problem, req: _Request, run: _Run, bar: _Progress) -> _Run:
+    """ALS sweeps from ``run.vals`` while they help; keeps the best values met."""
+    if req.method == "hierarchical" or run.stopped:
+        return run
+    eps_stop = 8 * np.finfo(prob.A.dtype).eps
+    best = run.history[-1] if run.history else math.inf
+    if best <= eps_stop:
+        run.stop = "exact"
+        return run
+    state = (GeneralALSState(prob.Wf, prob.chain, run.vals) if prob.st is None
+             else ALSState(prob.T, prob.st.rs, run.vals))
+    prev = best
+    run.stop = "max_sweeps"
+    for sweep in range(1, req.max_sweeps + 1):
+        e2 = state.sweep_up() if sweep % 2 == 1 else state.sweep_down()
+        err = math.sqrt((e2 + prob.off2) / prob.norm2)
+        run.sweeps = sweep
+        if err < best:
+            best = err
+            run.vals = [v.copy() for v in state.vals]
+        _report(req, bar, run, sweep, err)
+        if run.stopped:
+            run.stop = "callback"
+            break
+        if err <= eps_stop:
+            run.stop = "exact"
+            break
+        if math.isfinite(prev) and prev - err <= req.tol * prev:
+            run.stop = "tol"
+            break
+        prev = err
+    return run
+
+
+def _fit_info(prob: _Problem, req: _Request, run: _Run, rel: float,
+              t0: float) -> FitInfo:
+    """The one place a :class:`FitInfo` is built."""
+    return FitInfo(rel_error=rel, method=req.method, chain=prob.chain,
+                   seconds=time.perf_counter() - t0, history=list(run.history),
+                   sweeps=run.sweeps, stop_reason=run.stop, split_errors=run.splits,
+                   n_params=prob.chain.nnz, shape=prob.shape)
+
+
+def _assemble(prob: _Problem, req: _Request, run: _Run, t0: float):
+    """The operator at the user's scale and its error, measured from the fitted values."""
+    rel = (math.sqrt(sqnorm(prob.dense(run.vals) - prob.A) / prob.norm2)
+           if prob.norm2 > 0 else 0.0)
+    user = prob.to_user(run.vals)
+    exps = _split_exponent(prob.exp, len(user))
+    op = DeBut(prob.chain, [_ldexp(v, e) for v, e in zip(user, exps)], shape=prob.shape)
+    return (op, _fit_info(prob, req, run, rel, t0)) if req.return_info else op
+
+
+# ---------------------------------------------------------------------------------------
+# factorize
+# ---------------------------------------------------------------------------------------
 
 def factorize(
     W: Any,
@@ -377,6 +554,15 @@ def factorize(
     padding is asked to be zero too, which costs accuracy but keeps the problem
     structured.  ``rel_error`` is measured on ``W`` itself.
 
+    **Scale.**  ``W`` is divided by the power of two nearest its largest entry before
+    the fit (exact, no rounding) and the factors are multiplied back, the power split
+    evenly over them; so the fit and ``rel_error`` do not depend on ``W``'s scale
+    anywhere in the floating range.
+
+    **Stages.**  Arguments are all checked first (before any chain is designed), then
+    the fit starts (hierarchical, ``init`` or random), ALS refines it, and the operator
+    is assembled with its error measured from the returned values.
+
     Examples
     --------
     >>> import numpy as np
@@ -389,149 +575,28 @@ def factorize(
     >>> op.shape
     (16, 72)
     """
-    t_start = time.perf_counter()
-    A = _check_W(W)
-    m, n = A.shape
-    chain = _check_chain(chain, m, n)
-    if not isinstance(method, str) or method not in METHODS:
-        raise ValueError(f"factorize(method): method must be one of {METHODS}, "
-                         f"got {method!r}")
-    if not isinstance(order, str) or order not in ORDERS:
-        raise ValueError(f"factorize(order): order must be one of {ORDERS}, got {order!r}")
-    if max_sweeps is None:
-        max_sweeps = _DEFAULT_MAX_SWEEPS.get(method, 0)
-    max_sweeps = _check_int_arg("max_sweeps", max_sweeps, 0)
-    tol = _check_tol(tol)
-    rng = as_generator(seed, where="factorize(seed)")
-    if callback is not None and not callable(callback):
-        raise TypeError(f"factorize(callback): callback must be callable, got {callback!r}")
-    if not isinstance(progress, (bool, np.bool_)):
-        raise TypeError(f"factorize(progress): progress must be a bool, got {progress!r}")
-    if not isinstance(return_info, (bool, np.bool_)):
-        raise TypeError(f"factorize(return_info): return_info must be a bool, "
-                        f"got {return_info!r}")
-    st = analyse_chain(chain)
-    if st is None and method == "hierarchical":
-        raise ValueError(not_chainable_message(chain, "factorize(chain, method='hierarchical'"))
-    dtype = A.dtype
-    init_vals = None if init is None else _check_init(init, chain, dtype)
-
-    # zero-pad to the chain's size and orient for the fitted (t-chained) chain
-    P, Q = chain.shape
-    if (P, Q) != (m, n):
-        Wp = np.zeros((P, Q), dtype=dtype)
-        Wp[:m, :n] = A
-    else:
-        Wp = A
-    normW2 = sqnorm(A)
-    normW = math.sqrt(normW2)
-
-    if st is None:
-        # valid chain whose entries are not single paths: matrix-free ALS
-        def to_user(vals):
-            return vals
-    else:
-        def to_user(vals):
-            return user_factors(core_to_full(vals, st), st)
-
-    def finish(vals, history, sweeps, reason, splits):
-        op = DeBut(chain, to_user(vals), shape=(m, n))
-        if normW2 > 0:
-            if st is not None and st.G == 1:
-                # the dense product from the path formula: O(m n), no identity applied
-                D = core_product(vals).reshape(st.Mc, st.Nc)
-                D = (D.T if st.transposed else D)[:m, :n]
-            else:
-                D = op.with_backend("numpy").to_dense()
-            rel = math.sqrt(sqnorm(D - A)) / normW
-        else:
-            rel = 0.0
-        info = FitInfo(rel_error=rel, method=method, chain=chain,
-                       seconds=time.perf_counter() - t_start, history=list(history),
-                       sweeps=sweeps, stop_reason=reason, split_errors=tuple(splits),
-                       n_params=chain.nnz, shape=(m, n))
-        return (op, info) if return_info else op
-
-    if normW2 == 0:
-        zero = [np.zeros(spec.value_shape, dtype=dtype) for spec in chain]
-        op = DeBut(chain, zero, shape=(m, n))
-        info = FitInfo(rel_error=0.0, method=method, chain=chain,
-                       seconds=time.perf_counter() - t_start, history=[0.0], sweeps=0,
-                       stop_reason="exact", n_params=chain.nnz, shape=(m, n))
-        return (op, info) if return_info else op
-
-    if st is None:
-        T, off2 = None, 0.0
-    else:
-        T, off2 = core_tensor(Wp.T if st.transposed else Wp, st)
-
-    n_iter = max_sweeps if method != "hierarchical" else 0
-    hier_stage = method != "als" and st is not None and init_vals is None
-    bar = _Progress(bool(progress), n_iter + (1 if hier_stage else 0),
-                    f"factorize[{method}]")
-    history: list[float] = []
-    splits: list[float] = []
+    t0 = time.perf_counter()
+    req = _validate(W, chain, method, order, max_sweeps, tol, seed, progress, callback,
+                    init, return_info)
+    m, n = req.A.shape
+    fchain = req.chain if req.chain is not None else design_chain(m, n)
+    if req.method == "hierarchical" and analyse_chain(fchain) is None:
+        raise ValueError(not_chainable_message(fchain,
+                                               "factorize(chain, method='hierarchical')"))
+    init_vals = None if req.init is None else _check_init(req.init, fchain, req.A.dtype)
+    prob = _prepare(req.A, fchain)
+    if prob.norm2 == 0:
+        zero = prob.to_fitted([np.zeros(spec.value_shape, dtype=req.A.dtype)
+                               for spec in fchain])
+        return _assemble(prob, req, _Run(zero, [0.0], stop="exact"), t0)
+    hier = req.method != "als" and prob.st is not None and init_vals is None
+    total = (req.max_sweeps if req.method != "hierarchical" else 0) + int(hier)
+    bar = _Progress(req.progress, total, f"factorize[{req.method}]")
     try:
-        if st is None or method == "als" or init_vals is not None:
-            # random (seeded) or given start
-            if st is None:
-                vals = (init_vals if init_vals is not None
-                        else [np.array(v) for v in DeBut.random(chain, seed=rng,
-                                                                dtype=dtype).factors])
-            elif init_vals is not None:
-                vals = full_to_core(fitted_factors(init_vals, st), st)
-            else:
-                vals = _random_core(st, dtype, rng)
-            start_err = None
-        else:
-            if order == "balanced":
-                vals, step2 = hierarchical_balanced(T, st)
-            else:
-                vals, step2 = hierarchical_core(T, st.rs)
-            splits = [math.sqrt(max(e, 0.0)) / normW for e in step2]
-            if order == "balanced":  # split errors are not orthogonal: measure
-                start_err = math.sqrt(sqnorm(core_product(vals) - T) + off2) / normW
-            else:
-                start_err = math.sqrt(max(sum(step2), 0.0) + off2) / normW
-            history.append(start_err)
-            bar.update(start_err)
-            if callback is not None and callback(0, start_err) is False:
-                return finish(vals, history, 0, "callback", splits)
-        if method == "hierarchical":
-            return finish(vals, history, 0, "hierarchical", splits)
-
-        eps_stop = 8 * np.finfo(dtype).eps
-        state = (GeneralALSState(Wp, chain, vals) if st is None
-                 else ALSState(T, st.rs, vals))
-        best_vals = [v.copy() for v in vals]
-        best = start_err if start_err is not None else math.inf
-        prev = best
-        reason = "max_sweeps"
-        sweeps = 0
-        if start_err is not None and start_err <= eps_stop:
-            return finish(best_vals, history, 0, "exact", splits)
-        for sweep in range(1, max_sweeps + 1):
-            e2 = state.sweep_up() if sweep % 2 == 1 else state.sweep_down()
-            err = math.sqrt(max(e2, 0.0) + off2) / normW
-            sweeps = sweep
-            history.append(err)
-            bar.update(err)
-            if err < best:
-                best = err
-                best_vals = [v.copy() for v in state.vals]
-            if callback is not None and callback(sweep, err) is False:
-                reason = "callback"
-                break
-            if err <= eps_stop:
-                reason = "exact"
-                break
-            if math.isfinite(prev) and prev - err <= tol * prev:
-                reason = "tol"
-                break
-            prev = err
-        return finish(best_vals, history, sweeps, reason, splits)
+        run = _refine(prob, req, _start(prob, req, init_vals, bar), bar)
     finally:
         bar.close()
+    return _assemble(prob, req, run, t0)
 
 
 def lowrank_error(W: Any, n_params: int) -> tuple[float, int]:
@@ -562,8 +627,9 @@ def lowrank_error(W: Any, n_params: int) -> tuple[float, int]:
     >>> lowrank_error(np.eye(4), 8)
     (0.8660254037844386, 1)
     """
-    A = _check_W(W)
-    k = _check_int_arg("n_params", n_params, 0) // (A.shape[0] + A.shape[1])
+    A = _check_W(W, "lowrank_error(W)")
+    k = check_int(n_params, "n_params", where="lowrank_error(n_params)", min=0)
+    k //= A.shape[0] + A.shape[1]
     # squared singular values = eigenvalues of the smaller Gram matrix (much cheaper
     # than an SVD; the tail sum is accurate to about eps * ||W||^2)
     B = A.astype(np.complex128 if A.dtype.kind == "c" else np.float64)
