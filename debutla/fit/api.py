@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import sys
 import time
@@ -19,6 +20,7 @@ from ._layout import (Structure, analyse_chain, core_product, core_tensor, core_
                       sqnorm, user_factors)
 from .als import ALSState, GeneralALSState
 from .hierarchical import hierarchical_balanced, hierarchical_core
+from .search import candidate_chains, search_chain
 
 __all__ = ["factorize", "FitInfo", "lowrank_error", "METHODS", "ORDERS"]
 
@@ -63,6 +65,32 @@ class FitInfo:
         Number of stored values (``chain.nnz``).
     shape : (int, int)
         Shape of ``W`` (the operator's shape).
+    svd_rel_error : float or None
+        Relative error of the truncated SVD that stores at most as many values
+        (``svd_rank * (m + n) <= n_params``), for comparison; None unless
+        ``return_info`` (it costs one eigen decomposition of ``W``'s smaller Gram matrix).
+    svd_rank : int
+        The rank of that truncated SVD.
+    data_rel_error : float or None
+        With calibration inputs ``X``: ``||X W^T - X D^T||_F / ||X W^T||_F``, the error
+        that was minimised.  None without ``X``.
+    svd_data_rel_error : float or None
+        With ``X``: the same error for the best rank-``svd_rank`` matrix in that norm
+        (the truncated SVD of ``W L``, ``L L^H = X^T conj(X)``).
+    whitening : str
+        With ``X``: ``"exact"`` when ``X^T X`` is diagonal (every stage, hierarchical
+        included, then fits the data objective exactly), ``"approximate"`` otherwise
+        (the hierarchical start comes from a whitened target; ALS minimises the data
+        objective itself).  ``"none"`` without ``X``.
+    target : float or None
+        The ``rel_error`` asked for (``chain="auto"`` searches).
+    target_met : bool or None
+        Whether the fit reaches ``target`` (in the fitted objective).
+    missed_by : float
+        How far above the target the fit ended (0 when met or without a target).
+    searched : tuple of (Chain, float)
+        The chains a budget or target search estimated, with the hierarchical error it
+        measured for each; empty without a search.
 
     Notes
     -----
@@ -94,40 +122,54 @@ class FitInfo:
     split_errors: tuple[float, ...] = ()
     n_params: int = 0
     shape: tuple[int, int] = (0, 0)
+    svd_rel_error: float | None = None
+    svd_rank: int = 0
+    data_rel_error: float | None = None
+    svd_data_rel_error: float | None = None
+    whitening: str = "none"
+    target: float | None = None
+    target_met: bool | None = None
+    missed_by: float = 0.0
+    searched: tuple[tuple[Chain, float], ...] = ()
 
     def __str__(self) -> str:
+        extra = "" if self.svd_rel_error is None else f", svd_rel_error={self.svd_rel_error:.6g}"
+        if self.data_rel_error is not None:
+            extra += f", data_rel_error={self.data_rel_error:.6g}"
+        if self.target is not None:
+            extra += f", target={self.target:.6g}, target_met={self.target_met}"
         return (f"FitInfo(method={self.method!r}, rel_error={self.rel_error:.6g}, "
                 f"sweeps={self.sweeps}, stop_reason={self.stop_reason!r}, "
-                f"seconds={self.seconds:.4g}, n_params={self.n_params})")
+                f"seconds={self.seconds:.4g}, n_params={self.n_params}{extra})")
 
 
 # ---------------------------------------------------------------------------------------
 # validate
 # ---------------------------------------------------------------------------------------
 
-def _check_W(W: Any, where: str) -> np.ndarray:
+def _check_W(W: Any, where: str, name: str = "W") -> np.ndarray:
     """``W`` as a finite 2-D NumPy array of a supported dtype (integers -> float64)."""
     if hasattr(W, "__cuda_array_interface__") or type(W).__module__.split(".")[0] == "cupy":
-        raise TypeError(f"{where}: W must be a NumPy array; CuPy arrays are not "
-                        f"supported yet (move it with W.get())")
+        raise TypeError(f"{where}: {name} must be a NumPy array; CuPy arrays are not "
+                        f"supported yet (move it with {name}.get())")
     if isinstance(W, DeBut):
-        raise TypeError(f"{where}: W must be a dense array; use W.to_dense() to refit "
+        raise TypeError(f"{where}: {name} must be a dense array; use {name}.to_dense() to refit "
                         f"a DeBut operator")
     try:
         A = np.asarray(W)
     except Exception as e:  # pragma: no cover - exotic array-likes
-        raise TypeError(f"{where}: W must be array-like, got {type(W).__name__}") from e
+        raise TypeError(f"{where}: {name} must be array-like, got {type(W).__name__}") from e
     if A.dtype.kind not in "biufc":
-        raise TypeError(f"{where}: W must be numeric (float32, float64, complex64, "
+        raise TypeError(f"{where}: {name} must be numeric (float32, float64, complex64, "
                         f"complex128), got dtype {A.dtype}")
     if A.ndim != 2:
-        raise ValueError(f"{where}: W must be a 2-D matrix, got shape {A.shape}")
+        raise ValueError(f"{where}: {name} must be a 2-D matrix, got shape {A.shape}")
     if A.size == 0:
-        raise ValueError(f"{where}: W must not be empty, got shape {A.shape}")
+        raise ValueError(f"{where}: {name} must not be empty, got shape {A.shape}")
     A = A.astype(supported_dtype(A.dtype, where=where, promote=True), copy=False)
     if not np.isfinite(A).all():
         bad = int(np.size(A) - np.count_nonzero(np.isfinite(A)))
-        raise ValueError(f"{where}: W contains {bad} NaN or Inf entries; all entries "
+        raise ValueError(f"{where}: {name} contains {bad} NaN or Inf entries; all entries "
                          f"must be finite")
     return A
 
@@ -186,17 +228,46 @@ class _Request:
     callback: Callable[[int, float], Any] | None
     init: Any
     return_info: bool
+    candidates: list[Chain] | None = None  # a search over these (max_params / rel_error)
+    target: float | None = None
+    X: np.ndarray | None = None
+
+
+def _check_X(X: Any, A: np.ndarray) -> np.ndarray:
+    Xa = _check_W(X, "factorize(X)", "X")
+    n = A.shape[1]
+    if Xa.shape[1] != n:
+        raise ValueError(f"factorize(X): X must have shape (samples, {n}), one column per "
+                         f"column of W, got shape {Xa.shape}")
+    if Xa.dtype.kind == "c" and A.dtype.kind != "c":
+        raise TypeError("factorize(X): X is complex but W is real")
+    if not np.any(Xa):
+        raise ValueError("factorize(X): X is zero, so every operator fits it equally; "
+                         "give calibration inputs with at least one nonzero entry")
+    return Xa
 
 
 def _validate(W, chain, method, order, max_sweeps, tol, seed, progress, callback, init,
-              return_info) -> _Request:
+              return_info, max_params, rel_error, X) -> _Request:
     """Every argument checked, nothing expensive done (no chain designed yet)."""
     A = _check_W(W, "factorize(W)")
+    candidates = target = None
     if isinstance(chain, str) and chain.strip().lower() == "auto":
         chain = None
+        if rel_error is not None:
+            target = check_real(rel_error, "rel_error", where="factorize(rel_error)", min=0)
+        if max_params is not None:
+            max_params = check_int(max_params, "max_params", where="factorize(max_params)")
+        if max_params is not None or target is not None:
+            candidates = candidate_chains(*A.shape, max_params=max_params,
+                                          where="factorize(max_params)")
     else:
         chain = as_chain(chain, where="factorize(chain)")
         _check_fits(chain, *A.shape)
+        for name, v in (("max_params", max_params), ("rel_error", rel_error)):
+            if v is not None:
+                raise ValueError(f"factorize({name}): {name} chooses the chain, so it "
+                                 f"needs chain='auto'; got chain {chain}")
     method = check_choice(method, "method", METHODS, where="factorize(method)")
     order = check_choice(order, "order", ORDERS, where="factorize(order)")
     if max_sweeps is None:
@@ -211,8 +282,9 @@ def _validate(W, chain, method, order, max_sweeps, tol, seed, progress, callback
     if init is not None and not isinstance(init, (DeBut, Sequence, np.ndarray)):
         raise TypeError(f"factorize(init): init must be a DeBut or a sequence of arrays, "
                         f"got {type(init).__name__}")
+    Xa = None if X is None else _check_X(X, A)
     return _Request(A, chain, method, order, max_sweeps, tol, rng, progress, callback,
-                    init, return_info)
+                    init, return_info, candidates, target, Xa)
 
 
 # ---------------------------------------------------------------------------------------
@@ -242,17 +314,77 @@ def _split_exponent(e: int, n: int) -> list[int]:
 
 
 @dataclass
+class _Weights:
+    """Calibration inputs as a weight: ``L L^H = X^T conj(X)`` (normalised scale).
+
+    ``l`` is set (the column norms of ``X``) when ``X^T conj(X)`` is diagonal, so that
+    whitening is a column scaling, exact for every chain; ``L`` is the symmetric square
+    root otherwise.
+    """
+
+    l: np.ndarray | None
+    L: np.ndarray | None
+
+    @property
+    def exact(self) -> bool:
+        return self.l is not None
+
+    def apply(self, A: np.ndarray) -> np.ndarray:
+        """``A L`` (the whitened matrix)."""
+        return A * self.l if self.l is not None else A @ self.L
+
+
+def _weights(X: np.ndarray, dtype: np.dtype) -> _Weights:
+    """The weight of the data objective; memory ``O(n^2)`` whatever the sample count."""
+    Xn = _ldexp(X, -_max_exponent(X)).astype(dtype, copy=False)
+    C = Xn.T @ Xn.conj()
+    d = np.real(np.diagonal(C)).copy()
+    if np.count_nonzero(C - np.diag(np.diagonal(C))) == 0:
+        l = np.sqrt(d)
+        # inputs that are never excited: the smallest weight of the others (not zero, so
+        # that the column scaling can be undone)
+        l[l == 0] = l[l > 0].min()
+        return _Weights(l.astype(dtype.type(0).real.dtype), None)
+    lam, V = np.linalg.eigh(C)
+    L = (V * np.sqrt(np.clip(lam, 0, None))) @ V.conj().T
+    return _Weights(None, L.astype(dtype, copy=False))
+
+
+def _spectrum(M: np.ndarray) -> np.ndarray:
+    """Squared singular values of ``M`` (descending), from its smaller Gram matrix."""
+    B = M.astype(np.complex128 if M.dtype.kind == "c" else np.float64)
+    G = B @ B.conj().T if B.shape[0] <= B.shape[1] else B.conj().T @ B
+    return np.clip(np.linalg.eigvalsh(G)[::-1], 0, None)
+
+
+def _tail(lam: np.ndarray, k: int) -> float:
+    """``sqrt(sum_{i >= k} lam_i / sum lam)``: the relative error of rank ``k``."""
+    tot = float(np.sum(lam))
+    return math.sqrt(float(np.sum(lam[k:])) / tot) if tot > 0 else 0.0
+
+
+@dataclass
 class _Problem:
-    """``W = 2**exp * A`` (``max |A|`` in ``[0.5, 1)``), padded and laid out for the chain."""
+    """The matrix a fit works on, normalised, padded and laid out for the chain.
+
+    ``A`` (``max |A|`` in ``[0.5, 1)``) is ``2**-exp`` times the *target*: ``W`` itself,
+    or ``W diag(l)`` with exact whitening.  ``base`` is ``W`` normalised (for the plain
+    error), ``exp0`` its exponent (``W = 2**exp0 base``).  With ``weight`` the objective
+    is ``||(A - D) weight||`` (matrix-free ALS); ``norm2`` normalises the objective.
+    """
 
     chain: Chain
     st: Structure | None
-    A: np.ndarray            # the normalised W, shape (m, n)
+    A: np.ndarray
     exp: int
     Wf: np.ndarray           # normalised, zero-padded, fitted orientation
     T: np.ndarray | None     # core batch (chainable chains)
     off2: float              # squared norm of Wf outside the support
-    norm2: float             # ||A||_F^2
+    norm2: float             # squared norm of the objective's target
+    base: np.ndarray
+    exp0: int
+    colscale: np.ndarray | None = None   # exact whitening: the l of the target W diag(l)
+    weight: np.ndarray | None = None     # approximate whitening: Q x Q weight
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -280,22 +412,36 @@ class _Problem:
             D = D.T if self.st.transposed else D
         return D[:m, :n]
 
+    def state(self, vals: list[np.ndarray]):
+        """The ALS engine for this problem, started at ``vals``."""
+        if self.st is None:
+            return GeneralALSState(self.Wf, self.chain, vals, weight=self.weight)
+        return ALSState(self.T, self.st.rs, vals)
 
-def _prepare(A: np.ndarray, chain: Chain) -> _Problem:
-    exp = _max_exponent(A)
-    An = _ldexp(A, -exp)
-    m, n = A.shape
+
+def _prepare(target: np.ndarray, chain: Chain, base: np.ndarray, exp0: int, *,
+             colscale: np.ndarray | None = None, weight: np.ndarray | None = None,
+             chainable: bool = True) -> _Problem:
+    """Normalise ``target`` and lay it out for ``chain`` (the fitted orientation)."""
+    exp = _max_exponent(target)
+    An = _ldexp(target, -exp)
+    m, n = target.shape
     P, Q = chain.shape
     Wp = An
     if (P, Q) != (m, n):
-        Wp = np.zeros((P, Q), dtype=A.dtype)
+        Wp = np.zeros((P, Q), dtype=An.dtype)
         Wp[:m, :n] = An
-    st = analyse_chain(chain)
+    st = analyse_chain(chain) if chainable else None
     if st is None:
-        return _Problem(chain, st, An, exp, Wp, None, 0.0, sqnorm(An))
+        Wq = None
+        if weight is not None:
+            Wq = np.zeros((Q, Q), dtype=weight.dtype)
+            Wq[:n, :n] = weight
+        norm2 = sqnorm(An if weight is None else An @ weight)
+        return _Problem(chain, None, An, exp, Wp, None, 0.0, norm2, base, exp0, colscale, Wq)
     Wf = Wp.T if st.transposed else Wp
     T, off2 = core_tensor(Wf, st)
-    return _Problem(chain, st, An, exp, Wf, T, off2, sqnorm(An))
+    return _Problem(chain, st, An, exp, Wf, T, off2, sqnorm(An), base, exp0, colscale)
 
 
 # ---------------------------------------------------------------------------------------
@@ -362,30 +508,71 @@ def _report(req: _Request, bar: _Progress, run: _Run, sweep: int, err: float) ->
     bar.update(err)
     if req.callback is not None and req.callback(sweep, err) is False:
         run.stopped = True
+        run.stop = "callback"
+
+
+def _hierarchical(prob: _Problem, order: str):
+    """Hierarchical values (core layout), squared split errors, squared total error."""
+    if order == "balanced":
+        vals, step2 = hierarchical_balanced(prob.T, prob.st)
+        # the split errors are not orthogonal: measure
+        return vals, step2, sqnorm(core_product(vals) - prob.T) + prob.off2
+    vals, step2 = hierarchical_core(prob.T, prob.st.rs)
+    return vals, step2, sum(step2) + prob.off2
+
+
+def _scaled(vals: list[np.ndarray], exp: int, sign: int = 1) -> list[np.ndarray]:
+    """Factor values whose product is ``2**(sign * exp)`` times the product of ``vals``.
+
+    The split of ``exp`` over the factors does not depend on ``sign``, so scaling down
+    and back up returns the same values.
+    """
+    return [_ldexp(v, sign * e) for v, e in zip(vals, _split_exponent(exp, len(vals)))]
+
+
+def _columns(l: np.ndarray, spec) -> np.ndarray:
+    """``l`` (one entry per input, padded with ones) in a first factor's value layout."""
+    nb, _, s, t = spec.value_shape
+    lp = np.ones(spec.q, dtype=l.dtype)
+    lp[:l.size] = l
+    return lp.reshape(nb, 1, s, t)
 
 
 def _start(prob: _Problem, req: _Request, init: list[np.ndarray] | None,
            bar: _Progress) -> _Run:
     """The starting values: hierarchical, the given ``init`` or a seeded random start."""
-    st, dtype = prob.st, prob.A.dtype
     if init is not None:
-        exps = _split_exponent(prob.exp, len(init))
-        return _Run(prob.to_fitted([_ldexp(v, -e) for v, e in zip(init, exps)]))
-    if st is None or req.method == "als":
+        if prob.colscale is not None:  # init fits W; the target is W diag(l)
+            init = [init[0] * _columns(prob.colscale, prob.chain[0])] + init[1:]
+        return _Run(prob.to_fitted(_scaled(init, prob.exp0 + prob.exp, -1)))
+    if prob.st is None or req.method == "als":
         return _Run(prob.to_fitted([np.array(v) for v in
                                     DeBut.random(prob.chain, seed=req.rng,
-                                                 dtype=dtype).factors]))
-    if req.order == "balanced":
-        vals, step2 = hierarchical_balanced(prob.T, st)
-        # the split errors are not orthogonal: measure
-        err2 = sqnorm(core_product(vals) - prob.T)
-    else:
-        vals, step2 = hierarchical_core(prob.T, st.rs)
-        err2 = sum(step2)
+                                                 dtype=prob.A.dtype).factors]))
+    vals, step2, err2 = _hierarchical(prob, req.order)
     run = _Run(vals, splits=tuple(math.sqrt(e / prob.norm2) for e in step2))
-    _report(req, bar, run, 0, math.sqrt((err2 + prob.off2) / prob.norm2))
-    if run.stopped:
-        run.stop = "callback"
+    _report(req, bar, run, 0, math.sqrt(err2 / prob.norm2))
+    return run
+
+
+def _start_weighted(prob: _Problem, req: _Request, w: _Weights, bar: _Progress) -> _Run:
+    """Approximate whitening: the better of two hierarchical starts in the data objective.
+
+    The hierarchical fits of ``W`` and of the whitened ``W L`` give the output-side
+    factors; the input-side factor is then the least-squares one in the data objective.
+    The plain start keeps exactness on DeBut products; the whitened one follows the data.
+    """
+    best: tuple[float, list[np.ndarray]] | None = None
+    for target in (prob.base, w.apply(prob.base)):
+        sub = _prepare(target, prob.chain, prob.base, prob.exp0)
+        vals, _, _ = _hierarchical(sub, req.order)
+        state = prob.state(_scaled(sub.to_user(vals), sub.exp))
+        state.update(0)
+        err = math.sqrt(state.residual2() / prob.norm2)
+        if best is None or err < best[0]:
+            best = (err, state.vals)
+    run = _Run(best[1])  # type: ignore[index]
+    _report(req, bar, run, 0, best[0])  # type: ignore[index]
     return run
 
 
@@ -398,8 +585,7 @@ def _refine(prob: _Problem, req: _Request, run: _Run, bar: _Progress) -> _Run:
     if best <= eps_stop:
         run.stop = "exact"
         return run
-    state = (GeneralALSState(prob.Wf, prob.chain, run.vals) if prob.st is None
-             else ALSState(prob.T, prob.st.rs, run.vals))
+    state = prob.state(run.vals)
     prev = best
     run.stop = "max_sweeps"
     for sweep in range(1, req.max_sweeps + 1):
@@ -411,7 +597,6 @@ def _refine(prob: _Problem, req: _Request, run: _Run, bar: _Progress) -> _Run:
             run.vals = [v.copy() for v in state.vals]
         _report(req, bar, run, sweep, err)
         if run.stopped:
-            run.stop = "callback"
             break
         if err <= eps_stop:
             run.stop = "exact"
@@ -423,23 +608,89 @@ def _refine(prob: _Problem, req: _Request, run: _Run, bar: _Progress) -> _Run:
     return run
 
 
-def _fit_info(prob: _Problem, req: _Request, run: _Run, rel: float,
-              t0: float) -> FitInfo:
-    """The one place a :class:`FitInfo` is built."""
+def _problem(req: _Request, base: np.ndarray, exp0: int, w: _Weights | None,
+             chain: Chain) -> _Problem:
+    if w is None:
+        return _prepare(base, chain, base, exp0)
+    if w.exact:
+        return _prepare(w.apply(base), chain, base, exp0, colscale=w.l)
+    return _prepare(base, chain, base, exp0, weight=w.L, chainable=False)
+
+
+def _fit(req: _Request, prob: _Problem, w: _Weights | None,
+         init: list[np.ndarray] | None) -> _Run:
+    """Start, then refine: the fitted values (the problem's layout) and their record."""
+    if prob.norm2 == 0:
+        zero = [np.zeros(spec.value_shape, dtype=prob.A.dtype) for spec in prob.chain]
+        return _Run(prob.to_fitted(zero), [0.0], stop="exact")
+    weighted_start = (w is not None and not w.exact and init is None
+                      and req.method != "als" and analyse_chain(prob.chain) is not None)
+    hier = req.method != "als" and init is None and (prob.st is not None or weighted_start)
+    total = (req.max_sweeps if req.method != "hierarchical" else 0) + int(hier)
+    bar = _Progress(req.progress, total, f"factorize[{req.method}]")
+    try:
+        if weighted_start:
+            run = _start_weighted(prob, req, w, bar)  # type: ignore[arg-type]
+        else:
+            run = _start(prob, req, init, bar)
+        return _refine(prob, req, run, bar)
+    finally:
+        bar.close()
+
+
+def _estimate(base: np.ndarray, exp0: int, w: _Weights | None, order: str,
+              chain: Chain) -> float:
+    """The hierarchical error of ``chain`` (of the whitened target with ``X``)."""
+    prob = _prepare(base if w is None else w.apply(base), chain, base, exp0)
+    if prob.norm2 == 0:
+        return 0.0
+    return math.sqrt(_hierarchical(prob, order)[2] / prob.norm2)
+
+
+def _fit_info(prob: _Problem, req: _Request, run: _Run, t0: float, *, rel: float,
+              data: float | None, w: _Weights | None,
+              searched: tuple[tuple[Chain, float], ...]) -> FitInfo:
+    """The one place a :class:`FitInfo` is built (with the SVD comparison)."""
+    m, n = prob.shape
+    k = min(prob.chain.nnz // (m + n), min(m, n))
+    svd = _tail(_spectrum(prob.base), k)
+    svd_data = None if w is None else _tail(_spectrum(w.apply(prob.base)), k)
+    achieved = rel if data is None else data
+    met = None if req.target is None else achieved <= req.target
+    missed = 0.0 if not (req.target is not None and not met) else achieved - req.target
+    whitening = "none" if w is None else ("exact" if w.exact else "approximate")
     return FitInfo(rel_error=rel, method=req.method, chain=prob.chain,
                    seconds=time.perf_counter() - t0, history=list(run.history),
                    sweeps=run.sweeps, stop_reason=run.stop, split_errors=run.splits,
-                   n_params=prob.chain.nnz, shape=prob.shape)
+                   n_params=prob.chain.nnz, shape=prob.shape, svd_rel_error=svd,
+                   svd_rank=k, data_rel_error=data, svd_data_rel_error=svd_data,
+                   whitening=whitening, target=req.target, target_met=met,
+                   missed_by=missed, searched=searched)
 
 
-def _assemble(prob: _Problem, req: _Request, run: _Run, t0: float):
-    """The operator at the user's scale and its error, measured from the fitted values."""
-    rel = (math.sqrt(sqnorm(prob.dense(run.vals) - prob.A) / prob.norm2)
-           if prob.norm2 > 0 else 0.0)
-    user = prob.to_user(run.vals)
-    exps = _split_exponent(prob.exp, len(user))
-    op = DeBut(prob.chain, [_ldexp(v, e) for v, e in zip(user, exps)], shape=prob.shape)
-    return (op, _fit_info(prob, req, run, rel, t0)) if req.return_info else op
+def _rel(D: np.ndarray, A: np.ndarray, norm2: float) -> float:
+    return math.sqrt(sqnorm(D - A) / norm2) if norm2 > 0 else 0.0
+
+
+def _assemble(prob: _Problem, req: _Request, run: _Run, t0: float, w: _Weights | None,
+              searched: tuple[tuple[Chain, float], ...] = ()):
+    """The operator at the user's scale and its errors, measured from the fitted values."""
+    D = prob.dense(run.vals)
+    data = None
+    if prob.weight is not None:  # D fits base itself, weighted
+        n = prob.shape[1]
+        data = _rel(D @ prob.weight[:n, :n], prob.A @ prob.weight[:n, :n], prob.norm2)
+    elif prob.colscale is not None:  # D fits base diag(l)
+        data = _rel(D, prob.A, prob.norm2)
+        D = _ldexp(D, prob.exp) / prob.colscale
+    rel = _rel(D, prob.base, sqnorm(prob.base))
+    user = _scaled(prob.to_user(run.vals), prob.exp0 + prob.exp)
+    if prob.colscale is not None:
+        user[0] = user[0] / _columns(prob.colscale, prob.chain[0])
+    op = DeBut(prob.chain, user, shape=prob.shape)
+    if not req.return_info:
+        return op
+    return op, _fit_info(prob, req, run, t0, rel=rel, data=data, w=w, searched=searched)
 
 
 # ---------------------------------------------------------------------------------------
@@ -459,6 +710,9 @@ def factorize(
     callback: Callable[[int, float], Any] | None = None,
     init: DeBut | Sequence[Any] | None = None,
     order: str = "l2r",
+    max_params: int | None = None,
+    rel_error: float | None = None,
+    X: Any = None,
 ) -> DeBut | tuple[DeBut, FitInfo]:
     """Fit a dense matrix with a DeBut product: the best operator for a chain.
 
@@ -472,6 +726,8 @@ def factorize(
         (``"16 <-(2,8,1)- 128"``), or ``"auto"`` (:func:`~debutla.design_chain` for
         ``W``'s shape).  Its size ``(M, N)`` must be at least ``(m, n)``; a larger chain
         fits the zero-padded ``M x N`` matrix and the operator keeps ``W``'s shape.
+        With ``"auto"`` and ``max_params`` or ``rel_error`` the chain is searched for
+        (Notes).
     method : {"auto", "hierarchical", "als"}
         ``"hierarchical"``: rank-one block splits, one factor at a time (fast, exact on
         DeBut products, optimal for two factors).  ``"als"``: alternating least squares
@@ -504,6 +760,18 @@ def factorize(
         each range of factors at its middle (a balanced tree), with the frames normalised
         before each split; it is exact on DeBut products but its split errors are not
         orthogonal, and no error bound is claimed for it here.
+    max_params : int, optional
+        With ``chain="auto"``: the most accurate chain with at most this many values
+        (by the hierarchical error of each candidate), then fitted with ``method``.
+    rel_error : float, optional
+        With ``chain="auto"``: the smallest chain whose hierarchical error reaches this
+        relative error (the data error with ``X``); when none does, the most accurate
+        one, and ``info.target_met`` is False with ``info.missed_by`` the shortfall.
+        With ``max_params`` too, only chains within the budget are searched.
+    X : array_like, optional
+        Calibration inputs, shape ``(samples, n)`` (the layer's inputs, one per row):
+        the fit then minimises ``||X W^T - X D^T||_F`` instead of ``||W - D||_F``.
+        Only ``X^T conj(X)`` (``n x n``) is kept, whatever the number of samples.
 
     Returns
     -------
@@ -520,7 +788,10 @@ def factorize(
     ValueError
         If ``W`` is not 2-D, empty or has NaN/Inf; if the chain cannot serve ``W``'s
         shape (the message names the sizes that would); if ``method`` is unknown; if the
-        chain is not chainable (see Notes).
+        chain is not chainable (see Notes); if ``max_params`` is smaller than every
+        candidate chain, ``rel_error`` is negative or NaN, either is given with an
+        explicit chain, or ``X`` has the wrong number of columns, NaN/Inf or is zero.
+        All of this is checked before any chain is designed or fitted.
 
     Notes
     -----
@@ -559,6 +830,22 @@ def factorize(
     evenly over them; so the fit and ``rel_error`` do not depend on ``W``'s scale
     anywhere in the floating range.
 
+    **Budget and target search.**  The candidates (:func:`~debutla.fit.search.candidate_chains`)
+    are the minimum-parameter monotonic designs of 2-8 factors (radices up to 16, 4 and
+    2, padding allowed), every two-factor dense chain smaller than ``W`` and ``W``
+    itself.  For a budget the two largest candidates of each factor count are fitted
+    hierarchically and the lowest error wins; for a target a bisection over the
+    candidates sorted by size finds a small one that reaches it.  Only the winner is
+    refined with ALS (``method``).  ``info.searched`` lists what was estimated.
+
+    **Data-aware fits.**  With ``C = X^T conj(X) = L L^H`` the objective is
+    ``||(W - D) L||_F``.  When ``C`` is diagonal (``L = diag(l)``) this is exactly the
+    plain problem for ``W diag(l)`` with the first factor's columns divided by ``l``,
+    so every method and guarantee carries over (``info.whitening == "exact"``).
+    Otherwise (``"approximate"``) the start is the better of the hierarchical fits of
+    ``W`` and of ``W L`` followed by the least-squares input factor, and ALS minimises
+    the data objective itself with matrix-free weighted updates (never increasing it).
+
     **Stages.**  Arguments are all checked first (before any chain is designed), then
     the fit starts (hierarchical, ``init`` or random), ALS refines it, and the operator
     is assembled with its error measured from the returned values.
@@ -577,26 +864,27 @@ def factorize(
     """
     t0 = time.perf_counter()
     req = _validate(W, chain, method, order, max_sweeps, tol, seed, progress, callback,
-                    init, return_info)
+                    init, return_info, max_params, rel_error, X)
     m, n = req.A.shape
-    fchain = req.chain if req.chain is not None else design_chain(m, n)
+    exp0 = _max_exponent(req.A)
+    base = _ldexp(req.A, -exp0)
+    w = None if req.X is None else _weights(req.X, req.A.dtype)
+    searched: tuple[tuple[Chain, float], ...] = ()
+    if req.chain is not None:
+        fchain = req.chain
+    elif req.candidates is None:
+        fchain = design_chain(m, n)
+    else:
+        res = search_chain(req.candidates,
+                           lambda c: _estimate(base, exp0, w, req.order, c),
+                           rel_error=req.target)
+        fchain, searched = res.chain, res.tried
     if req.method == "hierarchical" and analyse_chain(fchain) is None:
         raise ValueError(not_chainable_message(fchain,
-                                               "factorize(chain, method='hierarchical')"))
+                                               "factorize(chain, method='hierarchical'"))
     init_vals = None if req.init is None else _check_init(req.init, fchain, req.A.dtype)
-    prob = _prepare(req.A, fchain)
-    if prob.norm2 == 0:
-        zero = prob.to_fitted([np.zeros(spec.value_shape, dtype=req.A.dtype)
-                               for spec in fchain])
-        return _assemble(prob, req, _Run(zero, [0.0], stop="exact"), t0)
-    hier = req.method != "als" and prob.st is not None and init_vals is None
-    total = (req.max_sweeps if req.method != "hierarchical" else 0) + int(hier)
-    bar = _Progress(req.progress, total, f"factorize[{req.method}]")
-    try:
-        run = _refine(prob, req, _start(prob, req, init_vals, bar), bar)
-    finally:
-        bar.close()
-    return _assemble(prob, req, run, t0)
+    prob = _problem(req, base, exp0, w, fchain)
+    return _assemble(prob, req, _fit(req, prob, w, init_vals), t0, w, searched)
 
 
 def lowrank_error(W: Any, n_params: int) -> tuple[float, int]:
@@ -629,14 +917,7 @@ def lowrank_error(W: Any, n_params: int) -> tuple[float, int]:
     """
     A = _check_W(W, "lowrank_error(W)")
     k = check_int(n_params, "n_params", where="lowrank_error(n_params)", min=0)
-    k //= A.shape[0] + A.shape[1]
+    k = min(k // (A.shape[0] + A.shape[1]), min(A.shape))
     # squared singular values = eigenvalues of the smaller Gram matrix (much cheaper
-    # than an SVD; the tail sum is accurate to about eps * ||W||^2)
-    B = A.astype(np.complex128 if A.dtype.kind == "c" else np.float64)
-    G = B @ B.conj().T if B.shape[0] <= B.shape[1] else B.conj().T @ B
-    lam = np.clip(np.linalg.eigvalsh(G)[::-1], 0, None)
-    tot = float(np.sum(lam))
-    if tot == 0:
-        return 0.0, k
-    rest = float(np.sum(lam[k:]))
-    return math.sqrt(rest / tot), k
+    # than an SVD; the tail sum is accurate to about eps * ||W||^2); W normalised first
+    return _tail(_spectrum(_ldexp(A, -_max_exponent(A))), k), k
