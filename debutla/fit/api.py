@@ -539,8 +539,12 @@ def _columns(l: np.ndarray, spec) -> np.ndarray:
 
 
 def _start(prob: _Problem, req: _Request, init: list[np.ndarray] | None,
-           bar: _Progress) -> _Run:
-    """The starting values: hierarchical, the given ``init`` or a seeded random start."""
+           bar: _Progress, cache: dict) -> _Run:
+    """The starting values: hierarchical, the given ``init`` or a seeded random start.
+
+    ``cache`` maps chains to hierarchical results a search already computed for the
+    same target, so the winner of a search is not fitted twice.
+    """
     if init is not None:
         if prob.colscale is not None:  # init fits W; the target is W diag(l)
             init = [init[0] * _columns(prob.colscale, prob.chain[0])] + init[1:]
@@ -549,7 +553,7 @@ def _start(prob: _Problem, req: _Request, init: list[np.ndarray] | None,
         return _Run(prob.to_fitted([np.array(v) for v in
                                     DeBut.random(prob.chain, seed=req.rng,
                                                  dtype=prob.A.dtype).factors]))
-    vals, step2, err2 = _hierarchical(prob, req.order)
+    vals, step2, err2 = cache.get(prob.chain) or _hierarchical(prob, req.order)
     run = _Run(vals, splits=tuple(math.sqrt(e / prob.norm2) for e in step2))
     _report(req, bar, run, 0, math.sqrt(err2 / prob.norm2))
     return run
@@ -618,7 +622,7 @@ def _problem(req: _Request, base: np.ndarray, exp0: int, w: _Weights | None,
 
 
 def _fit(req: _Request, prob: _Problem, w: _Weights | None,
-         init: list[np.ndarray] | None) -> _Run:
+         init: list[np.ndarray] | None, cache: dict) -> _Run:
     """Start, then refine: the fitted values (the problem's layout) and their record."""
     if prob.norm2 == 0:
         zero = [np.zeros(spec.value_shape, dtype=prob.A.dtype) for spec in prob.chain]
@@ -632,19 +636,26 @@ def _fit(req: _Request, prob: _Problem, w: _Weights | None,
         if weighted_start:
             run = _start_weighted(prob, req, w, bar)  # type: ignore[arg-type]
         else:
-            run = _start(prob, req, init, bar)
+            run = _start(prob, req, init, bar, cache)
         return _refine(prob, req, run, bar)
     finally:
         bar.close()
 
 
 def _estimate(base: np.ndarray, exp0: int, w: _Weights | None, order: str,
-              chain: Chain) -> float:
-    """The hierarchical error of ``chain`` (of the whitened target with ``X``)."""
+              cache: dict, chain: Chain) -> float:
+    """The hierarchical error of ``chain`` (of the whitened target with ``X``).
+
+    The fitted values are kept in ``cache`` when they can start the final fit (no ``X``
+    or exact whitening): they are only ``nnz`` values per chain.
+    """
     prob = _prepare(base if w is None else w.apply(base), chain, base, exp0)
     if prob.norm2 == 0:
         return 0.0
-    return math.sqrt(_hierarchical(prob, order)[2] / prob.norm2)
+    res = _hierarchical(prob, order)
+    if w is None or w.exact:
+        cache[chain] = res
+    return math.sqrt(res[2] / prob.norm2)
 
 
 def _fit_info(prob: _Problem, req: _Request, run: _Run, t0: float, *, rel: float,
@@ -870,13 +881,14 @@ def factorize(
     base = _ldexp(req.A, -exp0)
     w = None if req.X is None else _weights(req.X, req.A.dtype)
     searched: tuple[tuple[Chain, float], ...] = ()
+    cache: dict = {}
     if req.chain is not None:
         fchain = req.chain
     elif req.candidates is None:
         fchain = design_chain(m, n)
     else:
         res = search_chain(req.candidates,
-                           lambda c: _estimate(base, exp0, w, req.order, c),
+                           lambda c: _estimate(base, exp0, w, req.order, cache, c),
                            rel_error=req.target)
         fchain, searched = res.chain, res.tried
     if req.method == "hierarchical" and analyse_chain(fchain) is None:
@@ -884,7 +896,7 @@ def factorize(
                                                "factorize(chain, method='hierarchical'"))
     init_vals = None if req.init is None else _check_init(req.init, fchain, req.A.dtype)
     prob = _problem(req, base, exp0, w, fchain)
-    return _assemble(prob, req, _fit(req, prob, w, init_vals), t0, w, searched)
+    return _assemble(prob, req, _fit(req, prob, w, init_vals, cache), t0, w, searched)
 
 
 def lowrank_error(W: Any, n_params: int) -> tuple[float, int]:
