@@ -5,7 +5,7 @@ Public API: :class:`Chain`, :class:`DeBut`, :func:`design_chain`,
 """
 
 from .chain import PAPER_CHAINS, Chain, FactorSpec, design_chain
-from .fit import FitInfo, factorize
+from .fit import FitInfo, factorize, tradeoff
 from .interop.scipy import aslinearoperator
 from .io import DeButFileError, load
 from .operator import DeBut

@@ -517,7 +517,8 @@ def test_lowrank_error():
 
 
 @pytest.mark.parametrize("name", ["debutla.fit.api", "debutla.fit.demo",
-                                  "debutla.fit.hierarchical", "debutla.fit._layout"])
+                                  "debutla.fit.hierarchical", "debutla.fit._layout",
+                                  "debutla.fit.search", "debutla.fit.tradeoff"])
 def test_docstring_examples_run(name):
     import doctest
     import importlib

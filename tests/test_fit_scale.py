@@ -106,9 +106,11 @@ def test_public_surface():
     import debutla.fit as fit
 
     assert callable(db.factorize) and db.factorize is fit.factorize
+    assert db.tradeoff is fit.tradeoff
     assert fit.lowrank_error(np.eye(4), 8) == (pytest.approx(math.sqrt(0.75)), 1)
     for name in ("debutla.fit", "debutla.fit.api", "debutla.fit.demo",
-                 "debutla.fit.hierarchical", "debutla.fit.als", "debutla.fit._layout"):
+                 "debutla.fit.hierarchical", "debutla.fit.als", "debutla.fit._layout",
+                 "debutla.fit.search", "debutla.fit.tradeoff"):
         mod = importlib.import_module(name)
         public = {k for k, v in vars(mod).items()
                   if not k.startswith("_") and getattr(v, "__module__", None) == name}

@@ -6,8 +6,16 @@ Two methods and their combination:
   DeBut products, optimal for two factors, within ``sqrt(N-1)`` of optimal otherwise);
 * :mod:`.als`: alternating least squares with exact closed-form factor updates;
 * ``method="auto"``: hierarchical, then ALS sweeps while they help.
+
+Around them: :mod:`.search` (chains for a parameter budget or an error target),
+:func:`tradeoff` (error against parameters beside the truncated SVD) and
+:func:`lowrank_error` (the truncated SVD's error at a parameter count).  The index
+calculus both methods share lives in :mod:`._layout`.
 """
 
-from .api import FitInfo, METHODS, factorize, lowrank_error
+from .api import METHODS, FitInfo, factorize, lowrank_error
+from .search import candidate_chains
+from .tradeoff import tradeoff
 
-__all__ = ["factorize", "FitInfo", "lowrank_error", "METHODS"]
+__all__ = ["factorize", "FitInfo", "lowrank_error", "METHODS", "tradeoff",
+           "candidate_chains"]

@@ -12,7 +12,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from .._validation import (as_chain, as_generator, check_bool, check_choice, check_int,
-                           check_real, supported_dtype)
+                           check_matrix, check_real)
 from ..chain import Chain, design_chain
 from ..operator import DeBut
 from ._layout import (Structure, analyse_chain, core_product, core_tensor, core_to_dense,
@@ -147,33 +147,6 @@ class FitInfo:
 # validate
 # ---------------------------------------------------------------------------------------
 
-def _check_W(W: Any, where: str, name: str = "W") -> np.ndarray:
-    """``W`` as a finite 2-D NumPy array of a supported dtype (integers -> float64)."""
-    if hasattr(W, "__cuda_array_interface__") or type(W).__module__.split(".")[0] == "cupy":
-        raise TypeError(f"{where}: {name} must be a NumPy array; CuPy arrays are not "
-                        f"supported yet (move it with {name}.get())")
-    if isinstance(W, DeBut):
-        raise TypeError(f"{where}: {name} must be a dense array; use {name}.to_dense() to refit "
-                        f"a DeBut operator")
-    try:
-        A = np.asarray(W)
-    except Exception as e:  # pragma: no cover - exotic array-likes
-        raise TypeError(f"{where}: {name} must be array-like, got {type(W).__name__}") from e
-    if A.dtype.kind not in "biufc":
-        raise TypeError(f"{where}: {name} must be numeric (float32, float64, complex64, "
-                        f"complex128), got dtype {A.dtype}")
-    if A.ndim != 2:
-        raise ValueError(f"{where}: {name} must be a 2-D matrix, got shape {A.shape}")
-    if A.size == 0:
-        raise ValueError(f"{where}: {name} must not be empty, got shape {A.shape}")
-    A = A.astype(supported_dtype(A.dtype, where=where, promote=True), copy=False)
-    if not np.isfinite(A).all():
-        bad = int(np.size(A) - np.count_nonzero(np.isfinite(A)))
-        raise ValueError(f"{where}: {name} contains {bad} NaN or Inf entries; all entries "
-                         f"must be finite")
-    return A
-
-
 def _suggest(m: int, n: int) -> str:
     try:
         return f"; for example design_chain({m}, {n}) gives '{design_chain(m, n)}'"
@@ -234,7 +207,7 @@ class _Request:
 
 
 def _check_X(X: Any, A: np.ndarray) -> np.ndarray:
-    Xa = _check_W(X, "factorize(X)", "X")
+    Xa = check_matrix(X, "X", where="factorize(X)")
     n = A.shape[1]
     if Xa.shape[1] != n:
         raise ValueError(f"factorize(X): X must have shape (samples, {n}), one column per "
@@ -250,7 +223,7 @@ def _check_X(X: Any, A: np.ndarray) -> np.ndarray:
 def _validate(W, chain, method, order, max_sweeps, tol, seed, progress, callback, init,
               return_info, max_params, rel_error, X) -> _Request:
     """Every argument checked, nothing expensive done (no chain designed yet)."""
-    A = _check_W(W, "factorize(W)")
+    A = check_matrix(W, "W", where="factorize(W)")
     candidates = target = None
     if isinstance(chain, str) and chain.strip().lower() == "auto":
         chain = None
@@ -927,7 +900,7 @@ def lowrank_error(W: Any, n_params: int) -> tuple[float, int]:
     >>> lowrank_error(np.eye(4), 8)
     (0.8660254037844386, 1)
     """
-    A = _check_W(W, "lowrank_error(W)")
+    A = check_matrix(W, "W", where="lowrank_error(W)")
     k = check_int(n_params, "n_params", where="lowrank_error(n_params)", min=0)
     k = min(k // (A.shape[0] + A.shape[1]), min(A.shape))
     # squared singular values = eigenvalues of the smaller Gram matrix (much cheaper
