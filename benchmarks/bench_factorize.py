@@ -32,14 +32,14 @@ from pathlib import Path
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np
+from scipy.linalg import hadamard
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import debutla as db  # noqa: E402
 from debutla import PAPER_CHAINS, Chain, DeBut  # noqa: E402
-from debutla.factorize import lowrank_error  # noqa: E402
-from debutla.factorize.demo import hadamard  # noqa: E402
+from debutla.fit import lowrank_error  # noqa: E402
 
 VGG = PAPER_CHAINS["vgg_512x4608_mono"]
 FC1_MONO2 = PAPER_CHAINS["lenet_fc1_mono2"]
@@ -172,7 +172,7 @@ def cases(quick: bool):
     fc1 = Chain.parse(FC1_MONO2)
     out.append(("DeBut product (FC1 mono2 chain)", fc1,
                 DeBut.random(fc1, seed=1, backend="numpy").to_dense()))
-    out.append(("Hadamard 1024", Chain.butterfly(1024), hadamard(1024)))
+    out.append(("Hadamard 1024", Chain.butterfly(1024), hadamard(1024).astype(np.float64)))
     F = np.fft.fft(np.eye(1024))[:, bitrev(10)]
     out.append(("DFT 1024 x bitrev", Chain.butterfly(1024), F))
     out.append(("Gaussian 1024x1024", Chain.butterfly(1024),
@@ -289,11 +289,38 @@ def targets(repeat: int) -> None:
     print(f"LeNet FC1 mono2 ALS converged (seeds 0-4): {min(errs):.4f}-{max(errs):.4f}")
 
 
+def ksd_speed(repeat: int) -> None:
+    """hierarchical against ksd on the same supports, BLAS threads fixed by the caller."""
+    peers, why = load_peers()
+    if "ksd" not in peers:
+        print(f"# ksd skipped: {why.get('ksd')}")
+        return
+    rng = np.random.default_rng(0)
+    rows = [("Monarch 1024 (b=32), Gaussian", Chain.parse(
+                "1024 <-(32,32,32)- 1024 <-(32,32,1)- 1024"), rng.standard_normal((1024, 1024))),
+            ("butterfly 1024, Gaussian", Chain.butterfly(1024), rng.standard_normal((1024, 1024))),
+            ("VGG chain, Gaussian 512x4608", Chain.parse(VGG), rng.standard_normal((512, 4608))),
+            ("butterfly 4096, Gaussian", Chain.butterfly(4096), rng.standard_normal((4096, 4096)))]
+    print("| matrix, chain | hierarchical | lazylinop ksd | ksd time / hierarchical time |")
+    print("|---|---|---|---|")
+    for name, chain, W in rows:
+        th, (_, hi) = best_time(lambda: db.factorize(W, chain, method="hierarchical",
+                                                     return_info=True), repeat)
+        err, tk = run_ksd(peers, W, chain, repeat)
+        print(f"| {name} | {hi.rel_error:.4f} / {th * 1e3:.0f} ms | {err:.4f} / "
+              f"{tk * 1e3:.0f} ms | {tk / th:.2f} |", flush=True)
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="small cases only")
     p.add_argument("--lenet", action="store_true", help="only the LeNet table")
     p.add_argument("--targets", action="store_true", help="only the timing targets")
+    p.add_argument("--ksd-speed", action="store_true",
+                   help="only hierarchical against ksd (times), see --threads")
+    p.add_argument("--threads", type=int, default=None,
+                   help="BLAS threads for the whole run (threadpoolctl); default: as the "
+                        "machine gives")
     p.add_argument("--repeat", type=int, default=3, help="timing repeats (best of)")
     p.add_argument("--pyfaust-max-n", type=int, default=1024,
                    help="largest size given to pyfaust.fact.butterfly (it took 897 s on "
@@ -302,13 +329,27 @@ def main(argv=None) -> None:
     os.environ.setdefault("DEBUTLA_BACKEND", "numpy")
     import platform
 
-    print(f"# {platform.machine()}, {os.cpu_count()} CPUs, numpy {np.__version__}, "
-          f"debutla {db.__version__}")
+    with contextlib.ExitStack() as stack:
+        if a.threads is not None:
+            from threadpoolctl import threadpool_limits
+
+            stack.enter_context(threadpool_limits(limits=a.threads, user_api="blas"))
+        print(f"# {platform.machine()}, {os.cpu_count()} CPUs, numpy {np.__version__}, "
+              f"debutla {db.__version__}, BLAS threads "
+              f"{a.threads if a.threads is not None else 'default'}, load average "
+              f"{os.getloadavg()[0]:.2f}")
+        _run(a)
+
+
+def _run(a) -> None:
     if a.lenet:
         lenet_table(a.repeat)
         return
     if a.targets:
         targets(a.repeat)
+        return
+    if a.ksd_speed:
+        ksd_speed(a.repeat)
         return
     targets(a.repeat)
     print()

@@ -12,7 +12,9 @@ Operators
     :class:`DeBut` (products, adjoints, dense/sparse export, arithmetic),
     :func:`save` / :func:`load` (``.npz``, no pickle), :class:`DeButFileError`.
 Fitting
-    :func:`factorize` (fit a dense matrix to a chain), :class:`FitInfo`.
+    :func:`factorize` (fit a dense matrix to a chain, a parameter budget or an error
+    target; optionally data-aware), :class:`FitInfo`, :func:`tradeoff` (error against
+    parameters beside the truncated SVD); :mod:`debutla.fit` for the methods.
 Adapters
     :func:`aslinearoperator` (``scipy.sparse.linalg.LinearOperator``);
     :mod:`debutla.testing` (``dottest``, ``assert_operator_close``).
@@ -40,14 +42,15 @@ __version__ = "0.1.0"
 
 # name -> module that defines it; imported on first access (PEP 562)
 _LAZY = {
-    "factorize": ".factorize.api",
-    "FitInfo": ".factorize.api",
+    "factorize": ".fit.api",
+    "FitInfo": ".fit.api",
+    "tradeoff": ".fit.tradeoff",
     "aslinearoperator": ".interop.scipy",
     "load": ".io",
     "save": ".io",
     "DeButFileError": ".io",
 }
-_SUBMODULES = ("testing", "interop", "backends", "io", "cli")
+_SUBMODULES = ("testing", "interop", "backends", "io", "fit", "cli")
 
 __all__ = [
     "Chain",
@@ -57,6 +60,7 @@ __all__ = [
     "PAPER_CHAINS",
     "factorize",
     "FitInfo",
+    "tradeoff",
     "aslinearoperator",
     "save",
     "load",
@@ -65,7 +69,8 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
-    from .factorize.api import FitInfo, factorize
+    from .fit.api import FitInfo, factorize
+    from .fit.tradeoff import tradeoff
     from .interop.scipy import aslinearoperator
     from .io import DeButFileError, load, save
 

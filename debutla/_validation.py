@@ -35,6 +35,7 @@ __all__ = [
     "result_dtype",
     "as_generator",
     "check_out",
+    "check_matrix",
 ]
 
 #: The value dtypes every backend supports.
@@ -237,3 +238,51 @@ def check_out(out: Any, want: tuple[int, ...], dtype: np.dtype, xp: Any, *,
                          f"{out.dtype}")
     if not getattr(out.flags, "writeable", True):
         raise ValueError(f"{_prefix(where)}out is read-only")
+
+
+def check_matrix(value: Any, name: str, *, where: str = "") -> np.ndarray:
+    """``value`` as a finite, non-empty 2-D NumPy array of a supported dtype.
+
+    Integers and bools become float64, float16 float32 (:func:`supported_dtype` with
+    ``promote``); the array is not copied when it already qualifies.
+
+    Raises
+    ------
+    TypeError
+        If ``value`` is a CuPy array or a DeBut operator (the message says how to get a
+        NumPy array), is not numeric, or has an unsupported dtype.
+    ValueError
+        If it is not 2-D, is empty, or holds NaN or Inf.
+
+    Examples
+    --------
+    >>> check_matrix([[1, 2], [3, 4]], "W").dtype
+    dtype('float64')
+    """
+    from .operator import DeBut  # operator.py imports this module: import at call time
+
+    if hasattr(value, "__cuda_array_interface__") or \
+            type(value).__module__.split(".")[0] == "cupy":
+        raise TypeError(f"{_prefix(where)}{name} must be a NumPy array; CuPy arrays are "
+                        f"not supported here (move it with {name}.get())")
+    if isinstance(value, DeBut):
+        raise TypeError(f"{_prefix(where)}{name} must be a dense array; use "
+                        f"{name}.to_dense() for a DeBut operator")
+    try:
+        A = np.asarray(value)
+    except Exception as e:  # pragma: no cover - exotic array-likes
+        raise TypeError(f"{_prefix(where)}{name} must be array-like, got "
+                        f"{type(value).__name__}") from e
+    if A.dtype.kind not in "biufc":
+        raise TypeError(f"{_prefix(where)}{name} must be numeric ({_DTYPE_NAMES}), got "
+                        f"dtype {A.dtype}")
+    if A.ndim != 2:
+        raise ValueError(f"{_prefix(where)}{name} must be a 2-D matrix, got shape {A.shape}")
+    if A.size == 0:
+        raise ValueError(f"{_prefix(where)}{name} must not be empty, got shape {A.shape}")
+    A = A.astype(supported_dtype(A.dtype, where=where, promote=True), copy=False)
+    if not np.isfinite(A).all():
+        bad = int(A.size - np.count_nonzero(np.isfinite(A)))
+        raise ValueError(f"{_prefix(where)}{name} contains {bad} NaN or Inf entries; all "
+                         f"entries must be finite")
+    return A

@@ -61,7 +61,7 @@ def run_demo(out: Callable[[str], object] = print, fit: bool = True) -> int:
             f"speed-up {t_dense / t_op:5.1f}x")
     if fit:
         try:
-            from .factorize.demo import run_fit_demo
+            from .fit.demo import run_fit_demo
         except ImportError:
             pass
         else:

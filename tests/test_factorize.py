@@ -1,4 +1,4 @@
-"""Tests of debutla.factorize: exactness, optimality, ALS properties, errors, plumbing."""
+"""Tests of debutla.fit (debutla.factorize): exactness, optimality, ALS properties, errors, plumbing."""
 
 from __future__ import annotations
 
@@ -505,7 +505,7 @@ def test_fitinfo_fields():
 
 
 def test_lowrank_error():
-    from debutla.factorize import lowrank_error
+    from debutla.fit import lowrank_error
 
     rng = np.random.default_rng(0)
     W = rng.standard_normal((30, 20))
@@ -516,8 +516,9 @@ def test_lowrank_error():
     assert err == pytest.approx(rel(W5, W), rel=1e-10)
 
 
-@pytest.mark.parametrize("name", ["debutla.factorize.api", "debutla.factorize.demo",
-                                  "debutla.factorize.hierarchical"])
+@pytest.mark.parametrize("name", ["debutla.fit.api", "debutla.fit.demo",
+                                  "debutla.fit.hierarchical", "debutla.fit._layout",
+                                  "debutla.fit.search", "debutla.fit.tradeoff"])
 def test_docstring_examples_run(name):
     import doctest
     import importlib
@@ -529,7 +530,7 @@ def test_docstring_examples_run(name):
 
 
 def test_demo_output():
-    from debutla.factorize.demo import run_fit_demo
+    from debutla.fit.demo import run_fit_demo
 
     lines: list[str] = []
     assert run_fit_demo(out=lines.append) == 0
@@ -549,7 +550,7 @@ NOT_CHAINABLE = ["4 <-(4,4,1)- 4 <-(4,4,1)- 4", "8 <-(2,2,2)- 8 <-(4,4,1)- 8",
 @pytest.mark.parametrize("text", NOT_CHAINABLE)
 @pytest.mark.parametrize("dtype", [np.float64, np.complex128])
 def test_not_chainable_als_matrix_free(text, dtype):
-    from debutla.factorize.hierarchical import analyse_chain
+    from debutla.fit._layout import analyse_chain
 
     chain = Chain.parse(text)
     assert analyse_chain(chain) is None
@@ -613,9 +614,8 @@ def test_not_chainable_exact_when_representable():
 @pytest.mark.parametrize("dtype", [np.float64, np.complex128])
 def test_matrix_free_update_equals_closed_form(text, dtype):
     """On a chainable chain both ALS engines take the same exact LS steps."""
-    from debutla.factorize.als import ALSState, GeneralALSState
-    from debutla.factorize.hierarchical import (analyse_chain, core_tensor,
-                                                core_to_full, full_to_core)
+    from debutla.fit._layout import analyse_chain, core_tensor, core_to_full, full_to_core
+    from debutla.fit.als import ALSState, GeneralALSState
 
     chain = Chain.parse(text)
     W = random_matrix(chain.shape, dtype, np.random.default_rng(0))

@@ -11,14 +11,7 @@ from ..chain import PAPER_CHAINS, Chain
 from ..operator import DeBut
 from .api import factorize, lowrank_error
 
-__all__ = ["run_fit_demo", "hadamard"]
-
-def hadamard(n: int) -> np.ndarray:
-    """The Sylvester-Hadamard matrix of size ``n`` (a power of two)."""
-    H = np.ones((1, 1))
-    while H.shape[0] < n:
-        H = np.block([[H, H], [H, -H]])
-    return H
+__all__ = ["run_fit_demo"]
 
 
 def _report(out, name: str, W: np.ndarray, chain: Chain, methods, seed: int = 0) -> None:
@@ -68,6 +61,8 @@ def run_fit_demo(out: Callable[[str], object] = print) -> int:
     >>> any("Hadamard" in line for line in lines)
     True
     """
+    from scipy.linalg import hadamard  # scipy only when the demo runs
+
     out("factorize: fitting dense matrices with DeBut chains "
         "(relative Frobenius errors)")
     chain = Chain.parse(PAPER_CHAINS["lenet_fc1_mono2"])
@@ -82,7 +77,7 @@ def run_fit_demo(out: Callable[[str], object] = print) -> int:
         f"best possible)")
 
     L = 10
-    H = hadamard(2 ** L)
+    H = hadamard(2 ** L).astype(np.float64)
     hchain = Chain.butterfly(2 ** L)
     _report(out, f"Hadamard({2 ** L})", H, hchain, ("hierarchical",))
     _, info = factorize(H, hchain, method="hierarchical", return_info=True)

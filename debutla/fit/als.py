@@ -1,6 +1,6 @@
 """Alternating least squares for chainable DeBut chains, one exact LS solve per factor.
 
-For a chainable chain (see :mod:`.hierarchical`) every entry of a core product is the
+For a chainable chain (see :mod:`._layout`) every entry of a core product is the
 product of exactly one value per factor::
 
     T[g, I, J] ~ prod_k V_k[g, j_{>k}, i_k, j_k, i_{<k}].
@@ -25,11 +25,9 @@ in the other direction needs.
 
 from __future__ import annotations
 
-from typing import Callable
-
 import numpy as np
 
-from .hierarchical import sqnorm
+from ._layout import extend_paths, sqnorm
 
 __all__ = ["ALSState", "GeneralALSState"]
 
@@ -42,29 +40,6 @@ def _abs2(x: np.ndarray) -> np.ndarray:
     if np.iscomplexobj(x):
         return x.real * x.real + x.imag * x.imag
     return x * x
-
-
-def _extend_P(V: np.ndarray, P: np.ndarray) -> np.ndarray:
-    """``P_{k+1}`` from ``V_k`` ``(G, nb, r, s, t)`` and ``P_k`` ``(G, nb, s, t, c)``.
-
-    Returns shape ``(G, nb, r t, s c)``: ``P_{k+1}[g, b, (i, t), (j, c)] = V[g,b,i,j,t]
-    P[g,b,j,t,c]`` (one path per entry).
-    """
-    G, nb, r, s, t = V.shape
-    out = V.transpose(0, 1, 2, 4, 3)[..., None] * P.transpose(0, 1, 3, 2, 4)[:, :, None]
-    return out.reshape(G, nb, r * t, s * P.shape[-1])
-
-
-def core_product(vals: list[np.ndarray]) -> np.ndarray:
-    """The dense products ``(G, Mc, Nc)`` of core values ``(G, nb, r, s, t)`` (O(m n))."""
-    G, nb, _, s, _ = vals[0].shape
-    P = np.ones((G, nb, s, 1, 1), dtype=vals[0].dtype)
-    for k, V in enumerate(vals):
-        out = _extend_P(V, P)
-        if k + 1 < len(vals):
-            _, nb1, _, s1, t1 = vals[k + 1].shape
-            P = out.reshape(G, nb1, s1, t1, out.shape[-1])
-    return out.reshape(G, out.shape[2], out.shape[3])
 
 
 class ALSState:
@@ -100,7 +75,7 @@ class ALSState:
     # -- partial products --------------------------------------------------------------
     def _next_P(self, k: int) -> np.ndarray:
         """P_{k+1} from P_k and V_k, shape (G, nb_k, r_k t_k, s_k S_<k)."""
-        return _extend_P(self.vals[k], self.P[k])
+        return extend_paths(self.vals[k], self.P[k])
 
     def _next_Q(self, k: int) -> np.ndarray:
         """Q_{k-1} from Q_k and V_k, shape (G, R_>k r_k, nb_k s_k, t_k)."""
@@ -161,7 +136,7 @@ class ALSState:
         return sqnorm(prod.reshape(self.T.shape) - self.T)
 
     # -- sweeps --------------------------------------------------------------------------
-    def sweep_up(self, step: Callable[[], None] | None = None) -> float:
+    def sweep_up(self) -> float:
         """Update factors input side first; returns the new squared residual."""
         if self._have != "Q":
             self._build_all_Q()
@@ -171,12 +146,10 @@ class ALSState:
             nxt = self._next_P(k)
             if k + 1 < self.N:
                 self.P[k + 1] = self._shape_P(k + 1, nxt)
-            if step is not None:
-                step()
         self._have = "P"
         return self._residual2(nxt)
 
-    def sweep_down(self, step: Callable[[], None] | None = None) -> float:
+    def sweep_down(self) -> float:
         """Update factors output side first; returns the new squared residual."""
         if self._have != "P":
             self._build_all_P()
@@ -186,19 +159,7 @@ class ALSState:
             nxt = self._next_Q(k)
             if k > 0:
                 self.Q[k - 1] = self._shape_Q(k - 1, nxt)
-            if step is not None:
-                step()
         self._have = "Q"
-        return self._residual2(nxt)
-
-    def residual2(self) -> float:
-        """Squared residual of the current factors (one product pass)."""
-        self.P[0] = self._P_first()
-        for k in range(self.N):
-            nxt = self._next_P(k)
-            if k + 1 < self.N:
-                self.P[k + 1] = self._shape_P(k + 1, nxt)
-        self._have = "P"
         return self._residual2(nxt)
 
 
@@ -216,11 +177,18 @@ class GeneralALSState:
     dense ``q_k x n`` matrix, computed once per update); LSQR solves for the correction
     from the current values, so the residual never increases.  No design matrix is
     formed.  Cost per LSQR iteration: ``O((nnz_k + nnz_L) n)``.
+
+    With ``weight`` (a ``Q x Q`` matrix ``L``) the objective is ``||(W - D) L||_F``: the
+    same solves with ``R L`` in place of ``R`` and ``W L`` in place of ``W`` (the
+    data-aware fit, ``L L^H = X^T conj(X)``).
     """
 
     def __init__(self, W: np.ndarray, chain, vals: list[np.ndarray], *,
-                 iter_lim: int = 50, rtol: float = 1e-10) -> None:
+                 weight: np.ndarray | None = None, iter_lim: int = 50,
+                 rtol: float = 1e-10) -> None:
         self.W = W
+        self.weight = weight
+        self.target = W if weight is None else W @ weight
         self.chain = chain
         self.N = len(chain)
         self.vals = [np.ascontiguousarray(v, dtype=W.dtype) for v in vals]
@@ -234,18 +202,21 @@ class GeneralALSState:
             return None
         return DeBut(self.chain[lo:hi], self.vals[lo:hi], backend="numpy")
 
-    def _update(self, k: int) -> None:
+    def update(self, k: int) -> None:
+        """Replace factor ``k`` by its least-squares update (the others fixed)."""
         from scipy.sparse.linalg import LinearOperator, lsqr
 
         spec = self.chain[k]
         nb, r, s, t = spec.value_shape
-        W = self.W
+        W = self.target
         Q = W.shape[1]
         dt = W.dtype
         Lop = self._op(k + 1, self.N)
         Rop = self._op(0, k)
-        Rd = (np.eye(spec.q, dtype=dt) if Rop is None
-              else Rop.to_dense()).reshape(nb, s, t, Q)
+        Rd = np.eye(spec.q, dtype=dt) if Rop is None else Rop.to_dense()
+        if self.weight is not None:
+            Rd = Rd @ self.weight
+        Rd = Rd.reshape(nb, s, t, Q)
         RdH = _conj(Rd)
 
         def scatter_apply(x):  # S(x) @ Rd -> (p_k, Q)
@@ -269,19 +240,17 @@ class GeneralALSState:
         self.vals[k] = (x0 + delta.astype(dt, copy=False)).reshape(nb, r, s, t)
 
     def residual2(self) -> float:
-        D = self._op(0, self.N).to_dense()
-        return sqnorm(D - self.W)
+        """The squared objective ``||(W - D) L||_F^2`` (``L = I`` without weight)."""
+        E = self._op(0, self.N).to_dense() - self.W
+        return sqnorm(E if self.weight is None else E @ self.weight)
 
-    def sweep_up(self, step: Callable[[], None] | None = None) -> float:
+    def sweep_up(self) -> float:
+        """Update factors input side first; returns the new squared objective."""
         for k in range(self.N):
-            self._update(k)
-            if step is not None:
-                step()
+            self.update(k)
         return self.residual2()
 
-    def sweep_down(self, step: Callable[[], None] | None = None) -> float:
+    def sweep_down(self) -> float:
         for k in range(self.N - 1, -1, -1):
-            self._update(k)
-            if step is not None:
-                step()
+            self.update(k)
         return self.residual2()
