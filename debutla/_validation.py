@@ -259,13 +259,10 @@ def check_matrix(value: Any, name: str, *, where: str = "") -> np.ndarray:
     >>> check_matrix([[1, 2], [3, 4]], "W").dtype
     dtype('float64')
     """
-    from .operator import DeBut  # operator.py imports this module: import at call time
-
-    if hasattr(value, "__cuda_array_interface__") or \
-            type(value).__module__.split(".")[0] == "cupy":
-        raise TypeError(f"{_prefix(where)}{name} must be a NumPy array; CuPy arrays are "
-                        f"not supported here (move it with {name}.get())")
-    if isinstance(value, DeBut):
+    if hasattr(value, "__cuda_array_interface__"):
+        raise TypeError(f"{_prefix(where)}{name} must be a NumPy array; GPU arrays are "
+                        f"not supported here (move it to the host, e.g. {name}.get())")
+    if hasattr(value, "to_dense") and hasattr(value, "chain"):  # a DeBut operator
         raise TypeError(f"{_prefix(where)}{name} must be a dense array; use "
                         f"{name}.to_dense() for a DeBut operator")
     try:

@@ -11,9 +11,9 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from .._validation import (as_chain, as_generator, check_bool, check_choice, check_int,
-                           check_matrix, check_real)
-from ..chain import Chain, design_chain
+from .._validation import (as_generator, check_bool, check_choice, check_int, check_matrix,
+                           check_real)
+from ..chain import Chain, as_chain, design_chain
 from ..operator import DeBut
 from ._layout import (Structure, analyse_chain, core_product, core_tensor, core_to_dense,
                       core_to_full, fitted_factors, full_to_core, not_chainable_message,
