@@ -7,8 +7,9 @@ One compiled function per dtype serves every chain, forward and adjoint:
 * chains too wide for a fused pass to keep its intermediates in cache, and fused
   kernels switched off (``debutla.config(fused=False)``);
 * every adjoint product (``rmatvec``, ``x @ op``, ``to_dense``): each factor is read
-  through value strides, so ``R^T`` (and ``R^H``, with ``conj``) runs on the forward
-  values without a transposed copy and without compiling a second kernel.
+  through value strides, so ``R^T`` runs on the forward values without a transposed
+  copy and without compiling a second kernel (``R^H`` on their conjugates, made once).
+  The arithmetic is the same as on transposed copies of the values, bit for bit.
 
 The source below is loaded through the kernel cache (:func:`load`), like the
 generated modules, so its machine code is stored in the same checked folder (a
@@ -29,12 +30,12 @@ from numba import njit
 
 
 @njit(cache=True, nogil=True, fastmath={"contract"}, error_model="numpy")
-def factor(V, nb, r, s, t, vi, vj, conj, src, sf, sc, soff, dst, df, dc, doff, w):
+def factor(V, nb, r, s, t, vi, vj, src, sf, sc, soff, dst, df, dc, doff, w):
     """dst <- R src for w columns of strided panels.
 
     Output feature (b r + i) t + k, input feature (b s + j) t + k, value
-    V[b r s t + i vi + j vj + k] (conjugated when conj): vi = s t, vj = t is the
-    factor itself; a transposed factor swaps r with s and vi with vj.  Column c of
+    V[b r s t + i vi + j vj + k]: vi = s t, vj = t is the factor itself; a transposed
+    factor swaps r with s and vi with vj.  Column c of
     feature f lives at src[soff + f sf + c sc] (and likewise dst).  All sizes uint64.
     """
     for b in range(nb):
@@ -45,21 +46,17 @@ def factor(V, nb, r, s, t, vi, vj, conj, src, sf, sc, soff, dst, df, dc, doff, w
                 vb = vbb + i * vi + k
                 xb = soff + ((b * s) * t + k) * sf
                 v = V[vb]
-                if conj:
-                    v = np.conj(v)
                 for c in range(w):
                     dst[o + c * dc] = v * src[xb + c * sc]
                 for j in range(np.uint64(1), s):
                     v = V[vb + j * vj]
-                    if conj:
-                        v = np.conj(v)
                     xj = xb + j * t * sf
                     for c in range(w):
                         dst[o + c * dc] += v * src[xj + c * sc]
 
 
 @njit(cache=True, nogil=True, fastmath={"contract"}, error_model="numpy")
-def chain_panels(Vs, dims, conj, X, xf, xc, xn, out, of, oc, c0, c1, wmax, ba, bb):
+def chain_panels(Vs, dims, X, xf, xc, xn, out, of, oc, c0, c1, wmax, ba, bb):
     """Apply a chain factor by factor to columns c0 .. c1-1, wmax at a time.
 
     Vs: flat canonical values, one array per factor in the order they are applied;
@@ -97,8 +94,7 @@ def chain_panels(Vs, dims, conj, X, xf, xc, xn, out, of, oc, c0, c1, wmax, ba, b
                 dst, df, dc, doff = ba, w, one, zero
             else:
                 dst, df, dc, doff = bb, w, one, zero
-            factor(Vs[n], nb, r, s, t, vi, vj, conj, src, sf, sc, soff, dst, df, dc,
-                   doff, w)
+            factor(Vs[n], nb, r, s, t, vi, vj, src, sf, sc, soff, dst, df, dc, doff, w)
         p0 += w
 '''
 

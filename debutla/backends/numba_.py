@@ -172,7 +172,7 @@ class _State:
     """
 
     __slots__ = ("shapes", "dtype", "panel", "vec", "dims", "adims", "rpanel", "Q", "P",
-                 "F", "nnz", "W", "_mod", "_lock", "ready", "pending", "broken",
+                 "F", "nnz", "W", "_mod", "_lock", "ready", "pending", "broken", "_crpanel",
                  "__weakref__")
 
     def __init__(self, factors) -> None:
@@ -193,6 +193,7 @@ class _State:
         self.adims = np.array([(nb, s, r, t, t, s * t) for nb, r, s, t
                                in reversed(self.shapes)], dtype=np.uint64).reshape(-1, 6)
         self.rpanel = tuple(reversed(self.panel))
+        self._crpanel = None
         self.Q = self.shapes[0][0] * self.shapes[0][2] * self.shapes[0][3]
         self.P = self.shapes[-1][0] * self.shapes[-1][1] * self.shapes[-1][3]
         self.F = max(max(nb * r * t, nb * s * t) for nb, r, s, t in self.shapes)
@@ -217,6 +218,12 @@ class _State:
         """Whether this chain may use its specialised kernels (settings and width)."""
         return (not self.broken and _config.get("fused")
                 and 2 * self.F * self.W * self.dtype.itemsize <= 4 * FUSED_BYTES)
+
+    def conj_rpanel(self) -> tuple:
+        """Conjugated values in reverse order (for ``D^H``; made on first use)."""
+        if self._crpanel is None:
+            self._crpanel = tuple(np.conj(v) for v in self.rpanel)
+        return self._crpanel
 
     def module(self):
         """The chain's generated kernel module (written and executed on first use)."""
@@ -293,14 +300,24 @@ def _after_fork_in_child() -> None:
     """Fresh locks, pool and compile bookkeeping in a forked child.
 
     The parent's worker and compile threads do not exist in the child: a lock they held
-    would never be released, and a compile they had pending would never finish.
+    would never be released, and a compile they had pending would never finish.  Numba
+    keeps a process-wide compiler lock of its own that debutla cannot reset: a child
+    forked while any thread compiles must not compile (it may wait forever).  Chains
+    whose kernel was compiling at the fork therefore run on the generic kernel in the
+    child; fork only after :func:`debutla.warmup` (or use the ``spawn`` or
+    ``forkserver`` start methods of :mod:`multiprocessing`).
     """
     global _pool, _pool_size, _pool_lock, _generic_lock
     _pool, _pool_size = None, 0
     _pool_lock = threading.Lock()
     _generic_lock = threading.Lock()
+    _compile_threads.clear()
     for st in list(_all_states):
         st._lock = threading.Lock()
+        if st.pending:
+            # forked while a thread compiled this chain: Numba's own compiler lock may be
+            # held forever in this child, so never compile it here (generic kernel only)
+            st.broken = True
         st.pending = set()
 
 
@@ -347,13 +364,15 @@ def _run_generic(state: _State, X, Y, k: int, xn: int, layout: str, trans: str) 
         xf, xc, of, oc = k, 1, k, 1
     Xf, Yf = X.reshape(-1), Y.reshape(-1)
     if trans == "N":
-        Vs, dims, conj = state.panel, state.dims, False
+        Vs, dims = state.panel, state.dims
+    elif trans == "H" and state.dtype.kind == "c":
+        Vs, dims = state.conj_rpanel(), state.adims
     else:
-        Vs, dims, conj = state.rpanel, state.adims, trans == "H" and state.dtype.kind == "c"
+        Vs, dims = state.rpanel, state.adims
 
     def run(lo: int, hi: int) -> None:
         ba, bb = _scratch(state.dtype, state.F * wmax)
-        _generic[0].chain_panels(Vs, dims, conj, Xf, u(xf), u(xc), u(xn), Yf, u(of),
+        _generic[0].chain_panels(Vs, dims, Xf, u(xf), u(xc), u(xn), Yf, u(of),
                                  u(oc), u(lo), u(hi), u(wmax), ba, bb)
 
     _guarded_generic(lambda: _run_split(run, k, state.nnz * k))
