@@ -30,16 +30,16 @@ from numba import njit
 
 
 @njit(cache=True, nogil=True, fastmath={"contract"}, error_model="numpy")
-def factor(V, nb, r, s, t, vi, vj, src, sf, sc, soff, dst, df, dc, doff, w):
+def factor(V, voff, nb, r, s, t, vi, vj, src, sf, sc, soff, dst, df, dc, doff, w):
     """dst <- R src for w columns of strided panels.
 
     Output feature (b r + i) t + k, input feature (b s + j) t + k, value
-    V[b r s t + i vi + j vj + k]: vi = s t, vj = t is the factor itself; a transposed
-    factor swaps r with s and vi with vj.  Column c of
+    V[voff + b r s t + i vi + j vj + k]: vi = s t, vj = t is the factor itself; a
+    transposed factor swaps r with s and vi with vj.  Column c of
     feature f lives at src[soff + f sf + c sc] (and likewise dst).  All sizes uint64.
     """
     for b in range(nb):
-        vbb = b * r * s * t
+        vbb = voff + b * r * s * t
         for i in range(r):
             for k in range(t):
                 o = doff + ((b * r + i) * t + k) * df
@@ -56,11 +56,13 @@ def factor(V, nb, r, s, t, vi, vj, src, sf, sc, soff, dst, df, dc, doff, w):
 
 
 @njit(cache=True, nogil=True, fastmath={"contract"}, error_model="numpy")
-def chain_panels(Vs, dims, X, xf, xc, xn, out, of, oc, c0, c1, wmax, ba, bb):
+def chain_panels(V, dims, X, xf, xc, xn, out, of, oc, c0, c1, wmax, ba, bb):
     """Apply a chain factor by factor to columns c0 .. c1-1, wmax at a time.
 
-    Vs: flat canonical values, one array per factor in the order they are applied;
-    dims: uint64 (N, 6) rows (nb, r, s, t, vi, vj) as in factor; X, out: flat input
+    V: the flat canonical values of all factors, concatenated (one array, so one
+    compiled function serves chains of any length); dims: uint64 (N, 7) rows
+    (nb, r, s, t, vi, vj, voff) as in factor, in the order the factors are applied;
+    X, out: flat input
     and output, column c of feature f at X[f xf + c xc] and out[f of + c oc]; only the
     first xn features of X exist (the rest are zeros: padding without a copy);
     ba, bb: ping-pong buffers of at least F wmax entries, panels features-major.
@@ -81,7 +83,7 @@ def chain_panels(Vs, dims, X, xf, xc, xn, out, of, oc, c0, c1, wmax, ba, bb):
             n0 = 1
         for n in range(N):
             nb, r, s, t = dims[n, 0], dims[n, 1], dims[n, 2], dims[n, 3]
-            vi, vj = dims[n, 4], dims[n, 5]
+            vi, vj, voff = dims[n, 4], dims[n, 5], dims[n, 6]
             if n == 0 and n0 == 0:
                 src, sf, sc, soff = X, xf, xc, p0 * xc
             elif (n + n0) % 2 == 1:
@@ -94,7 +96,7 @@ def chain_panels(Vs, dims, X, xf, xc, xn, out, of, oc, c0, c1, wmax, ba, bb):
                 dst, df, dc, doff = ba, w, one, zero
             else:
                 dst, df, dc, doff = bb, w, one, zero
-            factor(Vs[n], nb, r, s, t, vi, vj, src, sf, sc, soff, dst, df, dc, doff, w)
+            factor(V, voff, nb, r, s, t, vi, vj, src, sf, sc, soff, dst, df, dc, doff, w)
         p0 += w
 '''
 

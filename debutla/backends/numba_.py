@@ -171,8 +171,8 @@ class _State:
     ones a background thread is compiling.
     """
 
-    __slots__ = ("shapes", "dtype", "panel", "vec", "dims", "adims", "rpanel", "Q", "P",
-                 "F", "nnz", "W", "_mod", "_lock", "ready", "pending", "broken", "_crpanel",
+    __slots__ = ("shapes", "dtype", "panel", "vec", "dims", "adims", "Q", "P",
+                 "F", "nnz", "W", "_mod", "_lock", "ready", "pending", "broken", "flat", "_cflat",
                  "__weakref__")
 
     def __init__(self, factors) -> None:
@@ -188,12 +188,14 @@ class _State:
         self.vec = tuple(vec)
         # generic kernel: (nb, r, s, t, vi, vj) forward; the adjoint applies the factors
         # in reverse order, each with r <-> s and its value strides swapped
-        self.dims = np.array([(nb, r, s, t, s * t, t) for nb, r, s, t in self.shapes],
-                             dtype=np.uint64).reshape(-1, 6)
-        self.adims = np.array([(nb, s, r, t, t, s * t) for nb, r, s, t
-                               in reversed(self.shapes)], dtype=np.uint64).reshape(-1, 6)
-        self.rpanel = tuple(reversed(self.panel))
-        self._crpanel = None
+        offs = np.cumsum([0] + [V.size for V in factors])[:-1].tolist()
+        self.flat = np.concatenate(self.panel)  # writeable: one kernel type for all
+        self.dims = np.array([(nb, r, s, t, s * t, t, o) for (nb, r, s, t), o
+                              in zip(self.shapes, offs)], dtype=np.uint64).reshape(-1, 7)
+        self.adims = np.array([(nb, s, r, t, t, s * t, o) for (nb, r, s, t), o
+                               in zip(reversed(self.shapes), reversed(offs))],
+                              dtype=np.uint64).reshape(-1, 7)
+        self._cflat = None
         self.Q = self.shapes[0][0] * self.shapes[0][2] * self.shapes[0][3]
         self.P = self.shapes[-1][0] * self.shapes[-1][1] * self.shapes[-1][3]
         self.F = max(max(nb * r * t, nb * s * t) for nb, r, s, t in self.shapes)
@@ -219,11 +221,11 @@ class _State:
         return (not self.broken and _config.get("fused")
                 and 2 * self.F * self.W * self.dtype.itemsize <= 4 * FUSED_BYTES)
 
-    def conj_rpanel(self) -> tuple:
-        """Conjugated values in reverse order (for ``D^H``; made on first use)."""
-        if self._crpanel is None:
-            self._crpanel = tuple(np.conj(v) for v in self.rpanel)
-        return self._crpanel
+    def conj_flat(self):
+        """The conjugated values (for ``D^H``; made on first use)."""
+        if self._cflat is None:
+            self._cflat = np.conj(self.flat)
+        return self._cflat
 
     def module(self):
         """The chain's generated kernel module (written and executed on first use)."""
@@ -364,11 +366,11 @@ def _run_generic(state: _State, X, Y, k: int, xn: int, layout: str, trans: str) 
         xf, xc, of, oc = k, 1, k, 1
     Xf, Yf = X.reshape(-1), Y.reshape(-1)
     if trans == "N":
-        Vs, dims = state.panel, state.dims
+        Vs, dims = state.flat, state.dims
     elif trans == "H" and state.dtype.kind == "c":
-        Vs, dims = state.conj_rpanel(), state.adims
+        Vs, dims = state.conj_flat(), state.adims
     else:
-        Vs, dims = state.rpanel, state.adims
+        Vs, dims = state.flat, state.adims
 
     def run(lo: int, hi: int) -> None:
         ba, bb = _scratch(state.dtype, state.F * wmax)
