@@ -70,6 +70,7 @@ def main(argv=None):
             lines.append(f"| {label} | {k} | {t_dense:.1f} | {t_rows:.1f} | {t_cols:.1f} | "
                          f"{t_dense / t_rows:.2f}x |")
     # rows per block (R) and blocks per SM: the tuning knobs of the fused kernel
+    from debutla._config import config
     from debutla.backends import cupy_
 
     lines += ["", "Fused kernel tuning, batch 4096 (X @ op.T, us):", "",
@@ -80,13 +81,12 @@ def main(argv=None):
         X = cp.asarray(np.random.default_rng(0).standard_normal((4096, op.shape[1])).astype(np.float32))
         row = []
         for R in (1, 2, 4, 8):
-            os.environ["DEBUTLA_CUPY_ROWS"] = str(R)
-            maxsize = max(op.chain.sizes)
-            if cupy_._rows_per_block(4096, maxsize, 4) != R:
-                row.append("n/a")
-                continue
-            row.append(f"{_time(cp, lambda: X @ op.T):.1f}")
-        os.environ.pop("DEBUTLA_CUPY_ROWS")
+            with config(cupy_rows=R):
+                maxsize = max(op.chain.sizes)
+                if cupy_._rows_per_block(4096, maxsize, 4) != R:
+                    row.append("n/a")
+                    continue
+                row.append(f"{_time(cp, lambda: X @ op.T):.1f}")
         lines.append(f"| {label} | " + " | ".join(row) + " |")
     text = "\n".join(lines)
     print(text)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
-from .backends import _is_cupy_array, default_backend_for, get_backend
+from .backends import default_backend_for, get_backend, is_device_array
 from ._validation import (SUPPORTED_DTYPES, as_generator, check_int, check_out,
                           result_dtype, supported_dtype)
 from .chain import Chain, FactorSpec, as_chain
@@ -25,9 +25,10 @@ if TYPE_CHECKING:  # scipy is imported only by the sparse exports
 
 __all__ = ["DeBut", "SUPPORTED_DTYPES"]
 
+
 def _asarray(x: Any):
     """``x`` as an array of its own module: CuPy arrays stay on the device."""
-    return x if _is_cupy_array(x) else np.asarray(x)
+    return x if is_device_array(x) else np.asarray(x)
 
 
 def _as_input(x: Any, what: str):
@@ -309,6 +310,7 @@ class DeBut:
                          for v in reversed(self._factors))
             T = self._derived(vals, self._chain.transpose(), self._shape[::-1])
             T._T = self
+            T._adjoint_of = (self, "T")  # products run on self's state (_served_by)
             self._T = T
         return self._T
 
@@ -321,6 +323,7 @@ class DeBut:
             else:
                 H = self.T.conj()
                 H._H = self
+                H._adjoint_of = (self, "H")
                 self._H = H
         return self._H
 
@@ -363,12 +366,15 @@ class DeBut:
         if self._backend is None:
             return default_backend_for(x)
         backend = get_backend(self._backend)
-        if _is_cupy_array(x) != (backend.name == "cupy"):
-            raise TypeError(f"{what}: a {type(x).__module__.split('.')[0]} array cannot run "
+        on_device = is_device_array(x)
+        if on_device != (backend.name == "cupy"):
+            kind = "device (GPU)" if on_device else "host (CPU)"
+            raise TypeError(f"{what}: a {kind} array of type {type(x).__name__} cannot run "
                             f"on the operator's forced backend {backend.name!r}")
         return backend
 
     def _state(self, backend, dtype: np.dtype):
+        """The backend's prepared values for ``dtype`` (built once; serves adjoints too)."""
         key = (backend.name, dtype)
         st = self._states.get(key)
         if st is None:
@@ -381,46 +387,106 @@ class DeBut:
                     self._states[key] = st
         return st
 
-    def _apply(self, X: Any, layout: str, what: str, out: np.ndarray | None = None):
-        """``D @ X`` (layout "cols", X of shape (n, k)) or ``X @ D.T`` ("rows", (k, n))."""
+    def _served_by(self, trans: str):
+        """``(operator, trans)`` whose state computes ``op(self)``: the operator this one
+        is the transpose or adjoint of, when there is one (one state, one compile)."""
+        link = getattr(self, "_adjoint_of", None)
+        if link is not None:
+            parent, rel = link
+            if trans == "N":
+                return parent, rel
+            if trans == rel or self._dtype.kind != "c":
+                return parent, "N"
+        return self, trans
+
+    def _sizes(self, trans: str):
+        """``(m_out, n_in, P_out)`` of ``op(D)`` (``D`` for "N", the adjoint otherwise)."""
         m, n = self._shape
         P, Q = self._chain.shape
-        X = _asarray(X)
-        dt = self._dtype if X.dtype == self._dtype else result_dtype(self._dtype, X.dtype, where=what)
-        feat = 0 if layout == "cols" else 1
-        if X.shape[feat] != n:
+        return (m, n, P) if trans == "N" else (n, m, Q)
+
+    def _prepare_input(self, X: Any, feat: int, trans: str, what: str):
+        """Validate ``X`` once; return ``(X C-contiguous in the product dtype, dtype,
+        backend, state)``."""
+        n_in = self._sizes(trans)[1]
+        if X.shape[feat] != n_in:
             axis = "rows" if feat == 0 else "columns"
+            side = "n" if trans == "N" else "m"
             raise ValueError(f"{what}: input has {X.shape[feat]} {axis} but the operator "
-                             f"has n={n} columns (input shape {X.shape})")
-        k = X.shape[1 - feat]
+                             f"has {side}={n_in} (input shape {X.shape})")
+        dt = self._dtype if X.dtype == self._dtype else result_dtype(self._dtype, X.dtype,
+                                                                     where=what)
         backend = self._backend_for(X, what)
         xp = backend.xp
-        state = self._state(backend, dt)
-        if n < Q:  # zero-pad the features
-            Xp = xp.zeros((Q, k) if feat == 0 else (k, Q), dtype=dt)
-            if feat == 0:
-                Xp[:n] = X
-            else:
-                Xp[:, :n] = X
-            X = Xp
-        elif X.dtype != dt:
-            X = X.astype(dt)
-        want = (m, k) if feat == 0 else (k, m)
-        if out is not None:
-            check_out(out, want, dt, xp, where=what)
-        direct = out if (m == P and out is not None) else None
+        if not isinstance(X, xp.ndarray):
+            X = xp.asarray(X)  # e.g. a device array of another library, for CuPy
+        if X.dtype != dt or not X.flags.c_contiguous:
+            X = xp.ascontiguousarray(X, dtype=dt)
+        return X, dt, backend, self._state(backend, dt)
+
+    def _run(self, X, layout: str, trans: str, dt: np.dtype, backend, state, out):
+        """The product on validated input; ``out`` (if any) already checked by the caller.
+
+        The backend gets ``out`` itself only when it is usable as is (C-contiguous, the
+        full result, not overlapping ``X``); otherwise the result is copied into it.
+        """
+        m_out, _, P_out = self._sizes(trans)
+        xp = backend.xp
+        direct = None
+        if (out is not None and m_out == P_out and out.flags.c_contiguous
+                and not xp.may_share_memory(out, X)):
+            direct = out
         if layout == "cols":
-            Y = backend.apply_cols(state, self._chain.factors, X, out=direct)
-            if m < P:
-                Y = Y[:m]
+            Y = backend.apply_cols(state, X, direct, trans)
+            if m_out < P_out:
+                Y = Y[:m_out]
         else:
-            Y = backend.apply_rows(state, self._chain.factors, X, out=direct)
-            if m < P:
-                Y = Y[:, :m]
+            Y = backend.apply_rows(state, X, direct, trans)
+            if m_out < P_out:
+                Y = Y[:, :m_out]
         if out is not None and direct is None:
             xp.copyto(out, Y)
             return out
-        return Y if m == P else xp.ascontiguousarray(Y)
+        return Y if m_out == P_out else xp.ascontiguousarray(Y)
+
+    def _apply(self, X: Any, layout: str, what: str, out: np.ndarray | None = None,
+               trans: str = "N"):
+        """``op(D) @ X`` (layout "cols", X of shape (n_in, k)) or ``X @ op(D).T`` ("rows",
+        (k, n_in)); ``op(D)`` is ``D``, ``D^T`` or ``D^H`` (``trans`` "N", "T", "H"), all
+        served by the forward state."""
+        owner, trans = self._served_by(trans)
+        if owner is not self:
+            return owner._apply(X, layout, what, out, trans)
+        X = _as_input(X, what)
+        feat = 0 if layout == "cols" else 1
+        X, dt, backend, state = self._prepare_input(X, feat, trans, what)
+        k = X.shape[1 - feat]
+        if out is not None:
+            m_out = self._sizes(trans)[0]
+            check_out(out, (m_out, k) if feat == 0 else (k, m_out), dt, backend.xp,
+                      where=what)
+        return self._run(X, layout, trans, dt, backend, state, out)
+
+    def _vec(self, x: Any, out: Any, trans: str, what: str):
+        """``op(D) @ x`` for a vector (shape ``(n_in,)`` or ``(n_in, 1)``)."""
+        owner, trans = self._served_by(trans)
+        if owner is not self:
+            return owner._vec(x, out, trans, what)
+        x = _as_input(x, what)
+        n_in = self._sizes(trans)[1]
+        col = x.ndim == 2 and x.shape[1] == 1
+        if x.ndim != 1 and not col:
+            raise ValueError(f"{what}: x must have shape ({n_in},), got {x.shape}")
+        X, dt, backend, state = self._prepare_input(x.reshape(1, -1), 1, trans, what)
+        o = None
+        if out is not None:
+            m_out = self._sizes(trans)[0]
+            check_out(out, (m_out, 1) if col else (m_out,), dt, backend.xp, where=what)
+            o = out.T if col else out[None, :]  # a (1, m) view: written in place
+        y = self._run(X, "rows", trans, dt, backend, state, o)
+        if out is not None:
+            return out
+        return y.reshape(-1, 1) if col else y[0]
 
     def matvec(self, x: Any, out: np.ndarray | None = None) -> np.ndarray:
         """``D @ x`` for a vector ``x`` of length n (shape ``(n,)`` or ``(n, 1)``).
@@ -428,31 +494,16 @@ class DeBut:
         Raises
         ------
         ValueError
-            If ``x`` has the wrong length or more than one column.
+            If ``x`` has the wrong length or more than one column, or ``out`` the wrong
+            shape or dtype.
         TypeError
             If the dtype is unsupported.
         """
-        x = _as_input(x, "DeBut.matvec")
-        col = x.ndim == 2 and x.shape[1] == 1
-        if x.ndim != 1 and not col:
-            raise ValueError(f"DeBut.matvec: x must have shape ({self._shape[1]},), "
-                             f"got {x.shape}")
-        o = None
-        if out is not None:
-            want = (self._shape[0], 1) if col else (self._shape[0],)
-            if getattr(out, "shape", None) != want:
-                raise (ValueError if hasattr(out, "shape") else TypeError)(
-                    f"DeBut.matvec: out must be an array of shape {want}, got "
-                    f"{getattr(out, 'shape', type(out).__name__)}")
-            o = out.T if col else out[None, :]  # a (1, m) view: written in place
-        y = self._apply(x.reshape(1, -1), "rows", "DeBut.matvec", o)
-        if out is not None:
-            return out
-        return y.reshape(-1, 1) if col else y[0]
+        return self._vec(x, out, "N", "DeBut.matvec")
 
     def rmatvec(self, x: Any, out: np.ndarray | None = None) -> np.ndarray:
-        """``D^H @ x`` for a vector ``x`` of length m."""
-        return self.H.matvec(x, out=out)
+        """``D^H @ x`` for a vector ``x`` of length m (computed from ``D``'s own values)."""
+        return self._vec(x, out, "H", "DeBut.rmatvec")
 
     def matmat(self, X: Any, out: np.ndarray | None = None) -> np.ndarray:
         """``D @ X`` for ``X`` of shape ``(n, k)``; ``out`` (m, k) avoids allocation."""
@@ -463,8 +514,12 @@ class DeBut:
         return self._apply(X, "cols", "DeBut.matmat", out)
 
     def rmatmat(self, X: Any, out: np.ndarray | None = None) -> np.ndarray:
-        """``D^H @ X`` for ``X`` of shape ``(m, k)``."""
-        return self.H.matmat(X, out=out)
+        """``D^H @ X`` for ``X`` of shape ``(m, k)`` (computed from ``D``'s own values)."""
+        X = _as_input(X, "DeBut.rmatmat")
+        if X.ndim != 2:
+            raise ValueError(f"DeBut.rmatmat: X must be 2-D (m, k) with m={self._shape[0]}, "
+                             f"got shape {X.shape}")
+        return self._apply(X, "cols", "DeBut.rmatmat", out, trans="H")
 
     def matmat_rows(self, X: Any, out: np.ndarray | None = None) -> np.ndarray:
         """``X @ D.T`` for ``X`` of shape ``(..., n)``: the neural-network layout.
@@ -489,24 +544,25 @@ class DeBut:
         return self._rows_nd(X, "DeBut.matmat_rows", out)
 
     def _rows_nd(self, X: Any, what: str, out: Any = None, axis: str = "last axis",
-                 shown: tuple | None = None):
-        """``X @ D.T`` for ``X`` of shape ``(..., n)`` with ``X.ndim > 2``.
+                 shown: tuple | None = None, trans: str = "N"):
+        """``X @ op(D).T`` for ``X`` of shape ``(..., n_in)`` with ``X.ndim > 2``.
 
         ``axis`` and ``shown`` describe the input as the user passed it, for messages.
         """
         lead, n = X.shape[:-1], X.shape[-1]
-        if n != self._shape[1]:
+        m_out, n_in, _ = self._sizes(trans)
+        if n != n_in:
+            side = "n" if trans == "N" else "m"
             raise ValueError(f"{what}: input has {n} entries along its {axis} but the "
-                             f"operator has n={self._shape[1]} columns (input shape "
-                             f"{shown or X.shape})")
+                             f"operator has {side}={n_in} (input shape {shown or X.shape})")
         if out is not None:
-            want = (*lead, self._shape[0])
+            want = (*lead, m_out)
             if getattr(out, "shape", None) != want:
                 raise (ValueError if hasattr(out, "shape") else TypeError)(
                     f"{what}: out must be an array of shape {want}, got "
                     f"{getattr(out, 'shape', type(out).__name__)}")
-        Y = self._apply(X.reshape(-1, n), "rows", what)
-        Y = Y.reshape(*lead, self._shape[0])
+        Y = self._apply(X.reshape(-1, n), "rows", what, trans=trans)
+        Y = Y.reshape(*lead, m_out)
         if out is not None:
             out[...] = Y
             return out
@@ -535,13 +591,13 @@ class DeBut:
         """``x @ D``: ``x`` of shape ``(m,)`` gives ``(n,)``; ``(..., m)`` gives ``(..., n)``."""
         x = _as_input(x, "x @ DeBut")
         if x.ndim == 1:
-            return self.T.matvec(x)
+            return self._vec(x, None, "T", "x @ DeBut")
         if x.ndim == 2:
-            return self.T._apply(x, "rows", "x @ DeBut")
+            return self._apply(x, "rows", "x @ DeBut", trans="T")
         if x.ndim == 0:
             raise ValueError("x @ DeBut: x must have at least 1 dimension (matmul does not "
                              "take scalars; use a * op to scale)")
-        return self.T._rows_nd(x, "x @ DeBut")
+        return self._rows_nd(x, "x @ DeBut", trans="T")
 
     # -- arithmetic ------------------------------------------------------------------
     def compose(self, other: "DeBut") -> "DeBut":
@@ -673,8 +729,9 @@ class DeBut:
         when ``m <= n``), so the cost is ``O(min(m, n) * nnz)``.
         """
         m, n = self._shape
-        if m <= n:
-            return self.T._apply(np.eye(m, dtype=self._dtype), "rows", "DeBut.to_dense")
+        if m <= n:  # I_m @ D, from D's own values (no transposed operator is built)
+            return self._apply(np.eye(m, dtype=self._dtype), "rows", "DeBut.to_dense",
+                               trans="T")
         return np.ascontiguousarray(
             self._apply(np.eye(n, dtype=self._dtype), "rows", "DeBut.to_dense").T)
 

@@ -28,7 +28,8 @@ from hypothesis import given, settings, strategies as st
 
 import debutla.backends.numba_ as nbk
 from debutla import DeBut
-from debutla.backends import get_backend
+from debutla._config import config
+from debutla.backends import Backend, get_backend
 
 from strategies import (DTYPES, DTYPE_IDS, assert_product_close, chains, error_depth,
                         operators, random_values, reference)
@@ -106,10 +107,13 @@ def test_random_chains_match_dense(backend, data):
 # -- generated fused kernels ------------------------------------------------------------
 @contextlib.contextmanager
 def _forced_codegen():
+    """Generated kernels for every chain, compiled in the calling thread (no background
+    compile: every product runs on the kernel under test)."""
     saved = nbk.CODEGEN_MIN_NNZ, nbk.CODEGEN_MIN_WORK
     nbk.CODEGEN_MIN_NNZ = nbk.CODEGEN_MIN_WORK = 0
     try:
-        yield
+        with config(background=False):
+            yield
     finally:
         nbk.CODEGEN_MIN_NNZ, nbk.CODEGEN_MIN_WORK = saved
 
@@ -170,17 +174,15 @@ def test_fused_kernels_random_chains_long(data):
 # -- fallback, threads, out, edge cases ---------------------------------------------------
 @pytest.fixture
 def unfused():
-    nbk.set_fused(False)
-    yield
-    nbk.set_fused(True)
+    with config(fused=False):
+        yield
 
 
 @pytest.fixture
 def threaded(monkeypatch):
     monkeypatch.setattr(nbk, "PARALLEL_MIN_WORK", 0)
-    nbk.set_num_threads(2)
-    yield
-    nbk.set_num_threads(None)
+    with config(threads=2):
+        yield
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.complex64], ids=["float32", "complex64"])
@@ -200,11 +202,8 @@ def test_threads_split_generic_and_fused(threaded, codegen):
     op = DeBut.random(CHAIN_A, seed=6, dtype=np.float64, backend="numba")
     W = _tile_width(op)
     _all_products(op, np.random.default_rng(3), (3, 4 * W + 1), use_out=True)
-    nbk.set_fused(False)
-    try:
+    with config(fused=False):
         _all_products(op, np.random.default_rng(4), (7,), use_out=False)
-    finally:
-        nbk.set_fused(True)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -238,30 +237,55 @@ def test_read_only_out_is_refused(backend):
         op.matmat_rows(np.ones((2, 36)), out=out)
 
 
-def test_backend_interface_and_default():
-    b = get_backend("numba")
-    assert b.name == "numba" and b.xp is np
-    op = DeBut.random(CHAIN_A, seed=9)
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("trans", ["N", "T", "H"])
+def test_backend_contract_direct_calls(backend, trans):
+    """Every backend satisfies the Protocol; apply_* with padding (n < q), out and trans."""
+    b = get_backend(backend)
+    assert isinstance(b, Backend) and b.name == backend and b.xp is np
+    op = DeBut.random(CHAIN_A, seed=9, dtype=np.complex128)  # 24 x 36
+    D = reference(op)
+    M = {"N": D, "T": D.T, "H": D.conj().T}[trans]
     state = b.prepare(op.factors)
-    X = np.random.default_rng(7).standard_normal((36, 4))
-    out = np.empty((24, 4))
-    assert b.apply_cols(state, op.chain.factors, X, out=out) is out
-    _check(op, out, X, "cols", "apply_cols")
+    p, q = M.shape
+    rng = np.random.default_rng(7)
+    n = q - 3  # three missing features: zeros
+    X = random_values(rng, (n, 4), np.complex128)
+    out = np.empty((p, 4), np.complex128)
+    assert b.apply_cols(state, X, out, trans) is out
+    np.testing.assert_allclose(out, M[:, :n] @ X, rtol=1e-12, atol=1e-12)
+    Y = b.apply_rows(state, np.ascontiguousarray(X.T), None, trans)
+    np.testing.assert_allclose(Y, X.T @ M[:, :n].T, rtol=1e-12, atol=1e-12)
 
 
 def test_settings_refuse_bad_values():
-    with pytest.raises(ValueError, match="positive"):
-        nbk.set_num_threads(0)
-    with pytest.raises(TypeError, match="n must be"):
-        nbk.set_num_threads(1.5)
-    with pytest.raises(TypeError, match="enabled must be a bool"):
-        nbk.set_fused(1)
+    with pytest.raises(ValueError, match="threads must be a positive"):
+        with config(threads=0):
+            pass
+    with pytest.raises(TypeError, match="threads must be an integer"):
+        with config(threads=1.5):
+            pass
+    with pytest.raises(TypeError, match="fused must be True or False"):
+        with config(fused=1):
+            pass
     with pytest.raises(ValueError, match="at least one"):
         nbk.prepare(())
-    nbk.set_num_threads(3)
-    assert nbk.get_num_threads() == 3
-    nbk.set_num_threads(None)
+    with config(threads=3):
+        assert nbk.get_num_threads() == 3
     assert nbk.get_num_threads() >= 1
+
+
+def test_deprecated_global_toggles_still_work():
+    from debutla import _config
+
+    with pytest.warns(DeprecationWarning, match="config"):
+        nbk.set_num_threads(3)
+    try:
+        assert nbk.get_num_threads() == 3
+    finally:
+        _config.set_defaults(threads=None)
+    with pytest.warns(DeprecationWarning, match="config"):
+        nbk.set_fused(True)
 
 
 def test_generated_source_bakes_sizes_and_is_deterministic():
@@ -278,10 +302,12 @@ def test_compiled_kernels_are_reused_by_a_second_process(tmp_path, codegen):
         import numpy as np
         import debutla.backends.numba_ as nbk
         from debutla import DeBut
+        from debutla._config import config
         nbk.CODEGEN_MIN_NNZ = 0
         op = DeBut.random({chain!r}, seed=0)
         state = nbk.prepare(op.factors)
-        nbk.apply_rows(state, op.chain.factors, np.ones((1, 6)))
+        with config(background=False):
+            nbk.apply_rows(state, np.ones((1, 6)))
         s = state.module().rows_single.stats
         print(len(s.cache_hits), len(s.cache_misses))
     """)

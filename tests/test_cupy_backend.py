@@ -110,7 +110,7 @@ def test_fused_and_per_factor_paths_agree():
     op = db.DeBut.random(wide, seed=0, dtype=np.complex128)
     st = op._state(cupy_, np.dtype(np.complex128))
     X = cp.asarray(_rand((2, 65536), np.complex128, np.random.default_rng(0)))
-    assert cupy_._fused(st, wide.factors, X, None) is None  # 2 MiB of shared memory: refused
+    assert cupy_._fused(st, X, None) is None  # 2 MiB of shared memory: refused
     ref = op.with_backend("numpy")
     _close(X @ op.T, cp.asnumpy(X) @ ref.T, np.complex128)
 

@@ -379,9 +379,9 @@ def test_to_dense_applies_the_identity_of_the_smaller_side(monkeypatch, text, sh
         inner = getattr(be, name)
         k_axis = 0 if name == "apply_rows" else 1
 
-        def wrapped(state, specs, X, out=None):
+        def wrapped(state, X, out=None, trans="N"):
             widths.append(X.shape[k_axis])
-            return inner(state, specs, X, out=out)
+            return inner(state, X, out, trans)
         return wrapped
 
     monkeypatch.setattr(be, "apply_rows", spy("apply_rows"))

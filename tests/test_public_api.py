@@ -92,15 +92,18 @@ def _imports(path: pathlib.Path, modname: str) -> set[str]:
             else:
                 target = node.module or ""
             if target.startswith("debutla"):
-                out.add(target)
+                if node.module is None:  # "from .. import x": the modules named
+                    out.update(f"{target}.{a.name}" for a in node.names)
+                else:
+                    out.add(target)
         elif isinstance(node, ast.Import):
             out.update(a.name for a in node.names if a.name.startswith("debutla"))
     return out
 
 
-def _layer(mod: str) -> int:
+def _layer(mod: str) -> float:
     """The layers of the architecture, bottom first (docs/contributing.rst)."""
-    order = [("debutla._validation", 0), ("debutla._config", 0), ("debutla.chain", 1),
+    order = [("debutla._validation", 0), ("debutla._config", 0.5), ("debutla.chain", 1),
              ("debutla.backends", 2), ("debutla.operator", 3), ("debutla.io", 4),
              ("debutla.testing", 4), ("debutla.fit", 4), ("debutla.factorize", 4),
              ("debutla.interop", 5), ("debutla.plot", 5), ("debutla.torch", 5),

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -114,3 +117,60 @@ def test_threads_with_different_input_dtypes_share_one_operator():
             assert g.dtype == want.dtype
             np.testing.assert_allclose(g, want, rtol=0,
                                        atol=64 * np.finfo(want.dtype).eps * np.abs(want).max())
+
+
+_FORK_SCRIPT = """
+import os, sys, threading
+import numpy as np
+import debutla.backends.numba_ as nbk
+from debutla import DeBut
+from debutla._config import config
+
+nbk.CODEGEN_MIN_NNZ = 0
+nbk.PARALLEL_MIN_WORK = 0
+op = DeBut.random("16 <-(2,2,8)- 16 <-(2,6,4)- 48 <-(1,2,4)- 96 <-(4,3,1)- 72", seed=0,
+                  backend="numba")
+X = np.ones((8, 72))
+with config(background=True):
+    Y = X @ op.T                      # generic kernel now, the specialised one compiling
+st = op._state(nbk, op.dtype)
+held, release = threading.Event(), threading.Event()
+
+def hold():                           # another thread holds debutla's locks at the fork
+    with nbk._pool_lock, st._lock:
+        held.set()
+        release.wait()
+
+threading.Thread(target=hold, daemon=True).start()
+held.wait()
+pending = bool(st.pending)
+pid = os.fork()
+if pid == 0:
+    code = 0
+    try:
+        with config(background=True, threads=2):
+            for _ in range(3):
+                Z = X @ op.T          # pool lock taken, no compile started in the child
+        code = 0 if np.allclose(Z, Y) and not st.pending else 3
+    except BaseException as e:
+        print("child error", repr(e), flush=True)
+        code = 4
+    sys.exit(code)                    # normal exit: atexit handlers must not hang
+release.set()
+_, status = os.waitpid(pid, 0)
+print("PENDING", pending, "CHILD", os.waitstatus_to_exitcode(status), flush=True)
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork") or "numba" not in CPU_BACKENDS,
+                    reason="needs os.fork and Numba")
+def test_fork_while_compiling_and_holding_locks_does_not_hang_the_child(tmp_path):
+    """Defect 9: a child forked while another thread compiles (and holds debutla's locks)
+    computes with fresh locks and the generic kernel, and exits, in bounded time."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DEBUTLA_")}
+    env["DEBUTLA_CACHE_DIR"] = str(tmp_path)  # cold: the compile is in flight at the fork
+    env["PYTHONPATH"] = os.pathsep.join([os.getcwd(), env.get("PYTHONPATH", "")])
+    r = subprocess.run([sys.executable, "-c", _FORK_SCRIPT], env=env, capture_output=True,
+                       text=True, timeout=240)
+    assert r.returncode == 0, r.stderr
+    assert "CHILD 0" in r.stdout, r.stdout + r.stderr

@@ -1,6 +1,6 @@
-"""Kernel backends: one module per backend, one small interface.
+"""Kernel backends: one module per backend, one typed interface (:class:`Backend`).
 
-A backend is a module object exposing
+A backend is a module that satisfies :class:`Backend`:
 
 ``name : str``
     Its name (``"numpy"``, ``"numba"``, ``"cupy"``).
@@ -9,43 +9,87 @@ A backend is a module object exposing
 ``prepare(factors) -> state``
     Take the factor values (a tuple of arrays in the canonical ``(nb, r, s, t)`` layout,
     application order, one common supported dtype) and return whatever internal layout
-    the kernels want.  Called once per operator and dtype; the result is cached and never
-    mutated.
-``apply_rows(state, specs, X, out=None) -> Y``
-    ``Y = X @ D.T`` for ``X`` of shape ``(k, Q)`` (row-major batch, the layout of neural
-    networks), ``Y`` of shape ``(k, P)``.  ``X`` has the state's dtype.
-``apply_cols(state, specs, X, out=None) -> Y``
-    ``Y = D @ X`` for ``X`` of shape ``(Q, k)``, ``Y`` of shape ``(P, k)``.
+    the kernels want, with everything the kernels need (sizes included).  Called once
+    per operator and dtype; the result is cached by the operator and never mutated
+    (except for the kernels it compiles lazily).
+``apply_rows(state, X, out=None, trans="N") -> Y``
+    ``Y = X @ op(D).T`` for ``X`` of shape ``(k, n)`` (row-major batch, the layout of
+    neural networks), ``Y`` of shape ``(k, p)``; ``op(D)`` is ``D`` (``"N"``), ``D^T``
+    (``"T"``) or ``D^H`` (``"H"``), of size ``p x q``.
+``apply_cols(state, X, out=None, trans="N") -> Y``
+    ``Y = op(D) @ X`` for ``X`` of shape ``(n, k)``, ``Y`` of shape ``(p, k)``.
 
-``specs`` is the tuple of :class:`~debutla.chain.FactorSpec`.  Padding, dtype promotion,
-input validation and adjoints are the operator's job: ``D.T`` and ``D.H`` are operators
-of their own (reversed chain, transposed factors), so backends implement the forward
-product only.  ``out`` (when given) has the result's shape and dtype and is written in
-place and returned.
+The contract (the operator's side, so backends never re-validate):
+
+* ``X`` is C-contiguous, of the state's dtype and of the backend's array type, with
+  ``n <= q`` features: missing features are zeros (padding; a backend may copy into a
+  padded array where its kernels need one);
+* ``out`` is None or a C-contiguous, writeable array of exactly the result's shape and
+  the state's dtype that does not overlap ``X``; it is written in place and returned;
+* adjoint products (``trans`` ``"T"``/``"H"``) run from the forward state: no second
+  ``prepare`` and, for Numba, no second compile.
+
+Input validation, dtype promotion and cutting the output to the operator's shape are
+the operator's job (:mod:`debutla.operator`).
 
 :func:`get_backend` picks a backend by name; :func:`default_backend_for` picks one for
-an input array: NumPy arrays run on ``numba`` when it imports, else ``numpy``; CuPy
-arrays on ``cupy``.  The environment variable ``DEBUTLA_BACKEND`` overrides the default
-for NumPy inputs.
+an input array: arrays on a CUDA device run on ``cupy``; other arrays run on the CPU
+backend (``numba`` when it imports, else ``numpy``; ``debutla.config(backend=...)`` or
+``DEBUTLA_BACKEND`` choose).  :func:`is_device_array` tells them apart by the array
+libraries' own protocols.
+
+Examples
+--------
+>>> import numpy as np
+>>> b = get_backend("numpy")
+>>> st = b.prepare((np.ones((1, 2, 2, 1)),))
+>>> b.apply_rows(st, np.ones((1, 2)))
+array([[2., 2.]])
 """
 
 from __future__ import annotations
 
 import importlib
-import os
+import sys
 from types import ModuleType
+from typing import Any, Literal, Protocol, runtime_checkable
 
-from numpy import ndarray as _np_ndarray
+import numpy as np
 
-__all__ = ["get_backend", "default_backend_for", "available_backends", "BACKENDS"]
+from .. import _config
+
+__all__ = ["Backend", "get_backend", "default_backend_for", "available_backends",
+           "is_device_array", "BACKENDS"]
 
 BACKENDS = ("numpy", "numba", "cupy")
 _MODULES = {"numpy": "numpy_", "numba": "numba_", "cupy": "cupy_"}
 _loaded: dict[str, ModuleType] = {}
 _failed: dict[str, str] = {}
 
+Trans = Literal["N", "T", "H"]
 
-def get_backend(name: str) -> ModuleType:
+
+@runtime_checkable
+class Backend(Protocol):
+    """The interface every backend module satisfies (see the module docstring)."""
+
+    name: str
+    xp: Any
+
+    def prepare(self, factors: tuple) -> Any:
+        """Internal state for the canonical factor values (one dtype)."""
+        ...
+
+    def apply_rows(self, state: Any, X: Any, out: Any = None, trans: Trans = "N") -> Any:
+        """``X @ op(D).T`` for ``X`` of shape ``(k, n)``."""
+        ...
+
+    def apply_cols(self, state: Any, X: Any, out: Any = None, trans: Trans = "N") -> Any:
+        """``op(D) @ X`` for ``X`` of shape ``(n, k)``."""
+        ...
+
+
+def get_backend(name: str) -> Backend:
     """Return the backend module called ``name``.
 
     Raises
@@ -54,12 +98,17 @@ def get_backend(name: str) -> ModuleType:
         If ``name`` is not a known backend.
     ImportError
         If the backend's dependencies are not installed.
+
+    Examples
+    --------
+    >>> get_backend("numpy").name
+    'numpy'
     """
     if not isinstance(name, str) or name not in _MODULES:
         raise ValueError(f"backend must be one of {BACKENDS}, got {name!r}")
     mod = _loaded.get(name)
     if mod is not None:
-        return mod
+        return mod  # type: ignore[return-value]
     if name in _failed:
         raise ImportError(f"debutla backend {name!r} is unavailable: {_failed[name]}")
     try:
@@ -68,11 +117,17 @@ def get_backend(name: str) -> ModuleType:
         _failed[name] = str(e)
         raise ImportError(f"debutla backend {name!r} is unavailable: {e}") from e
     _loaded[name] = mod
-    return mod
+    return mod  # type: ignore[return-value]
 
 
 def available_backends() -> list[str]:
-    """Names of the backends whose dependencies import."""
+    """Names of the backends whose dependencies import.
+
+    Examples
+    --------
+    >>> "numpy" in available_backends()
+    True
+    """
     out = []
     for name in BACKENDS:
         try:
@@ -83,34 +138,62 @@ def available_backends() -> list[str]:
     return out
 
 
-def _is_cupy_array(x: object) -> bool:
-    t = type(x)
-    return t is not _np_ndarray and t.__module__.split(".")[0] == "cupy"
+def is_device_array(x: object) -> bool:
+    """Whether ``x`` is an array in GPU memory (served by the ``cupy`` backend).
+
+    Decided by the array libraries' own means: an instance of ``cupy.ndarray`` when
+    CuPy is already imported, else the ``__cuda_array_interface__`` attribute, else a
+    CUDA device type from ``__dlpack_device__()`` (2: CUDA, 3: pinned host memory is
+    not a device, 13: CUDA managed).  NumPy arrays and plain Python data are never
+    device arrays (and never import CuPy).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> is_device_array(np.ones(3)), is_device_array([1, 2])
+    (False, False)
+    """
+    cp = sys.modules.get("cupy")
+    if cp is not None and isinstance(x, cp.ndarray):
+        return True
+    if isinstance(x, (np.ndarray, np.generic, list, tuple, int, float, complex)):
+        return False
+    if hasattr(x, "__cuda_array_interface__"):
+        return True
+    dev = getattr(x, "__dlpack_device__", None)
+    if dev is None:
+        return False
+    try:
+        kind = int(dev()[0])
+    except Exception:  # a foreign object's protocol method misbehaved: not a device
+        return False
+    return kind in (2, 13)
 
 
-# default CPU backend per value of DEBUTLA_BACKEND (read at every call, resolved once)
-_cpu_default: dict = {}
+def _cpu_backend() -> Backend:
+    choice = _config.get("backend")
+    if choice is not None:
+        return get_backend(choice)
+    try:
+        return get_backend("numba")
+    except ImportError:
+        return get_backend("numpy")
 
 
-def default_backend_for(x: object) -> ModuleType:
-    """The backend that serves array ``x`` by default (see module docstring)."""
-    if _is_cupy_array(x):
+def default_backend_for(x: object) -> Backend:
+    """The backend that serves array ``x`` by default (see the module docstring).
+
+    Raises
+    ------
+    ValueError
+        If ``DEBUTLA_BACKEND`` is malformed (at the first use of the settings).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> default_backend_for(np.ones(2)).name in ("numba", "numpy")
+    True
+    """
+    if is_device_array(x):
         return get_backend("cupy")
-    raw = os.environ.get("DEBUTLA_BACKEND")
-    mod = _cpu_default.get(raw)
-    if mod is not None:
-        return mod
-    env = (raw or "").strip().lower()
-    if env:
-        if env not in ("numpy", "numba"):
-            raise ValueError(
-                f"DEBUTLA_BACKEND must be 'numpy' or 'numba' for NumPy inputs, got {env!r}"
-            )
-        mod = get_backend(env)
-    else:
-        try:
-            mod = get_backend("numba")
-        except ImportError:
-            mod = get_backend("numpy")
-    _cpu_default[raw] = mod
-    return mod
+    return _cpu_backend()

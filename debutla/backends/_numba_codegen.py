@@ -5,11 +5,11 @@ into the generated source as a ``numpy.uint64`` constant, so LLVM sees fixed tri
 and nonnegative index arithmetic (no wrap-around checks on negative indices), unrolls
 the tiny ``j`` sums and vectorises the innermost loop.
 
-The source is written to a real ``.py`` file in the kernel cache directory (its name is
-a hash of the source) and imported from there, so ``numba.njit(cache=True)`` can store
-the compiled machine code next to it and a second process loads it instead of
-compiling.  A file that exists is never rewritten (Numba's cache index is keyed on the
-file's modification time).
+The source is written to a ``.py`` file in the checked kernel cache folder (its name is
+a hash of the source) and executed from there (:mod:`debutla.backends._cache`), so
+``numba.njit(cache=True)`` can store the compiled machine code next to it and a second
+process loads it instead of compiling.  A file that holds the right text is never
+rewritten (Numba's cache index is keyed on the file's modification time).
 
 Generated functions (all ``nogil``, ``cache=True``, compiled lazily per dtype):
 
@@ -32,12 +32,7 @@ Generated functions (all ``nogil``, ``cache=True``, compiled lazily per dtype):
 
 from __future__ import annotations
 
-import hashlib
-import importlib.util
-import os
-import sys
-import tempfile
-import threading
+from . import _cache
 
 GENERATOR_VERSION = "4"
 _OPAQUE_T = 4  # per-row kernels: inner loops over t >= this get an opaque trip count
@@ -45,10 +40,6 @@ _GROUP_MAX = 4  # outputs per register-blocked group in the panel kernels
 _CHUNK = 4  # terms of the j-sum written out per statement
 _WIDE_MIN = 64  # r * s from which a t = 1 factor gets the wide panel micro-kernel
 _WIDE_CHUNK = 5  # at most this many terms per statement there
-
-_lock = threading.Lock()
-_modules: dict = {}
-
 
 class _Src:
     """Accumulates source lines and the uint64 constants they use."""
@@ -405,34 +396,8 @@ def generate_source(shapes: tuple, W: int) -> str:
     return "\n".join(head + body) + "\n"
 
 
-def default_cache_dir() -> str:
-    """Where generated kernel modules live (``DEBUTLA_CACHE_DIR`` overrides).
-
-    ``$XDG_CACHE_HOME/debutla/numba`` (``~/.cache/debutla/numba``), or a folder in the
-    system temporary directory when the home cache is not writable.
-    """
-    env = os.environ.get("DEBUTLA_CACHE_DIR", "").strip()
-    if env:
-        return os.path.join(os.path.abspath(os.path.expanduser(env)), "numba")
-    base = os.environ.get("XDG_CACHE_HOME", "").strip() or os.path.join(
-        os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "debutla", "numba")
-
-
-def _writable_dir(path: str) -> str:
-    try:
-        os.makedirs(path, exist_ok=True)
-        if os.access(path, os.W_OK):
-            return path
-    except OSError:
-        pass
-    alt = os.path.join(tempfile.gettempdir(), f"debutla-{os.getuid() if hasattr(os, 'getuid') else 'u'}", "numba")
-    os.makedirs(alt, exist_ok=True)
-    return alt
-
-
-def kernel_module(shapes: tuple, W: int, cache_dir: str | None = None):
-    """Import (generating and writing it first if needed) the kernel module for a chain.
+def kernel_module(shapes: tuple, W: int):
+    """The kernel module for a chain, through the checked kernel cache.
 
     Parameters
     ----------
@@ -440,44 +405,19 @@ def kernel_module(shapes: tuple, W: int, cache_dir: str | None = None):
         The factors' value shapes, application order.
     W : int
         Tile width.
-    cache_dir : str, optional
-        Folder for the generated files (default :func:`default_cache_dir`).
 
     Returns
     -------
     module
-        The imported module (kept in a process-wide table).
+        ``debutla.backends._kernels.k_<hash>`` (executed once per process; see
+        :mod:`debutla.backends._cache` for where the file lives and what happens when
+        the cache cannot be used).
     """
     shapes = tuple(tuple(int(v) for v in sh) for sh in shapes)
-    key = (shapes, int(W))
-    mod = _modules.get(key)
-    if mod is not None:
-        return mod
-    with _lock:
-        mod = _modules.get(key)
-        if mod is not None:
-            return mod
-        src = generate_source(shapes, int(W))
-        digest = hashlib.sha256(src.encode()).hexdigest()[:20]
-        folder = _writable_dir(cache_dir or default_cache_dir())
-        modname = f"debutla_k_{digest}"
-        path = os.path.join(folder, modname + ".py")
-        if not _same_file(path, src):
-            tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
-            with open(tmp, "w", encoding="utf-8") as fh:
-                fh.write(src)
-            os.replace(tmp, path)
-        spec = importlib.util.spec_from_file_location(modname, path)
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[modname] = mod
-        spec.loader.exec_module(mod)
-        _modules[key] = mod
-        return mod
+    return _cache.load_module(generate_source(shapes, int(W)), "k")
 
 
-def _same_file(path: str, src: str) -> bool:
-    try:
-        with open(path, encoding="utf-8") as fh:
-            return fh.read() == src
-    except OSError:
-        return False
+def uncached_kernel_module(shapes: tuple, W: int):
+    """The kernel module for a chain compiled in memory (after a cache failure)."""
+    shapes = tuple(tuple(int(v) for v in sh) for sh in shapes)
+    return _cache.uncached_module(generate_source(shapes, int(W)), "k")

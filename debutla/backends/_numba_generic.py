@@ -1,80 +1,111 @@
-"""Generic (not generated) Numba kernels: the factor-by-factor fallback.
+"""Generic (not generated) Numba kernels: factor by factor, sizes at run time.
 
-Used when the widest vector of a chain is too large for a fused pass to keep its
-intermediates in cache, or when fused kernels are switched off
-(:func:`debutla.backends.numba_.set_fused`).  Sizes are run-time values here, so one
-compiled function serves every chain (per dtype); it is cached on disk like any
-``cache=True`` function of a package file.
+One compiled function per dtype serves every chain, forward and adjoint:
+
+* small chains and a chain's first products while its specialised kernel compiles
+  (see :mod:`debutla.backends.numba_`);
+* chains too wide for a fused pass to keep its intermediates in cache, and fused
+  kernels switched off (``debutla.config(fused=False)``);
+* every adjoint product (``rmatvec``, ``x @ op``, ``to_dense``): each factor is read
+  through value strides, so ``R^T`` runs on the forward values without a transposed
+  copy and without compiling a second kernel (``R^H`` on their conjugates, made once).
+  The arithmetic is the same as on transposed copies of the values, bit for bit.
+
+The source below is loaded through the kernel cache (:func:`load`), like the
+generated modules, so its machine code is stored in the same checked folder (a
+read-only installation never needs a writable package folder).
 """
 
 from __future__ import annotations
 
+from types import ModuleType
+
+from . import _cache
+
+__all__ = ["SOURCE", "load", "load_uncached"]
+
+SOURCE = '''"""debutla generic Numba kernels (factor by factor; loaded by debutla)."""
 import numpy as np
 from numba import njit
 
 
 @njit(cache=True, nogil=True, fastmath={"contract"}, error_model="numpy")
-def _factor(V, nb, r, s, t, src, sf, sc, soff, dst, df, dc, doff, w):
-    """``dst <- R src`` for ``w`` columns of strided panels.
+def factor(V, voff, nb, r, s, t, vi, vj, src, sf, sc, soff, dst, df, dc, doff, w):
+    """dst <- R src for w columns of strided panels.
 
-    Column ``c`` of feature ``f`` lives at ``src[soff + f * sf + c * sc]`` (and likewise
-    ``dst``).  ``V`` is the flat canonical ``(nb, r, s, t)`` value array.  All sizes are
-    nonnegative and passed as uint64 so the index arithmetic stays unsigned.
+    Output feature (b r + i) t + k, input feature (b s + j) t + k, value
+    V[voff + b r s t + i vi + j vj + k]: vi = s t, vj = t is the factor itself; a
+    transposed factor swaps r with s and vi with vj.  Column c of
+    feature f lives at src[soff + f sf + c sc] (and likewise dst).  All sizes uint64.
     """
     for b in range(nb):
+        vbb = voff + b * r * s * t
         for i in range(r):
             for k in range(t):
                 o = doff + ((b * r + i) * t + k) * df
-                vb = ((b * r + i) * s) * t + k
+                vb = vbb + i * vi + k
                 xb = soff + ((b * s) * t + k) * sf
                 v = V[vb]
                 for c in range(w):
                     dst[o + c * dc] = v * src[xb + c * sc]
                 for j in range(np.uint64(1), s):
-                    v = V[vb + j * t]
+                    v = V[vb + j * vj]
                     xj = xb + j * t * sf
                     for c in range(w):
                         dst[o + c * dc] += v * src[xj + c * sc]
 
 
 @njit(cache=True, nogil=True, fastmath={"contract"}, error_model="numpy")
-def chain_panels(Vs, dims, X, xf, xc, out, of, oc, c0, c1, wmax, ba, bb):
-    """Apply the chain factor by factor to columns ``c0 .. c1-1``, ``wmax`` at a time.
+def chain_panels(V, dims, X, xf, xc, xn, out, of, oc, c0, c1, wmax, ba, bb):
+    """Apply a chain factor by factor to columns c0 .. c1-1, wmax at a time.
 
-    Parameters
-    ----------
-    Vs : tuple of 1-D arrays
-        Flat canonical values of each factor, application order.
-    dims : uint64 array (N, 4)
-        ``(nb, r, s, t)`` of each factor.
-    X, out : 1-D arrays
-        Flat input and output; column ``c`` of feature ``f`` at ``X[f * xf + c * xc]``,
-        ``out[f * of + c * oc]``.
-    c0, c1, wmax : uint64
-        Column range and panel width.
-    ba, bb : 1-D arrays
-        Ping-pong buffers of at least ``F * wmax`` entries (``F`` the widest vector);
-        a panel is stored features-major (``buf[f * w + c]``).
+    V: the flat canonical values of all factors, concatenated (one array, so one
+    compiled function serves chains of any length); dims: uint64 (N, 7) rows
+    (nb, r, s, t, vi, vj, voff) as in factor, in the order the factors are applied;
+    X, out: flat input
+    and output, column c of feature f at X[f xf + c xc] and out[f of + c oc]; only the
+    first xn features of X exist (the rest are zeros: padding without a copy);
+    ba, bb: ping-pong buffers of at least F wmax entries, panels features-major.
     """
     N = dims.shape[0]
     one = np.uint64(1)
     zero = np.uint64(0)
+    q0 = dims[0, 0] * dims[0, 2] * dims[0, 3]
     p0 = c0
     while p0 < c1:
         w = min(wmax, c1 - p0)
+        n0 = 0
+        if xn < q0:  # copy the existing features into a zero-padded panel
+            for f in range(xn):
+                for c in range(w):
+                    ba[f * w + c] = X[f * xf + (p0 + c) * xc]
+            ba[xn * w:q0 * w] = 0
+            n0 = 1
         for n in range(N):
             nb, r, s, t = dims[n, 0], dims[n, 1], dims[n, 2], dims[n, 3]
-            if n == 0:
+            vi, vj, voff = dims[n, 4], dims[n, 5], dims[n, 6]
+            if n == 0 and n0 == 0:
                 src, sf, sc, soff = X, xf, xc, p0 * xc
-            elif n % 2 == 1:
+            elif (n + n0) % 2 == 1:
                 src, sf, sc, soff = ba, w, one, zero
             else:
                 src, sf, sc, soff = bb, w, one, zero
             if n == N - 1:
                 dst, df, dc, doff = out, of, oc, p0 * oc
-            elif n % 2 == 0:
+            elif (n + n0) % 2 == 0:
                 dst, df, dc, doff = ba, w, one, zero
             else:
                 dst, df, dc, doff = bb, w, one, zero
-            _factor(Vs[n], nb, r, s, t, src, sf, sc, soff, dst, df, dc, doff, w)
+            factor(V, voff, nb, r, s, t, vi, vj, src, sf, sc, soff, dst, df, dc, doff, w)
         p0 += w
+'''
+
+
+def load() -> ModuleType:
+    """The generic kernel module (through the checked kernel cache)."""
+    return _cache.load_module(SOURCE, "generic")
+
+
+def load_uncached() -> ModuleType:
+    """The generic kernel module compiled in memory (after a cache failure)."""
+    return _cache.uncached_module(SOURCE, "generic")

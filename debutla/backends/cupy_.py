@@ -18,10 +18,12 @@ the operator), so ``op @ cupy_array`` just works; results stay on the device.
 
 from __future__ import annotations
 
-import os
-
 import cupy as cp
 import numpy as np
+
+from .. import _config
+
+__all__ = ["prepare", "apply_rows", "apply_cols"]  # name, xp: protocol fields
 
 name = "cupy"
 xp = cp
@@ -119,7 +121,7 @@ __global__ void debutla_fused_rows(const T* __restrict__ X, T* __restrict__ Y,
 _TYPES = {"float32": "float", "float64": "double", "complex64": "complex<float>",
           "complex128": "complex<double>"}
 _ROWS = (8, 4, 2, 1)
-_BLOCKS_PER_SM = int(os.environ.get("DEBUTLA_CUPY_BLOCKS_PER_SM", "2"))
+_BLOCKS_PER_SM = 2
 _module = None
 # Shared memory per block we may ask for (H100: 227 KiB opt-in; older GPUs 48-163 KiB).
 _SMEM_CAP = 48 * 1024
@@ -150,13 +152,13 @@ def _rows_per_block(k: int, maxsize: int, itemsize: int):
     """Rows per block: each value read serves R rows, but shared memory limits R, and
     blocks must stay plentiful (two per multiprocessor) and small enough for
     ``_BLOCKS_PER_SM`` of them to share a multiprocessor.  None: the rows do not fit."""
-    forced = os.environ.get("DEBUTLA_CUPY_ROWS")
+    forced = _config.get("cupy_rows")
     for R in _ROWS:
         smem = 2 * R * maxsize * itemsize
         if smem > _SMEM_CAP:
             continue
-        if forced:
-            if R == int(forced):
+        if forced is not None:
+            if R == forced:
                 return R
             continue
         if R == 1 or (k >= 2 * _NUM_SM * R and smem * _BLOCKS_PER_SM <= _SMEM_CAP):
@@ -164,15 +166,44 @@ def _rows_per_block(k: int, maxsize: int, itemsize: int):
     return None
 
 
+class _Spec:
+    """Sizes of one factor as the kernels read them."""
+
+    __slots__ = ("nb", "r", "s", "t", "p", "q")
+
+    def __init__(self, nb: int, r: int, s: int, t: int) -> None:
+        self.nb, self.r, self.s, self.t = nb, r, s, t
+        self.p, self.q = nb * r * t, nb * s * t
+
+
 class _State:
-    """Device copies of the values, plus the concatenated form for the fused kernel."""
+    """Device copies of the values, plus the concatenated form for the fused kernel.
+
+    ``adjoint(trans)`` is the state of ``D^T`` or ``D^H``: transposed values uploaded
+    once, on first use (the CUDA kernels take sizes at run time: nothing compiles).
+    """
 
     def __init__(self, factors):
         self.factors = tuple(cp.ascontiguousarray(cp.asarray(V)) for V in factors)
-        offsets = np.cumsum([0] + [V.size for V in factors])[:-1]
+        self.specs = tuple(_Spec(*(int(d) for d in V.shape)) for V in self.factors)
+        offsets = np.cumsum([0] + [V.size for V in self.factors])[:-1]
         self.flat = cp.concatenate([V.ravel() for V in self.factors])
         self.dtype = self.flat.dtype
         self.offsets = offsets
+        self.P, self.Q = self.specs[-1].p, self.specs[0].q
+        self.meta = None
+        self._adj: dict = {}
+
+    def adjoint(self, trans: str) -> "_State":
+        if trans == "N":
+            return self
+        st = self._adj.get(trans)
+        if st is None:
+            vals = tuple(V.transpose(0, 2, 1, 3) for V in reversed(self.factors))
+            if trans == "H" and self.dtype.kind == "c":
+                vals = tuple(cp.conj(V) for V in vals)
+            st = self._adj[trans] = _State(vals)
+        return st
 
 
 def prepare(factors):
@@ -180,8 +211,23 @@ def prepare(factors):
     return _State(factors)
 
 
-def _fused(state, specs, X, out):
+def _pad(X, Q: int, layout: str):
+    if layout == "rows":
+        if X.shape[1] == Q:
+            return X
+        Xp = cp.zeros((X.shape[0], Q), X.dtype)
+        Xp[:, :X.shape[1]] = X
+    else:
+        if X.shape[0] == Q:
+            return X
+        Xp = cp.zeros((Q, X.shape[1]), X.dtype)
+        Xp[:X.shape[0]] = X
+    return Xp
+
+
+def _fused(state, X, out):
     """The whole chain in one kernel, R batch rows per block in shared memory (or None)."""
+    specs = state.specs
     maxsize = max([specs[0].q] + [f.p for f in specs])
     k = X.shape[0]
     _fused_kernel(state.dtype, 1)  # compiles once, reads the device limits
@@ -190,18 +236,14 @@ def _fused(state, specs, X, out):
         return None
     smem = 2 * rows * maxsize * state.dtype.itemsize
     kern = _fused_kernel(state.dtype, rows)
-    meta = getattr(state, "meta", None)
+    meta = state.meta
     if meta is None:
         meta = cp.asarray(np.array([[f.r, f.s, f.t, f.p, off] for f, off
                                     in zip(specs, state.offsets)], dtype=np.int64).ravel())
         state.meta = meta
     if smem > 48 * 1024:
         kern.max_dynamic_shared_size_bytes = smem
-    P, Q = specs[-1].p, specs[0].q
-    if out is not None and not out.flags.c_contiguous:
-        Y = _fused(state, specs, X, None)
-        out[...] = Y
-        return out
+    P, Q = state.P, state.Q
     Y = out if out is not None else cp.empty((k, P), dtype=X.dtype)
     threads = 256 if maxsize <= 2048 else 512
     grid = int(min(-(-k // rows), 65535 * 4))
@@ -211,13 +253,12 @@ def _fused(state, specs, X, out):
     return Y
 
 
-def _run(kernel, state, specs, X, out, shape_of):
+def _run(kernel, state, X, out, shape_of):
     """Factor by factor, one elementwise kernel each (for rows too long for shared memory)."""
-    X = cp.ascontiguousarray(X)
     k = X.shape[0] if shape_of == "rows" else X.shape[1]
     cur = X
-    last = len(specs) - 1
-    for idx, (V, f) in enumerate(zip(state.factors, specs)):
+    last = len(state.specs) - 1
+    for idx, (V, f) in enumerate(zip(state.factors, state.specs)):
         shape = (k, f.p) if shape_of == "rows" else (f.p, k)
         y = out if (idx == last and out is not None) else cp.empty(shape, dtype=X.dtype)
         extent = f.q if shape_of == "rows" else k
@@ -226,26 +267,32 @@ def _run(kernel, state, specs, X, out, shape_of):
     return cur
 
 
-def apply_rows(state, specs, X, out=None):
-    """``X @ D.T`` for a CuPy array ``X`` of shape ``(k, Q)``."""
-    X = cp.ascontiguousarray(X)
-    Y = _fused(state, specs, X, out)
+def apply_rows(state, X, out=None, trans="N"):
+    """``X @ op(D).T`` for a C-contiguous CuPy array ``X`` of shape ``(k, n)``.
+
+    See :mod:`debutla.backends` for the contract (``n`` at most the input size).
+    """
+    state = state.adjoint(trans)
+    X = _pad(X, state.Q, "rows")
+    Y = _fused(state, X, out)
     if Y is None:
-        Y = _run(_rows, state, specs, X, out, "rows")
+        Y = _run(_rows, state, X, out, "rows")
     return Y
 
 
-def apply_cols(state, specs, X, out=None):
-    """``D @ X`` for a CuPy array ``X`` of shape ``(Q, k)``.
+def apply_cols(state, X, out=None, trans="N"):
+    """``op(D) @ X`` for a C-contiguous CuPy array ``X`` of shape ``(n, k)``.
 
     Runs the fused row kernel on ``X.T`` (one transpose in, one out: cheaper than a pass
     per factor); chains too long for shared memory run factor by factor with threads
     along the batch (coalesced in this layout).
     """
+    state = state.adjoint(trans)
+    X = _pad(X, state.Q, "cols")
     Xt = cp.ascontiguousarray(X.T)
-    Yt = _fused(state, specs, Xt, None)
+    Yt = _fused(state, Xt, None)
     if Yt is None:
-        return _run(_cols, state, specs, X, out, "cols")
+        return _run(_cols, state, X, out, "cols")
     if out is not None:
         out[...] = Yt.T
         return out

@@ -46,20 +46,28 @@ lives in ``$DEBUTLA_CACHE_DIR/numba`` (default ``~/.cache/debutla/numba``).
 
 from __future__ import annotations
 
+import atexit
+import logging
 import os
 import threading
+import time
+import warnings
+import weakref
 from concurrent.futures import ThreadPoolExecutor
+from typing import Callable
 
 import numba
 import numpy as np
 
+from .. import _config
+from . import _cache
 from . import _numba_codegen as _cg
-from ._numba_generic import chain_panels as _chain_panels
+from . import _numba_generic as _generic_src
 
 __all__ = [
-    "name", "xp", "prepare", "apply_rows", "apply_cols", "set_num_threads",
-    "get_num_threads", "set_fused", "kernel_source", "FUSED_BYTES", "PARALLEL_MIN_WORK",
-    "CODEGEN_MIN_NNZ", "CODEGEN_MIN_WORK",
+    "prepare", "apply_rows", "apply_cols", "compile_kernels",
+    "get_num_threads", "set_num_threads", "set_fused", "kernel_source", "FUSED_BYTES",
+    "PARALLEL_MIN_WORK", "CODEGEN_MIN_NNZ", "CODEGEN_MIN_WORK", "SLOW_COMPILE_SECONDS",
 ]
 
 name = "numba"
@@ -75,89 +83,97 @@ PARALLEL_MIN_WORK = 1_000_000
 #: costs 1-3 s to compile, which such small products never pay back.
 CODEGEN_MIN_NNZ = 4096
 CODEGEN_MIN_WORK = 2**17
+#: A kernel compile longer than this (seconds) is logged (logger ``"debutla"``).
+SLOW_COMPILE_SECONDS = 0.5
 _MIN_W = 4
 _ROWS_SINGLE_MAX = 2  # batches up to this run one row at a time (else tiles)
 _FALLBACK_PANEL_BYTES = 8 * 2**20
+_TRANS = ("N", "T", "H")
 
-_settings = {"threads": None, "fused": True}
+_log = logging.getLogger("debutla")
 _ONE = np.uint64(1)
 _pool: ThreadPoolExecutor | None = None
 _pool_size = 0
 _pool_lock = threading.Lock()
 _tls = threading.local()
+_generic: list = []  # [module] once loaded
+_generic_lock = threading.Lock()
+_logged_first = [False]
+_compile_threads: list = []
+_all_states: "weakref.WeakSet[_State]" = weakref.WeakSet()
 
 
-# -- settings -------------------------------------------------------------------------
-def set_num_threads(n: int | None) -> None:
-    """Set the number of threads the Numba backend uses (None: follow Numba).
-
-    Parameters
-    ----------
-    n : int or None
-        A positive thread count, or None to follow ``numba.get_num_threads()`` (the
-        ``DEBUTLA_NUM_THREADS`` environment variable, if set, is read at import).
-
-    Raises
-    ------
-    TypeError
-        If ``n`` is not an int or None.
-    ValueError
-        If ``n`` is not positive.
-    """
-    if n is None:
-        _settings["threads"] = None
-        return
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
-        raise TypeError(f"set_num_threads: n must be a positive int or None, got {n!r}")
-    if n < 1:
-        raise ValueError(f"set_num_threads: n must be a positive int, got {n}")
-    _settings["threads"] = int(n)
-
-
+# -- settings (see debutla._config) -----------------------------------------------------
 def get_num_threads() -> int:
-    """The number of threads the Numba backend uses for large products."""
-    n = _settings["threads"]
+    """The number of threads the Numba backend uses for large products.
+
+    ``debutla.config(threads=...)`` or ``DEBUTLA_NUM_THREADS`` when set, else Numba's
+    (``numba.get_num_threads()``, i.e. ``NUMBA_NUM_THREADS``).
+
+    Examples
+    --------
+    >>> get_num_threads() >= 1
+    True
+    """
+    n = _config.get("threads")
     if n is None:
         n = numba.get_num_threads()  # called from Python, never inside a kernel
     return max(1, int(n))
 
 
-def set_fused(enabled: bool) -> None:
-    """Switch the fused whole-chain kernels on (default) or off.
+def set_num_threads(n: int | None) -> None:
+    """Deprecated: use ``debutla.config(threads=n)`` (a block) or ``DEBUTLA_NUM_THREADS``.
 
-    Off, every product uses the factor-by-factor kernel: useful to compare the two and
-    to test the fallback.
-
-    Raises
-    ------
-    TypeError
-        If ``enabled`` is not a bool.
+    Sets the process-wide default (:func:`debutla._config.set_defaults`).
     """
-    if not isinstance(enabled, bool):
-        raise TypeError(f"set_fused: enabled must be a bool, got {enabled!r}")
-    _settings["fused"] = enabled
+    warnings.warn("set_num_threads is deprecated; use `with debutla.config(threads=n):`",
+                  DeprecationWarning, stacklevel=2)
+    _config.set_defaults(threads=n)
 
 
-def _init_from_env() -> None:
-    env = os.environ.get("DEBUTLA_NUM_THREADS", "").strip()
-    if env:
-        try:
-            n = int(env)
-        except ValueError:
-            raise ValueError(f"DEBUTLA_NUM_THREADS must be a positive integer, "
-                             f"got {env!r}") from None
-        set_num_threads(n)
+def set_fused(enabled: bool) -> None:
+    """Deprecated: use ``debutla.config(fused=enabled)``.
+
+    Sets the process-wide default (:func:`debutla._config.set_defaults`).
+    """
+    warnings.warn("set_fused is deprecated; use `with debutla.config(fused=False):`",
+                  DeprecationWarning, stacklevel=2)
+    _config.set_defaults(fused=enabled)
 
 
-_init_from_env()
+# -- generic kernels ----------------------------------------------------------------------
+def _generic_module():
+    if _generic:
+        return _generic[0]
+    with _generic_lock:
+        if not _generic:
+            _generic.append(_generic_src.load())
+    return _generic[0]
+
+
+def _log_compile(seconds: float, what: str) -> None:
+    if seconds < SLOW_COMPILE_SECONDS:
+        return
+    first = not _logged_first[0]
+    _logged_first[0] = True
+    where = _cache.cache_dir()
+    msg = (f"debutla: compiled {what} in {seconds:.1f} s"
+           + (f"; cached in {where}, so later processes load it" if where else "")
+           + (" (debutla.warmup(op) compiles ahead of time)" if first else ""))
+    _log.log(logging.WARNING if first else logging.INFO, msg)
 
 
 # -- state ----------------------------------------------------------------------------
 class _State:
-    """Prepared values of one operator and dtype (immutable once built)."""
+    """Prepared values of one operator and dtype (values immutable once built).
 
-    __slots__ = ("shapes", "dtype", "panel", "vec", "dims", "Q", "P", "F", "nnz", "W",
-                 "_mod", "_lock")
+    ``ready`` names the specialised kernels compiled for this dtype; ``pending`` the
+    ones a background thread is compiling.
+    """
+
+    __slots__ = ("shapes", "dtype", "panel", "vec", "dims", "adims", "Q", "P",
+                 "F", "nnz", "W", "_mod", "_lock", "ready", "pending", "broken", "flat", "_cflat",
+                 "__weakref__")
 
     def __init__(self, factors) -> None:
         self.shapes = tuple(tuple(int(d) for d in V.shape) for V in factors)
@@ -170,7 +186,16 @@ class _State:
             else:
                 vec.append(flat)
         self.vec = tuple(vec)
-        self.dims = np.array(self.shapes, dtype=np.uint64).reshape(-1, 4)
+        # generic kernel: (nb, r, s, t, vi, vj) forward; the adjoint applies the factors
+        # in reverse order, each with r <-> s and its value strides swapped
+        offs = np.cumsum([0] + [V.size for V in factors])[:-1].tolist()
+        self.flat = np.concatenate(self.panel)  # writeable: one kernel type for all
+        self.dims = np.array([(nb, r, s, t, s * t, t, o) for (nb, r, s, t), o
+                              in zip(self.shapes, offs)], dtype=np.uint64).reshape(-1, 7)
+        self.adims = np.array([(nb, s, r, t, t, s * t, o) for (nb, r, s, t), o
+                               in zip(reversed(self.shapes), reversed(offs))],
+                              dtype=np.uint64).reshape(-1, 7)
+        self._cflat = None
         self.Q = self.shapes[0][0] * self.shapes[0][2] * self.shapes[0][3]
         self.P = self.shapes[-1][0] * self.shapes[-1][1] * self.shapes[-1][3]
         self.F = max(max(nb * r * t, nb * s * t) for nb, r, s, t in self.shapes)
@@ -185,12 +210,25 @@ class _State:
         self.W = W
         self._mod = None
         self._lock = threading.Lock()
+        self.ready: set = set()
+        self.pending: set = set()
+        self.broken = False
+        _all_states.add(self)
 
     @property
     def fused(self) -> bool:
-        return _settings["fused"] and 2 * self.F * self.W * self.dtype.itemsize <= 4 * FUSED_BYTES
+        """Whether this chain may use its specialised kernels (settings and width)."""
+        return (not self.broken and _config.get("fused")
+                and 2 * self.F * self.W * self.dtype.itemsize <= 4 * FUSED_BYTES)
+
+    def conj_flat(self):
+        """The conjugated values (for ``D^H``; made on first use)."""
+        if self._cflat is None:
+            self._cflat = np.conj(self.flat)
+        return self._cflat
 
     def module(self):
+        """The chain's generated kernel module (written and executed on first use)."""
         if self._mod is None:
             with self._lock:
                 if self._mod is None:
@@ -205,6 +243,12 @@ def prepare(factors):
     ----------
     factors : tuple of numpy.ndarray
         Canonical ``(nb, r, s, t)`` values, application order, one common dtype.
+
+    Examples
+    --------
+    >>> st = prepare((np.ones((1, 2, 2, 1)),))
+    >>> (st.P, st.Q, st.nnz)
+    (2, 2, 4)
     """
     if len(factors) == 0:
         raise ValueError("prepare: factors must hold at least one array")
@@ -219,6 +263,11 @@ def kernel_source(factors_or_shapes, dtype=np.float32) -> str:
     factors_or_shapes : sequence of arrays or of ``(nb, r, s, t)`` tuples
     dtype : dtype
         Decides the tile width.
+
+    Examples
+    --------
+    >>> "def rows_single" in kernel_source([(2, 2, 2, 1)])
+    True
     """
     shapes = [tuple(getattr(f, "shape", f)) for f in factors_or_shapes]
     st = _State(tuple(np.zeros(sh, dtype=dtype) for sh in shapes))
@@ -249,13 +298,33 @@ def _get_pool(n: int) -> ThreadPoolExecutor:
         return _pool
 
 
-def _reset_pool_after_fork() -> None:
-    global _pool, _pool_size
+def _after_fork_in_child() -> None:
+    """Fresh locks, pool and compile bookkeeping in a forked child.
+
+    The parent's worker and compile threads do not exist in the child: a lock they held
+    would never be released, and a compile they had pending would never finish.  Numba
+    keeps a process-wide compiler lock of its own that debutla cannot reset: a child
+    forked while any thread compiles must not compile (it may wait forever).  Chains
+    whose kernel was compiling at the fork therefore run on the generic kernel in the
+    child; fork only after :func:`debutla.warmup` (or use the ``spawn`` or
+    ``forkserver`` start methods of :mod:`multiprocessing`).
+    """
+    global _pool, _pool_size, _pool_lock, _generic_lock
     _pool, _pool_size = None, 0
+    _pool_lock = threading.Lock()
+    _generic_lock = threading.Lock()
+    _compile_threads.clear()
+    for st in list(_all_states):
+        st._lock = threading.Lock()
+        if st.pending:
+            # forked while a thread compiled this chain: Numba's own compiler lock may be
+            # held forever in this child, so never compile it here (generic kernel only)
+            st.broken = True
+        st.pending = set()
 
 
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_reset_pool_after_fork)
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _run_split(fn, ntasks: int, work: int) -> None:
@@ -284,78 +353,76 @@ def _run_split(fn, ntasks: int, work: int) -> None:
         raise err
 
 
-# -- products -------------------------------------------------------------------------
-def _prep_io(state: _State, X, out, shape_out):
-    dt = state.dtype
-    if X.dtype != dt or not X.flags.c_contiguous:
-        X = np.ascontiguousarray(X, dtype=dt)
-    if out is None:
-        return X, np.empty(shape_out, dtype=dt), False
-    if not out.flags.writeable:
-        raise ValueError("out must be a writeable array; got a read-only one")
-    if out.flags.c_contiguous and out.dtype == dt and not np.may_share_memory(out, X):
-        return X, out, False
-    return X, np.empty(shape_out, dtype=dt), True
-
-
-def _finish(Y, out, copy):
-    if copy:
-        np.copyto(out, Y)
-        return out
-    return Y
-
-
-def _fallback(state: _State, X, Y, k: int, layout: str) -> None:
-    """Factor-by-factor products over column panels (rows: X (k, Q); cols: X (Q, k))."""
+# -- generic (factor by factor) products ---------------------------------------------------
+def _run_generic(state: _State, X, Y, k: int, xn: int, layout: str, trans: str) -> None:
+    """Factor-by-factor products over column panels; any ``trans``; ``xn`` input features."""
     u = np.uint64
     item = state.dtype.itemsize
     wmax = max(1, min(k, _FALLBACK_PANEL_BYTES // (2 * state.F * item)))
+    pout = state.P if trans == "N" else state.Q
     if layout == "rows":
-        xf, xc, of, oc = 1, state.Q, 1, state.P
+        xf, xc, of, oc = 1, xn, 1, pout
     else:
         xf, xc, of, oc = k, 1, k, 1
     Xf, Yf = X.reshape(-1), Y.reshape(-1)
+    if trans == "N":
+        Vs, dims = state.flat, state.dims
+    elif trans == "H" and state.dtype.kind == "c":
+        Vs, dims = state.conj_flat(), state.adims
+    else:
+        Vs, dims = state.flat, state.adims
 
     def run(lo: int, hi: int) -> None:
         ba, bb = _scratch(state.dtype, state.F * wmax)
-        _chain_panels(state.panel, state.dims, Xf, u(xf), u(xc), Yf, u(of), u(oc),
-                      u(lo), u(hi), u(wmax), ba, bb)
+        _generic[0].chain_panels(Vs, dims, Xf, u(xf), u(xc), u(xn), Yf, u(of),
+                                 u(oc), u(lo), u(hi), u(wmax), ba, bb)
 
-    _run_split(run, k, state.nnz * k)
+    _guarded_generic(lambda: _run_split(run, k, state.nnz * k))
 
 
-def _apply(state: _State, X, out, layout: str):
-    """Shared body of :func:`apply_rows` and :func:`apply_cols`."""
-    k = X.shape[0] if layout == "rows" else X.shape[1]
-    shape = (k, state.P) if layout == "rows" else (state.P, k)
-    X, Y, copy = _prep_io(state, X, out, shape)
-    if k == 0:
-        return _finish(Y, out, copy)
-    if not state.fused or (state.nnz < CODEGEN_MIN_NNZ and state.nnz * k < CODEGEN_MIN_WORK
-                           and state._mod is None):
-        _fallback(state, X, Y, k, layout)
-        return _finish(Y, out, copy)
-    mod = state._mod if state._mod is not None else state.module()
-    W = state.W
+def _guarded_generic(call: Callable[[], None]) -> None:
+    """Run a generic-kernel call; after a cache failure, again on an in-memory compile."""
+    mod = _generic_module()
+    try:
+        call()
+    except Exception as e:
+        if not _cache.is_cached(mod):
+            raise
+        _cache.forget_cache_files(mod, e)
+        with _generic_lock:
+            _generic[0] = _generic_src.load_uncached()
+        call()
+
+
+# -- specialised (generated, fused) products ------------------------------------------------
+def _kernel_name(k: int, layout: str) -> str:
+    if k == 1 or (layout == "rows" and k <= _ROWS_SINGLE_MAX):
+        return "rows_single"
+    return "rows_tiles" if layout == "rows" else "cols_tiles"
+
+
+def _run_fused(state: _State, mod, kname: str, X, Y, k: int) -> None:
+    """One product on the generated kernel ``kname`` (X padded to Q features)."""
     Xf, Yf = X.reshape(-1), Y.reshape(-1)
     one = _ONE
-    if k == 1:  # matvec: no thread pool, no closure (the call overhead is the cost here)
-        cache = getattr(_tls, "bufs", None)
-        pair = None if cache is None else cache.get(state.dtype.str)
-        if pair is None or pair[0].size < state.F:
-            pair = _scratch(state.dtype, state.F)
-        mod.rows_single(*state.vec, Xf, Yf, 0, 1, pair[0], pair[1], one)
-        return _finish(Y, out, copy)
-    # rows: tiny batches one row at a time
-    if layout == "rows" and k <= _ROWS_SINGLE_MAX:
+    if kname == "rows_single":
+        if k == 1:  # matvec: no thread pool, no closure (the call overhead is the cost)
+            cache = getattr(_tls, "bufs", None)
+            pair = None if cache is None else cache.get(state.dtype.str)
+            if pair is None or pair[0].size < state.F:
+                pair = _scratch(state.dtype, state.F)
+            mod.rows_single(*state.vec, Xf, Yf, 0, 1, pair[0], pair[1], one)
+            return
+        kern = mod.rows_single
 
         def run_rows(lo: int, hi: int) -> None:
             a, b = _scratch(state.dtype, state.F)
-            mod.rows_single(*state.vec, Xf, Yf, lo, hi, a, b, one)
+            kern(*state.vec, Xf, Yf, lo, hi, a, b, one)
 
         _run_split(run_rows, k, state.nnz * k)
-        return _finish(Y, out, copy)
-    kern = mod.rows_tiles if layout == "rows" else mod.cols_tiles
+        return
+    kern = mod.rows_tiles if kname == "rows_tiles" else mod.cols_tiles
+    W = state.W
     wr = np.uint64(W)
 
     def run(lo: int, hi: int) -> None:
@@ -363,44 +430,161 @@ def _apply(state: _State, X, out, layout: str):
         kern(*state.panel, Xf, Yf, k, lo, hi, a, b, wr)
 
     _run_split(run, (k + W - 1) // W, state.nnz * k)
-    return _finish(Y, out, copy)
 
 
-def apply_rows(state: _State, specs, X, out=None):
-    """``X @ D.T`` for ``X`` of shape ``(k, Q)``; see :mod:`debutla.backends`.
+def _fused_guarded(state: _State, kname: str, X, Y, k: int) -> None:
+    """:func:`_run_fused`; after a cache failure, again on an in-memory compile."""
+    mod = state.module()
+    try:
+        _run_fused(state, mod, kname, X, Y, k)
+    except Exception as e:
+        if not _cache.is_cached(mod):
+            raise
+        _cache.forget_cache_files(mod, e)
+        with state._lock:
+            state._mod = _cg.uncached_kernel_module(state.shapes, state.W)
+        _run_fused(state, state._mod, kname, X, Y, k)
+
+
+def _compile(state: _State, kname: str) -> None:
+    """Compile kernel ``kname`` of ``state`` for its dtype (a product on zeros), timed."""
+    t0 = time.perf_counter()
+    k = 1
+    X = np.zeros((k, state.Q) if kname != "cols_tiles" else (state.Q, k), state.dtype)
+    Y = np.zeros((k, state.P) if kname != "cols_tiles" else (state.P, k), state.dtype)
+    _fused_guarded(state, kname, X, Y, k)
+    state.ready.add(kname)
+    _log_compile(time.perf_counter() - t0,
+                 f"the {kname} kernel of a {len(state.shapes)}-factor chain "
+                 f"({state.P}x{state.Q}, {state.dtype})")
+
+
+def _compile_in_background(state: _State, kname: str) -> None:
+    def work() -> None:
+        try:
+            _compile(state, kname)
+        except Exception as e:  # never fail a product: keep serving with the generic kernel
+            state.broken = True
+            _log.warning("debutla: compiling the %s kernel failed (%s: %s); products of "
+                         "this chain use the generic kernel", kname, type(e).__name__, e)
+        finally:
+            state.pending.discard(kname)
+
+    with state._lock:
+        if kname in state.pending or kname in state.ready:
+            return
+        state.pending.add(kname)
+    th = threading.Thread(target=work, name="debutla-compile", daemon=True)
+    if not _compile_threads:
+        atexit.register(_join_compiles)
+    _compile_threads.append(th)
+    th.start()
+
+
+def _join_compiles() -> None:
+    """At exit, let background compiles finish (their kernels land in the cache)."""
+    for th in list(_compile_threads):
+        th.join(timeout=60)
+
+
+def compile_kernels(state: _State, batch: int, layout: str) -> None:
+    """Compile (now, in this thread) what products of ``batch`` rows/columns need.
+
+    Used by :func:`debutla.warmup`; a no-op when the chain runs on the generic kernel.
+    """
+    _generic_module()
+    if _uses_generic(state, batch):
+        if not state.ready:  # compile the generic kernel for this dtype
+            X = np.zeros((1, state.Q), state.dtype)
+            _run_generic(state, X, np.zeros((1, state.P), state.dtype), 1, state.Q,
+                         "rows", "N")
+        return
+    kname = _kernel_name(batch, layout)
+    if kname not in state.ready:
+        _compile(state, kname)
+
+
+def _uses_generic(state: _State, k: int) -> bool:
+    return not state.fused or (state.nnz < CODEGEN_MIN_NNZ and state.nnz * k < CODEGEN_MIN_WORK
+                               and not state.ready)
+
+
+# -- products -------------------------------------------------------------------------
+def _pad(X, Q: int, layout: str):
+    """``X`` zero-padded to ``Q`` features (for the fused kernels, which need them all)."""
+    if layout == "rows":
+        Xp = np.zeros((X.shape[0], Q), X.dtype)
+        Xp[:, :X.shape[1]] = X
+    else:
+        Xp = np.zeros((Q, X.shape[1]), X.dtype)
+        Xp[:X.shape[0]] = X
+    return Xp
+
+
+def _apply(state: _State, X, out, layout: str, trans: str):
+    """Shared body of :func:`apply_rows` and :func:`apply_cols`."""
+    k = X.shape[0] if layout == "rows" else X.shape[1]
+    xn = X.shape[1] if layout == "rows" else X.shape[0]
+    pout = state.P if trans == "N" else state.Q
+    if out is None:
+        out = np.empty((k, pout) if layout == "rows" else (pout, k), dtype=state.dtype)
+    if k == 0:
+        return out
+    if trans != "N" or _uses_generic(state, k):
+        _generic_module()
+        _run_generic(state, X, out, k, xn, layout, trans)
+        return out
+    kname = _kernel_name(k, layout)
+    if kname not in state.ready:
+        if kname not in state.pending and not _config.get("background"):
+            _compile(state, kname)  # this thread waits for the compile
+        else:
+            _generic_module()
+            _run_generic(state, X, out, k, xn, layout, "N")
+            _compile_in_background(state, kname)  # started once; then we switch
+            return out
+    if xn < state.Q:
+        X = _pad(X, state.Q, layout)
+    _fused_guarded(state, kname, X, out, k)
+    return out
+
+
+def apply_rows(state: _State, X, out=None, trans: str = "N"):
+    """``X @ op(D).T`` for ``X`` of shape ``(k, n)``; see :mod:`debutla.backends`.
 
     Parameters
     ----------
     state : object
         From :func:`prepare`.
-    specs : tuple of FactorSpec
-        The chain (the sizes are taken from ``state``).
-    X : numpy.ndarray (k, Q)
-    out : numpy.ndarray (k, P), optional
-        Written in place and returned.
+    X : numpy.ndarray (k, n), C-contiguous, the state's dtype
+        ``n`` at most the input size of ``op(D)`` (missing features are zeros).
+    out : numpy.ndarray (k, p), optional
+        C-contiguous, writeable, the state's dtype, not overlapping ``X``; written in
+        place and returned.
+    trans : {"N", "T", "H"}
+        ``op(D)`` is ``D``, ``D^T`` or ``D^H``.
 
     Returns
     -------
-    numpy.ndarray (k, P)
+    numpy.ndarray (k, p)
+
+    Examples
+    --------
+    >>> st = prepare((np.ones((1, 2, 2, 1)),))
+    >>> apply_rows(st, np.ones((1, 2)))
+    array([[2., 2.]])
     """
-    return _apply(state, X, out, "rows")
+    return _apply(state, X, out, "rows", trans)
 
 
-def apply_cols(state: _State, specs, X, out=None):
-    """``D @ X`` for ``X`` of shape ``(Q, k)``; see :mod:`debutla.backends`.
+def apply_cols(state: _State, X, out=None, trans: str = "N"):
+    """``op(D) @ X`` for ``X`` of shape ``(n, k)``; see :func:`apply_rows`.
 
-    Parameters
-    ----------
-    state : object
-        From :func:`prepare`.
-    specs : tuple of FactorSpec
-        The chain (the sizes are taken from ``state``).
-    X : numpy.ndarray (Q, k)
-    out : numpy.ndarray (P, k), optional
-        Written in place and returned.
-
-    Returns
-    -------
-    numpy.ndarray (P, k)
+    Examples
+    --------
+    >>> st = prepare((np.ones((1, 2, 2, 1)),))
+    >>> apply_cols(st, np.ones((2, 1)))
+    array([[2.],
+           [2.]])
     """
-    return _apply(state, X, out, "cols")
+    return _apply(state, X, out, "cols", trans)

@@ -1,0 +1,269 @@
+"""Run-time configuration: every ``DEBUTLA_*`` environment variable, and :func:`config`.
+
+One home for the settings that change how products run (not what they compute).
+
+Settings
+--------
+``backend``
+    The CPU backend for NumPy inputs: ``"numba"`` (default when Numba imports) or
+    ``"numpy"`` (the reference).  CuPy inputs always run on ``"cupy"``.
+    Environment: ``DEBUTLA_BACKEND``.
+``threads``
+    Threads of the Numba backend for large products; ``None`` follows Numba
+    (``numba.get_num_threads()``, i.e. ``NUMBA_NUM_THREADS``).
+    Environment: ``DEBUTLA_NUM_THREADS``.
+``fused``
+    Whether the Numba backend may use its chain-specialised (generated, compiled) kernels;
+    off, every product uses the precompiled factor-by-factor kernel.
+``background``
+    Whether a chain's first products run on the precompiled generic kernel while its
+    specialised kernel compiles in a background thread (default), or wait for the
+    compile (``False``: every product runs on the kernel it will keep using).
+``cupy_rows``
+    Batch rows per thread block of the CuPy fused kernel (``None``: chosen per call;
+    a benchmarking knob).  Environment: ``DEBUTLA_CUPY_ROWS``.
+
+The kernel cache directory is ``DEBUTLA_CACHE_DIR`` (default
+``$XDG_CACHE_HOME/debutla``, i.e. ``~/.cache/debutla``); see :func:`cache_root`.
+
+When the environment is read
+----------------------------
+Once, at the first use of any setting (the first product, or the first call of
+:func:`get`), never at import and never again afterwards: changing ``os.environ``
+later has no effect (use :func:`config`).  A malformed variable raises ``ValueError``
+naming it at that first use, and at every later use until the process is restarted
+(or :func:`reload_environment` is called after fixing it).
+
+Overrides
+---------
+``with config(threads=1, backend="numpy"):`` overrides settings for the code in the
+block, in the current thread (and asyncio task) only: other threads keep their own
+settings, so ``config`` is safe to use from many threads at once, and blocks nest (the
+inner one wins, the outer one is restored on exit).  Threads started inside a block do
+not inherit it (Python threads start with a fresh context): set process-wide defaults
+with :func:`set_defaults` or the environment.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import os
+import threading
+from typing import Any, Iterator
+
+from ._validation import check_bool, check_choice, check_int
+
+__all__ = ["config", "get", "set_defaults", "cache_root", "reload_environment",
+           "ENVIRONMENT"]
+
+#: The environment variables debutla reads, and what each sets.
+ENVIRONMENT = {
+    "DEBUTLA_BACKEND": "backend: 'numba' or 'numpy' (CPU backend for NumPy inputs)",
+    "DEBUTLA_NUM_THREADS": "threads: a positive integer (Numba backend threads)",
+    "DEBUTLA_CACHE_DIR": "folder of the kernel cache (default ~/.cache/debutla)",
+    "DEBUTLA_CUPY_ROWS": "cupy_rows: 1, 2, 4 or 8 (rows per block of the CuPy kernel)",
+}
+
+_KEYS = ("backend", "threads", "fused", "background", "cupy_rows")
+_CPU_BACKENDS = ("numba", "numpy")
+_CUPY_ROWS = (1, 2, 4, 8)
+
+_lock = threading.Lock()
+_defaults: dict[str, Any] | None = None
+_env_error: ValueError | None = None
+_cache_root: str | None = None
+_overrides: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar(
+    "debutla_config", default={})
+
+
+# -- validation of one setting ----------------------------------------------------------
+def _check(key: str, value: Any, where: str) -> Any:
+    if key == "backend":
+        return None if value is None else check_choice(value, "backend", _CPU_BACKENDS,
+                                                       where=where, lower=True)
+    if key == "threads":
+        return None if value is None else check_int(value, "threads", where=where)
+    if key in ("fused", "background"):
+        return check_bool(value, key, where=where)
+    if key == "cupy_rows":
+        if value is None:
+            return None
+        v = check_int(value, "cupy_rows", where=where)
+        if v not in _CUPY_ROWS:
+            raise ValueError(f"{where}: cupy_rows must be one of {_CUPY_ROWS}, got {v}")
+        return v
+    raise TypeError(f"{where}: unknown setting {key!r}; the settings are {_KEYS}")
+
+
+def _from_env(name: str, key: str, parse) -> Any:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return None
+    try:
+        return _check(key, parse(raw), "")
+    except (TypeError, ValueError):
+        raise ValueError(f"environment variable {name} must be "
+                         f"{ENVIRONMENT[name].split(': ', 1)[1]}, got {raw!r}") from None
+
+
+def _int_or_raw(raw: str) -> Any:
+    try:
+        return int(raw)
+    except ValueError:
+        return raw
+
+
+def _load() -> dict[str, Any]:
+    """The process-wide defaults, reading the environment on first use."""
+    global _defaults, _env_error, _cache_root
+    d = _defaults
+    if d is not None:
+        if _env_error is not None:
+            raise _env_error
+        return d
+    with _lock:
+        if _defaults is None:
+            d = {"backend": None, "threads": None, "fused": True, "background": True,
+                 "cupy_rows": None}
+            try:
+                d["backend"] = _from_env("DEBUTLA_BACKEND", "backend", str)
+                d["threads"] = _from_env("DEBUTLA_NUM_THREADS", "threads", _int_or_raw)
+                d["cupy_rows"] = _from_env("DEBUTLA_CUPY_ROWS", "cupy_rows", _int_or_raw)
+            except ValueError as e:
+                _env_error = e
+            env = os.environ.get("DEBUTLA_CACHE_DIR", "").strip()
+            if env:
+                _cache_root = os.path.abspath(os.path.expanduser(env))
+            else:
+                base = os.environ.get("XDG_CACHE_HOME", "").strip() or os.path.join(
+                    os.path.expanduser("~"), ".cache")
+                _cache_root = os.path.join(os.path.abspath(base), "debutla")
+            _defaults = d
+    if _env_error is not None:
+        raise _env_error
+    return _defaults  # type: ignore[return-value]
+
+
+def reload_environment() -> None:
+    """Forget what was read from the environment: the next use reads it again.
+
+    For tests and for a process that fixes a malformed variable; settings made with
+    :func:`set_defaults` are lost too.
+
+    Examples
+    --------
+    >>> reload_environment()
+    """
+    global _defaults, _env_error, _cache_root
+    with _lock:
+        _defaults, _env_error, _cache_root = None, None, None
+
+
+# -- public accessors ---------------------------------------------------------------------
+def get(key: str) -> Any:
+    """The current value of setting ``key`` (override of the current thread, else default).
+
+    Raises
+    ------
+    TypeError
+        If ``key`` is not a setting.
+    ValueError
+        If an environment variable is malformed (named in the message).
+
+    Examples
+    --------
+    >>> with config(threads=3):
+    ...     get("threads")
+    3
+    """
+    ov = _overrides.get()
+    if key in ov:
+        return ov[key]
+    d = _load()
+    if key not in d:
+        raise TypeError(f"get: unknown setting {key!r}; the settings are {_KEYS}")
+    return d[key]
+
+
+def set_defaults(**settings: Any) -> None:
+    """Change process-wide defaults (what threads see outside any :func:`config` block).
+
+    Parameters
+    ----------
+    **settings
+        Any of ``backend``, ``threads``, ``fused``, ``background``, ``cupy_rows``.
+
+    Examples
+    --------
+    >>> set_defaults(threads=None)
+    """
+    checked = {k: _check(k, v, "set_defaults") for k, v in settings.items()}
+    _load()
+    with _lock:
+        assert _defaults is not None
+        _defaults.update(checked)
+
+
+@contextlib.contextmanager
+def config(**settings: Any) -> Iterator[None]:
+    """Override settings for the code inside a ``with`` block (this thread only).
+
+    Parameters
+    ----------
+    backend : {"numba", "numpy"} or None
+        CPU backend for NumPy inputs (None: the default).
+    threads : int or None
+        Threads of the Numba backend (None: follow Numba).
+    fused : bool
+        Allow the Numba backend's chain-specialised kernels.
+    background : bool
+        Compile a chain's specialised kernel in a background thread while the first
+        products run on the generic kernel (True, the default), or wait for it.
+    cupy_rows : {1, 2, 4, 8} or None
+        Rows per block of the CuPy fused kernel (None: automatic).
+
+    Raises
+    ------
+    TypeError, ValueError
+        For an unknown setting or a bad value (checked before the block runs).
+
+    Notes
+    -----
+    Blocks nest; each thread (and asyncio task) has its own overrides, so ``config``
+    is thread-safe.  See the module docstring for when the environment is read.
+
+    Examples
+    --------
+    >>> import numpy as np, debutla as db
+    >>> op = db.DeBut.random("4 <-(2,2,2)- 4 <-(2,2,1)- 4", seed=0)
+    >>> with config(backend="numpy", threads=1):
+    ...     y = op @ np.ones(4)
+    >>> y.shape
+    (4,)
+    """
+    checked = {k: _check(k, v, "config") for k, v in settings.items()}
+    token = _overrides.set({**_overrides.get(), **checked})
+    try:
+        yield
+    finally:
+        _overrides.reset(token)
+
+
+def cache_root() -> str:
+    """The kernel cache folder as configured (``DEBUTLA_CACHE_DIR`` or the default).
+
+    Not yet checked for ownership or permissions: the kernel cache
+    (:mod:`debutla.backends._cache`) does that before using it.
+
+    Examples
+    --------
+    >>> isinstance(cache_root(), str)
+    True
+    """
+    try:
+        _load()
+    except ValueError:
+        pass  # the cache folder does not depend on the malformed variable
+    assert _cache_root is not None
+    return _cache_root

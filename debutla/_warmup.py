@@ -1,0 +1,74 @@
+"""Compile ahead of time what an operator's products will need (``debutla.warmup``)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Iterable
+
+import numpy as np
+
+from ._config import config
+from ._validation import check_choice, check_int
+from .operator import DeBut
+
+__all__ = ["warmup"]
+
+
+def warmup(op: Any, batch: int | Iterable[int] = 1, *, layout: str = "both",
+           adjoint: bool = True) -> float:
+    """Compile the kernels that products of ``op`` will use, and wait for them.
+
+    A chain's first product otherwise compiles its kernels (seconds on a cold cache;
+    see ``docs/performance.rst``), running on the slower generic kernel meanwhile.
+    Call this at start-up (or before forking worker processes) to pay that cost once,
+    up front.  Later processes load the compiled kernels from the cache.
+
+    Parameters
+    ----------
+    op : DeBut
+        The operator (its dtype is the one compiled; CPU backend of NumPy inputs).
+    batch : int or iterable of int
+        Batch sizes the application will use (1: ``op @ x``; kernels differ for one
+        or two rows, and for larger batches).
+    layout : {"both", "rows", "cols"}
+        ``"rows"``: ``X @ op.T`` / ``op.matmat_rows``; ``"cols"``: ``op @ X``.
+    adjoint : bool
+        Also prepare the adjoint products (``rmatvec``, ``x @ op``, ``to_dense``:
+        the generic kernel, shared by every chain).
+
+    Returns
+    -------
+    float
+        Seconds spent.
+
+    Raises
+    ------
+    TypeError
+        If ``op`` is not a DeBut operator or an argument has the wrong kind.
+    ValueError
+        If a batch size is not positive or ``layout`` is unknown.
+
+    Examples
+    --------
+    >>> import debutla as db
+    >>> op = db.DeBut.random("8 <-(2,2,4)- 8 <-(2,2,2)- 8 <-(2,2,1)- 8", seed=0)
+    >>> warmup(op, batch=(1, 64)) >= 0
+    True
+    """
+    if not isinstance(op, DeBut):
+        raise TypeError(f"warmup: op must be a DeBut operator, got {type(op).__name__}")
+    sizes = [batch] if not isinstance(batch, Iterable) else list(batch)
+    sizes = [check_int(k, "batch", where="warmup") for k in sizes]
+    layout = check_choice(layout, "layout", ("both", "rows", "cols"), where="warmup")
+    adjoint = bool(adjoint)
+    m, n = op.shape
+    t0 = time.perf_counter()
+    with config(background=False):
+        for k in sizes:
+            if layout in ("both", "rows") or k == 1:
+                op.matmat_rows(np.zeros((k, n), op.dtype))
+            if layout in ("both", "cols") and k > 1:
+                op.matmat(np.zeros((n, k), op.dtype))
+        if adjoint:
+            op.rmatvec(np.zeros(m, op.dtype))
+    return time.perf_counter() - t0
