@@ -15,6 +15,9 @@ Fitting
     :func:`factorize` (fit a dense matrix to a chain, a parameter budget or an error
     target; optionally data-aware), :class:`FitInfo`, :func:`tradeoff` (error against
     parameters beside the truncated SVD); :mod:`debutla.fit` for the methods.
+Running
+    :func:`config` (threads, backend, fused kernels, as a context manager),
+    :func:`warmup` (compile the kernels of an operator ahead of time).
 Adapters
     :func:`aslinearoperator` (``scipy.sparse.linalg.LinearOperator``);
     :mod:`debutla.testing` (``dottest``, ``assert_operator_close``).
@@ -49,6 +52,8 @@ _LAZY = {
     "load": ".io",
     "save": ".io",
     "DeButFileError": ".io",
+    "config": "._config",
+    "warmup": "._warmup",
 }
 _SUBMODULES = ("testing", "interop", "backends", "io", "fit", "cli")
 
@@ -65,6 +70,8 @@ __all__ = [
     "save",
     "load",
     "DeButFileError",
+    "config",
+    "warmup",
     "__version__",
 ]
 
@@ -72,6 +79,8 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from .fit.api import FitInfo, factorize
     from .fit.tradeoff import tradeoff
     from .interop.scipy import aslinearoperator
+    from ._config import config
+    from ._warmup import warmup
     from .io import DeButFileError, load, save
 
 
