@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import math
 import operator as _operator
-import re
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Iterable, Iterator, Sequence, overload
 
-from ._validation import check_int
+from ._validation import check_choice, check_int, check_real
 
-__all__ = ["FactorSpec", "Chain", "as_chain", "design_chain", "PAPER_CHAINS"]
+__all__ = ["FactorSpec", "Chain", "as_chain", "design_chain", "PAPER_CHAINS",
+           "MAX_DESIGN_SIZE"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,17 +58,9 @@ class FactorSpec:
         raw = f"factor {self.p} <-({self.r},{self.s},{self.t})- {self.q}"
         for name in ("p", "q", "r", "s", "t"):
             object.__setattr__(self, name, check_int(getattr(self, name), name, where=raw))
-        p, q, r, s, t = self.p, self.q, self.r, self.s, self.t
-        where = f"factor {self.notation()}"
-        if p % (r * t):
-            raise ValueError(f"{where}: p={p} must be a multiple of r*t={r * t}")
-        if q % (s * t):
-            raise ValueError(f"{where}: q={q} must be a multiple of s*t={s * t}")
-        if p // (r * t) != q // (s * t):
-            raise ValueError(
-                f"{where}: the block counts differ, p/(r*t)={p // (r * t)} but "
-                f"q/(s*t)={q // (s * t)}; they must be equal"
-            )
+        problem = _broken_rule(self.p, self.q, self.r, self.s, self.t)
+        if problem:
+            raise ValueError(f"factor {self.notation()}: {problem}")
 
     # -- derived quantities -------------------------------------------------------
     @property
@@ -105,49 +97,216 @@ class FactorSpec:
         return self.notation()
 
 
-_TOKEN = re.compile(
-    r"\s*(?:"
-    r"(?P<triple>\(\s*(?P<r>\d+)\s*,\s*(?P<s>\d+)\s*,\s*(?P<t>\d+)\s*\))"
-    r"|(?P<size>\d+)"
-    r"|(?P<arrow><-|\u2190|-|\u2212|\u2013|\u2014)"
-    r")"
-)
+def _broken_rule(p: int, q: int, r: int, s: int, t: int) -> str | None:
+    """The divisibility rule a factor ``(p, q, r, s, t)`` of positive ints breaks, if any."""
+    if p % (r * t):
+        return f"p={p} must be a multiple of r*t={r * t}"
+    if q % (s * t):
+        return f"q={q} must be a multiple of s*t={s * t}"
+    if p // (r * t) != q // (s * t):
+        return (f"the block counts differ, p/(r*t)={p // (r * t)} but q/(s*t)={q // (s * t)}; "
+                f"they must be equal")
+    return None
+
+
+def _check_links(specs: Sequence[FactorSpec], where: str, label) -> None:
+    """Refuse neighbours whose sizes do not chain; ``label(i)`` names factor ``i``."""
+    for i in range(1, len(specs)):
+        if specs[i].q != specs[i - 1].p:
+            raise ValueError(
+                f"{where}: sizes do not chain between {label(i - 1)} "
+                f"({specs[i - 1].notation()}) and {label(i)} ({specs[i].notation()}): "
+                f"{label(i)} takes q={specs[i].q} inputs but {label(i - 1)} gives "
+                f"p={specs[i - 1].p} outputs"
+            )
+
+
+def _factor_label(i: int) -> str:
+    return f"factor {i}"
+
+
+_DASHES = "-\u2212\u2013\u2014"  # '-', minus sign, en dash, em dash
+_OPEN_ARROW = "\u2190"  # '←'
 
 # Python's int() refuses decimal strings longer than this; also a sanity bound.
 _MAX_DIGITS = 30
 
-
-def _tokenize(text: str) -> list[tuple[str, object]]:
-    tokens: list[tuple[str, object]] = []
-    pos = 0
-    n = len(text)
-    while pos < n:
-        if text[pos].isspace():
-            pos += 1
-            continue
-        m = _TOKEN.match(text, pos)
-        if m is None or m.end() == pos:
-            raise ValueError(
-                f"Chain.parse: unexpected character {text[pos]!r} at position {pos} in "
-                f"{_clip(text)!r}; expected sizes, '(r,s,t)' triples and arrows '<-' / '\u2190'"
-            )
-        if m.group("triple") is not None:
-            digits = [m.group(k) for k in ("r", "s", "t")]
-            if any(len(d) > _MAX_DIGITS for d in digits):
-                raise ValueError(f"Chain.parse: number too large at position {pos}")
-            tokens.append(("triple", tuple(int(d) for d in digits)))
-        elif m.group("size") is not None:
-            d = m.group("size")
-            if len(d) > _MAX_DIGITS:
-                raise ValueError(f"Chain.parse: number too large at position {pos}")
-            tokens.append(("size", int(d)))
-        # arrows and dashes are decoration: ignored
-        pos = m.end()
-    return tokens
+# A valid chain quoted by error messages and docstrings as an example of the notation.
+_EXAMPLE_CHAIN = "8 <-(2,2,4)- 8 <-(2,2,2)- 8 <-(2,2,1)- 8"
 
 
-def _clip(text: str, n: int = 80) -> str:
-    return text if len(text) <= n else text[: n - 3] + "..."
+def _excerpt(text: str, pos: int, width: int = 60) -> str:
+    """``text`` (or a window of it around ``pos`` when long), quoted."""
+    if len(text) <= width:
+        return repr(text)
+    lo = max(0, min(pos - width // 2, len(text) - width))
+    return repr(("..." if lo else "") + text[lo:lo + width] + ("..." if lo + width < len(text) else ""))
+
+
+def _at(text: str, pos: int) -> str:
+    return f"{_excerpt(text, pos)} at position {pos}"
+
+
+def _ordinal(k: int) -> str:
+    suffix = "th" if 10 <= k % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(k % 10, "th")
+    return f"{k}{suffix}"
+
+
+class _Scanner:
+    """A cursor over the text of :meth:`Chain.parse`; every error names the user's text."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.pos = 0
+
+    def fail(self, what: str, pos: int | None = None) -> ValueError:
+        return ValueError(f"Chain.parse: {_at(self.text, self.pos if pos is None else pos)}: {what}")
+
+    def skip_space(self) -> None:
+        while self.pos < len(self.text) and self.text[self.pos].isspace():
+            self.pos += 1
+
+    def peek(self) -> str:
+        return self.text[self.pos] if self.pos < len(self.text) else ""
+
+    def unexpected(self, expected: str) -> ValueError:
+        c = self.peek()
+        if not c:
+            return self.fail(f"the text ends where {expected} was expected")
+        return self.fail(f"unexpected character {c!r} where {expected} was expected")
+
+    def number(self, expected: str) -> int:
+        start = self.pos
+        while self.pos < len(self.text) and self.text[self.pos] in "0123456789":
+            self.pos += 1
+        digits = self.text[start:self.pos]
+        if not digits:
+            raise self.unexpected(expected)
+        if len(digits) > _MAX_DIGITS:
+            raise self.fail(f"number too large ({len(digits)} digits)", start)
+        return int(digits)
+
+    def size(self, after: str) -> int:
+        self.skip_space()
+        c = self.peek()
+        if c and c in _DASHES:
+            raise self.fail(f"{c!r} before a size: sizes are positive whole numbers, and a "
+                            f"dash only closes an arrow '<-(r,s,t)-'")
+        if c == "(":
+            raise self.fail(f"a size is missing {after}: sizes and (r,s,t) triples must "
+                            f"alternate")
+        return self.number("a size")
+
+    def triple(self) -> tuple[int, int, int]:
+        open_pos = self.pos
+        self.pos += 1  # '('
+        nums: list[int] = []
+        while True:
+            self.skip_space()
+            if self.peek() == ")" and len(nums) < 3:
+                raise self.fail(f"a triple needs 3 numbers (r,s,t), got {len(nums)} in "
+                                f"{self.text[open_pos:self.pos + 1]!r}")
+            if not self.peek():
+                raise self.fail(f"missing ')' closing the triple "
+                                f"{self.text[open_pos:self.pos].strip()!r}")
+            nums.append(self.number("a number of the triple (r,s,t)"))
+            self.skip_space()
+            c = self.peek()
+            if c == ")":
+                if len(nums) != 3:
+                    raise self.fail(f"a triple needs 3 numbers (r,s,t), got {len(nums)} in "
+                                    f"{self.text[open_pos:self.pos + 1]!r}")
+                self.pos += 1
+                return (nums[0], nums[1], nums[2])
+            if c == ",":
+                if len(nums) == 3:
+                    raise self.fail(f"a triple needs 3 numbers (r,s,t), got more in "
+                                    f"{self.text[open_pos:self.pos + 1]!r}...")
+                self.pos += 1
+                continue
+            if len(nums) == 3 and (not c or c in _DASHES or c.isspace()):
+                raise self.fail(f"missing ')' closing the triple "
+                                f"{self.text[open_pos:self.pos].strip()!r}")
+            raise self.unexpected("',' or ')'")
+
+    def open_arrow(self) -> str:
+        """Read '<-' or '←' if present (the empty string if absent)."""
+        c = self.peek()
+        if c == _OPEN_ARROW:
+            self.pos += 1
+            return c
+        if c == "<":
+            nxt = self.text[self.pos + 1: self.pos + 2]
+            if not nxt or nxt not in _DASHES:
+                raise self.fail("missing '-' after '<': an arrow is written '<-(r,s,t)-'")
+            self.pos += 2
+            return "<" + nxt
+        if c and c in _DASHES:
+            raise self.fail(f"missing '<' before {c!r}: an arrow is written '<-(r,s,t)-'")
+        return ""
+
+
+def _scan(text: str) -> tuple[list[int], list[tuple[int, int, int]], list[tuple[int, int]]]:
+    """Sizes (output first), triples, and the span of ``size (triple) size`` of each."""
+    sc = _Scanner(text)
+    sc.skip_space()
+    if not sc.peek():
+        raise ValueError(f"Chain.parse: empty chain; expected e.g. {_EXAMPLE_CHAIN!r}")
+    if sc.peek() == "(" or sc.peek() == _OPEN_ARROW or sc.peek() == "<":
+        raise sc.fail("the chain must start with its output size")
+    starts = [sc.pos]
+    sizes = [sc.size("")]
+    ends = [sc.pos]
+    triples: list[tuple[int, int, int]] = []
+    while True:
+        sc.skip_space()
+        if not sc.peek():
+            break
+        arrow_pos = sc.pos
+        arrow = sc.open_arrow()
+        sc.skip_space()
+        if sc.peek() != "(":
+            if arrow and not sc.peek():
+                raise sc.fail(f"trailing arrow {arrow!r}: a triple '(r,s,t)' and the input "
+                              f"size are missing", arrow_pos)
+            if not arrow and sc.peek() in "0123456789":
+                raise sc.fail(f"a triple '(r,s,t)' is missing between the sizes {sizes[-1]} "
+                              f"and {text[sc.pos:].split()[0]!r}")
+            raise sc.unexpected("a triple '(r,s,t)'" if arrow else
+                                "an arrow '<-(r,s,t)-' or a triple '(r,s,t)'")
+        triple_pos = sc.pos
+        triples.append(sc.triple())
+        shown = text[triple_pos:sc.pos]
+        sc.skip_space()
+        c = sc.peek()
+        closed = bool(c) and c in _DASHES
+        if closed:
+            sc.pos += 1
+        if arrow and not closed:
+            raise sc.fail(f"missing '-' after {shown!r}: the arrow opened with {arrow!r} "
+                          f"must close, as in '<-(r,s,t)-'")
+        if closed and not arrow:
+            raise sc.fail(f"missing '<-' before {shown!r}: an arrow is written "
+                          f"'<-(r,s,t)-'", triple_pos)
+        sc.skip_space()
+        if not sc.peek():
+            raise sc.fail(f"the chain must end with a size: the input size after "
+                          f"{text[arrow_pos:sc.pos].strip()!r} is missing")
+        starts.append(sc.pos)
+        sizes.append(sc.size(f"after {shown!r}"))
+        ends.append(sc.pos)
+    if not triples:
+        raise ValueError(f"Chain.parse: {_excerpt(text, 0)} needs at least "
+                         f"'size (r,s,t) size', e.g. {_EXAMPLE_CHAIN!r}")
+    spans = [(starts[j], ends[j + 1]) for j in range(len(triples))]
+    return sizes, triples, spans
+
+
+def _slice_text(s: slice) -> str:
+    def part(v):
+        return "" if v is None else str(v)
+    text = f"{part(s.start)}:{part(s.stop)}"
+    return text if s.step is None else f"{text}:{part(s.step)}"
 
 
 class Chain(Sequence[FactorSpec]):
@@ -213,16 +372,18 @@ class Chain(Sequence[FactorSpec]):
                 raise type(e)(f"Chain(factors): factor {i}: {e}") from None
         if not specs:
             raise ValueError("Chain(factors): a chain needs at least one factor")
-        for i in range(1, len(specs)):
-            if specs[i].q != specs[i - 1].p:
-                raise ValueError(
-                    f"Chain(factors): sizes do not chain between factor {i - 1} "
-                    f"({specs[i - 1].notation()}) and factor {i} ({specs[i].notation()}): "
-                    f"factor {i} takes q={specs[i].q} inputs but factor {i - 1} gives "
-                    f"p={specs[i - 1].p} outputs"
-                )
+        _check_links(specs, "Chain(factors)", _factor_label)
         self._factors: tuple[FactorSpec, ...] = tuple(specs)
         self._hash = hash(self._factors)
+
+    @classmethod
+    def _linked(cls, specs: Sequence[FactorSpec], where: str, label=_factor_label) -> "Chain":
+        """A chain of valid specs whose links are checked with errors naming ``where``."""
+        _check_links(specs, where, label)
+        chain = cls.__new__(cls)
+        chain._factors = tuple(specs)
+        chain._hash = hash(chain._factors)
+        return chain
 
     # -- constructors ---------------------------------------------------------------
     @classmethod
@@ -232,7 +393,10 @@ class Chain(Sequence[FactorSpec]):
         Accepts ``512 <-(2,4,256)- 1024 ...``, the Unicode form
         ``512 \u2190(2,4,256)\u2212 1024 ...`` and the whitespace-only form
         ``512 (2,4,256) 1024 ...``.  Sizes and triples must alternate, starting and ending
-        with a size.
+        with a size.  A triple is either bare, ``(r,s,t)``, or a whole arrow: an opening
+        ``<-`` (or ``\u2190``) and a closing dash (``-``, ``\u2212``, en or em dash) around
+        it; half an arrow, a missing ``)``, a trailing arrow and a dash before a size
+        (``-4``) are errors.  Sizes and ``r, s, t`` are whole numbers written in digits.
 
         Parameters
         ----------
@@ -248,7 +412,11 @@ class Chain(Sequence[FactorSpec]):
         TypeError
             If ``text`` is not a string.
         ValueError
-            If the text is malformed or describes an invalid chain.
+            If the text is malformed or describes an invalid chain.  The message quotes
+            the text (a window of it when long) and the position of the problem; a factor
+            is named by its index in application order, as ``chain[i]`` (``factor 0`` is
+            the right-most triple), followed by its part of the text and its place
+            counted from the left.
 
         Examples
         --------
@@ -257,37 +425,21 @@ class Chain(Sequence[FactorSpec]):
         """
         if not isinstance(text, str):
             raise TypeError(f"Chain.parse(text): text must be a str, got {type(text).__name__}")
-        tokens = _tokenize(text)
-        if not tokens:
-            raise ValueError("Chain.parse: empty chain; expected e.g. '16 <-(2,8,1)- 128'")
-        if len(tokens) < 3:
-            raise ValueError(
-                f"Chain.parse: {_clip(text)!r} needs at least 'size (r,s,t) size'"
-            )
-        for k, (kind, val) in enumerate(tokens):
-            want = "size" if k % 2 == 0 else "triple"
-            if kind != want:
-                raise ValueError(
-                    f"Chain.parse: item {k} of {_clip(text)!r} is a {kind} ({val!r}) but a "
-                    f"{want} was expected; sizes and (r,s,t) triples must alternate"
-                )
-        if tokens[-1][0] != "size":
-            raise ValueError(f"Chain.parse: {_clip(text)!r} must end with a size")
-        sizes = [v for k, v in tokens[0::2]]
-        triples = [v for k, v in tokens[1::2]]
+        sizes, triples, spans = _scan(text)
+        n = len(triples)
         specs = []
-        # tokens are output-first: factor between sizes[j] (p) and sizes[j+1] (q)
-        for j in range(len(triples) - 1, -1, -1):
-            r, s, t = triples[j]  # type: ignore[misc]
-            idx = len(triples) - 1 - j
-            try:
-                specs.append(FactorSpec(sizes[j], sizes[j + 1], r, s, t))  # type: ignore[arg-type]
-            except ValueError as e:
-                raise ValueError(f"Chain.parse: factor {idx}: {e}") from None
-        try:
-            return cls(specs)
-        except ValueError as e:
-            raise ValueError(str(e).replace("Chain(factors)", "Chain.parse")) from None
+        for j in range(n - 1, -1, -1):  # the right-most triple is applied first
+            shown = " ".join(text[spans[j][0]:spans[j][1]].split())
+            where = (f"Chain.parse: factor {n - 1 - j} in application order ({shown!r}, the "
+                     f"{_ordinal(j + 1)} triple from the left)")
+            vals = (sizes[j], sizes[j + 1]) + triples[j]
+            for name, v in zip("pqrst", vals):
+                check_int(v, name, where=where)
+            problem = _broken_rule(*vals)
+            if problem:
+                raise ValueError(f"{where}: {problem}")
+            specs.append(FactorSpec(*vals))
+        return cls._linked(specs, "Chain.parse")  # neighbours share a size: they chain
 
     @classmethod
     def from_pqrst(cls, rows: Iterable[Sequence[int]]) -> "Chain":
@@ -320,17 +472,29 @@ class Chain(Sequence[FactorSpec]):
         >>> Chain.from_ks([(1, 2, 2, 2), (2, 2, 2, 1)]) == Chain.parse("4 (2,2,2) 4 (2,2,1) 4")
         True
         """
+        where = "Chain.from_ks"
+        try:
+            pats = list(patterns)
+        except TypeError:
+            raise TypeError(f"{where}: patterns must be an iterable of (a, b, c, d) "
+                            f"tuples, got {type(patterns).__name__}") from None
         specs = []
-        pats = list(patterns)
-        for i, pat in enumerate(reversed(pats)):
-            vals = tuple(pat)
+        for k in range(len(pats) - 1, -1, -1):  # output first: reverse
+            pat = pats[k]
+            try:
+                vals = tuple(pat)
+            except TypeError:
+                raise TypeError(f"{where}: pattern {k} must be a sequence of 4 integers "
+                                f"(a, b, c, d), got {pat!r}") from None
             if len(vals) != 4:
-                raise ValueError(f"Chain.from_ks: pattern {len(pats) - 1 - i} must have 4 "
-                                 f"numbers (a, b, c, d), got {len(vals)}")
-            a, b, c, d = (check_int(v, n, where=f"Chain.from_ks: pattern {len(pats) - 1 - i}")
+                raise ValueError(f"{where}: pattern {k} must have 4 numbers (a, b, c, d), "
+                                 f"got {len(vals)}")
+            a, b, c, d = (check_int(v, n, where=f"{where}: pattern {k}")
                           for n, v in zip("abcd", vals))
             specs.append(FactorSpec(a * b * d, a * c * d, b, c, d))
-        return cls(specs)
+        if not specs:
+            raise ValueError(f"{where}: a chain needs at least one pattern")
+        return cls._linked(specs, where, lambda i: f"pattern {len(specs) - 1 - i}")
 
     def to_ks(self) -> list[tuple[int, int, int, int]]:
         """The lazylinop patterns ``(a, b, c, d) = (nb, r, s, t)``, output side first."""
@@ -377,9 +541,45 @@ class Chain(Sequence[FactorSpec]):
     def __getitem__(self, i: slice) -> "Chain": ...
 
     def __getitem__(self, i):  # type: ignore[override]
+        """``chain[i]``: a :class:`FactorSpec`; ``chain[a:b]``: a :class:`Chain`.
+
+        Indices count in application order (``chain[0]`` is applied first).  A slice
+        gives the sub-chain of the factors it selects; as a :class:`Chain` cannot be
+        empty, a slice that selects no factor (``chain[5:5]``) raises ``ValueError``
+        (slices never raise ``IndexError``, as the sequence protocol wants), and so
+        does a strided slice whose factors do not chain.
+
+        Raises
+        ------
+        IndexError
+            If an integer index is out of range.
+        TypeError
+            If the index is neither an integer nor a slice.
+        ValueError
+            If a slice selects no factor, or factors that do not chain.
+
+        Examples
+        --------
+        >>> c = Chain.butterfly(8)
+        >>> c[0], len(c[1:])
+        (FactorSpec(p=8, q=8, r=2, s=2, t=1), 2)
+        """
+        n = len(self._factors)
         if isinstance(i, slice):
-            return Chain(self._factors[i])
-        return self._factors[i]
+            where = f"Chain[{_slice_text(i)}]"
+            picked = self._factors[i]
+            if not picked:
+                raise ValueError(f"{where}: the slice selects no factor of this {n}-factor "
+                                 f"chain, and a chain needs at least one factor")
+            return Chain._linked(picked, where, lambda k: f"factor {k} of the slice")
+        if isinstance(i, bool) or not hasattr(type(i), "__index__"):
+            raise TypeError(f"Chain indices must be integers or slices, got "
+                            f"{type(i).__name__}")
+        k = _operator.index(i)
+        if not -n <= k < n:
+            raise IndexError(f"Chain index {k} is out of range for a chain of {n} factors "
+                             f"(valid: {-n} to {n - 1})")
+        return self._factors[k]
 
     def __iter__(self) -> Iterator[FactorSpec]:
         return iter(self._factors)
@@ -528,41 +728,106 @@ def as_chain(chain: "Chain | str", *, where: str = "chain") -> Chain:
                     f"got {type(chain).__name__}")
 
 
-def _divisors(n: int) -> list[int]:
-    small, large = [], []
-    d = 1
-    while d * d <= n:
-        if n % d == 0:
-            small.append(d)
-            if d * d != n:
-                large.append(n // d)
-        d += 1
-    return small + large[::-1]
+
+#: The largest ``m`` or ``n`` :func:`design_chain` accepts (a vector of this size in
+#: float64 already takes 32 GiB).
+MAX_DESIGN_SIZE = 2**32
+
+#: Work allowance of one :func:`design_chain` call, in ``(r, s)`` steps examined by its
+#: dynamic program (about a third of a second on one core); see design_chain's Notes.
+_DESIGN_WORK = 250_000
+
+#: Primes a padded size may contain (those up to the default radix 16).
+_PAD_PRIMES = (2, 3, 5, 7, 11, 13)
 
 
-def _largest_prime_factor(n: int) -> int:
-    best, d = 1, 2
+class _OutOfWork(Exception):
+    """The design search spent its work allowance (internal: design_chain answers it)."""
+
+
+class _Work:
+    """A countdown of dynamic-programming steps shared by one design_chain call."""
+
+    __slots__ = ("left",)
+
+    def __init__(self, steps: int) -> None:
+        self.left = steps
+
+    def spend(self, steps: int) -> None:
+        self.left -= steps
+        if self.left < 0:
+            raise _OutOfWork
+
+
+@lru_cache(maxsize=1024)
+def _prime_factors(n: int) -> tuple[int, ...]:
+    """The prime factors of ``n >= 1`` with multiplicity, ascending (trial division).
+
+    At most ``sqrt(n) / 2`` divisions: about 0.05 s for ``n`` near ``5 * 2**32``, the
+    largest padded size :func:`design_chain` can meet.
+    """
+    out = []
+    while n % 2 == 0:
+        out.append(2)
+        n //= 2
+    d = 3
     while d * d <= n:
         while n % d == 0:
-            best, n = d, n // d
-        d += 1
-    return max(best, n) if n > 1 else best
+            out.append(d)
+            n //= d
+        d += 2
+    if n > 1:
+        out.append(n)
+    return tuple(out)
 
 
-def _pad_candidates(n: int, max_pad: float, radix: int, limit: int = 6) -> list[int]:
-    """``n`` and the first few sizes in ``(n, n*(1+max_pad)]`` with prime factors <= radix."""
-    hi = max(n, int(math.floor(n * (1.0 + max_pad))))
-    out = [n]
-    k = n + 1
-    while k <= hi and len(out) < limit:
-        if _largest_prime_factor(k) <= radix:
-            out.append(k)
-        k += 1
-    return out
+def _small_divisors(x: int, primes: tuple[int, ...], bound: int) -> list[int]:
+    """The divisors of ``x`` up to ``bound``, ascending; ``primes`` holds x's primes."""
+    divs = [1]
+    for p in primes:
+        e, y = 0, x
+        while y % p == 0:
+            y //= p
+            e += 1
+        more = []
+        for d in divs:
+            for _ in range(e):
+                d *= p
+                if d > bound:
+                    break
+                more.append(d)
+        divs += more
+    return sorted(divs)
 
 
 @lru_cache(maxsize=256)
-def _dp(M: int, N: int, kind: str, radix: int):
+def _pad_candidates(n: int, max_pad: float, primes: tuple[int, ...],
+                    limit: int = 5) -> tuple[int, ...]:
+    """``n`` and the ``limit`` smallest sizes in ``(n, n (1 + max_pad)]`` whose prime
+    factors are all in ``primes`` (which starts with 2).
+
+    Generated from the primes (a walk over exponents), not by testing every size.
+    """
+    hi = max(n, math.floor(n * (1.0 + max_pad)))
+    found: list[int] = []
+
+    def walk(k: int, value: int) -> None:
+        if k == 0:  # the power of two: value * 2**e in (n, hi]
+            v = value << max(0, (n // value).bit_length() - 1)
+            while v <= hi:
+                if v > n:
+                    found.append(v)
+                v <<= 1
+            return
+        while value <= hi:
+            walk(k - 1, value)
+            value *= primes[k]
+
+    walk(len(primes) - 1, 1)
+    return (n,) + tuple(sorted(found)[:limit])
+
+
+def _dp(M: int, N: int, kind: str, radix: int, work: _Work):
     """Dynamic program for min-parameter dense chains with prod r = M, prod s = N.
 
     State ``(a, b, left, phase, bulged)``: ``a`` = product of the r used so far, ``b`` =
@@ -570,27 +835,44 @@ def _dp(M: int, N: int, kind: str, radix: int):
     ``a r b`` values (the factor's ``p s``) and moves to ``(a r, b / s)``.  ``phase`` and
     ``bulged`` track the bulging shape (grow, then shrink, peak above ``max(M, N)``).
     No intermediate size may fall below ``min(M, N)`` (it would cap the product's rank).
+    Every state spends its number of ``(r, s)`` steps from ``work``.
     Returns ``go(left) -> (cost, ((r, s), ...)) | None``.
     """
     big, small = max(M, N), min(M, N)
-    div_cache: dict[int, list[int]] = {}
+    primes_m = tuple(sorted(set(_prime_factors(M))))
+    primes_n = tuple(sorted(set(_prime_factors(N))))
+    divs_m: dict[int, list[int]] = {}
+    divs_n: dict[int, list[int]] = {}
+    omega: dict[int, int] = {}
+    memo: dict[tuple, tuple | None] = {}
 
-    def divs(x: int) -> list[int]:
-        d = div_cache.get(x)
-        if d is None:
-            d = div_cache[x] = [v for v in _divisors(x) if v <= radix]
-        return d
+    def n_primes(x: int) -> int:  # prime factors of a divisor, with multiplicity
+        k = omega.get(x)
+        if k is None:
+            k = omega[x] = len(_prime_factors(x))
+        return k
 
-    @lru_cache(maxsize=None)
     def go(a: int, b: int, left: int, phase: int, bulged: bool):
         if left == 0:
             if a == M and b == 1 and (kind != "bulging" or bulged):
                 return (0, ())
             return None
+        if left > n_primes(M // a) + n_primes(b):  # each step uses up a prime factor
+            return None
+        key = (a, b, left, phase, bulged)
+        if key in memo:
+            return memo[key]
+        rs = divs_m.get(M // a)
+        if rs is None:
+            rs = divs_m[M // a] = _small_divisors(M // a, primes_m, radix)
+        ss = divs_n.get(b)
+        if ss is None:
+            ss = divs_n[b] = _small_divisors(b, primes_n, radix)
+        work.spend(len(rs) * len(ss))
         best = None
         size = a * b
-        for r in divs(M // a):
-            for s in divs(b):
+        for r in rs:
+            for s in ss:
                 if r == 1 and s == 1:
                     continue
                 if kind == "monotonic" and ((M < N and r > s) or (M > N and r < s)
@@ -613,20 +895,18 @@ def _dp(M: int, N: int, kind: str, radix: int):
                 cost = a * r * b + sub[0]
                 if best is None or cost < best[0]:
                     best = (cost, ((r, s),) + sub[1])
+        memo[key] = best
         return best
 
-    return go
+    def best_of(n_factors: int):
+        if M == 1 and N == 1:
+            return None
+        return go(1, N, n_factors, 0, False)
 
-
-def _best_sequence(M: int, N: int, n_factors: int, kind: str, radix: int):
-    """Min-parameter ``(r, s)`` sequence of exactly ``n_factors`` factors (or None)."""
-    if M == 1 and N == 1:
-        return None
-    return _dp(M, N, kind, radix)(1, N, n_factors, 0, False)
+    return best_of
 
 
 def _chain_from_rs(rs: Sequence[tuple[int, int]]) -> Chain:
-    M = math.prod(r for r, _ in rs)
     N = math.prod(s for _, s in rs)
     specs = []
     a, b, t = 1, N, 1
@@ -635,8 +915,45 @@ def _chain_from_rs(rs: Sequence[tuple[int, int]]) -> Chain:
         p = a * r * (b // s)
         specs.append(FactorSpec(p, q, r, s, t))
         a, b, t = a * r, b // s, t * r
-    del M
     return Chain(specs)
+
+
+def _design(m: int, n: int, kind: str, n_factors: int | None, max_radix: int,
+            max_pad: float, max_factors: int, work: _Work) -> Chain | None:
+    """The best chain for one radix bound, or None if none exists.
+
+    Padded size pairs are searched from the least padding up; when ``work`` runs out
+    the best chain found so far is returned (``_OutOfWork`` if there is none yet).
+    """
+    primes = tuple(p for p in _PAD_PRIMES if p <= max_radix)
+    pairs = sorted(((M, N) for M in _pad_candidates(m, max_pad, primes)
+                    for N in _pad_candidates(n, max_pad, primes)),
+                   key=lambda mn: (mn[0] * mn[1], mn))
+    best = None
+    for M, N in pairs:
+        radix = max(max_radix, _prime_factors(M)[-1] if M > 1 else 1,
+                    _prime_factors(N)[-1] if N > 1 else 1)
+        most = max(1, len(_prime_factors(M)) + len(_prime_factors(N)))
+        counts = [n_factors] if n_factors is not None else range(1, min(max_factors, most) + 1)
+        search = _dp(M, N, kind, radix, work)
+        try:
+            for L in counts:
+                if L == 1:
+                    if kind == "bulging":  # one factor has no intermediate size
+                        continue
+                    cand = (M * N, ((M, N),))
+                else:
+                    cand = search(L)
+                if cand is None:
+                    continue
+                key = (cand[0], M * N, L)
+                if best is None or key < best[0]:
+                    best = (key, cand[1])
+        except _OutOfWork:
+            if best is None:
+                raise
+            break
+    return None if best is None else _chain_from_rs(best[1])
 
 
 def design_chain(
@@ -706,61 +1023,44 @@ def design_chain(
     >>> c.is_dense, c.shape, c.nnz <= 75776
     (True, (512, 4608), True)
     """
-    m = check_int(m, "m", where="design_chain")
-    n = check_int(n, "n", where="design_chain")
-    if kind not in ("monotonic", "bulging", "any"):
-        raise ValueError(f"design_chain: kind must be 'monotonic', 'bulging' or 'any', "
-                         f"got {kind!r}")
-    if max_radix is None:
-        radix = 16
-        while True:
-            try:
-                return design_chain(m, n, kind, n_factors, max_radix=radix,
-                                    max_pad=max_pad, max_factors=max_factors)
-            except ValueError:
-                if radix >= max(m, n):
-                    raise
-                radix *= 2
-    max_radix = check_int(max_radix, "max_radix", where="design_chain")
-    if max_radix < 2:
-        raise ValueError(f"design_chain: max_radix must be >= 2, got {max_radix}")
-    max_factors = check_int(max_factors, "max_factors", where="design_chain")
+    m = check_int(m, "m", where="design_chain", max=MAX_DESIGN_SIZE)
+    n = check_int(n, "n", where="design_chain", max=MAX_DESIGN_SIZE)
+    kind = check_choice(kind, "kind", ("monotonic", "bulging", "any"), where="design_chain")
     if n_factors is not None:
         n_factors = check_int(n_factors, "n_factors", where="design_chain")
-    if not (isinstance(max_pad, (int, float)) and 0 <= max_pad <= 4):
-        raise ValueError(f"design_chain: max_pad must be a number in [0, 4], got {max_pad!r}")
+    if max_radix is not None:
+        max_radix = check_int(max_radix, "max_radix", where="design_chain", min=2)
+    max_pad = check_real(max_pad, "max_pad", where="design_chain", min=0, max=4)
+    max_factors = check_int(max_factors, "max_factors", where="design_chain")
 
     if n_factors == 1:
         if kind == "bulging":
             raise ValueError("design_chain: a bulging chain needs at least 2 factors")
         return Chain([FactorSpec(m, n, m, n, 1)])
 
-    counts = [n_factors] if n_factors is not None else list(range(1, max_factors + 1))
-    best = None
-    for M in _pad_candidates(m, max_pad, max_radix):
-        for N in _pad_candidates(n, max_pad, max_radix):
-            radix = max(max_radix, _largest_prime_factor(M), _largest_prime_factor(N))
-            pad = M * N
-            for L in counts:
-                if L == 1:
-                    if kind == "bulging":  # one factor has no intermediate size
-                        continue
-                    cand = (M * N, ((M, N),))
-                else:
-                    cand = _best_sequence(M, N, L, kind, radix)
-                if cand is None:
-                    continue
-                key = (cand[0], pad, L)
-                if best is None or key < best[0]:
-                    best = (key, cand[1])
-    if best is None:
-        raise ValueError(
-            f"design_chain: no dense {kind} chain with "
-            f"{'%d factors' % n_factors if n_factors else 'up to %d factors' % max_factors} "
-            f"serves {m}x{n} (max_radix={max_radix}, max_pad={max_pad}); try kind='any', "
-            f"more factors or a larger max_radix"
-        )
-    return _chain_from_rs(best[1])
+    work = _Work(_DESIGN_WORK)
+    radix = 16 if max_radix is None else max_radix
+    while True:
+        try:
+            found = _design(m, n, kind, n_factors, radix, max_pad, max_factors, work)
+        except _OutOfWork:
+            raise ValueError(
+                f"design_chain: the search for a chain (kind={kind!r}) serving {m}x{n} "
+                f"reached its "
+                f"work limit ({_DESIGN_WORK:,} steps) before finding one; give n_factors, "
+                f"a smaller max_radix or max_pad, or build the chain yourself (e.g. "
+                f"Chain.butterfly or Chain.parse)") from None
+        if found is not None:
+            return found
+        if max_radix is not None or radix >= max(m, n):
+            break
+        radix *= 2  # a few factors for a large matrix need large factors
+    counts = f"{n_factors} factors" if n_factors else f"up to {max_factors} factors"
+    radix_text = (f"max_radix={max_radix}" if max_radix is not None
+                  else f"max_radix grown up to {radix}")
+    raise ValueError(
+        f"design_chain: no dense {kind} chain with {counts} serves {m}x{n} ({radix_text}, "
+        f"max_pad={max_pad}); try kind='any', more factors or a larger max_radix")
 
 
 #: The chains of the DeBut paper's tables (Lin et al., NeurIPS 2021), in its notation,

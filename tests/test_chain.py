@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 
 import numpy as np
 import pytest
@@ -133,8 +134,10 @@ def test_paper_invalid_bulging_chain_is_refused_naming_the_factor_and_rule():
     with pytest.raises(ValueError) as e:
         Chain.parse(PAPER_INVALID)
     msg = str(e.value)
-    # 2730 is not a multiple of r*t = 8 for (8,6,1), the input-side factor 0
-    assert "factor 0" in msg and "2730 <-(8,6,1)- 2304" in msg and "r*t" in msg
+    # 2730 is not a multiple of r*t = 8 for (8,6,1), the input-side factor 0, quoted as
+    # the user wrote it (Unicode arrows) with its place counted from the left
+    assert "factor 0 in application order" in msg and "2730 ←(8,6,1)− 2304" in msg
+    assert "5th triple from the left" in msg and "r*t" in msg
 
 
 @pytest.mark.parametrize("name", sorted(R_SHAPES))
@@ -236,6 +239,20 @@ def test_ks_patterns_of_the_standard_butterfly():
     assert c.to_ks() == [(1, 2, 2, 4), (2, 2, 2, 2), (4, 2, 2, 1)]
 
 
+def test_from_ks_rejects_non_sequences_with_a_clear_type_error():
+    # issue 7 defect 8: from_ks([None]) gave a bare "'NoneType' object is not iterable"
+    with pytest.raises(TypeError) as e:
+        Chain.from_ks([(1, 2, 2, 1), None])
+    assert str(e.value) == ("Chain.from_ks: pattern 1 must be a sequence of 4 integers "
+                            "(a, b, c, d), got None")
+    with pytest.raises(TypeError, match="patterns must be an iterable"):
+        Chain.from_ks(None)
+    with pytest.raises(ValueError, match="at least one pattern"):
+        Chain.from_ks([])
+    with pytest.raises(ValueError, match="between pattern 1 .* and pattern 0"):
+        Chain.from_ks([(1, 2, 2, 2), (1, 2, 2, 1)])
+
+
 @pytest.mark.parametrize("pats, exc, words", [
     ([(1, 2, 2)], ValueError, ["pattern 0", "4 numbers"]),
     ([(1, 2, 2, 2), (2, 2, 2, 1, 1)], ValueError, ["pattern 1", "4 numbers"]),
@@ -279,6 +296,52 @@ def test_equal_chains_hash_equal_and_rebuilt_chains_are_equal(c):
     assert {c: 1}[again] == 1
     assert c != str(c)
     assert c != list(c)
+
+
+@given(chains(), st.integers(-12, 12))
+def test_integer_index_follows_the_sequence_contract(c, i):
+    specs = list(c)
+    if -len(specs) <= i < len(specs):
+        assert c[i] == specs[i]
+        assert c[np.int64(i)] == specs[i]
+    else:
+        with pytest.raises(IndexError, match=f"Chain index {i} is out of range for a "
+                                             f"chain of {len(c)} factors"):
+            c[i]
+
+
+@given(chains(), st.one_of(st.none(), st.integers(-10, 10)),
+       st.one_of(st.none(), st.integers(-10, 10)),
+       st.one_of(st.none(), st.integers(-3, 3).filter(lambda k: k != 0)))
+def test_slices_never_raise_index_error_and_give_a_chain_or_a_value_error(c, a, b, k):
+    picked = list(c)[a:b:k]
+    if not picked:
+        with pytest.raises(ValueError, match="selects no factor"):
+            c[a:b:k]
+        return
+    if all(picked[j].q == picked[j - 1].p for j in range(1, len(picked))):
+        sub = c[a:b:k]
+        assert isinstance(sub, Chain) and list(sub) == picked
+    else:
+        with pytest.raises(ValueError, match=r"Chain\[.*\]: sizes do not chain"):
+            c[a:b:k]
+
+
+def test_empty_slice_is_a_value_error_naming_the_slice_and_the_rule():
+    c = Chain.butterfly(8)
+    with pytest.raises(ValueError) as e:
+        c[5:5]
+    assert str(e.value) == ("Chain[5:5]: the slice selects no factor of this 3-factor "
+                            "chain, and a chain needs at least one factor")
+    with pytest.raises(ValueError, match=r"Chain\[::-1\]: sizes do not chain between "
+                                         r"factor 0 of the slice"):
+        Chain.parse("4 <-(2,2,2)- 4 <-(2,3,1)- 6")[::-1]
+
+
+@pytest.mark.parametrize("index", ["0", 1.0, None, (0,), True])
+def test_non_integer_indices_are_type_errors(index):
+    with pytest.raises(TypeError, match="integers or slices"):
+        Chain.butterfly(8)[index]
 
 
 def test_chains_differing_in_one_factor_are_unequal():
@@ -513,33 +576,83 @@ def test_from_pqrst_rejects_bad_rows_naming_the_row():
     ("", ["empty"]),
     ("   \n\t", ["empty"]),
     ("16", ["at least"]),
-    ("16 (2,8,1)", ["at least"]),
-    ("16 <-(2,8,1)- 128 (2,2,1)", ["end with a size"]),
-    ("(2,8,1) 128 (2,2,1) 4", ["item 0"]),
-    ("16 128 (2,8,1)", ["item 1"]),
-    ("16 (2,8,1) (2,2,1) 128", ["item 2"]),
-    ("16 <-(2,8)- 128", ["unexpected character"]),
-    ("16 <-(2,8,1,1)- 128", ["unexpected character"]),
-    ("16 <-[2,8,1]- 128", ["unexpected character"]),
-    ("16 <-(2;8;1)- 128", ["unexpected character"]),
-    ("16 <-(2,8,1)- 128x", ["unexpected character"]),
-    ("16 <-(2.0,8,1)- 128", ["unexpected character"]),
-    ("16 <-(2,8,1)- 1e2", ["unexpected character"]),
+    ("16 (2,8,1)", ["end with a size", "after '(2,8,1)' is missing"]),
+    ("16 <-(2,8,1)- 128 (2,2,1)", ["end with a size", "after '(2,2,1)'"]),
+    ("(2,8,1) 128 (2,2,1) 4", ["start with its output size", "position 0"]),
+    ("16 128 (2,8,1)", ["triple '(r,s,t)' is missing between the sizes 16 and '128'"]),
+    ("16 (2,8,1) (2,2,1) 128", ["a size is missing after '(2,8,1)'", "position 11"]),
+    ("16 <-(2,8)- 128", ["3 numbers", "got 2", "'(2,8)'"]),
+    ("16 <-(2,8,1,1)- 128", ["3 numbers", "got more"]),
+    ("16 <-[2,8,1]- 128", ["unexpected character '['", "position 5"]),
+    ("16 <-(2;8;1)- 128", ["unexpected character ';'"]),
+    ("16 <-(2,8,1)- 128x", ["unexpected character 'x'", "position 17"]),
+    ("16 <-(2.0,8,1)- 128", ["unexpected character '.'"]),
+    ("16 <-(2,8,1)- 1e2", ["unexpected character 'e'"]),
     ("16 <-(2,8,1)- " + "9" * 40, ["too large"]),
     ("16 <-(2,8," + "9" * 40 + ")- 128", ["too large"]),
+    # issue 10: half arrows, a missing ')', trailing arrows say what is missing
+    ("16 <-(2,8,1) 64", ["missing '-' after '(2,8,1)'", "position 13"]),
+    ("16 (2,8,1)- 64", ["missing '<-' before '(2,8,1)'", "position 3"]),
+    ("16 -(2,8,1)- 64", ["missing '<' before '-'"]),
+    ("16 < -(2,8,1)- 64", ["missing '-' after '<'"]),
+    ("16 <-(2,8,1- 64", ["missing ')' closing the triple '(2,8,1'"]),
+    ("16 <-(2,8,1", ["missing ')' closing the triple '(2,8,1'"]),
+    ("16 <-(2,8,1)- 64 <-", ["trailing arrow '<-'", "position 17"]),
+    ("16 \u2190(2,8,1)\u2212 64 \u2190", ["trailing arrow '\u2190'"]),
+    ("16 <-(2,8,1)-", ["end with a size", "'<-(2,8,1)-' is missing"]),
+    # issue 7 defect 8: minus signs were silently dropped
+    ("-4 (2,2,1) -4", ["'-' before a size", "position 0"]),
+    ("4 <-(2,2,1)- -4", ["'-' before a size", "position 13"]),
+    ("4 (2,2,1) -4", ["missing '<-' before '(2,2,1)'"]),
+    ("4 \u2212(2,2,1)\u2212 4", ["missing '<' before '\u2212'"]),
 ])
 def test_parse_rejects_malformed_text(text, words):
     with pytest.raises(ValueError) as e:
         Chain.parse(text)
+    msg = str(e.value)
+    assert msg.startswith("Chain.parse: ")
     for w in words:
-        assert w in str(e.value)
+        assert w in msg
+    if text.strip() and len(text) <= 60:
+        assert repr(text) in msg  # the user's text, not an internal form
+
+
+def test_parse_errors_on_long_text_show_a_window_around_the_problem():
+    good = " <-(2,2,1)- ".join(["4"] * 40)  # valid, over 400 characters
+    with pytest.raises(ValueError) as e:
+        Chain.parse(good + " <-(2,2,1)")
+    msg = str(e.value)
+    assert f"position {len(good) + 10}" in msg and "missing '-'" in msg
+    assert "'...-(2,2,1)- 4 <-(2,2,1)' at position" in msg and len(msg) < 250
+
+
+@pytest.mark.parametrize("where", ["empty", "at least"])
+def test_example_chain_quoted_by_parse_errors_is_itself_valid(where):
+    # issue 7 defect 8: the message used to quote the invalid '16 <-(2,8,1)- 128'
+    with pytest.raises(ValueError) as e:
+        Chain.parse("" if where == "empty" else "16")
+    example = re.search(r"e\.g\. '([^']+)'", str(e.value)).group(1)
+    assert Chain.parse(example).is_dense
+
+
+def test_parse_names_factors_in_application_order_with_their_text_and_place():
+    text = "8 (2,2,4) 8 \u2190(3,2,1)\u2212 8"
+    with pytest.raises(ValueError) as e:
+        Chain.parse(text)
+    msg = str(e.value)
+    assert ("factor 0 in application order ('8 \u2190(3,2,1)\u2212 8', the 2nd triple "
+            "from the left)") in msg
+    assert "multiple of r*t=3" in msg
 
 
 @pytest.mark.parametrize("text, words", [
     ("0 <-(1,1,1)- 0", ["factor 0", "positive"]),
     ("16 <-(0,8,1)- 128", ["factor 0", "r must be a positive"]),
-    ("8 <-(2,2,4)- 8 <-(3,2,1)- 8", ["factor 0", "8 <-(3,2,1)- 8", "multiple of r*t"]),
-    ("8 <-(3,2,4)- 8 <-(2,2,1)- 8", ["factor 1", "8 <-(3,2,4)- 8", "multiple of r*t"]),
+    ("8 <-(2,2,4)- 8 <-(3,2,1)- 8", ["factor 0", "8 <-(3,2,1)- 8", "2nd triple",
+                                     "multiple of r*t"]),
+    ("8 <-(3,2,4)- 8 <-(2,2,1)- 8", ["factor 1", "8 <-(3,2,4)- 8", "1st triple",
+                                     "multiple of r*t"]),
+    ("8 (3,2,4)   8 (2,2,1) 8", ["factor 1", "'8 (3,2,4) 8'", "1st triple"]),
     ("8 <-(2,3,1)- 8", ["factor 0", "multiple of s*t"]),
     ("8 <-(2,2,1)- 4", ["factor 0", "block counts"]),
 ])
