@@ -17,9 +17,9 @@ from ..chain import Chain, design_chain
 from ..operator import DeBut
 from ._layout import (Structure, analyse_chain, core_product, core_tensor, core_to_dense,
                       core_to_full, fitted_factors, full_to_core, not_chainable_message,
-                      sqnorm, user_factors)
+                      split_ranks, sqnorm, user_factors)
 from .als import ALSState, GeneralALSState
-from .hierarchical import hierarchical_balanced, hierarchical_core
+from .hierarchical import hierarchical_balanced, hierarchical_core, hierarchical_ranked
 from .search import candidate_chains, search_chain
 
 __all__ = ["factorize", "FitInfo", "lowrank_error", "METHODS", "ORDERS"]
@@ -363,6 +363,11 @@ class _Problem:
     def shape(self) -> tuple[int, int]:
         return self.A.shape  # type: ignore[return-value]
 
+    @property
+    def splittable(self) -> bool:
+        """Whether the hierarchical method applies (the chain or its transpose chainable)."""
+        return self.st is not None or _ranks(self.chain) is not None
+
     def to_user(self, vals: list[np.ndarray]) -> list[np.ndarray]:
         """Fitted values (core layout when chainable) to the user's canonical factors."""
         if self.st is None:
@@ -484,8 +489,31 @@ def _report(req: _Request, bar: _Progress, run: _Run, sweep: int, err: float) ->
         run.stop = "callback"
 
 
+def _ranks(chain: Chain) -> tuple[bool, tuple[int, ...]] | None:
+    """``(transposed, split ranks)`` of a chainable chain (either orientation), else None."""
+    for transposed, c in ((False, chain), (True, chain.transpose())):
+        ranks = split_ranks(c)
+        if ranks is not None:
+            return transposed, ranks
+    return None
+
+
 def _hierarchical(prob: _Problem, order: str):
-    """Hierarchical values (core layout), squared split errors, squared total error."""
+    """Hierarchical values (the problem's layout), squared split errors, squared total.
+
+    Chains with splits of rank > 1 (no path structure, ``prob.st is None``) go through
+    :func:`~.hierarchical.hierarchical_ranked` in the left-to-right order whatever
+    ``order`` says.
+    """
+    if prob.st is None:
+        transposed, ranks = _ranks(prob.chain)  # type: ignore[misc]
+        if not transposed:
+            vals, step2 = hierarchical_ranked(prob.Wf, prob.chain, ranks)
+        else:
+            vt, step2 = hierarchical_ranked(np.ascontiguousarray(prob.Wf.T),
+                                            prob.chain.transpose(), ranks)
+            vals = [np.ascontiguousarray(v.transpose(0, 2, 1, 3)) for v in reversed(vt)]
+        return vals, step2, sum(step2)
     if order == "balanced":
         vals, step2 = hierarchical_balanced(prob.T, prob.st)
         # the split errors are not orthogonal: measure
@@ -522,7 +550,7 @@ def _start(prob: _Problem, req: _Request, init: list[np.ndarray] | None,
         if prob.colscale is not None:  # init fits W; the target is W diag(l)
             init = [init[0] * _columns(prob.colscale, prob.chain[0])] + init[1:]
         return _Run(prob.to_fitted(_scaled(init, prob.exp0 + prob.exp, -1)))
-    if prob.st is None or req.method == "als":
+    if not prob.splittable or req.method == "als":
         return _Run(prob.to_fitted([np.array(v) for v in
                                     DeBut.random(prob.chain, seed=req.rng,
                                                  dtype=prob.A.dtype).factors]))
@@ -600,9 +628,8 @@ def _fit(req: _Request, prob: _Problem, w: _Weights | None,
     if prob.norm2 == 0:
         zero = [np.zeros(spec.value_shape, dtype=prob.A.dtype) for spec in prob.chain]
         return _Run(prob.to_fitted(zero), [0.0], stop="exact")
-    weighted_start = (w is not None and not w.exact and init is None
-                      and req.method != "als" and analyse_chain(prob.chain) is not None)
-    hier = req.method != "als" and init is None and (prob.st is not None or weighted_start)
+    hier = req.method != "als" and init is None and prob.splittable
+    weighted_start = hier and w is not None and not w.exact
     total = (req.max_sweeps if req.method != "hierarchical" else 0) + int(hier)
     bar = _Progress(req.progress, total, f"factorize[{req.method}]")
     try:
@@ -864,7 +891,8 @@ def factorize(
                            lambda c: _estimate(base, exp0, w, req.order, cache, c),
                            rel_error=req.target)
         fchain, searched = res.chain, res.tried
-    if req.method == "hierarchical" and analyse_chain(fchain) is None:
+    if req.method == "hierarchical" and analyse_chain(fchain) is None and \
+            _ranks(fchain) is None:
         raise ValueError(not_chainable_message(fchain,
                                                "factorize(chain, method='hierarchical'"))
     init_vals = None if req.init is None else _check_init(req.init, fchain, req.A.dtype)
