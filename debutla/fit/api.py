@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import dataclasses
+import functools
 import math
 import sys
 import time
@@ -489,6 +489,7 @@ def _report(req: _Request, bar: _Progress, run: _Run, sweep: int, err: float) ->
         run.stop = "callback"
 
 
+@functools.lru_cache(maxsize=64)
 def _ranks(chain: Chain) -> tuple[bool, tuple[int, ...]] | None:
     """``(transposed, split ranks)`` of a chainable chain (either orientation), else None."""
     for transposed, c in ((False, chain), (True, chain.transpose())):
@@ -686,6 +687,12 @@ def _rel(D: np.ndarray, A: np.ndarray, norm2: float) -> float:
 def _assemble(prob: _Problem, req: _Request, run: _Run, t0: float, w: _Weights | None,
               searched: tuple[tuple[Chain, float], ...] = ()):
     """The operator at the user's scale and its errors, measured from the fitted values."""
+    user = _scaled(prob.to_user(run.vals), prob.exp0 + prob.exp)
+    if prob.colscale is not None:
+        user[0] = user[0] / _columns(prob.colscale, prob.chain[0])
+    op = DeBut(prob.chain, user, shape=prob.shape)
+    if not req.return_info:  # the errors are only reported, never used
+        return op
     D = prob.dense(run.vals)
     data = None
     if prob.weight is not None:  # D fits base itself, weighted
@@ -695,12 +702,6 @@ def _assemble(prob: _Problem, req: _Request, run: _Run, t0: float, w: _Weights |
         data = _rel(D, prob.A, prob.norm2)
         D = _ldexp(D, prob.exp) / prob.colscale
     rel = _rel(D, prob.base, sqnorm(prob.base))
-    user = _scaled(prob.to_user(run.vals), prob.exp0 + prob.exp)
-    if prob.colscale is not None:
-        user[0] = user[0] / _columns(prob.colscale, prob.chain[0])
-    op = DeBut(prob.chain, user, shape=prob.shape)
-    if not req.return_info:
-        return op
     return op, _fit_info(prob, req, run, t0, rel=rel, data=data, w=w, searched=searched)
 
 

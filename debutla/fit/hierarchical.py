@@ -8,6 +8,7 @@ layouts) lives in :mod:`._layout`.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -304,8 +305,12 @@ def _support(spec) -> Any:
                          shape=(spec.p, spec.q))
 
 
+@functools.lru_cache(maxsize=2)
 def _prefix_supports(chain) -> list[np.ndarray]:
-    """``out[k]``: the support (bool, ``q_k x Q``) of ``R_{k-1} ... R_1`` for ``k >= 1``."""
+    """``out[k]``: the support (bool, ``q_k x Q``) of ``R_{k-1} ... R_1`` for ``k >= 1``.
+
+    Cached for the last two chains (a search or repeated fits of one chain).
+    """
     out: list[Any] = [None]
     S = _support(chain[0])
     for k in range(1, len(chain)):
