@@ -1,4 +1,4 @@
-"""Tests of debutla.fit (debutla.factorize): exactness, optimality, ALS properties, errors, plumbing."""
+"""Tests of debutla.fit (factorize): exactness, optimality, ALS, errors, plumbing."""
 
 from __future__ import annotations
 

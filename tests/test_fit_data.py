@@ -63,11 +63,11 @@ def test_exact_whitening_is_plain_fit_of_scaled_matrix():
     """Diagonal X^T X: the fit is the plain fit of W diag(l), columns scaled back."""
     rng = np.random.default_rng(1)
     W = rng.standard_normal(CHAIN.shape)
-    l = rng.uniform(0.2, 4, 72)
-    op, info = factorize(W, CHAIN, method="auto", X=np.diag(l), return_info=True)
-    ref, rinfo = factorize(W * l, CHAIN, method="auto", return_info=True)
+    scale = rng.uniform(0.2, 4, 72)
+    op, info = factorize(W, CHAIN, method="auto", X=np.diag(scale), return_info=True)
+    ref, rinfo = factorize(W * scale, CHAIN, method="auto", return_info=True)
     assert info.whitening == "exact"
-    np.testing.assert_allclose(op.to_dense() * l, ref.to_dense(), rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(op.to_dense() * scale, ref.to_dense(), rtol=1e-9, atol=1e-12)
     assert info.data_rel_error == pytest.approx(rinfo.rel_error, rel=1e-9)
     assert info.history == pytest.approx(rinfo.history, rel=1e-9)
 

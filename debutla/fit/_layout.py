@@ -90,7 +90,8 @@ def analyse_chain(chain: Chain) -> Structure | None:
 
     Examples
     --------
-    >>> st = analyse_chain(Chain.parse("16 <-(2,2,8)- 16 <-(2,6,4)- 48 <-(1,2,4)- 96 <-(4,3,1)- 72"))
+    >>> st = analyse_chain(Chain.parse("16 <-(2,2,8)- 16 <-(2,6,4)- 48 "
+    ...                                "<-(1,2,4)- 96 <-(4,3,1)- 72"))
     >>> st.transposed, st.A, st.D, st.rs
     (False, 1, 1, ((4, 3), (1, 2), (2, 6), (2, 2)))
     >>> analyse_chain(Chain.parse("4 <-(4,4,1)- 4 <-(4,4,1)- 4")) is None
@@ -211,7 +212,7 @@ def fitted_factors(user: list[np.ndarray], st: Structure) -> list[np.ndarray]:
 
 
 def extend_paths(V: np.ndarray, P: np.ndarray) -> np.ndarray:
-    """One path step: ``P_{k+1}`` from ``V_k`` ``(G, nb, r, s, t)`` and ``P_k`` ``(G, nb, s, t, c)``.
+    """One path step: ``P_{k+1}`` from ``V_k`` (G, nb, r, s, t) and ``P_k`` (G, nb, s, t, c).
 
     Returns shape ``(G, nb, r t, s c)``: ``P_{k+1}[g, b, (i, t), (j, c)] = V[g,b,i,j,t]
     P[g,b,j,t,c]`` (one path per entry).

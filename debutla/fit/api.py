@@ -290,21 +290,21 @@ def _split_exponent(e: int, n: int) -> list[int]:
 class _Weights:
     """Calibration inputs as a weight: ``L L^H = X^T conj(X)`` (normalised scale).
 
-    ``l`` is set (the column norms of ``X``) when ``X^T conj(X)`` is diagonal, so that
+    ``cols`` is set (the column norms ``l`` of ``X``) when ``X^T conj(X)`` is diagonal, so that
     whitening is a column scaling, exact for every chain; ``L`` is the symmetric square
     root otherwise.
     """
 
-    l: np.ndarray | None
+    cols: np.ndarray | None
     L: np.ndarray | None
 
     @property
     def exact(self) -> bool:
-        return self.l is not None
+        return self.cols is not None
 
     def apply(self, A: np.ndarray) -> np.ndarray:
         """``A L`` (the whitened matrix)."""
-        return A * self.l if self.l is not None else A @ self.L
+        return A * self.cols if self.cols is not None else A @ self.L
 
 
 def _weights(X: np.ndarray, dtype: np.dtype) -> _Weights:
@@ -313,11 +313,11 @@ def _weights(X: np.ndarray, dtype: np.dtype) -> _Weights:
     C = Xn.T @ Xn.conj()
     d = np.real(np.diagonal(C)).copy()
     if np.count_nonzero(C - np.diag(np.diagonal(C))) == 0:
-        l = np.sqrt(d)
+        cols = np.sqrt(d)
         # inputs that are never excited: the smallest weight of the others (not zero, so
         # that the column scaling can be undone)
-        l[l == 0] = l[l > 0].min()
-        return _Weights(l.astype(dtype.type(0).real.dtype), None)
+        cols[cols == 0] = cols[cols > 0].min()
+        return _Weights(cols.astype(dtype.type(0).real.dtype), None)
     lam, V = np.linalg.eigh(C)
     L = (V * np.sqrt(np.clip(lam, 0, None))) @ V.conj().T
     return _Weights(None, L.astype(dtype, copy=False))
@@ -532,11 +532,11 @@ def _scaled(vals: list[np.ndarray], exp: int, sign: int = 1) -> list[np.ndarray]
     return [_ldexp(v, sign * e) for v, e in zip(vals, _split_exponent(exp, len(vals)))]
 
 
-def _columns(l: np.ndarray, spec) -> np.ndarray:
-    """``l`` (one entry per input, padded with ones) in a first factor's value layout."""
+def _columns(scale: np.ndarray, spec) -> np.ndarray:
+    """``scale`` (one entry per input, padded with ones) in a first factor's value layout."""
     nb, _, s, t = spec.value_shape
-    lp = np.ones(spec.q, dtype=l.dtype)
-    lp[:l.size] = l
+    lp = np.ones(spec.q, dtype=scale.dtype)
+    lp[:scale.size] = scale
     return lp.reshape(nb, 1, s, t)
 
 
@@ -619,7 +619,7 @@ def _problem(req: _Request, base: np.ndarray, exp0: int, w: _Weights | None,
     if w is None:
         return _prepare(base, chain, base, exp0)
     if w.exact:
-        return _prepare(w.apply(base), chain, base, exp0, colscale=w.l)
+        return _prepare(w.apply(base), chain, base, exp0, colscale=w.cols)
     return _prepare(base, chain, base, exp0, weight=w.L, chainable=False)
 
 

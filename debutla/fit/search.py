@@ -61,9 +61,10 @@ def candidate_chains(m: int, n: int, *, max_params: int | None = None,
     ``2 .. max_factors`` (:func:`~debutla.design_chain`, which also pads), the same with
     the radix capped at 2 and 4 (more factors, fewer values), every two-factor dense
     chain ``(r_1, s_1), (m / r_1, n / s_1)`` whose middle size ``r_1 n / s_1`` is at least
-    ``min(m, n)`` and which is smaller than the dense matrix (these fill the range between the two-factor minimum and the dense
-    matrix), and the dense matrix itself (one factor).  Bulging designs are not listed:
-    designing them costs about a second each at ``768 x 3072``.
+    ``min(m, n)`` and which is smaller than the dense matrix (these fill the range
+    between the two-factor minimum and the dense matrix), and the dense matrix itself
+    (one factor).  Bulging designs are not listed: designing them costs about a second
+    each at ``768 x 3072``.
 
     Examples
     --------
