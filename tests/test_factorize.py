@@ -601,6 +601,20 @@ def test_ranked_chains_hierarchical(text, dtype):
                                             rel=1e-8)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.complex64])
+def test_ranked_single_precision_padding_scale(dtype):
+    chain = Chain.parse("32 <-(8,8,4)- 32 <-(8,8,1)- 32")
+    W = DeBut.random(chain, seed=1, dtype=dtype).to_dense() * np.float32(1e-30)
+    op, info = factorize(W, chain, method="hierarchical", return_info=True)
+    assert op.dtype == np.dtype(dtype) and info.rel_error < EXACT_TOL[dtype]
+    # padded: the zero-padded matrix is fitted and the error measured on W itself
+    V = random_matrix((30, 27), dtype, np.random.default_rng(0))
+    op, info = factorize(V, chain, method="hierarchical", return_info=True)
+    assert op.shape == (30, 27)
+    assert info.rel_error == pytest.approx(rel(op.to_dense().astype(np.complex128),
+                                               V.astype(np.complex128)), rel=1e-4)
+
+
 @HSET
 @given(seed=st.integers(0, 2**31 - 1), transposed=st.booleans())
 def test_ranked_two_factors_is_the_optimum(seed, transposed):

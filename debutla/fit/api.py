@@ -67,8 +67,9 @@ class FitInfo:
         Shape of ``W`` (the operator's shape).
     svd_rel_error : float or None
         Relative error of the truncated SVD that stores at most as many values
-        (``svd_rank * (m + n) <= n_params``), for comparison; None unless
-        ``return_info`` (it costs one eigen decomposition of ``W``'s smaller Gram matrix).
+        (``svd_rank * (m + n) <= n_params``), for comparison.  It costs one eigen
+        decomposition of ``W``'s smaller Gram matrix, paid only when ``factorize`` is
+        asked for its info (``return_info=True``).
     svd_rank : int
         The rank of that truncated SVD.
     data_rel_error : float or None
