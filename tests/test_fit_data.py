@@ -120,3 +120,29 @@ def test_data_aware_budget_search():
     op, info = factorize(W, "auto", max_params=1500, X=X, return_info=True)
     assert info.n_params <= 1500 and info.whitening == "exact"
     assert info.data_rel_error <= min(e for _, e in info.searched) * (1 + 1e-12)
+
+
+@pytest.mark.parametrize("cplx", [False, True])
+def test_weighted_closed_form_equals_matrix_free(cplx):
+    """The closed-form weighted update takes the same exact LS steps as weighted LSQR."""
+    from debutla.fit._layout import analyse_chain, core_tensor, full_to_core
+    from debutla.fit.als import GeneralALSState, WeightedALSState
+
+    rng = np.random.default_rng(6)
+    W = rng.standard_normal(CHAIN.shape) + (1j * rng.standard_normal(CHAIN.shape)
+                                            if cplx else 0)
+    X = rng.standard_normal((1000, 72)) * np.linspace(0.5, 2, 72)
+    if cplx:
+        X = X + 1j * rng.standard_normal((1000, 72))
+    C = X.T @ X.conj()
+    lam, V = np.linalg.eigh(C)
+    L = (V * np.sqrt(np.clip(lam, 0, None))) @ V.conj().T
+    init = list(DeBut.random(CHAIN, seed=1, dtype=W.dtype).factors)
+    g = GeneralALSState(W, CHAIN, init, weight=L, iter_lim=5000, rtol=1e-15)
+    s = analyse_chain(CHAIN)
+    T, _ = core_tensor(W, s)
+    w = WeightedALSState(T, s.rs, full_to_core(init, s), C)
+    for sweep in range(3):
+        e_g = g.sweep_up() if sweep % 2 == 0 else g.sweep_down()
+        e_w = w.sweep_up() if sweep % 2 == 0 else w.sweep_down()
+        assert e_w == pytest.approx(e_g, rel=1e-6)

@@ -18,7 +18,7 @@ from ..operator import DeBut
 from ._layout import (Structure, analyse_chain, core_product, core_tensor, core_to_dense,
                       core_to_full, fitted_factors, full_to_core, not_chainable_message,
                       split_ranks, sqnorm, user_factors)
-from .als import ALSState, GeneralALSState
+from .als import ALSState, GeneralALSState, WeightedALSState
 from .hierarchical import hierarchical_balanced, hierarchical_core, hierarchical_ranked
 from .search import candidate_chains, search_chain
 
@@ -395,6 +395,9 @@ class _Problem:
         """The ALS engine for this problem, started at ``vals``."""
         if self.st is None:
             return GeneralALSState(self.Wf, self.chain, vals, weight=self.weight)
+        if self.weight is not None:  # dense chain, one core problem: closed form
+            return WeightedALSState(self.T, self.st.rs, vals,
+                                    self.weight @ self.weight.conj().T)
         return ALSState(self.T, self.st.rs, vals)
 
 
@@ -411,16 +414,18 @@ def _prepare(target: np.ndarray, chain: Chain, base: np.ndarray, exp0: int, *,
         Wp = np.zeros((P, Q), dtype=An.dtype)
         Wp[:m, :n] = An
     st = analyse_chain(chain) if chainable else None
+    Wq = None
+    if weight is not None:  # inputs padded with zeros carry no weight
+        Wq = np.zeros((Q, Q), dtype=weight.dtype)
+        Wq[:n, :n] = weight
+        if st is not None and (st.G > 1 or st.transposed):  # no closed form: matrix-free
+            st = None
+    norm2 = sqnorm(An if weight is None else An @ weight)
     if st is None:
-        Wq = None
-        if weight is not None:
-            Wq = np.zeros((Q, Q), dtype=weight.dtype)
-            Wq[:n, :n] = weight
-        norm2 = sqnorm(An if weight is None else An @ weight)
         return _Problem(chain, None, An, exp, Wp, None, 0.0, norm2, base, exp0, colscale, Wq)
     Wf = Wp.T if st.transposed else Wp
     T, off2 = core_tensor(Wf, st)
-    return _Problem(chain, st, An, exp, Wf, T, off2, sqnorm(An), base, exp0, colscale)
+    return _Problem(chain, st, An, exp, Wf, T, off2, norm2, base, exp0, colscale, Wq)
 
 
 # ---------------------------------------------------------------------------------------
@@ -573,7 +578,7 @@ def _start_weighted(prob: _Problem, req: _Request, w: _Weights, bar: _Progress) 
     for target in (prob.base, w.apply(prob.base)):
         sub = _prepare(target, prob.chain, prob.base, prob.exp0)
         vals, _, _ = _hierarchical(sub, req.order)
-        state = prob.state(_scaled(sub.to_user(vals), sub.exp))
+        state = prob.state(prob.to_fitted(_scaled(sub.to_user(vals), sub.exp)))
         state.update(0)
         err = math.sqrt(state.residual2() / prob.norm2)
         if best is None or err < best[0]:
@@ -621,7 +626,7 @@ def _problem(req: _Request, base: np.ndarray, exp0: int, w: _Weights | None,
         return _prepare(base, chain, base, exp0)
     if w.exact:
         return _prepare(w.apply(base), chain, base, exp0, colscale=w.cols)
-    return _prepare(base, chain, base, exp0, weight=w.L, chainable=False)
+    return _prepare(base, chain, base, exp0, weight=w.L)
 
 
 def _fit(req: _Request, prob: _Problem, w: _Weights | None,
