@@ -33,7 +33,7 @@ from ..chain import Chain
 
 __all__ = ["Structure", "analyse_chain", "not_chainable_message", "core_tensor",
            "core_to_dense", "core_to_full", "full_to_core", "user_factors", "fitted_factors",
-           "extend_paths", "core_product", "sqnorm", "split_ranks"]
+           "extend_paths", "core_product", "sqnorm", "split_ranks", "batched"]
 
 
 @dataclass(frozen=True)
@@ -267,3 +267,27 @@ def split_ranks(chain: Chain) -> tuple[int, ...] | None:
             return None
         ranks.append(a // lo.nb)
     return tuple(ranks)
+
+
+_controller: list = []  # the threadpoolctl controller, created at first use (optional)
+
+
+def batched(fn, G: np.ndarray, **kw):
+    """``fn(G)`` (a NumPy decomposition) on a batch of small matrices, BLAS on one thread.
+
+    LAPACK calls threaded BLAS inside each tiny decomposition; on a busy machine that
+    made ``eigh`` of a batch of 1024 matrices 48 x 48 take 15 s instead of 0.8 s.  When
+    ``threadpoolctl`` is installed BLAS is limited to one thread for the call (a
+    process-wide setting, restored afterwards); otherwise the call runs as it is.
+    """
+    if not _controller:
+        try:
+            from threadpoolctl import ThreadpoolController
+            _controller.append(ThreadpoolController())
+        except ImportError:  # pragma: no cover - optional dependency
+            _controller.append(None)
+    ctl = _controller[0]
+    if ctl is None or G.ndim < 3 or G.shape[0] < 2:
+        return fn(G, **kw)
+    with ctl.limit(limits=1, user_api="blas"):
+        return fn(G, **kw)

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._layout import extend_paths, sqnorm
+from ._layout import batched, extend_paths, sqnorm
 
 __all__ = ["ALSState", "WeightedALSState", "GeneralALSState"]
 
@@ -222,7 +222,8 @@ class WeightedALSState(ALSState):
         ridge = 1e-12 * np.where(diag > 0, diag, 1.0)
         Hr = H + ridge[:, None, None] * np.eye(nb * s, dtype=H.dtype)
         # delta H = rho (row vectors)  <=>  H^T delta^T = rho^T
-        delta = np.linalg.solve(np.swapaxes(Hr, 1, 2), rho[:, :, None])[:, :, 0]
+        delta = batched(np.linalg.solve, np.swapaxes(Hr, 1, 2), b=rho[:, :, None])
+        delta = delta[:, :, 0]
         x = (x0 + delta).reshape(r, t, nb, s).transpose(2, 0, 3, 1)
         self.vals[k] = np.ascontiguousarray(x[None].astype(self.T.dtype, copy=False))
 
