@@ -210,10 +210,12 @@ class WeightedALSState(ALSState):
         (r, s), t, nb, c = self.rs[k], self.t[k], self.nb[k], self.Slt[k]
         P, Q, V = self.P[k][0], self.Q[k][0], self.vals[k][0]     # G = 1
         g = self._numerator(k, self.TC)[0].transpose(1, 3, 0, 2).reshape(r * t, nb * s)
-        qq = np.einsum("abit,acit->itbc", Q, _conj(Q))            # (r, t, nb, nb)
+        Qm = Q.transpose(2, 3, 1, 0)                                # (r, t, nb, a)
+        qq = Qm @ np.swapaxes(_conj(Qm), -1, -2)                    # (r, t, nb, nb)
         P3 = P.transpose(0, 1, 3, 2).reshape(nb * s, c, t)        # (x=(b,j), c, t)
-        C4 = self.C.reshape(nb * s, c, nb * s, c)
-        A = np.einsum("xcyd,ydt->xcty", C4, _conj(P3))
+        x = nb * s
+        C4 = self.C.reshape(x, c, x, c).transpose(2, 0, 1, 3).reshape(x, x * c, c)
+        A = (C4 @ _conj(P3)).reshape(x, x, c, t).transpose(1, 2, 3, 0)  # (x, c, t, y)
         pcp = np.einsum("xct,xcty->txy", P3, A).reshape(t, nb, s, nb, s)
         H = (qq[:, :, :, None, :, None] * pcp[None]).reshape(r * t, nb * s, nb * s)
         x0 = V.transpose(1, 3, 0, 2).reshape(r * t, nb * s)       # (i, t) x (b, j)
