@@ -232,9 +232,6 @@ def _validate(W, chain, method, order, max_sweeps, tol, seed, progress, callback
             target = check_real(rel_error, "rel_error", where="factorize(rel_error)", min=0)
         if max_params is not None:
             max_params = check_int(max_params, "max_params", where="factorize(max_params)")
-        if max_params is not None or target is not None:
-            candidates = candidate_chains(*A.shape, max_params=max_params,
-                                          where="factorize(max_params)")
     else:
         chain = as_chain(chain, where="factorize(chain)")
         _check_fits(chain, *A.shape)
@@ -257,6 +254,10 @@ def _validate(W, chain, method, order, max_sweeps, tol, seed, progress, callback
         raise TypeError(f"factorize(init): init must be a DeBut or a sequence of arrays, "
                         f"got {type(init).__name__}")
     Xa = None if X is None else _check_X(X, A)
+    if chain is None and (max_params is not None or target is not None):
+        # last: the candidates (a few design_chain calls) also check the budget
+        candidates = candidate_chains(*A.shape, max_params=max_params,
+                                      where="factorize(max_params)")
     return _Request(A, chain, method, order, max_sweeps, tol, rng, progress, callback,
                     init, return_info, candidates, target, Xa)
 
