@@ -146,3 +146,16 @@ def test_weighted_closed_form_equals_matrix_free(cplx):
         e_g = g.sweep_up() if sweep % 2 == 0 else g.sweep_down()
         e_w = w.sweep_up() if sweep % 2 == 0 else w.sweep_down()
         assert e_w == pytest.approx(e_g, rel=1e-6)
+
+
+@pytest.mark.parametrize("diag", [False, True])
+def test_data_aware_scale_invariant(diag):
+    rng = np.random.default_rng(7)
+    W = rng.standard_normal(CHAIN.shape)
+    X = np.diag(rng.uniform(0.5, 2, 72)) if diag else anisotropic(rng, 150, 72, True)
+    _, a = factorize(W, CHAIN, X=X, max_sweeps=3, return_info=True)
+    _, b = factorize(np.ldexp(W, 600), CHAIN, X=np.ldexp(X, -500), max_sweeps=3,
+                     return_info=True)
+    assert b.data_rel_error == pytest.approx(a.data_rel_error, rel=1e-9)
+    assert b.rel_error == pytest.approx(a.rel_error, rel=1e-9)
+    assert b.history == pytest.approx(a.history, rel=1e-9)
