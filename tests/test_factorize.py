@@ -1,4 +1,4 @@
-"""Tests of debutla.fit (debutla.factorize): exactness, optimality, ALS properties, errors, plumbing."""
+"""Tests of debutla.fit (factorize): exactness, optimality, ALS, errors, plumbing."""
 
 from __future__ import annotations
 
@@ -434,8 +434,9 @@ def test_errors():
         factorize(W, chain, callback=3)
     with pytest.raises(ValueError, match=r"factorize\(init\)"):
         factorize(W, chain, method="als", init=[np.ones((1, 2, 2, 2))])
-    # a valid chain that is not chainable (t_2 != r_1 t_1 in both orientations)
-    nc = Chain.parse("4 <-(4,4,1)- 4 <-(4,4,1)- 4")
+    # a valid chain that is not chainable (Le et al.'s condition fails both ways)
+    nc = Chain.parse("8 <-(2,2,1)- 8 <-(2,2,2)- 8 <-(2,2,1)- 8")
+    W = np.ones((8, 8))
     with pytest.raises(ValueError, match=r"factorize\(chain.*not chainable.*t_\(k\+1\)"):
         factorize(W, nc, method="hierarchical")
 
@@ -543,17 +544,22 @@ def test_demo_output():
 # valid chains that are not chainable: matrix-free ALS
 # ---------------------------------------------------------------------------------------
 
-NOT_CHAINABLE = ["4 <-(4,4,1)- 4 <-(4,4,1)- 4", "8 <-(2,2,2)- 8 <-(4,4,1)- 8",
-                 "12 <-(3,2,2)- 8 <-(2,2,2)- 8 <-(4,4,1)- 8"]
+NOT_CHAINABLE = ["8 <-(2,2,1)- 8 <-(2,2,2)- 8 <-(2,2,1)- 8",
+                 "8 <-(4,4,1)- 8 <-(2,2,2)- 8 <-(2,2,1)- 8",
+                 "8 <-(2,2,4)- 8 <-(2,2,1)- 8 <-(2,2,1)- 8"]
+# chainable with splits of rank > 1 (no path structure): hierarchical by truncated SVDs
+RANKED = ["4 <-(4,4,1)- 4 <-(4,4,1)- 4", "8 <-(2,2,2)- 8 <-(4,4,1)- 8",
+          "12 <-(3,2,2)- 8 <-(2,2,2)- 8 <-(4,4,1)- 8", "32 <-(8,8,4)- 32 <-(8,8,1)- 32"]
 
 
 @pytest.mark.parametrize("text", NOT_CHAINABLE)
 @pytest.mark.parametrize("dtype", [np.float64, np.complex128])
 def test_not_chainable_als_matrix_free(text, dtype):
-    from debutla.fit._layout import analyse_chain
+    from debutla.fit._layout import analyse_chain, split_ranks
 
     chain = Chain.parse(text)
     assert analyse_chain(chain) is None
+    assert split_ranks(chain) is None and split_ranks(chain.transpose()) is None
     W = random_matrix(chain.shape, dtype, np.random.default_rng(0))
     with pytest.raises(ValueError, match="method='als'"):
         factorize(W, chain, method="hierarchical")
@@ -564,18 +570,74 @@ def test_not_chainable_als_matrix_free(text, dtype):
         assert 1 <= len(h) <= 8 and np.all(np.isfinite(h))
         assert np.all(h[1:] <= h[:-1] * (1 + 1e-10) + 1e-14)
         assert info.rel_error == pytest.approx(rel(op.to_dense(), W), rel=1e-10)
-        if text == "8 <-(2,2,2)- 8 <-(4,4,1)- 8":
-            # the product is block-diagonal (two dense 4x4 blocks): the optimum fits the
-            # diagonal blocks exactly and misses the rest
-            off = W.copy()
-            off[:4, :4] = 0
-            off[4:, 4:] = 0
-            assert info.rel_error == pytest.approx(np.linalg.norm(off) / np.linalg.norm(W),
-                                                   rel=1e-8)
+
+
+@pytest.mark.parametrize("text", RANKED)
+@pytest.mark.parametrize("dtype", [np.float64, np.complex128])
+def test_ranked_chains_hierarchical(text, dtype):
+    """Chainable chains whose splits have rank > 1: exact, orthogonal split errors."""
+    from debutla.fit._layout import analyse_chain, split_ranks
+
+    chain = Chain.parse(text)
+    assert analyse_chain(chain) is None and max(split_ranks(chain)) > 1
+    true = DeBut.random(chain, seed=0, dtype=dtype)
+    op, info = factorize(true.to_dense(), chain, method="hierarchical", return_info=True)
+    assert info.rel_error < 1e-12 and rel(op.to_dense(), true.to_dense()) < 1e-12
+    W = random_matrix(chain.shape, dtype, np.random.default_rng(1))
+    op, h = factorize(W, chain, method="hierarchical", return_info=True)
+    assert h.rel_error == pytest.approx(rel(op.to_dense(), W), rel=1e-10)
+    assert math.sqrt(sum(e * e for e in h.split_errors)) == pytest.approx(h.rel_error,
+                                                                           rel=1e-9)
+    _, a = factorize(W, chain, method="auto", max_sweeps=5, return_info=True)
+    assert a.history[0] == pytest.approx(h.rel_error, rel=1e-9)
+    assert a.rel_error <= h.rel_error * (1 + 1e-12)
+    if text == "8 <-(2,2,2)- 8 <-(4,4,1)- 8":
+        # the product is block-diagonal (two dense 4x4 blocks): the optimum fits the
+        # diagonal blocks exactly and misses the rest
+        off = W.copy()
+        off[:4, :4] = 0
+        off[4:, 4:] = 0
+        assert h.rel_error == pytest.approx(np.linalg.norm(off) / np.linalg.norm(W),
+                                            rel=1e-8)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.complex64])
+def test_ranked_single_precision_padding_scale(dtype):
+    chain = Chain.parse("32 <-(8,8,4)- 32 <-(8,8,1)- 32")
+    W = DeBut.random(chain, seed=1, dtype=dtype).to_dense() * np.float32(1e-30)
+    op, info = factorize(W, chain, method="hierarchical", return_info=True)
+    assert op.dtype == np.dtype(dtype) and info.rel_error < EXACT_TOL[dtype]
+    # padded: the zero-padded matrix is fitted and the error measured on W itself
+    V = random_matrix((30, 27), dtype, np.random.default_rng(0))
+    op, info = factorize(V, chain, method="hierarchical", return_info=True)
+    assert op.shape == (30, 27)
+    assert info.rel_error == pytest.approx(rel(op.to_dense().astype(np.complex128),
+                                               V.astype(np.complex128)), rel=1e-4)
+
+
+@HSET
+@given(seed=st.integers(0, 2**31 - 1), transposed=st.booleans())
+def test_ranked_two_factors_is_the_optimum(seed, transposed):
+    """Two factors, split rank rho: the blockwise rank-rho truncation is optimal, and on
+    rank-one chains the general routine equals the path-based one."""
+    from debutla.fit.hierarchical import hierarchical_ranked
+
+    chain = Chain.parse("32 <-(8,8,4)- 32 <-(8,8,1)- 32")
+    chain = chain.transpose() if transposed else chain
+    W = np.random.default_rng(seed).standard_normal(chain.shape)
+    _, h = factorize(W, chain, method="hierarchical", return_info=True)
+    _, a = factorize(W, chain, method="als", init=factorize(W, chain, method="hierarchical"),
+                     max_sweeps=4, return_info=True)
+    assert a.rel_error == pytest.approx(h.rel_error, rel=1e-7)  # ALS cannot improve it
+    dense = Chain.parse("16 <-(2,2,8)- 16 <-(2,6,4)- 48 <-(1,2,4)- 96 <-(4,3,1)- 72")
+    V = np.random.default_rng(seed).standard_normal(dense.shape)
+    vals, _ = hierarchical_ranked(V, dense, (1, 1, 1))
+    _, ref = factorize(V, dense, method="hierarchical", return_info=True)
+    assert rel(DeBut(dense, vals).to_dense(), V) == pytest.approx(ref.rel_error, rel=1e-9)
 
 
 def test_not_chainable_padding():
-    chain = Chain.parse("8 <-(2,2,2)- 8 <-(4,4,1)- 8")
+    chain = Chain.parse("8 <-(2,2,1)- 8 <-(2,2,2)- 8 <-(2,2,1)- 8")
     W = np.random.default_rng(3).standard_normal((7, 6))
     op, info = factorize(W, chain, method="als", seed=0, max_sweeps=6, return_info=True)
     assert op.shape == (7, 6)

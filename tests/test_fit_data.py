@@ -63,11 +63,11 @@ def test_exact_whitening_is_plain_fit_of_scaled_matrix():
     """Diagonal X^T X: the fit is the plain fit of W diag(l), columns scaled back."""
     rng = np.random.default_rng(1)
     W = rng.standard_normal(CHAIN.shape)
-    l = rng.uniform(0.2, 4, 72)
-    op, info = factorize(W, CHAIN, method="auto", X=np.diag(l), return_info=True)
-    ref, rinfo = factorize(W * l, CHAIN, method="auto", return_info=True)
+    scale = rng.uniform(0.2, 4, 72)
+    op, info = factorize(W, CHAIN, method="auto", X=np.diag(scale), return_info=True)
+    ref, rinfo = factorize(W * scale, CHAIN, method="auto", return_info=True)
     assert info.whitening == "exact"
-    np.testing.assert_allclose(op.to_dense() * l, ref.to_dense(), rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(op.to_dense() * scale, ref.to_dense(), rtol=1e-9, atol=1e-12)
     assert info.data_rel_error == pytest.approx(rinfo.rel_error, rel=1e-9)
     assert info.history == pytest.approx(rinfo.history, rel=1e-9)
 
@@ -120,3 +120,42 @@ def test_data_aware_budget_search():
     op, info = factorize(W, "auto", max_params=1500, X=X, return_info=True)
     assert info.n_params <= 1500 and info.whitening == "exact"
     assert info.data_rel_error <= min(e for _, e in info.searched) * (1 + 1e-12)
+
+
+@pytest.mark.parametrize("cplx", [False, True])
+def test_weighted_closed_form_equals_matrix_free(cplx):
+    """The closed-form weighted update takes the same exact LS steps as weighted LSQR."""
+    from debutla.fit._layout import analyse_chain, core_tensor, full_to_core
+    from debutla.fit.als import GeneralALSState, WeightedALSState
+
+    rng = np.random.default_rng(6)
+    W = rng.standard_normal(CHAIN.shape) + (1j * rng.standard_normal(CHAIN.shape)
+                                            if cplx else 0)
+    X = rng.standard_normal((1000, 72)) * np.linspace(0.5, 2, 72)
+    if cplx:
+        X = X + 1j * rng.standard_normal((1000, 72))
+    C = X.T @ X.conj()
+    lam, V = np.linalg.eigh(C)
+    L = (V * np.sqrt(np.clip(lam, 0, None))) @ V.conj().T
+    init = list(DeBut.random(CHAIN, seed=1, dtype=W.dtype).factors)
+    g = GeneralALSState(W, CHAIN, init, weight=L, iter_lim=5000, rtol=1e-15)
+    s = analyse_chain(CHAIN)
+    T, _ = core_tensor(W, s)
+    w = WeightedALSState(T, s.rs, full_to_core(init, s), C)
+    for sweep in range(3):
+        e_g = g.sweep_up() if sweep % 2 == 0 else g.sweep_down()
+        e_w = w.sweep_up() if sweep % 2 == 0 else w.sweep_down()
+        assert e_w == pytest.approx(e_g, rel=1e-6)
+
+
+@pytest.mark.parametrize("diag", [False, True])
+def test_data_aware_scale_invariant(diag):
+    rng = np.random.default_rng(7)
+    W = rng.standard_normal(CHAIN.shape)
+    X = np.diag(rng.uniform(0.5, 2, 72)) if diag else anisotropic(rng, 150, 72, True)
+    _, a = factorize(W, CHAIN, X=X, max_sweeps=3, return_info=True)
+    _, b = factorize(np.ldexp(W, 600), CHAIN, X=np.ldexp(X, -500), max_sweeps=3,
+                     return_info=True)
+    assert b.data_rel_error == pytest.approx(a.data_rel_error, rel=1e-9)
+    assert b.rel_error == pytest.approx(a.rel_error, rel=1e-9)
+    assert b.history == pytest.approx(a.history, rel=1e-9)

@@ -149,6 +149,19 @@ def test_bad_input_before_any_work(monkeypatch, kwargs, exc, match):
         factorize(np.ones((16, 72)), "auto", **kwargs)
 
 
+@pytest.mark.parametrize("kwargs", [{"method": "svd"}, {"X": np.ones((2, 5))},
+                                    {"tol": -1.0}, {"seed": "x"}])
+def test_cheap_checks_before_candidates(monkeypatch, kwargs):
+    import debutla.fit.api as api
+
+    def boom(*a, **k):  # pragma: no cover - must not be reached
+        raise AssertionError("candidates generated before the cheap checks")
+
+    monkeypatch.setattr(api, "candidate_chains", boom)
+    with pytest.raises((TypeError, ValueError)):
+        factorize(np.ones((16, 72)), "auto", max_params=1000, **kwargs)
+
+
 def test_bad_W_with_budget():
     W = np.ones((16, 72))
     W[0, 0] = np.nan

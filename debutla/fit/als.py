@@ -27,9 +27,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._layout import extend_paths, sqnorm
+from ._layout import batched, extend_paths, sqnorm
 
-__all__ = ["ALSState", "GeneralALSState"]
+__all__ = ["ALSState", "WeightedALSState", "GeneralALSState"]
 
 
 def _conj(x: np.ndarray) -> np.ndarray:
@@ -109,11 +109,12 @@ class ALSState:
             self.Q[k - 1] = self._shape_Q(k - 1, self._next_Q(k))
 
     # -- one factor ----------------------------------------------------------------------
-    def _update(self, k: int) -> None:
+    def _numerator(self, k: int, T: np.ndarray) -> np.ndarray:
+        """``sum_{a,c} conj(Q P) T`` for every value of factor ``k``: (G, nb, r, s, t)."""
         G = self.G
         (r, s), t, nb, a, c = self.rs[k], self.t[k], self.nb[k], self.Rgt[k], self.Slt[k]
-        P, Q, V = self.P[k], self.Q[k], self.vals[k]
-        W7 = self.T.reshape(G, a, r, t, nb, s, c)
+        P, Q = self.P[k], self.Q[k]
+        W7 = T.reshape(G, a, r, t, nb, s, c)
         # num[g,b,i,j,t] = sum_{a,c} conj(Q[g,a,b,i,t] P[g,b,j,t,c]) W[g,a,i,t,b,j,c],
         # contracting the longer of a and c first (smaller intermediate)
         if c > a:
@@ -122,6 +123,11 @@ class ALSState:
         else:
             Y = np.einsum("gabit,gaitbjc->gitbjc", _conj(Q), W7)
             num = np.einsum("gitbjc,gbjtc->gbijt", Y, _conj(P))
+        return num
+
+    def _update(self, k: int) -> None:
+        P, Q, V = self.P[k], self.Q[k], self.vals[k]
+        num = self._numerator(k, self.T)
         qq = _abs2(Q).sum(axis=1)            # (G, nb, r, t)
         pp = _abs2(P).sum(axis=-1)           # (G, nb, s, t)
         den = qq[:, :, :, None, :] * pp[:, :, None, :, :]   # (G, nb, r, s, t)
@@ -135,7 +141,20 @@ class ALSState:
     def _residual2(self, prod: np.ndarray) -> float:
         return sqnorm(prod.reshape(self.T.shape) - self.T)
 
-    # -- sweeps --------------------------------------------------------------------------
+    # -- single updates and sweeps ----------------------------------------------------------
+    def update(self, k: int) -> None:
+        """Replace factor ``k`` by its least-squares update (the others fixed)."""
+        self._build_all_P()
+        self._build_all_Q()
+        self._update(k)
+        self._have = None
+
+    def residual2(self) -> float:
+        """The squared objective of the current values (one product pass)."""
+        self._build_all_P()
+        self._have = "P"
+        return self._residual2(self._next_P(self.N - 1))
+
     def sweep_up(self) -> float:
         """Update factors input side first; returns the new squared residual."""
         if self._have != "Q":
@@ -161,6 +180,58 @@ class ALSState:
                 self.Q[k - 1] = self._shape_Q(k - 1, nxt)
         self._have = "Q"
         return self._residual2(nxt)
+
+
+class WeightedALSState(ALSState):
+    """Closed-form ALS for the data objective ``tr((T - D) C (T - D)^H)`` (one core problem).
+
+    ``C = L L^H`` (``Nc x Nc``) couples the columns, so the values of factor ``k`` are no
+    longer independent scalars: for each ``(i_k, i_{<k})`` the ``nb s`` values
+    ``x[b, j]`` solve ``x H = g`` with::
+
+        H[(b,j),(b',j')] = sum_a Q[a,b] conj(Q[a,b'])
+                           * sum_{c,c'} P[b,j,c] C[(b,j,c),(b',j',c')] conj(P[b',j',c'])
+        g[(b,j)]         = sum_{a,c} conj(Q[a,b] P[b,j,c]) (T C)[(a,i,t),(b,j,c)]
+
+    (the unweighted update with ``T C`` in place of ``T`` and ``H`` in place of the
+    diagonal denominator).  Systems of size ``nb_k s_k = n / S_{<k}``: ``r_1`` systems of
+    size ``n`` for the input-side factor, many small ones for the output side.  The solve
+    moves the current values by the least correction (a relative ridge of ``1e-12`` on
+    ``H`` keeps directions the data does not determine where they are), so the objective
+    never increases.  Only ``G = 1`` (dense chains, not transposed).
+    """
+
+    def __init__(self, T: np.ndarray, rs, vals: list[np.ndarray], C: np.ndarray) -> None:
+        super().__init__(T, rs, vals)
+        self.C = C
+        self.TC = (T[0] @ C)[None]
+
+    def _update(self, k: int) -> None:
+        (r, s), t, nb, c = self.rs[k], self.t[k], self.nb[k], self.Slt[k]
+        P, Q, V = self.P[k][0], self.Q[k][0], self.vals[k][0]     # G = 1
+        g = self._numerator(k, self.TC)[0].transpose(1, 3, 0, 2).reshape(r * t, nb * s)
+        Qm = Q.transpose(2, 3, 1, 0)                                # (r, t, nb, a)
+        qq = Qm @ np.swapaxes(_conj(Qm), -1, -2)                    # (r, t, nb, nb)
+        P3 = P.transpose(0, 1, 3, 2).reshape(nb * s, c, t)        # (x=(b,j), c, t)
+        x = nb * s
+        C4 = self.C.reshape(x, c, x, c).transpose(2, 0, 1, 3).reshape(x, x * c, c)
+        A = (C4 @ _conj(P3)).reshape(x, x, c, t).transpose(1, 2, 3, 0)  # (x, c, t, y)
+        pcp = np.einsum("xct,xcty->txy", P3, A).reshape(t, nb, s, nb, s)
+        H = (qq[:, :, :, None, :, None] * pcp[None]).reshape(r * t, nb * s, nb * s)
+        x0 = V.transpose(1, 3, 0, 2).reshape(r * t, nb * s)       # (i, t) x (b, j)
+        rho = g - np.einsum("ky,kyz->kz", x0, H)
+        diag = np.abs(np.einsum("kyy->ky", H)).max(axis=1)
+        ridge = 1e-12 * np.where(diag > 0, diag, 1.0)
+        Hr = H + ridge[:, None, None] * np.eye(nb * s, dtype=H.dtype)
+        # delta H = rho (row vectors)  <=>  H^T delta^T = rho^T
+        delta = batched(np.linalg.solve, np.swapaxes(Hr, 1, 2), b=rho[:, :, None])
+        delta = delta[:, :, 0]
+        x = (x0 + delta).reshape(r, t, nb, s).transpose(2, 0, 3, 1)
+        self.vals[k] = np.ascontiguousarray(x[None].astype(self.T.dtype, copy=False))
+
+    def _residual2(self, prod: np.ndarray) -> float:
+        E = self.T[0] - prod.reshape(self.T.shape)[0]
+        return float(np.real(np.sum((E @ self.C) * _conj(E))))
 
 
 # ---------------------------------------------------------------------------------------

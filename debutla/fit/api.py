@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import dataclasses
+import functools
 import math
 import sys
 import time
@@ -17,9 +17,9 @@ from ..chain import Chain, as_chain, design_chain
 from ..operator import DeBut
 from ._layout import (Structure, analyse_chain, core_product, core_tensor, core_to_dense,
                       core_to_full, fitted_factors, full_to_core, not_chainable_message,
-                      sqnorm, user_factors)
-from .als import ALSState, GeneralALSState
-from .hierarchical import hierarchical_balanced, hierarchical_core
+                      split_ranks, sqnorm, user_factors)
+from .als import ALSState, GeneralALSState, WeightedALSState
+from .hierarchical import hierarchical_balanced, hierarchical_core, hierarchical_ranked
 from .search import candidate_chains, search_chain
 
 __all__ = ["factorize", "FitInfo", "lowrank_error", "METHODS", "ORDERS"]
@@ -67,8 +67,9 @@ class FitInfo:
         Shape of ``W`` (the operator's shape).
     svd_rel_error : float or None
         Relative error of the truncated SVD that stores at most as many values
-        (``svd_rank * (m + n) <= n_params``), for comparison; None unless
-        ``return_info`` (it costs one eigen decomposition of ``W``'s smaller Gram matrix).
+        (``svd_rank * (m + n) <= n_params``), for comparison.  It costs one eigen
+        decomposition of ``W``'s smaller Gram matrix, paid only when ``factorize`` is
+        asked for its info (``return_info=True``).
     svd_rank : int
         The rank of that truncated SVD.
     data_rel_error : float or None
@@ -231,9 +232,6 @@ def _validate(W, chain, method, order, max_sweeps, tol, seed, progress, callback
             target = check_real(rel_error, "rel_error", where="factorize(rel_error)", min=0)
         if max_params is not None:
             max_params = check_int(max_params, "max_params", where="factorize(max_params)")
-        if max_params is not None or target is not None:
-            candidates = candidate_chains(*A.shape, max_params=max_params,
-                                          where="factorize(max_params)")
     else:
         chain = as_chain(chain, where="factorize(chain)")
         _check_fits(chain, *A.shape)
@@ -256,6 +254,10 @@ def _validate(W, chain, method, order, max_sweeps, tol, seed, progress, callback
         raise TypeError(f"factorize(init): init must be a DeBut or a sequence of arrays, "
                         f"got {type(init).__name__}")
     Xa = None if X is None else _check_X(X, A)
+    if chain is None and (max_params is not None or target is not None):
+        # last: the candidates (a few design_chain calls) also check the budget
+        candidates = candidate_chains(*A.shape, max_params=max_params,
+                                      where="factorize(max_params)")
     return _Request(A, chain, method, order, max_sweeps, tol, rng, progress, callback,
                     init, return_info, candidates, target, Xa)
 
@@ -290,21 +292,21 @@ def _split_exponent(e: int, n: int) -> list[int]:
 class _Weights:
     """Calibration inputs as a weight: ``L L^H = X^T conj(X)`` (normalised scale).
 
-    ``l`` is set (the column norms of ``X``) when ``X^T conj(X)`` is diagonal, so that
+    ``cols`` is set (the column norms ``l`` of ``X``) when ``X^T conj(X)`` is diagonal, so that
     whitening is a column scaling, exact for every chain; ``L`` is the symmetric square
     root otherwise.
     """
 
-    l: np.ndarray | None
+    cols: np.ndarray | None
     L: np.ndarray | None
 
     @property
     def exact(self) -> bool:
-        return self.l is not None
+        return self.cols is not None
 
     def apply(self, A: np.ndarray) -> np.ndarray:
         """``A L`` (the whitened matrix)."""
-        return A * self.l if self.l is not None else A @ self.L
+        return A * self.cols if self.cols is not None else A @ self.L
 
 
 def _weights(X: np.ndarray, dtype: np.dtype) -> _Weights:
@@ -313,11 +315,11 @@ def _weights(X: np.ndarray, dtype: np.dtype) -> _Weights:
     C = Xn.T @ Xn.conj()
     d = np.real(np.diagonal(C)).copy()
     if np.count_nonzero(C - np.diag(np.diagonal(C))) == 0:
-        l = np.sqrt(d)
+        cols = np.sqrt(d)
         # inputs that are never excited: the smallest weight of the others (not zero, so
         # that the column scaling can be undone)
-        l[l == 0] = l[l > 0].min()
-        return _Weights(l.astype(dtype.type(0).real.dtype), None)
+        cols[cols == 0] = cols[cols > 0].min()
+        return _Weights(cols.astype(dtype.type(0).real.dtype), None)
     lam, V = np.linalg.eigh(C)
     L = (V * np.sqrt(np.clip(lam, 0, None))) @ V.conj().T
     return _Weights(None, L.astype(dtype, copy=False))
@@ -363,6 +365,11 @@ class _Problem:
     def shape(self) -> tuple[int, int]:
         return self.A.shape  # type: ignore[return-value]
 
+    @property
+    def splittable(self) -> bool:
+        """Whether the hierarchical method applies (the chain or its transpose chainable)."""
+        return self.st is not None or _ranks(self.chain) is not None
+
     def to_user(self, vals: list[np.ndarray]) -> list[np.ndarray]:
         """Fitted values (core layout when chainable) to the user's canonical factors."""
         if self.st is None:
@@ -389,6 +396,9 @@ class _Problem:
         """The ALS engine for this problem, started at ``vals``."""
         if self.st is None:
             return GeneralALSState(self.Wf, self.chain, vals, weight=self.weight)
+        if self.weight is not None:  # dense chain, one core problem: closed form
+            return WeightedALSState(self.T, self.st.rs, vals,
+                                    self.weight @ self.weight.conj().T)
         return ALSState(self.T, self.st.rs, vals)
 
 
@@ -405,16 +415,18 @@ def _prepare(target: np.ndarray, chain: Chain, base: np.ndarray, exp0: int, *,
         Wp = np.zeros((P, Q), dtype=An.dtype)
         Wp[:m, :n] = An
     st = analyse_chain(chain) if chainable else None
+    Wq = None
+    if weight is not None:  # inputs padded with zeros carry no weight
+        Wq = np.zeros((Q, Q), dtype=weight.dtype)
+        Wq[:n, :n] = weight
+        if st is not None and (st.G > 1 or st.transposed):  # no closed form: matrix-free
+            st = None
+    norm2 = sqnorm(An if weight is None else An @ weight)
     if st is None:
-        Wq = None
-        if weight is not None:
-            Wq = np.zeros((Q, Q), dtype=weight.dtype)
-            Wq[:n, :n] = weight
-        norm2 = sqnorm(An if weight is None else An @ weight)
         return _Problem(chain, None, An, exp, Wp, None, 0.0, norm2, base, exp0, colscale, Wq)
     Wf = Wp.T if st.transposed else Wp
     T, off2 = core_tensor(Wf, st)
-    return _Problem(chain, st, An, exp, Wf, T, off2, sqnorm(An), base, exp0, colscale)
+    return _Problem(chain, st, An, exp, Wf, T, off2, norm2, base, exp0, colscale, Wq)
 
 
 # ---------------------------------------------------------------------------------------
@@ -484,8 +496,32 @@ def _report(req: _Request, bar: _Progress, run: _Run, sweep: int, err: float) ->
         run.stop = "callback"
 
 
+@functools.lru_cache(maxsize=64)
+def _ranks(chain: Chain) -> tuple[bool, tuple[int, ...]] | None:
+    """``(transposed, split ranks)`` of a chainable chain (either orientation), else None."""
+    for transposed, c in ((False, chain), (True, chain.transpose())):
+        ranks = split_ranks(c)
+        if ranks is not None:
+            return transposed, ranks
+    return None
+
+
 def _hierarchical(prob: _Problem, order: str):
-    """Hierarchical values (core layout), squared split errors, squared total error."""
+    """Hierarchical values (the problem's layout), squared split errors, squared total.
+
+    Chains with splits of rank > 1 (no path structure, ``prob.st is None``) go through
+    :func:`~.hierarchical.hierarchical_ranked` in the left-to-right order whatever
+    ``order`` says.
+    """
+    if prob.st is None:
+        transposed, ranks = _ranks(prob.chain)  # type: ignore[misc]
+        if not transposed:
+            vals, step2 = hierarchical_ranked(prob.Wf, prob.chain, ranks)
+        else:
+            vt, step2 = hierarchical_ranked(np.ascontiguousarray(prob.Wf.T),
+                                            prob.chain.transpose(), ranks)
+            vals = [np.ascontiguousarray(v.transpose(0, 2, 1, 3)) for v in reversed(vt)]
+        return vals, step2, sum(step2)
     if order == "balanced":
         vals, step2 = hierarchical_balanced(prob.T, prob.st)
         # the split errors are not orthogonal: measure
@@ -503,11 +539,11 @@ def _scaled(vals: list[np.ndarray], exp: int, sign: int = 1) -> list[np.ndarray]
     return [_ldexp(v, sign * e) for v, e in zip(vals, _split_exponent(exp, len(vals)))]
 
 
-def _columns(l: np.ndarray, spec) -> np.ndarray:
-    """``l`` (one entry per input, padded with ones) in a first factor's value layout."""
+def _columns(scale: np.ndarray, spec) -> np.ndarray:
+    """``scale`` (one entry per input, padded with ones) in a first factor's value layout."""
     nb, _, s, t = spec.value_shape
-    lp = np.ones(spec.q, dtype=l.dtype)
-    lp[:l.size] = l
+    lp = np.ones(spec.q, dtype=scale.dtype)
+    lp[:scale.size] = scale
     return lp.reshape(nb, 1, s, t)
 
 
@@ -522,7 +558,7 @@ def _start(prob: _Problem, req: _Request, init: list[np.ndarray] | None,
         if prob.colscale is not None:  # init fits W; the target is W diag(l)
             init = [init[0] * _columns(prob.colscale, prob.chain[0])] + init[1:]
         return _Run(prob.to_fitted(_scaled(init, prob.exp0 + prob.exp, -1)))
-    if prob.st is None or req.method == "als":
+    if not prob.splittable or req.method == "als":
         return _Run(prob.to_fitted([np.array(v) for v in
                                     DeBut.random(prob.chain, seed=req.rng,
                                                  dtype=prob.A.dtype).factors]))
@@ -543,7 +579,7 @@ def _start_weighted(prob: _Problem, req: _Request, w: _Weights, bar: _Progress) 
     for target in (prob.base, w.apply(prob.base)):
         sub = _prepare(target, prob.chain, prob.base, prob.exp0)
         vals, _, _ = _hierarchical(sub, req.order)
-        state = prob.state(_scaled(sub.to_user(vals), sub.exp))
+        state = prob.state(prob.to_fitted(_scaled(sub.to_user(vals), sub.exp)))
         state.update(0)
         err = math.sqrt(state.residual2() / prob.norm2)
         if best is None or err < best[0]:
@@ -590,8 +626,8 @@ def _problem(req: _Request, base: np.ndarray, exp0: int, w: _Weights | None,
     if w is None:
         return _prepare(base, chain, base, exp0)
     if w.exact:
-        return _prepare(w.apply(base), chain, base, exp0, colscale=w.l)
-    return _prepare(base, chain, base, exp0, weight=w.L, chainable=False)
+        return _prepare(w.apply(base), chain, base, exp0, colscale=w.cols)
+    return _prepare(base, chain, base, exp0, weight=w.L)
 
 
 def _fit(req: _Request, prob: _Problem, w: _Weights | None,
@@ -600,9 +636,8 @@ def _fit(req: _Request, prob: _Problem, w: _Weights | None,
     if prob.norm2 == 0:
         zero = [np.zeros(spec.value_shape, dtype=prob.A.dtype) for spec in prob.chain]
         return _Run(prob.to_fitted(zero), [0.0], stop="exact")
-    weighted_start = (w is not None and not w.exact and init is None
-                      and req.method != "als" and analyse_chain(prob.chain) is not None)
-    hier = req.method != "als" and init is None and (prob.st is not None or weighted_start)
+    hier = req.method != "als" and init is None and prob.splittable
+    weighted_start = hier and w is not None and not w.exact
     total = (req.max_sweeps if req.method != "hierarchical" else 0) + int(hier)
     bar = _Progress(req.progress, total, f"factorize[{req.method}]")
     try:
@@ -659,6 +694,12 @@ def _rel(D: np.ndarray, A: np.ndarray, norm2: float) -> float:
 def _assemble(prob: _Problem, req: _Request, run: _Run, t0: float, w: _Weights | None,
               searched: tuple[tuple[Chain, float], ...] = ()):
     """The operator at the user's scale and its errors, measured from the fitted values."""
+    user = _scaled(prob.to_user(run.vals), prob.exp0 + prob.exp)
+    if prob.colscale is not None:
+        user[0] = user[0] / _columns(prob.colscale, prob.chain[0])
+    op = DeBut(prob.chain, user, shape=prob.shape)
+    if not req.return_info:  # the errors are only reported, never used
+        return op
     D = prob.dense(run.vals)
     data = None
     if prob.weight is not None:  # D fits base itself, weighted
@@ -668,12 +709,6 @@ def _assemble(prob: _Problem, req: _Request, run: _Run, t0: float, w: _Weights |
         data = _rel(D, prob.A, prob.norm2)
         D = _ldexp(D, prob.exp) / prob.colscale
     rel = _rel(D, prob.base, sqnorm(prob.base))
-    user = _scaled(prob.to_user(run.vals), prob.exp0 + prob.exp)
-    if prob.colscale is not None:
-        user[0] = user[0] / _columns(prob.colscale, prob.chain[0])
-    op = DeBut(prob.chain, user, shape=prob.shape)
-    if not req.return_info:
-        return op
     return op, _fit_info(prob, req, run, t0, rel=rel, data=data, w=w, searched=searched)
 
 
@@ -864,7 +899,8 @@ def factorize(
                            lambda c: _estimate(base, exp0, w, req.order, cache, c),
                            rel_error=req.target)
         fchain, searched = res.chain, res.tried
-    if req.method == "hierarchical" and analyse_chain(fchain) is None:
+    if req.method == "hierarchical" and analyse_chain(fchain) is None and \
+            _ranks(fchain) is None:
         raise ValueError(not_chainable_message(fchain,
                                                "factorize(chain, method='hierarchical'"))
     init_vals = None if req.init is None else _check_init(req.init, fchain, req.A.dtype)

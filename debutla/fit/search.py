@@ -61,9 +61,10 @@ def candidate_chains(m: int, n: int, *, max_params: int | None = None,
     ``2 .. max_factors`` (:func:`~debutla.design_chain`, which also pads), the same with
     the radix capped at 2 and 4 (more factors, fewer values), every two-factor dense
     chain ``(r_1, s_1), (m / r_1, n / s_1)`` whose middle size ``r_1 n / s_1`` is at least
-    ``min(m, n)`` and which is smaller than the dense matrix (these fill the range between the two-factor minimum and the dense
-    matrix), and the dense matrix itself (one factor).  Bulging designs are not listed:
-    designing them costs about a second each at ``768 x 3072``.
+    ``min(m, n)`` and which is smaller than the dense matrix (these fill the range
+    between the two-factor minimum and the dense matrix), and the dense matrix itself
+    (one factor).  Bulging designs are not listed: designing them costs about a second
+    each at ``768 x 3072``.
 
     Examples
     --------
@@ -151,8 +152,9 @@ def search_chain(candidates: list[Chain], estimate: Callable[[Chain], float], *,
     only the ``per_count`` largest chains of each count are estimated, and the lowest
     estimate wins (ties: fewer values).  **Target.**  The candidates are sorted by
     ``nnz``; a bisection over them (assuming the estimate falls as ``nnz`` grows, which
-    holds within a family but not strictly across families) finds a small chain whose
-    estimate reaches the target in ``O(log K)`` estimates of ``K`` candidates.  The
+    holds within a family of one factor count but not across families) runs in each
+    family, and the smallest chain found wins: ``O(F log K)`` estimates for ``F``
+    factor counts and ``K`` candidates.  The
     estimates are upper bounds of what ALS refinement reaches, so a chain that meets the
     target by its estimate still meets it after refinement.
 
@@ -181,16 +183,23 @@ def search_chain(candidates: list[Chain], estimate: Callable[[Chain], float], *,
         best = min(tried, key=lambda c: (tried[c], c.nnz))
         return SearchResult(best, tried[best], tuple(tried.items()), None)
     target = check_real(rel_error, "rel_error", where="search_chain(rel_error)", min=0)
-    asc = sorted(candidates, key=lambda c: (c.nnz, -len(c)))
-    lo, hi = 0, len(asc) - 1
-    if est(asc[hi]) > target:  # even the largest misses: the most accurate tried
+    families: dict[int, list[Chain]] = {}
+    for c in sorted(candidates, key=lambda c: (c.nnz, -len(c))):
+        families.setdefault(len(c), []).append(c)
+    winners = []
+    for fam in families.values():  # bisection within each factor count
+        lo, hi = 0, len(fam) - 1
+        if est(fam[hi]) > target:
+            continue
+        while lo < hi:  # invariant: fam[hi] reaches the target
+            mid = (lo + hi) // 2
+            if est(fam[mid]) <= target:
+                hi = mid
+            else:
+                lo = mid + 1
+        winners.append(fam[hi])
+    if not winners:  # even the largest of every family misses: the most accurate tried
         best = min(tried, key=lambda c: (tried[c], c.nnz))
         return SearchResult(best, tried[best], tuple(tried.items()), False)
-    while lo < hi:  # invariant: asc[hi] reaches the target
-        mid = (lo + hi) // 2
-        if est(asc[mid]) <= target:
-            hi = mid
-        else:
-            lo = mid + 1
-    best = asc[hi]
+    best = min(winners, key=lambda c: (c.nnz, tried[c]))
     return SearchResult(best, tried[best], tuple(tried.items()), True)
