@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 
 from .backends import default_backend_for, get_backend, is_device_array
-from ._validation import (SUPPORTED_DTYPES, as_generator, check_int, check_out,
+from ._validation import (SUPPORTED_DTYPES, as_generator, check_bool, check_int, check_out,
                           result_dtype, supported_dtype)
 from .chain import Chain, FactorSpec, as_chain
 
@@ -82,6 +82,12 @@ class DeBut:
     dtype : dtype, optional
         Value dtype (float32, float64, complex64 or complex128).  Defaults to the
         factors' common dtype (integers become float64).
+    copy : bool
+        True (default): the operator keeps private read-only copies of the values.
+        False: arrays already C-contiguous in the operator's dtype are kept without a
+        copy (read-only views); the caller promises never to modify them, or the
+        operator's products change with them.  Fitting code and converters use this to
+        hand over values they own.
     backend : {"numpy", "numba", "cupy"}, optional
         Force a backend; by default the input's array type chooses (see
         :mod:`debutla.backends`): NumPy arrays run on the CPU, CuPy arrays on the GPU
@@ -120,9 +126,11 @@ class DeBut:
         shape: tuple[int, int] | None = None,
         *,
         dtype: Any = None,
+        copy: bool = True,
         backend: str | None = None,
     ) -> None:
         chain = as_chain(chain, where="DeBut(chain)")
+        copy = check_bool(copy, "copy", where="DeBut")
         if isinstance(factors, np.ndarray) or not isinstance(factors, Sequence):
             try:
                 factors = list(factors)
@@ -151,7 +159,9 @@ class DeBut:
                 raise TypeError(f"DeBut: complex factors cannot be stored as {dt}")
         vals = []
         for a in arrs:
-            vals.append(_freeze(np.array(a, dtype=dt, copy=True, order="C")))
+            if copy or a.dtype != dt or not a.flags.c_contiguous:
+                a = np.array(a, dtype=dt, copy=True, order="C")
+            vals.append(_freeze(a if copy else a.view()))
         self._init(chain, tuple(vals), shape, backend)
 
     def _init(self, chain: Chain, vals: tuple, shape, backend) -> None:

@@ -735,3 +735,15 @@ def test_explicit_unsupported_dtype_is_refused_not_mapped(bad):
         DeBut.random(chain).astype(bad)
     with pytest.raises(TypeError, match="not supported"):
         DeBut.identity(3, dtype=bad)
+
+
+def test_copy_false_keeps_owned_values_without_a_copy():
+    vals = [np.ascontiguousarray(v) for v in DeBut.random(SMALL, seed=0).factors]
+    vals = [v.copy() for v in vals]
+    op = DeBut(SMALL, vals, copy=False)
+    assert all(np.shares_memory(a, b) for a, b in zip(op.factors, vals))
+    assert not any(a.flags.writeable for a in op.factors)
+    op2 = DeBut(SMALL, [v.astype(np.float32) for v in vals], dtype=np.float64, copy=False)
+    assert op2.dtype == np.float64      # a dtype change still copies
+    with pytest.raises(TypeError, match="copy must be True or False"):
+        DeBut(SMALL, vals, copy="no")

@@ -697,7 +697,7 @@ def _assemble(prob: _Problem, req: _Request, run: _Run, t0: float, w: _Weights |
     user = _scaled(prob.to_user(run.vals), prob.exp0 + prob.exp)
     if prob.colscale is not None:
         user[0] = user[0] / _columns(prob.colscale, prob.chain[0])
-    op = DeBut(prob.chain, user, shape=prob.shape)
+    op = DeBut(prob.chain, user, shape=prob.shape, copy=False)  # values we own
     if not req.return_info:  # the errors are only reported, never used
         return op
     D = prob.dense(run.vals)
