@@ -17,13 +17,13 @@ extensions = [
     "sphinx.ext.viewcode",
     "sphinx.ext.doctest",
 ]
-try:  # pictures in the user docs are drawn at build time (matplotlib: the plot extra)
+# The pictures of the user pages are drawn at build time (``.. plot::``).
+try:
     import matplotlib
-
-    matplotlib.use("Agg")
-    extensions.append("matplotlib.sphinxext.plot_directive")
-except ImportError:  # pragma: no cover - the docs then build without the pictures
-    pass
+except ImportError as e:  # pragma: no cover - a clear message instead of unknown directives
+    raise ImportError("the docs draw pictures with matplotlib: pip install \".[docs]\"") from e
+matplotlib.use("Agg")
+extensions.append("matplotlib.sphinxext.plot_directive")
 
 # python -m sphinx -b doctest docs docs/_build/doctest runs every example in the pages and
 # in the docstrings shown by autodoc (tests/test_docs.py does it)
