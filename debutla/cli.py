@@ -163,56 +163,104 @@ def _split_spec(spec: str) -> tuple[str, str | None]:
     return m.group("path"), m.group("key")
 
 
-def _read_arrays(path: str) -> tuple[dict[str, Any] | None, Any]:
-    """``(arrays by name, None)`` for .npz/.safetensors, ``(None, array)`` for .npy."""
-    if not os.path.exists(path):
-        raise CLIError(f"{path}: no such file")
-    if os.path.isdir(path):
-        raise CLIError(f"{path}: is a directory, not a file")
-    low = path.lower()
-    try:
-        if low.endswith(".npy"):
-            return None, np.load(path, allow_pickle=False)
-        if low.endswith(".npz"):
-            with np.load(path, allow_pickle=False) as z:
-                return {k: z[k] for k in z.files}, None
-        if low.endswith(".safetensors"):
+class _ArrayFile:
+    """The arrays of a .npy, .npz or .safetensors file, read lazily one at a time.
+
+    A large checkpoint is never loaded whole: listing reads only headers for
+    .safetensors, and :meth:`get` reads one array.  A .npy file has the single key "".
+    """
+
+    def __init__(self, path: str) -> None:
+        if not os.path.exists(path):
+            raise CLIError(f"{path}: no such file")
+        if os.path.isdir(path):
+            raise CLIError(f"{path}: is a directory, not a file")
+        low = path.lower()
+        self.path = path
+        self.kind = next((sfx for sfx in _SUFFIXES if low.endswith(sfx)), None)
+        if self.kind is None:
+            raise CLIError(f"{path}: unsupported file type; expected .npy, .npz or "
+                           f".safetensors")
+        if self.kind == ".safetensors":
             try:
-                from safetensors.numpy import load_file
+                from safetensors import safe_open
             except ImportError:
                 raise CLIError(f"{path}: reading .safetensors files needs the safetensors "
                                f"package: pip install safetensors") from None
-            return dict(load_file(path)), None
-    except CLIError:
-        raise
-    except Exception as e:  # damaged or foreign files: zipfile, npy header, safetensors
-        raise CLIError(f"{path}: cannot read the file ({type(e).__name__}: {e})") from None
-    raise CLIError(f"{path}: unsupported file type; expected .npy, .npz or .safetensors")
+            self._safe_open = safe_open
+        self.keys: list[str] = self._guard(self._keys)
+
+    def _guard(self, fn: Callable[..., Any], *a: Any) -> Any:
+        try:
+            return fn(*a)
+        except CLIError:
+            raise
+        except Exception as e:  # damaged or foreign files: zipfile, npy header, safetensors
+            raise CLIError(f"{self.path}: cannot read the file ({type(e).__name__}: "
+                           f"{e})") from None
+
+    def _keys(self) -> list[str]:
+        if self.kind == ".npy":
+            np.load(self.path, mmap_mode="r", allow_pickle=False)  # checks the header
+            return [""]
+        if self.kind == ".npz":
+            with np.load(self.path, allow_pickle=False) as z:
+                return list(z.files)
+        with self._safe_open(self.path, framework="np") as f:
+            return list(f.keys())
+
+    def _get(self, key: str) -> np.ndarray:
+        if self.kind == ".npy":
+            return np.load(self.path, allow_pickle=False)
+        if self.kind == ".npz":
+            with np.load(self.path, allow_pickle=False) as z:
+                return z[key]
+        with self._safe_open(self.path, framework="np") as f:
+            return f.get_tensor(key)
+
+    def get(self, key: str) -> np.ndarray:
+        """The array named ``key``."""
+        return self._guard(self._get, key)
+
+    def _shape_dtype(self, key: str) -> tuple[tuple[int, ...], str]:
+        if self.kind == ".safetensors":
+            with self._safe_open(self.path, framework="np") as f:
+                sl = f.get_slice(key)
+                return tuple(sl.get_shape()), str(sl.get_dtype())
+        if self.kind == ".npy":
+            a = np.load(self.path, mmap_mode="r", allow_pickle=False)
+            return a.shape, str(a.dtype)
+        a = self._get(key)
+        return a.shape, str(a.dtype)
+
+    def shape_dtype(self, key: str) -> tuple[tuple[int, ...], str]:
+        """Shape and dtype of ``key`` (headers only for .safetensors and .npy)."""
+        return self._guard(self._shape_dtype, key)
 
 
 def _read_matrix(spec: str) -> tuple[np.ndarray, str]:
     """The 2-D matrix named by ``spec`` and a label for it."""
     path, key = _split_spec(spec)
-    arrays, single = _read_arrays(path)
-    if arrays is None:
+    f = _ArrayFile(path)
+    if f.kind == ".npy":
         if key is not None:
             raise CLIError(f"{path}: a .npy file holds one array; drop ':{key}'")
-        A, label = single, path
+        A, label = f.get(""), path
     else:
-        if not arrays:
+        if not f.keys:
             raise CLIError(f"{path}: the file holds no arrays")
         if key is None:
-            if len(arrays) > 1:
-                names = ", ".join(list(arrays)[:8]) + (", ..." if len(arrays) > 8 else "")
-                raise CLIError(f"{path} holds {len(arrays)} arrays ({names}); name one as "
+            if len(f.keys) > 1:
+                names = ", ".join(f.keys[:8]) + (", ..." if len(f.keys) > 8 else "")
+                raise CLIError(f"{path} holds {len(f.keys)} arrays ({names}); name one as "
                                f"{path}:KEY (debutla info {path} lists them)")
-            key = next(iter(arrays))
-        if key not in arrays:
-            close = [k for k in arrays if key.lower() in k.lower()][:5]
+            key = f.keys[0]
+        if key not in f.keys:
+            close = [k for k in f.keys if key.lower() in k.lower()][:5]
             hint = f"; did you mean {', '.join(close)}?" if close else \
-                f"; debutla info {path} lists the {len(arrays)} keys"
+                f"; debutla info {path} lists the {len(f.keys)} keys"
             raise CLIError(f"{path}: no array named {key!r}{hint}")
-        A, label = arrays[key], f"{path}:{key}"
+        A, label = f.get(key), f"{path}:{key}"
     A = np.asarray(A)
     if A.ndim != 2:
         raise CLIError(f"{label}: expected a 2-D matrix, got shape {A.shape}"
@@ -314,14 +362,15 @@ def _cmd_factorize(args: argparse.Namespace) -> int:
     if plot is not None:
         fig = plot.plot_tradeoff([{"params": nnz, "debut_error": rel, "svd_error": svd_err,
                                    "label": f"{len(op.chain)} factors"}],
-                                 dense_params=m * n, title=f"{label}: {m}x{n}")
+                                 dense_params=m * n, title=_short(label) + f": {m}x{n}")
         ax = fig.axes[0]
         s = np.linalg.svd(np.asarray(W, dtype=np.float64 if not np.iscomplexobj(W)
                                      else np.complex128), compute_uv=False)
         tail = np.sqrt(np.maximum(np.cumsum((s ** 2)[::-1])[::-1], 0) / max(np.sum(s ** 2),
                                                                             1e-300))
         ks = np.arange(1, len(s))
-        ax.plot(ks * (m + n), tail[1:], "-", color="C1", lw=0.8, alpha=0.6,
+        ks = ks[ks * (m + n) <= m * n]  # low rank stops paying at the dense size
+        ax.plot(ks * (m + n), tail[ks], "-", color="C1", lw=0.8, alpha=0.6,
                 label="truncated SVD, every rank")
         ax.legend(fontsize=8)
         _save_figure(fig, args.plot)
@@ -329,13 +378,20 @@ def _cmd_factorize(args: argparse.Namespace) -> int:
     return 0
 
 
-def _describe_arrays(path: str, arrays: dict[str, Any]) -> str:
-    lines = [f"{path}: {len(arrays)} arrays (not a debutla operator file)"]
-    width = max((len(k) for k in arrays), default=0)
-    for k, a in arrays.items():
-        a = np.asarray(a)
-        shape = "x".join(map(str, a.shape)) or "scalar"
-        lines.append(f"  {k:<{width}}  {shape:>12}  {a.dtype}")
+def _short(label: str, width: int = 60) -> str:
+    """``label`` with the folders dropped and, if still long, its middle elided."""
+    path, sep, key = label.partition(":") if not os.path.exists(label) else (label, "", "")
+    text = os.path.basename(path) + sep + key
+    return text if len(text) <= width else text[: width // 2 - 2] + "..." + text[-(width // 2 - 1):]
+
+
+def _describe_arrays(f: _ArrayFile) -> str:
+    lines = [f"{f.path}: {len(f.keys)} arrays (not a debutla operator file)"]
+    width = max((len(k) for k in f.keys), default=0)
+    for k in f.keys:
+        shape, dtype = f.shape_dtype(k)
+        text = "x".join(map(str, shape)) or "scalar"
+        lines.append(f"  {k:<{width}}  {text:>12}  {dtype}")
     return "\n".join(lines)
 
 
@@ -375,11 +431,12 @@ def _cmd_info(args: argparse.Namespace) -> int:
         A, label = _read_matrix(target)
         print(f"{label}: {'x'.join(map(str, A.shape))} {A.dtype}")
         return 0
-    arrays, single = _read_arrays(path)
-    if arrays is None:
-        print(f"{path}: one array, {'x'.join(map(str, single.shape))} {single.dtype}")
+    f = _ArrayFile(path)
+    if f.kind == ".npy":
+        shape, dtype = f.shape_dtype("")
+        print(f"{path}: one array, {'x'.join(map(str, shape))} {dtype}")
     else:
-        print(_describe_arrays(path, arrays))
+        print(_describe_arrays(f))
     return 0
 
 

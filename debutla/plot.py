@@ -325,7 +325,8 @@ def plot_tradeoff(records: Sequence[Mapping[str, Any]], *, ax: Any = None,
     ax.set_xscale("log")
     ax.set_xlabel("parameters (stored values)")
     ax.set_ylabel("relative error ||W - A||_F / ||W||_F")
-    ax.set_ylim(bottom=0)
+    top = max(max(r["debut_error"], r["svd_error"], r.get("data_error") or 0) for r in recs)
+    ax.set_ylim(0, max(1.05, 1.08 * top))  # room above the points for their labels
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     if title is not None:

@@ -488,3 +488,11 @@ def test_format_seconds():
     assert _timing.format_seconds(12.0) == "12 s"
     assert _timing.format_seconds(2e-5) == "20 us"
     assert _timing.format_seconds(1e-10) == "0.1 ns"
+
+
+def test_short_labels_for_picture_titles():
+    assert cli._short("/a/b/model.safetensors:layer.0.weight") == \
+        "model.safetensors:layer.0.weight"
+    long = "/x/" + "m" * 40 + ".safetensors:" + "k" * 40
+    short = cli._short(long)
+    assert len(short) <= 60 and "..." in short and short.endswith("k" * 20)
