@@ -15,7 +15,37 @@ extensions = [
     "sphinx.ext.napoleon",
     "sphinx.ext.mathjax",
     "sphinx.ext.viewcode",
+    "sphinx.ext.doctest",
 ]
+# The pictures of the user pages are drawn at build time (``.. plot::``).
+try:
+    import matplotlib
+except ImportError as e:  # pragma: no cover - a clear message instead of unknown directives
+    raise ImportError("the docs draw pictures with matplotlib: pip install \".[docs]\"") from e
+matplotlib.use("Agg")
+extensions.append("matplotlib.sphinxext.plot_directive")
+
+# python -m sphinx -b doctest docs docs/_build/doctest runs every example in the pages and
+# in the docstrings shown by autodoc (tests/test_docs.py does it)
+# Docstring examples run with their module's names in scope, as in tests/test_docs.py.
+doctest_global_setup = """
+import importlib
+import numpy as np
+import debutla as db
+for _name in ("debutla.chain", "debutla.operator", "debutla.io", "debutla.interop.scipy",
+              "debutla.factorize.api", "debutla.fit", "debutla.backends", "debutla.plot",
+              "debutla._timing", "debutla.cli"):
+    try:
+        _mod = importlib.import_module(_name)
+    except ImportError:
+        continue
+    globals().update({k: v for k, v in vars(_mod).items() if not k.startswith("__")})
+"""
+plot_include_source = True
+plot_html_show_source_link = False
+plot_html_show_formats = False
+plot_formats = [("png", 100)]
+plot_pre_code = "import numpy as np\nimport matplotlib.pyplot as plt\nimport debutla as db\n"
 autosummary_generate = True
 autodoc_default_options = {"members": True, "show-inheritance": False}
 autodoc_typehints = "description"
