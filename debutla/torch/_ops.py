@@ -300,7 +300,7 @@ if _HAS_CUSTOM_OP:
         outs = _debut_mm_backward_op(grad, x, list(values), chain, m, n, impl, need_x,
                                      need_v)
         gx = outs[0] if need_x else None
-        gvs = list(outs[1:]) if need_v else None
+        gvs = list(outs[1:]) if need_v else [None] * len(values)
         return gx, gvs, None, None, None, None
 
     _debut_mm_op.register_autograd(_autograd_backward, setup_context=_setup_context)
