@@ -46,6 +46,7 @@ import torch
 
 from ..chain import Chain
 from ..operator import DeBut
+from ._kernels import fused_backward
 
 __all__ = ["debut_mm", "parse_chain", "IMPLS", "factor_forward", "chain_forward_cols"]
 
@@ -218,6 +219,11 @@ def _backward(grad, x, values, chain, shape, impl, need_x: bool, need_v: bool):
         for v in reversed(values):
             g, _ = factor_backward(g, None, v, True, False)
         return g[:n].t().contiguous(), gvs
+    if _use_numba(grad, impl):  # fused per-tile recompute + walk back (_kernels)
+        gxn, gvn = fused_backward(x.detach().numpy(), grad.detach().numpy(),
+                                  [v.detach().numpy() for v in values],
+                                  [spec.value_shape for spec in chain], n, m, need_x)
+        return (torch.from_numpy(gxn) if need_x else None), [torch.from_numpy(g) for g in gvn]
     # recompute the factors' inputs, then walk back
     with torch.no_grad():
         _, inputs = chain_forward_cols(_to_cols(x, Q), values, keep=True)
@@ -255,6 +261,64 @@ class _DeButMM(torch.autograd.Function):
         gx, gvs = _backward(grad.contiguous(), x, values, parse_chain(chain_text), (m, n),
                             impl, need_x, need_v)
         return (gx, None, None, None, None, *gvs)
+
+
+class _DeButMMKeep(torch.autograd.Function):
+    """Keep-the-intermediates variant (eager only; see :func:`backward_mode`)."""
+
+    @staticmethod
+    def forward(ctx, x, chain_text, m, n, *values):
+        chain = parse_chain(chain_text)
+        with torch.no_grad():
+            y, inputs = chain_forward_cols(_to_cols(x, chain.shape[1]), values, keep=True)
+        ctx.save_for_backward(*inputs, *values)
+        ctx.meta = (chain_text, m, n, len(inputs))
+        return y[:m].t().contiguous()
+
+    @staticmethod
+    def backward(ctx, grad):
+        chain_text, m, n, k = ctx.meta
+        saved = ctx.saved_tensors
+        inputs, values = saved[:k], saved[k:]
+        need_x = ctx.needs_input_grad[0]
+        g = _to_cols(grad.contiguous(), parse_chain(chain_text).shape[0])
+        gvs = [None] * len(values)
+        for i in range(len(values) - 1, -1, -1):
+            g, gvs[i] = factor_backward(g, inputs[i], values[i], need_x or i > 0, True)
+        gx = g[:n].t().contiguous() if need_x else None
+        return (gx, None, None, None, *gvs)
+
+
+_BACKWARD = {"mode": "recompute"}
+
+
+class backward_mode:
+    """Context manager choosing how the backward gets each factor's input (benchmarks).
+
+    ``"recompute"`` (default): only the layer input is saved; the backward recomputes the
+    intermediates (fused per tile on the CPU).  ``"keep"``: the forward runs factor by
+    factor with torch operations and keeps every intermediate (``batch x sum q_i``
+    values) for the backward; eager mode only.
+
+    Examples
+    --------
+    >>> from debutla.torch._ops import backward_mode
+    >>> with backward_mode("keep"):
+    ...     pass
+    """
+
+    def __init__(self, mode: str) -> None:
+        if mode not in ("recompute", "keep"):
+            raise ValueError(f"backward_mode: mode must be 'recompute' or 'keep', got {mode!r}")
+        self.mode = mode
+
+    def __enter__(self):
+        self.prev = _BACKWARD["mode"]
+        _BACKWARD["mode"] = self.mode
+        return self
+
+    def __exit__(self, *exc):
+        _BACKWARD["mode"] = self.prev
 
 
 _HAS_CUSTOM_OP = hasattr(torch.library, "custom_op") and hasattr(torch.library,
@@ -352,6 +416,9 @@ def debut_mm(x: torch.Tensor, values: Sequence[torch.Tensor], chain: Chain | str
     if not x.is_contiguous():
         x = x.contiguous()
     values = list(values)
+    if (_BACKWARD["mode"] == "keep" and torch.is_grad_enabled()
+            and (x.requires_grad or any(v.requires_grad for v in values))):
+        return _DeButMMKeep.apply(x, text, m, n, *values)
     if _HAS_CUSTOM_OP:
         return _debut_mm_op(x, values, text, m, n, impl)
     return _DeButMM.apply(x, text, m, n, impl, *values)
