@@ -448,3 +448,24 @@ def test_torch_compile_model_with_debut_layers():
     torch.testing.assert_close(y, ref)
     for p, g in zip(net.parameters(), grads):
         torch.testing.assert_close(p.grad, g)
+
+
+def test_operator_cache_sees_in_place_updates():
+    """Inference reuses the CPU operator; any autograd-visible write invalidates it."""
+    torch.manual_seed(0)
+    layer = DeButLinear(13, 5, chain=PADDED, dtype=torch.float64)
+    x = torch.randn(4, 13, dtype=torch.float64)
+    with torch.inference_mode():
+        y0 = layer(x)
+    with torch.no_grad():
+        layer.factors[1].mul_(2.0)
+    with torch.inference_mode():
+        torch.testing.assert_close(layer(x), layer.bias + 2 * (y0 - layer.bias))
+    opt = torch.optim.SGD(layer.parameters(), lr=0.1)
+    layer(x).sum().backward()
+    opt.step()
+    with torch.inference_mode():
+        torch.testing.assert_close(layer(x), layer.to_dense()(x))
+    layer.load_state_dict(DeButLinear(13, 5, chain=PADDED, dtype=torch.float64).state_dict())
+    with torch.inference_mode():
+        torch.testing.assert_close(layer(x), layer.to_dense()(x))

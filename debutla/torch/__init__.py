@@ -13,9 +13,9 @@ try:
 except ImportError as e:  # pragma: no cover - exercised only without torch
     raise ImportError("debutla.torch needs PyTorch: pip install 'debutla[torch]'") from e
 
-from ._ops import IMPLS, debut_mm
+from ._ops import IMPLS, backward_mode, clear_cache, debut_mm
 from .compress import CompressionReport, LayerReport, compress, count_parameters
 from .layers import DeButConv2d, DeButLinear
 
 __all__ = ["DeButLinear", "DeButConv2d", "compress", "CompressionReport", "LayerReport",
-           "count_parameters", "debut_mm", "IMPLS"]
+           "count_parameters", "debut_mm", "IMPLS", "clear_cache", "backward_mode"]

@@ -38,6 +38,8 @@ DeBut layers compile; on torch versions without ``torch.library.custom_op`` the 
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from functools import lru_cache
 from typing import Sequence
 
@@ -48,7 +50,8 @@ from ..chain import Chain
 from ..operator import DeBut
 from ._kernels import fused_backward
 
-__all__ = ["debut_mm", "parse_chain", "IMPLS", "factor_forward", "chain_forward_cols"]
+__all__ = ["debut_mm", "parse_chain", "IMPLS", "factor_forward", "chain_forward_cols",
+           "clear_cache", "backward_mode"]
 
 IMPLS = ("auto", "numba", "torch")
 _NUMBA_DTYPES = (torch.float32, torch.float64)
@@ -64,6 +67,17 @@ def parse_chain(text: str) -> Chain:
 # CPU fused path: the one function to swap for a zero-copy core hook
 # ---------------------------------------------------------------------------------------
 
+_OP_CACHE: "OrderedDict[tuple, tuple]" = OrderedDict()
+_OP_CACHE_SIZE = 16
+_OP_LOCK = threading.Lock()
+
+
+def clear_cache() -> None:
+    """Forget the cached CPU operators (see :func:`_cpu_operator`)."""
+    with _OP_LOCK:
+        _OP_CACHE.clear()
+
+
 def _cpu_operator(values: Sequence[torch.Tensor], chain: Chain, shape: tuple[int, int],
                   transpose: bool = False) -> DeBut:
     """A :class:`~debutla.DeBut` operator holding ``values`` (CPU tensors), or its transpose.
@@ -71,11 +85,28 @@ def _cpu_operator(values: Sequence[torch.Tensor], chain: Chain, shape: tuple[int
     This is the only place the torch layer builds core operators.  The public constructor
     copies the values (about 0.2 ms for the 75,776 values of the VGG chain) and the
     kernel state is prepared on first use (about 0.1 ms); a core hook taking read-only
-    views without copying would remove both (see ``docs/torch.rst``).
+    views without copying would remove both (see ``docs/torch.rst``).  Meanwhile the
+    last few operators are cached, keyed by each tensor's memory address and version
+    counter (every in-place write through autograd-visible tensors, optimiser steps and
+    ``load_state_dict`` included, bumps it); an entry holds the tensors, so their memory
+    cannot be reused while it lives.  Writes through ``tensor.data`` bypass the version
+    counter: call :func:`clear_cache` after them.
     """
+    key = (chain, shape, transpose, values[0].dtype,
+           tuple((v.data_ptr(), v._version) for v in values))
+    with _OP_LOCK:
+        hit = _OP_CACHE.get(key)
+        if hit is not None:
+            _OP_CACHE.move_to_end(key)
+            return hit[0]
     arrs = [v.detach().numpy() for v in values]
     op = DeBut(chain, arrs, shape=shape)
-    return op.T if transpose else op
+    op = op.T if transpose else op
+    with _OP_LOCK:
+        _OP_CACHE[key] = (op, tuple(v.detach() for v in values))
+        while len(_OP_CACHE) > _OP_CACHE_SIZE:
+            _OP_CACHE.popitem(last=False)
+    return op
 
 
 def _numba_rows(x: torch.Tensor, values: Sequence[torch.Tensor], chain: Chain,
