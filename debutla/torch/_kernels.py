@@ -56,8 +56,11 @@ def get_num_threads() -> int:
 
 @numba.njit(cache=True, nogil=True, fastmath={"contract", "reassoc"}, error_model="numpy")
 def _tile_backward(X, G, GX, dims, vals, voff, xoff, lo, hi, W, n, m, need_x,
-                   acts, ga, gb, gv):  # pragma: no cover - compiled
-    """Fused backward over rows ``lo .. hi-1`` (all sizes uint64; see the module doc)."""
+                   acts, ga, gb, gv, z):  # pragma: no cover - compiled
+    """Fused backward over rows ``lo .. hi-1`` (all sizes uint64; see the module doc).
+
+    ``z`` is a zero of the value dtype: the reductions accumulate in that dtype.
+    """
     zero = np.uint64(0)
     one = np.uint64(1)
     nf = np.uint64(dims.shape[0])
@@ -125,7 +128,7 @@ def _tile_backward(X, G, GX, dims, vals, voff, xoff, lo, hi, W, n, m, need_x,
                             gbse = ((b * r + i) * t + k) * W
                             vi = vo + ((b * r + i) * s + j) * t + k
                             v = vals[vi]
-                            acc = vals[vi] * 0.0
+                            acc = z
                             if want_gx:
                                 for c in range(W):
                                     gg = cur[gbse + c]
@@ -202,7 +205,7 @@ def fused_backward(X: np.ndarray, G: np.ndarray, factors, shapes, n: int, m: int
         gb = np.empty(F * W, dtype=dt)
         u = np.uint64
         _tile_backward(X, G, GX, dims, vals, voff, xoff, u(bounds[idx]), u(bounds[idx + 1]),
-                       u(W), u(n), u(m), bool(need_x), acts, ga, gb, gvs[idx])
+                       u(W), u(n), u(m), bool(need_x), acts, ga, gb, gvs[idx], dt.type(0))
 
     if k == 1:
         run(0)
