@@ -469,3 +469,16 @@ def test_operator_cache_sees_in_place_updates():
     layer.load_state_dict(DeButLinear(13, 5, chain=PADDED, dtype=torch.float64).state_dict())
     with torch.inference_mode():
         torch.testing.assert_close(layer(x), layer.to_dense()(x))
+
+
+def test_operator_cache_sees_writes_through_data():
+    """Writes that bypass the version counter (``.data``) are seen too."""
+    layer = DeButLinear(13, 5, chain=PADDED, dtype=torch.float64)
+    x = torch.randn(4, 13, dtype=torch.float64)
+    with torch.inference_mode():
+        y0 = layer(x)
+    layer.factors[0].data[0, 0, 0, 0] += 1.0
+    with torch.inference_mode():
+        y1 = layer(x)
+    assert not torch.equal(y0, y1)
+    torch.testing.assert_close(y1, layer.to_dense()(x))

@@ -86,24 +86,24 @@ def _cpu_operator(values: Sequence[torch.Tensor], chain: Chain, shape: tuple[int
     copies the values (about 0.2 ms for the 75,776 values of the VGG chain) and the
     kernel state is prepared on first use (about 0.1 ms); a core hook taking read-only
     views without copying would remove both (see ``docs/torch.rst``).  Meanwhile the
-    last few operators are cached, keyed by each tensor's memory address and version
-    counter (every in-place write through autograd-visible tensors, optimiser steps and
-    ``load_state_dict`` included, bumps it); an entry holds the tensors, so their memory
-    cannot be reused while it lives.  Writes through ``tensor.data`` bypass the version
-    counter: call :func:`clear_cache` after them.
+    last few operators are cached for inference: an entry is found by the tensors'
+    addresses and reused only if its snapshot of the values is exactly equal to the
+    current values (``torch.equal``, a read of the values, much cheaper than a rebuild),
+    so no write to the values can be missed, whatever path it takes.
     """
-    key = (chain, shape, transpose, values[0].dtype,
-           tuple((v.data_ptr(), v._version) for v in values))
+    key = (chain, shape, transpose, values[0].dtype, tuple(v.data_ptr() for v in values))
     with _OP_LOCK:
         hit = _OP_CACHE.get(key)
-        if hit is not None:
-            _OP_CACHE.move_to_end(key)
-            return hit[0]
-    arrs = [v.detach().numpy() for v in values]
-    op = DeBut(chain, arrs, shape=shape)
+    if hit is not None and all(torch.equal(a, b) for a, b in zip(hit[1], values)):
+        with _OP_LOCK:
+            if key in _OP_CACHE:
+                _OP_CACHE.move_to_end(key)
+        return hit[0]
+    snap = tuple(v.detach().clone() for v in values)
+    op = DeBut(chain, [v.numpy() for v in snap], shape=shape)
     op = op.T if transpose else op
     with _OP_LOCK:
-        _OP_CACHE[key] = (op, tuple(v.detach() for v in values))
+        _OP_CACHE[key] = (op, snap)
         while len(_OP_CACHE) > _OP_CACHE_SIZE:
             _OP_CACHE.popitem(last=False)
     return op
