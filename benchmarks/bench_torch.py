@@ -1,0 +1,199 @@
+"""DeButLinear against nn.Linear of the same shape: module calls, torch overhead included.
+
+For each case (chain, batch) and each mode it times the *module call* as a user sees it:
+
+* ``inference``: ``layer(x)`` under ``torch.inference_mode()``;
+* ``train``: ``layer(x).backward(g)`` with the parameters (and ``x``) requiring gradients,
+  i.e. forward + backward including the value gradients.
+
+Repeats of the DeBut layer and the dense layer are interleaved (A B A B ...) so a load
+change on the machine hits both; the table gives medians with the interquartile spread
+and the speed-up of the medians.  Threads: run once per thread count, each in a fresh
+process with ``torch.set_num_threads(k)`` and ``DEBUTLA_NUM_THREADS=k`` (Numba kernels).
+
+Usage::
+
+    python benchmarks/bench_torch.py                   # 1 and 2 threads, all cases
+    python benchmarks/bench_torch.py --threads 1 --quick
+    python benchmarks/bench_torch.py --backward-modes  # recompute vs keep intermediates
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+CASES = [
+    ("vgg_512x4608_mono", 256),
+    ("butterfly_4096", 256),
+]
+TARGETS = {("vgg_512x4608_mono", "inference"): 5.0, ("vgg_512x4608_mono", "train"): 3.0,
+           ("butterfly_4096", "train"): 10.0}
+
+
+def _chain(name: str):
+    import debutla as db
+
+    if name == "butterfly_4096":
+        return db.Chain.butterfly(4096)
+    return db.Chain.parse(db.PAPER_CHAINS[name])
+
+
+def _time_pair(fa, fb, repeats: int, warmup: int = 3):
+    import numpy as np
+
+    for _ in range(warmup):
+        fa()
+        fb()
+    ta, tb = [], []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fa()
+        t1 = time.perf_counter()
+        fb()
+        t2 = time.perf_counter()
+        ta.append(t1 - t0)
+        tb.append(t2 - t1)
+    return np.array(ta), np.array(tb)
+
+
+def run_worker(threads: int, repeats: int, cases) -> list[dict]:
+    """Time every case in this process (threads already set by the parent)."""
+    import numpy as np
+    import torch
+
+    from debutla.torch import DeButLinear
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    rows = []
+    for name, batch in cases:
+        chain = _chain(name)
+        m, n = chain.shape
+        deb = DeButLinear(n, m, chain=chain)
+        dense = torch.nn.Linear(n, m)
+        x = torch.randn(batch, n)
+        g = torch.randn(batch, m)
+
+        def inf(layer):
+            def f():
+                with torch.inference_mode():
+                    layer(x)
+            return f
+
+        xg = x.clone().requires_grad_(True)
+
+        def train(layer):
+            def f():
+                layer(xg).backward(g)
+            return f
+
+        for mode, mk in (("inference", inf), ("train", train)):
+            ta, tb = _time_pair(mk(deb), mk(dense), repeats)
+            q = lambda a: [float(np.percentile(a, p)) * 1e3 for p in (25, 50, 75)]
+            rows.append({"case": name, "m": m, "n": n, "batch": batch, "mode": mode,
+                         "threads": threads, "debut_ms": q(ta), "dense_ms": q(tb),
+                         "speedup": float(np.median(tb) / np.median(ta)),
+                         "target": TARGETS.get((name, mode))})
+    return rows
+
+
+def run_backward_modes(threads: int, repeats: int) -> list[dict]:
+    """Recompute the intermediates in the backward vs keep them from the forward."""
+    import numpy as np
+    import torch
+
+    from debutla.torch import DeButLinear
+    from debutla.torch import _ops
+
+    torch.set_num_threads(threads)
+    out = []
+    for name, batch in CASES:
+        chain = _chain(name)
+        m, n = chain.shape
+        layer = DeButLinear(n, m, chain=chain)
+        x = torch.randn(batch, n, requires_grad=True)
+        g = torch.randn(batch, m)
+        kept = batch * sum(f.q for f in chain) * 4
+        res = {}
+        for mode in ("recompute", "keep"):
+            def f():
+                with _ops.backward_mode(mode):
+                    layer(x).backward(g)
+            res[mode] = f
+        ta, tb = _time_pair(res["recompute"], res["keep"], repeats)
+        out.append({"case": name, "batch": batch, "threads": threads,
+                    "recompute_ms": float(np.median(ta)) * 1e3,
+                    "keep_ms": float(np.median(tb)) * 1e3,
+                    "extra_bytes_kept": kept,
+                    "input_bytes": batch * n * 4})
+    return out
+
+
+def _table(rows) -> str:
+    lines = ["| case | batch | threads | mode | DeButLinear ms (IQR) | nn.Linear ms (IQR) "
+             "| speed-up | target |", "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        a, b = r["debut_ms"], r["dense_ms"]
+        tgt = f"{r['target']:.0f}x" if r["target"] else ""
+        ok = "" if not r["target"] else (" met" if r["speedup"] >= r["target"] else " MISSED")
+        lines.append(f"| {r['case']} ({r['m']}x{r['n']}) | {r['batch']} | {r['threads']} "
+                     f"| {r['mode']} | {a[1]:.2f} ({a[0]:.2f}-{a[2]:.2f}) "
+                     f"| {b[1]:.2f} ({b[0]:.2f}-{b[2]:.2f}) | {r['speedup']:.1f}x "
+                     f"| {tgt}{ok} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--threads", type=int, nargs="*", default=[1, 2])
+    ap.add_argument("--repeats", type=int, default=30)
+    ap.add_argument("--quick", action="store_true", help="5 repeats")
+    ap.add_argument("--backward-modes", action="store_true",
+                    help="compare recompute vs keep intermediates instead")
+    ap.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--json", default=None, help="also write the rows as JSON")
+    args = ap.parse_args(argv)
+    reps = 5 if args.quick else args.repeats
+    if args.worker is not None:
+        fn = run_backward_modes if args.backward_modes else None
+        rows = (fn(args.worker, reps) if fn else run_worker(args.worker, reps, CASES))
+        print("ROWS" + json.dumps(rows))
+        return
+    rows = []
+    for k in args.threads:
+        env = dict(os.environ, DEBUTLA_NUM_THREADS=str(k), OMP_NUM_THREADS=str(k),
+                   PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]))
+        cmd = [sys.executable, os.path.abspath(__file__), "--worker", str(k),
+               "--repeats", str(reps)] + (["--backward-modes"] if args.backward_modes else [])
+        r = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        if r.returncode != 0:
+            sys.exit(r.stderr)
+        line = [ln for ln in r.stdout.splitlines() if ln.startswith("ROWS")][-1]
+        rows += json.loads(line[4:])
+    import torch
+
+    load = os.getloadavg() if hasattr(os, "getloadavg") else None
+    print(f"# torch {torch.__version__}, {platform.processor() or platform.machine()}, "
+          f"{os.cpu_count()} CPUs, load average {load}")
+    if args.backward_modes:
+        for r in rows:
+            print(r)
+    else:
+        print(_table(rows))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,218 @@
+"""A fused CPU backward for ``Y = X @ D.T``: recompute, walk back, accumulate, per tile.
+
+The batch is cut into tiles of ``W`` rows.  For one tile the kernel
+
+1. gathers the rows of ``X`` features-major into a scratch block (zero-padded to ``Q``),
+2. recomputes every factor's input (``X_1 = X``, ``X_{i+1} = R_i X_i``) into one scratch
+   area (``W * sum q_i`` values, sized to stay in cache),
+3. gathers the tile of ``G = dL/dY`` (zero-padded to ``P``) and walks the chain back:
+   for factor ``i``, in one pass over each pair of rows,
+   ``dV_i[b, i, j, k] += sum_w G_i[(b,i,k), w] X_i[(b,j,k), w]`` and
+   ``G_{i-1}[(b,j,k), w] = sum_i V[b, i, j, k] G_i[(b,i,k), w]``,
+4. scatters ``G_0`` (cut to ``n``) to the rows of ``dL/dX``.
+
+Memory traffic is the minimum (read ``X`` and ``G``, write ``dL/dX``; the intermediates
+never leave the cache) and nothing is allocated per tile.  Tiles are split over threads,
+each accumulating its own value gradients, summed at the end.  Sizes are run-time
+arguments (one compiled kernel per dtype, cached on disk by Numba).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numba
+import numpy as np
+
+__all__ = ["fused_backward", "set_num_threads", "get_num_threads"]
+
+#: Bytes of scratch one tile may use (intermediates + two gradient blocks).
+TILE_BYTES = 2**24
+_MIN_W, _MAX_W = 4, 64
+_settings: dict = {"threads": None}
+_pool: ThreadPoolExecutor | None = None
+_pool_n = 0
+_lock = threading.Lock()
+
+
+def set_num_threads(n: int | None) -> None:
+    """Threads for the fused backward (None: ``DEBUTLA_NUM_THREADS`` or Numba's count)."""
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+        raise ValueError(f"set_num_threads: n must be a positive int or None, got {n!r}")
+    _settings["threads"] = n
+
+
+def get_num_threads() -> int:
+    n = _settings["threads"]
+    if n is not None:
+        return n
+    env = os.environ.get("DEBUTLA_NUM_THREADS", "").strip()
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    return numba.get_num_threads()
+
+
+@numba.njit(cache=True, nogil=True, fastmath={"contract", "reassoc"}, error_model="numpy")
+def _tile_backward(X, G, GX, dims, vals, voff, xoff, lo, hi, W, n, m, need_x,
+                   acts, ga, gb, gv, z):  # pragma: no cover - compiled
+    """Fused backward over rows ``lo .. hi-1`` (all sizes uint64; see the module doc).
+
+    ``z`` is a zero of the value dtype: the reductions accumulate in that dtype.
+    """
+    zero = np.uint64(0)
+    one = np.uint64(1)
+    nf = np.uint64(dims.shape[0])
+    Q = dims[0, 0] * dims[0, 2] * dims[0, 3]
+    P = dims[nf - one, 0] * dims[nf - one, 1] * dims[nf - one, 3]
+    Xf = X.reshape(-1)
+    Gf = G.reshape(-1)
+    GXf = GX.reshape(-1)
+    t0 = lo
+    while t0 < hi:
+        w = min(W, hi - t0)
+        # 1. gather X (features-major, zero-padded)
+        for c in range(Q * W):
+            acts[c] = 0.0
+        for c in range(w):
+            row = (t0 + c) * n
+            for f in range(n):
+                acts[f * W + c] = Xf[row + f]
+        # 2. recompute every factor's input (the last output is not needed)
+        for fi in range(nf - one):
+            nb, r, s, t = dims[fi, 0], dims[fi, 1], dims[fi, 2], dims[fi, 3]
+            xin = xoff[fi]
+            xout = xoff[fi + one]
+            vo = voff[fi]
+            for b in range(nb):
+                for i in range(r):
+                    for k in range(t):
+                        ob = xout + ((b * r + i) * t + k) * W
+                        vb = vo + ((b * r + i) * s) * t + k
+                        ib = xin + ((b * s) * t + k) * W
+                        v = vals[vb]
+                        for c in range(W):
+                            acts[ob + c] = v * acts[ib + c]
+                        for j in range(one, s):
+                            v = vals[vb + j * t]
+                            ij = ib + j * t * W
+                            for c in range(W):
+                                acts[ob + c] += v * acts[ij + c]
+        # 3. gather G (zero-padded to P)
+        for c in range(P * W):
+            ga[c] = 0.0
+        for c in range(w):
+            row = (t0 + c) * m
+            for f in range(m):
+                ga[f * W + c] = Gf[row + f]
+        # 4. walk back
+        cur = ga
+        nxt = gb
+        fi = nf
+        while fi > zero:
+            fi -= one
+            nb, r, s, t = dims[fi, 0], dims[fi, 1], dims[fi, 2], dims[fi, 3]
+            xin = xoff[fi]
+            vo = voff[fi]
+            want_gx = fi > zero or need_x
+            for b in range(nb):
+                for j in range(s):
+                    for k in range(t):
+                        xb = xin + ((b * s + j) * t + k) * W
+                        nbse = ((b * s + j) * t + k) * W
+                        if want_gx:
+                            for c in range(W):
+                                nxt[nbse + c] = 0.0
+                        for i in range(r):
+                            gbse = ((b * r + i) * t + k) * W
+                            vi = vo + ((b * r + i) * s + j) * t + k
+                            v = vals[vi]
+                            acc = z
+                            if want_gx:
+                                for c in range(W):
+                                    gg = cur[gbse + c]
+                                    acc += gg * acts[xb + c]
+                                    nxt[nbse + c] += v * gg
+                            else:
+                                for c in range(W):
+                                    acc += cur[gbse + c] * acts[xb + c]
+                            gv[vi] += acc
+            cur, nxt = nxt, cur
+        # 5. scatter dL/dX
+        if need_x:
+            for c in range(w):
+                row = (t0 + c) * n
+                for f in range(n):
+                    GXf[row + f] = cur[f * W + c]
+        t0 += W
+
+
+def _get_pool(k: int) -> ThreadPoolExecutor:
+    global _pool, _pool_n
+    with _lock:
+        if _pool is None or _pool_n != k:
+            if _pool is not None:
+                _pool.shutdown(wait=False)
+            _pool = ThreadPoolExecutor(k, thread_name_prefix="debutla-bwd")
+            _pool_n = k
+        return _pool
+
+
+def fused_backward(X: np.ndarray, G: np.ndarray, factors, shapes, n: int, m: int,
+                   need_x: bool):
+    """Input and value gradients of ``Y = X @ D.T`` (NumPy arrays, one dtype).
+
+    Parameters
+    ----------
+    X : ndarray (batch, n), C-contiguous
+    G : ndarray (batch, m), C-contiguous
+    factors : sequence of ndarray (nb, r, s, t)
+    shapes : sequence of (nb, r, s, t)
+    n, m : int
+        The served shape (at most the chain's ``(P, Q)``).
+    need_x : bool
+        Also compute ``dL/dX``.
+
+    Returns
+    -------
+    (gx, gvs) : ndarray (batch, n) or None, list of ndarray (nb, r, s, t)
+    """
+    dt = X.dtype
+    dims = np.asarray(shapes, dtype=np.uint64).reshape(-1, 4)
+    vals = np.concatenate([np.ascontiguousarray(v, dtype=dt).reshape(-1) for v in factors])
+    sizes = dims.prod(axis=1)
+    voff = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.uint64)
+    qs = dims[:, 0] * dims[:, 2] * dims[:, 3]
+    ps = dims[:, 0] * dims[:, 1] * dims[:, 3]
+    F = int(max(qs.max(), ps.max()))
+    item = dt.itemsize
+    W = _MAX_W
+    while W > _MIN_W and (int(qs.sum()) + 2 * F) * W * item > TILE_BYTES:
+        W //= 2
+    B = X.shape[0]
+    xoff = (np.concatenate([[0], np.cumsum(qs)[:-1]]) * W).astype(np.uint64)
+    nnz = int(sizes.sum())
+    GX = np.empty((B, n), dtype=dt) if need_x else np.empty((1, 1), dtype=dt)
+    ntiles = (B + W - 1) // W
+    k = max(1, min(get_num_threads(), ntiles, (B * nnz) // 500_000 or 1))
+    bounds = [min(B, (ntiles * i // k) * W) for i in range(k + 1)]
+    gvs = [np.zeros(nnz, dtype=dt) for _ in range(k)]
+
+    def run(idx: int) -> None:
+        acts = np.empty(int(qs.sum()) * W, dtype=dt)
+        ga = np.empty(F * W, dtype=dt)
+        gb = np.empty(F * W, dtype=dt)
+        u = np.uint64
+        _tile_backward(X, G, GX, dims, vals, voff, xoff, u(bounds[idx]), u(bounds[idx + 1]),
+                       u(W), u(n), u(m), bool(need_x), acts, ga, gb, gvs[idx], dt.type(0))
+
+    if k == 1:
+        run(0)
+    else:
+        list(_get_pool(k).map(run, range(k)))
+    gv = gvs[0]
+    for extra in gvs[1:]:
+        gv += extra
+    out = [gv[o:o + s].reshape(tuple(d)) for o, s, d in zip(voff, sizes, dims)]
+    return (GX if need_x else None), out

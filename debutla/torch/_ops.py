@@ -1,0 +1,455 @@
+"""The DeBut product as a differentiable torch operation.
+
+Two implementations compute the same thing, ``Y = X @ D.T`` for ``X`` of shape
+``(batch, n)`` and ``D`` the ``m x n`` DeBut product of a chain's factors:
+
+``"numba"``  (CPU tensors, float32/float64)
+    The forward product runs debutla's fused whole-chain Numba kernel on the tensors'
+    memory (``Tensor.numpy()`` views: the input is read in place and the result is written
+    straight into a torch tensor).  See :func:`_cpu_operator` for the one place where the
+    operator is built.
+``"torch"``  (any device and floating dtype)
+    One batched product per factor with torch operations, in the features-major layout
+    ``(features, batch)``: a factor with ``t = 1`` is one ``bmm`` over its ``nb`` blocks,
+    a factor with ``t > 1`` is ``s`` fused multiply-adds over contiguous ``(t, batch)``
+    panels.  Used for CUDA tensors, dtypes the kernels do not serve, and on request.
+
+Backward
+--------
+The value gradient of factor ``i`` needs its input ``X_i`` and the gradient ``G_i`` of its
+output: ``dV_i[b, i, j, k] = sum_batch G_i[b, i, k] X_i[b, j, k]``, and
+``G_{i-1} = R_i^T G_i``.  The backward therefore walks the chain factor by factor (torch
+operations, features-major) from the output gradient down to the input gradient.  The
+intermediate ``X_i`` are **recomputed** from the saved input at the start of the backward
+(one extra forward, factor by factor) rather than kept from the forward: see
+``docs/torch.rst`` for the measurement behind this choice.  Memory held between forward
+and backward is therefore the input only (``batch x n`` values) plus the factor values;
+during the backward the intermediates (``batch x sum q_i`` values) live transiently.
+When no factor value needs a gradient (frozen layer) the input gradient is one fused
+adjoint product ``G @ D`` on the CPU.
+
+torch.compile
+-------------
+The product is registered as the custom operator ``debutla::debut_mm`` with
+:mod:`torch.library` (fake/meta implementation and autograd formula), so graphs holding
+DeBut layers compile; on torch versions without ``torch.library.custom_op`` the plain
+:class:`torch.autograd.Function` is used (compile then breaks the graph around it).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from functools import lru_cache
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from ..chain import Chain
+from ..operator import DeBut
+from ._kernels import fused_backward
+
+__all__ = ["debut_mm", "parse_chain", "IMPLS", "factor_forward", "chain_forward_cols",
+           "clear_cache", "backward_mode"]
+
+IMPLS = ("auto", "numba", "torch")
+_NUMBA_DTYPES = (torch.float32, torch.float64)
+
+
+@lru_cache(maxsize=512)
+def parse_chain(text: str) -> Chain:
+    """The :class:`~debutla.Chain` of a chain string (cached: parsed once per process)."""
+    return Chain.parse(text)
+
+
+# ---------------------------------------------------------------------------------------
+# CPU fused path: the one function to swap for a zero-copy core hook
+# ---------------------------------------------------------------------------------------
+
+_OP_CACHE: "OrderedDict[tuple, tuple]" = OrderedDict()
+_OP_CACHE_SIZE = 16
+_OP_LOCK = threading.Lock()
+
+
+def clear_cache() -> None:
+    """Forget the cached CPU operators (see :func:`_cpu_operator`)."""
+    with _OP_LOCK:
+        _OP_CACHE.clear()
+
+
+def _cpu_operator(values: Sequence[torch.Tensor], chain: Chain, shape: tuple[int, int],
+                  transpose: bool = False) -> DeBut:
+    """A :class:`~debutla.DeBut` operator holding ``values`` (CPU tensors), or its transpose.
+
+    This is the only place the torch layer builds core operators.  The public constructor
+    copies the values (about 0.2 ms for the 75,776 values of the VGG chain) and the
+    kernel state is prepared on first use (about 0.1 ms); a core hook taking read-only
+    views without copying would remove both (see ``docs/torch.rst``).  Meanwhile the
+    last few operators are cached for inference: an entry is found by the tensors'
+    addresses and reused only if its snapshot of the values is exactly equal to the
+    current values (``torch.equal``, a read of the values, much cheaper than a rebuild),
+    so no write to the values can be missed, whatever path it takes.
+    """
+    key = (chain, shape, transpose, values[0].dtype, tuple(v.data_ptr() for v in values))
+    with _OP_LOCK:
+        hit = _OP_CACHE.get(key)
+    if hit is not None and all(torch.equal(a, b) for a, b in zip(hit[1], values)):
+        with _OP_LOCK:
+            if key in _OP_CACHE:
+                _OP_CACHE.move_to_end(key)
+        return hit[0]
+    snap = tuple(v.detach().clone() for v in values)
+    op = DeBut(chain, [v.numpy() for v in snap], shape=shape)
+    op = op.T if transpose else op
+    with _OP_LOCK:
+        _OP_CACHE[key] = (op, snap)
+        while len(_OP_CACHE) > _OP_CACHE_SIZE:
+            _OP_CACHE.popitem(last=False)
+    return op
+
+
+def _numba_rows(x: torch.Tensor, values: Sequence[torch.Tensor], chain: Chain,
+                shape: tuple[int, int], transpose: bool = False) -> torch.Tensor:
+    """``x @ D.T`` (or ``x @ D`` with ``transpose``) by the fused CPU kernel, no copies."""
+    op = _cpu_operator(values, chain, shape, transpose)
+    x = x.detach()
+    if not x.is_contiguous():
+        x = x.contiguous()
+    out = torch.empty((x.shape[0], op.shape[0]), dtype=x.dtype)
+    op.matmat_rows(x.numpy(), out=out.numpy())
+    return out
+
+
+def _use_numba(x: torch.Tensor, impl: str) -> bool:
+    if impl == "torch":
+        return False
+    ok = x.device.type == "cpu" and x.dtype in _NUMBA_DTYPES
+    if impl == "numba" and not ok:
+        raise TypeError(f"debut_mm: impl='numba' needs float32/float64 CPU tensors, got "
+                        f"{x.dtype} on {x.device}")
+    return ok
+
+
+# ---------------------------------------------------------------------------------------
+# torch path: one factor at a time, features-major (features, batch)
+# ---------------------------------------------------------------------------------------
+
+def factor_forward(xc: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """One factor ``R x`` in the features-major layout.
+
+    Parameters
+    ----------
+    xc : Tensor (q, batch)
+    v : Tensor (nb, r, s, t)
+        Canonical values.
+
+    Returns
+    -------
+    Tensor (p, batch)
+    """
+    nb, r, s, t = v.shape
+    k = xc.shape[-1]
+    if t == 1:
+        return torch.bmm(v[..., 0], xc.reshape(nb, s, k)).reshape(nb * r, k)
+    x = xc.reshape(nb, 1, s, t, k)
+    vv = v.unsqueeze(-1)  # (nb, r, s, t, 1)
+    y = vv[:, :, 0] * x[:, :, 0]
+    for j in range(1, s):
+        y.addcmul_(vv[:, :, j], x[:, :, j])
+    return y.reshape(nb * r * t, k)
+
+
+def factor_backward(g: torch.Tensor, xc: torch.Tensor | None, v: torch.Tensor,
+                    need_x: bool, need_v: bool):
+    """Gradients of one factor, features-major.
+
+    Parameters
+    ----------
+    g : Tensor (p, batch)
+        Gradient of the factor's output.
+    xc : Tensor (q, batch) or None
+        The factor's input (needed for ``need_v``).
+    v : Tensor (nb, r, s, t)
+
+    Returns
+    -------
+    (gx, gv) : Tensor (q, batch) or None, Tensor (nb, r, s, t) or None
+    """
+    nb, r, s, t = v.shape
+    k = g.shape[-1]
+    gx = gv = None
+    if need_x:
+        gx = factor_forward(g, v.transpose(1, 2))
+    if need_v:
+        if t == 1:
+            gv = torch.bmm(g.reshape(nb, r, k), xc.reshape(nb, s, k).transpose(1, 2))
+            gv = gv.unsqueeze(-1)
+        else:
+            gg = g.reshape(nb, r, t, k)
+            xx = xc.reshape(nb, s, t, k)
+            gv = torch.empty((nb, r, s, t), dtype=g.dtype, device=g.device)
+            for i in range(r):
+                for j in range(s):
+                    gv[:, i, j] = torch.linalg.vecdot(gg[:, i], xx[:, j])
+    return gx, gv
+
+
+def _to_cols(x: torch.Tensor, Q: int) -> torch.Tensor:
+    """``(batch, n)`` rows to the zero-padded features-major ``(Q, batch)`` layout."""
+    B, n = x.shape
+    if n == Q:
+        return x.t().contiguous()
+    xc = x.new_zeros((Q, B))
+    xc[:n] = x.t()
+    return xc
+
+
+def chain_forward_cols(xc: torch.Tensor, values: Sequence[torch.Tensor],
+                       keep: bool = False):
+    """Apply every factor to ``xc`` (Q, batch); with ``keep`` also return each factor's input."""
+    inputs = []
+    cur = xc
+    for v in values:
+        if keep:
+            inputs.append(cur)
+        cur = factor_forward(cur, v)
+    return (cur, inputs) if keep else cur
+
+
+def _torch_rows(x: torch.Tensor, values: Sequence[torch.Tensor], chain: Chain,
+                shape: tuple[int, int]) -> torch.Tensor:
+    m, _ = shape
+    y = chain_forward_cols(_to_cols(x, chain.shape[1]), values)
+    return y[:m].t().contiguous()
+
+
+def _forward(x, values, chain, shape, impl):
+    if x.shape[0] == 0:
+        return x.new_zeros((0, shape[0]))
+    if _use_numba(x, impl):
+        return _numba_rows(x, values, chain, shape)
+    return _torch_rows(x, values, chain, shape)
+
+
+def _backward(grad, x, values, chain, shape, impl, need_x: bool, need_v: bool):
+    """Input and value gradients of ``Y = X @ D.T`` given ``grad = dL/dY``."""
+    m, n = shape
+    P, Q = chain.shape
+    gx = None
+    gvs: list = [None] * len(values)
+    if not (need_x or need_v):
+        return gx, gvs
+    if x.shape[0] == 0:
+        return (torch.zeros_like(x) if need_x else None,
+                [torch.zeros_like(v) for v in values] if need_v else gvs)
+    if not need_v:  # frozen values: one adjoint product
+        if _use_numba(grad, impl):
+            return _numba_rows(grad, values, chain, shape, transpose=True), gvs
+        g = _to_cols(grad, P)
+        for v in reversed(values):
+            g, _ = factor_backward(g, None, v, True, False)
+        return g[:n].t().contiguous(), gvs
+    if _use_numba(grad, impl):  # fused per-tile recompute + walk back (_kernels)
+        gxn, gvn = fused_backward(x.detach().numpy(), grad.detach().numpy(),
+                                  [v.detach().numpy() for v in values],
+                                  [spec.value_shape for spec in chain], n, m, need_x)
+        return (torch.from_numpy(gxn) if need_x else None), [torch.from_numpy(g) for g in gvn]
+    # recompute the factors' inputs, then walk back
+    with torch.no_grad():
+        _, inputs = chain_forward_cols(_to_cols(x, Q), values, keep=True)
+        g = _to_cols(grad, P)
+        last = len(values) - 1
+        for i in range(last, -1, -1):
+            g_in, gv = factor_backward(g, inputs[i], values[i], need_x or i > 0, True)
+            gvs[i] = gv
+            g = g_in
+    if need_x:
+        gx = g[:n].t().contiguous()
+    return gx, gvs
+
+
+# ---------------------------------------------------------------------------------------
+# registration: torch.library custom op (compile) or a plain autograd.Function
+# ---------------------------------------------------------------------------------------
+
+class _DeButMM(torch.autograd.Function):
+    """Fallback autograd function (torch without ``torch.library.custom_op``)."""
+
+    @staticmethod
+    def forward(ctx, x, chain_text, m, n, impl, *values):
+        chain = parse_chain(chain_text)
+        ctx.save_for_backward(x, *values)
+        ctx.meta = (chain_text, m, n, impl)
+        return _forward(x, values, chain, (m, n), impl)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, *values = ctx.saved_tensors
+        chain_text, m, n, impl = ctx.meta
+        need_x = ctx.needs_input_grad[0]
+        need_v = any(ctx.needs_input_grad[5:])
+        gx, gvs = _backward(grad.contiguous(), x, values, parse_chain(chain_text), (m, n),
+                            impl, need_x, need_v)
+        return (gx, None, None, None, None, *gvs)
+
+
+class _DeButMMKeep(torch.autograd.Function):
+    """Keep-the-intermediates variant (eager only; see :func:`backward_mode`)."""
+
+    @staticmethod
+    def forward(ctx, x, chain_text, m, n, *values):
+        chain = parse_chain(chain_text)
+        with torch.no_grad():
+            y, inputs = chain_forward_cols(_to_cols(x, chain.shape[1]), values, keep=True)
+        ctx.save_for_backward(*inputs, *values)
+        ctx.meta = (chain_text, m, n, len(inputs))
+        return y[:m].t().contiguous()
+
+    @staticmethod
+    def backward(ctx, grad):
+        chain_text, m, n, k = ctx.meta
+        saved = ctx.saved_tensors
+        inputs, values = saved[:k], saved[k:]
+        need_x = ctx.needs_input_grad[0]
+        g = _to_cols(grad.contiguous(), parse_chain(chain_text).shape[0])
+        gvs = [None] * len(values)
+        for i in range(len(values) - 1, -1, -1):
+            g, gvs[i] = factor_backward(g, inputs[i], values[i], need_x or i > 0, True)
+        gx = g[:n].t().contiguous() if need_x else None
+        return (gx, None, None, None, *gvs)
+
+
+_BACKWARD = {"mode": "recompute"}
+
+
+class backward_mode:
+    """Context manager choosing how the backward gets each factor's input (benchmarks).
+
+    ``"recompute"`` (default): only the layer input is saved; the backward recomputes the
+    intermediates (fused per tile on the CPU).  ``"keep"``: the forward runs factor by
+    factor with torch operations and keeps every intermediate (``batch x sum q_i``
+    values) for the backward; eager mode only.
+
+    Examples
+    --------
+    >>> from debutla.torch._ops import backward_mode
+    >>> with backward_mode("keep"):
+    ...     pass
+    """
+
+    def __init__(self, mode: str) -> None:
+        if mode not in ("recompute", "keep"):
+            raise ValueError(f"backward_mode: mode must be 'recompute' or 'keep', got {mode!r}")
+        self.mode = mode
+
+    def __enter__(self):
+        self.prev = _BACKWARD["mode"]
+        _BACKWARD["mode"] = self.mode
+        return self
+
+    def __exit__(self, *exc):
+        _BACKWARD["mode"] = self.prev
+
+
+_HAS_CUSTOM_OP = hasattr(torch.library, "custom_op") and hasattr(torch.library,
+                                                                 "register_fake")
+
+if _HAS_CUSTOM_OP:
+    @torch.library.custom_op("debutla::debut_mm", mutates_args=())
+    def _debut_mm_op(x: torch.Tensor, values: list[torch.Tensor], chain: str, m: int,
+                     n: int, impl: str) -> torch.Tensor:
+        return _forward(x, values, parse_chain(chain), (m, n), impl)
+
+    @_debut_mm_op.register_fake
+    def _(x, values, chain, m, n, impl):
+        return x.new_empty((x.shape[0], m))
+
+    @torch.library.custom_op("debutla::debut_mm_backward", mutates_args=())
+    def _debut_mm_backward_op(grad: torch.Tensor, x: torch.Tensor,
+                              values: list[torch.Tensor], chain: str, m: int, n: int,
+                              impl: str, need_x: bool, need_v: bool) -> list[torch.Tensor]:
+        gx, gvs = _backward(grad.contiguous(), x, values, parse_chain(chain), (m, n), impl,
+                            need_x, need_v)
+        out = [gx if gx is not None else x.new_zeros(())]
+        out += [g if g is not None else v.new_zeros(()) for g, v in zip(gvs, values)]
+        return out
+
+    @_debut_mm_backward_op.register_fake
+    def _(grad, x, values, chain, m, n, impl, need_x, need_v):
+        out = [torch.empty_like(x) if need_x else x.new_empty(())]
+        out += [torch.empty_like(v) if need_v else v.new_empty(()) for v in values]
+        return out
+
+    def _setup_context(ctx, inputs, output):
+        x, values, chain, m, n, impl = inputs
+        ctx.save_for_backward(x, *values)
+        ctx.meta = (chain, m, n, impl)
+
+    def _autograd_backward(ctx, grad):
+        x, *values = ctx.saved_tensors
+        chain, m, n, impl = ctx.meta
+        need_x = bool(ctx.needs_input_grad[0])
+        need_v = bool(ctx.needs_input_grad[1]) if not isinstance(
+            ctx.needs_input_grad[1], (list, tuple)) else any(ctx.needs_input_grad[1])
+        outs = _debut_mm_backward_op(grad, x, list(values), chain, m, n, impl, need_x,
+                                     need_v)
+        gx = outs[0] if need_x else None
+        gvs = list(outs[1:]) if need_v else [None] * len(values)
+        return gx, gvs, None, None, None, None
+
+    _debut_mm_op.register_autograd(_autograd_backward, setup_context=_setup_context)
+
+
+def debut_mm(x: torch.Tensor, values: Sequence[torch.Tensor], chain: Chain | str,
+             shape: tuple[int, int] | None = None, impl: str = "auto") -> torch.Tensor:
+    """``x @ D.T`` for a DeBut matrix ``D`` given by its chain and factor values.
+
+    Differentiable in ``x`` and in every value tensor.
+
+    Parameters
+    ----------
+    x : Tensor (batch, n)
+    values : sequence of Tensor
+        One tensor per factor, canonical ``(nb, r, s, t)`` layout, application order, same
+        dtype and device as ``x``.
+    chain : Chain or str
+    shape : (int, int), optional
+        ``(m, n)`` served by the chain (at most its size; inputs are zero-padded and
+        outputs cut).  Default: the chain's size.
+    impl : {"auto", "numba", "torch"}
+        ``"auto"``: the fused Numba kernel for float32/float64 CPU tensors, else torch.
+
+    Returns
+    -------
+    Tensor (batch, m)
+
+    Examples
+    --------
+    >>> import torch
+    >>> from debutla.torch import debut_mm
+    >>> chain = "4 <-(2,2,2)- 4 <-(2,2,1)- 4"
+    >>> vals = [torch.ones(2, 2, 2, 1), torch.ones(1, 2, 2, 2)]
+    >>> debut_mm(torch.ones(3, 4), vals, chain).shape
+    torch.Size([3, 4])
+    """
+    if isinstance(chain, Chain):
+        text = chain.format()
+        ch = chain
+    else:
+        text = str(chain)
+        ch = parse_chain(text)
+    m, n = ch.shape if shape is None else (int(shape[0]), int(shape[1]))
+    if impl not in IMPLS:
+        raise ValueError(f"debut_mm: impl must be one of {IMPLS}, got {impl!r}")
+    if x.dim() != 2 or x.shape[1] != n:
+        raise ValueError(f"debut_mm: x must have shape (batch, {n}), got {tuple(x.shape)}")
+    if not x.is_contiguous():
+        x = x.contiguous()
+    values = list(values)
+    if (_BACKWARD["mode"] == "keep" and torch.is_grad_enabled()
+            and (x.requires_grad or any(v.requires_grad for v in values))):
+        return _DeButMMKeep.apply(x, text, m, n, *values)
+    if _HAS_CUSTOM_OP:
+        return _debut_mm_op(x, values, text, m, n, impl)
+    return _DeButMM.apply(x, text, m, n, impl, *values)

@@ -1,0 +1,562 @@
+"""``DeButLinear`` and ``DeButConv2d``: drop-in replacements of ``nn.Linear`` / ``nn.Conv2d``."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..chain import Chain, design_chain
+from ..operator import DeBut
+from ._ops import IMPLS, debut_mm, parse_chain
+
+__all__ = ["DeButLinear", "DeButConv2d", "FLATTENS"]
+
+#: Orders in which a conv filter ``(c_out, c_in, kh, kw)`` is flattened to the matrix the
+#: chain serves: ``"cin_kh_kw"`` is ``weight.reshape(c_out, -1)`` (the order of
+#: ``F.unfold``), ``"kh_kw_cin"`` is ``weight.permute(0, 2, 3, 1).reshape(c_out, -1)``
+#: (the DeBut authors' code).
+FLATTENS = ("cin_kh_kw", "kh_kw_cin")
+_STATE_VERSION = 1
+
+
+def _resolve_chain(chain: Any, m: int, n: int, where: str) -> Chain:
+    """A chain serving an ``m x n`` matrix, or a ValueError/TypeError naming ``where``."""
+    if isinstance(chain, str):
+        if chain == "auto":
+            return design_chain(m, n)
+        try:
+            chain = parse_chain(chain)
+        except ValueError as e:
+            raise ValueError(f"{where}: cannot parse chain {chain!r}: {e}") from None
+    elif isinstance(chain, DeBut):
+        chain = chain.chain
+    if not isinstance(chain, Chain):
+        raise TypeError(f"{where}: chain must be 'auto', a chain string or a debutla.Chain, "
+                        f"got {type(chain).__name__}")
+    P, Q = chain.shape
+    if P < m or Q < n:
+        raise ValueError(f"{where}: the chain's size {P}x{Q} cannot serve the layer's "
+                         f"{m}x{n} matrix (a chain must be at least as large: P >= {m} "
+                         f"outputs and Q >= {n} inputs; larger chains zero-pad): {chain}")
+    return chain
+
+
+def _check_impl(impl: str, where: str) -> str:
+    if impl not in IMPLS:
+        raise ValueError(f"{where}: impl must be one of {IMPLS}, got {impl!r}")
+    return impl
+
+
+class _DeButBase(nn.Module):
+    """Shared parts: the factor parameters, the chain as extra state, conversions."""
+
+    _m: int
+    _n: int
+    chain: Chain
+
+    def _init_factors(self, chain: Chain, bias: bool, fan_in: int, device, dtype) -> None:
+        kw = {"device": device, "dtype": dtype}
+        self.chain = chain
+        self.factors = nn.ParameterList(
+            [nn.Parameter(torch.empty(spec.value_shape, **kw)) for spec in chain])
+        if bias:
+            self.bias = nn.Parameter(torch.empty(self._m, **kw))
+        else:
+            self.register_parameter("bias", None)
+        self._fan_in = fan_in
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Random values: each factor ``N(0, 1/s)``, scaled so that for a dense chain the
+        product's entries have ``nn.Linear``'s default variance ``1 / (3 fan_in)``; the bias
+        is ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))`` as in ``nn.Linear``."""
+        Q = self.chain.shape[1]
+        with torch.no_grad():
+            for i, (p, spec) in enumerate(zip(self.factors, self.chain)):
+                std = 1.0 / math.sqrt(spec.s)
+                if i == 0:
+                    std *= math.sqrt(Q / (3.0 * self._fan_in))
+                p.normal_(0.0, std)
+            if self.bias is not None:
+                bound = 1.0 / math.sqrt(self._fan_in)
+                self.bias.uniform_(-bound, bound)
+
+    # -- state ---------------------------------------------------------------------------
+    def get_extra_state(self) -> dict:
+        return {"version": _STATE_VERSION, "chain": self.chain.format(),
+                "shape": (self._m, self._n), **self._extra_config()}
+
+    def set_extra_state(self, state: Any) -> None:
+        name = type(self).__name__
+        if not isinstance(state, dict) or "chain" not in state:
+            raise ValueError(f"{name}.load_state_dict: the extra state is not a DeBut "
+                             f"layer's (got {type(state).__name__})")
+        chain = parse_chain(state["chain"])
+        if chain != self.chain or tuple(state.get("shape", ())) != (self._m, self._n):
+            raise ValueError(
+                f"{name}.load_state_dict: the saved layer has chain {chain} serving "
+                f"{tuple(state.get('shape', ()))}, this layer has chain {self.chain} serving "
+                f"{(self._m, self._n)}; build the layer with the saved chain first")
+        for k, v in self._extra_config().items():
+            if k in state and state[k] != v:
+                raise ValueError(f"{name}.load_state_dict: saved {k}={state[k]!r} but this "
+                                 f"layer has {k}={v!r}")
+
+    def _extra_config(self) -> dict:
+        return {}
+
+    # -- products ------------------------------------------------------------------------
+    @property
+    def nnz(self) -> int:
+        """Number of factor values (parameters without the bias)."""
+        return self.chain.nnz
+
+    def dense_weight(self) -> torch.Tensor:
+        """The ``m x n`` matrix ``D`` the chain computes (differentiable)."""
+        first = self.factors[0]
+        eye = torch.eye(self._n, dtype=first.dtype, device=first.device)
+        return debut_mm(eye, list(self.factors), self.chain, (self._m, self._n),
+                        self.impl).t()
+
+    def to_debut(self) -> DeBut:
+        """The factors as a :class:`debutla.DeBut` operator (NumPy, the layer's dtype).
+
+        The bias is not part of the operator.
+        """
+        vals = [p.detach().cpu().numpy() for p in self.factors]
+        return DeBut(self.chain, vals, shape=(self._m, self._n))
+
+    def _load_debut(self, op: DeBut) -> None:
+        with torch.no_grad():
+            for p, v in zip(self.factors, op.factors):
+                p.copy_(torch.from_numpy(np.array(v)))
+
+    def _check_input(self, x: Any, where: str) -> None:
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"{where}: input must be a torch.Tensor, got {type(x).__name__}")
+        p = self.factors[0]
+        if x.dtype != p.dtype:
+            raise TypeError(f"{where}: input dtype {x.dtype} does not match the layer's "
+                            f"{p.dtype} (convert one of them: layer.to(dtype) or x.to(dtype))")
+        if x.device != p.device:
+            raise ValueError(f"{where}: input is on {x.device} but the layer's parameters "
+                             f"are on {p.device} (move one of them)")
+
+
+class DeButLinear(_DeButBase):
+    r"""A linear layer ``y = x D^T + b`` whose ``out x in`` matrix ``D`` is a DeBut chain.
+
+    Forward semantics of :class:`torch.nn.Linear`: any number of leading batch dimensions.
+
+    Parameters
+    ----------
+    in_features, out_features : int
+    chain : "auto", str or debutla.Chain
+        The factor shapes; ``"auto"`` designs one with :func:`debutla.design_chain`.  The
+        chain's size ``(P, Q)`` must be at least ``(out_features, in_features)`` (inputs are
+        zero-padded to ``Q`` and outputs cut to ``out_features``).
+    bias : bool
+    device, dtype : optional
+        As for ``nn.Linear``.
+    impl : {"auto", "numba", "torch"}
+        Product implementation (see :mod:`debutla.torch._ops`); ``"auto"`` uses the fused
+        Numba kernel for float32/float64 CPU tensors and torch operations otherwise.
+
+    Attributes
+    ----------
+    factors : nn.ParameterList
+        One parameter per factor in the canonical ``(nb, r, s, t)`` layout, application
+        order (``factors[0]`` touches the input).
+    bias : nn.Parameter or None
+    chain : debutla.Chain
+
+    Notes
+    -----
+    The state dict holds ``factors.<i>``, ``bias`` and an extra state with the chain, so a
+    saved layer is reloaded into ``DeButLinear(in, out, chain=saved_chain)``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from debutla.torch import DeButLinear
+    >>> layer = DeButLinear(400, 128, chain="128 <-(2,2,64)- 128 <-(2,2,32)- 128 "
+    ...                     "<-(1,2,32)- 256 <-(2,2,16)- 256 <-(16,25,1)- 400")
+    >>> layer(torch.randn(2, 3, 400)).shape
+    torch.Size([2, 3, 128])
+    >>> sum(p.numel() for p in layer.parameters())
+    7808
+    """
+
+    def __init__(self, in_features: int, out_features: int, chain: Any = "auto",
+                 bias: bool = True, device: Any = None, dtype: Any = None,
+                 impl: str = "auto") -> None:
+        super().__init__()
+        for name, v in (("in_features", in_features), ("out_features", out_features)):
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+                raise ValueError(f"DeButLinear: {name} must be a positive int, got {v!r}")
+        self.in_features = int(in_features)
+        self.out_features = int(out_features)
+        self._m, self._n = self.out_features, self.in_features
+        self.impl = _check_impl(impl, "DeButLinear")
+        chain = _resolve_chain(chain, self._m, self._n, "DeButLinear")
+        self._init_factors(chain, bias, self._n, device, dtype)
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"bias={self.bias is not None}, chain='{self.chain}'")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_input(x, "DeButLinear")
+        if x.dim() == 0 or x.shape[-1] != self.in_features:
+            raise ValueError(f"DeButLinear: the input's last dimension must be "
+                             f"in_features={self.in_features}, got input shape "
+                             f"{tuple(x.shape)}")
+        lead = x.shape[:-1]
+        y = debut_mm(x.reshape(-1, self.in_features), list(self.factors), self.chain,
+                     (self._m, self._n), self.impl)
+        if self.bias is not None:
+            y = y + self.bias
+        return y.reshape(*lead, self.out_features)
+
+    # -- conversions -----------------------------------------------------------------------
+    @classmethod
+    def from_dense(cls, linear: nn.Linear, chain: Any = "auto", method: str = "auto",
+                   impl: str = "auto", **fit: Any) -> "DeButLinear":
+        """Fit a trained ``nn.Linear`` with a DeBut chain.
+
+        Parameters
+        ----------
+        linear : nn.Linear
+        chain : "auto", str or debutla.Chain
+        method : {"auto", "hierarchical", "als", "random"}
+            Passed to :func:`debutla.factorize` (in float64); ``"random"`` skips the fit
+            and keeps random values (the bias is copied in every case).
+        **fit
+            More arguments of :func:`debutla.factorize` (``max_sweeps``, ``seed``, ...).
+
+        Returns
+        -------
+        DeButLinear
+            Same dtype and device as ``linear``; ``.fit_info`` holds the
+            :class:`debutla.FitInfo` (None for ``"random"``) and ``.fit_error`` the relative
+            Frobenius error ``||W - D||_F / ||W||_F``.
+
+        Examples
+        --------
+        >>> import torch
+        >>> from debutla.torch import DeButLinear
+        >>> dense = torch.nn.Linear(16, 8)
+        >>> layer = DeButLinear.from_dense(dense, chain="8 <-(2,2,4)- 8 <-(4,8,1)- 16")
+        >>> layer.fit_error < 1.0
+        True
+        """
+        if not isinstance(linear, nn.Linear):
+            raise TypeError(f"DeButLinear.from_dense: expected an nn.Linear, got "
+                            f"{type(linear).__name__}")
+        w = linear.weight
+        layer = cls(linear.in_features, linear.out_features, chain=chain,
+                    bias=linear.bias is not None, device=w.device, dtype=w.dtype, impl=impl)
+        W = w.detach().cpu().double().numpy()
+        _fit_into(layer, W, method, fit, "DeButLinear.from_dense")
+        if linear.bias is not None:
+            with torch.no_grad():
+                layer.bias.copy_(linear.bias)
+        return layer
+
+    @classmethod
+    def from_debut(cls, op: DeBut, bias: torch.Tensor | None = None, device: Any = None,
+                   dtype: Any = None, impl: str = "auto") -> "DeButLinear":
+        """A layer computing ``x op^T (+ bias)`` from a :class:`debutla.DeBut` operator.
+
+        ``dtype`` defaults to torch's default dtype; the operator must be real.
+        """
+        if not isinstance(op, DeBut):
+            raise TypeError(f"DeButLinear.from_debut: expected a debutla.DeBut, got "
+                            f"{type(op).__name__}")
+        if op.dtype.kind == "c":
+            raise TypeError("DeButLinear.from_debut: complex operators are not supported")
+        m, n = op.shape
+        layer = cls(n, m, chain=op.chain, bias=bias is not None, device=device, dtype=dtype,
+                    impl=impl)
+        layer._load_debut(op)
+        if bias is not None:
+            with torch.no_grad():
+                layer.bias.copy_(bias)
+        return layer
+
+    def to_dense(self) -> nn.Linear:
+        """The equivalent ``nn.Linear`` (same dtype and device)."""
+        p = self.factors[0]
+        lin = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None,
+                        device=p.device, dtype=p.dtype)
+        with torch.no_grad():
+            lin.weight.copy_(self.dense_weight())
+            if self.bias is not None:
+                lin.bias.copy_(self.bias)
+        return lin
+
+
+def _pair(v: Any, name: str) -> tuple[int, int]:
+    if isinstance(v, (tuple, list)):
+        if len(v) != 2:
+            raise ValueError(f"DeButConv2d: {name} must be an int or a pair, got {v!r}")
+        a, b = v
+    else:
+        a = b = v
+    for u in (a, b):
+        if isinstance(u, bool) or not isinstance(u, (int, np.integer)):
+            raise TypeError(f"DeButConv2d: {name} must be ints, got {v!r}")
+    return int(a), int(b)
+
+
+class DeButConv2d(_DeButBase):
+    r"""A 2-D convolution whose filter bank is a DeBut chain.
+
+    Forward semantics of :class:`torch.nn.Conv2d` (batched ``(N, C, H, W)`` or unbatched
+    ``(C, H, W)`` input; integer, pair, ``"same"`` or ``"valid"`` padding; every
+    ``padding_mode``; stride and dilation), computed as ``unfold`` (im2col) followed by
+    the DeBut product: each output pixel is ``D`` times the ``c_in kh kw`` input patch.
+
+    Parameters
+    ----------
+    in_channels, out_channels : int
+    kernel_size, stride, padding, dilation
+        As for ``nn.Conv2d``.
+    groups : int
+        Only 1 is supported (a ValueError otherwise).
+    bias : bool
+    padding_mode : {"zeros", "reflect", "replicate", "circular"}
+    chain : "auto", str or debutla.Chain
+        Serves the ``out_channels x (in_channels kh kw)`` matrix of the flattened filter.
+    flatten : {"cin_kh_kw", "kh_kw_cin"}
+        Which flattening of the filter ``(c_out, c_in, kh, kw)`` the chain sees (its input
+        index order, slowest first).  ``"cin_kh_kw"`` (default) is
+        ``weight.reshape(c_out, -1)`` and the order ``F.unfold`` produces (no permutation
+        at run time).  ``"kh_kw_cin"`` is ``weight.permute(0, 2, 3, 1).reshape(c_out, -1)``,
+        the DeBut authors' order (the patches are permuted at run time).
+        :meth:`from_dense` and :meth:`to_dense` use the same order.
+    device, dtype, impl
+        As for :class:`DeButLinear`.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from debutla.torch import DeButConv2d
+    >>> conv = DeButConv2d(8, 16, 3, chain="16 <-(2,2,8)- 16 <-(2,6,4)- 48 <-(1,2,4)- 96 "
+    ...                    "<-(4,3,1)- 72")
+    >>> conv(torch.randn(2, 8, 13, 13)).shape
+    torch.Size([2, 16, 11, 11])
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: Any,
+                 stride: Any = 1, padding: Any = 0, dilation: Any = 1, groups: int = 1,
+                 bias: bool = True, padding_mode: str = "zeros", chain: Any = "auto",
+                 device: Any = None, dtype: Any = None, impl: str = "auto",
+                 flatten: str = "cin_kh_kw") -> None:
+        super().__init__()
+        for name, v in (("in_channels", in_channels), ("out_channels", out_channels)):
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+                raise ValueError(f"DeButConv2d: {name} must be a positive int, got {v!r}")
+        if groups != 1:
+            raise ValueError(f"DeButConv2d: groups={groups} is not supported (only groups=1: "
+                             f"one chain serves the whole filter bank)")
+        if padding_mode not in ("zeros", "reflect", "replicate", "circular"):
+            raise ValueError(f"DeButConv2d: padding_mode must be 'zeros', 'reflect', "
+                             f"'replicate' or 'circular', got {padding_mode!r}")
+        if flatten not in FLATTENS:
+            raise ValueError(f"DeButConv2d: flatten must be one of {FLATTENS}, got "
+                             f"{flatten!r}")
+        self.in_channels = int(in_channels)
+        self.out_channels = int(out_channels)
+        self.kernel_size = _pair(kernel_size, "kernel_size")
+        self.stride = _pair(stride, "stride")
+        self.dilation = _pair(dilation, "dilation")
+        for name, v in (("kernel_size", self.kernel_size), ("stride", self.stride),
+                        ("dilation", self.dilation)):
+            if min(v) < 1:
+                raise ValueError(f"DeButConv2d: {name} must be positive, got {v}")
+        if isinstance(padding, str):
+            if padding not in ("same", "valid"):
+                raise ValueError(f"DeButConv2d: padding must be 'same', 'valid', an int or "
+                                 f"a pair, got {padding!r}")
+            if padding == "same" and self.stride != (1, 1):
+                raise ValueError("DeButConv2d: padding='same' needs stride=1 (as nn.Conv2d)")
+            self.padding = padding
+        else:
+            self.padding = _pair(padding, "padding")
+            if min(self.padding) < 0:
+                raise ValueError(f"DeButConv2d: padding must be >= 0, got {self.padding}")
+        self.groups = 1
+        self.padding_mode = padding_mode
+        self.flatten = flatten
+        self.impl = _check_impl(impl, "DeButConv2d")
+        kh, kw = self.kernel_size
+        self._m, self._n = self.out_channels, self.in_channels * kh * kw
+        # (left_w, right_w, top_h, bottom_h), the order F.pad takes
+        if self.padding == "valid":
+            self._pad = (0, 0, 0, 0)
+        elif self.padding == "same":
+            pads = []
+            for d, k in zip(self.dilation[::-1], self.kernel_size[::-1]):
+                total = d * (k - 1)
+                pads += [total // 2, total - total // 2]
+            self._pad = tuple(pads)
+        else:
+            ph, pw = self.padding
+            self._pad = (pw, pw, ph, ph)
+        P, Q = (chain.chain.shape if isinstance(chain, DeBut) else
+                parse_chain(chain).shape if isinstance(chain, str) and chain != "auto" else
+                chain.shape if isinstance(chain, Chain) else (None, None))
+        if Q is not None and Q < self._n:
+            raise ValueError(
+                f"DeButConv2d: the chain takes {Q} inputs per output but a "
+                f"{kh}x{kw} kernel on {self.in_channels} channels has in_channels*kh*kw = "
+                f"{self._n} (the chain must serve out_channels x in_channels*kh*kw = "
+                f"{self._m}x{self._n}; is it a chain for another kernel size?)")
+        chain = _resolve_chain(chain, self._m, self._n, "DeButConv2d")
+        self._init_factors(chain, bias, self._n, device, dtype)
+
+    def _extra_config(self) -> dict:
+        return {"flatten": self.flatten, "kernel_size": self.kernel_size}
+
+    def extra_repr(self) -> str:
+        s = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+             f"stride={self.stride}")
+        if self.padding not in ((0, 0), "valid"):
+            s += f", padding={self.padding}"
+        if self.dilation != (1, 1):
+            s += f", dilation={self.dilation}"
+        if self.padding_mode != "zeros":
+            s += f", padding_mode={self.padding_mode!r}"
+        if self.bias is None:
+            s += ", bias=False"
+        return s + f", flatten={self.flatten!r}, chain='{self.chain}'"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_input(x, "DeButConv2d")
+        if x.dim() not in (3, 4) or x.shape[-3] != self.in_channels:
+            raise ValueError(f"DeButConv2d: input must be (N, C, H, W) or (C, H, W) with "
+                             f"C = in_channels = {self.in_channels}, got shape "
+                             f"{tuple(x.shape)}")
+        unbatched = x.dim() == 3
+        if unbatched:
+            x = x.unsqueeze(0)
+        pad = self._pad
+        if any(pad):
+            mode = "constant" if self.padding_mode == "zeros" else self.padding_mode
+            x = F.pad(x, pad, mode=mode)
+        N, C, H, W = x.shape
+        kh, kw = self.kernel_size
+        dh, dw = self.dilation
+        sh, sw = self.stride
+        Ho = (H - dh * (kh - 1) - 1) // sh + 1
+        Wo = (W - dw * (kw - 1) - 1) // sw + 1
+        if Ho < 1 or Wo < 1:
+            raise ValueError(f"DeButConv2d: input of spatial size {(H, W)} (after padding) "
+                             f"is smaller than the dilated kernel "
+                             f"{(dh * (kh - 1) + 1, dw * (kw - 1) + 1)}")
+        cols = F.unfold(x, (kh, kw), dilation=self.dilation, stride=self.stride)  # N, K, L
+        L = cols.shape[-1]
+        if self.flatten == "cin_kh_kw":
+            rows = cols.transpose(1, 2).reshape(N * L, self._n)
+        else:
+            rows = cols.reshape(N, C, kh * kw, L).permute(0, 3, 2, 1).reshape(N * L, self._n)
+        y = debut_mm(rows, list(self.factors), self.chain, (self._m, self._n), self.impl)
+        if self.bias is not None:
+            y = y + self.bias
+        y = y.reshape(N, L, self._m).transpose(1, 2).reshape(N, self._m, Ho, Wo)
+        return y[0] if unbatched else y
+
+    # -- conversions -----------------------------------------------------------------------
+    def _flat(self, w: torch.Tensor) -> torch.Tensor:
+        if self.flatten == "cin_kh_kw":
+            return w.reshape(self._m, -1)
+        return w.permute(0, 2, 3, 1).reshape(self._m, -1)
+
+    def _unflat(self, Wm: torch.Tensor) -> torch.Tensor:
+        kh, kw = self.kernel_size
+        if self.flatten == "cin_kh_kw":
+            return Wm.reshape(self._m, self.in_channels, kh, kw)
+        return Wm.reshape(self._m, kh, kw, self.in_channels).permute(0, 3, 1, 2)
+
+    def _conv_kwargs(self) -> dict:
+        return dict(stride=self.stride, padding=self.padding, dilation=self.dilation,
+                    padding_mode=self.padding_mode)
+
+    @classmethod
+    def from_dense(cls, conv: nn.Conv2d, chain: Any = "auto", method: str = "auto",
+                   impl: str = "auto", flatten: str = "cin_kh_kw",
+                   **fit: Any) -> "DeButConv2d":
+        """Fit a trained ``nn.Conv2d`` (``groups=1``) with a DeBut chain.
+
+        The filter is flattened as ``flatten`` says (see :class:`DeButConv2d`) and fitted
+        by :func:`debutla.factorize`; ``method`` and ``**fit`` as in
+        :meth:`DeButLinear.from_dense`.
+
+        Examples
+        --------
+        >>> import torch
+        >>> from debutla.torch import DeButConv2d
+        >>> conv = torch.nn.Conv2d(8, 16, 3, padding=1)
+        >>> layer = DeButConv2d.from_dense(conv, chain="16 <-(2,6,8)- 48 <-(1,2,8)- 96 "
+        ...                                "<-(2,2,4)- 96 <-(4,3,1)- 72")
+        >>> layer(torch.randn(1, 8, 5, 5)).shape
+        torch.Size([1, 16, 5, 5])
+        """
+        if not isinstance(conv, nn.Conv2d):
+            raise TypeError(f"DeButConv2d.from_dense: expected an nn.Conv2d, got "
+                            f"{type(conv).__name__}")
+        if conv.groups != 1:
+            raise ValueError(f"DeButConv2d.from_dense: groups={conv.groups} is not supported")
+        w = conv.weight
+        layer = cls(conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride,
+                    padding=conv.padding, dilation=conv.dilation, bias=conv.bias is not None,
+                    padding_mode=conv.padding_mode, chain=chain, device=w.device,
+                    dtype=w.dtype, impl=impl, flatten=flatten)
+        W = layer._flat(w.detach()).cpu().double().numpy()
+        _fit_into(layer, W, method, fit, "DeButConv2d.from_dense")
+        if conv.bias is not None:
+            with torch.no_grad():
+                layer.bias.copy_(conv.bias)
+        return layer
+
+    def to_dense(self) -> nn.Conv2d:
+        """The equivalent ``nn.Conv2d`` (same dtype and device)."""
+        p = self.factors[0]
+        conv = nn.Conv2d(self.in_channels, self.out_channels, self.kernel_size,
+                         bias=self.bias is not None, device=p.device, dtype=p.dtype,
+                         **self._conv_kwargs())
+        with torch.no_grad():
+            conv.weight.copy_(self._unflat(self.dense_weight()))
+            if self.bias is not None:
+                conv.bias.copy_(self.bias)
+        return conv
+
+
+_FIT_METHODS = ("auto", "hierarchical", "als", "random")
+
+
+def _fit_into(layer: _DeButBase, W: np.ndarray, method: str, fit: dict, where: str) -> None:
+    """Fit ``W`` (float64, the layer's ``m x n``) into the layer's factors; set fit_info."""
+    from .. import factorize
+
+    if method not in _FIT_METHODS:
+        raise ValueError(f"{where}: method must be one of {_FIT_METHODS}, got {method!r}")
+    norm = float(np.linalg.norm(W))
+    if method == "random":
+        if fit:
+            raise TypeError(f"{where}: method='random' takes no fit arguments, got "
+                            f"{sorted(fit)}")
+        layer.fit_info = None
+        D = layer.to_debut().astype(np.float64).to_dense()
+        layer.fit_error = float(np.linalg.norm(W - D) / norm) if norm > 0 else 0.0
+        return
+    op, info = factorize(W, layer.chain, method=method, return_info=True, **fit)
+    layer._load_debut(op)
+    layer.fit_info = info
+    layer.fit_error = float(info.rel_error)

@@ -1,0 +1,484 @@
+"""Tests of debutla.torch: the DeBut layers against independent dense references.
+
+References are built here from the canonical layout formula (tests/strategies.py), never
+from the library's kernels: the forward against the float64 product of the dense factors,
+the value gradients against autograd through a differentiable scatter of each factor's
+values into its dense matrix.  Tolerances are the forward error bounds of
+tests/strategies.py (products of absolute values times the unit roundoff).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+import debutla as db  # noqa: E402
+from debutla import Chain, DeBut  # noqa: E402
+from debutla.torch import DeButConv2d, DeButLinear, compress, debut_mm  # noqa: E402
+from strategies import (  # noqa: E402
+    assert_product_close,
+    chains,
+    error_depth,
+    operators,
+    reference,
+)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LENET = os.path.join(ROOT, "tests", "data", "lenet_mnist_debut_paper.npz")
+TDTYPES = {"float32": torch.float32, "float64": torch.float64}
+IMPLS = ("numba", "torch")
+
+PADDED = "8 <-(2,2,2)- 8 <-(2,4,1)- 16"          # serves e.g. 5x13 (padding both sides)
+BULGING = "6 <-(1,2,1)- 12 <-(3,1,1)- 4"          # 4 -> 12 -> 6
+CONV_BULGING = "3 <-(1,4,3)- 12 <-(3,2,1)- 8"    # 8 -> 12 -> 3, a 2x2 kernel on 2 channels
+
+
+def _np(t):
+    return t.detach().cpu().double().numpy()
+
+
+def _layer_from_op(op: DeBut, dtype, impl, bias=False):
+    return DeButLinear.from_debut(op, bias=None if not bias else torch.zeros(op.shape[0]),
+                                  dtype=dtype, impl=impl)
+
+
+def _dense_factor_t(spec, v):
+    """The dense p x q factor from its values by the layout formula (differentiable)."""
+    nb, r, s, t = spec.value_shape
+    b, i, j, k = np.indices((nb, r, s, t))
+    rows = torch.as_tensor((b * r * t + i * t + k).ravel())
+    cols = torch.as_tensor((b * s * t + j * t + k).ravel())
+    F = torch.zeros(spec.p, spec.q, dtype=v.dtype)
+    return F.index_put((rows, cols), v.reshape(-1))
+
+
+def _dense_chain_t(chain, values, shape):
+    D = None
+    for spec, v in zip(chain, values):
+        F = _dense_factor_t(spec, v)
+        D = F if D is None else F @ D
+    return D[:shape[0], :shape[1]]
+
+
+# ---------------------------------------------------------------------------------------
+# forward
+# ---------------------------------------------------------------------------------------
+
+@given(op=operators(np.float64), lead=st.lists(st.integers(0, 3), min_size=0, max_size=2),
+       dt=st.sampled_from(sorted(TDTYPES)), impl=st.sampled_from(IMPLS),
+       seed=st.integers(0, 2**31 - 1))
+def test_linear_forward_equals_operator_and_dense(op, lead, dt, impl, seed):
+    dtype = TDTYPES[dt]
+    op = op.astype(np.float32) if dt == "float32" else op
+    m, n = op.shape
+    layer = _layer_from_op(op, dtype, impl)
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(*lead, n, generator=g, dtype=torch.float64).to(dtype)
+    y = layer(x)
+    assert y.shape == (*lead, m) and y.dtype == dtype
+    X = _np(x).reshape(-1, n)
+    expected = X @ reference(op).T
+    bound = np.abs(X) @ reference(op, absolute=True).T
+    depth = error_depth(op.chain)
+    assert_product_close(y.detach().numpy().reshape(-1, m), expected, bound, np.dtype(dt),
+                         depth, "DeButLinear vs reference")
+    # the operator itself (same kernels on the numba path)
+    assert_product_close(op.matmat_rows(X.astype(dt)), expected, bound, np.dtype(dt), depth,
+                         "operator vs reference")
+    # the equivalent nn.Linear: BLAS sums n more terms on a rounded W
+    dense = layer.to_dense()
+    yd = dense(x).detach().numpy().reshape(-1, m)
+    assert_product_close(yd, expected, bound, np.dtype(dt), 2 * depth + n,
+                         "to_dense() nn.Linear vs reference")
+
+
+def test_linear_bias_and_leading_dims_match_nn_linear():
+    torch.manual_seed(0)
+    layer = DeButLinear(400, 128, chain=db.PAPER_CHAINS["lenet_fc1_mono2"])
+    x = torch.randn(2, 3, 5, 400)
+    torch.testing.assert_close(layer(x), layer.to_dense()(x))
+    assert layer(torch.randn(400)).shape == (128,)
+    assert layer(torch.randn(0, 400)).shape == (0, 128)
+
+
+def test_impls_agree_on_paper_chain():
+    torch.manual_seed(1)
+    layer = DeButLinear(400, 128, chain=db.PAPER_CHAINS["lenet_fc1_bulg1"],
+                        dtype=torch.float64)
+    x = torch.randn(7, 400, dtype=torch.float64)
+    y1 = layer(x)
+    layer.impl = "torch"
+    torch.testing.assert_close(layer(x), y1, rtol=1e-12, atol=1e-12)
+
+
+# ---------------------------------------------------------------------------------------
+# gradients
+# ---------------------------------------------------------------------------------------
+
+@given(op=operators(np.float64), batch=st.integers(1, 5), impl=st.sampled_from(IMPLS),
+       seed=st.integers(0, 2**31 - 1))
+def test_linear_gradients_equal_dense_reference_float32(op, batch, impl, seed):
+    m, n = op.shape
+    op32 = op.astype(np.float32)
+    layer = _layer_from_op(op32, torch.float32, impl)
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, n, generator=g)
+    w = torch.randn(batch, m, generator=g)
+    xr = x.clone().requires_grad_(True)
+    (layer(xr) * w).sum().backward()
+    # reference in float64, through the dense factors; and the bound with |.| everywhere
+    vals = [torch.tensor(np.array(v), dtype=torch.float64, requires_grad=True)
+            for v in op32.factors]
+    x64 = x.double().requires_grad_(True)
+    (x64 @ _dense_chain_t(op.chain, vals, op.shape).T * w.double()).sum().backward()
+    avals = [v.detach().abs().requires_grad_(True) for v in vals]
+    ax = x.double().abs().requires_grad_(True)
+    (ax @ _dense_chain_t(op.chain, avals, op.shape).T * w.double().abs()).sum().backward()
+    depth = 2 * error_depth(op.chain) + batch + m + n
+    assert_product_close(xr.grad.numpy(), x64.grad.numpy(), ax.grad.numpy(), np.float32,
+                         depth, "input gradient")
+    for i, (p, v, a) in enumerate(zip(layer.factors, vals, avals)):
+        assert_product_close(p.grad.numpy(), v.grad.numpy(), a.grad.numpy(), np.float32,
+                             depth, f"value gradient of factor {i}")
+    # and the input gradient equals the equivalent nn.Linear's
+    dense = layer.to_dense()
+    xd = x.clone().requires_grad_(True)
+    (dense(xd) * w).sum().backward()
+    assert_product_close(xd.grad.numpy(), x64.grad.numpy(), ax.grad.numpy(), np.float32,
+                         depth, "nn.Linear input gradient")
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("chain,shape", [(PADDED, (5, 13)), (BULGING, (5, 3)),
+                                         (BULGING, (6, 4)), (db.PAPER_CHAINS["lenet_fc2"],
+                                                             (64, 128))])
+def test_linear_gradcheck_float64(impl, chain, shape):
+    torch.manual_seed(0)
+    m, n = shape
+    layer = DeButLinear(n, m, chain=chain, dtype=torch.float64, impl=impl)
+    x = torch.randn(3, n, dtype=torch.float64, requires_grad=True)
+    params = [layer.bias, *layer.factors]
+
+    def f(x, b, *vals):
+        return debut_mm(x, vals, layer.chain, shape, impl) + b
+
+    assert torch.autograd.gradcheck(f, (x, *params))
+
+
+@given(op=operators(np.float64), impl=st.sampled_from(IMPLS))
+@settings(max_examples=10)
+def test_gradcheck_random_chains(op, impl):
+    m, n = op.shape
+    vals = [torch.tensor(np.array(v), requires_grad=True) for v in op.factors]
+    x = torch.randn(2, n, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x, *v: debut_mm(x, v, op.chain, op.shape, impl),
+                                    (x, *vals))
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("chain", [CONV_BULGING, "4 <-(2,2,2)- 4 <-(2,4,1)- 8"])
+@pytest.mark.parametrize("flatten", ["cin_kh_kw", "kh_kw_cin"])
+def test_conv_gradcheck_float64(impl, chain, flatten):
+    torch.manual_seed(0)
+    conv = DeButConv2d(2, 3, 2, stride=(1, 2), padding=1, chain=chain, dtype=torch.float64,
+                       impl=impl, flatten=flatten)
+    x = torch.randn(2, 2, 4, 5, dtype=torch.float64, requires_grad=True)
+    params = list(conv.parameters())
+
+    def f(x, *ps):
+        with torch.nn.utils.stateless._reparametrize_module(
+                conv, dict(zip([n for n, _ in conv.named_parameters()], ps))):
+            return conv(x)
+
+    assert torch.autograd.gradcheck(f, (x, *params))
+
+
+def test_frozen_values_input_gradient():
+    torch.manual_seed(0)
+    layer = DeButLinear(13, 5, chain=PADDED, dtype=torch.float64)
+    layer.requires_grad_(False)
+    x = torch.randn(4, 13, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(layer, (x,))
+    layer.impl = "torch"
+    assert torch.autograd.gradcheck(layer, (x,))
+
+
+# ---------------------------------------------------------------------------------------
+# convolution
+# ---------------------------------------------------------------------------------------
+
+CONV_CASES = [
+    dict(kernel_size=3, padding=1),
+    dict(kernel_size=3, stride=2, padding=(2, 0)),
+    dict(kernel_size=(3, 2), dilation=(2, 1), padding="same"),
+    dict(kernel_size=2, padding="same"),  # asymmetric padding
+    dict(kernel_size=3, padding="valid"),
+    dict(kernel_size=3, padding=1, padding_mode="reflect"),
+    dict(kernel_size=3, padding=(1, 2), padding_mode="replicate"),
+    dict(kernel_size=3, padding=2, padding_mode="circular"),
+    dict(kernel_size=3, padding=1, bias=False),
+]
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("flatten", ["cin_kh_kw", "kh_kw_cin"])
+@pytest.mark.parametrize("kw", CONV_CASES)
+def test_conv_matches_nn_conv2d(kw, flatten, impl):
+    torch.manual_seed(0)
+    kh, kw_ = (kw["kernel_size"],) * 2 if isinstance(kw["kernel_size"], int) else \
+        kw["kernel_size"]
+    cin, cout = 3, 5
+    conv = DeButConv2d(cin, cout, chain="auto", flatten=flatten, impl=impl,
+                       dtype=torch.float64, **kw)
+    assert conv.chain.shape[1] >= cin * kh * kw_
+    dense = conv.to_dense()
+    assert isinstance(dense, torch.nn.Conv2d) and dense.padding_mode == conv.padding_mode
+    x = torch.randn(2, cin, 9, 8, dtype=torch.float64)
+    torch.testing.assert_close(conv(x), dense(x), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(conv(x[0]), dense(x[0]), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("flatten", ["cin_kh_kw", "kh_kw_cin"])
+def test_conv_from_dense_exact_on_a_debut_filter(flatten):
+    """A filter that *is* a DeBut product in the chosen flattening is recovered exactly."""
+    chain = Chain.parse(db.PAPER_CHAINS["lenet_conv2_mono1"])
+    op = DeBut.random(chain, seed=3)
+    Wm = torch.from_numpy(op.to_dense())
+    w = (Wm.reshape(16, 8, 3, 3) if flatten == "cin_kh_kw"
+         else Wm.reshape(16, 3, 3, 8).permute(0, 3, 1, 2))
+    conv = torch.nn.Conv2d(8, 16, 3, padding=1, dtype=torch.float64)
+    with torch.no_grad():
+        conv.weight.copy_(w)
+    layer = DeButConv2d.from_dense(conv, chain=chain, method="hierarchical", flatten=flatten)
+    assert layer.fit_error < 1e-10
+    x = torch.randn(2, 8, 7, 7, dtype=torch.float64)
+    torch.testing.assert_close(layer(x), conv(x), rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(layer.to_dense().weight, conv.weight, rtol=1e-10, atol=1e-10)
+
+
+# ---------------------------------------------------------------------------------------
+# conversions and state
+# ---------------------------------------------------------------------------------------
+
+def test_from_dense_exact_and_debut_round_trip():
+    op = DeBut.random(db.PAPER_CHAINS["lenet_fc1_mono2"], seed=1)
+    lin = torch.nn.Linear(400, 128, dtype=torch.float64)
+    with torch.no_grad():
+        lin.weight.copy_(torch.from_numpy(op.to_dense()))
+    layer = DeButLinear.from_dense(lin, chain=op.chain, method="hierarchical")
+    assert layer.fit_error < 1e-10 and layer.fit_info.method == "hierarchical"
+    x = torch.randn(3, 400, dtype=torch.float64)
+    torch.testing.assert_close(layer(x), lin(x), rtol=1e-10, atol=1e-10)
+    back = layer.to_debut()
+    assert back.chain == op.chain and back.shape == (128, 400)
+    again = DeButLinear.from_debut(back, bias=layer.bias, dtype=torch.float64)
+    torch.testing.assert_close(again(x), layer(x), rtol=0, atol=0)
+
+
+def test_from_dense_random_reports_its_error():
+    lin = torch.nn.Linear(16, 8)
+    layer = DeButLinear.from_dense(lin, chain="8 <-(2,2,4)- 8 <-(4,8,1)- 16", method="random")
+    assert layer.fit_info is None and layer.fit_error > 0.5
+    torch.testing.assert_close(layer.bias, lin.bias)
+
+
+def test_state_dict_round_trip_in_a_fresh_process(tmp_path):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        DeButConv2d(2, 3, 2, padding=1, chain=CONV_BULGING, flatten="kh_kw_cin"),
+        torch.nn.Flatten(), DeButLinear(3 * 5 * 5, 10, chain="auto"))
+    x = torch.randn(2, 2, 4, 4)
+    torch.save({"state": model.state_dict(), "x": x, "y": model(x).detach(),
+                "chain": model[2].chain.format()}, tmp_path / "m.pt")
+    script = textwrap.dedent(f"""
+        import torch
+        from debutla.torch import DeButConv2d, DeButLinear
+        d = torch.load({str(tmp_path / 'm.pt')!r})
+        model = torch.nn.Sequential(
+            DeButConv2d(2, 3, 2, padding=1, chain={CONV_BULGING!r}, flatten="kh_kw_cin"),
+            torch.nn.Flatten(), DeButLinear(75, 10, chain=d["chain"]))
+        model.load_state_dict(d["state"])
+        assert torch.equal(model(d["x"]), d["y"]), "outputs differ"
+        wrong = DeButLinear(75, 10, chain="16 <-(4,5,1)- 20 <-(1,4,5)- 80")
+        try:
+            wrong.load_state_dict({{k[2:]: v for k, v in d["state"].items()
+                                   if k.startswith("2.")}})
+        except (ValueError, RuntimeError) as e:
+            print("refused:", type(e).__name__)
+        print("ok")
+    """)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]))
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                       env=env, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "refused:" in r.stdout and r.stdout.strip().endswith("ok")
+
+
+def test_extra_state_mismatch_names_both_chains():
+    a = DeButLinear(13, 5, chain=PADDED)
+    b = DeButLinear(13, 5, chain="8 <-(2,2,4)- 8 <-(4,8,1)- 16")
+    sd = a.state_dict()
+    for k in [k for k in sd if k.startswith("factors")]:
+        del sd[k]
+    with pytest.raises(ValueError, match="saved layer has chain"):
+        b.load_state_dict(sd, strict=False)
+
+
+# ---------------------------------------------------------------------------------------
+# compress and the paper's counts
+# ---------------------------------------------------------------------------------------
+
+class LeNet(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = torch.nn.Conv2d(1, 8, 3)
+        self.conv2 = torch.nn.Conv2d(8, 16, 3)
+        self.fc = torch.nn.Linear(400, 128)
+        self.fc2 = torch.nn.Linear(128, 64)
+        self.fc3 = torch.nn.Linear(64, 10)
+
+    def forward(self, x):
+        x = torch.max_pool2d(torch.relu(self.conv1(x)), 2)
+        x = torch.max_pool2d(torch.relu(self.conv2(x)), 2)
+        return self.fc3(self.fc2(torch.relu(self.fc(x.flatten(1)))))
+
+
+def test_compress_reproduces_paper_parameter_counts():
+    net = LeNet()
+    small, rep = compress(net, {"fc": db.PAPER_CHAINS["lenet_fc1_mono2"]}, method="random")
+    assert isinstance(small.fc, DeButLinear) and isinstance(net.fc, torch.nn.Linear)
+    assert rep.params_before == 61482 and rep.params_after == 17962
+    assert round(100 * rep.mc, 2) == 70.78
+    assert round(100 * rep.layers[0].lc, 2) == 85.00
+    small, rep = compress(net, {"fc": db.PAPER_CHAINS["lenet_fc1_mono2"],
+                                "fc2": db.PAPER_CHAINS["lenet_fc2"],
+                                "conv2": db.PAPER_CHAINS["lenet_conv2_bulg1"]},
+                          method="random")
+    # the paper's 10.19K / MC 83.43% row is CONV2's bulg1 chain (mono1 gives 10,026)
+    assert rep.params_after == 10186 and round(100 * rep.mc, 2) == 83.43
+    assert small(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+    assert "MC 83.43%" in str(rep)
+
+
+@pytest.mark.skipif(not os.path.exists(LENET), reason="LeNet weights absent")
+def test_compress_fits_pretrained_lenet_fc1():
+    d = np.load(LENET, allow_pickle=False)
+    net = LeNet()
+    net.load_state_dict({k.replace("_", ".", 1): torch.from_numpy(d[k]) for k in d.files})
+    small, rep = compress(net, {"fc": db.PAPER_CHAINS["lenet_fc1_mono2"]}, method="auto",
+                          max_sweeps=10, seed=0)
+    # the paper's ALS reaches 0.853; a correct ALS from the hierarchical start does better
+    assert rep.layers[0].fit_error < 0.853
+    W = net.fc.weight.detach().double()
+    D = small.fc.dense_weight().detach().double()
+    assert abs(float((W - D).norm() / W.norm()) - rep.layers[0].fit_error) < 1e-5
+
+
+# ---------------------------------------------------------------------------------------
+# bad input
+# ---------------------------------------------------------------------------------------
+
+def test_bad_inputs_are_named():
+    layer = DeButLinear(13, 5, chain=PADDED)
+    with pytest.raises(ValueError, match="DeButLinear.*in_features=13"):
+        layer(torch.randn(2, 12))
+    with pytest.raises(TypeError, match="DeButLinear.*dtype"):
+        layer(torch.randn(2, 13, dtype=torch.float64))
+    with pytest.raises(ValueError, match="DeButLinear.*meta"):
+        layer(torch.randn(2, 13, device="meta"))
+    with pytest.raises(TypeError, match="DeButLinear.*torch.Tensor"):
+        layer(np.ones((2, 13), dtype=np.float32))
+    with pytest.raises(ValueError, match="DeButLinear.*cannot serve"):
+        DeButLinear(17, 5, chain=PADDED)
+    with pytest.raises(ValueError, match="DeButLinear.*parse"):
+        DeButLinear(17, 5, chain="8 <-(3,3,3)- 8")
+    with pytest.raises(ValueError, match="DeButLinear.*impl"):
+        DeButLinear(13, 5, chain=PADDED, impl="cuda")
+    with pytest.raises(ValueError, match="DeButConv2d.*kernel size"):
+        DeButConv2d(8, 16, 5, chain=db.PAPER_CHAINS["lenet_conv2_mono1"])
+    conv = DeButConv2d(8, 16, 3, chain=db.PAPER_CHAINS["lenet_conv2_mono1"])
+    with pytest.raises(ValueError, match="DeButConv2d.*in_channels = 8"):
+        conv(torch.randn(1, 3, 9, 9))
+    with pytest.raises(ValueError, match="DeButConv2d.*smaller than"):
+        conv(torch.randn(1, 8, 2, 2))
+    with pytest.raises(ValueError, match="DeButConv2d.*groups"):
+        DeButConv2d(8, 16, 3, groups=2)
+    with pytest.raises(TypeError, match="from_dense.*nn.Linear"):
+        DeButLinear.from_dense(torch.nn.Conv2d(1, 1, 1))
+    with pytest.raises(TypeError, match="compress.*only nn.Linear"):
+        compress(torch.nn.Sequential(torch.nn.ReLU()), {"0": "auto"})
+    with pytest.raises(ValueError, match="compress.*not a submodule"):
+        compress(torch.nn.Sequential(torch.nn.ReLU()), {"fc": "auto"})
+
+
+def test_core_does_not_import_torch():
+    code = "import sys, debutla\nassert 'torch' not in sys.modules, 'core imported torch'\n"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       env=dict(os.environ, PYTHONPATH=ROOT), timeout=120)
+    assert r.returncode == 0, r.stderr
+
+
+# ---------------------------------------------------------------------------------------
+# torch.compile
+# ---------------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_torch_compile_model_with_debut_layers():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        DeButConv2d(1, 8, 3, chain="8 <-(2,3,4)- 12 <-(4,3,1)- 9"), torch.nn.ReLU(),
+        torch.nn.Flatten(), DeButLinear(8 * 6 * 6, 10))
+    x = torch.randn(4, 1, 8, 8)
+    ref = net(x)
+    ref.sum().backward()
+    grads = [p.grad.clone() for p in net.parameters()]
+    net.zero_grad()
+    y = torch.compile(net)(x)
+    y.sum().backward()
+    torch.testing.assert_close(y, ref)
+    for p, g in zip(net.parameters(), grads):
+        torch.testing.assert_close(p.grad, g)
+
+
+def test_operator_cache_sees_in_place_updates():
+    """Inference reuses the CPU operator; any autograd-visible write invalidates it."""
+    torch.manual_seed(0)
+    layer = DeButLinear(13, 5, chain=PADDED, dtype=torch.float64)
+    x = torch.randn(4, 13, dtype=torch.float64)
+    with torch.inference_mode():
+        y0 = layer(x)
+    with torch.no_grad():
+        layer.factors[1].mul_(2.0)
+    with torch.inference_mode():
+        torch.testing.assert_close(layer(x), layer.bias + 2 * (y0 - layer.bias))
+    opt = torch.optim.SGD(layer.parameters(), lr=0.1)
+    layer(x).sum().backward()
+    opt.step()
+    with torch.inference_mode():
+        torch.testing.assert_close(layer(x), layer.to_dense()(x))
+    layer.load_state_dict(DeButLinear(13, 5, chain=PADDED, dtype=torch.float64).state_dict())
+    with torch.inference_mode():
+        torch.testing.assert_close(layer(x), layer.to_dense()(x))
+
+
+def test_operator_cache_sees_writes_through_data():
+    """Writes that bypass the version counter (``.data``) are seen too."""
+    layer = DeButLinear(13, 5, chain=PADDED, dtype=torch.float64)
+    x = torch.randn(4, 13, dtype=torch.float64)
+    with torch.inference_mode():
+        y0 = layer(x)
+    layer.factors[0].data[0, 0, 0, 0] += 1.0
+    with torch.inference_mode():
+        y1 = layer(x)
+    assert not torch.equal(y0, y1)
+    torch.testing.assert_close(y1, layer.to_dense()(x))
