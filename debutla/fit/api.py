@@ -742,7 +742,7 @@ def factorize(
         become float64, float16 float32).  NaN and Inf are refused.
     chain : Chain or str
         The factor shapes: a :class:`~debutla.Chain`, a string in the paper's notation
-        (``"16 <-(2,8,1)- 128"``), or ``"auto"`` (:func:`~debutla.design_chain` for
+        (``"16 <-(4,4,4)- 16 <-(4,32,1)- 128"``), or ``"auto"`` (:func:`~debutla.design_chain` for
         ``W``'s shape).  Its size ``(M, N)`` must be at least ``(m, n)``; a larger chain
         fits the zero-padded ``M x N`` matrix and the operator keeps ``W``'s shape.
         With ``"auto"`` and ``max_params`` or ``rel_error`` the chain is searched for
