@@ -18,30 +18,37 @@ processes.  Three kernels serve all products:
   halved while the two blocks, weighted by the number of factors (``N / 6``, at least 1),
   exceed :data:`FUSED_BYTES`; a partial tile computes only its columns (rounded up to
   ``W / 4``);
-* **factor by factor** (small chains, below :data:`CODEGEN_MIN_NNZ` values, until a
-  call is big enough to pay for compiling; a chain too wide for a fused pass even with
-  the narrowest tile; fused kernels switched off with :func:`set_fused`): a precompiled
-  generic kernel with run-time sizes applies one
-  factor at a time to a panel of columns, reading the input and writing the output in
-  their own layouts, with two ping-pong buffers and no transposes.
+* **factor by factor** (the generic kernel, :mod:`debutla.backends._numba_generic`: one
+  compiled function per dtype for every chain): small chains, below
+  :data:`CODEGEN_MIN_NNZ` values, until a call is big enough to pay for compiling; a
+  chain too wide for a fused pass even with the narrowest tile; fused kernels switched
+  off (``debutla.config(fused=False)``); a chain's first products while its own kernel
+  compiles in a background thread (``debutla.config(background=True)``, the default);
+  and every adjoint product (``trans`` ``"T"``/``"H"``), read from the forward values.
 
 Threads
 -------
 Work of at least :data:`PARALLEL_MIN_WORK` multiply-adds is split into contiguous ranges
 of tiles, one per thread, run on a persistent pool of Python threads calling the
 ``nogil`` kernels; smaller work runs in the calling thread (a parallel region costs more
-than it saves there).  The thread count follows Numba's (``numba.get_num_threads()``,
-i.e. ``NUMBA_NUM_THREADS``) unless :func:`set_num_threads` or ``DEBUTLA_NUM_THREADS``
-says otherwise.  The kernels never call BLAS, so they cannot oversubscribe with it; when
-timing them next to BLAS calls, limit BLAS with ``threadpoolctl`` (see
-``docs/performance.rst``).
+than it saves there).  The thread count is ``debutla.config(threads=...)`` or
+``DEBUTLA_NUM_THREADS`` when set, else Numba's (``numba.get_num_threads()``).  The
+kernels never call BLAS, so they cannot oversubscribe with it; when timing them next to
+BLAS calls, limit BLAS with ``threadpoolctl`` (see ``docs/performance.rst``).
 
 First call and caching
 ----------------------
-The first product of a chain and dtype in a fresh cache compiles the kernel it needs
-(1.4-5.5 s measured on 2 cores, see ``docs/performance.rst``); later processes load it
-from the cache (0.15-0.3 s).  The cache
-lives in ``$DEBUTLA_CACHE_DIR/numba`` (default ``~/.cache/debutla/numba``).
+A chain's kernel is generated, written to the checked kernel cache
+(:mod:`debutla.backends._cache`) and compiled on first need, per kernel and dtype; a
+compile longer than :data:`SLOW_COMPILE_SECONDS` is logged (logger ``"debutla"``).
+Later processes load it from the cache (0.15-0.3 s).  A cache failure never fails a
+product (in-memory compile, one warning).  ``debutla.warmup`` compiles ahead of time.
+
+Forking
+-------
+Locks, the thread pool and the compile bookkeeping are reset in a forked child; a chain
+whose kernel was compiling at the fork runs on the generic kernel there, because Numba's
+own compiler lock may be held forever in the child.
 """
 
 from __future__ import annotations
@@ -402,7 +409,15 @@ def _kernel_name(k: int, layout: str) -> str:
 
 
 def _run_fused(state: _State, mod, kname: str, X, Y, k: int) -> None:
-    """One product on the generated kernel ``kname`` (X padded to Q features)."""
+    """One product on the generated kernel ``kname`` (``X`` with ``X.size // k`` features).
+
+    The tile kernels take inputs with fewer than Q features as they are (the missing
+    ones are zeros); the one-row kernel gets a padded copy of its one or two rows (a
+    ``(Q', 1)`` column is one row too).
+    """
+    xn = X.size // k
+    if kname == "rows_single" and xn < state.Q:
+        X = _pad(X.reshape(k, xn), state.Q, "rows")
     Xf, Yf = X.reshape(-1), Y.reshape(-1)
     one = _ONE
     if kname == "rows_single":
@@ -427,7 +442,7 @@ def _run_fused(state: _State, mod, kname: str, X, Y, k: int) -> None:
 
     def run(lo: int, hi: int) -> None:
         a, b = _scratch(state.dtype, state.F * W)
-        kern(*state.panel, Xf, Yf, k, lo, hi, a, b, wr)
+        kern(*state.panel, Xf, Yf, k, lo, hi, a, b, wr, xn)
 
     _run_split(run, (k + W - 1) // W, state.nnz * k)
 
@@ -543,8 +558,6 @@ def _apply(state: _State, X, out, layout: str, trans: str):
             _run_generic(state, X, out, k, xn, layout, "N")
             _compile_in_background(state, kname)  # started once; then we switch
             return out
-    if xn < state.Q:
-        X = _pad(X, state.Q, layout)
     _fused_guarded(state, kname, X, out, k)
     return out
 
