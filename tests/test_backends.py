@@ -357,7 +357,9 @@ def test_padded_input_reaches_the_tile_kernels_without_a_padded_copy(codegen, mo
 
 
 def test_adjoint_products_compile_nothing_for_the_chain(monkeypatch):
-    """rmatvec, x @ op, op.T @ x, op.H @ y and to_dense run on the forward state."""
+    """rmatvec, x @ op, op.T @ x, op.H @ y and to_dense run on the forward state, with
+    no compile for the chain (with background compiles off: none is even started)."""
+    monkeypatch.setattr(nbk, "CODEGEN_MIN_NNZ", 0)  # the chain would use its own kernels
     op = DeBut.random(CHAIN_B, seed=14, dtype=np.complex64, backend="numba")
     calls = []
     monkeypatch.setattr(nbk, "_compile", lambda *a: calls.append(a))
@@ -368,12 +370,27 @@ def test_adjoint_products_compile_nothing_for_the_chain(monkeypatch):
     Z = random_values(rng, (5, m), np.complex64)
     D = reference(op)
     tol = dict(rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(op.rmatvec(z), D.conj().T @ z, **tol)
-    np.testing.assert_allclose(z @ op, z @ D, **tol)
-    np.testing.assert_allclose(Z @ op, Z @ D, **tol)
-    np.testing.assert_allclose(op.T @ z, D.T @ z, **tol)
-    np.testing.assert_allclose(op.H @ z, D.conj().T @ z, **tol)
-    np.testing.assert_allclose(op.rmatmat(Z.T), D.conj().T @ Z.T, **tol)
-    np.testing.assert_allclose(op.to_dense(), D, **tol)
+    with config(background=False):
+        np.testing.assert_allclose(op.rmatvec(z), D.conj().T @ z, **tol)
+        np.testing.assert_allclose(z @ op, z @ D, **tol)
+        np.testing.assert_allclose(Z @ op, Z @ D, **tol)
+        np.testing.assert_allclose(op.T @ z, D.T @ z, **tol)
+        np.testing.assert_allclose(op.H @ z, D.conj().T @ z, **tol)
+        np.testing.assert_allclose(op.rmatmat(Z.T), D.conj().T @ Z.T, **tol)
+        np.testing.assert_allclose(op.to_dense(), D, **tol)
     assert calls == []
     assert list(op.T._states) == [] and list(op.H._states) == []
+
+
+def test_adjoint_kernels_compile_in_the_background_and_are_then_used(monkeypatch):
+    monkeypatch.setattr(nbk, "CODEGEN_MIN_NNZ", 0)
+    op = DeBut.random(CHAIN_A, seed=16, dtype=np.float64, backend="numba")
+    D = reference(op)
+    z = np.arange(24.0)
+    with config(background=True):
+        np.testing.assert_allclose(op.rmatvec(z), D.T @ z, rtol=1e-12, atol=1e-12)
+        nbk.wait_for_compiles(timeout=300)
+        st = op._state(nbk, op.dtype)
+        assert "rows_single" in st.adjoint("H").ready
+        np.testing.assert_allclose(op.rmatvec(z), D.T @ z, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(z @ op, z @ D, rtol=1e-12, atol=1e-12)

@@ -72,7 +72,7 @@ from . import _numba_codegen as _cg
 from . import _numba_generic as _generic_src
 
 __all__ = [
-    "name", "xp", "prepare", "apply_rows", "apply_cols", "compile_kernels",
+    "name", "xp", "prepare", "apply_rows", "apply_cols", "compile_kernels", "wait_for_compiles",
     "get_num_threads", "set_num_threads", "set_fused", "kernel_source", "FUSED_BYTES",
     "PARALLEL_MIN_WORK", "CODEGEN_MIN_NNZ", "CODEGEN_MIN_WORK", "SLOW_COMPILE_SECONDS",
 ]
@@ -180,6 +180,7 @@ class _State:
 
     __slots__ = ("shapes", "dtype", "panel", "vec", "dims", "adims", "Q", "P",
                  "F", "nnz", "W", "_mod", "_lock", "ready", "pending", "broken", "flat", "_cflat",
+                 "_adj",
                  "__weakref__")
 
     def __init__(self, factors) -> None:
@@ -203,6 +204,7 @@ class _State:
                                in zip(reversed(self.shapes), reversed(offs))],
                               dtype=np.uint64).reshape(-1, 7)
         self._cflat = None
+        self._adj: dict = {}
         self.Q = self.shapes[0][0] * self.shapes[0][2] * self.shapes[0][3]
         self.P = self.shapes[-1][0] * self.shapes[-1][1] * self.shapes[-1][3]
         self.F = max(max(nb * r * t, nb * s * t) for nb, r, s, t in self.shapes)
@@ -233,6 +235,28 @@ class _State:
         if self._cflat is None:
             self._cflat = np.conj(self.flat)
         return self._cflat
+
+    def adjoint(self, trans: str) -> "_State":
+        """The state of ``D^T`` (``"T"``) or ``D^H`` (``"H"``), made on first use.
+
+        Used only for a specialised adjoint kernel, compiled in the background after
+        the first adjoint product (or by ``debutla.warmup``); until it is ready, adjoint
+        products run on the generic kernel from this state's values.
+        """
+        if trans == "H" and self.dtype.kind != "c":
+            trans = "T"
+        st = self._adj.get(trans)
+        if st is None:
+            with self._lock:
+                st = self._adj.get(trans)
+                if st is None:
+                    vals = [f.reshape(sh).transpose(0, 2, 1, 3)
+                            for f, sh in zip(reversed(self.panel), reversed(self.shapes))]
+                    if trans == "H":
+                        vals = [np.conj(v) for v in vals]
+                    st = _State(tuple(np.ascontiguousarray(v) for v in vals))
+                    self._adj[trans] = st
+        return st
 
     def module(self):
         """The chain's generated kernel module (written and executed on first use)."""
@@ -496,18 +520,30 @@ def _compile_in_background(state: _State, kname: str) -> None:
     th.start()
 
 
+def wait_for_compiles(timeout: float | None = None) -> None:
+    """Wait until the kernels compiling in background threads are ready.
+
+    Examples
+    --------
+    >>> wait_for_compiles(timeout=1.0)
+    """
+    for th in list(_compile_threads):
+        th.join(timeout=timeout)
+
+
 def _join_compiles() -> None:
     """At exit, let background compiles finish (their kernels land in the cache)."""
-    for th in list(_compile_threads):
-        th.join(timeout=60)
+    wait_for_compiles(timeout=60)
 
 
-def compile_kernels(state: _State, batch: int, layout: str) -> None:
+def compile_kernels(state: _State, batch: int, layout: str, trans: str = "N") -> None:
     """Compile (now, in this thread) what products of ``batch`` rows/columns need.
 
-    Used by :func:`debutla.warmup`; a no-op when the chain runs on the generic kernel.
+    Used by :func:`debutla.warmup`; only the generic kernel when the chain runs on it.
     """
     _generic_module()
+    if trans != "N" and not _uses_generic(state, batch):
+        state = state.adjoint(trans)
     if _uses_generic(state, batch):
         if not state.ready:  # compile the generic kernel for this dtype
             X = np.zeros((1, state.Q), state.dtype)
@@ -545,7 +581,19 @@ def _apply(state: _State, X, out, layout: str, trans: str):
         out = np.empty((k, pout) if layout == "rows" else (pout, k), dtype=state.dtype)
     if k == 0:
         return out
-    if trans != "N" or _uses_generic(state, k):
+    if trans != "N":
+        adj = None if _uses_generic(state, k) else state._adj.get(
+            "T" if trans == "H" and state.dtype.kind != "c" else trans)
+        kname = _kernel_name(k, layout)
+        if adj is not None and kname in adj.ready and not _uses_generic(adj, k):
+            _fused_guarded(adj, kname, X, out, k)
+            return out
+        _generic_module()
+        _run_generic(state, X, out, k, xn, layout, trans)
+        if not _uses_generic(state, k) and _config.get("background"):
+            _compile_in_background(state.adjoint(trans), kname)
+        return out
+    if _uses_generic(state, k):
         _generic_module()
         _run_generic(state, X, out, k, xn, layout, trans)
         return out
