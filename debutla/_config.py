@@ -267,3 +267,12 @@ def cache_root() -> str:
         pass  # the cache folder does not depend on the malformed variable
     assert _cache_root is not None
     return _cache_root
+
+
+def _after_fork_in_child() -> None:
+    global _lock
+    _lock = threading.Lock()  # a thread of the parent may have held it at the fork
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -9,6 +9,7 @@ import numpy as np
 
 from ._config import config
 from ._validation import check_choice, check_int
+from .backends import get_backend
 from .operator import DeBut
 
 __all__ = ["warmup"]
@@ -33,8 +34,9 @@ def warmup(op: Any, batch: int | Iterable[int] = 1, *, layout: str = "both",
     layout : {"both", "rows", "cols"}
         ``"rows"``: ``X @ op.T`` / ``op.matmat_rows``; ``"cols"``: ``op @ X``.
     adjoint : bool
-        Also prepare the adjoint products (``rmatvec``, ``x @ op``, ``to_dense``:
-        the generic kernel, shared by every chain).
+        Also compile the kernels of the adjoint products ``op.rmatvec``,
+        ``op.rmatmat``, ``op.H @ y`` (and, for real dtypes, ``x @ op``); until they
+        are ready those run on the generic kernel.
 
     Returns
     -------
@@ -63,12 +65,26 @@ def warmup(op: Any, batch: int | Iterable[int] = 1, *, layout: str = "both",
     adjoint = bool(adjoint)
     m, n = op.shape
     t0 = time.perf_counter()
-    with config(background=False):
+    with config(background=False):  # forward products wait for their kernels
         for k in sizes:
             if layout in ("both", "rows") or k == 1:
                 op.matmat_rows(np.zeros((k, n), op.dtype))
             if layout in ("both", "cols") and k > 1:
                 op.matmat(np.zeros((n, k), op.dtype))
-        if adjoint:
-            op.rmatvec(np.zeros(m, op.dtype))
+    if adjoint:  # adjoint products start their kernels' compiles in the background
+        with config(background=True):
+            for k in sizes:
+                if layout in ("both", "rows") or k == 1:
+                    op.H.matmat_rows(np.zeros((k, m), op.dtype))
+                if layout in ("both", "cols") and k > 1:
+                    op.rmatmat(np.zeros((m, k), op.dtype))
+        _wait_for_background_compiles()
     return time.perf_counter() - t0
+
+
+def _wait_for_background_compiles() -> None:
+    try:
+        numba_ = get_backend("numba")
+    except ImportError:
+        return
+    numba_.wait_for_compiles()

@@ -323,3 +323,74 @@ def test_compiled_kernels_are_reused_by_a_second_process(tmp_path, codegen):
     assert (hits1, misses1) == (0, 1)
     assert (hits2, misses2) == (1, 0)
     assert any(p.suffix == ".py" for p in (tmp_path / "numba").iterdir())
+
+
+@pytest.mark.parametrize("layout", ["rows", "cols"])
+def test_padded_input_reaches_the_tile_kernels_without_a_padded_copy(codegen, monkeypatch,
+                                                                     layout):
+    """The operator passes n < Q features as they are; the tile kernels take the extent."""
+    op = DeBut.random(CHAIN_B, seed=12, dtype=np.float32, shape=(15, 70), backend="numba")
+    W = _tile_width(op)
+
+    def no_pad(*args):
+        raise AssertionError("a padded copy of the input was made")
+
+    monkeypatch.setattr(nbk, "_pad", no_pad)
+    seen = []
+    inner = nbk._run_fused
+
+    def spy(state, mod, kname, X, Y, k):
+        seen.append((kname, X.shape))
+        return inner(state, mod, kname, X, Y, k)
+
+    monkeypatch.setattr(nbk, "_run_fused", spy)
+    rng = np.random.default_rng(13)
+    k = 2 * W + 3
+    if layout == "rows":
+        X = random_values(rng, (k, 70), np.float32)
+        _check(op, op.matmat_rows(X), X, "rows", "padded rows")
+        assert seen[-1] == ("rows_tiles", (k, 70))  # (after the compile, on zeros)
+    else:
+        X = random_values(rng, (70, k), np.float32)
+        _check(op, op.matmat(X), X, "cols", "padded cols")
+        assert seen[-1] == ("cols_tiles", (70, k))
+
+
+def test_adjoint_products_compile_nothing_for_the_chain(monkeypatch):
+    """rmatvec, x @ op, op.T @ x, op.H @ y and to_dense run on the forward state, with
+    no compile for the chain (with background compiles off: none is even started)."""
+    monkeypatch.setattr(nbk, "CODEGEN_MIN_NNZ", 0)  # the chain would use its own kernels
+    op = DeBut.random(CHAIN_B, seed=14, dtype=np.complex64, backend="numba")
+    calls = []
+    monkeypatch.setattr(nbk, "_compile", lambda *a: calls.append(a))
+    monkeypatch.setattr(nbk._cg, "kernel_module", lambda *a: calls.append(a))
+    m, n = op.shape
+    rng = np.random.default_rng(15)
+    z = random_values(rng, (m,), np.complex64)
+    Z = random_values(rng, (5, m), np.complex64)
+    D = reference(op)
+    tol = dict(rtol=1e-5, atol=1e-5)
+    with config(background=False):
+        np.testing.assert_allclose(op.rmatvec(z), D.conj().T @ z, **tol)
+        np.testing.assert_allclose(z @ op, z @ D, **tol)
+        np.testing.assert_allclose(Z @ op, Z @ D, **tol)
+        np.testing.assert_allclose(op.T @ z, D.T @ z, **tol)
+        np.testing.assert_allclose(op.H @ z, D.conj().T @ z, **tol)
+        np.testing.assert_allclose(op.rmatmat(Z.T), D.conj().T @ Z.T, **tol)
+        np.testing.assert_allclose(op.to_dense(), D, **tol)
+    assert calls == []
+    assert list(op.T._states) == [] and list(op.H._states) == []
+
+
+def test_adjoint_kernels_compile_in_the_background_and_are_then_used(monkeypatch):
+    monkeypatch.setattr(nbk, "CODEGEN_MIN_NNZ", 0)
+    op = DeBut.random(CHAIN_A, seed=16, dtype=np.float64, backend="numba")
+    D = reference(op)
+    z = np.arange(24.0)
+    with config(background=True):
+        np.testing.assert_allclose(op.rmatvec(z), D.T @ z, rtol=1e-12, atol=1e-12)
+        nbk.wait_for_compiles(timeout=300)
+        st = op._state(nbk, op.dtype)
+        assert "rows_single" in st.adjoint("H").ready
+        np.testing.assert_allclose(op.rmatvec(z), D.T @ z, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(z @ op, z @ D, rtol=1e-12, atol=1e-12)

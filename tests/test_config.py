@@ -181,6 +181,7 @@ def test_warmup_compiles_ahead_and_products_use_the_compiled_kernels(monkeypatch
     assert secs >= 0
     st = op._state(nbk, op.dtype)
     assert {"rows_single", "rows_tiles"} <= st.ready
+    assert {"rows_single", "rows_tiles"} <= st.adjoint("H").ready
     X = np.random.default_rng(0).standard_normal((40, 8))
     np.testing.assert_allclose(X @ op.T, X @ reference(op).T, rtol=1e-12, atol=1e-12)
 

@@ -18,13 +18,13 @@ Generated functions (all ``nogil``, ``cache=True``, compiled lazily per dtype):
     (``ba[f * W + c]`` is feature ``f`` of panel column ``c``), ping-ponging between
     ``ba`` and ``bb``.  The result lies in ``ba`` or ``bb`` (module constant
     ``RESULT_IN_A``).
-``rows_tiles(V0, ..., X, out, k, t0, t1, ba, bb)``
+``rows_tiles(V0, ..., X, out, k, t0, t1, ba, bb, wr, xn)``
     ``out = X @ D.T`` for the tiles ``t0 .. t1-1`` of ``W`` rows of the flat row-major
-    ``X`` (``k x Q``) and ``out`` (``k x P``): gather a tile transposed, ``chain_buf``,
-    scatter it back.
-``cols_tiles(V0, ..., X, out, k, t0, t1, ba, bb)``
-    ``out = D @ X`` for the tiles of ``W`` columns of the flat row-major ``X`` (``Q x k``)
-    and ``out`` (``P x k``).
+    ``X`` (``k x xn``, ``xn <= Q``: missing features are zeros, no padded copy) and
+    ``out`` (``k x P``): gather a tile transposed, ``chain_buf``, scatter it back.
+``cols_tiles(V0, ..., X, out, k, t0, t1, ba, bb, wr, xn)``
+    ``out = D @ X`` for the tiles of ``W`` columns of the flat row-major ``X``
+    (``xn x k``) and ``out`` (``P x k``).
 ``rows_single(V0, ..., X, out, r0, r1, ba, bb)``
     ``out = X @ D.T`` one row at a time (rows ``r0 .. r1-1``), vectorising over the
     diagonal index ``t``: the batch-1 (matvec) kernel.
@@ -34,7 +34,7 @@ from __future__ import annotations
 
 from . import _cache
 
-GENERATOR_VERSION = "4"
+GENERATOR_VERSION = "5"
 _OPAQUE_T = 4  # per-row kernels: inner loops over t >= this get an opaque trip count
 _GROUP_MAX = 4  # outputs per register-blocked group in the panel kernels
 _CHUNK = 4  # terms of the j-sum written out per statement
@@ -342,15 +342,31 @@ def generate_source(shapes: tuple, W: int) -> str:
          "    for c_ in range(w):", f"        out[ob + c_] = {fin}[fb + c_]"])
     for fname, (gather, scatter) in (("rows_tiles", rows_io), ("cols_tiles", cols_io)):
         S.add(0, _DECOR)
-        S.add(0, f"def {fname}({vargs}, X, out, k, t0, t1, ba, bb, wr):")
+        S.add(0, f"def {fname}({vargs}, X, out, k, t0, t1, ba, bb, wr, xn):")
         S.add(1, "ku = np.uint64(k)")
+        S.add(1, "xu = np.uint64(xn)")
         S.add(1, "for tl in range(np.uint64(t0), np.uint64(t1)):")
         S.add(2, f"c0 = tl * {Wc}")
         S.add(2, f"w = min({Wc}, ku - c0)")
-        S.add(2, f"if w < {Wc}:  # zero the padding of a partial tile")
+        S.add(2, f"if w < {Wc} or xu < {Qc}:  # zero the padding of a partial tile")
         S.add(3, f"ba[:{S.c(Q * W)}] = 0")
+        # an input with xn < Q features (the rest are zeros): gathered element-wise from
+        # its own layout, no padded copy of the input
+        S.add(2, f"if xu < {Qc}:")
+        if fname == "rows_tiles":
+            S.add(3, "for c_ in range(w):")
+            S.add(4, "rb = (c0 + c_) * xu")
+            S.add(4, "for f in range(xu):")
+            S.add(5, f"ba[f * {Wc} + c_] = X[rb + f]")
+        else:
+            S.add(3, "for f in range(xu):")
+            S.add(4, "xb = f * ku + c0")
+            S.add(4, f"fb = f * {Wc}")
+            S.add(4, "for c_ in range(w):")
+            S.add(5, "ba[fb + c_] = X[xb + c_]")
+        S.add(2, "else:")
         for line in gather:
-            S.add(2, line)
+            S.add(3, line)
         # a partial tile computes only its columns, rounded up to a vector (W / 4)
         S.add(2, f"wq = (w + {S.c(W // 4 - 1)}) // {S.c(W // 4)} * {S.c(W // 4)}")
         S.add(2, f"chain_buf({vargs}, ba, bb, min(wr, wq))")

@@ -18,30 +18,37 @@ processes.  Three kernels serve all products:
   halved while the two blocks, weighted by the number of factors (``N / 6``, at least 1),
   exceed :data:`FUSED_BYTES`; a partial tile computes only its columns (rounded up to
   ``W / 4``);
-* **factor by factor** (small chains, below :data:`CODEGEN_MIN_NNZ` values, until a
-  call is big enough to pay for compiling; a chain too wide for a fused pass even with
-  the narrowest tile; fused kernels switched off with :func:`set_fused`): a precompiled
-  generic kernel with run-time sizes applies one
-  factor at a time to a panel of columns, reading the input and writing the output in
-  their own layouts, with two ping-pong buffers and no transposes.
+* **factor by factor** (the generic kernel, :mod:`debutla.backends._numba_generic`: one
+  compiled function per dtype for every chain): small chains, below
+  :data:`CODEGEN_MIN_NNZ` values, until a call is big enough to pay for compiling; a
+  chain too wide for a fused pass even with the narrowest tile; fused kernels switched
+  off (``debutla.config(fused=False)``); a chain's first products while its own kernel
+  compiles in a background thread (``debutla.config(background=True)``, the default);
+  and every adjoint product (``trans`` ``"T"``/``"H"``), read from the forward values.
 
 Threads
 -------
 Work of at least :data:`PARALLEL_MIN_WORK` multiply-adds is split into contiguous ranges
 of tiles, one per thread, run on a persistent pool of Python threads calling the
 ``nogil`` kernels; smaller work runs in the calling thread (a parallel region costs more
-than it saves there).  The thread count follows Numba's (``numba.get_num_threads()``,
-i.e. ``NUMBA_NUM_THREADS``) unless :func:`set_num_threads` or ``DEBUTLA_NUM_THREADS``
-says otherwise.  The kernels never call BLAS, so they cannot oversubscribe with it; when
-timing them next to BLAS calls, limit BLAS with ``threadpoolctl`` (see
-``docs/performance.rst``).
+than it saves there).  The thread count is ``debutla.config(threads=...)`` or
+``DEBUTLA_NUM_THREADS`` when set, else Numba's (``numba.get_num_threads()``).  The
+kernels never call BLAS, so they cannot oversubscribe with it; when timing them next to
+BLAS calls, limit BLAS with ``threadpoolctl`` (see ``docs/performance.rst``).
 
 First call and caching
 ----------------------
-The first product of a chain and dtype in a fresh cache compiles the kernel it needs
-(1.4-5.5 s measured on 2 cores, see ``docs/performance.rst``); later processes load it
-from the cache (0.15-0.3 s).  The cache
-lives in ``$DEBUTLA_CACHE_DIR/numba`` (default ``~/.cache/debutla/numba``).
+A chain's kernel is generated, written to the checked kernel cache
+(:mod:`debutla.backends._cache`) and compiled on first need, per kernel and dtype; a
+compile longer than :data:`SLOW_COMPILE_SECONDS` is logged (logger ``"debutla"``).
+Later processes load it from the cache (0.15-0.3 s).  A cache failure never fails a
+product (in-memory compile, one warning).  ``debutla.warmup`` compiles ahead of time.
+
+Forking
+-------
+Locks, the thread pool and the compile bookkeeping are reset in a forked child; a chain
+whose kernel was compiling at the fork runs on the generic kernel there, because Numba's
+own compiler lock may be held forever in the child.
 """
 
 from __future__ import annotations
@@ -65,7 +72,7 @@ from . import _numba_codegen as _cg
 from . import _numba_generic as _generic_src
 
 __all__ = [
-    "prepare", "apply_rows", "apply_cols", "compile_kernels",
+    "prepare", "apply_rows", "apply_cols", "compile_kernels", "wait_for_compiles",
     "get_num_threads", "set_num_threads", "set_fused", "kernel_source", "FUSED_BYTES",
     "PARALLEL_MIN_WORK", "CODEGEN_MIN_NNZ", "CODEGEN_MIN_WORK", "SLOW_COMPILE_SECONDS",
 ]
@@ -173,6 +180,7 @@ class _State:
 
     __slots__ = ("shapes", "dtype", "panel", "vec", "dims", "adims", "Q", "P",
                  "F", "nnz", "W", "_mod", "_lock", "ready", "pending", "broken", "flat", "_cflat",
+                 "_adj",
                  "__weakref__")
 
     def __init__(self, factors) -> None:
@@ -196,6 +204,7 @@ class _State:
                                in zip(reversed(self.shapes), reversed(offs))],
                               dtype=np.uint64).reshape(-1, 7)
         self._cflat = None
+        self._adj: dict = {}
         self.Q = self.shapes[0][0] * self.shapes[0][2] * self.shapes[0][3]
         self.P = self.shapes[-1][0] * self.shapes[-1][1] * self.shapes[-1][3]
         self.F = max(max(nb * r * t, nb * s * t) for nb, r, s, t in self.shapes)
@@ -226,6 +235,28 @@ class _State:
         if self._cflat is None:
             self._cflat = np.conj(self.flat)
         return self._cflat
+
+    def adjoint(self, trans: str) -> "_State":
+        """The state of ``D^T`` (``"T"``) or ``D^H`` (``"H"``), made on first use.
+
+        Used only for a specialised adjoint kernel, compiled in the background after
+        the first adjoint product (or by ``debutla.warmup``); until it is ready, adjoint
+        products run on the generic kernel from this state's values.
+        """
+        if trans == "H" and self.dtype.kind != "c":
+            trans = "T"
+        st = self._adj.get(trans)
+        if st is None:
+            with self._lock:
+                st = self._adj.get(trans)
+                if st is None:
+                    vals = [f.reshape(sh).transpose(0, 2, 1, 3)
+                            for f, sh in zip(reversed(self.panel), reversed(self.shapes))]
+                    if trans == "H":
+                        vals = [np.conj(v) for v in vals]
+                    st = _State(tuple(np.ascontiguousarray(v) for v in vals))
+                    self._adj[trans] = st
+        return st
 
     def module(self):
         """The chain's generated kernel module (written and executed on first use)."""
@@ -402,7 +433,15 @@ def _kernel_name(k: int, layout: str) -> str:
 
 
 def _run_fused(state: _State, mod, kname: str, X, Y, k: int) -> None:
-    """One product on the generated kernel ``kname`` (X padded to Q features)."""
+    """One product on the generated kernel ``kname`` (``X`` with ``X.size // k`` features).
+
+    The tile kernels take inputs with fewer than Q features as they are (the missing
+    ones are zeros); the one-row kernel gets a padded copy of its one or two rows (a
+    ``(Q', 1)`` column is one row too).
+    """
+    xn = X.size // k
+    if kname == "rows_single" and xn < state.Q:
+        X = _pad(X.reshape(k, xn), state.Q, "rows")
     Xf, Yf = X.reshape(-1), Y.reshape(-1)
     one = _ONE
     if kname == "rows_single":
@@ -427,7 +466,7 @@ def _run_fused(state: _State, mod, kname: str, X, Y, k: int) -> None:
 
     def run(lo: int, hi: int) -> None:
         a, b = _scratch(state.dtype, state.F * W)
-        kern(*state.panel, Xf, Yf, k, lo, hi, a, b, wr)
+        kern(*state.panel, Xf, Yf, k, lo, hi, a, b, wr, xn)
 
     _run_split(run, (k + W - 1) // W, state.nnz * k)
 
@@ -481,18 +520,30 @@ def _compile_in_background(state: _State, kname: str) -> None:
     th.start()
 
 
+def wait_for_compiles(timeout: float | None = None) -> None:
+    """Wait until the kernels compiling in background threads are ready.
+
+    Examples
+    --------
+    >>> wait_for_compiles(timeout=1.0)
+    """
+    for th in list(_compile_threads):
+        th.join(timeout=timeout)
+
+
 def _join_compiles() -> None:
     """At exit, let background compiles finish (their kernels land in the cache)."""
-    for th in list(_compile_threads):
-        th.join(timeout=60)
+    wait_for_compiles(timeout=60)
 
 
-def compile_kernels(state: _State, batch: int, layout: str) -> None:
+def compile_kernels(state: _State, batch: int, layout: str, trans: str = "N") -> None:
     """Compile (now, in this thread) what products of ``batch`` rows/columns need.
 
-    Used by :func:`debutla.warmup`; a no-op when the chain runs on the generic kernel.
+    Used by :func:`debutla.warmup`; only the generic kernel when the chain runs on it.
     """
     _generic_module()
+    if trans != "N" and not _uses_generic(state, batch):
+        state = state.adjoint(trans)
     if _uses_generic(state, batch):
         if not state.ready:  # compile the generic kernel for this dtype
             X = np.zeros((1, state.Q), state.dtype)
@@ -530,7 +581,19 @@ def _apply(state: _State, X, out, layout: str, trans: str):
         out = np.empty((k, pout) if layout == "rows" else (pout, k), dtype=state.dtype)
     if k == 0:
         return out
-    if trans != "N" or _uses_generic(state, k):
+    if trans != "N":
+        adj = None if _uses_generic(state, k) else state._adj.get(
+            "T" if trans == "H" and state.dtype.kind != "c" else trans)
+        kname = _kernel_name(k, layout)
+        if adj is not None and kname in adj.ready and not _uses_generic(adj, k):
+            _fused_guarded(adj, kname, X, out, k)
+            return out
+        _generic_module()
+        _run_generic(state, X, out, k, xn, layout, trans)
+        if not _uses_generic(state, k) and _config.get("background"):
+            _compile_in_background(state.adjoint(trans), kname)
+        return out
+    if _uses_generic(state, k):
         _generic_module()
         _run_generic(state, X, out, k, xn, layout, trans)
         return out
@@ -543,8 +606,6 @@ def _apply(state: _State, X, out, layout: str, trans: str):
             _run_generic(state, X, out, k, xn, layout, "N")
             _compile_in_background(state, kname)  # started once; then we switch
             return out
-    if xn < state.Q:
-        X = _pad(X, state.Q, layout)
     _fused_guarded(state, kname, X, out, k)
     return out
 
