@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
 
 import numpy as np
 import pytest
@@ -24,13 +23,8 @@ HSET = settings(deadline=None,
 @pytest.fixture(autouse=True, scope="module")
 def _numpy_backend():
     """Products in these tests run on the NumPy reference backend (no JIT per chain)."""
-    old = os.environ.get("DEBUTLA_BACKEND")
-    os.environ["DEBUTLA_BACKEND"] = "numpy"
-    yield
-    if old is None:
-        os.environ.pop("DEBUTLA_BACKEND", None)
-    else:
-        os.environ["DEBUTLA_BACKEND"] = old
+    with db.config(backend="numpy"):
+        yield
 
 
 # ---------------------------------------------------------------------------------------
