@@ -55,7 +55,7 @@ if HERE not in sys.path:
     sys.path.insert(0, HERE)
 
 import debutla as db  # noqa: E402
-from debutla.torch import DeButConv2d, DeButLinear, compress, count_parameters  # noqa: E402
+from debutla.torch import DeButLinear, compress, count_parameters  # noqa: E402
 from _mnist import load_mnist  # noqa: E402
 
 WEIGHTS = os.path.join(ROOT, "tests", "data", "lenet_mnist_debut_paper.npz")

@@ -399,7 +399,8 @@ class DeBut:
 
     def _served_by(self, trans: str):
         """``(operator, trans)`` whose state computes ``op(self)``: the operator this one
-        is the transpose or adjoint of, when there is one (one state, one compile)."""
+        is the transpose or adjoint of, when there is one (one state, one compile).
+        """
         link = getattr(self, "_adjoint_of", None)
         if link is not None:
             parent, rel = link
@@ -417,7 +418,8 @@ class DeBut:
 
     def _prepare_input(self, X: Any, feat: int, trans: str, what: str):
         """Validate ``X`` once; return ``(X C-contiguous in the product dtype, dtype,
-        backend, state)``."""
+        backend, state)``.
+        """
         n_in = self._sizes(trans)[1]
         if X.shape[feat] != n_in:
             axis = "rows" if feat == 0 else "columns"
@@ -463,7 +465,8 @@ class DeBut:
                trans: str = "N"):
         """``op(D) @ X`` (layout "cols", X of shape (n_in, k)) or ``X @ op(D).T`` ("rows",
         (k, n_in)); ``op(D)`` is ``D``, ``D^T`` or ``D^H`` (``trans`` "N", "T", "H"), all
-        served by the forward state."""
+        served by the forward state.
+        """
         owner, trans = self._served_by(trans)
         if owner is not self:
             return owner._apply(X, layout, what, out, trans)
@@ -581,7 +584,8 @@ class DeBut:
     def __matmul__(self, x: Any):
         """``D @ x``: ``x`` of shape ``(n,)``, ``(n, k)`` or ``(..., n, k)`` (as
         :func:`numpy.matmul`); with a :class:`DeBut` on the right, the composed operator
-        (see :meth:`compose`)."""
+        (see :meth:`compose`).
+        """
         if isinstance(x, DeBut):
             return self.compose(x)
         x = _as_input(x, "DeBut @ x")

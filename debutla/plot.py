@@ -30,7 +30,7 @@ _INSTALL_HINT = ("debutla.plot needs matplotlib, an optional dependency: install
 
 
 def _figure_class():
-    """matplotlib's Figure class, or an ImportError naming the ``plot`` extra."""
+    """Matplotlib's Figure class, or an ImportError naming the ``plot`` extra."""
     try:
         from matplotlib.figure import Figure
     except ImportError as e:

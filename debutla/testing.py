@@ -33,7 +33,8 @@ def _depth(op: DeBut) -> int:
 
 def _abs_op(op: DeBut) -> DeBut:
     """The operator of the entrywise absolute values of ``op``'s factors (a bound on
-    ``|D|``, entrywise), in float64."""
+    ``|D|``, entrywise), in float64.
+    """
     return DeBut(op.chain, [np.abs(v).astype(np.float64) for v in op.factors],
                  shape=op.shape)
 

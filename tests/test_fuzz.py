@@ -20,7 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from debutla import Chain, DeBut, DeButFileError, load
+from debutla import Chain, DeBut, DeButFileError, load, save
 
 pytestmark = pytest.mark.slow
 
@@ -109,7 +109,7 @@ def _base_files(tmp):
     files = []
     for i, op in enumerate(ops):
         p = tmp / f"base{i}.npz"
-        db.save(op, p)
+        save(op, p)
         files.append(p.read_bytes())
         q = tmp / f"base{i}c.npz"
         with zipfile.ZipFile(p) as src, zipfile.ZipFile(q, "w") as dst:

@@ -27,7 +27,6 @@ from debutla import Chain, DeBut  # noqa: E402
 from debutla.torch import DeButConv2d, DeButLinear, compress, debut_mm  # noqa: E402
 from strategies import (  # noqa: E402
     assert_product_close,
-    chains,
     error_depth,
     operators,
     reference,

@@ -151,7 +151,8 @@ def _fused_kernel(dtype, rows: int):
 def _rows_per_block(k: int, maxsize: int, itemsize: int):
     """Rows per block: each value read serves R rows, but shared memory limits R, and
     blocks must stay plentiful (two per multiprocessor) and small enough for
-    ``_BLOCKS_PER_SM`` of them to share a multiprocessor.  None: the rows do not fit."""
+    ``_BLOCKS_PER_SM`` of them to share a multiprocessor.  None: the rows do not fit.
+    """
     forced = _config.get("cupy_rows")
     for R in _ROWS:
         smem = 2 * R * maxsize * itemsize

@@ -30,7 +30,8 @@ class DeButCupyLinearOperator(_DeButAdapter, LinearOperator):
 
 def aslinearoperator(op: DeBut | DeButCupyLinearOperator) -> DeButCupyLinearOperator:
     """Wrap a DeBut operator as a cupyx ``LinearOperator`` (see
-    :class:`DeButCupyLinearOperator`); an adapter passed in is returned as it is."""
+    :class:`DeButCupyLinearOperator`); an adapter passed in is returned as it is.
+    """
     if isinstance(op, DeButCupyLinearOperator):
         return op
     return DeButCupyLinearOperator(op)

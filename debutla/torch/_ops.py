@@ -43,7 +43,6 @@ from collections import OrderedDict
 from functools import lru_cache
 from typing import Sequence
 
-import numpy as np
 import torch
 
 from ..chain import Chain

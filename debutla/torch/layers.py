@@ -74,7 +74,8 @@ class _DeButBase(nn.Module):
     def reset_parameters(self) -> None:
         """Random values: each factor ``N(0, 1/s)``, scaled so that for a dense chain the
         product's entries have ``nn.Linear``'s default variance ``1 / (3 fan_in)``; the bias
-        is ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))`` as in ``nn.Linear``."""
+        is ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))`` as in ``nn.Linear``.
+        """
         Q = self.chain.shape[1]
         with torch.no_grad():
             for i, (p, spec) in enumerate(zip(self.factors, self.chain)):
