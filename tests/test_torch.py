@@ -481,3 +481,14 @@ def test_operator_cache_sees_writes_through_data():
         y1 = layer(x)
     assert not torch.equal(y0, y1)
     torch.testing.assert_close(y1, layer.to_dense()(x))
+
+
+@pytest.mark.parametrize("name", ["debutla.torch._ops", "debutla.torch.layers",
+                                  "debutla.torch.compress"])
+def test_docstring_examples_run(name):
+    import doctest
+    import importlib
+
+    res = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS
+                          | doctest.NORMALIZE_WHITESPACE)
+    assert res.attempted > 0 and res.failed == 0

@@ -54,6 +54,18 @@ def get_num_threads() -> int:
     return numba.get_num_threads()
 
 
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _gather(src, t0, w, width, total, W, dst):  # pragma: no cover - compiled
+    """Rows ``t0 .. t0+w-1`` of a row-major ``(batch, width)`` array into ``dst``,
+    features-major ``(total, W)``, zero-padded (features ``>= width``, columns ``>= w``)."""
+    for c in range(total * W):
+        dst[c] = 0.0
+    for c in range(w):
+        row = (t0 + c) * width
+        for f in range(width):
+            dst[f * W + c] = src[row + f]
+
+
 @numba.njit(cache=True, nogil=True, fastmath={"contract", "reassoc"}, error_model="numpy")
 def _tile_backward(X, G, GX, dims, vals, voff, xoff, lo, hi, W, n, m, need_x,
                    acts, ga, gb, gv, z):  # pragma: no cover - compiled
@@ -73,12 +85,7 @@ def _tile_backward(X, G, GX, dims, vals, voff, xoff, lo, hi, W, n, m, need_x,
     while t0 < hi:
         w = min(W, hi - t0)
         # 1. gather X (features-major, zero-padded)
-        for c in range(Q * W):
-            acts[c] = 0.0
-        for c in range(w):
-            row = (t0 + c) * n
-            for f in range(n):
-                acts[f * W + c] = Xf[row + f]
+        _gather(Xf, t0, w, n, Q, W, acts)
         # 2. recompute every factor's input (the last output is not needed)
         for fi in range(nf - one):
             nb, r, s, t = dims[fi, 0], dims[fi, 1], dims[fi, 2], dims[fi, 3]
@@ -100,12 +107,7 @@ def _tile_backward(X, G, GX, dims, vals, voff, xoff, lo, hi, W, n, m, need_x,
                             for c in range(W):
                                 acts[ob + c] += v * acts[ij + c]
         # 3. gather G (zero-padded to P)
-        for c in range(P * W):
-            ga[c] = 0.0
-        for c in range(w):
-            row = (t0 + c) * m
-            for f in range(m):
-                ga[f * W + c] = Gf[row + f]
+        _gather(Gf, t0, w, m, P, W, ga)
         # 4. walk back
         cur = ga
         nxt = gb
