@@ -700,8 +700,8 @@ class Chain(Sequence[FactorSpec]):
 MAX_DESIGN_SIZE = 2**32
 
 #: Work allowance of one :func:`design_chain` call, in ``(r, s)`` steps examined by its
-#: dynamic program (about a third of a second on one core); see design_chain's Notes.
-_DESIGN_WORK = 250_000
+#: dynamic program (0.3 to 0.6 s on one core); see design_chain's Notes.
+_DESIGN_WORK = 300_000
 
 #: Primes a padded size may contain (those up to the default radix 16).
 _PAD_PRIMES = (2, 3, 5, 7, 11, 13)
@@ -745,6 +745,15 @@ def _prime_factors(n: int) -> tuple[int, ...]:
     if n > 1:
         out.append(n)
     return tuple(out)
+
+
+def _steps_needed(x: int, radix: int) -> int:
+    """The fewest factors of at most ``radix`` whose product is ``x``: ceil(log_radix x)."""
+    k, v = 0, 1
+    while v < x:
+        v *= radix
+        k += 1
+    return k
 
 
 def _small_divisors(x: int, primes: tuple[int, ...], bound: int) -> list[int]:
@@ -811,6 +820,8 @@ def _dp(M: int, N: int, kind: str, radix: int, work: _Work):
     divs_n: dict[int, list[int]] = {}
     omega: dict[int, int] = {}
     memo: dict[tuple, tuple | None] = {}
+    moves: dict[tuple[int, int], list[tuple]] = {}
+    fewest_steps: dict[int, int] = {}
 
     def n_primes(x: int) -> int:  # prime factors of a divisor, with multiplicity
         k = omega.get(x)
@@ -818,16 +829,18 @@ def _dp(M: int, N: int, kind: str, radix: int, work: _Work):
             k = omega[x] = len(_prime_factors(x))
         return k
 
-    def go(a: int, b: int, left: int, phase: int, bulged: bool):
-        if left == 0:
-            if a == M and b == 1 and (kind != "bulging" or bulged):
-                return (0, ())
-            return None
-        if left > n_primes(M // a) + n_primes(b):  # each step uses up a prime factor
-            return None
-        key = (a, b, left, phase, bulged)
-        if key in memo:
-            return memo[key]
+    def needed(x: int) -> int:
+        k = fewest_steps.get(x)
+        if k is None:
+            k = fewest_steps[x] = _steps_needed(x, radix)
+        return k
+
+    def steps_from(a: int, b: int) -> list[tuple]:
+        """The allowed ``(r, s)`` steps from ``(a, b)``, with what the search needs."""
+        key = (a, b)
+        out = moves.get(key)
+        if out is not None:
+            return out
         rs = divs_m.get(M // a)
         if rs is None:
             rs = divs_m[M // a] = _small_divisors(M // a, primes_m, radix)
@@ -835,8 +848,8 @@ def _dp(M: int, N: int, kind: str, radix: int, work: _Work):
         if ss is None:
             ss = divs_n[b] = _small_divisors(b, primes_n, radix)
         work.spend(len(rs) * len(ss))
-        best = None
         size = a * b
+        out = []
         for r in rs:
             for s in ss:
                 if r == 1 and s == 1:
@@ -847,20 +860,45 @@ def _dp(M: int, N: int, kind: str, radix: int, work: _Work):
                 new_size = size // s * r
                 if new_size < small:  # a narrower waist would cap the rank
                     continue
-                nphase, nbulged = phase, bulged
-                if kind == "bulging":
-                    if new_size > size and phase == 1:
-                        continue
-                    if new_size < size:
-                        nphase = 1
-                    if new_size > big and left > 1:
-                        nbulged = True
-                sub = go(a * r, b // s, left - 1, nphase, nbulged)
-                if sub is None:
+                na, nb = a * r, b // s
+                # fewest and most steps still possible after this one
+                fewest = max(needed(M // na), needed(nb))
+                most = n_primes(M // na) + n_primes(nb)
+                out.append((r, s, na, nb, new_size, a * r * b, fewest, most))
+        moves[key] = out
+        return out
+
+    def go(a: int, b: int, left: int, phase: int, bulged: bool):
+        if left == 0:
+            if a == M and b == 1 and (kind != "bulging" or bulged):
+                return (0, ())
+            return None
+        if kind == "bulging" and phase == 1 and not bulged:
+            return None  # shrinking without having bulged: it never will
+        key = (a, b, left, phase, bulged)
+        if key in memo:
+            return memo[key]
+        steps = steps_from(a, b)
+        work.spend(len(steps))
+        best = None
+        size = a * b
+        for r, s, na, nb, new_size, cost, fewest, most in steps:
+            if not fewest <= left - 1 <= most:
+                continue
+            nphase, nbulged = phase, bulged
+            if kind == "bulging":
+                if new_size > size and phase == 1:
                     continue
-                cost = a * r * b + sub[0]
-                if best is None or cost < best[0]:
-                    best = (cost, ((r, s),) + sub[1])
+                if new_size < size:
+                    nphase = 1
+                if new_size > big and left > 1:
+                    nbulged = True
+            sub = go(na, nb, left - 1, nphase, nbulged)
+            if sub is None:
+                continue
+            cost += sub[0]
+            if best is None or cost < best[0]:
+                best = (cost, ((r, s),) + sub[1])
         memo[key] = best
         return best
 
@@ -889,7 +927,8 @@ def _design(m: int, n: int, kind: str, n_factors: int | None, max_radix: int,
     """The best chain for one radix bound, or None if none exists.
 
     Padded size pairs are searched from the least padding up; when ``work`` runs out
-    the best chain found so far is returned (``_OutOfWork`` if there is none yet).
+    the best chain found so far is returned, or ``_OutOfWork`` raised if the search of
+    the unpadded pair ``(m, n)`` was not finished.
     """
     primes = tuple(p for p in _PAD_PRIMES if p <= max_radix)
     pairs = sorted(((M, N) for M in _pad_candidates(m, max_pad, primes)
@@ -897,6 +936,11 @@ def _design(m: int, n: int, kind: str, n_factors: int | None, max_radix: int,
                    key=lambda mn: (mn[0] * mn[1], mn))
     best = None
     for M, N in pairs:
+        # every factor costs (its input size >= min(M, N)) * r_i, and also * s_i, and a
+        # sum of factors r_i of M is at least the sum of M's prime factors: a lower bound
+        bound = min(M, N) * max(sum(_prime_factors(M)), sum(_prime_factors(N)))
+        if best is not None and bound > best[0][0]:
+            continue
         radix = max(max_radix, _prime_factors(M)[-1] if M > 1 else 1,
                     _prime_factors(N)[-1] if N > 1 else 1)
         most = max(1, len(_prime_factors(M)) + len(_prime_factors(N)))
@@ -916,7 +960,7 @@ def _design(m: int, n: int, kind: str, n_factors: int | None, max_radix: int,
                 if best is None or key < best[0]:
                     best = (key, cand[1])
         except _OutOfWork:
-            if best is None:
+            if (M, N) == pairs[0]:  # the unpadded size must be searched to the end
                 raise
             break
     return None if best is None else _chain_from_rs(best[1])
