@@ -649,3 +649,174 @@ def test_big_endian_files_load_in_native_byte_order(saved, tmp_path, dtype):
     back = load(q)
     assert_same_operator(back, op)
     assert all(v.dtype.isnative for v in back.factors)
+
+
+# ---------------------------------------------------------------------------------------
+# .safetensors (issue 10)
+# ---------------------------------------------------------------------------------------
+
+def test_safetensors_without_the_package_is_a_clear_import_error(tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "safetensors", None)
+    op = DeBut.random(SMALL, seed=0)
+    with pytest.raises(ImportError, match="pip install safetensors"):
+        op.save(tmp_path / "op.safetensors")
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "x.safetensors").write_bytes(b"\0" * 16)
+    with pytest.raises(ImportError, match="pip install safetensors"):
+        load(tmp_path / "x.safetensors")
+
+
+def test_format_argument_is_checked(tmp_path):
+    op = DeBut.random(SMALL, seed=0)
+    with pytest.raises(ValueError, match="format must be one of"):
+        db.io.save(op, tmp_path / "a.npz", format="hdf5")
+    with pytest.raises(TypeError, match="format must be one of"):
+        load(tmp_path / "a.npz", format=1)
+    assert list(tmp_path.iterdir()) == []
+
+
+class TestSafetensors:
+    @pytest.fixture(autouse=True)
+    def _needs_safetensors(self):
+        pytest.importorskip("safetensors")
+
+    @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+    @pytest.mark.parametrize("shape", [None, (3, 10)], ids=["full", "padded"])
+    def test_round_trip(self, tmp_path, dtype, shape):
+        op = DeBut.random(WIDE, seed=1, dtype=dtype, shape=shape)
+        for derived in (op, op.T, op.H):
+            p = tmp_path / "w.safetensors"
+            derived.save(p)
+            assert_same_operator(load(p), derived)
+
+    @given(op=st.sampled_from(DTYPES).flatmap(operators))
+    def test_round_trips_random_operators(self, tmp_path_factory, op):
+        p = tmp_path_factory.mktemp("st") / "op.safetensors"
+        db.io.save(op, p)
+        assert_same_operator(load(p), op)
+
+    def test_suffix_chooses_the_format_and_format_overrides_it(self, tmp_path):
+        import safetensors
+
+        op = DeBut.random(WIDE, seed=2, dtype=np.complex128)
+        db.io.save(op, tmp_path / "a.SafeTensors")
+        assert not zipfile.is_zipfile(tmp_path / "a.SafeTensors")
+        db.io.save(op, tmp_path / "b.bin", format="safetensors")
+        db.io.save(op, tmp_path / "c.safetensors", format="npz")
+        assert zipfile.is_zipfile(tmp_path / "c.safetensors")
+        assert_same_operator(load(tmp_path / "a.SafeTensors"), op)
+        assert_same_operator(load(tmp_path / "b.bin", format="safetensors"), op)
+        assert_same_operator(load(tmp_path / "c.safetensors", format="npz"), op)
+        with pytest.raises(DeButFileError):
+            load(tmp_path / "b.bin")  # read as .npz: not a zip
+        with safetensors.safe_open(tmp_path / "b.bin", framework="numpy") as f:
+            meta = f.metadata()
+            assert meta == {"format": "debutla", "version": str(FORMAT_VERSION),
+                            "chain": str(op.chain), "shape": "4,12", "dtype": "complex128"}
+            # complex128 as (real, imaginary) float64 pairs
+            t = f.get_tensor("factor_0")
+            assert t.dtype == np.float64 and t.shape == op.factors[0].shape + (2,)
+            assert np.array_equal(t[..., 0] + 1j * t[..., 1], op.factors[0])
+
+    def test_a_failed_save_leaves_the_previous_file(self, tmp_path, monkeypatch):
+        import safetensors.numpy
+
+        op = DeBut.random(SMALL, seed=0)
+        p = tmp_path / "op.safetensors"
+        op.save(p)
+        before = p.read_bytes()
+
+        def fail(*a, **k):
+            raise RuntimeError("serialisation failed")
+
+        monkeypatch.setattr(safetensors.numpy, "save", fail)
+        with pytest.raises(RuntimeError, match="serialisation failed"):
+            DeBut.random(SMALL, seed=1).save(p)
+        assert p.read_bytes() == before and [q.name for q in tmp_path.iterdir()] == [p.name]
+
+    def _write(self, path, tensors, metadata):
+        import safetensors.numpy
+
+        safetensors.numpy.save_file(tensors, path, metadata=metadata)
+
+    def _good(self):
+        op = DeBut.random(WIDE, seed=3, dtype=np.complex64, shape=(3, 10))
+        tensors = {f"factor_{i}": v for i, v in enumerate(op.factors)}
+        meta = {"format": "debutla", "version": "1", "chain": str(op.chain),
+                "shape": "3,10", "dtype": "complex64"}
+        return op, tensors, meta
+
+    @pytest.mark.parametrize("meta_changes, tensor_changes, words", [
+        (dict(format="numpy"), {}, ["not a debutla file"]),
+        (dict(format=None), {}, ["not a debutla file"]),
+        (dict(version="2"), {}, ["version 2"]),
+        (dict(version="0"), {}, ["version 0"]),
+        (dict(version="1.0"), {}, ["'version' must be an integer"]),
+        (dict(version=None), {}, ["'version'"]),
+        (dict(chain="4 <-(2,3,2)- 6 <-(2,2,1)- 6 <-(1,2,1)"), {}, ["chain", "missing '-'"]),
+        (dict(chain="4 <-(2,3,2)- 6 <-(2,2,1)- 6 <-(1,2,1)- 13"), {}, ["chain", "factor 0"]),
+        (dict(chain=None), {}, ["chain", "empty"]),
+        (dict(shape="3x10"), {}, ["'shape' must be 'm,n'"]),
+        (dict(shape="3,-10"), {}, ["'shape'"]),
+        (dict(shape="5,10"), {}, ["shape (5, 10) exceeds"]),
+        (dict(shape="0,10"), {}, ["m must be a positive"]),
+        (dict(dtype="int64"), {}, ["dtype 'int64' is not supported"]),
+        (dict(dtype="complex128"), {}, ["factor 0", "float64 of shape (6, 1, 2, 1, 2)"]),
+        (dict(dtype="float32"), {}, ["factor 0", "float32", "C64"]),
+        (dict(dtype=None), {}, ["dtype"]),
+        ({}, dict(factor_1=None), ["missing ['factor_1']"]),
+        ({}, dict(factor_3=np.zeros(2, np.complex64)), ["add ['factor_3']"]),
+        ({}, dict(factor_1=np.zeros((3, 2, 1, 2), np.complex64)), ["factor 1", "(3, 2, 2, 1)"]),
+        ({}, dict(factor_0=np.zeros((6, 1, 2, 1), np.float32)), ["factor 0", "F32"]),
+        ({}, dict(factor_0=np.zeros((6, 1, 2, 1), np.int64)), ["factor 0", "I64"]),
+    ])
+    def test_edited_files_are_refused(self, tmp_path, meta_changes, tensor_changes, words):
+        _, tensors, meta = self._good()
+        for k, v in meta_changes.items():
+            if v is None:
+                del meta[k]
+            else:
+                meta[k] = v
+        for k, v in tensor_changes.items():
+            if v is None:
+                del tensors[k]
+            else:
+                tensors[k] = v
+        p = tmp_path / "e.safetensors"
+        self._write(p, tensors, meta)
+        with pytest.raises(DeButFileError) as e:
+            load(p)
+        for w in words:
+            assert w in str(e.value)
+
+    def test_untouched_reference_file_loads(self, tmp_path):
+        op, tensors, meta = self._good()
+        p = tmp_path / "ok.safetensors"
+        self._write(p, tensors, meta)
+        assert_same_operator(load(p), op)
+
+    def test_damaged_and_truncated_files_are_refused(self, tmp_path):
+        op, _, _ = self._good()
+        p = tmp_path / "op.safetensors"
+        op.save(p)
+        raw = p.read_bytes()
+        q = tmp_path / "t.safetensors"
+        for n in list(range(0, 64)) + list(range(64, len(raw), 7)):
+            q.write_bytes(raw[:n])
+            with pytest.raises(DeButFileError):
+                load(q)
+        q.write_bytes(b"not a safetensors file at all")
+        with pytest.raises(DeButFileError, match="not a valid safetensors file"):
+            load(q)
+        # a header length pointing far beyond the file
+        q.write_bytes((2**40).to_bytes(8, "little") + raw[8:])
+        _assert_refused_cheaply(q, "not a valid safetensors file")
+
+    @pytest.mark.parametrize("target", ["/dev/zero", "fifo"])
+    def test_non_regular_files_are_refused_up_front(self, tmp_path, target):
+        if target == "fifo":
+            target = tmp_path / "pipe.safetensors"
+            os.mkfifo(target)
+        _assert_refused_cheaply(target, "debutla files are regular files", max_seconds=1.0)
