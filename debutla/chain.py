@@ -139,7 +139,8 @@ def _excerpt(text: str, pos: int, width: int = 60) -> str:
     if len(text) <= width:
         return repr(text)
     lo = max(0, min(pos - width // 2, len(text) - width))
-    return repr(("..." if lo else "") + text[lo:lo + width] + ("..." if lo + width < len(text) else ""))
+    tail = "..." if lo + width < len(text) else ""
+    return repr(("..." if lo else "") + text[lo:lo + width] + tail)
 
 
 def _at(text: str, pos: int) -> str:
@@ -159,7 +160,8 @@ class _Scanner:
         self.pos = 0
 
     def fail(self, what: str, pos: int | None = None) -> ValueError:
-        return ValueError(f"Chain.parse: {_at(self.text, self.pos if pos is None else pos)}: {what}")
+        where = _at(self.text, self.pos if pos is None else pos)
+        return ValueError(f"Chain.parse: {where}: {what}")
 
     def skip_space(self) -> None:
         while self.pos < len(self.text) and self.text[self.pos].isspace():

@@ -280,9 +280,10 @@ def _member(zf: zipfile.ZipFile, name: str, max_bytes: int) -> zipfile.ZipInfo:
     stored = info.compress_type == zipfile.ZIP_STORED
     most = info.compress_size if stored else _MAX_RATIO * info.compress_size + 1024
     if info.file_size > most:
+        method = _ZIP_METHODS[info.compress_type]
         raise DeButFileError(f"load: entry {name!r} declares {info.file_size} bytes from "
-                             f"{info.compress_size} in the file; {_ZIP_METHODS[info.compress_type]} "
-                             f"gives at most {most}")
+                             f"{info.compress_size} in the file; {method} gives at most "
+                             f"{most}")
     return info
 
 

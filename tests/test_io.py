@@ -187,14 +187,19 @@ def test_truncated_member_data_is_refused(saved, tmp_path):
         load(q)
 
 
-def _edit(saved, tmp_path, **changes):
-    _, p = saved
-    m = members(p)
+def _apply(d: dict, changes: dict) -> dict:
+    """``d`` with ``changes`` applied in place (a value of None deletes the key)."""
     for k, v in changes.items():
         if v is None:
-            del m[k]
+            del d[k]
         else:
-            m[k] = v
+            d[k] = v
+    return d
+
+
+def _edit(saved, tmp_path, **changes):
+    _, p = saved
+    m = _apply(members(p), changes)
     q = tmp_path / "edited.npz"
     write(q, m)
     return q
@@ -774,18 +779,8 @@ class TestSafetensors:
     ])
     def test_edited_files_are_refused(self, tmp_path, meta_changes, tensor_changes, words):
         _, tensors, meta = self._good()
-        for k, v in meta_changes.items():
-            if v is None:
-                del meta[k]
-            else:
-                meta[k] = v
-        for k, v in tensor_changes.items():
-            if v is None:
-                del tensors[k]
-            else:
-                tensors[k] = v
         p = tmp_path / "e.safetensors"
-        self._write(p, tensors, meta)
+        self._write(p, _apply(tensors, tensor_changes), _apply(meta, meta_changes))
         with pytest.raises(DeButFileError) as e:
             load(p)
         for w in words:
