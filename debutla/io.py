@@ -231,11 +231,12 @@ def load(path: str | os.PathLike, *, format: str | None = None) -> DeBut:
             return _load_safetensors(path, f, shown)
         try:
             zf = zipfile.ZipFile(f)
-        except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError) as e:
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError,
+                NotImplementedError) as e:  # e.g. "zip file version 6.4" in the directory
             raise DeButFileError(f"load: {shown!r} is not a valid debutla file "
                                  f"({type(e).__name__}: {e})") from None
         with zf:
-            return _load_npz(zf, shown)
+            return _load_npz(zf, shown, os.fstat(f.fileno()).st_size)
 
 
 def _open_regular(path: str | os.PathLike, shown: str) -> IO[bytes]:
@@ -261,19 +262,25 @@ def _open_regular(path: str | os.PathLike, shown: str) -> IO[bytes]:
 
 # -- .npz ---------------------------------------------------------------------------------
 
-def _member(zf: zipfile.ZipFile, name: str, max_bytes: int) -> zipfile.ZipInfo:
-    """The zip entry of member ``name``, refused if its declared sizes are out of bounds."""
+def _member(zf: zipfile.ZipFile, name: str, file_size: int,
+            max_bytes: int) -> zipfile.ZipInfo:
+    """The zip entry of member ``name``, refused if its declared place or sizes are out of
+    bounds (``file_size``: the size of the whole file)."""
     try:
         info = zf.getinfo(name + ".npy")
     except KeyError:
         raise DeButFileError(f"load: the file has no {name!r} entry") from None
+    if not 0 <= info.header_offset <= file_size - 30 - info.compress_size:
+        raise DeButFileError(f"load: entry {name!r} lies outside the file (at "
+                             f"{info.header_offset}, {info.compress_size} bytes, in a file "
+                             f"of {file_size})")
     if info.compress_type not in _ZIP_METHODS:
         method = _ZIP_NAMES.get(info.compress_type, f"method {info.compress_type}")
         raise DeButFileError(f"load: entry {name!r} is compressed with {method}; debutla "
                              f"reads stored or deflate entries (what numpy.savez and "
                              f"savez_compressed write)")
-    if info.flag_bits & 0x1:
-        raise DeButFileError(f"load: entry {name!r} is encrypted")
+    if info.flag_bits & 0x61:  # bits 0, 5 and 6: encrypted or patched data
+        raise DeButFileError(f"load: entry {name!r} is encrypted or holds patched data")
     if info.file_size > max_bytes:
         raise DeButFileError(f"load: entry {name!r} declares {info.file_size} bytes, more "
                              f"than the {max_bytes} it can hold")
@@ -314,8 +321,8 @@ def _npy_header(f: IO[bytes], name: str) -> tuple[tuple[int, ...], bool, np.dtyp
     return shape, fortran, dtype, f.tell()
 
 
-def _read_member(zf: zipfile.ZipFile, name: str, max_bytes: int = _MAX_META_BYTES,
-                 want: tuple[tuple[int, ...], np.dtype] | None = None,
+def _read_member(zf: zipfile.ZipFile, name: str, file_size: int,
+                 max_bytes: int = _MAX_META_BYTES, want: tuple[tuple[int, ...], np.dtype] | None = None,
                  label: str | None = None) -> np.ndarray:
     """Read one ``.npy`` member, checking every size before reading its data.
 
@@ -323,7 +330,7 @@ def _read_member(zf: zipfile.ZipFile, name: str, max_bytes: int = _MAX_META_BYTE
     converted to the native one.  ``label`` names the member in messages.
     """
     what = label or f"entry {name!r}"
-    info = _member(zf, name, max_bytes)
+    info = _member(zf, name, file_size, max_bytes)
     with zf.open(info) as f:
         shape, fortran, dtype, header = _npy_header(f, name)
         native = dtype.newbyteorder("=") if dtype.kind in "biufc" else dtype
@@ -376,21 +383,22 @@ def _operator(chain: Chain, factors: list[np.ndarray], shape: tuple[int, int]) -
         raise DeButFileError(f"load: {e}") from None
 
 
-def _load_npz(zf: zipfile.ZipFile, shown: str) -> DeBut:
+def _load_npz(zf: zipfile.ZipFile, shown: str, file_size: int) -> DeBut:
     try:
-        return _read_npz(zf)
+        return _read_npz(zf, file_size)
     except (zipfile.BadZipFile, zlib.error, EOFError) as e:
-        # zipfile / zlib on damaged compressed data or a truncated member
+        # zipfile / zlib on damaged compressed data or a truncated member (zip features
+        # zipfile does not implement are refused by _member before it is asked)
         raise DeButFileError(f"load: {shown!r} is not a valid debutla file "
                              f"({type(e).__name__}: {e})") from None
 
 
-def _read_npz(zf: zipfile.ZipFile) -> DeBut:
-    magic = _scalar(_read_member(zf, "format"), "format", "U")
+def _read_npz(zf: zipfile.ZipFile, size: int) -> DeBut:
+    magic = _scalar(_read_member(zf, "format", size), "format", "U")
     if magic != _MAGIC:
         raise DeButFileError(f"load: not a debutla file (format {magic!r})")
-    _check_version(_scalar(_read_member(zf, "version"), "version", "i"))
-    pqrst = _read_member(zf, "pqrst")
+    _check_version(_scalar(_read_member(zf, "version", size), "version", "i"))
+    pqrst = _read_member(zf, "pqrst", size)
     if pqrst.ndim != 2 or pqrst.shape[1] != 5 or pqrst.dtype.kind != "i":
         raise DeButFileError(f"load: 'pqrst' must be an integer (N, 5) array, got "
                              f"shape {pqrst.shape} dtype {pqrst.dtype}")
@@ -398,10 +406,10 @@ def _read_npz(zf: zipfile.ZipFile) -> DeBut:
         chain = Chain.from_pqrst(pqrst.tolist())
     except ValueError as e:
         raise DeButFileError(f"load: invalid chain in file: {e}") from None
-    shape = _read_member(zf, "shape")
+    shape = _read_member(zf, "shape", size)
     if shape.shape != (2,) or shape.dtype.kind != "i":
         raise DeButFileError(f"load: 'shape' must be two integers, got {shape!r}")
-    dtype = _value_dtype(_scalar(_read_member(zf, "dtype"), "dtype", "U"))
+    dtype = _value_dtype(_scalar(_read_member(zf, "dtype", size), "dtype", "U"))
     extra = [n for n in zf.namelist() if n.startswith("factor_")
              and n != "factor_.npy" and n[7:-4].isdigit() and int(n[7:-4]) >= len(chain)]
     if extra:
@@ -410,8 +418,8 @@ def _read_npz(zf: zipfile.ZipFile) -> DeBut:
     # every factor's declared size against the chain before any factor is read
     limits = [spec.nnz * dtype.itemsize + _MAX_HEADER_BYTES for spec in chain]
     for i, limit in enumerate(limits):
-        _member(zf, f"factor_{i}", limit)
-    factors = [_read_member(zf, f"factor_{i}", limits[i], want=(spec.value_shape, dtype),
+        _member(zf, f"factor_{i}", size, limit)
+    factors = [_read_member(zf, f"factor_{i}", size, limits[i], want=(spec.value_shape, dtype),
                             label=f"factor {i} ({spec.notation()}, entry 'factor_{i}')")
                for i, spec in enumerate(chain)]
     return _operator(chain, factors, (int(shape[0]), int(shape[1])))

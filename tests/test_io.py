@@ -815,3 +815,37 @@ class TestSafetensors:
             target = tmp_path / "pipe.safetensors"
             os.mkfifo(target)
         _assert_refused_cheaply(target, "debutla files are regular files", max_seconds=1.0)
+
+
+def test_a_zip_whose_directory_points_before_the_file_start_is_a_file_error(saved, tmp_path):
+    # found by the load fuzz: dropping the first byte made zipfile seek to offset -1
+    # (OSError EINVAL), which is a damaged file, not an I/O error
+    _, p = saved
+    q = tmp_path / "shifted.npz"
+    q.write_bytes(p.read_bytes()[1:])
+    with pytest.raises(DeButFileError, match="lies outside the file|not a valid"):
+        load(q)
+
+
+@pytest.mark.parametrize("bit", [0x1, 0x20, 0x40])
+def test_encrypted_or_patched_members_are_file_errors(saved, tmp_path, bit):
+    # found by the load fuzz: zipfile raises NotImplementedError for flag bit 5 (patched
+    # data) or 6 (strong encryption) in the zip directory
+    _, p = saved
+    raw = bytearray(p.read_bytes())
+    raw[raw.find(b"PK\x01\x02") + 8] |= bit  # the first member's flags in the directory
+    q = tmp_path / "flags.npz"
+    q.write_bytes(bytes(raw))
+    with pytest.raises(DeButFileError, match="format|not a valid"):
+        load(q)
+
+
+def test_a_zip_needing_a_newer_zip_version_is_a_file_error(saved, tmp_path):
+    # found by the load fuzz: zipfile raises NotImplementedError("zip file version 6.4")
+    _, p = saved
+    raw = bytearray(p.read_bytes())
+    raw[raw.find(b"PK\x01\x02") + 6] = 64  # "version needed to extract" of one member
+    q = tmp_path / "v64.npz"
+    q.write_bytes(bytes(raw))
+    with pytest.raises(DeButFileError, match="zip file version 6.4"):
+        load(q)
