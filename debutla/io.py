@@ -36,7 +36,7 @@ from typing import IO, Any, Callable
 
 import numpy as np
 
-from ._validation import SUPPORTED_DTYPES, check_choice
+from ._validation import SUPPORTED_DTYPES, check_choice, optional_module
 from .chain import Chain, FactorSpec
 from .operator import DeBut
 
@@ -322,7 +322,8 @@ def _npy_header(f: IO[bytes], name: str) -> tuple[tuple[int, ...], bool, np.dtyp
 
 
 def _read_member(zf: zipfile.ZipFile, name: str, file_size: int,
-                 max_bytes: int = _MAX_META_BYTES, want: tuple[tuple[int, ...], np.dtype] | None = None,
+                 max_bytes: int = _MAX_META_BYTES,
+                 want: tuple[tuple[int, ...], np.dtype] | None = None,
                  label: str | None = None) -> np.ndarray:
     """Read one ``.npy`` member, checking every size before reading its data.
 
@@ -428,13 +429,9 @@ def _read_npz(zf: zipfile.ZipFile, size: int) -> DeBut:
 # -- .safetensors -------------------------------------------------------------------------
 
 def _safetensors():
-    try:
-        import safetensors
-        import safetensors.numpy
-    except ImportError:
-        raise ImportError("the .safetensors format needs the 'safetensors' package: "
-                          "pip install safetensors (or debutla[io])") from None
-    return safetensors
+    what = "the .safetensors format (debutla[io])"
+    optional_module("safetensors.numpy", what=what, package="safetensors")
+    return optional_module("safetensors", what=what, package="safetensors")
 
 
 def _safetensors_bytes(op: DeBut) -> bytes:

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from .._validation import optional_module
 from ..chain import Chain
 from ..operator import DeBut
 
@@ -21,12 +22,8 @@ __all__ = ["to_lazylinop", "from_lazylinop", "chain_to_lazylinop", "chain_from_l
 
 
 def _butterfly() -> Any:
-    try:
-        import lazylinop.butterfly as butterfly
-    except ImportError:
-        raise ImportError("the lazylinop converters need the 'lazylinop' package: "
-                          "pip install lazylinop") from None
-    return butterfly
+    return optional_module("lazylinop.butterfly", what="debutla.interop.lazylinop",
+                           package="lazylinop")
 
 
 def chain_to_lazylinop(chain: Chain) -> Any:
