@@ -18,6 +18,7 @@ This module imports nothing from the rest of the package at import time.
 
 from __future__ import annotations
 
+import importlib
 import math
 import numbers
 import operator as _operator
@@ -36,6 +37,7 @@ __all__ = [
     "as_generator",
     "check_out",
     "check_matrix",
+    "optional_module",
 ]
 
 #: The value dtypes every backend supports.
@@ -283,3 +285,24 @@ def check_matrix(value: Any, name: str, *, where: str = "") -> np.ndarray:
         raise ValueError(f"{_prefix(where)}{name} contains {bad} NaN or Inf entries; all "
                          f"entries must be finite")
     return A
+
+
+def optional_module(name: str, *, what: str, package: str) -> Any:
+    """Import the optional dependency ``name``, or say what needs it and how to get it.
+
+    Raises
+    ------
+    ImportError
+        If ``name`` does not import: ``"<what> needs the '<package>' package (pip install
+        <package>)"``.
+
+    Examples
+    --------
+    >>> optional_module("math", what="this example", package="math").sqrt(4.0)
+    2.0
+    """
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        raise ImportError(f"{what} needs the {package!r} package (pip install "
+                          f"{package})") from None

@@ -623,7 +623,8 @@ def test_parse_errors_on_long_text_show_a_window_around_the_problem():
         Chain.parse(good + " <-(2,2,1)")
     msg = str(e.value)
     assert f"position {len(good) + 10}" in msg and "missing '-'" in msg
-    assert "'...-(2,2,1)- 4 <-(2,2,1)' at position" in msg and len(msg) < 250
+    assert msg.startswith("Chain.parse: '...") and len(msg) < 250
+    assert "- 4 <-(2,2,1)' at position" in msg
 
 
 @pytest.mark.parametrize("where", ["empty", "at least"])

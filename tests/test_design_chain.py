@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+import time
 
+import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -231,7 +233,12 @@ def test_design_with_free_count_beats_every_paper_chain_of_that_shape(m, n):
     (dict(m=4, n=4, max_radix=1), ValueError, "max_radix"),
     (dict(m=4, n=4, max_pad=-0.1), ValueError, "max_pad"),
     (dict(m=4, n=4, max_pad=5), ValueError, "max_pad"),
-    (dict(m=4, n=4, max_pad="0.1"), ValueError, "max_pad"),
+    (dict(m=4, n=4, max_pad="0.1"), TypeError, "max_pad"),
+    (dict(m=4, n=4, max_pad=float("nan")), ValueError, "max_pad"),
+    (dict(m=4, n=4, max_pad=True), TypeError, "max_pad"),
+    (dict(m=2**32 + 1, n=4), ValueError, "m must be an integer <= 4294967296"),
+    (dict(m=4, n=10**29, max_pad=0), ValueError, "n must be an integer <= 4294967296"),
+    (dict(m=4, n=4, max_radix=2.0), TypeError, "max_radix"),
     (dict(m=4, n=4, max_factors=0), ValueError, "max_factors"),
 ])
 def test_design_chain_rejects_bad_arguments(kwargs, exc, word):
@@ -249,3 +256,81 @@ def test_max_radix_bounds_r_and_s_when_the_sizes_allow_it():
     c = design_chain(512, 4608, max_radix=4)
     assert all(f.r <= 4 and f.s <= 4 for f in c)
     check_design(c, 512, 4608, "monotonic")
+
+
+@pytest.mark.parametrize("max_pad", [np.float32(0.1), np.float64(0.25), 0, 1, np.int64(2)])
+def test_max_pad_accepts_any_real_number(max_pad):
+    # issue 7 defect 8: np.float32(0.1) was refused
+    c = design_chain(100, 30, max_pad=max_pad)
+    check_design(c, 100, 30, "monotonic", max_pad=float(max_pad))
+
+
+# ---------------------------------------------------------------------------------------
+# bounded time (issue 7 defect 6: 10^7 took 31 s, 10^29 with max_pad=0 over 12 minutes)
+# ---------------------------------------------------------------------------------------
+
+# one second on an idle core; the allowance covers a machine shared by several jobs
+TIME_LIMIT = 3.0
+
+
+@pytest.mark.parametrize("m, n", [
+    (10**7, 10**7), (10**8, 10**8), (10**7 + 19, 100), (2**32, 2**32),
+    (4294967291, 4294967279),        # the two largest primes below 2**32
+    (2**31 - 1, 3), (1, 2**32), (735134400, 735134400),  # a number with many divisors
+])
+@pytest.mark.parametrize("kwargs", [{}, dict(kind="bulging"), dict(kind="any", max_pad=4),
+                                    dict(n_factors=3), dict(max_pad=0)],
+                         ids=["default", "bulging", "any-pad4", "3-factors", "no-pad"])
+def test_large_sizes_are_answered_or_refused_quickly(m, n, kwargs):
+    t0 = time.perf_counter()
+    try:
+        c = design_chain(m, n, **kwargs)
+    except ValueError as e:
+        assert "work limit" in str(e) or "no dense" in str(e) or "bulging" in str(e)
+    else:
+        check_design(c, m, n, kwargs.get("kind", "monotonic"), kwargs.get("max_pad", 0.25))
+    assert time.perf_counter() - t0 < TIME_LIMIT
+
+
+def test_sizes_beyond_the_bound_are_refused_at_once():
+    t0 = time.perf_counter()
+    with pytest.raises(ValueError, match="<= 4294967296"):
+        design_chain(10**29, 10**29, max_pad=0)
+    assert time.perf_counter() - t0 < 0.1
+
+
+def test_a_search_that_runs_out_of_work_says_so_and_how_to_avoid_it(monkeypatch):
+    import debutla.chain as chain_module
+
+    monkeypatch.setattr(chain_module, "_DESIGN_WORK", 10)
+    with pytest.raises(ValueError) as e:
+        design_chain(4096, 4096)
+    msg = str(e.value)
+    assert "work limit (10 steps)" in msg and "n_factors" in msg and "4096x4096" in msg
+
+
+def test_an_interrupted_search_returns_the_best_chain_found_before_the_limit(monkeypatch):
+    import debutla.chain as chain_module
+
+    full = design_chain(1000, 1000)
+    monkeypatch.setattr(chain_module, "_DESIGN_WORK", 2_000)
+    c = design_chain(1000, 1000)  # the unpadded size first, then padded ones
+    check_design(c, 1000, 1000, "monotonic")
+    assert c.nnz >= full.nnz
+
+
+def test_pad_candidates_are_the_smallest_smooth_sizes_above_n():
+    import debutla.chain as chain_module
+
+    def smooth(k, primes):
+        for p in primes:
+            while k % p == 0:
+                k //= p
+        return k == 1
+
+    for n, pad, primes in [(1000, 0.25, (2, 3, 5, 7, 11, 13)), (997, 0.1, (2, 3)),
+                           (10**6 + 3, 0.01, (2, 3, 5)), (1, 4.0, (2,)), (7, 0.0, (2, 3))]:
+        got = chain_module._pad_candidates(n, pad, primes)
+        hi = max(n, math.floor(n * (1 + pad)))
+        want = [k for k in range(n + 1, hi + 1) if smooth(k, primes)][:5]
+        assert got == (n, *want)

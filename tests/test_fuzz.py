@@ -13,6 +13,7 @@ Each test runs at least 10,000 cases.
 from __future__ import annotations
 
 import io
+import re
 import zipfile
 
 import numpy as np
@@ -40,6 +41,13 @@ VALID = [
 GRAMMAR = "0123456789(),<-\u2190\u2212\u2013\u2014 \t\n"
 
 
+_DASH = "[-\u2212\u2013\u2014]"
+_TRIPLE = r"\(\d+,\d+,\d+\)"
+# the documented grammar (issue 10), written independently of the parser: whitespace
+# aside, sizes and triples alternate, and a triple is bare or a whole arrow
+ACCEPTED = re.compile(rf"\d+(?:(?:(?:<{_DASH}|\u2190){_TRIPLE}{_DASH}|{_TRIPLE})\d+)+")
+
+
 def _check_parse(text):
     try:
         c = Chain.parse(text)
@@ -48,6 +56,18 @@ def _check_parse(text):
     # anything accepted is a valid chain that prints and parses back to itself
     assert isinstance(c, Chain) and len(c) >= 1
     assert Chain.parse(str(c)) == c
+    # ... and follows the documented grammar (no dropped '-' or half arrows)
+    assert ACCEPTED.fullmatch("".join(text.split())), text
+
+
+@settings(max_examples=200, deadline=None, database=None)
+@given(st.sampled_from(VALID), st.data())
+def test_dropping_an_arrow_part_or_parenthesis_is_always_an_error(text, data):
+    # issue 10: a missing '-', '<' or ')' was silently accepted (dashes were decoration)
+    spots = [i for i, ch in enumerate(text) if ch in "<-\u2190\u2212()"]
+    i = data.draw(st.sampled_from(spots))
+    with pytest.raises(ValueError, match="missing|unexpected|triple|size"):
+        Chain.parse(text[:i] + text[i + 1:])
 
 
 @st.composite

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import io
+import os
 import pathlib
+import stat
+import time
+import tracemalloc
 import zipfile
 
 import numpy as np
@@ -183,14 +187,19 @@ def test_truncated_member_data_is_refused(saved, tmp_path):
         load(q)
 
 
-def _edit(saved, tmp_path, **changes):
-    _, p = saved
-    m = members(p)
+def _apply(d: dict, changes: dict) -> dict:
+    """``d`` with ``changes`` applied in place (a value of None deletes the key)."""
     for k, v in changes.items():
         if v is None:
-            del m[k]
+            del d[k]
         else:
-            m[k] = v
+            d[k] = v
+    return d
+
+
+def _edit(saved, tmp_path, **changes):
+    _, p = saved
+    m = _apply(members(p), changes)
     q = tmp_path / "edited.npz"
     write(q, m)
     return q
@@ -290,18 +299,29 @@ def _zip_with(path_in, path_out, compress_type, corrupt_member=None):
     pathlib.Path(path_out).write_bytes(bytes(raw))
 
 
-@pytest.mark.parametrize("method", [zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA],
-                         ids=["deflate", "bzip2", "lzma"])
-def test_compressed_files_load_and_corrupt_compressed_data_is_refused(saved, tmp_path, method):
+def test_deflated_files_load_and_corrupt_deflated_data_is_refused(saved, tmp_path):
     op, p = saved
     good = tmp_path / "good.npz"
-    _zip_with(p, good, method)
+    _zip_with(p, good, zipfile.ZIP_DEFLATED)
     assert_same_operator(load(good), op)
     for member in ("factor_0.npy", "pqrst.npy"):
         bad = tmp_path / "bad.npz"
-        _zip_with(p, bad, method, corrupt_member=member)
+        _zip_with(p, bad, zipfile.ZIP_DEFLATED, corrupt_member=member)
         with pytest.raises(DeButFileError):
             load(bad)
+
+
+@pytest.mark.parametrize("method, name", [(zipfile.ZIP_BZIP2, "bzip2"),
+                                          (zipfile.ZIP_LZMA, "lzma")])
+def test_bzip2_and_lzma_members_are_refused_before_decompression(saved, tmp_path, method,
+                                                                 name):
+    # zipfile expands these without a bound on the output (a 547-byte bzip2 member
+    # reached 830 MB); numpy never writes them
+    _, p = saved
+    q = tmp_path / "b.npz"
+    _zip_with(p, q, method)
+    with pytest.raises(DeButFileError, match=f"'format' is compressed with {name}"):
+        load(q)
 
 
 def test_member_header_claiming_more_data_than_stored_is_refused(saved, tmp_path):
@@ -323,7 +343,8 @@ def test_member_header_claiming_more_data_than_stored_is_refused(saved, tmp_path
     ("shape.npy", b"'fortran_order': False", b"'fortran_order': 'x'"),
     ("factor_0.npy", b"'shape': (6, 1, 2, 1)", b"'shape': (6, -1, 2, -1)"),
     ("factor_1.npy", b"'descr': '<c8'", b"'descr': '|O'"),
-    ("factor_1.npy", b"'descr': '<c8'", b"'descr': '>c8'"),
+    ("factor_1.npy", b"'descr': '<c8'", b"'descr': '<c16'"),
+    ("pqrst.npy", b"'descr': '<i8'", b"'descr': '<u8'"),
 ])
 def test_edited_npy_headers_are_refused(saved, tmp_path, member, old, new):
     _, p = saved
@@ -337,4 +358,494 @@ def test_edited_npy_headers_are_refused(saved, tmp_path, member, old, new):
     q = tmp_path / "h.npz"
     _rewrite_member(p, q, member, edit)
     with pytest.raises(DeButFileError):
+        load(q)
+
+
+# ---------------------------------------------------------------------------------------
+# atomic save (issue 7 defect 3)
+# ---------------------------------------------------------------------------------------
+
+def _leftovers(directory) -> list[str]:
+    return sorted(p.name for p in pathlib.Path(directory).iterdir() if p.name != "op.npz")
+
+
+@pytest.mark.parametrize("error", [OSError(28, "No space left on device"), KeyboardInterrupt,
+                                   MemoryError])
+def test_a_save_that_fails_midway_leaves_the_previous_file_and_no_temporary(saved, tmp_path,
+                                                                          monkeypatch, error):
+    op, p = saved
+    before = p.read_bytes()
+    other = DeBut.random(SMALL, seed=9)
+
+    def half_then_fail(f, **arrays):
+        f.write(b"PK\x03\x04 half a zip")
+        raise error
+
+    monkeypatch.setattr(np, "savez", half_then_fail)
+    with pytest.raises(type(error) if isinstance(error, BaseException) else error):
+        db.io.save(other, p)
+    assert p.read_bytes() == before
+    assert_same_operator(load(p), op)
+    assert _leftovers(tmp_path) == []
+
+
+def test_a_failing_fsync_or_rename_leaves_the_previous_file(saved, tmp_path, monkeypatch):
+    op, p = saved
+    before = p.read_bytes()
+    for name in ("fsync", "replace"):
+        with monkeypatch.context() as m:
+            def fail(*args):
+                raise OSError(5, "Input/output error")
+            m.setattr(db.io.os, name, fail)
+            with pytest.raises(OSError, match="Input/output"):
+                db.io.save(DeBut.random(SMALL, seed=9), p)
+        assert p.read_bytes() == before
+        assert _leftovers(tmp_path) == []
+
+
+def test_save_replaces_the_file_by_rename_not_in_place(saved, tmp_path):
+    op, p = saved
+    old_inode = p.stat().st_ino
+    keep = tmp_path / "hardlink.npz"
+    os.link(p, keep)  # a reader holding the old file keeps reading the old bytes
+    other = DeBut.random(SMALL, seed=9)
+    db.io.save(other, p)
+    assert p.stat().st_ino != old_inode
+    assert_same_operator(load(keep), op)
+    assert_same_operator(load(p), other)
+
+
+def test_save_keeps_permissions_and_follows_symlinks(tmp_path):
+    op = DeBut.random(SMALL, seed=0)
+    p = tmp_path / "op.npz"
+    op.save(p)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(p.stat().st_mode) == 0o666 & ~umask  # as open() would create it
+    p.chmod(0o640)
+    op.save(p)
+    assert stat.S_IMODE(p.stat().st_mode) == 0o640
+    link = tmp_path / "link.npz"
+    link.symlink_to(p)
+    other = DeBut.random(SMALL, seed=1)
+    db.io.save(other, link)
+    assert link.is_symlink()
+    assert_same_operator(load(p), other)
+
+
+def test_save_into_a_missing_directory_raises_and_leaves_nothing(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        db.io.save(DeBut.random(SMALL, seed=0), tmp_path / "nope" / "op.npz")
+    assert list(tmp_path.iterdir()) == []
+
+
+# ---------------------------------------------------------------------------------------
+# bombs and non-regular files (issue 7 defect 5)
+# ---------------------------------------------------------------------------------------
+
+def _npy(array) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, array)
+    return buf.getvalue()
+
+
+def _npy_header_only(shape, descr="<f8") -> bytes:
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        buf, {"descr": descr, "fortran_order": False, "shape": shape})
+    return buf.getvalue()
+
+
+def _zip(path, members: dict, method=zipfile.ZIP_STORED) -> None:
+    with zipfile.ZipFile(path, "w", compression=method) as z:
+        for name, data in members.items():
+            z.writestr(name + ".npy", data)
+
+
+def _metadata(chain: str, dtype="float64", shape=None) -> dict:
+    c = db.Chain.parse(chain)
+    return {"format": _npy(np.array("debutla")), "version": _npy(np.array(1)),
+            "pqrst": _npy(np.array(c.to_pqrst(), dtype=np.int64)),
+            "shape": _npy(np.array(shape or c.shape, dtype=np.int64)),
+            "dtype": _npy(np.array(dtype))}
+
+
+class _Bounded:
+    """Peak traced memory and time of a block."""
+
+    def __enter__(self):
+        tracemalloc.start()
+        self.t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        self.seconds = time.perf_counter() - self.t0
+        self.peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        return False
+
+
+def _assert_refused_cheaply(q, match, max_bytes=4 << 20, max_seconds=2.0):
+    with _Bounded() as b:
+        with pytest.raises(DeButFileError, match=match):
+            load(q)
+    assert b.peak < max_bytes, f"peak {b.peak} bytes"
+    assert b.seconds < max_seconds
+
+
+def _deflated_zeros(path, name, header: bytes, n_zeros: int, others: dict) -> None:
+    """A deflated member ``header + n_zeros zero bytes`` (streamed: never all in memory)."""
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as z:
+        for k, data in others.items():
+            z.writestr(k + ".npy", data)
+        with z.open(name + ".npy", "w") as f:
+            f.write(header)
+            block = bytes(1 << 20)
+            left = n_zeros
+            while left:
+                f.write(block[:min(left, len(block))])
+                left -= min(left, len(block))
+
+
+def test_a_huge_metadata_member_is_refused_before_decompression(tmp_path):
+    # 'pqrst' claims 64 MiB of zeros (a small deflated member): the cap on metadata
+    # entries refuses it from the zip directory alone
+    q = tmp_path / "bomb.npz"
+    others = _metadata(SMALL)
+    del others["pqrst"]
+    n = 64 << 20
+    _deflated_zeros(q, "pqrst", _npy_header_only((n // 40, 5), "<i8"), n, others)
+    assert q.stat().st_size < 100_000
+    _assert_refused_cheaply(q, "'pqrst' declares")
+
+
+def test_a_factor_claiming_more_than_its_chain_needs_is_refused_before_decompression(
+        tmp_path):
+    q = tmp_path / "bomb.npz"
+    others = _metadata(SMALL)
+    _deflated_zeros(q, "factor_0", _npy_header_only((1 << 22,)), 8 << 22, others)
+    _assert_refused_cheaply(q, r"factor_0.*declares")
+
+
+def _set_declared_size(path, member: str, size: int) -> None:
+    """Rewrite the uncompressed size a (non-zip64) zip declares for ``member``."""
+    raw = bytearray(pathlib.Path(path).read_bytes())
+    with zipfile.ZipFile(path) as z:
+        local = z.getinfo(member).header_offset
+    raw[local + 22: local + 26] = size.to_bytes(4, "little")
+    pos = raw.find(b"PK\x01\x02")
+    while pos >= 0:
+        name_len = int.from_bytes(raw[pos + 28: pos + 30], "little")
+        if raw[pos + 46: pos + 46 + name_len] == member.encode():
+            raw[pos + 24: pos + 28] = size.to_bytes(4, "little")
+        pos = raw.find(b"PK\x01\x02", pos + 4)
+    pathlib.Path(path).write_bytes(bytes(raw))
+    with zipfile.ZipFile(path) as z:
+        assert z.getinfo(member).file_size == size
+
+
+def members_bytes(path) -> dict:
+    with zipfile.ZipFile(path) as z:
+        return {i.filename[:-4]: z.read(i) for i in z.infolist()}
+
+
+def test_a_valid_huge_chain_in_a_tiny_file_is_refused_by_the_expansion_bound(tmp_path):
+    # the chain is valid and needs 8 GiB of float64 values; the factor's entry claims
+    # 4 GiB from 4 stored bytes: refused from the zip directory, nothing allocated
+    members = _metadata("1073741824 <-(1,1,1)- 1073741824")
+    members["factor_0"] = b"tiny"
+    q = tmp_path / "big.npz"
+    _zip(q, members)
+    _set_declared_size(q, "factor_0.npy", 2**32 - 1)
+    assert q.stat().st_size < 2_000
+    _assert_refused_cheaply(q, r"'factor_0' declares 4294967295 bytes from 4 in the file; "
+                               r"stored gives at most 4")
+
+
+def test_a_member_whose_stream_is_longer_than_declared_is_cut_at_the_declared_size(
+        saved, tmp_path):
+    # declared sizes can lie: 64 MiB of zeros follow a factor whose entry declares only
+    # the factor's own bytes; the reader stops there (and the CRC then fails)
+    _, p = saved
+    members = members_bytes(p)
+    good = members.pop("factor_0")
+    q = tmp_path / "liar.npz"
+    _deflated_zeros(q, "factor_0", good, 64 << 20, members)
+    _set_declared_size(q, "factor_0.npy", len(good))
+    assert q.stat().st_size < 200_000
+    _assert_refused_cheaply(q, "CRC")
+
+
+@pytest.mark.parametrize("target", ["/dev/zero", "/dev/null", "directory", "fifo"])
+def test_non_regular_files_are_refused_up_front(tmp_path, target):
+    if target == "directory":
+        target = tmp_path
+    elif target == "fifo":
+        target = tmp_path / "pipe.npz"
+        os.mkfifo(target)  # no writer: opening it for reading must not wait
+    elif not os.path.exists(target):
+        pytest.skip(f"{target} is absent")
+    kind = {"/dev/zero": "character device", "/dev/null": "character device"}.get(
+        str(target), "FIFO" if str(target).endswith("pipe.npz") else "directory")
+    _assert_refused_cheaply(target, f"is a {kind}; debutla files are regular files",
+                            max_seconds=1.0)
+
+
+def test_a_symlink_to_dev_zero_is_refused(tmp_path):
+    link = tmp_path / "zero.npz"
+    link.symlink_to("/dev/zero")
+    _assert_refused_cheaply(link, "character device", max_seconds=1.0)
+
+
+# ---------------------------------------------------------------------------------------
+# what load wraps and what it lets through (issue 7 defect 7)
+# ---------------------------------------------------------------------------------------
+
+def test_memory_error_while_loading_a_valid_file_propagates(saved, monkeypatch):
+    _, p = saved
+
+    def no_memory(self, *args):
+        raise MemoryError
+
+    monkeypatch.setattr(zipfile.ZipExtFile, "read", no_memory)
+    with pytest.raises(MemoryError):
+        load(p)
+
+
+def test_a_bugs_type_error_is_not_reported_as_a_bad_file(saved, monkeypatch):
+    _, p = saved
+
+    def bug(cls, rows):
+        raise TypeError("a bug in from_pqrst")
+
+    monkeypatch.setattr(db.Chain, "from_pqrst", classmethod(bug))
+    with pytest.raises(TypeError, match="a bug in from_pqrst"):
+        load(p)
+
+
+def test_an_io_error_while_reading_is_an_os_error_not_a_bad_file(saved, monkeypatch):
+    _, p = saved
+
+    def eio(self, *args):
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(zipfile.ZipExtFile, "read", eio)
+    with pytest.raises(OSError, match="Input/output") as e:
+        load(p)
+    assert not isinstance(e.value, DeButFileError)
+
+
+# ---------------------------------------------------------------------------------------
+# byte order (issue 7 defect 8)
+# ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_big_endian_files_load_in_native_byte_order(saved, tmp_path, dtype):
+    op = DeBut.random(WIDE, seed=4, dtype=dtype, shape=(3, 10))
+    p = tmp_path / "le.npz"
+    op.save(p)
+    m = members(p)
+    for k in m:
+        if k.startswith("factor_") or k in ("pqrst", "shape", "version"):
+            m[k] = m[k].astype(m[k].dtype.newbyteorder(">"))
+    assert m["factor_0"].dtype.byteorder == ">"
+    q = tmp_path / "be.npz"
+    write(q, m)
+    back = load(q)
+    assert_same_operator(back, op)
+    assert all(v.dtype.isnative for v in back.factors)
+
+
+# ---------------------------------------------------------------------------------------
+# .safetensors (issue 10)
+# ---------------------------------------------------------------------------------------
+
+def test_safetensors_without_the_package_is_a_clear_import_error(tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "safetensors", None)
+    op = DeBut.random(SMALL, seed=0)
+    with pytest.raises(ImportError, match="pip install safetensors"):
+        op.save(tmp_path / "op.safetensors")
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "x.safetensors").write_bytes(b"\0" * 16)
+    with pytest.raises(ImportError, match="pip install safetensors"):
+        load(tmp_path / "x.safetensors")
+
+
+def test_format_argument_is_checked(tmp_path):
+    op = DeBut.random(SMALL, seed=0)
+    with pytest.raises(ValueError, match="format must be one of"):
+        db.io.save(op, tmp_path / "a.npz", format="hdf5")
+    with pytest.raises(TypeError, match="format must be one of"):
+        load(tmp_path / "a.npz", format=1)
+    assert list(tmp_path.iterdir()) == []
+
+
+class TestSafetensors:
+    @pytest.fixture(autouse=True)
+    def _needs_safetensors(self):
+        pytest.importorskip("safetensors")
+
+    @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+    @pytest.mark.parametrize("shape", [None, (3, 10)], ids=["full", "padded"])
+    def test_round_trip(self, tmp_path, dtype, shape):
+        op = DeBut.random(WIDE, seed=1, dtype=dtype, shape=shape)
+        for derived in (op, op.T, op.H):
+            p = tmp_path / "w.safetensors"
+            derived.save(p)
+            assert_same_operator(load(p), derived)
+
+    @given(op=st.sampled_from(DTYPES).flatmap(operators))
+    def test_round_trips_random_operators(self, tmp_path_factory, op):
+        p = tmp_path_factory.mktemp("st") / "op.safetensors"
+        db.io.save(op, p)
+        assert_same_operator(load(p), op)
+
+    def test_suffix_chooses_the_format_and_format_overrides_it(self, tmp_path):
+        import safetensors
+
+        op = DeBut.random(WIDE, seed=2, dtype=np.complex128)
+        db.io.save(op, tmp_path / "a.SafeTensors")
+        assert not zipfile.is_zipfile(tmp_path / "a.SafeTensors")
+        db.io.save(op, tmp_path / "b.bin", format="safetensors")
+        db.io.save(op, tmp_path / "c.safetensors", format="npz")
+        assert zipfile.is_zipfile(tmp_path / "c.safetensors")
+        assert_same_operator(load(tmp_path / "a.SafeTensors"), op)
+        assert_same_operator(load(tmp_path / "b.bin", format="safetensors"), op)
+        assert_same_operator(load(tmp_path / "c.safetensors", format="npz"), op)
+        with pytest.raises(DeButFileError):
+            load(tmp_path / "b.bin")  # read as .npz: not a zip
+        with safetensors.safe_open(tmp_path / "b.bin", framework="numpy") as f:
+            meta = f.metadata()
+            assert meta == {"format": "debutla", "version": str(FORMAT_VERSION),
+                            "chain": str(op.chain), "shape": "4,12", "dtype": "complex128"}
+            # complex128 as (real, imaginary) float64 pairs
+            t = f.get_tensor("factor_0")
+            assert t.dtype == np.float64 and t.shape == op.factors[0].shape + (2,)
+            assert np.array_equal(t[..., 0] + 1j * t[..., 1], op.factors[0])
+
+    def test_a_failed_save_leaves_the_previous_file(self, tmp_path, monkeypatch):
+        import safetensors.numpy
+
+        op = DeBut.random(SMALL, seed=0)
+        p = tmp_path / "op.safetensors"
+        op.save(p)
+        before = p.read_bytes()
+
+        def fail(*a, **k):
+            raise RuntimeError("serialisation failed")
+
+        monkeypatch.setattr(safetensors.numpy, "save", fail)
+        with pytest.raises(RuntimeError, match="serialisation failed"):
+            DeBut.random(SMALL, seed=1).save(p)
+        assert p.read_bytes() == before and [q.name for q in tmp_path.iterdir()] == [p.name]
+
+    def _write(self, path, tensors, metadata):
+        import safetensors.numpy
+
+        safetensors.numpy.save_file(tensors, path, metadata=metadata)
+
+    def _good(self):
+        op = DeBut.random(WIDE, seed=3, dtype=np.complex64, shape=(3, 10))
+        tensors = {f"factor_{i}": v for i, v in enumerate(op.factors)}
+        meta = {"format": "debutla", "version": "1", "chain": str(op.chain),
+                "shape": "3,10", "dtype": "complex64"}
+        return op, tensors, meta
+
+    @pytest.mark.parametrize("meta_changes, tensor_changes, words", [
+        (dict(format="numpy"), {}, ["not a debutla file"]),
+        (dict(format=None), {}, ["not a debutla file"]),
+        (dict(version="2"), {}, ["version 2"]),
+        (dict(version="0"), {}, ["version 0"]),
+        (dict(version="1.0"), {}, ["'version' must be an integer"]),
+        (dict(version=None), {}, ["'version'"]),
+        (dict(chain="4 <-(2,3,2)- 6 <-(2,2,1)- 6 <-(1,2,1)"), {}, ["chain", "missing '-'"]),
+        (dict(chain="4 <-(2,3,2)- 6 <-(2,2,1)- 6 <-(1,2,1)- 13"), {}, ["chain", "factor 0"]),
+        (dict(chain=None), {}, ["chain", "empty"]),
+        (dict(shape="3x10"), {}, ["'shape' must be 'm,n'"]),
+        (dict(shape="3,-10"), {}, ["'shape'"]),
+        (dict(shape="5,10"), {}, ["shape (5, 10) exceeds"]),
+        (dict(shape="0,10"), {}, ["m must be a positive"]),
+        (dict(dtype="int64"), {}, ["dtype 'int64' is not supported"]),
+        (dict(dtype="complex128"), {}, ["factor 0", "float64 of shape (6, 1, 2, 1, 2)"]),
+        (dict(dtype="float32"), {}, ["factor 0", "float32", "C64"]),
+        (dict(dtype=None), {}, ["dtype"]),
+        ({}, dict(factor_1=None), ["missing ['factor_1']"]),
+        ({}, dict(factor_3=np.zeros(2, np.complex64)), ["add ['factor_3']"]),
+        ({}, dict(factor_1=np.zeros((3, 2, 1, 2), np.complex64)), ["factor 1", "(3, 2, 2, 1)"]),
+        ({}, dict(factor_0=np.zeros((6, 1, 2, 1), np.float32)), ["factor 0", "F32"]),
+        ({}, dict(factor_0=np.zeros((6, 1, 2, 1), np.int64)), ["factor 0", "I64"]),
+    ])
+    def test_edited_files_are_refused(self, tmp_path, meta_changes, tensor_changes, words):
+        _, tensors, meta = self._good()
+        p = tmp_path / "e.safetensors"
+        self._write(p, _apply(tensors, tensor_changes), _apply(meta, meta_changes))
+        with pytest.raises(DeButFileError) as e:
+            load(p)
+        for w in words:
+            assert w in str(e.value)
+
+    def test_untouched_reference_file_loads(self, tmp_path):
+        op, tensors, meta = self._good()
+        p = tmp_path / "ok.safetensors"
+        self._write(p, tensors, meta)
+        assert_same_operator(load(p), op)
+
+    def test_damaged_and_truncated_files_are_refused(self, tmp_path):
+        op, _, _ = self._good()
+        p = tmp_path / "op.safetensors"
+        op.save(p)
+        raw = p.read_bytes()
+        q = tmp_path / "t.safetensors"
+        for n in list(range(0, 64)) + list(range(64, len(raw), 7)):
+            q.write_bytes(raw[:n])
+            with pytest.raises(DeButFileError):
+                load(q)
+        q.write_bytes(b"not a safetensors file at all")
+        with pytest.raises(DeButFileError, match="not a valid safetensors file"):
+            load(q)
+        # a header length pointing far beyond the file
+        q.write_bytes((2**40).to_bytes(8, "little") + raw[8:])
+        _assert_refused_cheaply(q, "not a valid safetensors file")
+
+    @pytest.mark.parametrize("target", ["/dev/zero", "fifo"])
+    def test_non_regular_files_are_refused_up_front(self, tmp_path, target):
+        if target == "fifo":
+            target = tmp_path / "pipe.safetensors"
+            os.mkfifo(target)
+        _assert_refused_cheaply(target, "debutla files are regular files", max_seconds=1.0)
+
+
+def test_a_zip_whose_directory_points_before_the_file_start_is_a_file_error(saved, tmp_path):
+    # found by the load fuzz: dropping the first byte made zipfile seek to offset -1
+    # (OSError EINVAL), which is a damaged file, not an I/O error
+    _, p = saved
+    q = tmp_path / "shifted.npz"
+    q.write_bytes(p.read_bytes()[1:])
+    with pytest.raises(DeButFileError, match="lies outside the file|not a valid"):
+        load(q)
+
+
+@pytest.mark.parametrize("bit", [0x1, 0x20, 0x40])
+def test_encrypted_or_patched_members_are_file_errors(saved, tmp_path, bit):
+    # found by the load fuzz: zipfile raises NotImplementedError for flag bit 5 (patched
+    # data) or 6 (strong encryption) in the zip directory
+    _, p = saved
+    raw = bytearray(p.read_bytes())
+    raw[raw.find(b"PK\x01\x02") + 8] |= bit  # the first member's flags in the directory
+    q = tmp_path / "flags.npz"
+    q.write_bytes(bytes(raw))
+    with pytest.raises(DeButFileError, match="format|not a valid"):
+        load(q)
+
+
+def test_a_zip_needing_a_newer_zip_version_is_a_file_error(saved, tmp_path):
+    # found by the load fuzz: zipfile raises NotImplementedError("zip file version 6.4")
+    _, p = saved
+    raw = bytearray(p.read_bytes())
+    raw[raw.find(b"PK\x01\x02") + 6] = 64  # "version needed to extract" of one member
+    q = tmp_path / "v64.npz"
+    q.write_bytes(bytes(raw))
+    with pytest.raises(DeButFileError, match="zip file version 6.4"):
         load(q)
