@@ -357,7 +357,7 @@ def tradeoff_table() -> None:
     print("|---|---|---|---|---|---|")
     for name, W in mats.items():
         m, n = W.shape
-        from debutla.fit import candidate_chains
+        from debutla.chain import candidate_chains
 
         low = candidate_chains(m, n)[-1].nnz  # the smallest chain
         budgets = sorted({max(low, int(m * n * f)) for f in (0.02, 0.05, 0.1, 0.25)})

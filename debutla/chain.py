@@ -15,7 +15,8 @@ from typing import Iterable, Iterator, Sequence, overload
 
 from ._validation import check_choice, check_int, check_real
 
-__all__ = ["FactorSpec", "Chain", "as_chain", "design_chain", "PAPER_CHAINS",
+__all__ = ["FactorSpec", "Chain", "as_chain", "design_chain", "candidate_chains",
+           "PAPER_CHAINS",
            "MAX_DESIGN_SIZE"]
 
 
@@ -1011,6 +1012,7 @@ def design_chain(
     max_radix: int | None = None,
     max_pad: float = 0.25,
     max_factors: int = 16,
+    max_params: int | None = None,
 ) -> Chain:
     """Design a dense DeBut chain of size at least ``(m, n)`` with few parameters.
 
@@ -1038,6 +1040,12 @@ def design_chain(
         real number in ``[0, 4]`` (NumPy scalars included).
     max_factors : int
         Largest factor count tried when ``n_factors`` is None.
+    max_params : int, optional
+        A parameter budget: return the chain with the *most* values (the most
+        expressive) that holds at most ``max_params`` values, among
+        :func:`candidate_chains` (ties: fewer factors).  The other arguments are then
+        not used.  ``debutla.factorize(W, "auto", max_params=N)`` goes further: it fits
+        the best candidates and keeps the most accurate.
 
     Returns
     -------
@@ -1089,6 +1097,17 @@ def design_chain(
     """
     m = check_int(m, "m", where="design_chain", max=MAX_DESIGN_SIZE)
     n = check_int(n, "n", where="design_chain", max=MAX_DESIGN_SIZE)
+    if max_params is not None:
+        return candidate_chains(m, n, max_params=max_params,
+                                where="design_chain(max_params)")[0]
+    return _design_chain(m, n, kind, n_factors, max_radix=max_radix, max_pad=max_pad,
+                         max_factors=max_factors)
+
+
+def _design_chain(m: int, n: int, kind: str = "monotonic", n_factors: int | None = None,
+                  *, max_radix: int | None = None, max_pad: float = 0.25,
+                  max_factors: int = 16) -> Chain:
+    """:func:`design_chain` without a budget (``m`` and ``n`` already checked)."""
     kind = check_choice(kind, "kind", ("monotonic", "bulging", "any"), where="design_chain")
     if n_factors is not None:
         n_factors = check_int(n_factors, "n_factors", where="design_chain")
@@ -1125,6 +1144,93 @@ def design_chain(
     raise ValueError(
         f"design_chain: no dense {kind} chain with {counts} serves {m}x{n} ({radix_text}, "
         f"max_pad={max_pad}); try kind='any', more factors or a larger max_radix")
+
+
+def _all_divisors(x: int) -> list[int]:
+    small = [d for d in range(1, math.isqrt(x) + 1) if x % d == 0]
+    return sorted(set(small + [x // d for d in small]))
+
+
+def _two_factor(m: int, n: int, r1: int, s1: int) -> Chain:
+    """The dense chain ``(r1, s1), (m / r1, n / s1)`` (a Monarch-like pair)."""
+    r2, s2 = m // r1, n // s1
+    return Chain.from_pqrst([(r1 * s2, n, r1, s1, 1), (m, r1 * s2, r2, s2, r1)])
+
+
+def candidate_chains(m: int, n: int, *, max_params: int | None = None,
+                     max_factors: int = 8,
+                     where: str = "candidate_chains(max_params)") -> list[Chain]:
+    """Dense chains that serve an ``m x n`` matrix, most parameters first.
+
+    Parameters
+    ----------
+    m, n : int
+        The matrix shape (each chain's size is at least this; some are padded).
+    max_params : int, optional
+        Keep only chains with at most this many values.
+    max_factors : int
+        Largest factor count asked of :func:`~debutla.design_chain`.
+    where : str
+        How an impossible budget is named in the error (the caller's argument).
+
+    Returns
+    -------
+    list of Chain
+        Without duplicates, sorted by decreasing ``nnz`` (ties: fewer factors first).
+
+    Raises
+    ------
+    ValueError
+        If ``max_params`` is smaller than every candidate (the message gives the
+        smallest).
+
+    Notes
+    -----
+    The candidates are: the minimum-parameter monotonic chain of every factor count
+    ``2 .. max_factors`` (:func:`~debutla.design_chain`, which also pads), the same with
+    the radix capped at 2 and 4 (more factors, fewer values), every two-factor dense
+    chain ``(r_1, s_1), (m / r_1, n / s_1)`` whose middle size ``r_1 n / s_1`` is at least
+    ``min(m, n)`` and which is smaller than the dense matrix (these fill the range
+    between the two-factor minimum and the dense matrix), and the dense matrix itself
+    (one factor).  Bulging designs are not listed: designing them costs about a second
+    each at ``768 x 3072``.
+
+    Examples
+    --------
+    >>> cs = candidate_chains(16, 72, max_params=600)
+    >>> all(c.nnz <= 600 for c in cs), cs[0].nnz >= cs[-1].nnz
+    (True, True)
+    """
+    m = check_int(m, "m", where="candidate_chains")
+    n = check_int(n, "n", where="candidate_chains")
+    max_factors = check_int(max_factors, "max_factors", where="candidate_chains")
+    if max_params is not None:
+        max_params = check_int(max_params, "max_params", where=where)
+    found: dict[Chain, None] = {Chain.from_pqrst([(m, n, m, n, 1)]): None}
+    for k in range(2, max_factors + 1):
+        for radix in (None, 4, 2):
+            try:
+                found[_design_chain(m, n, "monotonic", k, max_radix=radix)] = None
+            except ValueError:  # no chain of this count and radix
+                continue
+    low = min(m, n)
+    for r1 in _all_divisors(m):
+        for s1 in _all_divisors(n):
+            if (r1, s1) in ((1, 1), (m, n)) or r1 * (n // s1) < low:
+                continue
+            if r1 * n + m * (n // s1) < m * n:  # else the dense matrix is smaller
+                found[_two_factor(m, n, r1, s1)] = None
+    out = sorted(found, key=lambda c: (-c.nnz, len(c)))
+    if max_params is not None:
+        fit = [c for c in out if c.nnz <= max_params]
+        if not fit:
+            raise ValueError(
+                f"{where}: no chain serving {m}x{n} has at most "
+                f"{max_params} values; the smallest candidate has {out[-1].nnz} "
+                f"('{out[-1]}')")
+        out = fit
+    return out
+
 
 
 #: The chains of the DeBut paper's tables (Lin et al., NeurIPS 2021), in its notation,

@@ -334,3 +334,17 @@ def test_pad_candidates_are_the_smallest_smooth_sizes_above_n():
         hi = max(n, math.floor(n * (1 + pad)))
         want = [k for k in range(n + 1, hi + 1) if smooth(k, primes)][:5]
         assert got == (n, *want)
+
+
+def test_design_chain_with_a_budget_returns_the_largest_candidate_within_it():
+    from debutla.chain import candidate_chains
+
+    for budget in (2_500, 20_000, 100_000):
+        c = design_chain(128, 400, max_params=budget)
+        assert c.is_dense and c.nnz <= budget and c.shape >= (128, 400)
+        assert c == candidate_chains(128, 400, max_params=budget)[0]
+        assert all(o.nnz <= c.nnz for o in candidate_chains(128, 400, max_params=budget))
+    with pytest.raises(ValueError, match=r"design_chain\(max_params\).*smallest"):
+        design_chain(128, 400, max_params=10)
+    with pytest.raises(TypeError, match="max_params must be an integer"):
+        design_chain(128, 400, max_params=1.5)

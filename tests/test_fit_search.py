@@ -9,7 +9,8 @@ import pytest
 
 import debutla as db
 from debutla import Chain, DeBut, factorize
-from debutla.fit.search import candidate_chains, search_chain
+from debutla.chain import candidate_chains
+from debutla.fit.search import search_chain
 from test_factorize import _numpy_backend  # noqa: F401  (autouse fixture)
 
 

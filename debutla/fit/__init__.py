@@ -14,8 +14,6 @@ calculus both methods share lives in :mod:`._layout`.
 """
 
 from .api import METHODS, FitInfo, factorize, lowrank_error
-from .search import candidate_chains
 from .tradeoff import tradeoff
 
-__all__ = ["factorize", "FitInfo", "lowrank_error", "METHODS", "tradeoff",
-           "candidate_chains"]
+__all__ = ["factorize", "FitInfo", "lowrank_error", "METHODS", "tradeoff"]

@@ -20,7 +20,8 @@ from ._layout import (Structure, analyse_chain, core_product, core_tensor, core_
                       split_ranks, sqnorm, user_factors)
 from .als import ALSState, GeneralALSState, WeightedALSState
 from .hierarchical import hierarchical_balanced, hierarchical_core, hierarchical_ranked
-from .search import candidate_chains, search_chain
+from ..chain import candidate_chains
+from .search import search_chain
 
 __all__ = ["factorize", "FitInfo", "lowrank_error", "METHODS", "ORDERS"]
 

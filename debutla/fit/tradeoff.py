@@ -10,7 +10,7 @@ import numpy as np
 
 from .._validation import check_bool, check_choice, check_int, check_matrix
 from .api import METHODS, factorize
-from .search import candidate_chains
+from ..chain import candidate_chains
 
 __all__ = ["tradeoff"]
 
