@@ -537,7 +537,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         return 0
     import numba
 
-    most = int(numba.config.NUMBA_NUM_THREADS)
+    # numba.config sets its settings at import time; its stubs do not declare them
+    most = int(numba.config.NUMBA_NUM_THREADS)  # type: ignore[attr-defined]
     if args.threads > most:
         raise CLIError(f"--threads {args.threads}: Numba was started with at most {most} "
                        f"threads on this machine (set NUMBA_NUM_THREADS to allow more)")
