@@ -39,7 +39,7 @@ class CLIError(Exception):
 class _Parser(argparse.ArgumentParser):
     """argparse with one-line errors (``prog: error: message (see prog --help)``)."""
 
-    def error(self, message: str) -> NoReturn:  # type: ignore[override]
+    def error(self, message: str) -> NoReturn:
         self.exit(_EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 

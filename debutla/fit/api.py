@@ -363,7 +363,7 @@ class _Problem:
 
     @property
     def shape(self) -> tuple[int, int]:
-        return self.A.shape  # type: ignore[return-value]
+        return self.A.shape
 
     @property
     def splittable(self) -> bool:
@@ -520,7 +520,10 @@ def _hierarchical(prob: _Problem, order: str):
     ``order`` says.
     """
     if prob.st is None:
-        transposed, ranks = _ranks(prob.chain)  # type: ignore[misc]
+        ranked = _ranks(prob.chain)
+        if ranked is None:
+            raise RuntimeError("internal: hierarchical fit of a chain without split ranks")
+        transposed, ranks = ranked
         if not transposed:
             vals, step2 = hierarchical_ranked(prob.Wf, prob.chain, ranks)
         else:
@@ -591,8 +594,10 @@ def _start_weighted(prob: _Problem, req: _Request, w: _Weights, bar: _Progress) 
         err = math.sqrt(state.residual2() / prob.norm2)
         if best is None or err < best[0]:
             best = (err, state.vals)
-    run = _Run(best[1])  # type: ignore[index]
-    _report(req, bar, run, 0, best[0])  # type: ignore[index]
+    if best is None:
+        raise RuntimeError("internal: no weighted start was fitted")
+    run = _Run(best[1])
+    _report(req, bar, run, 0, best[0])
     return run
 
 
@@ -648,8 +653,8 @@ def _fit(req: _Request, prob: _Problem, w: _Weights | None,
     total = (req.max_sweeps if req.method != "hierarchical" else 0) + int(hier)
     bar = _Progress(req.progress, total, f"factorize[{req.method}]")
     try:
-        if weighted_start:
-            run = _start_weighted(prob, req, w, bar)  # type: ignore[arg-type]
+        if weighted_start and w is not None:  # weighted_start implies w
+            run = _start_weighted(prob, req, w, bar)
         else:
             run = _start(prob, req, init, bar, cache)
         return _refine(prob, req, run, bar)
