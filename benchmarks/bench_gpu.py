@@ -53,7 +53,8 @@ def main(argv=None):
     batches = [int(b) for b in args.batches.split(",")]
     name = cp.cuda.runtime.getDeviceProperties(0)["name"].decode()
     lines = [f"GPU: {name}; CuPy {cp.__version__}; float32; median of 20 (CUDA events)", "",
-             "| chain | batch | dense X@W.T (us) | DeBut X@op.T (us) | DeBut op@X (us) | speed-up rows |",
+             "| chain | batch | dense X@W.T (us) | DeBut X@op.T (us) | DeBut op@X (us) "
+             "| speed-up rows |",
              "|---|---|---|---|---|---|"]
     for label, text in CHAINS.items():
         op = db.DeBut.random(text, seed=0, dtype=np.float32)
@@ -78,7 +79,8 @@ def main(argv=None):
               "|---|---|---|---|---|"]
     for label, text in CHAINS.items():
         op = db.DeBut.random(text, seed=0, dtype=np.float32)
-        X = cp.asarray(np.random.default_rng(0).standard_normal((4096, op.shape[1])).astype(np.float32))
+        X = cp.asarray(np.random.default_rng(0).standard_normal((4096, op.shape[1]))
+                       .astype(np.float32))
         row = []
         for R in (1, 2, 4, 8):
             with config(cupy_rows=R):

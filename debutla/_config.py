@@ -142,7 +142,7 @@ def _load() -> dict[str, Any]:
             _defaults = d
     if _env_error is not None:
         raise _env_error
-    return _defaults  # type: ignore[return-value]
+    return _defaults
 
 
 def reload_environment() -> None:

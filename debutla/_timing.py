@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
-from typing import Callable, Mapping
+from typing import Callable, Iterable, Mapping, cast
 
 import numpy as np
 
@@ -220,7 +220,8 @@ def describe_threads(info: Mapping[str, object] | None = None) -> str:
     elif not blas:
         blas_txt = "none found"
     else:
-        seen = dict.fromkeys((lib, n) for lib, n in blas)  # type: ignore[union-attr]
+        pairs = cast("Iterable[tuple[str, int]]", blas)  # thread_info's (library, threads)
+        seen = dict.fromkeys((lib, n) for lib, n in pairs)
         blas_txt = ", ".join(f"{n} ({lib})" for lib, n in seen)
     return f"threads: {info['cpus']} CPUs, Numba {numba_txt}, BLAS {blas_txt}"
 

@@ -84,7 +84,9 @@ def warmup(op: Any, batch: int | Iterable[int] = 1, *, layout: str = "both",
 
 def _wait_for_background_compiles() -> None:
     try:
-        numba_ = get_backend("numba")
+        get_backend("numba")  # ImportError (remembered) when Numba is unusable
     except ImportError:
         return
+    from .backends import numba_  # the module get_backend just loaded
+
     numba_.wait_for_compiles()

@@ -39,7 +39,7 @@ class CLIError(Exception):
 class _Parser(argparse.ArgumentParser):
     """argparse with one-line errors (``prog: error: message (see prog --help)``)."""
 
-    def error(self, message: str) -> NoReturn:  # type: ignore[override]
+    def error(self, message: str) -> NoReturn:
         self.exit(_EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
@@ -537,7 +537,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         return 0
     import numba
 
-    most = int(numba.config.NUMBA_NUM_THREADS)
+    # numba.config sets its settings at import time; its stubs do not declare them
+    most = int(numba.config.NUMBA_NUM_THREADS)  # type: ignore[attr-defined]
     if args.threads > most:
         raise CLIError(f"--threads {args.threads}: Numba was started with at most {most} "
                        f"threads on this machine (set NUMBA_NUM_THREADS to allow more)")

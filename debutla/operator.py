@@ -53,6 +53,15 @@ def _as_input(x: Any, what: str):
     return a
 
 
+def _is_number(a: Any) -> bool:
+    """Whether ``a`` is a Python or NumPy scalar (``numbers.Number`` or ``np.generic``).
+
+    A plain ``bool`` rather than a narrowing check: the scalar keeps its ``Any`` type,
+    which NumPy's functions and the arithmetic operators accept.
+    """
+    return isinstance(a, (numbers.Number, np.generic))
+
+
 def _freeze(a: np.ndarray) -> np.ndarray:
     """A read-only view of ``a`` with a read-only base.
 
@@ -191,6 +200,8 @@ class DeBut:
         self._lock = threading.Lock()
         self._T: DeBut | None = None
         self._H: DeBut | None = None
+        # set by .T/.H on the derived operator: (parent, "T" or "H"), see _served_by
+        self._adjoint_of: tuple[DeBut, str] | None = None
 
     @classmethod
     def _from_trusted(cls, chain: Chain, vals: tuple, shape, backend) -> "DeBut":
@@ -401,7 +412,7 @@ class DeBut:
         """``(operator, trans)`` whose state computes ``op(self)``: the operator this one
         is the transpose or adjoint of, when there is one (one state, one compile).
         """
-        link = getattr(self, "_adjoint_of", None)
+        link = self._adjoint_of
         if link is not None:
             parent, rel = link
             if trans == "N":
@@ -678,8 +689,7 @@ class DeBut:
     def _scaled(self, a: Any, what: str) -> "DeBut":
         if isinstance(a, np.ndarray) and a.ndim == 0:
             a = a[()]
-        if not isinstance(a, (numbers.Number, np.generic)) or isinstance(a, (np.str_,
-                                                                              np.bytes_)):
+        if not _is_number(a) or isinstance(a, (np.str_, np.bytes_)):
             raise TypeError(f"{what}: a DeBut operator can be multiplied by a scalar only, "
                             f"got {type(a).__name__}; use op @ x for products and "
                             f"op.to_dense() for elementwise arithmetic")
@@ -705,9 +715,9 @@ class DeBut:
 
     def __truediv__(self, a: Any) -> "DeBut":
         """``op / a``: the operator scaled by ``1 / a``."""
-        if isinstance(a, (numbers.Number, np.generic)) and a == 0:
+        if _is_number(a) and a == 0:
             raise ZeroDivisionError("DeBut / a: division by zero")
-        if isinstance(a, (numbers.Number, np.generic)):
+        if _is_number(a):
             return self._scaled(1 / a, "DeBut / a")
         return self._scaled(a, "DeBut / a")
 

@@ -164,7 +164,8 @@ def assert_operator_close(actual: Any, desired: Any, *, rtol: float | None = Non
     bad = ~(err <= tol)
     if bad.any():
         i = tuple(int(j) for j in np.argwhere(bad)[0])
+        tol_i = np.broadcast_to(tol, err.shape)[i]  # tol: an array, or a scalar bound
         raise AssertionError(
             f"{err_msg}{int(bad.sum())} of {bad.size} entries differ beyond rounding; "
             f"first at {i}: {A[i].item()!r} vs {B[i].item()!r}, |difference| {err[i]:.3g} > bound "
-            f"{tol[i] if np.ndim(tol) else tol:.3g}")
+            f"{tol_i:.3g}")

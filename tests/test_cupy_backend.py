@@ -2,6 +2,9 @@
 
 import numpy as np
 import pytest
+from hypothesis import given, settings, strategies as st
+
+import debutla as db
 
 cp = pytest.importorskip("cupy")
 try:
@@ -9,10 +12,6 @@ try:
         raise RuntimeError("no device")
 except Exception as e:  # pragma: no cover - depends on the machine
     pytest.skip(f"no usable CUDA device: {e}", allow_module_level=True)
-
-from hypothesis import given, settings, strategies as st
-
-import debutla as db
 
 pytestmark = pytest.mark.gpu
 

@@ -108,7 +108,7 @@ def get_backend(name: str) -> Backend:
         raise ValueError(f"backend must be one of {BACKENDS}, got {name!r}")
     mod = _loaded.get(name)
     if mod is not None:
-        return mod  # type: ignore[return-value]
+        return mod
     if name in _failed:
         raise ImportError(f"debutla backend {name!r} is unavailable: {_failed[name]}")
     try:
@@ -117,7 +117,7 @@ def get_backend(name: str) -> Backend:
         _failed[name] = str(e)
         raise ImportError(f"debutla backend {name!r} is unavailable: {e}") from e
     _loaded[name] = mod
-    return mod  # type: ignore[return-value]
+    return mod
 
 
 def available_backends() -> list[str]:

@@ -206,7 +206,8 @@ def _module_name(stem: str, src: str) -> str:
 def _package() -> types.ModuleType:
     pkg = sys.modules.get(KERNEL_PACKAGE)
     if pkg is None:
-        from . import _kernels as pkg  # the (empty) namespace package
+        from . import _kernels  # the (empty) namespace package
+        return _kernels
     return pkg
 
 
@@ -223,11 +224,11 @@ def _exec(name: str, src: str, filename: str) -> types.ModuleType:
 
 
 def uncached_module(src: str, stem: str) -> types.ModuleType:
-    """Execute kernel source with ``cache=False`` (an in-memory compile, nothing on disk).
+    r"""Execute kernel source with ``cache=False`` (an in-memory compile, nothing on disk).
 
     Examples
     --------
-    >>> m = uncached_module("X = 1\\n", "example")
+    >>> m = uncached_module("X = 1\n", "example")
     >>> m.__name__.startswith(KERNEL_PACKAGE), m.X
     (True, 1)
     """
@@ -247,7 +248,7 @@ def is_cached(mod: types.ModuleType) -> bool:
 
 
 def load_module(src: str, stem: str) -> types.ModuleType:
-    """The kernel module for ``src``, executed from a file in the cache folder.
+    r"""The kernel module for ``src``, executed from a file in the cache folder.
 
     The file is (re)written unless it is a regular file of ours holding exactly
     ``src``; the module runs from ``src`` in memory with that file name, so Numba caches
@@ -262,7 +263,7 @@ def load_module(src: str, stem: str) -> types.ModuleType:
 
     Examples
     --------
-    >>> load_module("X = 2\\n", "example").X
+    >>> load_module("X = 2\n", "example").X
     2
     """
     name = _module_name(stem, src)

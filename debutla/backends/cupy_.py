@@ -184,7 +184,7 @@ class _State:
     once, on first use (the CUDA kernels take sizes at run time: nothing compiles).
     """
 
-    def __init__(self, factors):
+    def __init__(self, factors: tuple) -> None:
         self.factors = tuple(cp.ascontiguousarray(cp.asarray(V)) for V in factors)
         self.specs = tuple(_Spec(*(int(d) for d in V.shape)) for V in self.factors)
         offsets = np.cumsum([0] + [V.size for V in self.factors])[:-1]

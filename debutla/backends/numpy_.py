@@ -10,7 +10,7 @@ forward values, no second state.  See :mod:`debutla.backends` for the interface.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Iterable, NamedTuple
 
 import numpy as np
 
@@ -50,6 +50,7 @@ def _chain_cols(state: _State, X, trans: str):
     if X.shape[0] < q:
         cur = np.zeros((q, k), X.dtype)
         cur[:X.shape[0]] = X
+    steps: Iterable[tuple[np.ndarray, tuple[int, int, int, int]]]
     if trans == "N":
         steps = zip(state.blocks, state.shapes)
     else:

@@ -70,16 +70,30 @@ class ALSState:
         # Q[k] : product of factors > k, shape (G, R_>k, nb_k, r_k, t_k)
         self.P: list[np.ndarray | None] = [None] * N
         self.Q: list[np.ndarray | None] = [None] * N
-        self._have = None  # "P" if all P are current, "Q" if all Q are current
+        self._have: str | None = None  # "P" if all P are current, "Q" if all Q are current
 
     # -- partial products --------------------------------------------------------------
+    def _Pk(self, k: int) -> np.ndarray:
+        """``P[k]``, which a sweep or :meth:`_build_all_P` must have built."""
+        P = self.P[k]
+        if P is None:
+            raise RuntimeError(f"internal: ALS partial product P[{k}] used before it was built")
+        return P
+
+    def _Qk(self, k: int) -> np.ndarray:
+        """``Q[k]``, which a sweep or :meth:`_build_all_Q` must have built."""
+        Q = self.Q[k]
+        if Q is None:
+            raise RuntimeError(f"internal: ALS partial product Q[{k}] used before it was built")
+        return Q
+
     def _next_P(self, k: int) -> np.ndarray:
         """P_{k+1} from P_k and V_k, shape (G, nb_k, r_k t_k, s_k S_<k)."""
-        return extend_paths(self.vals[k], self.P[k])
+        return extend_paths(self.vals[k], self._Pk(k))
 
     def _next_Q(self, k: int) -> np.ndarray:
         """Q_{k-1} from Q_k and V_k, shape (G, R_>k r_k, nb_k s_k, t_k)."""
-        G, V, Q = self.G, self.vals[k], self.Q[k]
+        G, V, Q = self.G, self.vals[k], self._Qk(k)
         nb, (r, s), t, a = self.nb[k], self.rs[k], self.t[k], self.Rgt[k]
         out = (Q.transpose(0, 1, 3, 2, 4)[:, :, :, :, None, :]
                * V.transpose(0, 2, 1, 3, 4)[:, None])
@@ -113,7 +127,7 @@ class ALSState:
         """``sum_{a,c} conj(Q P) T`` for every value of factor ``k``: (G, nb, r, s, t)."""
         G = self.G
         (r, s), t, nb, a, c = self.rs[k], self.t[k], self.nb[k], self.Rgt[k], self.Slt[k]
-        P, Q = self.P[k], self.Q[k]
+        P, Q = self._Pk(k), self._Qk(k)
         W7 = T.reshape(G, a, r, t, nb, s, c)
         # num[g,b,i,j,t] = sum_{a,c} conj(Q[g,a,b,i,t] P[g,b,j,t,c]) W[g,a,i,t,b,j,c],
         # contracting the longer of a and c first (smaller intermediate)
@@ -126,7 +140,7 @@ class ALSState:
         return num
 
     def _update(self, k: int) -> None:
-        P, Q, V = self.P[k], self.Q[k], self.vals[k]
+        P, Q, V = self._Pk(k), self._Qk(k), self.vals[k]
         num = self._numerator(k, self.T)
         qq = _abs2(Q).sum(axis=1)            # (G, nb, r, t)
         pp = _abs2(P).sum(axis=-1)           # (G, nb, s, t)
@@ -208,7 +222,7 @@ class WeightedALSState(ALSState):
 
     def _update(self, k: int) -> None:
         (r, s), t, nb, c = self.rs[k], self.t[k], self.nb[k], self.Slt[k]
-        P, Q, V = self.P[k][0], self.Q[k][0], self.vals[k][0]     # G = 1
+        P, Q, V = self._Pk(k)[0], self._Qk(k)[0], self.vals[k][0]  # G = 1
         g = self._numerator(k, self.TC)[0].transpose(1, 3, 0, 2).reshape(r * t, nb * s)
         Qm = Q.transpose(2, 3, 1, 0)                                # (r, t, nb, a)
         qq = Qm @ np.swapaxes(_conj(Qm), -1, -2)                    # (r, t, nb, nb)
@@ -322,6 +336,13 @@ class GeneralALSState:
         return self.residual2()
 
     def sweep_down(self) -> float:
+        """Update factors output side first; returns the new squared objective.
+
+        Returns
+        -------
+        float
+            ``||(W - D) L||_F^2`` of the updated values (``L = I`` without weight).
+        """
         for k in range(self.N - 1, -1, -1):
             self.update(k)
         return self.residual2()

@@ -7,7 +7,7 @@ import math
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Literal, Sequence, overload
 
 import numpy as np
 
@@ -364,7 +364,7 @@ class _Problem:
 
     @property
     def shape(self) -> tuple[int, int]:
-        return self.A.shape  # type: ignore[return-value]
+        return self.A.shape
 
     @property
     def splittable(self) -> bool:
@@ -393,14 +393,20 @@ class _Problem:
             D = D.T if self.st.transposed else D
         return D[:m, :n]
 
+    def core(self) -> np.ndarray:
+        """The core batch ``T``, laid out for chainable chains (``st`` set) only."""
+        if self.T is None:
+            raise RuntimeError("internal: the chain has no core layout (st is None)")
+        return self.T
+
     def state(self, vals: list[np.ndarray]):
         """The ALS engine for this problem, started at ``vals``."""
         if self.st is None:
             return GeneralALSState(self.Wf, self.chain, vals, weight=self.weight)
         if self.weight is not None:  # dense chain, one core problem: closed form
-            return WeightedALSState(self.T, self.st.rs, vals,
+            return WeightedALSState(self.core(), self.st.rs, vals,
                                     self.weight @ self.weight.conj().T)
-        return ALSState(self.T, self.st.rs, vals)
+        return ALSState(self.core(), self.st.rs, vals)
 
 
 def _prepare(target: np.ndarray, chain: Chain, base: np.ndarray, exp0: int, *,
@@ -515,7 +521,10 @@ def _hierarchical(prob: _Problem, order: str):
     ``order`` says.
     """
     if prob.st is None:
-        transposed, ranks = _ranks(prob.chain)  # type: ignore[misc]
+        ranked = _ranks(prob.chain)
+        if ranked is None:
+            raise RuntimeError("internal: hierarchical fit of a chain without split ranks")
+        transposed, ranks = ranked
         if not transposed:
             vals, step2 = hierarchical_ranked(prob.Wf, prob.chain, ranks)
         else:
@@ -523,11 +532,12 @@ def _hierarchical(prob: _Problem, order: str):
                                             prob.chain.transpose(), ranks)
             vals = [np.ascontiguousarray(v.transpose(0, 2, 1, 3)) for v in reversed(vt)]
         return vals, step2, sum(step2)
+    T = prob.core()
     if order == "balanced":
-        vals, step2 = hierarchical_balanced(prob.T, prob.st)
+        vals, step2 = hierarchical_balanced(T, prob.st)
         # the split errors are not orthogonal: measure
-        return vals, step2, sqnorm(core_product(vals) - prob.T) + prob.off2
-    vals, step2 = hierarchical_core(prob.T, prob.st.rs)
+        return vals, step2, sqnorm(core_product(vals) - T) + prob.off2
+    vals, step2 = hierarchical_core(T, prob.st.rs)
     return vals, step2, sum(step2) + prob.off2
 
 
@@ -585,8 +595,10 @@ def _start_weighted(prob: _Problem, req: _Request, w: _Weights, bar: _Progress) 
         err = math.sqrt(state.residual2() / prob.norm2)
         if best is None or err < best[0]:
             best = (err, state.vals)
-    run = _Run(best[1])  # type: ignore[index]
-    _report(req, bar, run, 0, best[0])  # type: ignore[index]
+    if best is None:
+        raise RuntimeError("internal: no weighted start was fitted")
+    run = _Run(best[1])
+    _report(req, bar, run, 0, best[0])
     return run
 
 
@@ -642,8 +654,8 @@ def _fit(req: _Request, prob: _Problem, w: _Weights | None,
     total = (req.max_sweeps if req.method != "hierarchical" else 0) + int(hier)
     bar = _Progress(req.progress, total, f"factorize[{req.method}]")
     try:
-        if weighted_start:
-            run = _start_weighted(prob, req, w, bar)  # type: ignore[arg-type]
+        if weighted_start and w is not None:  # weighted_start implies w
+            run = _start_weighted(prob, req, w, bar)
         else:
             run = _start(prob, req, init, bar, cache)
         return _refine(prob, req, run, bar)
@@ -716,6 +728,66 @@ def _assemble(prob: _Problem, req: _Request, run: _Run, t0: float, w: _Weights |
 # ---------------------------------------------------------------------------------------
 # factorize
 # ---------------------------------------------------------------------------------------
+
+@overload
+def factorize(
+    W: Any,
+    chain: Chain | str = "auto",
+    method: str = "auto",
+    *,
+    return_info: Literal[False] = False,
+    max_sweeps: int | None = None,
+    tol: float = 1e-5,
+    seed: int | np.random.Generator | None = None,
+    progress: bool = False,
+    callback: Callable[[int, float], Any] | None = None,
+    init: DeBut | Sequence[Any] | None = None,
+    order: str = "l2r",
+    max_params: int | None = None,
+    rel_error: float | None = None,
+    X: Any = None,
+) -> DeBut: ...
+
+
+@overload
+def factorize(
+    W: Any,
+    chain: Chain | str = "auto",
+    method: str = "auto",
+    *,
+    return_info: Literal[True],
+    max_sweeps: int | None = None,
+    tol: float = 1e-5,
+    seed: int | np.random.Generator | None = None,
+    progress: bool = False,
+    callback: Callable[[int, float], Any] | None = None,
+    init: DeBut | Sequence[Any] | None = None,
+    order: str = "l2r",
+    max_params: int | None = None,
+    rel_error: float | None = None,
+    X: Any = None,
+) -> tuple[DeBut, FitInfo]: ...
+
+
+@overload
+def factorize(
+    W: Any,
+    chain: Chain | str = "auto",
+    method: str = "auto",
+    *,
+    return_info: bool = False,
+    max_sweeps: int | None = None,
+    tol: float = 1e-5,
+    seed: int | np.random.Generator | None = None,
+    progress: bool = False,
+    callback: Callable[[int, float], Any] | None = None,
+    init: DeBut | Sequence[Any] | None = None,
+    order: str = "l2r",
+    max_params: int | None = None,
+    rel_error: float | None = None,
+    X: Any = None,
+) -> DeBut | tuple[DeBut, FitInfo]: ...
+
 
 def factorize(
     W: Any,

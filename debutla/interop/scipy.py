@@ -27,6 +27,7 @@ class _DeButAdapter:
             raise TypeError(f"aslinearoperator: op must be a DeBut operator, "
                             f"got {type(op).__name__}")
         self.op = op
+        # a mixin: super() is scipy's or cupyx's LinearOperator, which mypy cannot see here
         super().__init__(dtype=op.dtype, shape=op.shape)  # type: ignore[call-arg]
         self.args = (op,)  # as scipy's own operators: the operands they wrap
 
