@@ -27,7 +27,7 @@ from typing import Any, Callable, NoReturn, Sequence
 
 import numpy as np
 
-__all__ = ["main", "run_demo", "run_bench", "CLIError"]
+__all__ = ["main", "build_parser", "run_demo", "run_bench", "CLIError"]
 
 _EXIT_USAGE = 2
 

@@ -50,7 +50,7 @@ from ..operator import DeBut
 from ._kernels import fused_backward
 
 __all__ = ["debut_mm", "parse_chain", "IMPLS", "factor_forward", "chain_forward_cols",
-           "clear_cache", "backward_mode"]
+           "factor_backward", "clear_cache", "backward_mode"]
 
 IMPLS = ("auto", "numba", "torch")
 _NUMBA_DTYPES = (torch.float32, torch.float64)
