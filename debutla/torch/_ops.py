@@ -181,6 +181,8 @@ def factor_backward(g: torch.Tensor, xc: torch.Tensor | None, v: torch.Tensor,
     if need_x:
         gx = factor_forward(g, v.transpose(1, 2))
     if need_v:
+        if xc is None:
+            raise RuntimeError("internal: factor_backward needs the factor's input for need_v")
         if t == 1:
             gv = torch.bmm(g.reshape(nb, r, k), xc.reshape(nb, s, k).transpose(1, 2))
             gv = gv.unsqueeze(-1)

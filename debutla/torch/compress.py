@@ -8,7 +8,7 @@ from typing import Any, Mapping
 
 from torch import nn
 
-from .layers import DeButConv2d, DeButLinear
+from .layers import DeButConv2d, DeButLinear, _DeButBase
 
 __all__ = ["compress", "CompressionReport", "LayerReport", "count_parameters"]
 
@@ -150,10 +150,14 @@ def compress(model: nn.Module, layers: Mapping[str, Any], method: str = "auto", 
     report = CompressionReport(params_before=before)
     for name, chain in layers.items():
         old = model.get_submodule(name)
+        new: _DeButBase
         if isinstance(old, nn.Linear):
             new = DeButLinear.from_dense(old, chain=chain, method=method, impl=impl, **fit)
             kind = "Linear"
         else:
+            if not isinstance(old, nn.Conv2d):
+                raise RuntimeError(f"internal: compress: {name!r} is neither nn.Linear nor "
+                                   f"nn.Conv2d after the check")
             new = DeButConv2d.from_dense(old, chain=chain, method=method, impl=impl,
                                          flatten=flatten, **fit)
             kind = "Conv2d"

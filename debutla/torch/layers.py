@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -13,6 +13,9 @@ from torch import nn
 from ..chain import Chain, design_chain
 from ..operator import DeBut
 from ._ops import IMPLS, debut_mm, parse_chain
+
+if TYPE_CHECKING:
+    from ..fit.api import FitInfo
 
 __all__ = ["DeButLinear", "DeButConv2d", "FLATTENS"]
 
@@ -57,7 +60,14 @@ class _DeButBase(nn.Module):
 
     _m: int
     _n: int
+    _fan_in: int
     chain: Chain
+    impl: str
+    factors: nn.ParameterList
+    bias: nn.Parameter | None
+    #: Set by ``from_dense`` (None for ``method="random"``).
+    fit_info: FitInfo | None
+    fit_error: float
 
     def _init_factors(self, chain: Chain, bias: bool, fan_in: int, device, dtype) -> None:
         kw = {"device": device, "dtype": dtype}
@@ -265,6 +275,8 @@ class DeButLinear(_DeButBase):
         W = w.detach().cpu().double().numpy()
         _fit_into(layer, W, method, fit, "DeButLinear.from_dense")
         if linear.bias is not None:
+            if layer.bias is None:
+                raise RuntimeError("internal: DeButLinear.from_dense built a layer without bias")
             with torch.no_grad():
                 layer.bias.copy_(linear.bias)
         return layer
@@ -286,6 +298,8 @@ class DeButLinear(_DeButBase):
                     impl=impl)
         layer._load_debut(op)
         if bias is not None:
+            if layer.bias is None:
+                raise RuntimeError("internal: DeButLinear.from_debut built a layer without bias")
             with torch.no_grad():
                 layer.bias.copy_(bias)
         return layer
@@ -354,6 +368,14 @@ class DeButConv2d(_DeButBase):
     torch.Size([2, 16, 11, 11])
     """
 
+    kernel_size: tuple[int, int]
+    stride: tuple[int, int]
+    dilation: tuple[int, int]
+    #: ``"same"``, ``"valid"`` or ``(ph, pw)``.
+    padding: str | tuple[int, int]
+    #: ``(left_w, right_w, top_h, bottom_h)``, the order ``F.pad`` takes.
+    _pad: tuple[int, int, int, int]
+
     def __init__(self, in_channels: int, out_channels: int, kernel_size: Any,
                  stride: Any = 1, padding: Any = 0, dilation: Any = 1, groups: int = 1,
                  bias: bool = True, padding_mode: str = "zeros", chain: Any = "auto",
@@ -377,10 +399,10 @@ class DeButConv2d(_DeButBase):
         self.kernel_size = _pair(kernel_size, "kernel_size")
         self.stride = _pair(stride, "stride")
         self.dilation = _pair(dilation, "dilation")
-        for name, v in (("kernel_size", self.kernel_size), ("stride", self.stride),
-                        ("dilation", self.dilation)):
-            if min(v) < 1:
-                raise ValueError(f"DeButConv2d: {name} must be positive, got {v}")
+        for name, pair in (("kernel_size", self.kernel_size), ("stride", self.stride),
+                           ("dilation", self.dilation)):
+            if min(pair) < 1:
+                raise ValueError(f"DeButConv2d: {name} must be positive, got {pair}")
         if isinstance(padding, str):
             if padding not in ("same", "valid"):
                 raise ValueError(f"DeButConv2d: padding must be 'same', 'valid', an int or "
@@ -399,17 +421,16 @@ class DeButConv2d(_DeButBase):
         kh, kw = self.kernel_size
         self._m, self._n = self.out_channels, self.in_channels * kh * kw
         # (left_w, right_w, top_h, bottom_h), the order F.pad takes
-        if self.padding == "valid":
-            self._pad = (0, 0, 0, 0)
-        elif self.padding == "same":
-            pads = []
-            for d, k in zip(self.dilation[::-1], self.kernel_size[::-1]):
-                total = d * (k - 1)
-                pads += [total // 2, total - total // 2]
-            self._pad = tuple(pads)
-        else:
+        if isinstance(self.padding, tuple):
             ph, pw = self.padding
             self._pad = (pw, pw, ph, ph)
+        elif self.padding == "valid":
+            self._pad = (0, 0, 0, 0)
+        else:  # "same"
+            dh, dw = self.dilation
+            total_h, total_w = dh * (kh - 1), dw * (kw - 1)
+            self._pad = (total_w // 2, total_w - total_w // 2,
+                         total_h // 2, total_h - total_h // 2)
         P, Q = (chain.chain.shape if isinstance(chain, DeBut) else
                 parse_chain(chain).shape if isinstance(chain, str) and chain != "auto" else
                 chain.shape if isinstance(chain, Chain) else (None, None))
@@ -522,6 +543,8 @@ class DeButConv2d(_DeButBase):
         W = layer._flat(w.detach()).cpu().double().numpy()
         _fit_into(layer, W, method, fit, "DeButConv2d.from_dense")
         if conv.bias is not None:
+            if layer.bias is None:
+                raise RuntimeError("internal: DeButConv2d.from_dense built a layer without bias")
             with torch.no_grad():
                 layer.bias.copy_(conv.bias)
         return layer
@@ -535,6 +558,8 @@ class DeButConv2d(_DeButBase):
         with torch.no_grad():
             conv.weight.copy_(self._unflat(self.dense_weight()))
             if self.bias is not None:
+                if conv.bias is None:
+                    raise RuntimeError("internal: DeButConv2d.to_dense built a conv without bias")
                 conv.bias.copy_(self.bias)
         return conv
 
