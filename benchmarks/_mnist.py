@@ -56,7 +56,9 @@ def default_path() -> str:
 
 
 def load_mnist(path: str | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """The three splits as ``{"train", "valid", "test"}: (images (N, 1, 28, 28) float32, labels int64)``.
+    """The three splits of MNIST.
+
+    Returns ``{"train", "valid", "test"}: (images (N, 1, 28, 28) float32, labels int64)``.
 
     Raises
     ------

@@ -66,6 +66,13 @@ def _time_pair(fa, fb, repeats: int, warmup: int = 3):
     return np.array(ta), np.array(tb)
 
 
+def _quartiles_ms(a) -> list[float]:
+    """The 25th, 50th and 75th percentiles of the times ``a`` (seconds), in milliseconds."""
+    import numpy as np
+
+    return [float(np.percentile(a, p)) * 1e3 for p in (25, 50, 75)]
+
+
 def run_worker(threads: int, repeats: int, cases) -> list[dict]:
     """Time every case in this process (threads already set by the parent)."""
     import numpy as np
@@ -99,9 +106,9 @@ def run_worker(threads: int, repeats: int, cases) -> list[dict]:
 
         for mode, mk in (("inference", inf), ("train", train)):
             ta, tb = _time_pair(mk(deb), mk(dense), repeats)
-            q = lambda a: [float(np.percentile(a, p)) * 1e3 for p in (25, 50, 75)]
             rows.append({"case": name, "m": m, "n": n, "batch": batch, "mode": mode,
-                         "threads": threads, "debut_ms": q(ta), "dense_ms": q(tb),
+                         "threads": threads, "debut_ms": _quartiles_ms(ta),
+                         "dense_ms": _quartiles_ms(tb),
                          "speedup": float(np.median(tb) / np.median(ta)),
                          "target": TARGETS.get((name, mode))})
     return rows

@@ -317,7 +317,10 @@ def rst_table(baseline: float, rows: list[Row], n0: int = 61482) -> str:
                      f"{np.mean(r.seconds):.0f} s"])
     widths = [max(len(str(x)) for x in col) for col in zip(head, *body)]
     sep = "  ".join("=" * w for w in widths)
-    fmt = lambda row: "  ".join(str(x).ljust(w) for x, w in zip(row, widths)).rstrip()
+
+    def fmt(row):
+        return "  ".join(str(x).ljust(w) for x, w in zip(row, widths)).rstrip()
+
     return "\n".join([sep, fmt(head), sep] + [fmt(r) for r in body] + [sep])
 
 

@@ -103,7 +103,8 @@ def _imports(path: pathlib.Path, modname: str) -> set[str]:
 
 def _layer(mod: str) -> float:
     """The layers of the architecture, bottom first (docs/contributing.rst)."""
-    order = [("debutla._validation", 0), ("debutla._config", 0.5), ("debutla._timing", 0.5), ("debutla.chain", 1),
+    order = [("debutla._validation", 0), ("debutla._config", 0.5), ("debutla._timing", 0.5),
+             ("debutla.chain", 1),
              ("debutla.backends", 2), ("debutla.operator", 3), ("debutla.io", 4),
              ("debutla.testing", 4), ("debutla.fit", 4), ("debutla.factorize", 4),
              ("debutla.interop", 5), ("debutla.plot", 5), ("debutla.torch", 5),
