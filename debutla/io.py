@@ -265,7 +265,8 @@ def _open_regular(path: str | os.PathLike, shown: str) -> IO[bytes]:
 def _member(zf: zipfile.ZipFile, name: str, file_size: int,
             max_bytes: int) -> zipfile.ZipInfo:
     """The zip entry of member ``name``, refused if its declared place or sizes are out of
-    bounds (``file_size``: the size of the whole file)."""
+    bounds (``file_size``: the size of the whole file).
+    """
     try:
         info = zf.getinfo(name + ".npy")
     except KeyError:

@@ -57,7 +57,8 @@ def get_num_threads() -> int:
 @numba.njit(cache=True, nogil=True, error_model="numpy")
 def _gather(src, t0, w, width, total, W, dst):  # pragma: no cover - compiled
     """Rows ``t0 .. t0+w-1`` of a row-major ``(batch, width)`` array into ``dst``,
-    features-major ``(total, W)``, zero-padded (features ``>= width``, columns ``>= w``)."""
+    features-major ``(total, W)``, zero-padded (features ``>= width``, columns ``>= w``).
+    """
     for c in range(total * W):
         dst[c] = 0.0
     for c in range(w):
