@@ -76,6 +76,7 @@ class CompressionReport:
 
     @property
     def mc(self) -> float:
+        """Model compression ``1 - params_after / params_before`` (0 for an empty model)."""
         return 1.0 - self.params_after / self.params_before if self.params_before else 0.0
 
     def __str__(self) -> str:

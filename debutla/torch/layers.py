@@ -65,7 +65,7 @@ class _DeButBase(nn.Module):
     impl: str
     factors: nn.ParameterList
     bias: nn.Parameter | None
-    #: Set by ``from_dense`` (None for ``method="random"``).
+    # Set by ``from_dense`` (None for ``method="random"``).
     fit_info: FitInfo | None
     fit_error: float
 
@@ -99,10 +99,34 @@ class _DeButBase(nn.Module):
 
     # -- state ---------------------------------------------------------------------------
     def get_extra_state(self) -> dict:
+        """The layer's extra state for ``state_dict``.
+
+        Returns
+        -------
+        dict
+            ``version``, the chain string ``chain``, the matrix ``shape`` ``(m, n)`` and
+            the layer's configuration that the factors depend on (for a conv layer
+            ``flatten`` and ``kernel_size``).
+        """
         return {"version": _STATE_VERSION, "chain": self.chain.format(),
                 "shape": (self._m, self._n), **self._extra_config()}
 
     def set_extra_state(self, state: Any) -> None:
+        """Check a saved extra state against this layer (``load_state_dict``).
+
+        Nothing is changed: the layer must already have the saved chain and configuration.
+
+        Parameters
+        ----------
+        state : dict
+            As returned by :meth:`get_extra_state`.
+
+        Raises
+        ------
+        ValueError
+            If ``state`` is not a DeBut layer's, or its chain, shape or configuration differ
+            from this layer's.
+        """
         name = type(self).__name__
         if not isinstance(state, dict) or "chain" not in state:
             raise ValueError(f"{name}.load_state_dict: the extra state is not a DeBut "
@@ -218,10 +242,34 @@ class DeButLinear(_DeButBase):
         self._init_factors(chain, bias, self._n, device, dtype)
 
     def extra_repr(self) -> str:
+        """The constructor arguments shown by ``repr(layer)``.
+
+        Returns
+        -------
+        str
+        """
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
                 f"bias={self.bias is not None}, chain='{self.chain}'")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Apply the layer: ``y = x D^T + b``.
+
+        Parameters
+        ----------
+        x : Tensor (..., in_features)
+            Same dtype and device as the layer's parameters.
+
+        Returns
+        -------
+        Tensor (..., out_features)
+
+        Raises
+        ------
+        TypeError
+            If ``x`` is not a tensor or its dtype differs from the layer's.
+        ValueError
+            If the last dimension is not ``in_features`` or ``x`` is on another device.
+        """
         self._check_input(x, "DeButLinear")
         if x.dim() == 0 or x.shape[-1] != self.in_features:
             raise ValueError(f"DeButLinear: the input's last dimension must be "
@@ -371,9 +419,9 @@ class DeButConv2d(_DeButBase):
     kernel_size: tuple[int, int]
     stride: tuple[int, int]
     dilation: tuple[int, int]
-    #: ``"same"``, ``"valid"`` or ``(ph, pw)``.
+    # ``"same"``, ``"valid"`` or ``(ph, pw)``.
     padding: str | tuple[int, int]
-    #: ``(left_w, right_w, top_h, bottom_h)``, the order ``F.pad`` takes.
+    # ``(left_w, right_w, top_h, bottom_h)``, the order ``F.pad`` takes.
     _pad: tuple[int, int, int, int]
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: Any,
@@ -447,6 +495,12 @@ class DeButConv2d(_DeButBase):
         return {"flatten": self.flatten, "kernel_size": self.kernel_size}
 
     def extra_repr(self) -> str:
+        """The constructor arguments shown by ``repr(layer)`` (defaults left out).
+
+        Returns
+        -------
+        str
+        """
         s = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
              f"stride={self.stride}")
         if self.padding not in ((0, 0), "valid"):
@@ -460,6 +514,26 @@ class DeButConv2d(_DeButBase):
         return s + f", flatten={self.flatten!r}, chain='{self.chain}'"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Apply the convolution.
+
+        Parameters
+        ----------
+        x : Tensor (N, in_channels, H, W) or (in_channels, H, W)
+            Same dtype and device as the layer's parameters.
+
+        Returns
+        -------
+        Tensor (N, out_channels, Ho, Wo) or (out_channels, Ho, Wo)
+            ``Ho``, ``Wo`` as for ``nn.Conv2d``.
+
+        Raises
+        ------
+        TypeError
+            If ``x`` is not a tensor or its dtype differs from the layer's.
+        ValueError
+            If ``x`` has the wrong shape, is on another device, or is smaller than the
+            dilated kernel after padding.
+        """
         self._check_input(x, "DeButConv2d")
         if x.dim() not in (3, 4) or x.shape[-3] != self.in_channels:
             raise ValueError(f"DeButConv2d: input must be (N, C, H, W) or (C, H, W) with "
