@@ -738,7 +738,7 @@ class TestSafetensors:
 
         monkeypatch.setattr(safetensors.numpy, "save", fail)
         with pytest.raises(RuntimeError, match="serialisation failed"):
-            DeBut.random(SMALL, seed=1).save(p)
+            db.save(DeBut.random(SMALL, seed=1), p)
         assert p.read_bytes() == before and [q.name for q in tmp_path.iterdir()] == [p.name]
 
     def _write(self, path, tensors, metadata):
