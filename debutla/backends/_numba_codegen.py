@@ -45,6 +45,17 @@ _GROUP_MAX = 4  # outputs per register-blocked group in the panel kernels
 _CHUNK = 4  # terms of the j-sum written out per statement
 _WIDE_MIN = 64  # r * s from which a t = 1 factor gets the wide panel micro-kernel
 _WIDE_CHUNK = 5  # at most this many terms per statement there
+# fused panel passes (several nesting factors per sweep of the tile; measured choices,
+# see benchmarks/README_kernels.md): pairs, not triples (a (2,2) triple holds 48
+# coefficients and spills: slower than pairs); only passes that can run in place
+# (as many outputs as inputs: the non-square VGG pairs ran 1.3x slower fused)
+_FUSE_MAX = 2  # most factors fused into one panel pass (1: no fusion, the old kernels)
+_FUSE_RS = 8  # factors with r * s up to this can be fused
+_FUSE_VALUES = 16  # most values alive at once in a fused pass (per column)
+_FUSE_COEFS = 48  # most coefficients of a fused pass per (block, k)
+_FUSE_SQUARE_ONLY = True  # fuse only groups that can run in place
+_CONST_W = True  # in-place passes: full tiles loop over a constant W columns
+_INPLACE_SINGLE = False  # single square factors stay ping-pong (not measured faster)
 
 _lock = threading.Lock()
 _modules: dict = {}
@@ -88,6 +99,9 @@ class _Src:
             return indent
         self.add(indent, f"for {var} in range({self.c(n)}):")
         return indent + 1
+
+
+_CONST_W = True
 
 
 def _sum_terms(terms: list[str]) -> str:
@@ -192,6 +206,181 @@ def _emit_factor_panel(S: _Src, ind: int, spec, vname: str, src: str, dst: str, 
             S.add(ind4, f"{dst}[o_ + {S.c(g * gstride_o)} + c_] {op} {_sum_terms(terms)}")
 
     _emit_jsum(S, ind3, s, chunk, C)
+
+
+def _nests(a, b) -> bool:
+    """Whether factor ``b`` applied after ``a`` works inside ``a``'s blocks.
+
+    True when ``t_b = r_a t_a`` and ``nb_a = nb_b s_b``: then, for each block ``B`` of
+    ``b`` and each ``k < t_a``, the ``s_a s_b`` inputs of ``a`` at features
+    ``(B s_b s_a + j) t_a + k`` produce the ``r_b r_a`` outputs of ``b`` at
+    ``(B r_b r_a + i) t_a + k`` without touching any other feature (an FFT-style radix
+    pass), so the two factors can run in one pass with the middle values in registers.
+    """
+    nba, ra, sa, ta = a
+    nbb, rb, sb, tb = b
+    return tb == ra * ta and nba == nbb * sb
+
+
+def _fusable(spec) -> bool:
+    nb, r, s, t = spec
+    return r * s <= _FUSE_RS and not _wide_t1(spec)
+
+
+def _group_cost(specs) -> tuple:
+    """``(values, coefficients)`` of a fused group: most values alive at once, and the
+    number of coefficients per ``(block, k)``."""
+    width = 1
+    for nb, r, s, t in specs:
+        width *= s
+    most, coefs = width, 0
+    for nb, r, s, t in specs:
+        width = width // s * r
+        coefs += width * s
+        most = max(most, width)
+    return most, coefs
+
+
+def panel_passes(shapes) -> list:
+    """Split a chain into panel passes: runs of nesting small factors fused (greedy).
+
+    Returns a list of ``(first, count)``; a pass of ``count > 1`` factors computes
+    them together, keeping the intermediate values in registers (see :func:`_nests`).
+    """
+    out, n, N = [], 0, len(shapes)
+    while n < N:
+        m = 1
+        if _fusable(shapes[n]):
+            while (n + m < N and m < _FUSE_MAX and _fusable(shapes[n + m])
+                   and _nests(shapes[n + m - 1], shapes[n + m])
+                   and _group_cost(shapes[n:n + m + 1])[0] <= _FUSE_VALUES
+                   and _group_cost(shapes[n:n + m + 1])[1] <= _FUSE_COEFS
+                   and (not _FUSE_SQUARE_ONLY or _in_place(shapes[n:n + m + 1]))):
+                m += 1
+        out.append((n, m))
+        n += m
+    return out
+
+
+def _emit_group_panel(S: _Src, ind: int, specs, vnames, src: str, dst: str, W: int,
+                      tag: str, inplace: bool = False) -> None:
+    """Nesting factors ``specs`` (application order) in one pass over a panel.
+
+    For each block ``B`` of the last factor and each ``k < t_1``, the ``prod s``
+    input rows are loaded once per column, every factor is applied in registers and the
+    ``prod r`` output rows are stored once: one read and one write of the panel instead
+    of one per factor.
+    """
+    m = len(specs)
+    nbm = specs[-1][0]
+    t1 = specs[0][3]
+    rs = [sp[1] for sp in specs]
+    ss = [sp[2] for sp in specs]
+    prod_s, prod_r = 1, 1
+    for r, s in zip(rs, ss):
+        prod_s *= s
+        prod_r *= r
+    B, k = f"B{tag}", f"k{tag}"
+    ind1 = S.loop(ind, B, nbm)
+    ind2 = S.loop(ind1, k, t1)
+    S.add(ind2, f"x_ = {S.mul(S.plus(S.mul(B, prod_s * t1), k), W)}")
+    S.add(ind2, f"o_ = {S.mul(S.plus(S.mul(B, prod_r * t1), k), W)}")
+    # coefficient bases: V_l[B (S_above r_l s_l t_l) + k + const]
+    for l, (nb, r, s, t) in enumerate(specs):
+        above = 1
+        for s2 in ss[l + 1:]:
+            above *= s2
+        S.add(ind2, f"v{l}_ = {S.plus(S.mul(B, above * r * s * t), k)}")
+
+    # coefficients, loaded before the column loop: factor l's value for block row i,
+    # column j at (high input digits jh, low output digits il) sits at
+    # v_l + jh r s t + (i s + j) t + il t_1
+    coef = {}
+    for l, (nb, r, s, t) in enumerate(specs):
+        nlo = 1
+        for v in rs[:l]:
+            nlo *= v
+        nhi = 1
+        for v in ss[l + 1:]:
+            nhi *= v
+        for jh in range(nhi):
+            for il in range(nlo):
+                for i in range(r):
+                    for j in range(s):
+                        name = f"w{l}_{jh}_{il}_{i}_{j}"
+                        coef[l, jh, il, i, j] = name
+                        off = jh * r * s * t + (i * s + j) * t + il * t1
+                        S.add(ind2, f"{name} = {vnames[l]}[v{l}_ + {S.c(off)}]")
+    # in place (outputs over inputs), a full tile runs a column loop of constant trip
+    # count W: LLVM then emits straight vector code with no alias checks or remainder
+    # loop (1.5x faster on the butterfly); a partial tile runs the same body over wr
+    if inplace and _CONST_W:
+        S.add(ind2, f"if wr == {S.c(W)}:")
+        _group_body(S, ind2 + 1, specs, coef, src, dst, W, S.c(W))
+        S.add(ind2, "else:")
+        _group_body(S, ind2 + 1, specs, coef, src, dst, W, "wr")
+    else:
+        _group_body(S, ind2, specs, coef, src, dst, W, "wr")
+
+
+def _group_body(S: _Src, ind: int, specs, coef: dict, src: str, dst: str, W: int,
+                trip: str) -> None:
+    """The column loop of :func:`_emit_group_panel`."""
+    m = len(specs)
+    t1 = specs[0][3]
+    rs = [sp[1] for sp in specs]
+    ss = [sp[2] for sp in specs]
+    prod_s = 1
+    for v in ss:
+        prod_s *= v
+    S.add(ind, f"for c_ in range({trip}):")
+    ind3 = ind + 1
+    cur = {}
+    for idx in range(prod_s):
+        cur[idx] = f"y0_{idx}"
+        S.add(ind3, f"y0_{idx} = {src}[x_ + {S.c(idx * t1 * W)} + c_]")
+    for l, (nb, r, s, t) in enumerate(specs):
+        nlo = 1
+        for v in rs[:l]:
+            nlo *= v
+        nhi = 1
+        for v in ss[l + 1:]:
+            nhi *= v
+        last = l == m - 1
+        new = {}
+        for jh in range(nhi):
+            for i in range(r):
+                for il in range(nlo):
+                    terms = [f"{coef[l, jh, il, i, j]} * {cur[(jh * s + j) * nlo + il]}"
+                             for j in range(s)]
+                    idx = (jh * r + i) * nlo + il
+                    if last:
+                        S.add(ind3, f"{dst}[o_ + {S.c(idx * t1 * W)} + c_] = "
+                                    f"{_sum_terms(terms)}")
+                    else:
+                        S.add(ind3, f"y{l + 1}_{idx} = {_sum_terms(terms)}")
+                        new[idx] = f"y{l + 1}_{idx}"
+        cur = new
+
+
+def _in_place(specs) -> bool:
+    """Whether a panel pass may write its outputs over its inputs.
+
+    True when it reads every input row of a ``(block, k)`` group before it writes any
+    output row, and the outputs land on the same rows: a fused group with as many
+    outputs as inputs, or one square factor computed in a single group (``G = r = s``).
+    """
+    if len(specs) > 1:
+        ins = outs = 1
+        for nb, r, s, t in specs:
+            ins *= s
+            outs *= r
+        return ins == outs
+    if not _INPLACE_SINGLE:
+        return False
+    nb, r, s, t = specs[0]
+    G, C = _panel_blocking(specs[0])
+    return r == s and G == r and s <= C + 1 and not _wide_t1(specs[0])
 
 
 def vec_transposed(spec) -> bool:
@@ -334,12 +523,22 @@ def generate_source(shapes: tuple, W: int) -> str:
     S.add(0, _DECOR)
     S.add(0, f"def chain_buf({vargs}, ba, bb, wr):")
     bufs = ("ba", "bb")
-    for n, spec in enumerate(shapes):
-        _emit_factor_panel(S, 1, spec, f"V{n}", bufs[n % 2], bufs[(n + 1) % 2], W, str(n))
+    cur = 0  # the buffer holding the current values
+    for n0, cnt in panel_passes(shapes):
+        inplace = _in_place(shapes[n0:n0 + cnt])
+        src, dst = bufs[cur], bufs[cur if inplace else 1 - cur]
+        if cnt == 1:
+            _emit_factor_panel(S, 1, shapes[n0], f"V{n0}", src, dst, W, str(n0))
+        else:
+            _emit_group_panel(S, 1, shapes[n0:n0 + cnt],
+                              [f"V{n}" for n in range(n0, n0 + cnt)], src, dst, W, str(n0),
+                              inplace)
+        if not inplace:
+            cur = 1 - cur
     S.add(1, "return")
     S.add(0, "")
-    result_in_a = N % 2 == 0
-    fin = "ba" if result_in_a else "bb"
+    result_in_a = cur == 0
+    fin = bufs[cur]
 
     # -- rows_tiles / cols_tiles: gather a tile features-major, chain, scatter -------
     Wc, Qc, Pc = S.c(W), S.c(Q), S.c(P)
