@@ -24,9 +24,14 @@ The roofline is ``max(bytes / bandwidth, 2 nnz k / peak)``, bytes = input + outp
 values, as in ``bench_apply.py``.
 
 ``--set NAME=VALUE`` overrides a constant of :mod:`debutla.backends._numba_codegen`
-(e.g. ``_FUSE_MAX=1`` switches the fused panel passes off) before any kernel is built,
-for the before/after figures of ``benchmarks/README_kernels.md``.  The load average
-is printed at the start and the end: quote it with any figure.
+(e.g. ``_FUSE_MAX=1`` switches the fused panel passes off) before any kernel is built.
+``--ab NAME=VALUE`` times two kernel modules in the same rounds, alternating: the
+generator's defaults (``new``) and the override (``old``); it calls the backend
+(``numba_.apply_rows``) directly, so the operator's Python overhead is left out of both,
+and reports ``old / new`` as the median over rounds of the paired time ratios: the
+figure to trust on a loaded machine, where separate runs minutes apart differ by more
+than most kernel changes.  The load average is printed at the start and the end: quote
+it with any figure.
 """
 
 from __future__ import annotations
@@ -103,13 +108,24 @@ def main(argv=None) -> int:
     ap.add_argument("--budget", type=float, default=0.4, help="seconds per kernel timing")
     ap.add_argument("--set", nargs="*", default=[], metavar="NAME=VALUE",
                     help="override _numba_codegen constants (A/B runs)")
+    ap.add_argument("--ab", nargs="*", default=[], metavar="NAME=VALUE",
+                    help="time the defaults against these overrides, alternating")
     ap.add_argument("--out", default=None, help="also write the table to this file")
     args = ap.parse_args(argv)
-    for item in args.set:
-        name, _, value = item.partition("=")
-        if not hasattr(cg, name):
-            ap.error(f"--set: _numba_codegen has no constant {name!r}")
-        setattr(cg, name, type(getattr(cg, name))(eval(value, {})))  # noqa: S307
+
+    def parse(items: list) -> dict:
+        out = {}
+        for item in items:
+            name, _, value = item.partition("=")
+            if not hasattr(cg, name):
+                ap.error(f"_numba_codegen has no constant {name!r}")
+            out[name] = type(getattr(cg, name))(eval(value, {}))  # noqa: S307
+        return out
+
+    for name, value in parse(args.set).items():
+        setattr(cg, name, value)
+    if args.ab:
+        return run_ab(args, parse(args.ab))
     threadpool_limits(limits=1, user_api="blas")
     nbk.set_num_threads(1)
     machine = Machine()
@@ -149,6 +165,80 @@ def main(argv=None) -> int:
         lines.append(f"| {cname} | {dtn} | {k} | {min(times) * 1e6:.1f} us | "
                      f"{statistics.median(times) * 1e6:.1f} us | {roof * 1e6:.1f} us | "
                      f"{min(times) / roof:.2f} | {same:.2f} |")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.out:
+        with open(args.out, "w") as fh:
+            fh.write(text)
+    return 0
+
+
+def _module_with(state, overrides: dict):
+    """The kernel module of ``state``'s chain built with ``overrides`` of the generator."""
+    saved = {k: getattr(cg, k) for k in overrides}
+    try:
+        for k, v in overrides.items():
+            setattr(cg, k, v)
+        cg._modules.clear()
+        return cg.kernel_module(state.shapes, state.W)
+    finally:
+        for k, v in saved.items():
+            setattr(cg, k, v)
+        cg._modules.clear()
+
+
+def run_ab(args, overrides: dict) -> int:
+    threadpool_limits(limits=1, user_api="blas")
+    nbk.set_num_threads(1)
+    machine = Machine()
+    rng = np.random.default_rng(0)
+    head = [f"# bench_kernels A/B: new = generator defaults, old = {overrides}",
+            f"load average at start: {os.getloadavg()}; {os.cpu_count()} cores; "
+            f"date {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}", ""]
+    print("\n".join(head), flush=True)
+    rows = []
+    for cname in args.chains:
+        for dtn in args.dtypes:
+            op = DeBut.random(CHAINS[cname], seed=1, dtype=dtn, backend="numba")
+            m, n = op.shape
+            states = {}
+            for label, ov in (("new", {}), ("old", overrides)):
+                st = nbk.prepare(op.factors)
+                st._mod = _module_with(st, ov)
+                states[label] = st
+            for k in args.batches:
+                X = rng.standard_normal((k, n)).astype(dtn)
+                Ys = {lb: np.empty((k, m), dtn) for lb in states}
+                for lb, st in states.items():
+                    nbk.apply_rows(st, None, X, out=Ys[lb])
+                scale = np.abs(Ys["old"]).max()
+                if np.abs(Ys["new"] - Ys["old"]).max() > 1e-3 * scale:
+                    raise AssertionError(f"{cname} {dtn} k={k}: variants disagree")
+                times = {lb: [] for lb in states}
+                peaks = []
+                for _ in range(args.rounds):
+                    peaks.append(machine.measure(dtn))
+                    for lb, st in states.items():
+                        Y = Ys[lb]
+                        times[lb].append(tmin(lambda: nbk.apply_rows(st, None, X, out=Y),
+                                              args.budget))
+                paired = statistics.median(o / nw for o, nw in zip(times["old"], times["new"]))
+                rows.append((cname, dtn, k, op, times, paired))
+                print(f"{cname:10s} {dtn:8s} k={k:5d}  new best {min(times['new']) * 1e6:9.1f} us"
+                      f"  old best {min(times['old']) * 1e6:9.1f} us  old/new x{paired:.2f}",
+                      flush=True)
+    lines = head + [
+        f"best machine figures of the run: copy {machine.best_bw / 1e9:.1f} GB/s, GEMM "
+        + ", ".join(f"{d} {p / 1e9:.0f} GFLOP/s" for d, p in machine.best_peak.items()),
+        f"load average at end: {os.getloadavg()}", "",
+        "| chain | dtype | batch | new best | old best | old / new (paired median) | "
+        "new x roofline (best machine) | old x roofline (best machine) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for cname, dtn, k, op, times, paired in rows:
+        roof = roofline(op, k, machine.best_bw, machine.best_peak[dtn])
+        tn, to = min(times["new"]), min(times["old"])
+        lines.append(f"| {cname} | {dtn} | {k} | {tn * 1e6:.1f} us | {to * 1e6:.1f} us | "
+                     f"{paired:.2f} | {tn / roof:.2f} | {to / roof:.2f} |")
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:

@@ -55,6 +55,7 @@ _FUSE_VALUES = 16  # most values alive at once in a fused pass (per column)
 _FUSE_COEFS = 48  # most coefficients of a fused pass per (block, k)
 _FUSE_SQUARE_ONLY = True  # fuse only groups that can run in place
 _CONST_W = True  # in-place passes: full tiles loop over a constant W columns
+_CONST_W_MIN = 16  # ... from this tile width (below it LLVM unrolls and scalarises)
 _INPLACE_SINGLE = False  # single square factors stay ping-pong (not measured faster)
 
 _lock = threading.Lock()
@@ -313,8 +314,10 @@ def _emit_group_panel(S: _Src, ind: int, specs, vnames, src: str, dst: str, W: i
                         S.add(ind2, f"{name} = {vnames[l]}[v{l}_ + {S.c(off)}]")
     # in place (outputs over inputs), a full tile runs a column loop of constant trip
     # count W: LLVM then emits straight vector code with no alias checks or remainder
-    # loop (1.5x faster on the butterfly); a partial tile runs the same body over wr
-    if inplace and _CONST_W:
+    # loop (1.5x faster on the butterfly); a partial tile runs the same body over wr.
+    # Below W = 16 LLVM unrolls the constant loop fully before vectorising it and the
+    # pass runs scalar (the float64 butterfly, W = 8: 3x slower), so wr is used there
+    if inplace and _CONST_W and W >= _CONST_W_MIN:
         S.add(ind2, f"if wr == {S.c(W)}:")
         _group_body(S, ind2 + 1, specs, coef, src, dst, W, S.c(W))
         S.add(ind2, "else:")
@@ -555,12 +558,16 @@ def generate_source(shapes: tuple, W: int) -> str:
         S.add(1, "for tl in range(np.uint64(t0), np.uint64(t1)):")
         S.add(2, f"c0 = tl * {Wc}")
         S.add(2, f"w = min({Wc}, ku - c0)")
-        S.add(2, f"if w < {Wc}:  # zero the padding of a partial tile")
-        S.add(3, f"ba[:{S.c(Q * W)}] = 0")
+        # a partial tile computes only its columns, rounded up to a vector (W / 4); the
+        # columns between w and wq are zeroed (not the whole block: for VGG at batch 16
+        # that was a 590 KB memset per call)
+        S.add(2, f"wq = (w + {S.c(W // 4 - 1)}) // {S.c(W // 4)} * {S.c(W // 4)}")
+        S.add(2, "if w < wq:")
+        S.add(3, f"for f in range({Qc}):")
+        S.add(4, "for c_ in range(w, wq):")
+        S.add(5, f"ba[f * {Wc} + c_] = 0")
         for line in gather:
             S.add(2, line)
-        # a partial tile computes only its columns, rounded up to a vector (W / 4)
-        S.add(2, f"wq = (w + {S.c(W // 4 - 1)}) // {S.c(W // 4)} * {S.c(W // 4)}")
         S.add(2, f"chain_buf({vargs}, ba, bb, min(wr, wq))")
         for line in scatter:
             S.add(2, line)
