@@ -91,6 +91,30 @@ class Machine:
         self.best_peak[dtype] = max(self.best_peak.get(dtype, 0.0), peak)
         return bw, peak
 
+    def summary(self) -> list:
+        return [f"best machine figures of the run: copy {self.best_bw / 1e9:.1f} GB/s, GEMM "
+                + ", ".join(f"{d} {p / 1e9:.0f} GFLOP/s" for d, p in self.best_peak.items()),
+                f"load average at end: {os.getloadavg()}", ""]
+
+
+def _start(title: str) -> tuple:
+    """Pin BLAS and the backend to one thread; the machine probe, a generator, a header."""
+    threadpool_limits(limits=1, user_api="blas")
+    nbk.set_num_threads(1)
+    head = [title, f"load average at start: {os.getloadavg()}; {os.cpu_count()} cores; "
+            f"date {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}", ""]
+    print("\n".join(head), flush=True)
+    return Machine(), np.random.default_rng(0), head
+
+
+def _finish(args, lines: list) -> int:
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.out:
+        with open(args.out, "w") as fh:
+            fh.write(text)
+    return 0
+
 
 def roofline(op: DeBut, k: int, bw: float, peak: float) -> float:
     m, n = op.shape
@@ -126,14 +150,7 @@ def main(argv=None) -> int:
         setattr(cg, name, value)
     if args.ab:
         return run_ab(args, parse(args.ab))
-    threadpool_limits(limits=1, user_api="blas")
-    nbk.set_num_threads(1)
-    machine = Machine()
-    rng = np.random.default_rng(0)
-    head = [f"# bench_kernels: {' '.join(sys.argv[1:]) or '(defaults)'}",
-            f"load average at start: {os.getloadavg()}; {os.cpu_count()} cores; "
-            f"date {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}", ""]
-    print("\n".join(head), flush=True)
+    machine, rng, head = _start(f"# bench_kernels: {' '.join(sys.argv[1:]) or '(defaults)'}")
     rows = []
     for cname in args.chains:
         for dtn in args.dtypes:
@@ -153,10 +170,7 @@ def main(argv=None) -> int:
                 print(f"{cname:10s} {dtn:8s} k={k:5d}  best {min(times) * 1e6:9.1f} us  "
                       f"median {statistics.median(times) * 1e6:9.1f} us  same-round "
                       f"x{statistics.median(ratios):.2f}", flush=True)
-    lines = head + [
-        f"best machine figures of the run: copy {machine.best_bw / 1e9:.1f} GB/s, GEMM "
-        + ", ".join(f"{d} {p / 1e9:.0f} GFLOP/s" for d, p in machine.best_peak.items()),
-        f"load average at end: {os.getloadavg()}", "",
+    lines = head + machine.summary() + [
         "| chain | dtype | batch | best | median | roofline (best machine) | "
         "x roofline (best) | x roofline (same round) |",
         "|---|---|---:|---:|---:|---:|---:|---:|"]
@@ -165,12 +179,7 @@ def main(argv=None) -> int:
         lines.append(f"| {cname} | {dtn} | {k} | {min(times) * 1e6:.1f} us | "
                      f"{statistics.median(times) * 1e6:.1f} us | {roof * 1e6:.1f} us | "
                      f"{min(times) / roof:.2f} | {same:.2f} |")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        with open(args.out, "w") as fh:
-            fh.write(text)
-    return 0
+    return _finish(args, lines)
 
 
 def _module_with(state, overrides: dict):
@@ -188,14 +197,8 @@ def _module_with(state, overrides: dict):
 
 
 def run_ab(args, overrides: dict) -> int:
-    threadpool_limits(limits=1, user_api="blas")
-    nbk.set_num_threads(1)
-    machine = Machine()
-    rng = np.random.default_rng(0)
-    head = [f"# bench_kernels A/B: new = generator defaults, old = {overrides}",
-            f"load average at start: {os.getloadavg()}; {os.cpu_count()} cores; "
-            f"date {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}", ""]
-    print("\n".join(head), flush=True)
+    machine, rng, head = _start(f"# bench_kernels A/B: new = generator defaults, "
+                                f"old = {overrides}")
     rows = []
     for cname in args.chains:
         for dtn in args.dtypes:
@@ -227,10 +230,7 @@ def run_ab(args, overrides: dict) -> int:
                 print(f"{cname:10s} {dtn:8s} k={k:5d}  new best {min(times['new']) * 1e6:9.1f} us"
                       f"  old best {min(times['old']) * 1e6:9.1f} us  old/new x{paired:.2f}",
                       flush=True)
-    lines = head + [
-        f"best machine figures of the run: copy {machine.best_bw / 1e9:.1f} GB/s, GEMM "
-        + ", ".join(f"{d} {p / 1e9:.0f} GFLOP/s" for d, p in machine.best_peak.items()),
-        f"load average at end: {os.getloadavg()}", "",
+    lines = head + machine.summary() + [
         "| chain | dtype | batch | new best | old best | old / new (paired median) | "
         "new x roofline (best machine) | old x roofline (best machine) |",
         "|---|---|---:|---:|---:|---:|---:|---:|"]
@@ -239,12 +239,7 @@ def run_ab(args, overrides: dict) -> int:
         tn, to = min(times["new"]), min(times["old"])
         lines.append(f"| {cname} | {dtn} | {k} | {tn * 1e6:.1f} us | {to * 1e6:.1f} us | "
                      f"{paired:.2f} | {tn / roof:.2f} | {to / roof:.2f} |")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        with open(args.out, "w") as fh:
-            fh.write(text)
-    return 0
+    return _finish(args, lines)
 
 
 if __name__ == "__main__":

@@ -16,23 +16,16 @@ import debutla.backends.numba_ as nbk
 from debutla import Chain, DeBut
 from debutla.backends import _numba_codegen as cg
 
-from strategies import assert_product_close, error_depth, random_values, reference
+from strategies import random_values
+from test_backends import _check, codegen  # noqa: F401  (codegen: a fixture)
 
 # a standard butterfly: (2,2,1) ... (2,2,32), fused into three in-place pairs
 BUTTERFLY_64 = str(Chain.butterfly(64))
 # a wide t = 1 input factor (never fused), a nesting square pair (fused), then a (2,4,4)
 # factor that nests too but would make the pass change the vector size (alone)
 MIXED = "8 <-(2,4,4)- 16 <-(2,2,2)- 16 <-(2,2,1)- 16 <-(8,9,1)- 18"
-
-
-@pytest.fixture
-def codegen():
-    saved = nbk.CODEGEN_MIN_NNZ, nbk.CODEGEN_MIN_WORK
-    nbk.CODEGEN_MIN_NNZ = nbk.CODEGEN_MIN_WORK = 0
-    try:
-        yield
-    finally:
-        nbk.CODEGEN_MIN_NNZ, nbk.CODEGEN_MIN_WORK = saved
+# radix-4: single (4,4,t) factors, each run as an in-place group pass
+RADIX4_256 = str(Chain.butterfly(256, radix=4))
 
 
 def _shapes(text: str) -> list:
@@ -61,23 +54,18 @@ def test_fused_source_has_in_place_constant_width_loops():
     assert src.count("for c_ in range(_u16):") == 3
     assert "bb[" not in src.split("def chain_buf")[1].split("def rows_tiles")[0]
     assert "RESULT_IN_A = True" in src
+    # radix-4 factors are not fused, but each runs in place like a group of one
+    src = cg.generate_source(tuple(_shapes(RADIX4_256)), 16)
+    body = src.split("def chain_buf")[1].split("def rows_tiles")[0]
+    assert body.count("for c_ in range(_u16):") == 4 and "bb[" not in body
 
 
-def _check(op, got, X, layout: str, what: str) -> None:
-    ref = reference(op)
-    bound_m = reference(op, absolute=True)
-    Xw = X.astype(np.complex128 if np.iscomplexobj(X) else np.float64)
-    if layout == "cols":
-        exp, bound = ref @ Xw, bound_m @ np.abs(Xw)
-    else:
-        exp, bound = Xw @ ref.T, np.abs(Xw) @ bound_m.T
-    assert_product_close(got, exp, bound, op.dtype, error_depth(op.chain), what)
-
-
-@pytest.mark.parametrize("text", [BUTTERFLY_64, MIXED], ids=["butterfly64", "mixed"])
+@pytest.mark.parametrize("text", [BUTTERFLY_64, MIXED, RADIX4_256],
+                         ids=["butterfly64", "mixed", "radix4"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, np.complex128],
                          ids=["float32", "float64", "complex128"])
-def test_fused_passes_match_dense(codegen, text, dtype):
+@pytest.mark.usefixtures("codegen")
+def test_fused_passes_match_dense(text, dtype):
     op = DeBut.random(text, seed=7, dtype=dtype, backend="numba")
     W = nbk.prepare(op.factors).W
     rng = np.random.default_rng(3)
@@ -93,7 +81,8 @@ def test_fused_passes_match_dense(codegen, text, dtype):
     _check(op.H, op.rmatmat(Z), Z, "cols", "rmatmat")
 
 
-def test_fused_passes_bitwise_equal_to_unfused(codegen, monkeypatch):
+@pytest.mark.usefixtures("codegen")
+def test_fused_passes_bitwise_equal_to_unfused(monkeypatch):
     """Fusing changes where intermediate values live, not the arithmetic."""
     op = DeBut.random(BUTTERFLY_64, seed=2, dtype=np.float64, backend="numba")
     st = nbk.prepare(op.factors)

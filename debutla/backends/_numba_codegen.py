@@ -15,9 +15,13 @@ Generated functions (all ``nogil``, ``cache=True``, compiled lazily per dtype):
 
 ``chain_buf(V0, ..., ba, bb)``
     Apply the whole chain to a ``W``-wide panel held features-major in ``ba``
-    (``ba[f * W + c]`` is feature ``f`` of panel column ``c``), ping-ponging between
-    ``ba`` and ``bb``.  The result lies in ``ba`` or ``bb`` (module constant
-    ``RESULT_IN_A``).
+    (``ba[f * W + c]`` is feature ``f`` of panel column ``c``) in passes
+    (:func:`panel_passes`): a pair of nesting factors whose pass maps as many inputs as
+    outputs (two ``(2,2,t)``, ``(2,2,2t)`` factors: a radix-4 step) runs as one in-place
+    pass with the middle values in registers, and so does a single radix-4 ``(4,4,t)``
+    factor; those passes loop over a constant ``W`` columns in full tiles.  Other
+    factors ping-pong between ``ba`` and ``bb``.  The result lies in ``ba`` or ``bb``
+    (module constant ``RESULT_IN_A``).
 ``rows_tiles(V0, ..., X, out, k, t0, t1, ba, bb)``
     ``out = X @ D.T`` for the tiles ``t0 .. t1-1`` of ``W`` rows of the flat row-major
     ``X`` (``k x Q``) and ``out`` (``k x P``): gather a tile transposed, ``chain_buf``,
@@ -57,6 +61,8 @@ _FUSE_SQUARE_ONLY = True  # fuse only groups that can run in place
 _CONST_W = True  # in-place passes: full tiles loop over a constant W columns
 _CONST_W_MIN = 16  # ... from this tile width (below it LLVM unrolls and scalarises)
 _INPLACE_SINGLE = False  # single square factors stay ping-pong (not measured faster)
+_SINGLE_GROUP_MIN = 16  # square single factors with r s in this range run as in-place
+_SINGLE_GROUP_MAX = 16  # ... group passes: the radix-4 (4,4,t) factors
 
 _lock = threading.Lock()
 _modules: dict = {}
@@ -229,8 +235,10 @@ def _fusable(spec) -> bool:
 
 
 def _group_cost(specs) -> tuple:
-    """``(values, coefficients)`` of a fused group: most values alive at once, and the
-    number of coefficients per ``(block, k)``."""
+    """``(values, coefficients)`` of a fused group.
+
+    The most values alive at once, and the number of coefficients per ``(block, k)``.
+    """
     width = 1
     for nb, r, s, t in specs:
         width *= s
@@ -263,6 +271,19 @@ def panel_passes(shapes) -> list:
     return out
 
 
+def _stage_digits(specs, f_: int) -> tuple:
+    """``(prod s after stage f_, prod r before it)`` in a fused group.
+
+    How many high input digits and low output digits index the values around stage f_.
+    """
+    nhi = nlo = 1
+    for nb, r, s, t in specs[f_ + 1:]:
+        nhi *= s
+    for nb, r, s, t in specs[:f_]:
+        nlo *= r
+    return nhi, nlo
+
+
 def _emit_group_panel(S: _Src, ind: int, specs, vnames, src: str, dst: str, W: int,
                       tag: str, inplace: bool = False) -> None:
     """Nesting factors ``specs`` (application order) in one pass over a panel.
@@ -272,7 +293,6 @@ def _emit_group_panel(S: _Src, ind: int, specs, vnames, src: str, dst: str, W: i
     ``prod r`` output rows are stored once: one read and one write of the panel instead
     of one per factor.
     """
-    m = len(specs)
     nbm = specs[-1][0]
     t1 = specs[0][3]
     rs = [sp[1] for sp in specs]
@@ -287,31 +307,26 @@ def _emit_group_panel(S: _Src, ind: int, specs, vnames, src: str, dst: str, W: i
     S.add(ind2, f"x_ = {S.mul(S.plus(S.mul(B, prod_s * t1), k), W)}")
     S.add(ind2, f"o_ = {S.mul(S.plus(S.mul(B, prod_r * t1), k), W)}")
     # coefficient bases: V_l[B (S_above r_l s_l t_l) + k + const]
-    for l, (nb, r, s, t) in enumerate(specs):
+    for f_, (nb, r, s, t) in enumerate(specs):
         above = 1
-        for s2 in ss[l + 1:]:
+        for s2 in ss[f_ + 1:]:
             above *= s2
-        S.add(ind2, f"v{l}_ = {S.plus(S.mul(B, above * r * s * t), k)}")
+        S.add(ind2, f"v{f_}_ = {S.plus(S.mul(B, above * r * s * t), k)}")
 
-    # coefficients, loaded before the column loop: factor l's value for block row i,
+    # coefficients, loaded before the column loop: factor f_'s value for block row i,
     # column j at (high input digits jh, low output digits il) sits at
     # v_l + jh r s t + (i s + j) t + il t_1
     coef = {}
-    for l, (nb, r, s, t) in enumerate(specs):
-        nlo = 1
-        for v in rs[:l]:
-            nlo *= v
-        nhi = 1
-        for v in ss[l + 1:]:
-            nhi *= v
+    for f_, (nb, r, s, t) in enumerate(specs):
+        nhi, nlo = _stage_digits(specs, f_)
         for jh in range(nhi):
             for il in range(nlo):
                 for i in range(r):
                     for j in range(s):
-                        name = f"w{l}_{jh}_{il}_{i}_{j}"
-                        coef[l, jh, il, i, j] = name
+                        name = f"w{f_}_{jh}_{il}_{i}_{j}"
+                        coef[f_, jh, il, i, j] = name
                         off = jh * r * s * t + (i * s + j) * t + il * t1
-                        S.add(ind2, f"{name} = {vnames[l]}[v{l}_ + {S.c(off)}]")
+                        S.add(ind2, f"{name} = {vnames[f_]}[v{f_}_ + {S.c(off)}]")
     # in place (outputs over inputs), a full tile runs a column loop of constant trip
     # count W: LLVM then emits straight vector code with no alias checks or remainder
     # loop (1.5x faster on the butterfly); a partial tile runs the same body over wr.
@@ -331,39 +346,42 @@ def _group_body(S: _Src, ind: int, specs, coef: dict, src: str, dst: str, W: int
     """The column loop of :func:`_emit_group_panel`."""
     m = len(specs)
     t1 = specs[0][3]
-    rs = [sp[1] for sp in specs]
-    ss = [sp[2] for sp in specs]
     prod_s = 1
-    for v in ss:
-        prod_s *= v
+    for sp in specs:
+        prod_s *= sp[2]
     S.add(ind, f"for c_ in range({trip}):")
     ind3 = ind + 1
     cur = {}
     for idx in range(prod_s):
         cur[idx] = f"y0_{idx}"
         S.add(ind3, f"y0_{idx} = {src}[x_ + {S.c(idx * t1 * W)} + c_]")
-    for l, (nb, r, s, t) in enumerate(specs):
-        nlo = 1
-        for v in rs[:l]:
-            nlo *= v
-        nhi = 1
-        for v in ss[l + 1:]:
-            nhi *= v
-        last = l == m - 1
+    for f_, (nb, r, s, t) in enumerate(specs):
+        nhi, nlo = _stage_digits(specs, f_)
+        last = f_ == m - 1
         new = {}
         for jh in range(nhi):
             for i in range(r):
                 for il in range(nlo):
-                    terms = [f"{coef[l, jh, il, i, j]} * {cur[(jh * s + j) * nlo + il]}"
+                    terms = [f"{coef[f_, jh, il, i, j]} * {cur[(jh * s + j) * nlo + il]}"
                              for j in range(s)]
                     idx = (jh * r + i) * nlo + il
                     if last:
                         S.add(ind3, f"{dst}[o_ + {S.c(idx * t1 * W)} + c_] = "
                                     f"{_sum_terms(terms)}")
                     else:
-                        S.add(ind3, f"y{l + 1}_{idx} = {_sum_terms(terms)}")
-                        new[idx] = f"y{l + 1}_{idx}"
+                        S.add(ind3, f"y{f_ + 1}_{idx} = {_sum_terms(terms)}")
+                        new[idx] = f"y{f_ + 1}_{idx}"
         cur = new
+
+
+def _single_as_group(spec) -> bool:
+    """Whether one square factor runs as an in-place group pass (radix-4 ``(4,4,t)``).
+
+    Its ``s`` input rows are all loaded before its ``r`` output rows are stored, so it
+    can run in place with the constant-width column loop of the fused passes.
+    """
+    nb, r, s, t = spec
+    return r == s and _SINGLE_GROUP_MIN <= r * s <= _SINGLE_GROUP_MAX and not _wide_t1(spec)
 
 
 def _in_place(specs) -> bool:
@@ -464,9 +482,10 @@ def _transpose_lines(S: _Src, kind: str, L: int, W: int, fin: str) -> list[str]:
     """Lines moving a tile of ``w`` rows between row-major and features-major.
 
     ``gather``: ``ba[f * W + c] = X[(c0 + c) * L + f]``; ``scatter``:
-    ``out[(c0 + c) * L + f] = fin[f * W + c]``.  A full tile moves in ``4 x 4`` blocks
-    (written out, so LLVM turns them into vector loads, shuffles and stores: about 3x
-    faster than element-wise strided copies); a partial tile element by element.
+    ``out[(c0 + c) * L + f] = fin[f * W + c]``.  Rows move in ``4 x 4`` blocks (written
+    out; Numba runs LLVM without its SLP vectoriser, so these are scalar moves, but in
+    an order about 3x faster than element-wise strided copies), partial tiles included;
+    the last ``w % 4`` rows of a partial tile element by element.
     """
     Wc, Lc, B = S.c(W), S.c(L), _TB
     L4 = L - L % B
@@ -476,7 +495,7 @@ def _transpose_lines(S: _Src, kind: str, L: int, W: int, fin: str) -> list[str]:
             return f"ba[({f}) * {Wc} + {c}] = X[{row} + {f}]"
         return f"out[{row} + {f}] = {fin}[({f}) * {Wc} + {c}]"
 
-    out = [f"if w == {Wc}:", f"    for cb in range({S.c(0)}, {Wc}, {S.c(B)}):"]
+    out = [f"    for cb in range({S.c(0)}, w - w % {S.c(B)}, {S.c(B)}):"]
     for i in range(B):
         out.append(f"        rb{i} = (c0 + cb + {S.c(i)}) * {Lc}")
     if L4:
@@ -495,8 +514,9 @@ def _transpose_lines(S: _Src, kind: str, L: int, W: int, fin: str) -> list[str]:
         out.append(f"        for f in range({S.c(L4)}, {Lc}):")
         for i in range(B):
             out.append("            " + mv(f"rb{i}", "f", f"cb + {S.c(i)}"))
-    out += ["else:", "    for c_ in range(w):", f"        rb = (c0 + c_) * {Lc}",
-            f"        for f in range({Lc}):", "            " + mv("rb", "f", "c_")]
+    out = [line[4:] for line in out]  # the block loop above is written one level deep
+    out += [f"for c_ in range(w - w % {S.c(B)}, w):", f"    rb = (c0 + c_) * {Lc}",
+            f"    for f in range({Lc}):", "        " + mv("rb", "f", "c_")]
     return out
 
 
@@ -528,9 +548,10 @@ def generate_source(shapes: tuple, W: int) -> str:
     bufs = ("ba", "bb")
     cur = 0  # the buffer holding the current values
     for n0, cnt in panel_passes(shapes):
-        inplace = _in_place(shapes[n0:n0 + cnt])
+        single_group = cnt == 1 and _single_as_group(shapes[n0])
+        inplace = single_group or _in_place(shapes[n0:n0 + cnt])
         src, dst = bufs[cur], bufs[cur if inplace else 1 - cur]
-        if cnt == 1:
+        if cnt == 1 and not single_group:
             _emit_factor_panel(S, 1, shapes[n0], f"V{n0}", src, dst, W, str(n0))
         else:
             _emit_group_panel(S, 1, shapes[n0:n0 + cnt],
