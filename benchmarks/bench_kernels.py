@@ -188,12 +188,12 @@ def _module_with(state, overrides: dict):
     try:
         for k, v in overrides.items():
             setattr(cg, k, v)
-        cg._modules.clear()
+        getattr(cg, "_modules", {}).clear()  # per-process table, where there is one
         return cg.kernel_module(state.shapes, state.W)
     finally:
         for k, v in saved.items():
             setattr(cg, k, v)
-        cg._modules.clear()
+        getattr(cg, "_modules", {}).clear()  # per-process table, where there is one
 
 
 def run_ab(args, overrides: dict) -> int:
