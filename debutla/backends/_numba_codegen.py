@@ -15,9 +15,13 @@ Generated functions (all ``nogil``, ``cache=True``, compiled lazily per dtype):
 
 ``chain_buf(V0, ..., ba, bb)``
     Apply the whole chain to a ``W``-wide panel held features-major in ``ba``
-    (``ba[f * W + c]`` is feature ``f`` of panel column ``c``), ping-ponging between
-    ``ba`` and ``bb``.  The result lies in ``ba`` or ``bb`` (module constant
-    ``RESULT_IN_A``).
+    (``ba[f * W + c]`` is feature ``f`` of panel column ``c``) in passes
+    (:func:`panel_passes`): a pair of nesting factors whose pass maps as many inputs as
+    outputs (two ``(2,2,t)``, ``(2,2,2t)`` factors: a radix-4 step) runs as one in-place
+    pass with the middle values in registers, and so does a single radix-4 ``(4,4,t)``
+    factor; those passes loop over a constant ``W`` columns in full tiles.  Other
+    factors ping-pong between ``ba`` and ``bb``.  The result lies in ``ba`` or ``bb``
+    (module constant ``RESULT_IN_A``).
 ``rows_tiles(V0, ..., X, out, k, t0, t1, ba, bb, wr, xn)``
     ``out = X @ D.T`` for the tiles ``t0 .. t1-1`` of ``W`` rows of the flat row-major
     ``X`` (``k x xn``, ``xn <= Q``: missing features are zeros, no padded copy) and
@@ -34,12 +38,26 @@ from __future__ import annotations
 
 from . import _cache
 
-GENERATOR_VERSION = "5"
+GENERATOR_VERSION = "6"
 _OPAQUE_T = 4  # per-row kernels: inner loops over t >= this get an opaque trip count
 _GROUP_MAX = 4  # outputs per register-blocked group in the panel kernels
 _CHUNK = 4  # terms of the j-sum written out per statement
 _WIDE_MIN = 64  # r * s from which a t = 1 factor gets the wide panel micro-kernel
 _WIDE_CHUNK = 5  # at most this many terms per statement there
+# fused panel passes (several nesting factors per sweep of the tile; measured choices,
+# see benchmarks/README_kernels.md): pairs, not triples (a (2,2) triple holds 48
+# coefficients and spills: slower than pairs); only passes that can run in place
+# (as many outputs as inputs: the non-square VGG pairs ran 1.3x slower fused)
+_FUSE_MAX = 2  # most factors fused into one panel pass (1: no fusion, the old kernels)
+_FUSE_RS = 8  # factors with r * s up to this can be fused
+_FUSE_VALUES = 16  # most values alive at once in a fused pass (per column)
+_FUSE_COEFS = 48  # most coefficients of a fused pass per (block, k)
+_FUSE_SQUARE_ONLY = True  # fuse only groups that can run in place
+_CONST_W = True  # in-place passes: full tiles loop over a constant W columns
+_CONST_W_MIN = 16  # ... from this tile width (below it LLVM unrolls and scalarises)
+_INPLACE_SINGLE = False  # single square factors stay ping-pong (not measured faster)
+_SINGLE_GROUP_MIN = 16  # square single factors with r s in this range run as in-place
+_SINGLE_GROUP_MAX = 16  # ... group passes: the radix-4 (4,4,t) factors
 
 class _Src:
     """Accumulates source lines and the uint64 constants they use."""
@@ -79,6 +97,9 @@ class _Src:
             return indent
         self.add(indent, f"for {var} in range({self.c(n)}):")
         return indent + 1
+
+
+_CONST_W = True
 
 
 def _sum_terms(terms: list[str]) -> str:
@@ -185,6 +206,195 @@ def _emit_factor_panel(S: _Src, ind: int, spec, vname: str, src: str, dst: str, 
     _emit_jsum(S, ind3, s, chunk, C)
 
 
+def _nests(a, b) -> bool:
+    """Whether factor ``b`` applied after ``a`` works inside ``a``'s blocks.
+
+    True when ``t_b = r_a t_a`` and ``nb_a = nb_b s_b``: then, for each block ``B`` of
+    ``b`` and each ``k < t_a``, the ``s_a s_b`` inputs of ``a`` at features
+    ``(B s_b s_a + j) t_a + k`` produce the ``r_b r_a`` outputs of ``b`` at
+    ``(B r_b r_a + i) t_a + k`` without touching any other feature (an FFT-style radix
+    pass), so the two factors can run in one pass with the middle values in registers.
+    """
+    nba, ra, sa, ta = a
+    nbb, rb, sb, tb = b
+    return tb == ra * ta and nba == nbb * sb
+
+
+def _fusable(spec) -> bool:
+    nb, r, s, t = spec
+    return r * s <= _FUSE_RS and not _wide_t1(spec)
+
+
+def _group_cost(specs) -> tuple:
+    """``(values, coefficients)`` of a fused group.
+
+    The most values alive at once, and the number of coefficients per ``(block, k)``.
+    """
+    width = 1
+    for nb, r, s, t in specs:
+        width *= s
+    most, coefs = width, 0
+    for nb, r, s, t in specs:
+        width = width // s * r
+        coefs += width * s
+        most = max(most, width)
+    return most, coefs
+
+
+def panel_passes(shapes) -> list:
+    """Split a chain into panel passes: runs of nesting small factors fused (greedy).
+
+    Returns a list of ``(first, count)``; a pass of ``count > 1`` factors computes
+    them together, keeping the intermediate values in registers (see :func:`_nests`).
+    """
+    out, n, N = [], 0, len(shapes)
+    while n < N:
+        m = 1
+        if _fusable(shapes[n]):
+            while (n + m < N and m < _FUSE_MAX and _fusable(shapes[n + m])
+                   and _nests(shapes[n + m - 1], shapes[n + m])
+                   and _group_cost(shapes[n:n + m + 1])[0] <= _FUSE_VALUES
+                   and _group_cost(shapes[n:n + m + 1])[1] <= _FUSE_COEFS
+                   and (not _FUSE_SQUARE_ONLY or _in_place(shapes[n:n + m + 1]))):
+                m += 1
+        out.append((n, m))
+        n += m
+    return out
+
+
+def _stage_digits(specs, f_: int) -> tuple:
+    """``(prod s after stage f_, prod r before it)`` in a fused group.
+
+    How many high input digits and low output digits index the values around stage f_.
+    """
+    nhi = nlo = 1
+    for nb, r, s, t in specs[f_ + 1:]:
+        nhi *= s
+    for nb, r, s, t in specs[:f_]:
+        nlo *= r
+    return nhi, nlo
+
+
+def _emit_group_panel(S: _Src, ind: int, specs, vnames, src: str, dst: str, W: int,
+                      tag: str, inplace: bool = False) -> None:
+    """Nesting factors ``specs`` (application order) in one pass over a panel.
+
+    For each block ``B`` of the last factor and each ``k < t_1``, the ``prod s``
+    input rows are loaded once per column, every factor is applied in registers and the
+    ``prod r`` output rows are stored once: one read and one write of the panel instead
+    of one per factor.
+    """
+    nbm = specs[-1][0]
+    t1 = specs[0][3]
+    rs = [sp[1] for sp in specs]
+    ss = [sp[2] for sp in specs]
+    prod_s, prod_r = 1, 1
+    for r, s in zip(rs, ss):
+        prod_s *= s
+        prod_r *= r
+    B, k = f"B{tag}", f"k{tag}"
+    ind1 = S.loop(ind, B, nbm)
+    ind2 = S.loop(ind1, k, t1)
+    S.add(ind2, f"x_ = {S.mul(S.plus(S.mul(B, prod_s * t1), k), W)}")
+    S.add(ind2, f"o_ = {S.mul(S.plus(S.mul(B, prod_r * t1), k), W)}")
+    # coefficient bases: V_l[B (S_above r_l s_l t_l) + k + const]
+    for f_, (nb, r, s, t) in enumerate(specs):
+        above = 1
+        for s2 in ss[f_ + 1:]:
+            above *= s2
+        S.add(ind2, f"v{f_}_ = {S.plus(S.mul(B, above * r * s * t), k)}")
+
+    # coefficients, loaded before the column loop: factor f_'s value for block row i,
+    # column j at (high input digits jh, low output digits il) sits at
+    # v_l + jh r s t + (i s + j) t + il t_1
+    coef = {}
+    for f_, (nb, r, s, t) in enumerate(specs):
+        nhi, nlo = _stage_digits(specs, f_)
+        for jh in range(nhi):
+            for il in range(nlo):
+                for i in range(r):
+                    for j in range(s):
+                        name = f"w{f_}_{jh}_{il}_{i}_{j}"
+                        coef[f_, jh, il, i, j] = name
+                        off = jh * r * s * t + (i * s + j) * t + il * t1
+                        S.add(ind2, f"{name} = {vnames[f_]}[v{f_}_ + {S.c(off)}]")
+    # in place (outputs over inputs), a full tile runs a column loop of constant trip
+    # count W: LLVM then emits straight vector code with no alias checks or remainder
+    # loop (1.5x faster on the butterfly); a partial tile runs the same body over wr.
+    # Below W = 16 LLVM unrolls the constant loop fully before vectorising it and the
+    # pass runs scalar (the float64 butterfly, W = 8: 3x slower), so wr is used there
+    if inplace and _CONST_W and W >= _CONST_W_MIN:
+        S.add(ind2, f"if wr == {S.c(W)}:")
+        _group_body(S, ind2 + 1, specs, coef, src, dst, W, S.c(W))
+        S.add(ind2, "else:")
+        _group_body(S, ind2 + 1, specs, coef, src, dst, W, "wr")
+    else:
+        _group_body(S, ind2, specs, coef, src, dst, W, "wr")
+
+
+def _group_body(S: _Src, ind: int, specs, coef: dict, src: str, dst: str, W: int,
+                trip: str) -> None:
+    """The column loop of :func:`_emit_group_panel`."""
+    m = len(specs)
+    t1 = specs[0][3]
+    prod_s = 1
+    for sp in specs:
+        prod_s *= sp[2]
+    S.add(ind, f"for c_ in range({trip}):")
+    ind3 = ind + 1
+    cur = {}
+    for idx in range(prod_s):
+        cur[idx] = f"y0_{idx}"
+        S.add(ind3, f"y0_{idx} = {src}[x_ + {S.c(idx * t1 * W)} + c_]")
+    for f_, (nb, r, s, t) in enumerate(specs):
+        nhi, nlo = _stage_digits(specs, f_)
+        last = f_ == m - 1
+        new = {}
+        for jh in range(nhi):
+            for i in range(r):
+                for il in range(nlo):
+                    terms = [f"{coef[f_, jh, il, i, j]} * {cur[(jh * s + j) * nlo + il]}"
+                             for j in range(s)]
+                    idx = (jh * r + i) * nlo + il
+                    if last:
+                        S.add(ind3, f"{dst}[o_ + {S.c(idx * t1 * W)} + c_] = "
+                                    f"{_sum_terms(terms)}")
+                    else:
+                        S.add(ind3, f"y{f_ + 1}_{idx} = {_sum_terms(terms)}")
+                        new[idx] = f"y{f_ + 1}_{idx}"
+        cur = new
+
+
+def _single_as_group(spec) -> bool:
+    """Whether one square factor runs as an in-place group pass (radix-4 ``(4,4,t)``).
+
+    Its ``s`` input rows are all loaded before its ``r`` output rows are stored, so it
+    can run in place with the constant-width column loop of the fused passes.
+    """
+    nb, r, s, t = spec
+    return r == s and _SINGLE_GROUP_MIN <= r * s <= _SINGLE_GROUP_MAX and not _wide_t1(spec)
+
+
+def _in_place(specs) -> bool:
+    """Whether a panel pass may write its outputs over its inputs.
+
+    True when it reads every input row of a ``(block, k)`` group before it writes any
+    output row, and the outputs land on the same rows: a fused group with as many
+    outputs as inputs, or one square factor computed in a single group (``G = r = s``).
+    """
+    if len(specs) > 1:
+        ins = outs = 1
+        for nb, r, s, t in specs:
+            ins *= s
+            outs *= r
+        return ins == outs
+    if not _INPLACE_SINGLE:
+        return False
+    nb, r, s, t = specs[0]
+    G, C = _panel_blocking(specs[0])
+    return r == s and G == r and s <= C + 1 and not _wide_t1(specs[0])
+
+
 def vec_transposed(spec) -> bool:
     """Whether the per-row kernel wants this factor's values as ``(nb, s, r)``.
 
@@ -263,9 +473,10 @@ def _transpose_lines(S: _Src, kind: str, L: int, W: int, fin: str) -> list[str]:
     """Lines moving a tile of ``w`` rows between row-major and features-major.
 
     ``gather``: ``ba[f * W + c] = X[(c0 + c) * L + f]``; ``scatter``:
-    ``out[(c0 + c) * L + f] = fin[f * W + c]``.  A full tile moves in ``4 x 4`` blocks
-    (written out, so LLVM turns them into vector loads, shuffles and stores: about 3x
-    faster than element-wise strided copies); a partial tile element by element.
+    ``out[(c0 + c) * L + f] = fin[f * W + c]``.  Rows move in ``4 x 4`` blocks (written
+    out; Numba runs LLVM without its SLP vectoriser, so these are scalar moves, but in
+    an order about 3x faster than element-wise strided copies), partial tiles included;
+    the last ``w % 4`` rows of a partial tile element by element.
     """
     Wc, Lc, B = S.c(W), S.c(L), _TB
     L4 = L - L % B
@@ -275,7 +486,7 @@ def _transpose_lines(S: _Src, kind: str, L: int, W: int, fin: str) -> list[str]:
             return f"ba[({f}) * {Wc} + {c}] = X[{row} + {f}]"
         return f"out[{row} + {f}] = {fin}[({f}) * {Wc} + {c}]"
 
-    out = [f"if w == {Wc}:", f"    for cb in range({S.c(0)}, {Wc}, {S.c(B)}):"]
+    out = [f"    for cb in range({S.c(0)}, w - w % {S.c(B)}, {S.c(B)}):"]
     for i in range(B):
         out.append(f"        rb{i} = (c0 + cb + {S.c(i)}) * {Lc}")
     if L4:
@@ -294,8 +505,9 @@ def _transpose_lines(S: _Src, kind: str, L: int, W: int, fin: str) -> list[str]:
         out.append(f"        for f in range({S.c(L4)}, {Lc}):")
         for i in range(B):
             out.append("            " + mv(f"rb{i}", "f", f"cb + {S.c(i)}"))
-    out += ["else:", "    for c_ in range(w):", f"        rb = (c0 + c_) * {Lc}",
-            f"        for f in range({Lc}):", "            " + mv("rb", "f", "c_")]
+    out = [line[4:] for line in out]  # the block loop above is written one level deep
+    out += [f"for c_ in range(w - w % {S.c(B)}, w):", f"    rb = (c0 + c_) * {Lc}",
+            f"    for f in range({Lc}):", "        " + mv("rb", "f", "c_")]
     return out
 
 
@@ -325,12 +537,23 @@ def generate_source(shapes: tuple, W: int) -> str:
     S.add(0, _DECOR)
     S.add(0, f"def chain_buf({vargs}, ba, bb, wr):")
     bufs = ("ba", "bb")
-    for n, spec in enumerate(shapes):
-        _emit_factor_panel(S, 1, spec, f"V{n}", bufs[n % 2], bufs[(n + 1) % 2], W, str(n))
+    cur = 0  # the buffer holding the current values
+    for n0, cnt in panel_passes(shapes):
+        single_group = cnt == 1 and _single_as_group(shapes[n0])
+        inplace = single_group or _in_place(shapes[n0:n0 + cnt])
+        src, dst = bufs[cur], bufs[cur if inplace else 1 - cur]
+        if cnt == 1 and not single_group:
+            _emit_factor_panel(S, 1, shapes[n0], f"V{n0}", src, dst, W, str(n0))
+        else:
+            _emit_group_panel(S, 1, shapes[n0:n0 + cnt],
+                              [f"V{n}" for n in range(n0, n0 + cnt)], src, dst, W, str(n0),
+                              inplace)
+        if not inplace:
+            cur = 1 - cur
     S.add(1, "return")
     S.add(0, "")
-    result_in_a = N % 2 == 0
-    fin = "ba" if result_in_a else "bb"
+    result_in_a = cur == 0
+    fin = bufs[cur]
 
     # -- rows_tiles / cols_tiles: gather a tile features-major, chain, scatter -------
     Wc, Qc, Pc = S.c(W), S.c(Q), S.c(P)
@@ -348,11 +571,12 @@ def generate_source(shapes: tuple, W: int) -> str:
         S.add(1, "for tl in range(np.uint64(t0), np.uint64(t1)):")
         S.add(2, f"c0 = tl * {Wc}")
         S.add(2, f"w = min({Wc}, ku - c0)")
-        S.add(2, f"if w < {Wc} or xu < {Qc}:  # zero the padding of a partial tile")
-        S.add(3, f"ba[:{S.c(Q * W)}] = 0")
-        # an input with xn < Q features (the rest are zeros): gathered element-wise from
-        # its own layout, no padded copy of the input
+        # a partial tile computes only its columns, rounded up to a vector (W / 4)
+        S.add(2, f"wq = (w + {S.c(W // 4 - 1)}) // {S.c(W // 4)} * {S.c(W // 4)}")
+        # an input with xn < Q features (the rest are zeros): the block is zeroed and the
+        # input gathered element-wise from its own layout, no padded copy of the input
         S.add(2, f"if xu < {Qc}:")
+        S.add(3, f"ba[:{S.c(Q * W)}] = 0")
         if fname == "rows_tiles":
             S.add(3, "for c_ in range(w):")
             S.add(4, "rb = (c0 + c_) * xu")
@@ -365,10 +589,14 @@ def generate_source(shapes: tuple, W: int) -> str:
             S.add(4, "for c_ in range(w):")
             S.add(5, "ba[fb + c_] = X[xb + c_]")
         S.add(2, "else:")
+        # full inputs: only the columns between w and wq are zeroed (not the whole
+        # block: for VGG at batch 16 that was a 590 KB memset per call)
+        S.add(3, "if w < wq:")
+        S.add(4, f"for f in range({Qc}):")
+        S.add(5, "for c_ in range(w, wq):")
+        S.add(6, f"ba[f * {Wc} + c_] = 0")
         for line in gather:
             S.add(3, line)
-        # a partial tile computes only its columns, rounded up to a vector (W / 4)
-        S.add(2, f"wq = (w + {S.c(W // 4 - 1)}) // {S.c(W // 4)} * {S.c(W // 4)}")
         S.add(2, f"chain_buf({vargs}, ba, bb, min(wr, wq))")
         for line in scatter:
             S.add(2, line)

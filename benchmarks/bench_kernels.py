@@ -1,0 +1,246 @@
+"""Kernel benchmark: the Numba backend's time as a multiple of the roofline, per chain,
+batch and dtype, with the machine re-measured next to every case.
+
+Usage::
+
+    python benchmarks/bench_kernels.py                       # 5 chains x f32/f64 x 1/16/256
+    python benchmarks/bench_kernels.py --chains butterfly --batches 256 --dtypes float32
+    python benchmarks/bench_kernels.py --set _FUSE_MAX=1     # A/B a generator constant
+
+Where ``bench_apply.py`` compares contenders, this script answers one question: how far
+is ``op.matmat_rows(X, out=Y)`` (Numba backend, one thread, BLAS pinned to one thread
+with ``threadpoolctl``) from the limit of this machine?  On a shared machine the limit
+moves with the load, so each case runs ``--rounds`` rounds; a round measures
+
+* the copy bandwidth (a 64 MiB ``np.copyto``, min of 5) and the one-thread GEMM peak of
+  the case's dtype (a 512^3 ``A @ A``, min of 20), then
+* the kernel (min over a ``--budget`` second loop),
+
+and reports the kernel's best time, its median over rounds, and two roofline ratios:
+``best`` (best kernel time over the roofline from the best machine figures of the whole
+run: the strict one) and ``same-round`` (median over rounds of kernel time over the
+roofline measured in the same round: what the kernel gets out of the machine it had).
+The roofline is ``max(bytes / bandwidth, 2 nnz k / peak)``, bytes = input + output +
+values, as in ``bench_apply.py``.
+
+``--set NAME=VALUE`` overrides a constant of :mod:`debutla.backends._numba_codegen`
+(e.g. ``_FUSE_MAX=1`` switches the fused panel passes off) before any kernel is built.
+``--ab NAME=VALUE`` times two kernel modules in the same rounds, alternating: the
+generator's defaults (``new``) and the override (``old``); it calls the backend
+(``numba_.apply_rows``) directly, so the operator's Python overhead is left out of both,
+and reports ``old / new`` as the median over rounds of the paired time ratios: the
+figure to trust on a loaded machine, where separate runs minutes apart differ by more
+than most kernel changes.  The load average is printed at the start and the end: quote
+it with any figure.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import argparse  # noqa: E402
+import statistics  # noqa: E402
+import time  # noqa: E402
+
+import numpy as np  # noqa: E402
+from threadpoolctl import threadpool_limits  # noqa: E402
+
+import debutla.backends.numba_ as nbk  # noqa: E402
+from debutla import PAPER_CHAINS, Chain, DeBut  # noqa: E402
+from debutla.backends import _numba_codegen as cg  # noqa: E402
+
+CHAINS = {
+    "lenet": PAPER_CHAINS["lenet_fc1_mono2"],
+    "vgg": PAPER_CHAINS["vgg_512x4608_mono"],
+    "resnet": PAPER_CHAINS["resnet50_layer4"],
+    "butterfly": str(Chain.butterfly(4096)),
+    "radix4": str(Chain.butterfly(4096, radix=4)),
+}
+
+
+def tmin(fn, budget: float, min_reps: int = 5) -> float:
+    """Least seconds per call of ``fn`` over a ``budget`` loop (one warm-up call)."""
+    fn()
+    best, n, t_end = float("inf"), 0, time.perf_counter() + budget
+    while n < min_reps or time.perf_counter() < t_end:
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+        n += 1
+    return best
+
+
+class Machine:
+    """Copy bandwidth and one-thread GEMM peak, re-measured on demand."""
+
+    def __init__(self) -> None:
+        self.a = np.ones(16 * 2**20, np.float32)  # 64 MiB
+        self.b = np.empty_like(self.a)
+        self.mats = {dt: np.ones((512, 512), dt) for dt in ("float32", "float64")}
+        self.best_bw = 0.0
+        self.best_peak: dict = {}
+
+    def measure(self, dtype: str) -> tuple:
+        bw = 2 * self.a.nbytes / tmin(lambda: np.copyto(self.b, self.a), 0.0, 5)
+        A = self.mats[dtype]
+        peak = 2 * 512**3 / tmin(lambda: A @ A, 0.0, 20)
+        self.best_bw = max(self.best_bw, bw)
+        self.best_peak[dtype] = max(self.best_peak.get(dtype, 0.0), peak)
+        return bw, peak
+
+    def summary(self) -> list:
+        return [f"best machine figures of the run: copy {self.best_bw / 1e9:.1f} GB/s, GEMM "
+                + ", ".join(f"{d} {p / 1e9:.0f} GFLOP/s" for d, p in self.best_peak.items()),
+                f"load average at end: {os.getloadavg()}", ""]
+
+
+def _start(title: str) -> tuple:
+    """Pin BLAS and the backend to one thread; the machine probe, a generator, a header."""
+    threadpool_limits(limits=1, user_api="blas")
+    nbk.set_num_threads(1)
+    head = [title, f"load average at start: {os.getloadavg()}; {os.cpu_count()} cores; "
+            f"date {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}", ""]
+    print("\n".join(head), flush=True)
+    return Machine(), np.random.default_rng(0), head
+
+
+def _finish(args, lines: list) -> int:
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.out:
+        with open(args.out, "w") as fh:
+            fh.write(text)
+    return 0
+
+
+def roofline(op: DeBut, k: int, bw: float, peak: float) -> float:
+    m, n = op.shape
+    nbytes = (k * n + k * m + op.nnz) * op.dtype.itemsize
+    return max(nbytes / bw, 2 * op.nnz * k / peak)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--chains", nargs="*", default=list(CHAINS), choices=list(CHAINS))
+    ap.add_argument("--dtypes", nargs="*", default=["float32", "float64"],
+                    choices=["float32", "float64"])
+    ap.add_argument("--batches", nargs="*", type=int, default=[1, 16, 256])
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--budget", type=float, default=0.4, help="seconds per kernel timing")
+    ap.add_argument("--set", nargs="*", default=[], metavar="NAME=VALUE",
+                    help="override _numba_codegen constants (A/B runs)")
+    ap.add_argument("--ab", nargs="*", default=[], metavar="NAME=VALUE",
+                    help="time the defaults against these overrides, alternating")
+    ap.add_argument("--out", default=None, help="also write the table to this file")
+    args = ap.parse_args(argv)
+
+    def parse(items: list) -> dict:
+        out = {}
+        for item in items:
+            name, _, value = item.partition("=")
+            if not hasattr(cg, name):
+                ap.error(f"_numba_codegen has no constant {name!r}")
+            out[name] = type(getattr(cg, name))(eval(value, {}))  # noqa: S307
+        return out
+
+    for name, value in parse(args.set).items():
+        setattr(cg, name, value)
+    if args.ab:
+        return run_ab(args, parse(args.ab))
+    machine, rng, head = _start(f"# bench_kernels: {' '.join(sys.argv[1:]) or '(defaults)'}")
+    rows = []
+    for cname in args.chains:
+        for dtn in args.dtypes:
+            op = DeBut.random(CHAINS[cname], seed=1, dtype=dtn, backend="numba")
+            m, n = op.shape
+            for k in args.batches:
+                X = rng.standard_normal((k, n)).astype(dtn)
+                Y = np.empty((k, m), dtn)
+                op.matmat_rows(X, out=Y)  # compile / load the kernel
+                times, ratios = [], []
+                for _ in range(args.rounds):
+                    bw, peak = machine.measure(dtn)
+                    t = tmin(lambda: op.matmat_rows(X, out=Y), args.budget)
+                    times.append(t)
+                    ratios.append(t / roofline(op, k, bw, peak))
+                rows.append((cname, dtn, k, op, times, statistics.median(ratios)))
+                print(f"{cname:10s} {dtn:8s} k={k:5d}  best {min(times) * 1e6:9.1f} us  "
+                      f"median {statistics.median(times) * 1e6:9.1f} us  same-round "
+                      f"x{statistics.median(ratios):.2f}", flush=True)
+    lines = head + machine.summary() + [
+        "| chain | dtype | batch | best | median | roofline (best machine) | "
+        "x roofline (best) | x roofline (same round) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for cname, dtn, k, op, times, same in rows:
+        roof = roofline(op, k, machine.best_bw, machine.best_peak[dtn])
+        lines.append(f"| {cname} | {dtn} | {k} | {min(times) * 1e6:.1f} us | "
+                     f"{statistics.median(times) * 1e6:.1f} us | {roof * 1e6:.1f} us | "
+                     f"{min(times) / roof:.2f} | {same:.2f} |")
+    return _finish(args, lines)
+
+
+def _module_with(state, overrides: dict):
+    """The kernel module of ``state``'s chain built with ``overrides`` of the generator."""
+    saved = {k: getattr(cg, k) for k in overrides}
+    try:
+        for k, v in overrides.items():
+            setattr(cg, k, v)
+        getattr(cg, "_modules", {}).clear()  # per-process table, where there is one
+        return cg.kernel_module(state.shapes, state.W)
+    finally:
+        for k, v in saved.items():
+            setattr(cg, k, v)
+        getattr(cg, "_modules", {}).clear()  # per-process table, where there is one
+
+
+def run_ab(args, overrides: dict) -> int:
+    machine, rng, head = _start(f"# bench_kernels A/B: new = generator defaults, "
+                                f"old = {overrides}")
+    rows = []
+    for cname in args.chains:
+        for dtn in args.dtypes:
+            op = DeBut.random(CHAINS[cname], seed=1, dtype=dtn, backend="numba")
+            m, n = op.shape
+            states = {}
+            for label, ov in (("new", {}), ("old", overrides)):
+                st = nbk.prepare(op.factors)
+                st._mod = _module_with(st, ov)
+                states[label] = st
+            for k in args.batches:
+                X = rng.standard_normal((k, n)).astype(dtn)
+                Ys = {lb: np.empty((k, m), dtn) for lb in states}
+                for lb, st in states.items():
+                    nbk.apply_rows(st, None, X, out=Ys[lb])
+                scale = np.abs(Ys["old"]).max()
+                if np.abs(Ys["new"] - Ys["old"]).max() > 1e-3 * scale:
+                    raise AssertionError(f"{cname} {dtn} k={k}: variants disagree")
+                times = {lb: [] for lb in states}
+                peaks = []
+                for _ in range(args.rounds):
+                    peaks.append(machine.measure(dtn))
+                    for lb, st in states.items():
+                        Y = Ys[lb]
+                        times[lb].append(tmin(lambda: nbk.apply_rows(st, None, X, out=Y),
+                                              args.budget))
+                paired = statistics.median(o / nw for o, nw in zip(times["old"], times["new"]))
+                rows.append((cname, dtn, k, op, times, paired))
+                print(f"{cname:10s} {dtn:8s} k={k:5d}  new best {min(times['new']) * 1e6:9.1f} us"
+                      f"  old best {min(times['old']) * 1e6:9.1f} us  old/new x{paired:.2f}",
+                      flush=True)
+    lines = head + machine.summary() + [
+        "| chain | dtype | batch | new best | old best | old / new (paired median) | "
+        "new x roofline (best machine) | old x roofline (best machine) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for cname, dtn, k, op, times, paired in rows:
+        roof = roofline(op, k, machine.best_bw, machine.best_peak[dtn])
+        tn, to = min(times["new"]), min(times["old"])
+        lines.append(f"| {cname} | {dtn} | {k} | {tn * 1e6:.1f} us | {to * 1e6:.1f} us | "
+                     f"{paired:.2f} | {tn / roof:.2f} | {to / roof:.2f} |")
+    return _finish(args, lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

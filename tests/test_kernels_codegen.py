@@ -1,0 +1,107 @@
+"""Generated Numba kernels: how the generator splits a chain into panel passes, and the
+products of the fused (several factors per pass, in place) passes against the dense
+reference of ``tests/strategies.py``.
+
+``tests/test_backends.py`` covers every other code path of the generator; the chains
+here are chosen so that fused passes actually occur (checked by the first test), with
+full tiles (the constant-width column loop) and partial ones (the run-time-width loop).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import debutla.backends.numba_ as nbk
+from debutla import Chain, DeBut
+from debutla.backends import _numba_codegen as cg
+
+from strategies import random_values
+from test_backends import _check, codegen  # noqa: F401  (codegen: a fixture)
+
+# a standard butterfly: (2,2,1) ... (2,2,32), fused into three in-place pairs
+BUTTERFLY_64 = str(Chain.butterfly(64))
+# a wide t = 1 input factor (never fused), a nesting square pair (fused), then a (2,4,4)
+# factor that nests too but would make the pass change the vector size (alone)
+MIXED = "8 <-(2,4,4)- 16 <-(2,2,2)- 16 <-(2,2,1)- 16 <-(8,9,1)- 18"
+# radix-4: single (4,4,t) factors, each run as an in-place group pass
+RADIX4_256 = str(Chain.butterfly(256, radix=4))
+
+
+def _shapes(text: str) -> list:
+    return [(f.q // (f.s * f.t), f.r, f.s, f.t) for f in Chain.parse(text)]
+
+
+def test_panel_passes_fuse_nesting_square_pairs():
+    assert cg.panel_passes(_shapes(BUTTERFLY_64)) == [(0, 2), (2, 2), (4, 2)]
+    assert cg.panel_passes(_shapes(MIXED)) == [(0, 1), (1, 2), (3, 1)]
+    # (2,2,1) then (2,4,2) nest, but the pair maps 8 inputs to 4 outputs: not fused
+    assert cg.panel_passes([(8, 2, 2, 1), (2, 2, 4, 2)]) == [(0, 1), (1, 1)]
+    # radix-4 factors are too wide to fuse (r s = 16)
+    r4 = _shapes(str(Chain.butterfly(256, radix=4)))
+    assert cg.panel_passes(r4) == [(n, 1) for n in range(len(r4))]
+    # two nesting (2,2) pairs with an odd factor between them
+    sh = [(8, 2, 2, 1), (4, 2, 2, 2), (2, 2, 2, 4), (1, 2, 2, 8)]
+    assert cg.panel_passes(sh) == [(0, 2), (2, 2)]
+    assert cg.panel_passes([(8, 2, 2, 1), (8, 2, 2, 1), (4, 2, 2, 2)]) == [(0, 1), (1, 2)]
+
+
+def test_fused_source_has_in_place_constant_width_loops():
+    src = cg.generate_source(tuple(_shapes(BUTTERFLY_64)), 16)
+    # three fused passes, each with a full-tile loop of constant trip count and a
+    # partial-tile loop, all in place on ba
+    assert src.count("if wr == _u16:") == 3
+    assert src.count("for c_ in range(_u16):") == 3
+    assert "bb[" not in src.split("def chain_buf")[1].split("def rows_tiles")[0]
+    assert "RESULT_IN_A = True" in src
+    # radix-4 factors are not fused, but each runs in place like a group of one
+    src = cg.generate_source(tuple(_shapes(RADIX4_256)), 16)
+    body = src.split("def chain_buf")[1].split("def rows_tiles")[0]
+    assert body.count("for c_ in range(_u16):") == 4 and "bb[" not in body
+
+
+@pytest.mark.parametrize("text", [BUTTERFLY_64, MIXED, RADIX4_256],
+                         ids=["butterfly64", "mixed", "radix4"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.complex128],
+                         ids=["float32", "float64", "complex128"])
+@pytest.mark.usefixtures("codegen")
+def test_fused_passes_match_dense(text, dtype):
+    op = DeBut.random(text, seed=7, dtype=dtype, backend="numba")
+    W = nbk.prepare(op.factors).W
+    rng = np.random.default_rng(3)
+    m, n = op.shape
+    # full tiles, a partial tile, both layouts
+    for k in (W, 2 * W + 3, W // 2 + 1):
+        X = random_values(rng, (k, n), dtype)
+        _check(op, op.matmat_rows(X), X, "rows", f"rows k={k}")
+        Xc = random_values(rng, (n, k), dtype)
+        _check(op, op.matmat(Xc), Xc, "cols", f"cols k={k}")
+    # the adjoint chain (reversed, transposed factors) fuses the same pairs
+    Z = random_values(rng, (m, W + 1), dtype)
+    _check(op.H, op.rmatmat(Z), Z, "cols", "rmatmat")
+
+
+@pytest.mark.usefixtures("codegen")
+def test_fused_passes_bitwise_equal_to_unfused(monkeypatch):
+    """Fusing changes where intermediate values live, not the arithmetic."""
+    op = DeBut.random(BUTTERFLY_64, seed=2, dtype=np.float64, backend="numba")
+    st = nbk.prepare(op.factors)
+    W = st.W
+    k = 2 * W + 5
+    X = np.random.default_rng(0).standard_normal((k, op.shape[1]))
+    outs = []
+    for fuse_max in (cg._FUSE_MAX, 1):
+        monkeypatch.setattr(cg, "_FUSE_MAX", fuse_max)
+        src = cg.generate_source(st.shapes, W)
+        assert ("if wr ==" in src) == (fuse_max > 1)
+        ns: dict = {}
+        exec(compile(src.replace("cache=True", "cache=False"), "<kernels>", "exec"), ns)
+        Y = np.empty((k, op.shape[0]))
+        ba = np.empty(st.F * W)
+        bb = np.empty(st.F * W)
+        # kernels that take the input width (``xn``, zeros beyond it) get the full width
+        xn = (op.shape[1],) if ", wr, xn):" in src else ()
+        ns["rows_tiles"](*st.panel, X.reshape(-1), Y.reshape(-1), k, 0, (k + W - 1) // W,
+                         ba, bb, np.uint64(W), *xn)
+        outs.append(Y)
+    np.testing.assert_array_equal(outs[0], outs[1])
