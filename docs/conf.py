@@ -33,8 +33,9 @@ import importlib
 import numpy as np
 import debutla as db
 for _name in ("debutla.chain", "debutla.operator", "debutla.io", "debutla.interop.scipy",
-              "debutla.factorize.api", "debutla.fit", "debutla.backends", "debutla.plot",
-              "debutla._timing", "debutla.cli"):
+              "debutla.interop.debut_authors", "debutla.fit.api", "debutla.fit.search",
+              "debutla.fit", "debutla.backends", "debutla.plot", "debutla._timing",
+              "debutla._config", "debutla._warmup", "debutla.testing", "debutla.cli"):
     try:
         _mod = importlib.import_module(_name)
     except ImportError:
