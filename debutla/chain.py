@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import math
 import operator as _operator
+from types import MappingProxyType
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Iterable, Iterator, Sequence, overload
+from typing import Iterable, Iterator, Mapping, Sequence, overload
 
 from ._validation import check_choice, check_int, check_real
 
@@ -1237,7 +1238,8 @@ def candidate_chains(m: int, n: int, *, max_params: int | None = None,
 #: by name.  ``Chain.parse(PAPER_CHAINS["vgg_512x4608_mono"])`` gives the VGG-16 CONV
 #: chain.  All are dense; ``lenet_conv2_mono1`` is called monotonic by the paper but its
 #: sizes bulge (96 > 72), so its ``kind`` is ``"bulging"``.
-PAPER_CHAINS: dict[str, str] = {
+#: Read-only (a ``types.MappingProxyType``): copy it with ``dict(PAPER_CHAINS)`` to edit.
+PAPER_CHAINS: Mapping[str, str] = MappingProxyType({
     "lenet_fc1_mono2": "128 <-(2,2,64)- 128 <-(2,2,32)- 128 <-(1,2,32)- 256 <-(2,2,16)- 256 "
                        "<-(16,25,1)- 400",
     "lenet_fc1_mono1": "128 <-(2,2,64)- 128 <-(2,2,32)- 128 <-(2,2,16)- 128 <-(2,2,8)- 128 "
@@ -1257,4 +1259,4 @@ PAPER_CHAINS: dict[str, str] = {
     "resnet50_layer4": "512 <-(2,2,256)- 512 <-(2,4,128)- 1024 <-(2,2,64)- 1024 <-(2,2,32)- "
                        "1024 <-(2,2,16)- 1024 <-(2,4,8)- 2048 <-(2,2,4)- 2048 <-(2,2,2)- "
                        "2048 <-(2,2,1)- 2048",
-}
+})

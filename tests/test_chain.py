@@ -729,3 +729,11 @@ def test_butterfly_chain_is_the_standard_one(n, radix):
 def test_butterfly_chain_refuses_bad_sizes(n, radix, exc):
     with pytest.raises(exc, match="Chain.butterfly"):
         Chain.butterfly(n, radix)
+
+
+def test_paper_chains_are_read_only():
+    from debutla import PAPER_CHAINS
+
+    with pytest.raises(TypeError):
+        PAPER_CHAINS["mine"] = "4 <-(2,2,2)- 4 <-(2,2,1)- 4"  # type: ignore[index]
+    assert "mine" not in PAPER_CHAINS and len(dict(PAPER_CHAINS)) == len(PAPER_CHAINS)

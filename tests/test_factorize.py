@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 
 import numpy as np
 import pytest
@@ -725,3 +726,22 @@ def test_order_argument():
     chain = chain_from_rs([(2, 2), (2, 2)])
     with pytest.raises(ValueError, match=r"factorize\(order\).*'bfs'"):
         factorize(np.ones((4, 4)), chain, order="bfs")
+
+
+@pytest.mark.parametrize("tqdm_installed", [True, False])
+def test_progress_ends_at_the_real_stop_with_the_error(tqdm_installed, monkeypatch, capsys):
+    """An early stop (tol) closes the bar at the sweep that stopped, with error and reason."""
+    if not tqdm_installed:
+        monkeypatch.setitem(sys.modules, "tqdm.auto", None)
+    else:
+        pytest.importorskip("tqdm")
+    W = DeBut.random("8 <-(2,2,4)- 8 <-(2,2,2)- 8 <-(2,2,1)- 8", seed=0).to_dense()
+    W = W + 0.1 * np.random.default_rng(1).standard_normal(W.shape)
+    op, info = factorize(W, "8 <-(2,2,4)- 8 <-(2,2,2)- 8 <-(2,2,1)- 8", method="auto",
+                         max_sweeps=200, tol=1e-2, progress=True, return_info=True)
+    assert info.sweeps < 200
+    err = capsys.readouterr().err
+    assert f"stop={info.stop_reason}" in err or f"stopped: {info.stop_reason}" in err
+    if tqdm_installed:
+        last = err.replace("\r", "\n").strip().splitlines()[-1]
+        assert "100%" in last and "/200" not in last and "rel_error=" in last

@@ -449,6 +449,7 @@ class _Progress:
         self.n = 0
         self.total = total
         self.desc = desc
+        self.err: float | None = None
         if not enabled:
             return
         try:
@@ -456,12 +457,13 @@ class _Progress:
         except Exception:  # pragma: no cover - tqdm optional
             tqdm = None
         if tqdm is not None:
-            self.bar = tqdm(total=total, desc=desc, file=sys.stderr, leave=False)
+            self.bar = tqdm(total=total, desc=desc, file=sys.stderr, leave=True)
 
     def update(self, err: float) -> None:
         if not self.enabled:
             return
         self.n += 1
+        self.err = err
         if self.bar is not None:
             self.bar.update(1)
             self.bar.set_postfix(rel_error=f"{err:.4g}", refresh=False)
@@ -469,13 +471,23 @@ class _Progress:
             sys.stderr.write(f"\r{self.desc}: {self.n}/{self.total} rel_error={err:.4g}")
             sys.stderr.flush()
 
-    def close(self) -> None:
+    def close(self, stop: str = "") -> None:
+        """End the bar at the step where the fit really stopped (``tol``, time, exact),
+        not at ``max_sweeps``, with the final error and the reason."""
         if not self.enabled:
             return
+        err = self.err
         if self.bar is not None:
+            self.bar.total = self.n  # an early stop is the end: 100%, no stale ETA
+            post = {} if err is None else {"rel_error": f"{err:.4g}"}
+            if stop:
+                post["stop"] = stop
+            self.bar.set_postfix(post, refresh=False)
+            self.bar.refresh()
             self.bar.close()
         else:
-            sys.stderr.write("\n")
+            tail = f" (stopped: {stop})" if stop else ""
+            sys.stderr.write(f"\r{self.desc}: {self.n} steps{tail}\n")
             sys.stderr.flush()
 
 
@@ -653,14 +665,17 @@ def _fit(req: _Request, prob: _Problem, w: _Weights | None,
     weighted_start = hier and w is not None and not w.exact
     total = (req.max_sweeps if req.method != "hierarchical" else 0) + int(hier)
     bar = _Progress(req.progress, total, f"factorize[{req.method}]")
+    stop = ""
     try:
         if weighted_start and w is not None:  # weighted_start implies w
             run = _start_weighted(prob, req, w, bar)
         else:
             run = _start(prob, req, init, bar, cache)
-        return _refine(prob, req, run, bar)
+        run = _refine(prob, req, run, bar)
+        stop = run.stop
+        return run
     finally:
-        bar.close()
+        bar.close(stop)
 
 
 def _estimate(base: np.ndarray, exp0: int, w: _Weights | None, order: str,
