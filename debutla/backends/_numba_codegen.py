@@ -466,7 +466,7 @@ def _emit_factor_vec(S: _Src, ind: int, spec, vname: str, src: str, sbase: str, 
     _emit_jsum(S, ind2, s, chunk)
 
 
-_TB = 4  # block of the tile transposes (4 x 4 blocks become vector shuffles)
+_TB = 4  # block of the tile transposes (scalar moves: Numba compiles without the SLP vectoriser)
 
 
 def _transpose_lines(S: _Src, kind: str, L: int, W: int, fin: str) -> list[str]:
