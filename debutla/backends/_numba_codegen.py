@@ -458,8 +458,8 @@ def _emit_factor_vec(S: _Src, ind: int, spec, vname: str, src: str, sbase: str, 
             ind4 = ind_ + 1
         else:
             ind4 = S.loop(ind_, "c_", t)
-        terms = [f"{vname}[{vb} + {S.c((j0 + jj) * t)} + c_] * {src}[{xb} + {S.c((j0 + jj) * t)} + c_]"
-                 for jj in range(n)]
+        terms = [f"{vname}[{vb} + {S.c((j0 + jj) * t)} + c_] * "
+                 f"{src}[{xb} + {S.c((j0 + jj) * t)} + c_]" for jj in range(n)]
         op = "=" if first else "+="
         S.add(ind4, f"{dst}[o_ + c_] {op} {_sum_terms(terms)}")
 

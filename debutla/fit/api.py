@@ -473,7 +473,8 @@ class _Progress:
 
     def close(self, stop: str = "") -> None:
         """End the bar at the step where the fit really stopped (``tol``, time, exact),
-        not at ``max_sweeps``, with the final error and the reason."""
+        not at ``max_sweeps``, with the final error and the reason.
+        """
         if not self.enabled:
             return
         err = self.err
