@@ -683,7 +683,8 @@ class DeBut:
         specs.extend(self._chain.factors)
         vals.extend(v.astype(dt, copy=False) for v in self._factors)
         backend = self._backend if self._backend == other._backend else None
-        return DeBut._from_trusted(Chain(specs), tuple(_freeze(np.array(v)) for v in vals),
+        # factors already in ``dt`` are shared (they are read-only), not copied
+        return DeBut._from_trusted(Chain(specs), tuple(_freeze(v) for v in vals),
                                    (m1, n2), backend)
 
     def _scaled(self, a: Any, what: str) -> "DeBut":
@@ -700,7 +701,7 @@ class DeBut:
         k = min(range(len(self._factors)), key=lambda i: self._factors[i].size)
         vals = [v.astype(dt, copy=False) for v in self._factors]
         vals[k] = vals[k] * np.asarray(a).astype(dt)
-        return self._derived(tuple(np.array(v) for v in vals))
+        return self._derived(tuple(vals))  # the other factors are shared, not copied
 
     def __mul__(self, a: Any) -> "DeBut":
         """``op * a``: the operator scaled by the scalar ``a`` (one factor is scaled)."""

@@ -322,11 +322,7 @@ class DeButLinear(_DeButBase):
                     bias=linear.bias is not None, device=w.device, dtype=w.dtype, impl=impl)
         W = w.detach().cpu().double().numpy()
         _fit_into(layer, W, method, fit, "DeButLinear.from_dense")
-        if linear.bias is not None:
-            if layer.bias is None:
-                raise RuntimeError("internal: DeButLinear.from_dense built a layer without bias")
-            with torch.no_grad():
-                layer.bias.copy_(linear.bias)
+        _copy_bias(layer, linear.bias, "DeButLinear.from_dense")
         return layer
 
     @classmethod
@@ -345,11 +341,7 @@ class DeButLinear(_DeButBase):
         layer = cls(n, m, chain=op.chain, bias=bias is not None, device=device, dtype=dtype,
                     impl=impl)
         layer._load_debut(op)
-        if bias is not None:
-            if layer.bias is None:
-                raise RuntimeError("internal: DeButLinear.from_debut built a layer without bias")
-            with torch.no_grad():
-                layer.bias.copy_(bias)
+        _copy_bias(layer, bias, "DeButLinear.from_debut")
         return layer
 
     def to_dense(self) -> nn.Linear:
@@ -616,11 +608,7 @@ class DeButConv2d(_DeButBase):
                     dtype=w.dtype, impl=impl, flatten=flatten)
         W = layer._flat(w.detach()).cpu().double().numpy()
         _fit_into(layer, W, method, fit, "DeButConv2d.from_dense")
-        if conv.bias is not None:
-            if layer.bias is None:
-                raise RuntimeError("internal: DeButConv2d.from_dense built a layer without bias")
-            with torch.no_grad():
-                layer.bias.copy_(conv.bias)
+        _copy_bias(layer, conv.bias, "DeButConv2d.from_dense")
         return layer
 
     def to_dense(self) -> nn.Conv2d:
@@ -639,6 +627,16 @@ class DeButConv2d(_DeButBase):
 
 
 _FIT_METHODS = ("auto", "hierarchical", "als", "random")
+
+
+def _copy_bias(layer: _DeButBase, bias: torch.Tensor | None, where: str) -> None:
+    """Copy a dense layer's ``bias`` (if any) into ``layer``, built with a bias to match."""
+    if bias is None:
+        return
+    if layer.bias is None:
+        raise RuntimeError(f"internal: {where} built a layer without bias")
+    with torch.no_grad():
+        layer.bias.copy_(bias)
 
 
 def _fit_into(layer: _DeButBase, W: np.ndarray, method: str, fit: dict, where: str) -> None:
