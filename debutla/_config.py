@@ -16,9 +16,16 @@ Settings
     Whether the Numba backend may use its chain-specialised (generated, compiled) kernels;
     off, every product uses the precompiled factor-by-factor kernel.
 ``background``
-    Whether a chain's first products run on the precompiled generic kernel while its
-    specialised kernel compiles in a background thread (default), or wait for the
-    compile (``False``: every product runs on the kernel it will keep using).
+    Whether first products run on slower kernels while the fast ones load in a
+    background thread (default), or wait for them (``False``: every product runs on
+    the kernel it will keep using).  Two things load in the background: Numba itself
+    (about 1 s at a process's first CPU product: until it is ready, products run on
+    the NumPy reference backend), and a chain's specialised kernel (compiled or loaded
+    from the cache: until it is ready, products run on the precompiled generic
+    kernel).  Results agree to rounding, but the first products of a process may
+    differ from later ones in the last bits; set ``False`` (or
+    ``DEBUTLA_BACKGROUND=0``) where bitwise repeatability matters more than the first
+    second.  Environment: ``DEBUTLA_BACKGROUND``.
 ``cupy_rows``
     Batch rows per thread block of the CuPy fused kernel (``None``: chosen per call;
     a benchmarking knob).  Environment: ``DEBUTLA_CUPY_ROWS``.
@@ -63,6 +70,7 @@ ENVIRONMENT = {
     "DEBUTLA_NUM_THREADS": "threads: a positive integer (Numba backend threads)",
     "DEBUTLA_CACHE_DIR": "folder of the kernel cache (default ~/.cache/debutla)",
     "DEBUTLA_CUPY_ROWS": "cupy_rows: 1, 2, 4 or 8 (rows per block of the CuPy kernel)",
+    "DEBUTLA_BACKGROUND": "background: 0 or 1 (load Numba and kernels in the background)",
 }
 
 _KEYS = ("backend", "threads", "fused", "background", "cupy_rows")
@@ -107,6 +115,10 @@ def _from_env(name: str, key: str, parse) -> Any:
                          f"{ENVIRONMENT[name].split(': ', 1)[1]}, got {raw!r}") from None
 
 
+def _bool_or_raw(raw: str) -> Any:
+    return {"0": False, "1": True}.get(raw, raw)
+
+
 def _int_or_raw(raw: str) -> Any:
     try:
         return int(raw)
@@ -130,6 +142,9 @@ def _load() -> dict[str, Any]:
                 d["backend"] = _from_env("DEBUTLA_BACKEND", "backend", str)
                 d["threads"] = _from_env("DEBUTLA_NUM_THREADS", "threads", _int_or_raw)
                 d["cupy_rows"] = _from_env("DEBUTLA_CUPY_ROWS", "cupy_rows", _int_or_raw)
+                bg = _from_env("DEBUTLA_BACKGROUND", "background", _bool_or_raw)
+                if bg is not None:
+                    d["background"] = bg
             except ValueError as e:
                 _env_error = e
             env = os.environ.get("DEBUTLA_CACHE_DIR", "").strip()
@@ -218,8 +233,9 @@ def config(**settings: Any) -> Iterator[None]:
     fused : bool
         Allow the Numba backend's chain-specialised kernels.
     background : bool
-        Compile a chain's specialised kernel in a background thread while the first
-        products run on the generic kernel (True, the default), or wait for it.
+        Load Numba and compile a chain's specialised kernel in background threads
+        while the first products run on slower kernels (True, the default), or wait
+        for them (see the module docstring).
     cupy_rows : {1, 2, 4, 8} or None
         Rows per block of the CuPy fused kernel (None: automatic).
 

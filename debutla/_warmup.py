@@ -9,13 +9,13 @@ import numpy as np
 
 from ._config import config
 from ._validation import check_choice, check_int
-from .backends import get_backend
+from .backends import get_backend, load_cpu_backend
 from .operator import DeBut
 
 __all__ = ["warmup"]
 
 
-def warmup(op: Any, batch: int | Iterable[int] = 1, *, layout: str = "both",
+def warmup(op: Any = None, batch: int | Iterable[int] = 1, *, layout: str = "both",
            adjoint: bool = True) -> float:
     """Compile the kernels that products of ``op`` will use, and wait for them.
 
@@ -24,10 +24,17 @@ def warmup(op: Any, batch: int | Iterable[int] = 1, *, layout: str = "both",
     Call this at start-up (or before forking worker processes) to pay that cost once,
     up front.  Later processes load the compiled kernels from the cache.
 
+    With no operator, ``warmup()`` only loads Numba and its generic kernels (about
+    1 s), which the first product of a process otherwise starts in a background
+    thread, running on the NumPy reference backend meanwhile: after it, every product
+    runs on the Numba backend from the first one (unless ``DEBUTLA_BACKEND`` or
+    ``debutla.config(backend=...)`` chooses another).
+
     Parameters
     ----------
-    op : DeBut
-        The operator (its dtype is the one compiled; CPU backend of NumPy inputs).
+    op : DeBut or None
+        The operator (its dtype is the one compiled; CPU backend of NumPy inputs);
+        None: load Numba only.
     batch : int or iterable of int
         Batch sizes the application will use (1: ``op @ x``; kernels differ for one
         or two rows, and for larger batches).
@@ -56,9 +63,16 @@ def warmup(op: Any, batch: int | Iterable[int] = 1, *, layout: str = "both",
     >>> op = db.DeBut.random("8 <-(2,2,4)- 8 <-(2,2,2)- 8 <-(2,2,1)- 8", seed=0)
     >>> warmup(op, batch=(1, 64)) >= 0
     True
+    >>> warmup() >= 0  # Numba only
+    True
     """
+    if op is None:
+        t0 = time.perf_counter()
+        load_cpu_backend()
+        return time.perf_counter() - t0
     if not isinstance(op, DeBut):
-        raise TypeError(f"warmup: op must be a DeBut operator, got {type(op).__name__}")
+        raise TypeError(f"warmup: op must be a DeBut operator or None, got "
+                        f"{type(op).__name__}")
     sizes = [batch] if not isinstance(batch, Iterable) else list(batch)
     sizes = [check_int(k, "batch", where="warmup") for k in sizes]
     layout = check_choice(layout, "layout", ("both", "rows", "cols"), where="warmup")

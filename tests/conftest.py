@@ -36,3 +36,10 @@ settings.register_profile(
     suppress_health_check=[HealthCheck.too_slow],
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+# Load Numba now: products in this process then run on it from the first one, instead
+# of on the NumPy backend while it loads in the background (tests/test_first_call.py
+# checks that path in fresh processes).
+import debutla  # noqa: E402
+
+debutla.warmup()

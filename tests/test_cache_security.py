@@ -13,10 +13,10 @@ import os
 import pickle
 import stat
 import subprocess
-import sys
 import textwrap
 
 import pytest
+from procs import run_python
 
 from debutla import _config
 from debutla.backends import _cache
@@ -178,13 +178,7 @@ def _script(body: str) -> str:
 
 
 def _run(script: str, **env: str) -> subprocess.CompletedProcess:
-    full = {k: v for k, v in os.environ.items() if not k.startswith("DEBUTLA_")}
-    full.pop("XDG_RUNTIME_DIR", None)
-    full.update(env)
-    tests = os.path.dirname(__file__)
-    full["PYTHONPATH"] = os.pathsep.join([os.getcwd(), tests, full.get("PYTHONPATH", "")])
-    return subprocess.run([sys.executable, "-c", script], env=full, capture_output=True,
-                          text=True, timeout=300)
+    return run_python(script, keep=(), drop=("XDG_RUNTIME_DIR",), **env)
 
 
 def test_no_writable_folder_anywhere_still_computes(tmp_path):

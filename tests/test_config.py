@@ -4,14 +4,13 @@ the compile log and warmup."""
 from __future__ import annotations
 
 import logging
-import os
 import subprocess
 import sys
-import textwrap
 import threading
 
 import numpy as np
 import pytest
+from procs import run_python
 
 import debutla.backends.numba_ as nbk
 from debutla import DeBut, _config
@@ -23,12 +22,7 @@ from strategies import reference
 
 
 def _run(script: str, **env: str) -> subprocess.CompletedProcess:
-    full = {k: v for k, v in os.environ.items()
-            if not k.startswith("DEBUTLA_") or k == "DEBUTLA_CACHE_DIR"}
-    full.update(env)
-    full["PYTHONPATH"] = os.pathsep.join([os.getcwd(), full.get("PYTHONPATH", "")])
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(script)], env=full,
-                          capture_output=True, text=True, timeout=300)
+    return run_python(script, **env)
 
 
 def test_config_overrides_nest_and_restore():

@@ -35,7 +35,9 @@ the operator's job (:mod:`debutla.operator`).
 :func:`get_backend` picks a backend by name; :func:`default_backend_for` picks one for
 an input array: arrays on a CUDA device run on ``cupy``; other arrays run on the CPU
 backend (``numba`` when it imports, else ``numpy``; ``debutla.config(backend=...)`` or
-``DEBUTLA_BACKEND`` choose).  :func:`is_device_array` tells them apart by the array
+``DEBUTLA_BACKEND`` choose).  Numba is imported in a background thread at the first
+CPU product, which runs on ``numpy`` meanwhile (about 1 s; ``background=False`` waits
+for it instead: see :mod:`debutla._config`).  :func:`is_device_array` tells them apart by the array
 libraries' own protocols.
 
 Examples
@@ -50,7 +52,10 @@ array([[2., 2.]])
 from __future__ import annotations
 
 import importlib
+import logging
+import os
 import sys
+import threading
 from types import ModuleType
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -59,12 +64,13 @@ import numpy as np
 from .. import _config
 
 __all__ = ["Backend", "get_backend", "default_backend_for", "available_backends",
-           "is_device_array", "BACKENDS"]
+           "is_device_array", "load_cpu_backend", "BACKENDS"]
 
 BACKENDS = ("numpy", "numba", "cupy")
 _MODULES = {"numpy": "numpy_", "numba": "numba_", "cupy": "cupy_"}
 _loaded: dict[str, ModuleType] = {}
 _failed: dict[str, str] = {}
+_log = logging.getLogger("debutla")
 
 Trans = Literal["N", "T", "H"]
 
@@ -170,14 +176,90 @@ def is_device_array(x: object) -> bool:
     return kind in (2, 13)
 
 
+# -- the CPU backend, made ready in the background ------------------------------------
+# Importing Numba and initialising its CPU target take about 1 s, longer than most
+# first products.  With ``background`` on (the default), the first CPU product starts a
+# thread that does that work and is served by the NumPy reference backend meanwhile;
+# products switch to Numba once it is ready.  The thread is not a daemon (a process
+# exits only after it finishes, so no import is cut half-way) and a fork waits for it.
+_numba_ready = threading.Event()
+_warm_lock = threading.Lock()
+_warm_thread: threading.Thread | None = None
+
+
+def _make_numba_ready() -> None:
+    """Import the Numba backend and load its generic kernels (raises ImportError)."""
+    mod = get_backend("numba")
+    try:
+        mod.preload()  # type: ignore[attr-defined]
+    except Exception as e:  # products still work: each load is retried on first use
+        _log.warning("debutla: preloading the Numba kernels failed (%s: %s)",
+                     type(e).__name__, e)
+    _numba_ready.set()
+
+
+def _warm_in_background() -> None:
+    try:
+        _make_numba_ready()
+    except ImportError:
+        pass  # remembered by get_backend: products stay on NumPy
+    except Exception as e:  # e.g. the interpreter shutting down mid-import
+        _failed.setdefault("numba", f"{type(e).__name__}: {e}")
+
+
+def _start_warming() -> None:
+    global _warm_thread
+    with _warm_lock:
+        if _warm_thread is None:
+            _warm_thread = threading.Thread(target=_warm_in_background,
+                                            name="debutla-load-numba", daemon=False)
+            _warm_thread.start()
+
+
+def _wait_for_warming() -> None:
+    th = _warm_thread
+    if th is not None and th is not threading.current_thread():
+        th.join()
+
+
+if hasattr(os, "register_at_fork"):  # a child must not inherit a half-done import
+    os.register_at_fork(before=_wait_for_warming)
+
+
+def load_cpu_backend() -> Backend:
+    """Make the default CPU backend ready now, waiting for it (see the module docstring).
+
+    Loads Numba and its generic kernels (what the first CPU product of a process
+    otherwise starts in a background thread); afterwards every product of NumPy inputs
+    runs on it.  Returns the backend: ``numba``, or ``numpy`` when Numba does not
+    import.  Public as :func:`debutla.warmup` with no operator.
+
+    Examples
+    --------
+    >>> load_cpu_backend().name in ("numba", "numpy")
+    True
+    """
+    if not _numba_ready.is_set() and "numba" not in _failed:
+        _wait_for_warming()
+        try:
+            _make_numba_ready()
+        except ImportError:
+            pass
+    return _loaded["numba"] if _numba_ready.is_set() else get_backend("numpy")
+
+
 def _cpu_backend() -> Backend:
     choice = _config.get("backend")
     if choice is not None:
         return get_backend(choice)
-    try:
-        return get_backend("numba")
-    except ImportError:
-        return get_backend("numpy")
+    if _numba_ready.is_set():
+        return _loaded["numba"]
+    if "numba" not in _failed:
+        if _config.get("background"):
+            _start_warming()
+            return get_backend("numpy")
+        return load_cpu_backend()
+    return get_backend("numpy")
 
 
 def default_backend_for(x: object) -> Backend:

@@ -60,8 +60,7 @@ import threading
 import time
 import warnings
 import weakref
-from concurrent.futures import ThreadPoolExecutor
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numba
 import numpy as np
@@ -71,8 +70,11 @@ from . import _cache
 from . import _numba_codegen as _cg
 from . import _numba_generic as _generic_src
 
+if TYPE_CHECKING:  # imported where the pool is made: the module may load at shutdown
+    from concurrent.futures import ThreadPoolExecutor
+
 __all__ = [
-    "prepare", "apply_rows", "apply_cols", "compile_kernels", "wait_for_compiles",
+    "prepare", "apply_rows", "apply_cols", "compile_kernels", "wait_for_compiles", "preload",
     "get_num_threads", "set_num_threads", "set_fused", "kernel_source", "FUSED_BYTES",
     "PARALLEL_MIN_WORK", "CODEGEN_MIN_NNZ", "CODEGEN_MIN_WORK", "SLOW_COMPILE_SECONDS",
 ]
@@ -156,6 +158,24 @@ def _generic_module():
         if not _generic:
             _generic.append(_generic_src.load())
     return _generic[0]
+
+
+def preload(dtypes=(np.float64, np.float32)) -> None:
+    """Load the generic kernels for ``dtypes`` from the cache (compiling them if needed).
+
+    The first cached kernel a process loads also initialises Numba's CPU target (about
+    0.7 s); later dtypes take about 10 ms each.  Run by the background thread that makes
+    the backend ready at a process's first product (:mod:`debutla.backends`).
+
+    Examples
+    --------
+    >>> preload((np.float64,))
+    """
+    _generic_module()
+    for dt in dtypes:
+        dt = np.dtype(dt)
+        st = _State((np.zeros((1, 1, 1, 1), dt),))
+        _run_generic(st, np.zeros((1, 1), dt), np.zeros((1, 1), dt), 1, 1, "rows", "N")
 
 
 def _log_compile(seconds: float, what: str) -> None:
@@ -323,6 +343,8 @@ def _get_pool(n: int) -> ThreadPoolExecutor:
     global _pool, _pool_size
     with _pool_lock:
         if _pool is None or _pool_size < n:
+            from concurrent.futures import ThreadPoolExecutor
+
             # the old pool is left to finish what other threads may still be submitting
             _pool = ThreadPoolExecutor(max_workers=n, thread_name_prefix="debutla-numba")
             _pool_size = n
