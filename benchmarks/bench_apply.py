@@ -18,6 +18,10 @@ and dtype (float32, float64) it times, in one warm loop each (median of repeats)
   factor values, flops = ``2 nnz batch``, the bandwidth measured by a large array copy and
   the peak by a large BLAS GEMM, both in the same run.
 
+The contenders of one case are timed in interleaved rounds (``debutla._timing.compare``:
+each takes its turn every round, the order rotated), so a burst of load hits them alike;
+each time is the median over the rounds, with its quartiles in the CSV, and a case whose
+spread (interquartile range over median) exceeds 0.25 is flagged "busy" in the report.
 Each time is reported with its ratio to dense (speed-up, higher is better) and to the
 roofline (lower is better; 1 is the limit).  The compile section times, each in a fresh
 process with an empty kernel cache (the generic kernel cached once beforehand, as it is
@@ -70,6 +74,7 @@ import numpy as np  # noqa: E402
 from threadpoolctl import threadpool_limits  # noqa: E402
 
 from debutla import PAPER_CHAINS, Chain, DeBut, _config  # noqa: E402
+from debutla._timing import BUSY_SPREAD, compare  # noqa: E402
 
 CHAINS = {
     "LeNet FC1 mono2 128x400": PAPER_CHAINS["lenet_fc1_mono2"],
@@ -127,31 +132,35 @@ def load_ksm():
 
 
 def bench_case(op: DeBut, W: np.ndarray, k: int, ksm_op, threads: int, budget: float,
-               rng) -> dict:
-    """Times (s) of every contender for one chain, dtype and batch; and their errors."""
+               rng, repeats: int) -> tuple[dict, dict]:
+    """Timings (:class:`debutla._timing.Timing`) of every contender for one chain, dtype
+    and batch, measured in interleaved rounds; and their errors against dense.
+
+    BLAS is limited to ``threads`` for all of them (the Numba kernels never call BLAS;
+    the NumPy backend and ksm use it).
+    """
     m, n = op.shape
     dt = op.dtype
     X = rng.standard_normal((k, n)).astype(dt)
-    res = {}
+    fns = {}
+    errs = {}
     with threadpool_limits(limits=threads, user_api="blas"):
         Yd = X @ W.T
-        res["dense"] = timeit(lambda: X @ W.T, budget)
-    ref = Yd.astype(np.float64)
-    scale = np.abs(ref).max()
-    errs = {}
-    for name in ("numpy", "numba"):
-        o = op.with_backend(name)
-        Y = np.empty((k, m), dt)
-        o.matmat_rows(X, out=Y)
-        errs[name] = float(np.abs(Y - ref).max() / scale)
-        with threadpool_limits(limits=threads if name == "numpy" else 1, user_api="blas"):
-            res[name] = timeit(lambda: o.matmat_rows(X, out=Y), budget)
-    if ksm_op is not None:
-        Xc = np.ascontiguousarray(X.T)
-        with threadpool_limits(limits=threads, user_api="blas"):
+        ref = Yd.astype(np.float64)
+        scale = np.abs(ref).max()
+        fns["dense"] = lambda: X @ W.T
+        for name in ("numpy", "numba"):
+            o = op.with_backend(name)
+            Y = np.empty((k, m), dt)
+            o.matmat_rows(X, out=Y)
+            errs[name] = float(np.abs(Y - ref).max() / scale)
+            fns[name] = (lambda o=o, Y=Y: o.matmat_rows(X, out=Y))
+        if ksm_op is not None:
+            Xc = np.ascontiguousarray(X.T)
             Yk = np.asarray(ksm_op @ Xc)
             errs["ksm"] = float(np.abs(Yk.T - ref).max() / scale)
-            res["ksm"] = timeit(lambda: ksm_op @ Xc, budget, min_reps=1)
+            fns["ksm"] = lambda: ksm_op @ Xc
+        res = compare(fns, repeats=repeats, min_time=budget / repeats)
     return res, errs
 
 
@@ -243,7 +252,8 @@ def main(argv=None) -> int:
         ap.error("--threads must be a positive integer")
     batches = (1, 256) if args.quick else (1, 16, 256, 4096)
     dtypes = ("float32",) if args.quick else ("float32", "float64")
-    budget = 0.3 if args.quick else 0.8
+    budget = 0.3 if args.quick else 0.8  # seconds per contender and case, all rounds
+    repeats = 5 if args.quick else 9  # interleaved rounds (median and quartiles)
     names = args.chains or list(CHAINS)
     unknown = [c for c in names if c not in CHAINS]
     if unknown:
@@ -269,18 +279,25 @@ def main(argv=None) -> int:
                     warnings.simplefilter("ignore")
                     kop = ksm([np.asarray(v) for v in op.factors[::-1]])
             for k in batches:
-                res, errs = bench_case(op, W, k, kop, args.threads, budget, rng)
+                res, errs = bench_case(op, W, k, kop, args.threads, budget, rng, repeats)
                 roof = roofline(op, k, machine)
+                dense = res["dense"].median
                 for c in CONTENDERS:
-                    t = res.get(c)
+                    tm = res.get(c)
+                    t = None if tm is None else tm.median
                     rows.append({
                         "chain": cname, "dtype": dtn, "batch": k, "contender": c,
-                        "seconds": t, "speedup_vs_dense": None if t is None else
-                        res["dense"] / t, "x_roofline": None if t is None else t / roof,
+                        "seconds": t, "q1_s": None if tm is None else tm.q1,
+                        "q3_s": None if tm is None else tm.q3,
+                        "spread": None if tm is None else tm.spread,
+                        "busy": None if tm is None else tm.busy,
+                        "speedup_vs_dense": None if t is None else dense / t,
+                        "x_roofline": None if t is None else t / roof,
                         "roofline_s": roof, "rel_err": errs.get(c),
                     })
                 print(f"{cname:26s} {dtn:8s} k={k:5d} " + "  ".join(
-                    f"{c}={fmt_t(res.get(c))}" for c in CONTENDERS)
+                    f"{c}={fmt_t(res[c].median)}{'(busy)' if res[c].busy else ''}"
+                    if c in res else f"{c}=-" for c in CONTENDERS)
                     + f"  roof={fmt_t(roof)}", flush=True)
     compile_rows = []
     if not args.no_compile:
@@ -323,8 +340,15 @@ def write_reports(args, machine, rows, compile_rows, ksm_err) -> None:
          "lazylinop ksm: " + ("default (array-namespace) backend, `L @ X.T`"
                               if ksm_err is None else f"not available ({ksm_err})"),
          "",
-         "Each cell: time per call (median of a warm loop), then `speed-up over dense` and "
-         "`x roofline` (time / roofline time).", ""]
+         "Each cell: time per call (median of interleaved rounds: dense, numpy, numba "
+         "and ksm take turns, the order rotated each round), then `speed-up over dense` "
+         "and `x roofline` (time / roofline time).  A cell marked **busy** had a spread "
+         f"(interquartile range / median) above {BUSY_SPREAD:.2f}: the machine was busy "
+         "while it was measured; the CSV has the quartiles of every cell.", ""]
+    busy = [r for r in rows if r.get("busy")]
+    if busy:
+        L += [f"**Machine busy**: {len(busy)} of {len(rows)} cells had a spread above "
+              f"{BUSY_SPREAD:.2f}; rerun on a quieter machine before quoting them.", ""]
     key = {}
     for r in rows:
         key.setdefault((r["chain"], r["dtype"], r["batch"]), {})[r["contender"]] = r
@@ -341,10 +365,12 @@ def write_reports(args, machine, rows, compile_rows, ksm_err) -> None:
                 if r["seconds"] is None:
                     cells.append("-")
                 elif c == "dense":
-                    cells.append(f"{fmt_t(r['seconds'])} ({r['x_roofline']:.1f}x roof)")
+                    cells.append(f"{fmt_t(r['seconds'])} ({r['x_roofline']:.1f}x roof)"
+                                 + (" **busy**" if r["busy"] else ""))
                 else:
                     cells.append(f"{fmt_t(r['seconds'])} ({r['speedup_vs_dense']:.1f}x, "
-                                 f"{r['x_roofline']:.1f}x roof)")
+                                 f"{r['x_roofline']:.1f}x roof)"
+                                 + (" **busy**" if r["busy"] else ""))
             L.append(f"| {cname} | {k} | {fmt_t(cs['dense']['roofline_s'])} | "
                      + " | ".join(cells) + " |")
         L.append("")
