@@ -56,21 +56,28 @@ def _as_input(x: Any, what: str):
     return a
 
 
-def _any_array(what: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Make ``f(self, x, ...)`` a product entry point that takes arrays of other libraries.
+def _any_array(what: str, takes_out: bool = True
+               ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Make ``f(self, x[, out])`` a product entry point that takes arrays of other libraries.
 
     A foreign ``x`` (:func:`debutla._arrays.is_foreign`) goes through
     :meth:`DeBut._foreign`, which calls ``f`` on a NumPy or CuPy view of it (or on ``x``
     itself, on the reference backend's route) and returns the result as ``x``'s own
-    type; ``what`` names the entry point in messages.  Other inputs call ``f`` directly.
+    type; ``what`` names the entry point in messages.  Other inputs call ``f`` directly
+    (a fixed signature: the wrapper costs NumPy inputs one ``isinstance``).
     """
     def wrap(f: Callable[..., Any]) -> Callable[..., Any]:
-        @functools.wraps(f)
-        def entry(self: "DeBut", x: Any, *args: Any, **kwargs: Any) -> Any:
-            if _arrays.is_foreign(x):
-                return self._foreign(f, what, x, *args, **kwargs)
-            return f(self, x, *args, **kwargs)
-        return entry
+        if takes_out:
+            def entry(self: "DeBut", x: Any, out: Any = None) -> Any:
+                if isinstance(x, np.ndarray) or not _arrays.is_foreign(x):
+                    return f(self, x, out)
+                return self._foreign(f, what, x, out)
+        else:
+            def entry(self: "DeBut", x: Any) -> Any:  # type: ignore[misc]
+                if isinstance(x, np.ndarray) or not _arrays.is_foreign(x):
+                    return f(self, x)
+                return self._foreign(f, what, x)
+        return functools.wraps(f)(entry)
     return wrap
 
 
@@ -737,7 +744,7 @@ class DeBut:
             return out
         return Y
 
-    @_any_array("DeBut @ x")
+    @_any_array("DeBut @ x", takes_out=False)
     def __matmul__(self, x: Any):
         """``D @ x``: ``x`` of shape ``(n,)``, ``(n, k)`` or ``(..., n, k)`` (as
         :func:`numpy.matmul`); with a :class:`DeBut` on the right, the composed operator
@@ -759,7 +766,7 @@ class DeBut:
                           axis="second-to-last axis", shown=tuple(x.shape))
         return _arrays.matrix_transpose(Y, contiguous=True)
 
-    @_any_array("x @ DeBut")
+    @_any_array("x @ DeBut", takes_out=False)
     def __rmatmul__(self, x: Any):
         """``x @ D``: ``x`` of shape ``(m,)`` gives ``(n,)``; ``(..., m)`` gives ``(..., n)``.
 

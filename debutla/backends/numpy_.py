@@ -19,7 +19,6 @@ the argument handling of the module functions).
 
 from __future__ import annotations
 
-from types import SimpleNamespace
 from typing import Any, Iterable, NamedTuple
 
 import numpy as np
@@ -31,11 +30,11 @@ __all__ = ["prepare", "apply_rows", "apply_cols"]  # name, xp: protocol fields
 name = "numpy"
 xp = np
 
-# The standard functions the kernels use, for NumPy arrays: the same semantics (a view
-# where the memory allows), without the module functions' per-call overhead.
-_NUMPY = SimpleNamespace(reshape=np.ndarray.reshape, permute_dims=np.ndarray.transpose,
-                         matmul=np.matmul, conj=np.conj,
-                         zeros=lambda shape, dtype, device=None: np.zeros(shape, dtype))
+# The standard functions the kernels use, (reshape, permute_dims, matmul, conj, zeros),
+# for NumPy arrays: the same semantics (a view where the memory allows) without the
+# module functions' per-call argument handling.
+_NUMPY_OPS = (np.ndarray.reshape, np.ndarray.transpose, np.matmul, np.conj,
+              lambda shape, dtype, device=None: np.zeros(shape, dtype))
 
 
 class _State(NamedTuple):
@@ -61,12 +60,11 @@ def prepare(factors) -> _State:
                   shapes, nbl * rl * tl, nb0 * s0 * t0, {})
 
 
-def _namespace(state: _State, X) -> tuple[Any, tuple, Any]:
-    """``(namespace, blocks, device)`` for computing on ``X``: the state's own blocks for
-    NumPy arrays, else the blocks converted to ``X``'s namespace and device (once).
+def _converted(state: _State, X) -> tuple[tuple, tuple, Any]:
+    """``(functions, blocks, device)`` for an array ``X`` of another library: its
+    namespace's standard functions, and the blocks converted to that namespace and
+    device on first use, then kept in the state.
     """
-    if isinstance(X, np.ndarray):
-        return _NUMPY, state.blocks, None
     ns = _arrays.namespace(X)
     dev = _arrays.device(X)
     key = (ns, dev)
@@ -74,29 +72,33 @@ def _namespace(state: _State, X) -> tuple[Any, tuple, Any]:
     if blocks is None:  # a private copy: the library may share the memory it is given
         blocks = tuple(ns.asarray(np.array(B, copy=True), device=dev) for B in state.blocks)
         state.converted[key] = blocks
-    return ns, blocks, dev
+    return (ns.reshape, ns.permute_dims, ns.matmul, ns.conj, ns.zeros), blocks, dev
 
 
 def _chain_cols(state: _State, X, trans: str):
     """``op(D) @ X`` for ``X`` (n, k), ``n`` at most the input size (zero-padded here)."""
-    ns, blocks, dev = _namespace(state, X)
+    if isinstance(X, np.ndarray):
+        ops, blocks, dev = _NUMPY_OPS, state.blocks, None
+    else:
+        ops, blocks, dev = _converted(state, X)
+    reshape, permute_dims, matmul, conj, zeros = ops
     k = X.shape[1]
     q = state.Q if trans == "N" else state.P
     cur = X
     if X.shape[0] < q:
-        cur = ns.zeros((q, k), dtype=X.dtype, device=dev)
+        cur = zeros((q, k), dtype=X.dtype, device=dev)
         cur[:X.shape[0], :] = X
     steps: Iterable[tuple[Any, tuple[int, int, int, int]]]
     if trans == "N":
         steps = zip(blocks, state.shapes)
     else:
-        steps = ((ns.permute_dims(Vm, (0, 1, 3, 2)), (nb, s, r, t))
+        steps = ((permute_dims(Vm, (0, 1, 3, 2)), (nb, s, r, t))
                  for Vm, (nb, r, s, t) in zip(reversed(blocks), reversed(state.shapes)))
-    conj = trans == "H" and np.dtype(state.blocks[0].dtype).kind == "c"
+    conjugate = trans == "H" and state.blocks[0].dtype.kind == "c"
     for Vm, (nb, r, s, t) in steps:
-        x = ns.permute_dims(ns.reshape(cur, (nb, s, t, k)), (0, 2, 1, 3))  # (nb, t, s, k)
-        y = ns.matmul(ns.conj(Vm) if conj else Vm, x)  # (nb, t, r, k)
-        cur = ns.reshape(ns.permute_dims(y, (0, 2, 1, 3)), (nb * r * t, k))
+        x = permute_dims(reshape(cur, (nb, s, t, k)), (0, 2, 1, 3))  # (nb, t, s, k)
+        y = matmul(conj(Vm) if conjugate else Vm, x)  # (nb, t, r, k)
+        cur = reshape(permute_dims(y, (0, 2, 1, 3)), (nb * r * t, k))
     return cur
 
 
