@@ -284,6 +284,28 @@ def test_reference_backend_runs_in_the_strict_namespace(monkeypatch):
     np.testing.assert_allclose(np.from_dlpack(op @ xs.asarray(a)), ref @ a, rtol=1e-5)
 
 
+def test_reference_backend_never_assigns_into_foreign_arrays(monkeypatch):
+    """Some libraries' arrays are immutable (JAX): the kernels, padding included, must
+    not assign into them."""
+    xs = pytest.importorskip("array_api_strict")
+
+    def immutable(self, key, value):
+        raise TypeError("this array is immutable")
+
+    monkeypatch.setattr(type(xs.asarray(0.0)), "__setitem__", immutable)
+    op = DeBut.random(WIDE, seed=3, shape=(3, 11)).with_backend("numpy")  # pads 11 -> 12
+    a = np.random.default_rng(0).standard_normal((11, 2))
+    D, A, depth = reference(op), reference(op, absolute=True), error_depth(op.chain)
+    for got, exp, bound, what in [
+            (op @ xs.asarray(a), D @ a, A @ np.abs(a), "op @ X"),
+            (op.matmat_rows(xs.asarray(a.T)), a.T @ D.T, np.abs(a.T) @ A.T, "rows"),
+            (op.rmatvec(xs.asarray(a[:3, 0])), D.T @ a[:3, 0], A.T @ np.abs(a[:3, 0]),
+             "rmatvec")]:
+        assert_product_close(np.from_dlpack(got), exp, bound, np.float64, depth, what)
+    with pytest.raises(TypeError, match="out .* cannot be written in place"):
+        op.matvec(xs.asarray(a[:, 0]), out=xs.zeros(3, dtype=xs.float64))
+
+
 @by_route
 def test_strict_device_is_kept(route):
     xs = pytest.importorskip("array_api_strict")

@@ -8,7 +8,8 @@ factors in reverse order with each block transposed (and conjugated): views of t
 forward values, no second state.  See :mod:`debutla.backends` for the interface.
 
 The kernels use only functions of the Python Array API standard (``reshape``,
-``permute_dims``, ``matmul``, ``conj``, ``zeros``, ``asarray``, indexing), so they run in
+``permute_dims``, ``matmul``, ``conj``, ``zeros``, ``concat``, ``asarray``; no item
+assignment on another library's arrays, which may be immutable), so they run in
 the namespace of whatever array they get: NumPy arrays, and arrays of any compliant
 library (PyTorch, JAX, ``array_api_strict``, ... through ``array_api_compat``), in
 host memory.  The values are prepared as NumPy arrays and converted to another
@@ -30,11 +31,18 @@ __all__ = ["prepare", "apply_rows", "apply_cols"]  # name, xp: protocol fields
 name = "numpy"
 xp = np
 
-# The standard functions the kernels use, (reshape, permute_dims, matmul, conj, zeros),
-# for NumPy arrays: the same semantics (a view where the memory allows) without the
-# module functions' per-call argument handling.
-_NUMPY_OPS = (np.ndarray.reshape, np.ndarray.transpose, np.matmul, np.conj,
-              lambda shape, dtype, device=None: np.zeros(shape, dtype))
+
+def _pad_numpy(X, q: int):
+    """``X`` (n, k) with ``q - n`` zero rows below it."""
+    cur = np.zeros((q, X.shape[1]), X.dtype)
+    cur[:X.shape[0]] = X
+    return cur
+
+
+# The functions the kernels use, (reshape, permute_dims, matmul, conj, pad), for NumPy
+# arrays: the standard's semantics (a view where the memory allows) without the module
+# functions' per-call argument handling.
+_NUMPY_OPS = (np.ndarray.reshape, np.ndarray.transpose, np.matmul, np.conj, _pad_numpy)
 
 
 class _State(NamedTuple):
@@ -60,10 +68,10 @@ def prepare(factors) -> _State:
                   shapes, nbl * rl * tl, nb0 * s0 * t0, {})
 
 
-def _converted(state: _State, X) -> tuple[tuple, tuple, Any]:
-    """``(functions, blocks, device)`` for an array ``X`` of another library: its
-    namespace's standard functions, and the blocks converted to that namespace and
-    device on first use, then kept in the state.
+def _converted(state: _State, X) -> tuple[tuple, tuple]:
+    """``(functions, blocks)`` for an array ``X`` of another library: its namespace's
+    standard functions, and the blocks converted to that namespace and ``X``'s device on
+    first use, then kept in the state.
     """
     ns = _arrays.namespace(X)
     dev = _arrays.device(X)
@@ -72,22 +80,24 @@ def _converted(state: _State, X) -> tuple[tuple, tuple, Any]:
     if blocks is None:  # a private copy: the library may share the memory it is given
         blocks = tuple(ns.asarray(np.array(B, copy=True), device=dev) for B in state.blocks)
         state.converted[key] = blocks
-    return (ns.reshape, ns.permute_dims, ns.matmul, ns.conj, ns.zeros), blocks, dev
+
+    def pad(X, q: int):  # no item assignment: some libraries' arrays are immutable (JAX)
+        zeros = ns.zeros((q - X.shape[0], X.shape[1]), dtype=X.dtype, device=dev)
+        return ns.concat([X, zeros], axis=0)
+
+    return (ns.reshape, ns.permute_dims, ns.matmul, ns.conj, pad), blocks
 
 
 def _chain_cols(state: _State, X, trans: str):
     """``op(D) @ X`` for ``X`` (n, k), ``n`` at most the input size (zero-padded here)."""
     if isinstance(X, np.ndarray):
-        ops, blocks, dev = _NUMPY_OPS, state.blocks, None
+        ops, blocks = _NUMPY_OPS, state.blocks
     else:
-        ops, blocks, dev = _converted(state, X)
-    reshape, permute_dims, matmul, conj, zeros = ops
+        ops, blocks = _converted(state, X)
+    reshape, permute_dims, matmul, conj, pad = ops
     k = X.shape[1]
     q = state.Q if trans == "N" else state.P
-    cur = X
-    if X.shape[0] < q:
-        cur = zeros((q, k), dtype=X.dtype, device=dev)
-        cur[:X.shape[0], :] = X
+    cur = X if X.shape[0] == q else pad(X, q)
     steps: Iterable[tuple[Any, tuple[int, int, int, int]]]
     if trans == "N":
         steps = zip(blocks, state.shapes)
