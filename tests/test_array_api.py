@@ -521,7 +521,7 @@ def test_torch_out_that_requires_grad_is_refused(route):
         op.matvec(torch.ones(8, dtype=torch.float64), out=out)
 
 
-def test_detection_is_by_protocol_and_lazy():
+def test_detection_is_by_protocol():
     torch = pytest.importorskip("torch")
     assert _arrays.is_foreign(torch.ones(1)) and _arrays.is_foreign(DLPackOnly(np.ones(1)))
     assert not _arrays.is_foreign(np.ones(1)) and not _arrays.is_foreign(np.float64(1))
