@@ -34,6 +34,7 @@ __all__ = [
     "check_bool",
     "supported_dtype",
     "result_dtype",
+    "standard_dtype",
     "as_generator",
     "check_out",
     "check_matrix",
@@ -191,6 +192,52 @@ def result_dtype(op_dtype: np.dtype, x_dtype: np.dtype, *, where: str = "") -> n
     return dt
 
 
+#: The numeric dtypes of the Array API standard (float16 and bfloat16 are not among them).
+_STANDARD_DTYPES = ("bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32",
+                    "uint64", "float32", "float64", "complex64", "complex128")
+_standard_cache: dict = {}
+
+
+def standard_dtype(dtype: Any, xp: Any, name: str, *, where: str = "") -> np.dtype:
+    """The NumPy dtype equal to ``dtype``, a dtype of the Array API namespace ``xp``.
+
+    Arrays of other libraries (PyTorch, array-api-strict, ...) are accepted when their
+    dtype is one of the standard's numeric dtypes (bool, signed and unsigned integers,
+    float32, float64, complex64, complex128); :func:`result_dtype` then promotes it as it
+    promotes NumPy inputs.  ``name`` is the argument (``"x"``, ``"out"``).
+
+    Raises
+    ------
+    TypeError
+        If ``dtype`` is none of them (e.g. ``torch.bfloat16`` or ``torch.float16``,
+        which the standard does not define).
+
+    Examples
+    --------
+    >>> standard_dtype(np.float32, np, "x")
+    dtype('float32')
+    >>> standard_dtype(np.float16, np, "x", where="DeBut @ x")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    TypeError: DeBut @ x: x has dtype <class 'numpy.float16'>, which is not supported; ...
+    """
+    try:
+        return _standard_cache[(xp, dtype)]
+    except (KeyError, TypeError):  # TypeError: an unhashable dtype object
+        pass
+    for n in _STANDARD_DTYPES:
+        std = getattr(xp, n, None)
+        if std is not None and std == dtype:
+            dt = np.dtype(n)
+            try:
+                _standard_cache[(xp, dtype)] = dt
+            except TypeError:
+                pass
+            return dt
+    raise TypeError(f"{_prefix(where)}{name} has dtype {dtype}, which is not supported; use "
+                    f"{_DTYPE_NAMES} (integer and bool arrays are promoted)")
+
+
 def as_generator(seed: Any, *, where: str = "seed") -> np.random.Generator:
     """A ``numpy.random.Generator`` from ``seed``: None, a non-negative int, or a Generator.
 
@@ -219,10 +266,13 @@ def as_generator(seed: Any, *, where: str = "seed") -> np.random.Generator:
 
 
 def check_out(out: Any, want: tuple[int, ...], dtype: np.dtype, xp: Any, *,
-              where: str = "") -> None:
+              where: str = "", out_dtype: np.dtype | None = None) -> None:
     """Refuse an ``out`` array of the wrong type, shape or dtype, or a read-only one.
 
-    ``want`` is the shape the *user* sees (never an internal padded shape).
+    ``want`` is the shape the *user* sees (never an internal padded shape).  ``xp`` is
+    the array module whose ``ndarray`` ``out`` must be (``numpy``, ``cupy``), or the
+    array type itself (the input's own type, for arrays of other libraries; their
+    ``out_dtype`` is ``out.dtype`` as a NumPy dtype, see :func:`standard_dtype`).
 
     Raises
     ------
@@ -230,15 +280,25 @@ def check_out(out: Any, want: tuple[int, ...], dtype: np.dtype, xp: Any, *,
         If ``out`` is not an array of module ``xp``.
     ValueError
         If its shape or dtype differs from the result's, or it is read-only.
+
+    Examples
+    --------
+    >>> check_out(np.zeros(3), (3,), np.dtype(np.float64), np)
+    >>> check_out(np.zeros(2), (3,), np.dtype(np.float64), np, where="f")
+    Traceback (most recent call last):
+    ...
+    ValueError: f: out must have shape (3,) and dtype float64, got shape (2,) and dtype float64
     """
-    if not isinstance(out, xp.ndarray):
-        raise TypeError(f"{_prefix(where)}out must be a {xp.__name__} array of shape "
-                        f"{want} and dtype {dtype}, got {type(out).__name__}")
-    if out.shape != want or out.dtype != dtype:
-        raise ValueError(f"{_prefix(where)}out must be a {xp.__name__} array of shape "
-                         f"{want} and dtype {dtype}, got shape {out.shape} and dtype "
-                         f"{out.dtype}")
-    if not getattr(out.flags, "writeable", True):
+    kind: Any = xp if isinstance(xp, type) else xp.ndarray
+    if not isinstance(out, kind):
+        name = f"{kind.__module__.split('.')[0]}.{kind.__name__}"
+        raise TypeError(f"{_prefix(where)}out must be a {name} of shape {want} and dtype "
+                        f"{dtype}, got {type(out).__name__}")
+    got = out.dtype if out_dtype is None else out_dtype
+    if tuple(out.shape) != want or got != dtype:
+        raise ValueError(f"{_prefix(where)}out must have shape {want} and dtype {dtype}, "
+                         f"got shape {tuple(out.shape)} and dtype {got}")
+    if not getattr(getattr(out, "flags", None), "writeable", True):
         raise ValueError(f"{_prefix(where)}out is read-only")
 
 

@@ -7,17 +7,19 @@ delegated to a backend (:mod:`debutla.backends`).
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 import sys
 import threading
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
+from . import _arrays
 from .backends import default_backend_for, get_backend, is_device_array
 from ._validation import (SUPPORTED_DTYPES, as_generator, check_bool, check_int, check_out,
-                          result_dtype, supported_dtype)
+                          result_dtype, standard_dtype, supported_dtype)
 from .chain import Chain, FactorSpec, as_chain
 
 if TYPE_CHECKING:  # scipy is imported only by the sparse exports
@@ -32,7 +34,8 @@ def _asarray(x: Any):
 
 
 def _as_input(x: Any, what: str):
-    """``x`` as an array for a product: CuPy arrays stay; non-arrays are refused.
+    """``x`` as an array for a product: CuPy arrays and arrays of other libraries (on the
+    reference backend's route, see :meth:`DeBut._foreign`) stay; non-arrays are refused.
 
     Raises
     ------
@@ -40,7 +43,7 @@ def _as_input(x: Any, what: str):
         For scipy sparse inputs (densify or use ``op.to_sparse()``), and for anything
         that is not a numeric array (NumPy would make it a 0-d object array).
     """
-    if isinstance(x, np.ndarray):
+    if isinstance(x, np.ndarray) or _arrays.is_foreign(x):
         return x
     sparse = sys.modules.get("scipy.sparse")
     if sparse is not None and sparse.issparse(x):
@@ -51,6 +54,31 @@ def _as_input(x: Any, what: str):
         raise TypeError(f"{what}: the input must be a numeric array, got "
                         f"{type(x).__name__} of dtype {a.dtype}")
     return a
+
+
+def _any_array(what: str, takes_out: bool = True
+               ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Make ``f(self, x[, out])`` a product entry point that takes arrays of other libraries.
+
+    A foreign ``x`` (:func:`debutla._arrays.is_foreign`) goes through
+    :meth:`DeBut._foreign`, which calls ``f`` on a NumPy or CuPy view of it (or on ``x``
+    itself, on the reference backend's route) and returns the result as ``x``'s own
+    type; ``what`` names the entry point in messages.  Other inputs call ``f`` directly
+    (a fixed signature: the wrapper costs NumPy inputs one ``isinstance``).
+    """
+    def wrap(f: Callable[..., Any]) -> Callable[..., Any]:
+        if takes_out:
+            def entry(self: "DeBut", x: Any, out: Any = None) -> Any:
+                if isinstance(x, np.ndarray) or not _arrays.is_foreign(x):
+                    return f(self, x, out)
+                return self._foreign(f, what, x, out)
+        else:
+            def entry(self: "DeBut", x: Any) -> Any:  # type: ignore[misc]
+                if isinstance(x, np.ndarray) or not _arrays.is_foreign(x):
+                    return f(self, x)
+                return self._foreign(f, what, x)
+        return functools.wraps(f)(entry)
+    return wrap
 
 
 def _is_number(a: Any) -> bool:
@@ -385,6 +413,9 @@ class DeBut:
     # -- products ----------------------------------------------------------------------
     def _backend_for(self, x: Any, what: str):
         if self._backend is None:
+            if (not isinstance(x, np.ndarray) and _arrays.is_foreign(x)
+                    and not is_device_array(x)):
+                return get_backend("numpy")  # the reference backend's route (_foreign)
             return default_backend_for(x)
         backend = get_backend(self._backend)
         on_device = is_device_array(x)
@@ -393,6 +424,86 @@ class DeBut:
             raise TypeError(f"{what}: a {kind} array of type {type(x).__name__} cannot run "
                             f"on the operator's forced backend {backend.name!r}")
         return backend
+
+    def _foreign(self, f: Callable[..., Any], what: str, x: Any, out: Any = None) -> Any:
+        """``f(self, x[, out])`` for an array ``x`` of another library (see
+        :mod:`debutla._arrays`); the result is an array of ``x``'s library on its device.
+
+        Routes (``docs/conventions.rst``, "Arrays of other libraries"):
+
+        * CUDA memory: a CuPy view of ``x`` (DLPack) on the ``cupy`` backend;
+        * host memory, on the reference backend (forced ``"numpy"``, or chosen by the
+          settings): ``x`` itself, in its own namespace (no conversion);
+        * host memory, on another backend: a NumPy view (DLPack; ``numpy.asarray``
+          where the library refuses the export); without one, the reference backend in
+          ``x``'s namespace (operators without a forced backend).
+
+        ``out`` must be an array of ``x``'s type on ``x``'s device: written in place
+        through a view, or by assignment in ``x``'s namespace.
+        """
+        xp = _arrays.namespace(x)
+        dt = self._dtype  # the result's dtype, known when x has a namespace
+        if xp is not None:  # refuse bfloat16 & co. before any view is made
+            dt = result_dtype(self._dtype, standard_dtype(x.dtype, xp, "x", where=what),
+                              where=what)
+        if is_device_array(x):
+            native = self._backend_for(x, what).xp  # cupy, or TypeError: forced CPU backend
+            xv = _arrays.view(x, native)
+            if xv is None:
+                raise TypeError(f"{what}: x ({_arrays.type_name(x)}) cannot be viewed as a "
+                                f"CuPy array through DLPack or __cuda_array_interface__ (a "
+                                f"tensor that requires grad or has a pending conjugation or "
+                                f"negation: pass x.detach() or x.resolve_conj().resolve_neg())")
+        else:
+            native = np
+            reference = (self._backend or default_backend_for(x).name) == "numpy"
+            xv = None if reference and xp is not None else _arrays.view(x, np)
+            if xv is None and xp is None:
+                raise TypeError(f"{what}: x ({_arrays.type_name(x)}) has neither a NumPy "
+                                f"view (DLPack, __array__) nor an Array API namespace")
+            if xv is None and self._backend not in (None, "numpy"):
+                raise TypeError(f"{what}: x ({_arrays.type_name(x)}) has no NumPy view "
+                                f"(DLPack and __array__ refused it), so it cannot run on the "
+                                f"operator's forced backend {self._backend!r}; the 'numpy' "
+                                f"reference backend computes in x's own namespace")
+        out_dt = None if out is None else self._foreign_out(out, x, xp, what)
+        if xv is None:  # the reference backend, in x's namespace
+            y = f(self, x)
+            if out is None:
+                return y
+            check_out(out, tuple(y.shape), dt, type(x), where=what, out_dtype=out_dt)
+            try:
+                out[...] = y
+            except _arrays.REFUSED as e:
+                raise TypeError(f"{what}: out ({_arrays.type_name(out)}) cannot be written "
+                                f"in place: {e}") from e
+            return out
+        if out is None:
+            y = f(self, xv)
+            return y if xp is None else _arrays.give_back(y, xp, _arrays.device(x))
+        ov = _arrays.view(out, native, writable=True)
+        if ov is None:
+            raise TypeError(f"{what}: out ({_arrays.type_name(out)}) cannot be written in "
+                            f"place through DLPack (e.g. a read-only array, a tensor that "
+                            f"requires grad, or one with a pending conjugation or negation)")
+        f(self, xv, ov)
+        return out
+
+    @staticmethod
+    def _foreign_out(out: Any, x: Any, xp: Any, what: str) -> np.dtype | None:
+        """Refuse an ``out`` of another type or device than the foreign input ``x``;
+        return its dtype as a NumPy dtype (None for a library without a namespace).
+        """
+        if type(out) is not type(x):
+            raise TypeError(f"{what}: out must be of x's type {_arrays.type_name(x)}, got "
+                            f"{_arrays.type_name(out)}")
+        if xp is None:
+            return None
+        out_dt = standard_dtype(out.dtype, xp, "out", where=what)
+        dev, odev = _arrays.device(x), _arrays.device(out)
+        if odev != dev:
+            raise TypeError(f"{what}: out must be on x's device {dev}, got {odev}")
+        return out_dt
 
     def _state(self, backend, dtype: np.dtype):
         """The backend's prepared values for ``dtype`` (built once; serves adjoints too)."""
@@ -429,14 +540,23 @@ class DeBut:
 
     def _prepare_input(self, X: Any, feat: int, trans: str, what: str):
         """Validate ``X`` once; return ``(X C-contiguous in the product dtype, dtype,
-        backend, state)``.
+        backend, state)``.  An array of another library (the reference backend's route)
+        stays in its namespace, cast to the product dtype.
         """
         n_in = self._sizes(trans)[1]
         if X.shape[feat] != n_in:
             axis = "rows" if feat == 0 else "columns"
             side = "n" if trans == "N" else "m"
             raise ValueError(f"{what}: input has {X.shape[feat]} {axis} but the operator "
-                             f"has {side}={n_in} (input shape {X.shape})")
+                             f"has {side}={n_in} (input shape {tuple(X.shape)})")
+        if not isinstance(X, np.ndarray) and _arrays.is_foreign(X):
+            ns = _arrays.namespace(X)
+            x_dt = standard_dtype(X.dtype, ns, "x", where=what)
+            dt = result_dtype(self._dtype, x_dt, where=what)
+            if x_dt != dt:
+                X = ns.astype(X, getattr(ns, dt.name))
+            backend = self._backend_for(X, what)
+            return X, dt, backend, self._state(backend, dt)
         dt = self._dtype if X.dtype == self._dtype else result_dtype(self._dtype, X.dtype,
                                                                      where=what)
         backend = self._backend_for(X, what)
@@ -462,7 +582,7 @@ class DeBut:
         if layout == "cols":
             Y = backend.apply_cols(state, X, direct, trans)
             if m_out < P_out:
-                Y = Y[:m_out]
+                Y = Y[:m_out, :]
         else:
             Y = backend.apply_rows(state, X, direct, trans)
             if m_out < P_out:
@@ -470,7 +590,9 @@ class DeBut:
         if out is not None and direct is None:
             xp.copyto(out, Y)
             return out
-        return Y if m_out == P_out else xp.ascontiguousarray(Y)
+        if m_out == P_out or not isinstance(Y, xp.ndarray):  # another library's array
+            return Y
+        return xp.ascontiguousarray(Y)
 
     def _apply(self, X: Any, layout: str, what: str, out: np.ndarray | None = None,
                trans: str = "N"):
@@ -500,8 +622,9 @@ class DeBut:
         n_in = self._sizes(trans)[1]
         col = x.ndim == 2 and x.shape[1] == 1
         if x.ndim != 1 and not col:
-            raise ValueError(f"{what}: x must have shape ({n_in},), got {x.shape}")
-        X, dt, backend, state = self._prepare_input(x.reshape(1, -1), 1, trans, what)
+            raise ValueError(f"{what}: x must have shape ({n_in},), got {tuple(x.shape)}")
+        X, dt, backend, state = self._prepare_input(_arrays.reshape(x, (1, -1)), 1, trans,
+                                                     what)
         o = None
         if out is not None:
             m_out = self._sizes(trans)[0]
@@ -510,10 +633,24 @@ class DeBut:
         y = self._run(X, "rows", trans, dt, backend, state, o)
         if out is not None:
             return out
-        return y.reshape(-1, 1) if col else y[0]
+        return _arrays.reshape(y, (-1, 1)) if col else y[0, :]
 
-    def matvec(self, x: Any, out: np.ndarray | None = None) -> np.ndarray:
+    def _matmat(self, X: Any, out: Any, trans: str, what: str):
+        """``op(D) @ X`` for a 2-D ``X`` of shape ``(n_in, k)``."""
+        X = _as_input(X, what)
+        if X.ndim != 2:
+            side, n_in = ("n", self._shape[1]) if trans == "N" else ("m", self._shape[0])
+            raise ValueError(f"{what}: X must be 2-D ({side}, k) with {side}={n_in}, got "
+                             f"shape {tuple(X.shape)}")
+        return self._apply(X, "cols", what, out, trans=trans)
+
+    @_any_array("DeBut.matvec")
+    def matvec(self, x: Any, out: Any = None) -> Any:
         """``D @ x`` for a vector ``x`` of length n (shape ``(n,)`` or ``(n, 1)``).
+
+        ``x`` may be an array of another library (PyTorch, CuPy, JAX, any Array API
+        array): the result, and ``out``, are arrays of that library on ``x``'s device
+        (see ``docs/conventions.rst``, "Arrays of other libraries").
 
         Raises
         ------
@@ -521,37 +658,50 @@ class DeBut:
             If ``x`` has the wrong length or more than one column, or ``out`` the wrong
             shape or dtype.
         TypeError
-            If the dtype is unsupported.
+            If the dtype is unsupported, or ``out`` is not an array of ``x``'s type.
+
+        Examples
+        --------
+        >>> op = DeBut.random("4 <-(2,2,2)- 4 <-(2,2,1)- 4", seed=0)
+        >>> y = np.empty(4)
+        >>> op.matvec(np.ones(4), out=y) is y
+        True
         """
         return self._vec(x, out, "N", "DeBut.matvec")
 
-    def rmatvec(self, x: Any, out: np.ndarray | None = None) -> np.ndarray:
-        """``D^H @ x`` for a vector ``x`` of length m (computed from ``D``'s own values)."""
+    @_any_array("DeBut.rmatvec")
+    def rmatvec(self, x: Any, out: Any = None) -> Any:
+        """``D^H @ x`` for a vector ``x`` of length m (computed from ``D``'s own values).
+
+        Arrays of other libraries as in :meth:`matvec`.
+        """
         return self._vec(x, out, "H", "DeBut.rmatvec")
 
-    def matmat(self, X: Any, out: np.ndarray | None = None) -> np.ndarray:
-        """``D @ X`` for ``X`` of shape ``(n, k)``; ``out`` (m, k) avoids allocation."""
-        X = _as_input(X, "DeBut.matmat")
-        if X.ndim != 2:
-            raise ValueError(f"DeBut.matmat: X must be 2-D (n, k) with n={self._shape[1]}, "
-                             f"got shape {X.shape}")
-        return self._apply(X, "cols", "DeBut.matmat", out)
+    @_any_array("DeBut.matmat")
+    def matmat(self, X: Any, out: Any = None) -> Any:
+        """``D @ X`` for ``X`` of shape ``(n, k)``; ``out`` (m, k) avoids allocation.
 
-    def rmatmat(self, X: Any, out: np.ndarray | None = None) -> np.ndarray:
-        """``D^H @ X`` for ``X`` of shape ``(m, k)`` (computed from ``D``'s own values)."""
-        X = _as_input(X, "DeBut.rmatmat")
-        if X.ndim != 2:
-            raise ValueError(f"DeBut.rmatmat: X must be 2-D (m, k) with m={self._shape[0]}, "
-                             f"got shape {X.shape}")
-        return self._apply(X, "cols", "DeBut.rmatmat", out, trans="H")
+        Arrays of other libraries as in :meth:`matvec`.
+        """
+        return self._matmat(X, out, "N", "DeBut.matmat")
 
-    def matmat_rows(self, X: Any, out: np.ndarray | None = None) -> np.ndarray:
+    @_any_array("DeBut.rmatmat")
+    def rmatmat(self, X: Any, out: Any = None) -> Any:
+        """``D^H @ X`` for ``X`` of shape ``(m, k)`` (computed from ``D``'s own values).
+
+        Arrays of other libraries as in :meth:`matvec`.
+        """
+        return self._matmat(X, out, "H", "DeBut.rmatmat")
+
+    @_any_array("DeBut.matmat_rows")
+    def matmat_rows(self, X: Any, out: Any = None) -> Any:
         """``X @ D.T`` for ``X`` of shape ``(..., n)``: the neural-network layout.
 
         Same as ``X @ op.T`` without building ``op.T``.  Any number of leading batch
         dimensions is allowed, as with :func:`numpy.matmul` and ``torch.nn.Linear``;
         the result has shape ``(..., m)``.  ``out`` (same shape as the result) avoids
-        the allocation.
+        the allocation.  Arrays of other libraries as in :meth:`matvec`: a PyTorch
+        tensor in, a PyTorch tensor out.
 
         Examples
         --------
@@ -562,7 +712,8 @@ class DeBut:
         X = _as_input(X, "DeBut.matmat_rows")
         if X.ndim < 2:
             raise ValueError(f"DeBut.matmat_rows: X must have shape (..., n) with at least "
-                             f"2 dimensions and n={self._shape[1]}, got shape {X.shape}")
+                             f"2 dimensions and n={self._shape[1]}, got shape "
+                             f"{tuple(X.shape)}")
         if X.ndim == 2:
             return self._apply(X, "rows", "DeBut.matmat_rows", out)
         return self._rows_nd(X, "DeBut.matmat_rows", out)
@@ -573,47 +724,54 @@ class DeBut:
 
         ``axis`` and ``shown`` describe the input as the user passed it, for messages.
         """
-        lead, n = X.shape[:-1], X.shape[-1]
+        lead, n = tuple(X.shape[:-1]), X.shape[-1]
         m_out, n_in, _ = self._sizes(trans)
         if n != n_in:
             side = "n" if trans == "N" else "m"
             raise ValueError(f"{what}: input has {n} entries along its {axis} but the "
-                             f"operator has {side}={n_in} (input shape {shown or X.shape})")
+                             f"operator has {side}={n_in} (input shape "
+                             f"{shown or tuple(X.shape)})")
         if out is not None:
             want = (*lead, m_out)
             if getattr(out, "shape", None) != want:
                 raise (ValueError if hasattr(out, "shape") else TypeError)(
                     f"{what}: out must be an array of shape {want}, got "
                     f"{getattr(out, 'shape', type(out).__name__)}")
-        Y = self._apply(X.reshape(-1, n), "rows", what, trans=trans)
-        Y = Y.reshape(*lead, m_out)
+        Y = self._apply(_arrays.reshape(X, (-1, n)), "rows", what, trans=trans)
+        Y = _arrays.reshape(Y, (*lead, m_out))
         if out is not None:
             out[...] = Y
             return out
         return Y
 
+    @_any_array("DeBut @ x", takes_out=False)
     def __matmul__(self, x: Any):
         """``D @ x``: ``x`` of shape ``(n,)``, ``(n, k)`` or ``(..., n, k)`` (as
         :func:`numpy.matmul`); with a :class:`DeBut` on the right, the composed operator
-        (see :meth:`compose`).
+        (see :meth:`compose`).  An array of another library gives an array of that
+        library on its device (PyTorch tensor in, PyTorch tensor out).
         """
         if isinstance(x, DeBut):
             return self.compose(x)
         x = _as_input(x, "DeBut @ x")
         if x.ndim == 1:
-            return self.matvec(x)
+            return self._vec(x, None, "N", "DeBut.matvec")
         if x.ndim == 2:
-            return self.matmat(x)
+            return self._matmat(x, None, "N", "DeBut.matmat")
         if x.ndim == 0:
             raise ValueError("DeBut @ x: x must have at least 1 dimension (matmul does not "
                              "take scalars; use op * a to scale)")
         # (..., n, k): rows of the transposed stack, then back
-        Y = self._rows_nd(np.swapaxes(x, -1, -2), "DeBut @ x", axis="second-to-last axis",
-                          shown=x.shape)
-        return np.ascontiguousarray(np.swapaxes(Y, -1, -2))
+        Y = self._rows_nd(_arrays.matrix_transpose(x), "DeBut @ x",
+                          axis="second-to-last axis", shown=tuple(x.shape))
+        return _arrays.matrix_transpose(Y, contiguous=True)
 
+    @_any_array("x @ DeBut", takes_out=False)
     def __rmatmul__(self, x: Any):
-        """``x @ D``: ``x`` of shape ``(m,)`` gives ``(n,)``; ``(..., m)`` gives ``(..., n)``."""
+        """``x @ D``: ``x`` of shape ``(m,)`` gives ``(n,)``; ``(..., m)`` gives ``(..., n)``.
+
+        Arrays of other libraries as in :meth:`__matmul__`.
+        """
         x = _as_input(x, "x @ DeBut")
         if x.ndim == 1:
             return self._vec(x, None, "T", "x @ DeBut")

@@ -68,10 +68,12 @@ def test_save_beside_load(tmp_path):
 
 
 def test_import_is_lazy():
-    """``import debutla`` loads neither scipy, numba, the fitting code nor adapters."""
+    """``import debutla`` loads neither scipy, numba, the fitting code, adapters nor the
+    array libraries (array_api_compat loads with the first non-NumPy array)."""
     code = ("import sys, debutla; "
             "heavy = [m for m in ('scipy', 'numba', 'debutla.interop', 'debutla.fit', "
-            "'debutla.factorize.api', 'debutla.io', 'torch', 'matplotlib') "
+            "'debutla.factorize.api', 'debutla.io', 'torch', 'matplotlib', "
+            "'array_api_compat', 'jax') "
             "if m in sys.modules]; print(heavy)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, cwd=PKG.parent)
@@ -104,6 +106,7 @@ def _imports(path: pathlib.Path, modname: str) -> set[str]:
 def _layer(mod: str) -> float:
     """The layers of the architecture, bottom first (docs/contributing.rst)."""
     order = [("debutla._validation", 0), ("debutla._config", 0.5), ("debutla._timing", 0.5),
+             ("debutla._arrays", 0.5),
              ("debutla.chain", 1),
              ("debutla.backends", 2), ("debutla.operator", 3), ("debutla.io", 4),
              ("debutla.testing", 4), ("debutla.fit", 4), ("debutla.factorize", 4),
