@@ -163,3 +163,24 @@ def test_load_cpu_backend_falls_back_to_numpy_without_numba():
     """)
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["numpy", "True"], r.stdout
+
+
+def test_first_products_of_other_libraries_keep_their_type_while_numba_loads():
+    pytest.importorskip("torch")
+    r = _run(f"""
+        import numpy as np, torch
+        import debutla as db
+        from debutla import backends
+        op = db.DeBut.random("{_CHAIN}", seed=5)
+        x = torch.linspace(-1, 1, 16, dtype=torch.float64)
+        y1 = op @ x                                  # NumPy reference backend meanwhile
+        backends._warm_thread.join(240)
+        y2 = op @ x                                  # Numba
+        D = op.to_dense()
+        for y in (y1, y2):
+            assert isinstance(y, torch.Tensor) and y.dtype == torch.float64
+            np.testing.assert_allclose(y.numpy(), D @ x.numpy(), rtol=1e-12, atol=1e-12)
+        print("ok")
+    """)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["ok"]

@@ -21,9 +21,12 @@ A backend is a module that satisfies :class:`Backend`:
 
 The contract (the operator's side, so backends never re-validate):
 
-* ``X`` is C-contiguous, of the state's dtype and of the backend's array type, with
-  ``n <= q`` features: missing features are zeros (padding; a backend may copy into a
-  padded array where its kernels need one);
+* ``X`` has the state's dtype and ``n <= q`` features: missing features are zeros
+  (padding; a backend may copy into a padded array where its kernels need one).  For
+  ``numba`` and ``cupy`` it is a C-contiguous ``xp.ndarray``; the ``numpy`` reference
+  backend also takes a host array of any Array API library (PyTorch,
+  ``array_api_strict``, ...) and computes in that library's namespace (the operator then
+  passes no ``out``);
 * ``out`` is None or a C-contiguous, writeable array of exactly the result's shape and
   the state's dtype that does not overlap ``X``; it is written in place and returned;
 * adjoint products (``trans`` ``"T"``/``"H"``) run from the forward state: no second
@@ -35,7 +38,9 @@ the operator's job (:mod:`debutla.operator`).
 :func:`get_backend` picks a backend by name; :func:`default_backend_for` picks one for
 an input array: arrays on a CUDA device run on ``cupy``; other arrays run on the CPU
 backend (``numba`` when it imports, else ``numpy``; ``debutla.config(backend=...)`` or
-``DEBUTLA_BACKEND`` choose).  Numba is imported in a background thread at the first
+``DEBUTLA_BACKEND`` choose).  Arrays of other libraries are viewed as NumPy or CuPy
+arrays by the operator (:mod:`debutla._arrays`) before a backend sees them, except on
+the reference backend.  Numba is imported in a background thread at the first
 CPU product, which runs on ``numpy`` meanwhile (about 1 s; ``background=False`` waits
 for it instead: see :mod:`debutla._config`).  :func:`is_device_array` tells them apart by the array
 libraries' own protocols.
