@@ -358,12 +358,15 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def _run_split(fn, ntasks: int, work: int) -> None:
-    """Run ``fn(lo, hi)`` over ``range(ntasks)``, split across threads when worth it."""
+def _run_split(fn, ntasks: int, work: int, threads: int | None = None) -> None:
+    """Run ``fn(lo, hi)`` over ``range(ntasks)``, split across threads when worth it.
+
+    ``threads``: the thread count (default :func:`get_num_threads`).
+    """
     if work < PARALLEL_MIN_WORK or ntasks < 2:
         fn(0, ntasks)
         return
-    nth = min(get_num_threads(), ntasks)
+    nth = min(get_num_threads() if threads is None else threads, ntasks)
     if nth <= 1:
         fn(0, ntasks)
         return
