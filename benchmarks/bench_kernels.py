@@ -127,6 +127,17 @@ def _finish(args, lines: list) -> int:
     return 0
 
 
+def _cases(args, rng):
+    """``(chain name, dtype, batch, operator, X, Y)`` for every case of the command line."""
+    for cname in args.chains:
+        for dtn in args.dtypes:
+            op = DeBut.random(CHAINS[cname], seed=1, dtype=dtn, backend="numba")
+            m, n = op.shape
+            for k in args.batches:
+                yield (cname, dtn, k, op, rng.standard_normal((k, n)).astype(dtn),
+                       np.empty((k, m), dtn))
+
+
 def roofline(op: DeBut, k: int, bw: float, peak: float) -> float:
     m, n = op.shape
     nbytes = (k * n + k * m + op.nnz) * op.dtype.itemsize
@@ -171,24 +182,18 @@ def main(argv=None) -> int:
         return run_scaling(args)
     machine, rng, head = _start(f"# bench_kernels: {' '.join(sys.argv[1:]) or '(defaults)'}")
     rows = []
-    for cname in args.chains:
-        for dtn in args.dtypes:
-            op = DeBut.random(CHAINS[cname], seed=1, dtype=dtn, backend="numba")
-            m, n = op.shape
-            for k in args.batches:
-                X = rng.standard_normal((k, n)).astype(dtn)
-                Y = np.empty((k, m), dtn)
-                op.matmat_rows(X, out=Y)  # compile / load the kernel
-                times, ratios = [], []
-                for _ in range(args.rounds):
-                    bw, peak = machine.measure(dtn)
-                    t = tmin(lambda: op.matmat_rows(X, out=Y), args.budget)
-                    times.append(t)
-                    ratios.append(t / roofline(op, k, bw, peak))
-                rows.append((cname, dtn, k, op, times, statistics.median(ratios)))
-                print(f"{cname:10s} {dtn:8s} k={k:5d}  best {min(times) * 1e6:9.1f} us  "
-                      f"median {statistics.median(times) * 1e6:9.1f} us  same-round "
-                      f"x{statistics.median(ratios):.2f}", flush=True)
+    for cname, dtn, k, op, X, Y in _cases(args, rng):
+        op.matmat_rows(X, out=Y)  # compile / load the kernel
+        times, ratios = [], []
+        for _ in range(args.rounds):
+            bw, peak = machine.measure(dtn)
+            t = tmin(lambda: op.matmat_rows(X, out=Y), args.budget)
+            times.append(t)
+            ratios.append(t / roofline(op, k, bw, peak))
+        rows.append((cname, dtn, k, op, times, statistics.median(ratios)))
+        print(f"{cname:10s} {dtn:8s} k={k:5d}  best {min(times) * 1e6:9.1f} us  "
+              f"median {statistics.median(times) * 1e6:9.1f} us  same-round "
+              f"x{statistics.median(ratios):.2f}", flush=True)
     lines = head + machine.summary() + [
         "| chain | dtype | batch | best | median | roofline (best machine) | "
         "x roofline (best) | x roofline (same round) |",
@@ -269,32 +274,25 @@ def run_scaling(args) -> int:
                                 f"op.matmat_rows(X, out=Y), BLAS pinned to one thread")
     ths = args.threads
     rows = []
-    for cname in args.chains:
-        for dtn in args.dtypes:
-            op = DeBut.random(CHAINS[cname], seed=1, dtype=dtn, backend="numba")
-            m, n = op.shape
-            for k in args.batches:
-                X = rng.standard_normal((k, n)).astype(dtn)
-                Y = np.empty((k, m), dtn)
-                with config(background=False):
-                    want = op.matmat_rows(X)  # compile / load the kernel
-                for th in ths:
-                    with config(threads=th):
-                        if not np.array_equal(op.matmat_rows(X, out=Y), want):
-                            raise AssertionError(f"{cname} {dtn} k={k}: {th} threads "
-                                                 f"change the result")
-                times: dict = {th: [] for th in ths}
-                for rd in range(args.rounds):
-                    for th in (ths if rd % 2 == 0 else ths[::-1]):
-                        with config(threads=th):
-                            times[th].append(tmin(lambda: op.matmat_rows(X, out=Y),
-                                                  args.budget))
-                ups = {th: statistics.median(a / b for a, b in zip(times[ths[0]], times[th]))
-                       for th in ths}
-                rows.append((cname, dtn, k, times, ups))
-                print(f"{cname:10s} {dtn:8s} k={k:5d}  " + "  ".join(
-                    f"{th} thr {statistics.median(times[th]) * 1e6:8.1f} us "
-                    f"(x{ups[th]:.2f})" for th in ths), flush=True)
+    for cname, dtn, k, op, X, Y in _cases(args, rng):
+        with config(background=False):
+            want = op.matmat_rows(X)  # compile / load the kernel
+        for th in ths:
+            with config(threads=th):
+                if not np.array_equal(op.matmat_rows(X, out=Y), want):
+                    raise AssertionError(f"{cname} {dtn} k={k}: {th} threads change the "
+                                         f"result")
+        times: dict = {th: [] for th in ths}
+        for rd in range(args.rounds):
+            for th in (ths if rd % 2 == 0 else ths[::-1]):
+                with config(threads=th):
+                    times[th].append(tmin(lambda: op.matmat_rows(X, out=Y), args.budget))
+        ups = {th: statistics.median(a / b for a, b in zip(times[ths[0]], times[th]))
+               for th in ths}
+        rows.append((cname, dtn, k, times, ups))
+        print(f"{cname:10s} {dtn:8s} k={k:5d}  " + "  ".join(
+            f"{th} thr {statistics.median(times[th]) * 1e6:8.1f} us (x{ups[th]:.2f})"
+            for th in ths), flush=True)
     lines = head + [f"load average at end: {os.getloadavg()}", "",
                     "| chain | dtype | batch | " + " | ".join(
                         f"{th} thread{'s' if th > 1 else ''}: median (range)" for th in ths)

@@ -380,20 +380,21 @@ def _run_split(fn, ntasks: int, work: int, threads: int | None = None) -> None:
     nchunks = min(ntasks, nth * _CHUNKS_PER_THREAD)
     bounds = [ntasks * i // nchunks for i in range(nchunks + 1)]
     claim = threading.Lock()
-    state = [0, None]  # next chunk, first error
+    nxt = [0]  # the next chunk to claim
+    errors: list[BaseException] = []
 
     def work_loop() -> None:
         while True:
             with claim:
-                i = state[0]
-                if i >= nchunks or state[1] is not None:
+                i = nxt[0]
+                if i >= nchunks or errors:
                     return
-                state[0] = i + 1
+                nxt[0] = i + 1
             try:
                 fn(bounds[i], bounds[i + 1])
             except BaseException as e:  # the others stop claiming; raised by the caller
                 with claim:
-                    state[1] = state[1] or e
+                    errors.append(e)
                 return
 
     pool = _get_pool(nth - 1)
@@ -402,8 +403,8 @@ def _run_split(fn, ntasks: int, work: int, threads: int | None = None) -> None:
     for f in futs:
         if not f.cancel():  # not started yet: nothing left for it, do not wait
             f.result()
-    if state[1] is not None:
-        raise state[1]
+    if errors:
+        raise errors[0]
 
 
 # -- generic (factor by factor) products ---------------------------------------------------
