@@ -28,10 +28,12 @@ processes.  Three kernels serve all products:
 
 Threads
 -------
-Work of at least :data:`PARALLEL_MIN_WORK` multiply-adds is split into contiguous ranges
-of tiles, one per thread, run on a persistent pool of Python threads calling the
-``nogil`` kernels; smaller work runs in the calling thread (a parallel region costs more
-than it saves there).  The thread count is ``debutla.config(threads=...)`` or
+Work of at least :data:`PARALLEL_MIN_WORK` multiply-adds, with at least two tiles per
+thread, is cut into chunks of contiguous tiles that the calling thread and a persistent
+pool of Python threads claim one after the other, each calling the ``nogil`` kernels with
+its own scratch (see :func:`_run_split`; a split changes no result bit); smaller work
+runs in the calling thread (a parallel region costs more than it saves there).  The
+thread count is ``debutla.config(threads=...)`` or
 ``DEBUTLA_NUM_THREADS`` when set, else Numba's (``numba.get_num_threads()``).  The
 kernels never call BLAS, so they cannot oversubscribe with it; when timing them next to
 BLAS calls, limit BLAS with ``threadpoolctl`` (see ``docs/performance.rst``).
@@ -84,7 +86,7 @@ xp = np
 #: and below the narrowest one the factor-by-factor kernel).
 FUSED_BYTES = 3 * 2**19
 #: Multiply-adds (``nnz * batch``) from which a product is split over threads.
-PARALLEL_MIN_WORK = 1_000_000
+PARALLEL_MIN_WORK = 5_000_000
 _CHUNKS_PER_THREAD = 4  # chunks of tasks claimed per thread in a split product
 _MIN_TASKS_PER_THREAD = 2  # fewer tasks (tiles, rows) per thread: no split (see _run_split)
 #: Chains with fewer values than this use the generic (precompiled) kernels until one

@@ -43,6 +43,7 @@ from collections import OrderedDict
 from functools import lru_cache
 from typing import Sequence
 
+import numpy as np
 import torch
 
 from .. import _config
@@ -88,13 +89,17 @@ def _cpu_operator(values: Sequence[torch.Tensor], chain: Chain, shape: tuple[int
     views without copying would remove both (see ``docs/torch.rst``).  Meanwhile the
     last few operators are cached for inference: an entry is found by the tensors'
     addresses and reused only if its snapshot of the values is exactly equal to the
-    current values (``torch.equal``, a read of the values, much cheaper than a rebuild),
+    current values (``numpy.array_equal`` on the tensors' memory, a read of the values,
+    much cheaper than a rebuild; NumPy rather than ``torch.equal``, which runs an OpenMP
+    parallel region whose spinning threads then hold the cores the product's threads
+    need, see ``docs/torch.rst``),
     so no write to the values can be missed, whatever path it takes.
     """
     key = (chain, shape, transpose, values[0].dtype, tuple(v.data_ptr() for v in values))
     with _OP_LOCK:
         hit = _OP_CACHE.get(key)
-    if hit is not None and all(torch.equal(a, b) for a, b in zip(hit[1], values)):
+    if hit is not None and all(np.array_equal(a.numpy(), b.detach().numpy())
+                               for a, b in zip(hit[1], values)):
         with _OP_LOCK:
             if key in _OP_CACHE:
                 _OP_CACHE.move_to_end(key)
