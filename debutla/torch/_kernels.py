@@ -32,7 +32,7 @@ import numpy as np
 
 from ..backends import numba_ as _nbk
 
-__all__ = ["fused_backward", "MAX_GROUPS", "GROUP_MIN_WORK"]
+__all__ = ["fused_backward", "groups_of", "MAX_GROUPS", "GROUP_MIN_WORK"]
 
 #: Bytes of scratch one tile may use (intermediates + two gradient blocks).
 TILE_BYTES = 2**24
