@@ -6,6 +6,8 @@ Usage::
     python benchmarks/bench_kernels.py                       # 5 chains x f32/f64 x 1/16/256
     python benchmarks/bench_kernels.py --chains butterfly --batches 256 --dtypes float32
     python benchmarks/bench_kernels.py --set _FUSE_MAX=1     # A/B a generator constant
+    python benchmarks/bench_kernels.py --scaling --threads 1 2 --chains vgg butterfly \
+        --dtypes float32 --batches 16 256 --rounds 9          # thread scaling
 
 Where ``bench_apply.py`` compares contenders, this script answers one question: how far
 is ``op.matmat_rows(X, out=Y)`` (Numba backend, one thread, BLAS pinned to one thread
@@ -32,6 +34,14 @@ and reports ``old / new`` as the median over rounds of the paired time ratios: t
 figure to trust on a loaded machine, where separate runs minutes apart differ by more
 than most kernel changes.  The load average is printed at the start and the end: quote
 it with any figure.
+
+``--scaling`` answers another question: what does a second (third, ...) thread buy?
+For each case it times ``op.matmat_rows(X, out=Y)`` under ``debutla.config(threads=k)``
+for every ``k`` of ``--threads``, interleaved in each of ``--rounds`` rounds (the order
+of the thread counts alternates between rounds; min over a ``--budget`` loop per
+timing; BLAS pinned to one thread), and reports the median over rounds with its range,
+and the speed-up over the first thread count as the median over rounds of the paired
+ratios.  It checks first that every thread count gives bitwise the same result.
 """
 
 from __future__ import annotations
@@ -50,6 +60,7 @@ from threadpoolctl import threadpool_limits  # noqa: E402
 
 import debutla.backends.numba_ as nbk  # noqa: E402
 from debutla import PAPER_CHAINS, Chain, DeBut  # noqa: E402
+from debutla._config import set_defaults  # noqa: E402
 from debutla.backends import _numba_codegen as cg  # noqa: E402
 
 CHAINS = {
@@ -100,7 +111,7 @@ class Machine:
 def _start(title: str) -> tuple:
     """Pin BLAS and the backend to one thread; the machine probe, a generator, a header."""
     threadpool_limits(limits=1, user_api="blas")
-    nbk.set_num_threads(1)
+    set_defaults(threads=1)  # the backend too (overridden per call by --scaling)
     head = [title, f"load average at start: {os.getloadavg()}; {os.cpu_count()} cores; "
             f"date {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}", ""]
     print("\n".join(head), flush=True)
@@ -114,6 +125,17 @@ def _finish(args, lines: list) -> int:
         with open(args.out, "w") as fh:
             fh.write(text)
     return 0
+
+
+def _cases(args, rng):
+    """``(chain name, dtype, batch, operator, X, Y)`` for every case of the command line."""
+    for cname in args.chains:
+        for dtn in args.dtypes:
+            op = DeBut.random(CHAINS[cname], seed=1, dtype=dtn, backend="numba")
+            m, n = op.shape
+            for k in args.batches:
+                yield (cname, dtn, k, op, rng.standard_normal((k, n)).astype(dtn),
+                       np.empty((k, m), dtn))
 
 
 def roofline(op: DeBut, k: int, bw: float, peak: float) -> float:
@@ -135,6 +157,10 @@ def main(argv=None) -> int:
     ap.add_argument("--ab", nargs="*", default=[], metavar="NAME=VALUE",
                     help="time the defaults against these overrides, alternating")
     ap.add_argument("--out", default=None, help="also write the table to this file")
+    ap.add_argument("--scaling", action="store_true",
+                    help="time the thread counts of --threads against each other")
+    ap.add_argument("--threads", nargs="*", type=int, default=[1, 2],
+                    help="thread counts of --scaling (the first is the reference)")
     args = ap.parse_args(argv)
 
     def parse(items: list) -> dict:
@@ -150,26 +176,24 @@ def main(argv=None) -> int:
         setattr(cg, name, value)
     if args.ab:
         return run_ab(args, parse(args.ab))
+    if args.scaling:
+        if not args.threads or min(args.threads) < 1:
+            ap.error("--threads needs positive thread counts")
+        return run_scaling(args)
     machine, rng, head = _start(f"# bench_kernels: {' '.join(sys.argv[1:]) or '(defaults)'}")
     rows = []
-    for cname in args.chains:
-        for dtn in args.dtypes:
-            op = DeBut.random(CHAINS[cname], seed=1, dtype=dtn, backend="numba")
-            m, n = op.shape
-            for k in args.batches:
-                X = rng.standard_normal((k, n)).astype(dtn)
-                Y = np.empty((k, m), dtn)
-                op.matmat_rows(X, out=Y)  # compile / load the kernel
-                times, ratios = [], []
-                for _ in range(args.rounds):
-                    bw, peak = machine.measure(dtn)
-                    t = tmin(lambda: op.matmat_rows(X, out=Y), args.budget)
-                    times.append(t)
-                    ratios.append(t / roofline(op, k, bw, peak))
-                rows.append((cname, dtn, k, op, times, statistics.median(ratios)))
-                print(f"{cname:10s} {dtn:8s} k={k:5d}  best {min(times) * 1e6:9.1f} us  "
-                      f"median {statistics.median(times) * 1e6:9.1f} us  same-round "
-                      f"x{statistics.median(ratios):.2f}", flush=True)
+    for cname, dtn, k, op, X, Y in _cases(args, rng):
+        op.matmat_rows(X, out=Y)  # compile / load the kernel
+        times, ratios = [], []
+        for _ in range(args.rounds):
+            bw, peak = machine.measure(dtn)
+            t = tmin(lambda: op.matmat_rows(X, out=Y), args.budget)
+            times.append(t)
+            ratios.append(t / roofline(op, k, bw, peak))
+        rows.append((cname, dtn, k, op, times, statistics.median(ratios)))
+        print(f"{cname:10s} {dtn:8s} k={k:5d}  best {min(times) * 1e6:9.1f} us  "
+              f"median {statistics.median(times) * 1e6:9.1f} us  same-round "
+              f"x{statistics.median(ratios):.2f}", flush=True)
     lines = head + machine.summary() + [
         "| chain | dtype | batch | best | median | roofline (best machine) | "
         "x roofline (best) | x roofline (same round) |",
@@ -239,6 +263,46 @@ def run_ab(args, overrides: dict) -> int:
         tn, to = min(times["new"]), min(times["old"])
         lines.append(f"| {cname} | {dtn} | {k} | {tn * 1e6:.1f} us | {to * 1e6:.1f} us | "
                      f"{paired:.2f} | {tn / roof:.2f} | {to / roof:.2f} |")
+    return _finish(args, lines)
+
+
+def run_scaling(args) -> int:
+    """Thread counts against each other, interleaved, per chain, dtype and batch."""
+    from debutla import config
+
+    machine, rng, head = _start(f"# bench_kernels --scaling: threads {args.threads}, "
+                                f"op.matmat_rows(X, out=Y), BLAS pinned to one thread")
+    ths = args.threads
+    rows = []
+    for cname, dtn, k, op, X, Y in _cases(args, rng):
+        with config(background=False):
+            want = op.matmat_rows(X)  # compile / load the kernel
+        for th in ths:
+            with config(threads=th):
+                if not np.array_equal(op.matmat_rows(X, out=Y), want):
+                    raise AssertionError(f"{cname} {dtn} k={k}: {th} threads change the "
+                                         f"result")
+        times: dict = {th: [] for th in ths}
+        for rd in range(args.rounds):
+            for th in (ths if rd % 2 == 0 else ths[::-1]):
+                with config(threads=th):
+                    times[th].append(tmin(lambda: op.matmat_rows(X, out=Y), args.budget))
+        ups = {th: statistics.median(a / b for a, b in zip(times[ths[0]], times[th]))
+               for th in ths}
+        rows.append((cname, dtn, k, times, ups))
+        print(f"{cname:10s} {dtn:8s} k={k:5d}  " + "  ".join(
+            f"{th} thr {statistics.median(times[th]) * 1e6:8.1f} us (x{ups[th]:.2f})"
+            for th in ths), flush=True)
+    lines = head + [f"load average at end: {os.getloadavg()}", "",
+                    "| chain | dtype | batch | " + " | ".join(
+                        f"{th} thread{'s' if th > 1 else ''}: median (range)" for th in ths)
+                    + " | " + " | ".join(f"speed-up {th} / {ths[0]}" for th in ths[1:]) + " |",
+                    "|---|---|---:|" + "---:|" * (2 * len(ths) - 1)]
+    for cname, dtn, k, times, ups in rows:
+        cells = [f"{statistics.median(times[th]) * 1e6:.1f} us ({min(times[th]) * 1e6:.0f}-"
+                 f"{max(times[th]) * 1e6:.0f})" for th in ths]
+        cells += [f"{ups[th]:.2f}x" for th in ths[1:]]
+        lines.append(f"| {cname} | {dtn} | {k} | " + " | ".join(cells) + " |")
     return _finish(args, lines)
 
 

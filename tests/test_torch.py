@@ -492,3 +492,65 @@ def test_docstring_examples_run(name):
     res = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS
                           | doctest.NORMALIZE_WHITESPACE)
     assert res.attempted > 0 and res.failed == 0
+
+
+# ---------------------------------------------------------------------------------------
+# threads
+# ---------------------------------------------------------------------------------------
+
+def test_threads_follow_torch_unless_debutla_says_otherwise(monkeypatch):
+    from debutla._config import config
+    from debutla.torch import _ops
+
+    monkeypatch.delenv("DEBUTLA_NUM_THREADS", raising=False)
+    old = torch.get_num_threads()
+    db._config.reload_environment()
+    try:
+        torch.set_num_threads(1)
+        assert _ops._num_threads() == 1
+        torch.set_num_threads(2)
+        assert _ops._num_threads() == 2
+        with config(threads=3):
+            assert _ops._num_threads() == 3
+    finally:
+        torch.set_num_threads(old)
+        db._config.reload_environment()
+
+
+@pytest.mark.parametrize("frozen", [False, True])
+def test_forward_and_backward_are_bitwise_equal_for_any_thread_count(monkeypatch, frozen):
+    """Several groups of tiles, split over 1, 2 or 3 threads: the same bits, and right."""
+    import debutla.backends.numba_ as nbk
+    from debutla.torch import _kernels
+
+    monkeypatch.setattr(nbk, "PARALLEL_MIN_WORK", 0)
+    monkeypatch.setattr(_kernels, "GROUP_MIN_WORK", 0)
+    chain = "16 <-(2,2,8)- 16 <-(2,6,4)- 48 <-(1,2,4)- 96 <-(4,3,1)- 72"
+    batch = 3 * 64 + 5  # 4 tiles of the backward kernel, 4 groups
+    assert len(_kernels.groups_of(batch, 64, Chain.parse(chain).nnz)) == 5
+    torch.manual_seed(0)
+    layer = DeButLinear(72, 16, chain=chain, bias=False)
+    layer.requires_grad_(not frozen)
+    x = torch.randn(batch, 72)
+    w = torch.randn(batch, 16)
+    results = {}
+    old = torch.get_num_threads()
+    try:
+        for th in (1, 2, 3):
+            torch.set_num_threads(th)
+            layer.zero_grad()
+            xr = x.clone().requires_grad_(True)
+            y = layer(xr)
+            (y * w).sum().backward()
+            results[th] = [y.detach(), xr.grad] + ([] if frozen else
+                                                  [p.grad.clone() for p in layer.factors])
+    finally:
+        torch.set_num_threads(old)
+    for th in (2, 3):
+        for a, b in zip(results[1], results[th]):
+            assert torch.equal(a, b), th
+    # and right: against the float64 dense reference
+    D = torch.tensor(reference(DeBut(chain, [p.detach().numpy() for p in layer.factors])))
+    torch.testing.assert_close(results[1][0].double(), x.double() @ D.T, rtol=1e-4,
+                               atol=1e-4)
+    torch.testing.assert_close(results[1][1].double(), w.double() @ D, rtol=1e-4, atol=1e-4)

@@ -28,10 +28,12 @@ processes.  Three kernels serve all products:
 
 Threads
 -------
-Work of at least :data:`PARALLEL_MIN_WORK` multiply-adds is split into contiguous ranges
-of tiles, one per thread, run on a persistent pool of Python threads calling the
-``nogil`` kernels; smaller work runs in the calling thread (a parallel region costs more
-than it saves there).  The thread count is ``debutla.config(threads=...)`` or
+Work of at least :data:`PARALLEL_MIN_WORK` multiply-adds, with at least two tiles per
+thread, is cut into chunks of contiguous tiles that the calling thread and a persistent
+pool of Python threads claim one after the other, each calling the ``nogil`` kernels with
+its own scratch (see :func:`_run_split`; a split changes no result bit); smaller work
+runs in the calling thread (a parallel region costs more than it saves there).  The
+thread count is ``debutla.config(threads=...)`` or
 ``DEBUTLA_NUM_THREADS`` when set, else Numba's (``numba.get_num_threads()``).  The
 kernels never call BLAS, so they cannot oversubscribe with it; when timing them next to
 BLAS calls, limit BLAS with ``threadpoolctl`` (see ``docs/performance.rst``).
@@ -86,7 +88,9 @@ xp = np
 #: and below the narrowest one the factor-by-factor kernel).
 FUSED_BYTES = 3 * 2**19
 #: Multiply-adds (``nnz * batch``) from which a product is split over threads.
-PARALLEL_MIN_WORK = 1_000_000
+PARALLEL_MIN_WORK = 5_000_000
+_CHUNKS_PER_THREAD = 4  # chunks of tasks claimed per thread in a split product
+_MIN_TASKS_PER_THREAD = 2  # fewer tasks (tiles, rows) per thread: no split (see _run_split)
 #: Chains with fewer values than this use the generic (precompiled) kernels until one
 #: call's work (``nnz * batch``) reaches :data:`CODEGEN_MIN_WORK`: a generated kernel
 #: costs 1-3 s to compile, which such small products never pay back.
@@ -380,30 +384,51 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def _run_split(fn, ntasks: int, work: int) -> None:
-    """Run ``fn(lo, hi)`` over ``range(ntasks)``, split across threads when worth it."""
-    if work < PARALLEL_MIN_WORK or ntasks < 2:
+def _run_split(fn, ntasks: int, work: int, threads: int | None = None) -> None:
+    """Run ``fn(lo, hi)`` over ``range(ntasks)``, split across threads when worth it.
+
+    ``threads``: the thread count (default :func:`get_num_threads`), reduced so that
+    every thread has at least :data:`_MIN_TASKS_PER_THREAD` tasks.  The tasks are cut
+    into chunks of contiguous tasks (about :data:`_CHUNKS_PER_THREAD` per thread) that
+    the calling thread and ``threads - 1`` pool workers *claim* one after the other: a
+    worker that starts late (its core busy with another process, or with another
+    library's spinning threads) only leaves more chunks to the others, and a worker
+    that has not started when every chunk is taken is cancelled, not waited for.  Which
+    thread computes a task never changes how it is computed (bitwise the same results).
+    """
+    nth = min(get_num_threads() if threads is None else threads,
+              ntasks // _MIN_TASKS_PER_THREAD)
+    if work < PARALLEL_MIN_WORK or nth <= 1:
         fn(0, ntasks)
         return
-    nth = min(get_num_threads(), ntasks)
-    if nth <= 1:
-        fn(0, ntasks)
-        return
-    bounds = [ntasks * i // nth for i in range(nth + 1)]
+    nchunks = min(ntasks, nth * _CHUNKS_PER_THREAD)
+    bounds = [ntasks * i // nchunks for i in range(nchunks + 1)]
+    claim = threading.Lock()
+    nxt = [0]  # the next chunk to claim
+    errors: list[BaseException] = []
+
+    def work_loop() -> None:
+        while True:
+            with claim:
+                i = nxt[0]
+                if i >= nchunks or errors:
+                    return
+                nxt[0] = i + 1
+            try:
+                fn(bounds[i], bounds[i + 1])
+            except BaseException as e:  # the others stop claiming; raised by the caller
+                with claim:
+                    errors.append(e)
+                return
+
     pool = _get_pool(nth - 1)
-    futs = [pool.submit(fn, bounds[i], bounds[i + 1]) for i in range(1, nth)]
-    err = None
-    try:
-        fn(bounds[0], bounds[1])
-    except BaseException as e:  # still wait for the workers before raising
-        err = e
+    futs = [pool.submit(work_loop) for _ in range(nth - 1)]
+    work_loop()
     for f in futs:
-        try:
+        if not f.cancel():  # not started yet: nothing left for it, do not wait
             f.result()
-        except BaseException as e:
-            err = err or e
-    if err is not None:
-        raise err
+    if errors:
+        raise errors[0]
 
 
 # -- generic (factor by factor) products ---------------------------------------------------

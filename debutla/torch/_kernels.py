@@ -12,46 +12,35 @@ The batch is cut into tiles of ``W`` rows.  For one tile the kernel
 4. scatters ``G_0`` (cut to ``n``) to the rows of ``dL/dX``.
 
 Memory traffic is the minimum (read ``X`` and ``G``, write ``dL/dX``; the intermediates
-never leave the cache) and nothing is allocated per tile.  Tiles are split over threads,
-each accumulating its own value gradients, summed at the end.  Sizes are run-time
-arguments (one compiled kernel per dtype, cached on disk by Numba).
+never leave the cache) and nothing is allocated per tile.  Sizes are run-time arguments
+(one compiled kernel per dtype, cached on disk by Numba).
+
+Threads and determinism
+-----------------------
+The tiles are cut into at most :data:`MAX_GROUPS` contiguous *groups*, a number that
+depends on the batch and the chain only, never on the thread count.  Each group
+accumulates its own value gradients; the groups are summed in their order at the end.
+Threads take whole groups (the Numba backend's pool, :func:`debutla.backends.numba_.
+_run_split`), so the results are bitwise the same with any number of threads.  The
+thread count is the caller's (:func:`debutla.torch._ops._num_threads`).
 """
 
 from __future__ import annotations
 
-import os
-import threading
-from concurrent.futures import ThreadPoolExecutor
-
 import numba
 import numpy as np
 
-__all__ = ["fused_backward", "set_num_threads", "get_num_threads"]
+from ..backends import numba_ as _nbk
+
+__all__ = ["fused_backward", "groups_of", "MAX_GROUPS", "GROUP_MIN_WORK"]
 
 #: Bytes of scratch one tile may use (intermediates + two gradient blocks).
 TILE_BYTES = 2**24
+#: Most groups of tiles (each with its own value-gradient accumulator; see above).
+MAX_GROUPS = 16
+#: Least multiply-adds (``rows * nnz``) of a group.
+GROUP_MIN_WORK = 500_000
 _MIN_W, _MAX_W = 4, 64
-_settings: dict = {"threads": None}
-_pool: ThreadPoolExecutor | None = None
-_pool_n = 0
-_lock = threading.Lock()
-
-
-def set_num_threads(n: int | None) -> None:
-    """Threads for the fused backward (None: ``DEBUTLA_NUM_THREADS`` or Numba's count)."""
-    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
-        raise ValueError(f"set_num_threads: n must be a positive int or None, got {n!r}")
-    _settings["threads"] = n
-
-
-def get_num_threads() -> int:
-    n = _settings["threads"]
-    if n is not None:
-        return n
-    env = os.environ.get("DEBUTLA_NUM_THREADS", "").strip()
-    if env.isdigit() and int(env) > 0:
-        return int(env)
-    return numba.get_num_threads()
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
@@ -151,19 +140,23 @@ def _tile_backward(X, G, GX, dims, vals, voff, xoff, lo, hi, W, n, m, need_x,
         t0 += W
 
 
-def _get_pool(k: int) -> ThreadPoolExecutor:
-    global _pool, _pool_n
-    with _lock:
-        if _pool is None or _pool_n != k:
-            if _pool is not None:
-                _pool.shutdown(wait=False)
-            _pool = ThreadPoolExecutor(k, thread_name_prefix="debutla-bwd")
-            _pool_n = k
-        return _pool
+def groups_of(batch: int, W: int, nnz: int) -> list[int]:
+    """Row bounds of the groups of tiles (depends on the sizes only, never on threads).
+
+    Examples
+    --------
+    >>> groups_of(256, 64, 75776)
+    [0, 64, 128, 192, 256]
+    >>> groups_of(10, 64, 75776)
+    [0, 10]
+    """
+    ntiles = (batch + W - 1) // W
+    g = max(1, min(ntiles, MAX_GROUPS, (batch * nnz) // max(1, GROUP_MIN_WORK)))
+    return [min(batch, (ntiles * i // g) * W) for i in range(g + 1)]
 
 
 def fused_backward(X: np.ndarray, G: np.ndarray, factors, shapes, n: int, m: int,
-                   need_x: bool):
+                   need_x: bool, threads: int = 1):
     """Input and value gradients of ``Y = X @ D.T`` (NumPy arrays, one dtype).
 
     Parameters
@@ -176,6 +169,8 @@ def fused_backward(X: np.ndarray, G: np.ndarray, factors, shapes, n: int, m: int
         The served shape (at most the chain's ``(P, Q)``).
     need_x : bool
         Also compute ``dL/dX``.
+    threads : int
+        Threads to split the groups of tiles over (the result does not depend on it).
 
     Returns
     -------
@@ -197,25 +192,21 @@ def fused_backward(X: np.ndarray, G: np.ndarray, factors, shapes, n: int, m: int
     xoff = (np.concatenate([[0], np.cumsum(qs)[:-1]]) * W).astype(np.uint64)
     nnz = int(sizes.sum())
     GX = np.empty((B, n), dtype=dt) if need_x else np.empty((1, 1), dtype=dt)
-    ntiles = (B + W - 1) // W
-    k = max(1, min(get_num_threads(), ntiles, (B * nnz) // 500_000 or 1))
-    bounds = [min(B, (ntiles * i // k) * W) for i in range(k + 1)]
-    gvs = [np.zeros(nnz, dtype=dt) for _ in range(k)]
+    bounds = groups_of(B, W, nnz)
+    gvs = np.zeros((len(bounds) - 1, nnz), dtype=dt)
+    u = np.uint64
 
-    def run(idx: int) -> None:
-        acts = np.empty(int(qs.sum()) * W, dtype=dt)
+    def run(lo: int, hi: int) -> None:
+        acts = np.empty(int(qs.sum()) * W, dtype=dt)  # this call's scratch, per thread
         ga = np.empty(F * W, dtype=dt)
         gb = np.empty(F * W, dtype=dt)
-        u = np.uint64
-        _tile_backward(X, G, GX, dims, vals, voff, xoff, u(bounds[idx]), u(bounds[idx + 1]),
-                       u(W), u(n), u(m), bool(need_x), acts, ga, gb, gvs[idx], dt.type(0))
+        for g in range(lo, hi):
+            _tile_backward(X, G, GX, dims, vals, voff, xoff, u(bounds[g]), u(bounds[g + 1]),
+                           u(W), u(n), u(m), bool(need_x), acts, ga, gb, gvs[g], dt.type(0))
 
-    if k == 1:
-        run(0)
-    else:
-        list(_get_pool(k).map(run, range(k)))
+    _nbk._run_split(run, len(bounds) - 1, B * nnz, threads=threads)
     gv = gvs[0]
-    for extra in gvs[1:]:
+    for extra in gvs[1:]:  # in group order: the same sum for any thread count
         gv += extra
     out = [gv[o:o + s].reshape(tuple(d)) for o, s, d in zip(voff, sizes, dims)]
     return (GX if need_x else None), out

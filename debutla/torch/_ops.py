@@ -43,8 +43,10 @@ from collections import OrderedDict
 from functools import lru_cache
 from typing import Sequence
 
+import numpy as np
 import torch
 
+from .. import _config
 from ..chain import Chain
 from ..operator import DeBut
 from ._kernels import fused_backward
@@ -87,13 +89,17 @@ def _cpu_operator(values: Sequence[torch.Tensor], chain: Chain, shape: tuple[int
     views without copying would remove both (see ``docs/torch.rst``).  Meanwhile the
     last few operators are cached for inference: an entry is found by the tensors'
     addresses and reused only if its snapshot of the values is exactly equal to the
-    current values (``torch.equal``, a read of the values, much cheaper than a rebuild),
+    current values (``numpy.array_equal`` on the tensors' memory, a read of the values,
+    much cheaper than a rebuild; NumPy rather than ``torch.equal``, which runs an OpenMP
+    parallel region whose spinning threads then hold the cores the product's threads
+    need, see ``docs/torch.rst``),
     so no write to the values can be missed, whatever path it takes.
     """
     key = (chain, shape, transpose, values[0].dtype, tuple(v.data_ptr() for v in values))
     with _OP_LOCK:
         hit = _OP_CACHE.get(key)
-    if hit is not None and all(torch.equal(a, b) for a, b in zip(hit[1], values)):
+    if hit is not None and all(np.array_equal(a.numpy(), b.detach().numpy())
+                               for a, b in zip(hit[1], values)):
         with _OP_LOCK:
             if key in _OP_CACHE:
                 _OP_CACHE.move_to_end(key)
@@ -108,6 +114,18 @@ def _cpu_operator(values: Sequence[torch.Tensor], chain: Chain, shape: tuple[int
     return op
 
 
+def _num_threads() -> int:
+    """Threads of the CPU kernels behind the torch layers.
+
+    debutla's setting when one is given (``debutla.config(threads=n)`` around the call,
+    ``debutla._config.set_defaults(threads=n)`` or ``DEBUTLA_NUM_THREADS``), else torch's
+    intra-op thread count (``torch.get_num_threads()``, i.e. ``torch.set_num_threads``),
+    so a torch program sets its threads in one place.  Results do not depend on it.
+    """
+    n = _config.get("threads")
+    return max(1, int(n) if n is not None else torch.get_num_threads())
+
+
 def _numba_rows(x: torch.Tensor, values: Sequence[torch.Tensor], chain: Chain,
                 shape: tuple[int, int], transpose: bool = False) -> torch.Tensor:
     """``x @ D.T`` (or ``x @ D`` with ``transpose``) by the fused CPU kernel, no copies."""
@@ -116,7 +134,8 @@ def _numba_rows(x: torch.Tensor, values: Sequence[torch.Tensor], chain: Chain,
     if not x.is_contiguous():
         x = x.contiguous()
     out = torch.empty((x.shape[0], op.shape[0]), dtype=x.dtype)
-    op.matmat_rows(x.numpy(), out=out.numpy())
+    with _config.config(threads=_num_threads()):
+        op.matmat_rows(x.numpy(), out=out.numpy())
     return out
 
 
@@ -254,7 +273,8 @@ def _backward(grad, x, values, chain, shape, impl, need_x: bool, need_v: bool):
     if _use_numba(grad, impl):  # fused per-tile recompute + walk back (_kernels)
         gxn, gvn = fused_backward(x.detach().numpy(), grad.detach().numpy(),
                                   [v.detach().numpy() for v in values],
-                                  [spec.value_shape for spec in chain], n, m, need_x)
+                                  [spec.value_shape for spec in chain], n, m, need_x,
+                                  threads=_num_threads())
         return (torch.from_numpy(gxn) if need_x else None), [torch.from_numpy(g) for g in gvn]
     # recompute the factors' inputs, then walk back
     with torch.no_grad():
