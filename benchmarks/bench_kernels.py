@@ -237,7 +237,7 @@ def run_ab(args, overrides: dict) -> int:
                 X = rng.standard_normal((k, n)).astype(dtn)
                 Ys = {lb: np.empty((k, m), dtn) for lb in states}
                 for lb, st in states.items():
-                    nbk.apply_rows(st, None, X, out=Ys[lb])
+                    nbk.apply_rows(st, X, out=Ys[lb])
                 scale = np.abs(Ys["old"]).max()
                 if np.abs(Ys["new"] - Ys["old"]).max() > 1e-3 * scale:
                     raise AssertionError(f"{cname} {dtn} k={k}: variants disagree")
@@ -247,7 +247,7 @@ def run_ab(args, overrides: dict) -> int:
                     peaks.append(machine.measure(dtn))
                     for lb, st in states.items():
                         Y = Ys[lb]
-                        times[lb].append(tmin(lambda: nbk.apply_rows(st, None, X, out=Y),
+                        times[lb].append(tmin(lambda: nbk.apply_rows(st, X, out=Y),
                                               args.budget))
                 paired = statistics.median(o / nw for o, nw in zip(times["old"], times["new"]))
                 rows.append((cname, dtn, k, op, times, paired))
