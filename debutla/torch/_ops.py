@@ -105,7 +105,10 @@ def _cpu_operator(values: Sequence[torch.Tensor], chain: Chain, shape: tuple[int
                 _OP_CACHE.move_to_end(key)
         return hit[0]
     snap = tuple(v.detach().clone() for v in values)
-    op = DeBut(chain, [v.numpy() for v in snap], shape=shape)
+    # the "numba" implementation runs on Numba from the first call (debutla.torch imports
+    # it anyway): never on the NumPy backend that serves a process's first products
+    # while Numba loads, so outputs are the same bits in every process
+    op = DeBut(chain, [v.numpy() for v in snap], shape=shape, backend="numba")
     op = op.T if transpose else op
     with _OP_LOCK:
         _OP_CACHE[key] = (op, snap)
