@@ -4,7 +4,6 @@ the compile log and warmup."""
 from __future__ import annotations
 
 import logging
-import subprocess
 import sys
 import threading
 
@@ -19,10 +18,6 @@ from debutla._warmup import warmup
 from debutla.backends import default_backend_for, is_device_array
 
 from strategies import reference
-
-
-def _run(script: str, **env: str) -> subprocess.CompletedProcess:
-    return run_python(script, **env)
 
 
 def test_config_overrides_nest_and_restore():
@@ -86,7 +81,7 @@ def test_config_refuses_bad_settings_before_the_block(kw, exc, match):
                                         ("DEBUTLA_BACKEND", "fortran"),
                                         ("DEBUTLA_CUPY_ROWS", "3")])
 def test_bad_environment_fails_at_first_use_naming_the_variable(var, value):
-    r = _run("""
+    r = run_python("""
         import numpy as np
         import debutla as db                       # import never reads the environment
         op = db.DeBut.random("4 <-(2,2,2)- 4 <-(2,2,1)- 4", seed=0)
@@ -102,7 +97,7 @@ def test_bad_environment_fails_at_first_use_naming_the_variable(var, value):
 
 
 def test_environment_is_read_once_at_first_use():
-    r = _run("""
+    r = run_python("""
         import os
         import numpy as np
         import debutla as db

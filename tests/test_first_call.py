@@ -7,7 +7,6 @@ because the loading happens once per process.
 from __future__ import annotations
 
 import os
-import subprocess
 
 import pytest
 from procs import run_python
@@ -15,12 +14,8 @@ from procs import run_python
 _CHAIN = "12 <-(3,2,4)- 8 <-(2,2,2)- 8 <-(2,4,1)- 16"
 
 
-def _run(script: str, **env: str) -> subprocess.CompletedProcess:
-    return run_python(script, **env)
-
-
 def test_first_product_runs_on_numpy_while_numba_loads_then_switches():
-    r = _run(f"""
+    r = run_python(f"""
         import sys
         import numpy as np
         import debutla as db
@@ -50,7 +45,7 @@ def test_first_product_runs_on_numpy_while_numba_loads_then_switches():
                                  {}])
 def test_waiting_for_numba_when_asked(how):
     block = "with config(background=False):" if not how else "if True:"
-    r = _run(f"""
+    r = run_python(f"""
         import numpy as np
         import debutla as db
         from debutla import backends
@@ -69,7 +64,7 @@ def test_waiting_for_numba_when_asked(how):
 
 def test_process_ending_while_numba_loads_exits_cleanly():
     # the loading thread imports modules while the interpreter shuts down: no traceback
-    r = _run(f"""
+    r = run_python(f"""
         import numpy as np
         import debutla as db
         op = db.DeBut.random("{_CHAIN}", seed=0)
@@ -82,7 +77,7 @@ def test_process_ending_while_numba_loads_exits_cleanly():
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 def test_fork_while_numba_loads_waits_and_the_child_computes():
-    r = _run(f"""
+    r = run_python(f"""
         import os
         import numpy as np
         import debutla as db
@@ -103,7 +98,7 @@ def test_fork_while_numba_loads_waits_and_the_child_computes():
 
 
 def test_without_numba_products_stay_on_numpy():
-    r = _run(f"""
+    r = run_python(f"""
         import sys
         sys.modules["numba"] = None                # as if Numba were not installed
         import numpy as np
@@ -126,7 +121,7 @@ def test_without_numba_products_stay_on_numpy():
 
 @pytest.mark.parametrize("value", ["yes", "2", "true"])
 def test_bad_background_variable_names_it(value):
-    r = _run("""
+    r = run_python("""
         import numpy as np
         import debutla as db
         op = db.DeBut.random("4 <-(2,2,2)- 4 <-(2,2,1)- 4", seed=0)
@@ -141,7 +136,7 @@ def test_bad_background_variable_names_it(value):
 
 
 def test_warmup_without_an_operator_loads_numba_first():
-    r = _run(f"""
+    r = run_python(f"""
         import numpy as np
         import debutla as db
         from debutla import backends
@@ -154,7 +149,7 @@ def test_warmup_without_an_operator_loads_numba_first():
 
 
 def test_load_cpu_backend_falls_back_to_numpy_without_numba():
-    r = _run("""
+    r = run_python("""
         import sys
         sys.modules["numba"] = None
         import debutla as db
@@ -167,7 +162,7 @@ def test_load_cpu_backend_falls_back_to_numpy_without_numba():
 
 def test_first_products_of_other_libraries_keep_their_type_while_numba_loads():
     pytest.importorskip("torch")
-    r = _run(f"""
+    r = run_python(f"""
         import numpy as np, torch
         import debutla as db
         from debutla import backends

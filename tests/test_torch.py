@@ -369,7 +369,6 @@ def test_compress_reproduces_paper_parameter_counts():
     assert "MC 83.43%" in str(rep)
 
 
-@pytest.mark.skipif(not os.path.exists(LENET), reason="LeNet weights absent")
 def test_compress_fits_pretrained_lenet_fc1():
     d = np.load(LENET, allow_pickle=False)
     net = LeNet()
