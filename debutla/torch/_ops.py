@@ -83,10 +83,10 @@ def _cpu_operator(values: Sequence[torch.Tensor], chain: Chain, shape: tuple[int
                   transpose: bool = False) -> DeBut:
     """A :class:`~debutla.DeBut` operator holding ``values`` (CPU tensors), or its transpose.
 
-    This is the only place the torch layer builds core operators.  The public constructor
-    copies the values (about 0.2 ms for the 75,776 values of the VGG chain) and the
-    kernel state is prepared on first use (about 0.1 ms); a core hook taking read-only
-    views without copying would remove both (see ``docs/torch.rst``).  Meanwhile the
+    This is the only place the torch layer builds core operators.  The operator keeps
+    the snapshot below without a further copy (``DeBut(copy=False)``: the snapshot is
+    private to the cache entry and never written); the kernel state is still prepared
+    on first use (about 0.1 ms for the VGG chain).  Meanwhile the
     last few operators are cached for inference: an entry is found by the tensors'
     addresses and reused only if its snapshot of the values is exactly equal to the
     current values (``numpy.array_equal`` on the tensors' memory, a read of the values,
@@ -108,7 +108,7 @@ def _cpu_operator(values: Sequence[torch.Tensor], chain: Chain, shape: tuple[int
     # the "numba" implementation runs on Numba from the first call (debutla.torch imports
     # it anyway): never on the NumPy backend that serves a process's first products
     # while Numba loads, so outputs are the same bits in every process
-    op = DeBut(chain, [v.numpy() for v in snap], shape=shape, backend="numba")
+    op = DeBut(chain, [v.numpy() for v in snap], shape=shape, backend="numba", copy=False)
     op = op.T if transpose else op
     with _OP_LOCK:
         _OP_CACHE[key] = (op, snap)
