@@ -59,6 +59,7 @@ import numpy as np  # noqa: E402
 from threadpoolctl import threadpool_limits  # noqa: E402
 
 import debutla.backends.numba_ as nbk  # noqa: E402
+import debutla  # noqa: E402
 from debutla import PAPER_CHAINS, Chain, DeBut  # noqa: E402
 from debutla._config import set_defaults  # noqa: E402
 from debutla.backends import _numba_codegen as cg  # noqa: E402
@@ -183,7 +184,10 @@ def main(argv=None) -> int:
     machine, rng, head = _start(f"# bench_kernels: {' '.join(sys.argv[1:]) or '(defaults)'}")
     rows = []
     for cname, dtn, k, op, X, Y in _cases(args, rng):
-        op.matmat_rows(X, out=Y)  # compile / load the kernel
+        # compile / load the kernel and wait for it (a cold cache would otherwise time
+        # the generic kernel that serves products while the chain's kernel compiles)
+        debutla.warmup(op, batch=k, layout="rows", adjoint=False)
+        op.matmat_rows(X, out=Y)
         times, ratios = [], []
         for _ in range(args.rounds):
             bw, peak = machine.measure(dtn)

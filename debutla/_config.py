@@ -61,7 +61,7 @@ from typing import Any, Iterator
 
 from ._validation import check_bool, check_choice, check_int
 
-__all__ = ["config", "get", "set_defaults", "cache_root", "reload_environment",
+__all__ = ["config", "get", "set_defaults", "cache_root", "reload_environment", "token",
            "ENVIRONMENT"]
 
 #: The environment variables debutla reads, and what each sets.
@@ -83,6 +83,8 @@ _env_error: ValueError | None = None
 _cache_root: str | None = None
 _overrides: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar(
     "debutla_config", default={})
+#: Bumped whenever the process-wide defaults may change (see :func:`token`).
+_epoch = 0
 
 
 # -- validation of one setting ----------------------------------------------------------
@@ -170,9 +172,10 @@ def reload_environment() -> None:
     --------
     >>> reload_environment()
     """
-    global _defaults, _env_error, _cache_root
+    global _defaults, _env_error, _cache_root, _epoch
     with _lock:
         _defaults, _env_error, _cache_root = None, None, None
+        _epoch += 1
 
 
 # -- public accessors ---------------------------------------------------------------------
@@ -213,11 +216,36 @@ def set_defaults(**settings: Any) -> None:
     --------
     >>> set_defaults(threads=None)
     """
+    global _epoch
     checked = {k: _check(k, v, "set_defaults") for k, v in settings.items()}
-    _load()
+    d = _load()
     with _lock:
-        assert _defaults is not None
-        _defaults.update(checked)
+        d.update(checked)
+        _epoch += 1
+
+
+def token() -> int | None:
+    """A number naming the settings that choose a product's kernel, or None.
+
+    None inside a :func:`config` block that overrides ``backend`` or ``fused`` (the
+    settings that choose the backend and kernel); otherwise two calls return the same
+    number exactly when the process-wide defaults did not change in between
+    (:func:`set_defaults`, :func:`reload_environment`).  The operator's fast lane for
+    repeated products keys its cached decisions (backend, kernel) on it; the lane
+    never splits a product across threads, so ``threads`` does not enter.
+
+    Examples
+    --------
+    >>> token() == token()
+    True
+    >>> with config(fused=False):
+    ...     token() is None
+    True
+    """
+    ov = _overrides.get()
+    if ov and ("backend" in ov or "fused" in ov):
+        return None
+    return _epoch
 
 
 @contextlib.contextmanager

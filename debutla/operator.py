@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
-from . import _arrays
+from . import _arrays, _config
 from .backends import default_backend_for, get_backend, is_device_array
 from ._validation import (SUPPORTED_DTYPES, as_generator, check_bool, check_int, check_out,
                           result_dtype, standard_dtype, supported_dtype)
@@ -56,7 +56,7 @@ def _as_input(x: Any, what: str):
     return a
 
 
-def _any_array(what: str, takes_out: bool = True
+def _any_array(what: str, takes_out: bool = True, lane: int = 0
                ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Make ``f(self, x[, out])`` a product entry point that takes arrays of other libraries.
 
@@ -65,15 +65,31 @@ def _any_array(what: str, takes_out: bool = True
     itself, on the reference backend's route) and returns the result as ``x``'s own
     type; ``what`` names the entry point in messages.  Other inputs call ``f`` directly
     (a fixed signature: the wrapper costs NumPy inputs one ``isinstance``).
+
+    ``lane`` (1: vectors ``x`` of shape ``(n,)``, 2: rows ``X`` of shape ``(k, n)``):
+    the entry point computes ``D @ x`` or ``X @ D.T`` and may try the operator's fast
+    lane first (:meth:`DeBut._lane_product`), for NumPy arrays of that many dimensions.
     """
     def wrap(f: Callable[..., Any]) -> Callable[..., Any]:
         if takes_out:
             def entry(self: "DeBut", x: Any, out: Any = None) -> Any:
+                if type(x) is np.ndarray:
+                    if self._lane is not None and x.ndim == lane:
+                        y = self._lane_product(x, out)
+                        if y is not None:
+                            return y
+                    return f(self, x, out)
                 if isinstance(x, np.ndarray) or not _arrays.is_foreign(x):
                     return f(self, x, out)
                 return self._foreign(f, what, x, out)
         else:
             def entry(self: "DeBut", x: Any) -> Any:  # type: ignore[misc]
+                if type(x) is np.ndarray:
+                    if self._lane is not None and x.ndim == lane:
+                        y = self._lane_product(x, None)
+                        if y is not None:
+                            return y
+                    return f(self, x)
                 if isinstance(x, np.ndarray) or not _arrays.is_foreign(x):
                     return f(self, x)
                 return self._foreign(f, what, x)
@@ -230,6 +246,9 @@ class DeBut:
         self._H: DeBut | None = None
         # set by .T/.H on the derived operator: (parent, "T" or "H"), see _served_by
         self._adjoint_of: tuple[DeBut, str] | None = None
+        # the fast lane of repeated products (see _lane_product): (settings token,
+        # backend, state), recorded by _run once a product ran where the lane may serve
+        self._lane: tuple | None = None
 
     @classmethod
     def _from_trusted(cls, chain: Chain, vals: tuple, shape, backend) -> "DeBut":
@@ -587,12 +606,68 @@ class DeBut:
             Y = backend.apply_rows(state, X, direct, trans)
             if m_out < P_out:
                 Y = Y[:, :m_out]
+        if (layout == "rows" and trans == "N" and dt == self._dtype
+                and self._adjoint_of is None and isinstance(X, np.ndarray)):
+            self._record_lane(backend, state)
         if out is not None and direct is None:
             xp.copyto(out, Y)
             return out
         if m_out == P_out or not isinstance(Y, xp.ndarray):  # another library's array
             return Y
         return xp.ascontiguousarray(Y)
+
+    def _record_lane(self, backend, state) -> None:
+        """Remember that products of NumPy inputs in the operator's dtype run on
+        ``backend`` with ``state`` under the settings now in effect (the fast lane).
+        """
+        tok = _config.token()
+        lane = self._lane
+        if tok is None or (lane is not None and lane[0] == tok):
+            return
+        if self._shape != self._chain.shape:  # padded inputs or cut outputs: full path
+            return
+        ready = getattr(backend, "lane_ready", None)
+        if ready is not None and ready(state):
+            self._lane = (tok, backend, state)
+
+    def _lane_product(self, x: np.ndarray, out: Any) -> Any:
+        """``D @ x`` (``x`` of shape ``(n,)``) or ``X @ D.T`` (``(k, n)``) by the fast lane,
+        or None: the caller then takes the full path, which validates, chooses and
+        raises as usual.
+
+        The lane serves the common repeated product (``x`` a C-contiguous NumPy array of
+        the operator's dtype, ``out`` absent or a C-contiguous writeable array of the
+        result's shape and dtype, not overlapping ``x``, the same settings as when the
+        lane was recorded) with checks only, no conversions: the backend's
+        ``rows_lane`` runs the same kernel the full path would run (same bits) or
+        declines (kernel not compiled, product large enough to split across threads).
+        For a batch-1 product this removes most of the microseconds around the kernel.
+        """
+        tok, backend, state = self._lane  # type: ignore[misc]
+        if tok != _config.token() or x.dtype != self._dtype or not x.flags.c_contiguous:
+            return None
+        m, n = self._shape
+        shape: tuple[int, ...]
+        if x.ndim == 1:
+            k, shape = 1, (m,)
+            if x.shape[0] != n:
+                return None
+        else:
+            k = x.shape[0]
+            shape = (k, m)
+            if x.shape[1] != n or k == 0:
+                return None
+        if out is None:
+            y = np.empty(shape, self._dtype)
+        elif (type(out) is not np.ndarray or out.shape != shape or out.dtype != self._dtype
+              or not out.flags.c_contiguous or not out.flags.writeable
+              or np.may_share_memory(out, x)):
+            return None
+        else:
+            y = out
+        if backend.rows_lane(state, x.reshape(-1), y.reshape(-1), k):
+            return y
+        return None
 
     def _apply(self, X: Any, layout: str, what: str, out: np.ndarray | None = None,
                trans: str = "N"):
@@ -644,7 +719,7 @@ class DeBut:
                              f"shape {tuple(X.shape)}")
         return self._apply(X, "cols", what, out, trans=trans)
 
-    @_any_array("DeBut.matvec")
+    @_any_array("DeBut.matvec", lane=1)
     def matvec(self, x: Any, out: Any = None) -> Any:
         """``D @ x`` for a vector ``x`` of length n (shape ``(n,)`` or ``(n, 1)``).
 
@@ -693,7 +768,7 @@ class DeBut:
         """
         return self._matmat(X, out, "H", "DeBut.rmatmat")
 
-    @_any_array("DeBut.matmat_rows")
+    @_any_array("DeBut.matmat_rows", lane=2)
     def matmat_rows(self, X: Any, out: Any = None) -> Any:
         """``X @ D.T`` for ``X`` of shape ``(..., n)``: the neural-network layout.
 
@@ -744,7 +819,7 @@ class DeBut:
             return out
         return Y
 
-    @_any_array("DeBut @ x", takes_out=False)
+    @_any_array("DeBut @ x", takes_out=False, lane=1)
     def __matmul__(self, x: Any):
         """``D @ x``: ``x`` of shape ``(n,)``, ``(n, k)`` or ``(..., n, k)`` (as
         :func:`numpy.matmul`); with a :class:`DeBut` on the right, the composed operator

@@ -101,7 +101,7 @@ def test_fused_passes_bitwise_equal_to_unfused(monkeypatch):
         bb = np.empty(st.F * W)
         # kernels that take the input width (``xn``, zeros beyond it) get the full width
         xn = (op.shape[1],) if ", wr, xn):" in src else ()
-        ns["rows_tiles"](*st.panel, X.reshape(-1), Y.reshape(-1), k, 0, (k + W - 1) // W,
+        ns["rows_tiles"](st.flat, X.reshape(-1), Y.reshape(-1), k, 0, (k + W - 1) // W,
                          ba, bb, np.uint64(W), *xn)
         outs.append(Y)
     np.testing.assert_array_equal(outs[0], outs[1])

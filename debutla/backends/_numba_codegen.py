@@ -11,9 +11,13 @@ a hash of the source) and executed from there (:mod:`debutla.backends._cache`), 
 process loads it instead of compiling.  A file that holds the right text is never
 rewritten (Numba's cache index is keyed on the file's modification time).
 
-Generated functions (all ``nogil``, ``cache=True``, compiled lazily per dtype):
+Generated functions (all ``nogil``, ``cache=True``, compiled lazily per dtype).  ``V`` is
+every factor's values packed into one flat array, in application order (factor ``i``
+is ``V[o_i:o_{i+1}]``, ``o`` the running sums of the value counts, sliced inside the
+kernel): one array argument instead of one per factor, because the dispatcher's cost
+per argument is a visible part of a matvec.
 
-``chain_buf(V0, ..., ba, bb)``
+``chain_buf(V, ba, bb, wr)``
     Apply the whole chain to a ``W``-wide panel held features-major in ``ba``
     (``ba[f * W + c]`` is feature ``f`` of panel column ``c``) in passes
     (:func:`panel_passes`): a pair of nesting factors whose pass maps as many inputs as
@@ -22,14 +26,14 @@ Generated functions (all ``nogil``, ``cache=True``, compiled lazily per dtype):
     factor; those passes loop over a constant ``W`` columns in full tiles.  Other
     factors ping-pong between ``ba`` and ``bb``.  The result lies in ``ba`` or ``bb``
     (module constant ``RESULT_IN_A``).
-``rows_tiles(V0, ..., X, out, k, t0, t1, ba, bb, wr, xn)``
+``rows_tiles(V, X, out, k, t0, t1, ba, bb, wr, xn)``
     ``out = X @ D.T`` for the tiles ``t0 .. t1-1`` of ``W`` rows of the flat row-major
     ``X`` (``k x xn``, ``xn <= Q``: missing features are zeros, no padded copy) and
     ``out`` (``k x P``): gather a tile transposed, ``chain_buf``, scatter it back.
-``cols_tiles(V0, ..., X, out, k, t0, t1, ba, bb, wr, xn)``
+``cols_tiles(V, X, out, k, t0, t1, ba, bb, wr, xn)``
     ``out = D @ X`` for the tiles of ``W`` columns of the flat row-major ``X``
     (``xn x k``) and ``out`` (``P x k``).
-``rows_single(V0, ..., X, out, r0, r1, ba, bb)``
+``rows_single(V, X, out, r0, r1, ba, bb, one)``
     ``out = X @ D.T`` one row at a time (rows ``r0 .. r1-1``), vectorising over the
     diagonal index ``t``: the batch-1 (matvec) kernel.
 """
@@ -38,7 +42,7 @@ from __future__ import annotations
 
 from . import _cache
 
-GENERATOR_VERSION = "6"
+GENERATOR_VERSION = "7"
 _OPAQUE_T = 4  # per-row kernels: inner loops over t >= this get an opaque trip count
 _GROUP_MAX = 4  # outputs per register-blocked group in the panel kernels
 _CHUNK = 4  # terms of the j-sum written out per statement
@@ -529,13 +533,22 @@ def generate_source(shapes: tuple, W: int) -> str:
     sizes_out = [nb * r * t for nb, r, s, t in shapes]
     Q, P = sizes_in[0], sizes_out[-1]
     F = max(sizes_in + sizes_out)
-    vargs = ", ".join(f"V{i}" for i in range(N))
+    offs = [0]
+    for nb, r, s, t in shapes:
+        offs.append(offs[-1] + nb * r * s * t)
+
+    def slices(ind: int) -> None:
+        # the factors' values as views of the one packed array V (one kernel argument
+        # instead of N: the dispatcher's per-argument cost is part of a matvec's time)
+        for i in range(N):
+            S.add(ind, f"V{i} = V[{offs[i]}:{offs[i + 1]}]")
     S = _Src()
     body = S.lines
 
     # -- chain_buf: features-major panel, ping-pong ba <-> bb ----------------------
     S.add(0, _DECOR)
-    S.add(0, f"def chain_buf({vargs}, ba, bb, wr):")
+    S.add(0, "def chain_buf(V, ba, bb, wr):")
+    slices(1)
     bufs = ("ba", "bb")
     cur = 0  # the buffer holding the current values
     for n0, cnt in panel_passes(shapes):
@@ -565,7 +578,7 @@ def generate_source(shapes: tuple, W: int) -> str:
          "    for c_ in range(w):", f"        out[ob + c_] = {fin}[fb + c_]"])
     for fname, (gather, scatter) in (("rows_tiles", rows_io), ("cols_tiles", cols_io)):
         S.add(0, _DECOR)
-        S.add(0, f"def {fname}({vargs}, X, out, k, t0, t1, ba, bb, wr, xn):")
+        S.add(0, f"def {fname}(V, X, out, k, t0, t1, ba, bb, wr, xn):")
         S.add(1, "ku = np.uint64(k)")
         S.add(1, "xu = np.uint64(xn)")
         S.add(1, "for tl in range(np.uint64(t0), np.uint64(t1)):")
@@ -597,14 +610,15 @@ def generate_source(shapes: tuple, W: int) -> str:
         S.add(6, f"ba[f * {Wc} + c_] = 0")
         for line in gather:
             S.add(3, line)
-        S.add(2, f"chain_buf({vargs}, ba, bb, min(wr, wq))")
+        S.add(2, "chain_buf(V, ba, bb, min(wr, wq))")
         for line in scatter:
             S.add(2, line)
         S.add(0, "")
 
     # -- rows_single -----------------------------------------------------------------
     S.add(0, _DECOR)
-    S.add(0, f"def rows_single({vargs}, X, out, r0, r1, ba, bb, one):")
+    S.add(0, "def rows_single(V, X, out, r0, r1, ba, bb, one):")
+    slices(1)
     S.add(1, "for row in range(np.uint64(r0), np.uint64(r1)):")
     S.add(2, f"xrow = row * {S.c(Q)}")
     S.add(2, f"orow = row * {S.c(P)}")

@@ -62,7 +62,7 @@ import threading
 import time
 import warnings
 import weakref
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numba
 import numpy as np
@@ -76,7 +76,8 @@ if TYPE_CHECKING:  # imported where the pool is made: the module may load at shu
     from concurrent.futures import ThreadPoolExecutor
 
 __all__ = [
-    "prepare", "apply_rows", "apply_cols", "compile_kernels", "wait_for_compiles", "preload",
+    "prepare", "apply_rows", "apply_cols", "rows_lane", "lane_ready", "compile_kernels",
+    "wait_for_compiles", "preload",
     "get_num_threads", "set_num_threads", "set_fused", "kernel_source", "FUSED_BYTES",
     "PARALLEL_MIN_WORK", "CODEGEN_MIN_NNZ", "CODEGEN_MIN_WORK", "SLOW_COMPILE_SECONDS",
 ]
@@ -202,7 +203,7 @@ class _State:
     ones a background thread is compiling.
     """
 
-    __slots__ = ("shapes", "dtype", "panel", "vec", "dims", "adims", "Q", "P",
+    __slots__ = ("shapes", "dtype", "panel", "vflat", "dims", "adims", "Q", "P",
                  "F", "nnz", "W", "_mod", "_lock", "ready", "pending", "broken", "flat", "_cflat",
                  "_adj",
                  "__weakref__")
@@ -210,18 +211,22 @@ class _State:
     def __init__(self, factors) -> None:
         self.shapes = tuple(tuple(int(d) for d in V.shape) for V in factors)
         self.dtype = factors[0].dtype
-        self.panel = tuple(np.ascontiguousarray(V).reshape(-1) for V in factors)
-        vec = []
-        for V, flat in zip(factors, self.panel):
-            if _cg.vec_transposed(V.shape):
-                vec.append(np.ascontiguousarray(V[..., 0].transpose(0, 2, 1)).reshape(-1))
-            else:
-                vec.append(flat)
-        self.vec = tuple(vec)
+        # every kernel takes the values packed in one flat array (writeable: one kernel
+        # type for all): ``flat`` in the canonical layout (panel and generic kernels),
+        # ``vflat`` with the ``t = 1, r >= 4`` factors transposed (one-row kernel)
+        bounds = np.cumsum([0] + [V.size for V in factors]).tolist()
+        offs = bounds[:-1]
+        self.flat = np.concatenate([np.asarray(V).reshape(-1) for V in factors])
+        self.panel = tuple(self.flat[a:b] for a, b in zip(bounds[:-1], bounds[1:]))
+        if any(_cg.vec_transposed(V.shape) for V in factors):
+            self.vflat = np.concatenate([
+                np.ascontiguousarray(V[..., 0].transpose(0, 2, 1)).reshape(-1)
+                if _cg.vec_transposed(V.shape) else flat
+                for V, flat in zip(factors, self.panel)])
+        else:
+            self.vflat = self.flat
         # generic kernel: (nb, r, s, t, vi, vj) forward; the adjoint applies the factors
         # in reverse order, each with r <-> s and its value strides swapped
-        offs = np.cumsum([0] + [V.size for V in factors])[:-1].tolist()
-        self.flat = np.concatenate(self.panel)  # writeable: one kernel type for all
         self.dims = np.array([(nb, r, s, t, s * t, t, o) for (nb, r, s, t), o
                               in zip(self.shapes, offs)], dtype=np.uint64).reshape(-1, 7)
         self.adims = np.array([(nb, s, r, t, t, s * t, o) for (nb, r, s, t), o
@@ -497,13 +502,13 @@ def _run_fused(state: _State, mod, kname: str, X, Y, k: int) -> None:
             pair = None if cache is None else cache.get(state.dtype.str)
             if pair is None or pair[0].size < state.F:
                 pair = _scratch(state.dtype, state.F)
-            mod.rows_single(*state.vec, Xf, Yf, 0, 1, pair[0], pair[1], one)
+            mod.rows_single(state.vflat, Xf, Yf, 0, 1, pair[0], pair[1], one)
             return
         kern = mod.rows_single
 
         def run_rows(lo: int, hi: int) -> None:
             a, b = _scratch(state.dtype, state.F)
-            kern(*state.vec, Xf, Yf, lo, hi, a, b, one)
+            kern(state.vflat, Xf, Yf, lo, hi, a, b, one)
 
         _run_split(run_rows, k, state.nnz * k)
         return
@@ -513,7 +518,7 @@ def _run_fused(state: _State, mod, kname: str, X, Y, k: int) -> None:
 
     def run(lo: int, hi: int) -> None:
         a, b = _scratch(state.dtype, state.F * W)
-        kern(*state.panel, Xf, Yf, k, lo, hi, a, b, wr, xn)
+        kern(state.flat, Xf, Yf, k, lo, hi, a, b, wr, xn)
 
     _run_split(run, (k + W - 1) // W, state.nnz * k)
 
@@ -655,6 +660,78 @@ def _apply(state: _State, X, out, layout: str, trans: str):
             return out
     _fused_guarded(state, kname, X, out, k)
     return out
+
+
+def lane_ready(state: _State) -> bool:
+    """Whether :func:`rows_lane` may serve ``state`` under the settings now in effect.
+
+    The operator asks once and remembers the answer with the settings' token
+    (:func:`debutla._config.token`), so that repeated products skip its checks.
+
+    Examples
+    --------
+    >>> lane_ready(prepare((np.ones((1, 2, 2, 1)),))) in (True, False)
+    True
+    """
+    return state.fused
+
+
+def rows_lane(state: _State, Xf, Yf, k: int) -> bool:
+    """``Y = X @ D.T`` on a ready specialised kernel, on the calling thread, or nothing.
+
+    The fast lane of :func:`apply_rows` for repeated products (``trans = "N"``): the
+    caller has checked everything :func:`apply_rows` checks and that :func:`lane_ready`
+    holds under the same settings.
+
+    Parameters
+    ----------
+    state : object
+        From :func:`prepare`.
+    Xf, Yf : numpy.ndarray
+        Flat C-contiguous views of ``X`` (``k x Q``) and of the writeable result
+        (``k x P``), the state's dtype, not overlapping.
+    k : int
+        Rows, at least 1.
+
+    Returns
+    -------
+    bool
+        True when the product was computed into ``Yf``: the chain's kernel for ``k``
+        rows is compiled and the product is too small to split across threads (the
+        same kernel and the same bits as :func:`apply_rows`).  False when nothing was
+        done: the caller runs :func:`apply_rows`, which compiles, splits or falls back.
+
+    Examples
+    --------
+    >>> st = prepare((np.ones((1, 2, 2, 1)),))
+    >>> rows_lane(st, np.ones(2), np.empty(2), 1)  # no specialised kernel yet
+    False
+    """
+    if k <= _ROWS_SINGLE_MAX:
+        if "rows_single" not in state.ready or state.broken:
+            return False
+        pair = getattr(_tls, "bufs", None)
+        pair = None if pair is None else pair.get(state.dtype.str)
+        if pair is None or pair[0].size < state.F:
+            pair = _scratch(state.dtype, state.F)
+        mod: Any = state._mod  # set: the kernel is ready
+        try:
+            mod.rows_single(state.vflat, Xf, Yf, 0, k, pair[0], pair[1], _ONE)
+        except Exception:  # e.g. a cache failure: apply_rows handles it
+            return False
+        return True
+    if (state.nnz * k >= PARALLEL_MIN_WORK or "rows_tiles" not in state.ready
+            or state.broken):
+        return False
+    W = state.W
+    a, b = _scratch(state.dtype, state.F * W)
+    mod = state._mod
+    try:
+        mod.rows_tiles(state.flat, Xf, Yf, k, 0, (k + W - 1) // W, a, b,
+                              np.uint64(W), state.Q)
+    except Exception:
+        return False
+    return True
 
 
 def apply_rows(state: _State, X, out=None, trans: str = "N"):

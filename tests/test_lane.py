@@ -1,0 +1,229 @@
+"""The operator's fast lane for repeated products (``DeBut._lane_product``).
+
+Once a product of NumPy inputs has run on the Numba backend, later calls of
+``op @ x``, ``op.matvec`` and ``op.matmat_rows`` with plain C-contiguous inputs of the
+operator's dtype skip the full path's conversions and call the compiled kernel
+directly (``numba_.rows_lane``).  These tests check that the lane gives the same bits as
+the full path, that it serves the cases it should, and that every other case (other
+settings, dtypes, layouts, shapes, ``out`` arrays, errors) still takes the full path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+import pytest
+
+import debutla
+import debutla.backends.numba_ as nbk
+from debutla import DeBut, _config
+from debutla._config import config
+
+from strategies import DTYPES, DTYPE_IDS, random_values
+
+CHAIN = "24 <-(3,2,4)- 16 <-(4,9,1)- 36"  # t = 1 with r = 4: the transposed per-row layout
+K_TILES = 37  # rows for the tile kernel (partial last tile)
+
+
+@contextlib.contextmanager
+def _codegen():
+    saved = nbk.CODEGEN_MIN_NNZ, nbk.CODEGEN_MIN_WORK
+    nbk.CODEGEN_MIN_NNZ = nbk.CODEGEN_MIN_WORK = 0
+    try:
+        yield
+    finally:
+        nbk.CODEGEN_MIN_NNZ, nbk.CODEGEN_MIN_WORK = saved
+
+
+@pytest.fixture
+def lane_spy(monkeypatch):
+    """Record what ``rows_lane`` returned for each call."""
+    calls: list[bool] = []
+    inner = nbk.rows_lane
+
+    def spy(state, Xf, Yf, k):
+        done = inner(state, Xf, Yf, k)
+        calls.append(done)
+        return done
+
+    monkeypatch.setattr(nbk, "rows_lane", spy)
+    return calls
+
+
+def _ready_op(dtype=np.float64, seed=0, **kw) -> DeBut:
+    op = DeBut.random(CHAIN, seed=seed, dtype=dtype, backend="numba", **kw)
+    with _codegen():
+        debutla.warmup(op, batch=(1, K_TILES), layout="rows", adjoint=False)
+    return op
+
+
+def _full_path(op: DeBut, X: np.ndarray) -> np.ndarray:
+    """``X @ op.T`` by the backend's full path (no lane)."""
+    st = op._state(nbk, op.dtype)
+    return nbk.apply_rows(st, np.ascontiguousarray(X.reshape(-1, op.shape[1])))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_lane_serves_repeated_products_with_the_full_paths_bits(dtype, lane_spy):
+    op = _ready_op(dtype)
+    lane_spy.clear()  # (warmup's own products)
+    rng = np.random.default_rng(1)
+    x = random_values(rng, (op.shape[1],), dtype)
+    X = random_values(rng, (K_TILES, op.shape[1]), dtype)
+    X2 = random_values(rng, (2, op.shape[1]), dtype)
+    got = [op @ x, op.matvec(x), op.matmat_rows(X), op.matmat_rows(X2)]
+    y = np.empty(op.shape[0], dtype)
+    Y = np.empty((K_TILES, op.shape[0]), dtype)
+    assert op.matvec(x, out=y) is y
+    assert op.matmat_rows(X, out=Y) is Y
+    assert lane_spy == [True] * 6
+    exp = [_full_path(op, x)[0], _full_path(op, x)[0], _full_path(op, X), _full_path(op, X2)]
+    for g, e in zip(got + [y, Y], exp + [exp[0], exp[2]]):
+        assert type(g) is np.ndarray and g.dtype == dtype
+        np.testing.assert_array_equal(g, e)
+
+
+def test_lane_declines_inside_a_config_block_and_after_new_defaults(lane_spy):
+    op = _ready_op()
+    lane_spy.clear()  # (warmup's own products)
+    x = np.linspace(-1, 1, op.shape[1])
+    op @ x
+    lane_spy.clear()
+    with config(backend="numpy"):
+        y_ref = op.with_backend("numpy") @ x
+        op @ x
+    with config(fused=False):
+        op @ x
+    assert lane_spy == []  # these blocks choose the kernel: the full path honours them
+    with config(threads=1, background=False):
+        op @ x  # settings that do not choose the kernel: served
+    assert lane_spy == [True]
+    lane_spy.clear()
+    token = _config.token()
+    try:
+        _config.set_defaults(fused=False)  # new defaults: the lane is forgotten
+        assert _config.token() != token
+        y = op @ x
+        assert lane_spy == []
+    finally:
+        _config.set_defaults(fused=True)
+    np.testing.assert_allclose(y, y_ref, rtol=1e-12, atol=1e-12)
+    op @ x  # recorded again under the restored defaults
+    op @ x
+    assert lane_spy == [True]
+
+
+def test_lane_leaves_other_inputs_to_the_full_path(lane_spy):
+    op = _ready_op()
+    lane_spy.clear()  # (warmup's own products)
+    rng = np.random.default_rng(2)
+    X = rng.standard_normal((5, op.shape[1]))
+    op.matmat_rows(X)
+    lane_spy.clear()
+    ref = X @ op.to_dense().T
+    cases = [
+        X.astype(np.float32),  # another dtype: promoted by the full path
+        np.asfortranarray(X),  # not C-contiguous
+        np.concatenate([X, X], axis=1)[:, :X.shape[1]],  # rows not adjacent
+        X[:0],  # no rows
+    ]
+    for Z in cases:
+        np.testing.assert_allclose(op.matmat_rows(Z), Z.astype(np.float64) @ op.to_dense().T,
+                                   rtol=1e-6, atol=1e-6)
+    assert lane_spy == []
+    np.testing.assert_allclose(op.matmat_rows(X.reshape(1, 5, -1))[0], ref, rtol=1e-12)
+    np.testing.assert_allclose(op.matmat_rows(X.tolist()), ref, rtol=1e-12)
+    np.testing.assert_allclose(op @ X.T, ref.T, rtol=1e-12)  # cols layout
+    np.testing.assert_allclose(op.rmatvec(ref[0]), op.to_dense().T @ ref[0], rtol=1e-12)
+    np.testing.assert_allclose(op.T @ ref[0], op.to_dense().T @ ref[0], rtol=1e-12)
+    assert lane_spy == []
+
+
+def test_lane_out_arrays_and_errors(lane_spy):
+    op = _ready_op()
+    lane_spy.clear()  # (warmup's own products)
+    x = np.ones(op.shape[1])
+    op @ x
+    lane_spy.clear()
+    ref = op.to_dense() @ x
+    with pytest.raises(ValueError, match="out"):
+        op.matvec(x, out=np.empty(op.shape[0] + 1))
+    with pytest.raises((TypeError, ValueError), match="out"):
+        op.matvec(x, out=np.empty(op.shape[0], np.float32))
+    with pytest.raises(ValueError, match="36"):
+        op.matvec(np.ones(op.shape[1] - 1))
+    with pytest.raises(ValueError, match="36"):
+        op.matmat_rows(np.ones((3, op.shape[1] - 1)))
+    ro = np.empty(op.shape[0])
+    ro.flags.writeable = False
+    with pytest.raises(ValueError):
+        op.matvec(x, out=ro)
+    assert lane_spy == []
+    # an out that overlaps the input: the full path copies, the result is still right
+    buf = np.zeros(op.shape[1])
+    buf[:] = x
+    got = op.matvec(buf, out=buf[:op.shape[0]])
+    np.testing.assert_allclose(got, ref, rtol=1e-12)
+    assert lane_spy == []
+    out = np.empty((1, op.shape[0]))[0]  # a C-contiguous view: served
+    assert op.matvec(x, out=out) is out
+    assert lane_spy == [True]
+
+
+def test_no_lane_for_padded_operators_or_other_backends(lane_spy):
+    op = _ready_op(shape=(20, 30))  # served by a bigger chain: padded inputs, cut outputs
+    x = np.ones(30)
+    op @ x
+    op @ x
+    ref = DeBut.random(CHAIN, seed=0, backend="numpy").to_dense()[:20, :30] @ x
+    np.testing.assert_allclose(op @ x, ref, rtol=1e-12)
+    assert op._lane is None and lane_spy == []
+    onp = DeBut.random(CHAIN, seed=0, backend="numpy")
+    onp @ np.ones(36)
+    onp @ np.ones(36)
+    assert onp._lane is None
+
+
+def test_lane_declines_products_big_enough_to_split(lane_spy, monkeypatch):
+    op = _ready_op()
+    lane_spy.clear()  # (warmup's own products)
+    X = np.ones((K_TILES, op.shape[1]))
+    op.matmat_rows(X)
+    assert lane_spy == [True]
+    lane_spy.clear()
+    monkeypatch.setattr(nbk, "PARALLEL_MIN_WORK", 1)
+    Y = op.matmat_rows(X)
+    assert lane_spy == [False]
+    np.testing.assert_allclose(Y, X @ op.to_dense().T, rtol=1e-12)
+
+
+def test_token():
+    t = _config.token()
+    assert isinstance(t, int) and _config.token() == t
+    with config(threads=2):
+        assert _config.token() == t
+    with config(backend="numba"):
+        assert _config.token() is None
+    _config.set_defaults(threads=None)
+    assert _config.token() not in (None, t)
+
+
+def test_first_product_records_the_lane_and_threads_share_it(lane_spy):
+    from concurrent.futures import ThreadPoolExecutor
+
+    op = DeBut.random(CHAIN, seed=5, dtype=np.float32, backend="numba")
+    x = np.ones(op.shape[1], np.float32)
+    assert op._lane is None
+    with _codegen(), config(background=False):  # compiles here; background is no kernel choice
+        first = op @ x
+    assert op._lane is not None and lane_spy == []  # recorded by the full path
+    rng = np.random.default_rng(6)
+    xs = [random_values(rng, (op.shape[1],), np.float32) for _ in range(64)]
+    exp = [_full_path(op, v)[0] for v in xs]
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(op.matvec, xs))
+    for g, e in zip(got, exp):
+        np.testing.assert_array_equal(g, e)
+    assert lane_spy.count(True) == 64
+    np.testing.assert_array_equal(op @ x, first)
