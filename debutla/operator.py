@@ -644,12 +644,15 @@ class DeBut:
         For a batch-1 product this removes most of the microseconds around the kernel.
         """
         tok, backend, state = self._lane  # type: ignore[misc]
-        if tok != _config.token() or x.dtype != self._dtype or not x.flags.c_contiguous:
+        dt = self._dtype
+        # ``is``: NumPy's built-in dtypes are singletons; any other dtype object (e.g.
+        # non-native byte order) only takes the full path
+        if tok != _config.token() or x.dtype is not dt or not x.flags.c_contiguous:
             return None
         m, n = self._shape
         shape: tuple[int, ...]
         if x.ndim == 1:
-            k, shape = 1, (m,)
+            k, shape, xf = 1, (m,), x
             if x.shape[0] != n:
                 return None
         else:
@@ -657,15 +660,21 @@ class DeBut:
             shape = (k, m)
             if x.shape[1] != n or k == 0:
                 return None
+            xf = x.reshape(-1)
         if out is None:
-            y = np.empty(shape, self._dtype)
-        elif (type(out) is not np.ndarray or out.shape != shape or out.dtype != self._dtype
-              or not out.flags.c_contiguous or not out.flags.writeable
-              or np.may_share_memory(out, x)):
-            return None
+            y = np.empty(shape, dt)
         else:
+            if type(out) is not np.ndarray or out.shape != shape or out.dtype is not dt:
+                return None
+            flags = out.flags
+            if not flags.c_contiguous or not flags.writeable:
+                return None
+            # two arrays that own their memory never overlap (the cheap common case)
+            if (out is x or out.base is not None or x.base is not None) and \
+                    np.may_share_memory(out, x):
+                return None
             y = out
-        if backend.rows_lane(state, x.reshape(-1), y.reshape(-1), k):
+        if backend.rows_lane(state, xf, y if k == 1 and x.ndim == 1 else y.reshape(-1), k):
             return y
         return None
 

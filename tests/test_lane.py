@@ -227,3 +227,16 @@ def test_first_product_records_the_lane_and_threads_share_it(lane_spy):
         np.testing.assert_array_equal(g, e)
     assert lane_spy.count(True) == 64
     np.testing.assert_array_equal(op @ x, first)
+
+
+def test_lane_in_place_product_takes_the_full_path(lane_spy):
+    op = DeBut.random("16 <-(2,2,4)- 16 <-(4,4,1)- 16", seed=7, backend="numba")
+    with _codegen():
+        debutla.warmup(op, batch=1, layout="rows", adjoint=False)
+    x = np.linspace(-1, 1, 16)
+    op @ x
+    lane_spy.clear()
+    exp = op.to_dense() @ x
+    got = op.matvec(x, out=x)  # out is x: the full path computes into a copy first
+    assert got is x and lane_spy == []
+    np.testing.assert_allclose(x, exp, rtol=1e-12)

@@ -203,7 +203,7 @@ class _State:
     ones a background thread is compiling.
     """
 
-    __slots__ = ("shapes", "dtype", "panel", "vflat", "dims", "adims", "Q", "P",
+    __slots__ = ("shapes", "dtype", "dkey", "panel", "vflat", "dims", "adims", "Q", "P",
                  "F", "nnz", "W", "_mod", "_lock", "ready", "pending", "broken", "flat", "_cflat",
                  "_adj",
                  "__weakref__")
@@ -211,6 +211,7 @@ class _State:
     def __init__(self, factors) -> None:
         self.shapes = tuple(tuple(int(d) for d in V.shape) for V in factors)
         self.dtype = factors[0].dtype
+        self.dkey = self.dtype.str  # the key of the per-thread scratch (_scratch)
         # every kernel takes the values packed in one flat array (writeable: one kernel
         # type for all): ``flat`` in the canonical layout (panel and generic kernels),
         # ``vflat`` with the ``t = 1, r >= 4`` factors transposed (one-row kernel)
@@ -711,7 +712,7 @@ def rows_lane(state: _State, Xf, Yf, k: int) -> bool:
         if "rows_single" not in state.ready or state.broken:
             return False
         pair = getattr(_tls, "bufs", None)
-        pair = None if pair is None else pair.get(state.dtype.str)
+        pair = None if pair is None else pair.get(state.dkey)
         if pair is None or pair[0].size < state.F:
             pair = _scratch(state.dtype, state.F)
         mod: Any = state._mod  # set: the kernel is ready
