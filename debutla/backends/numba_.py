@@ -13,11 +13,13 @@ processes.  Three kernels serve all products:
 * **tiles of W rows or columns** (larger batches): a tile is gathered features-major into
   a ``(features x W)`` scratch block so every inner loop runs over the ``W`` contiguous
   columns of the tile; the chain is applied factor after factor between two scratch
-  blocks that stay in L1/L2, and the tile is scattered to the output.  ``W`` is 64
-  float32 values (256 bytes per feature; 32 for float64/complex64, 16 for complex128),
-  halved while the two blocks, weighted by the number of factors (``N / 6``, at least 1),
-  exceed :data:`FUSED_BYTES`; a partial tile computes only its columns (rounded up to
-  ``W / 4``);
+  blocks that stay in L1/L2, and the tile is scattered to the output.  ``W`` is 32
+  float32 values (128 bytes per feature; 16 for the wider dtypes; twice that for chains
+  at most 1024 wide), halved down to 16
+  while the two blocks, weighted by the number of factors (``N / 6``, at least 1),
+  exceed :data:`FUSED_BYTES`, and below 16 only for chains too wide for that (see
+  ``benchmarks/README_kernels.md``, change 5); a partial tile computes only its columns
+  (rounded up to ``W / 4``);
 * **factor by factor** (the generic kernel, :mod:`debutla.backends._numba_generic`: one
   compiled function per dtype for every chain): small chains, below
   :data:`CODEGEN_MIN_NNZ` values, until a call is big enough to pay for compiling; a
@@ -100,6 +102,8 @@ CODEGEN_MIN_WORK = 2**17
 #: A kernel compile longer than this (seconds) is logged (logger ``"debutla"``).
 SLOW_COMPILE_SECONDS = 0.5
 _MIN_W = 4
+_CONST_W_MIN = _cg._CONST_W_MIN  # narrowest tile of the constant-width in-place passes
+_NARROW_F = 1024  # chains at most this wide get the wider tiles (256 bytes per feature)
 _ROWS_SINGLE_MAX = 2  # batches up to this run one row at a time (else tiles)
 _FALLBACK_PANEL_BYTES = 8 * 2**20
 _TRANS = ("N", "T", "H")
@@ -240,11 +244,16 @@ class _State:
         self.F = max(max(nb * r * t, nb * s * t) for nb, r, s, t in self.shapes)
         self.nnz = sum(nb * r * s * t for nb, r, s, t in self.shapes)
         item = self.dtype.itemsize
-        # 256 bytes per feature, halved while the two blocks, weighted by how many
-        # factors sweep them per tile (N / 6, at least 1), exceed FUSED_BYTES
-        W = max(_MIN_W, 256 // item)
+        # 128 bytes per feature (256 for chains at most _NARROW_F wide), at least 16
+        # columns (the in-place passes' constant-width loops start there), halved down
+        # to 16 while the two blocks, weighted by how many factors sweep them per tile
+        # (N / 6, at least 1), exceed FUSED_BYTES, and below 16 only while they exceed
+        # the fused limit (see ``fused``); measured in README_kernels.md, change 5
+        W = max(_CONST_W_MIN, (256 if self.F <= _NARROW_F else 128) // item)
         sweeps = max(1.0, len(self.shapes) / 6)
-        while W > _MIN_W and 2 * self.F * W * item * sweeps > FUSED_BYTES:
+        while W > _CONST_W_MIN and 2 * self.F * W * item * sweeps > FUSED_BYTES:
+            W //= 2
+        while W > _MIN_W and 2 * self.F * W * item > 4 * FUSED_BYTES:
             W //= 2
         self.W = W
         self._mod = None
