@@ -42,7 +42,7 @@ from __future__ import annotations
 
 from . import _cache
 
-GENERATOR_VERSION = "7"
+GENERATOR_VERSION = "8"
 _OPAQUE_T = 4  # per-row kernels: inner loops over t >= this get an opaque trip count
 _GROUP_MAX = 4  # outputs per register-blocked group in the panel kernels
 _CHUNK = 4  # terms of the j-sum written out per statement
@@ -470,7 +470,9 @@ def _emit_factor_vec(S: _Src, ind: int, spec, vname: str, src: str, sbase: str, 
     _emit_jsum(S, ind2, s, chunk)
 
 
-_TB = 4  # block of the tile transposes (scalar moves: Numba compiles without the SLP vectoriser)
+_TB = 4  # block of the scalar tile transposes (Numba compiles without the SLP vectoriser)
+_SIMD_TRANSPOSE = True  # full 8 x 8 blocks through _numba_simd.transpose8 (vector shuffles)
+_SIMD_BLOCK = 8
 
 
 def _transpose_lines(S: _Src, kind: str, L: int, W: int, fin: str) -> list[str]:
@@ -490,7 +492,27 @@ def _transpose_lines(S: _Src, kind: str, L: int, W: int, fin: str) -> list[str]:
             return f"ba[({f}) * {Wc} + {c}] = X[{row} + {f}]"
         return f"out[{row} + {f}] = {fin}[({f}) * {Wc} + {c}]"
 
-    out = [f"    for cb in range({S.c(0)}, w - w % {S.c(B)}, {S.c(B)}):"]
+    out = []
+    V = _SIMD_BLOCK
+    start = S.c(0)
+    if _SIMD_TRANSPOSE and W % V == 0 and L >= V:
+        # 8 x 8 blocks through vector shuffles (_numba_simd.transpose8), then the rows
+        # left (w % 8) in the scalar 4 x 4 blocks below
+        LV = L - L % V
+        out += [f"for cb in range({S.c(0)}, w - w % {S.c(V)}, {S.c(V)}):",
+                f"    rb = (c0 + cb) * {Lc}",
+                f"    for fb in range({S.c(0)}, {S.c(LV)}, {S.c(V)}):"]
+        if kind == "gather":
+            out.append(f"        transpose8(X, rb + fb, {Lc}, ba, fb * {Wc} + cb, {Wc})")
+        else:
+            out.append(f"        transpose8({fin}, fb * {Wc} + cb, {Wc}, out, rb + fb, {Lc})")
+        if L % V:
+            out += [f"    for f in range({S.c(LV)}, {Lc}):",
+                    f"        for i_ in range({S.c(V)}):",
+                    "            " + mv(f"rb + i_ * {Lc}", "f", "cb + i_")]
+        start = f"w - w % {S.c(V)}"
+    out = ["    " + line for line in out]  # (the whole list is shifted back below)
+    out += [f"    for cb in range({start}, w - w % {S.c(B)}, {S.c(B)}):"]
     for i in range(B):
         out.append(f"        rb{i} = (c0 + cb + {S.c(i)}) * {Lc}")
     if L4:
@@ -642,6 +664,7 @@ def generate_source(shapes: tuple, W: int) -> str:
         '"""',
         "import numpy as np",
         "from numba import njit",
+        "from debutla.backends._numba_simd import transpose8",
         "",
         f"W = {W}",
         f"Q = {Q}",

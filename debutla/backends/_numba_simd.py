@@ -1,0 +1,129 @@
+"""Vector shuffles for the Numba kernels: an ``8 x 8`` block transpose written in LLVM IR.
+
+Numba compiles without LLVM's SLP vectoriser, so a transpose written element by element
+in Python source stays a sequence of scalar moves (``benchmarks/README_kernels.md``).
+:func:`transpose8` emits the shuffles itself through :func:`numba.extending.intrinsic`:
+for 4-byte elements (float32) eight 8-wide vector loads, the 24 ``shufflevector``
+steps of the unpack / shuffle / lane-permute network, eight vector stores; for 8-byte
+elements (float64, complex64) four ``4 x 4`` networks of 4-wide vectors; other element
+sizes (complex128) move element by element.  Loads and stores are unaligned; ``src`` and
+``dst`` must not overlap.
+
+The generated kernel modules (:mod:`debutla.backends._numba_codegen`) call it in the
+row-layout gathers and scatters of their tile kernels.  A change here must come with a
+new ``GENERATOR_VERSION``: Numba's cache of a generated module does not see it.
+"""
+
+from __future__ import annotations
+
+from llvmlite import ir
+from numba.core import types
+from numba.extending import intrinsic
+
+__all__ = ["transpose8", "BLOCK"]
+
+#: Rows and columns of the block moved by :func:`transpose8`.
+BLOCK = 8
+
+# the 8 x 8 network for 8 lanes: unpack pairs of rows, shuffle pairs of pairs, swap the
+# 128-bit halves (what vunpcklps / vshufps / vperm2f128 do)
+_UNPACK_LO8 = [0, 8, 1, 9, 4, 12, 5, 13]
+_UNPACK_HI8 = [2, 10, 3, 11, 6, 14, 7, 15]
+_SHUF_LO8 = [0, 1, 8, 9, 4, 5, 12, 13]
+_SHUF_HI8 = [2, 3, 10, 11, 6, 7, 14, 15]
+_HALF_LO8 = [0, 1, 2, 3, 8, 9, 10, 11]
+_HALF_HI8 = [4, 5, 6, 7, 12, 13, 14, 15]
+# the 4 x 4 network for 4 lanes
+_UNPACK_LO4 = [0, 4, 2, 6]
+_UNPACK_HI4 = [1, 5, 3, 7]
+_HALF_LO4 = [0, 1, 4, 5]
+_HALF_HI4 = [2, 3, 6, 7]
+
+
+def _mask(idx: list[int]) -> ir.Constant:
+    return ir.Constant(ir.VectorType(ir.IntType(32), len(idx)), idx)
+
+
+def _transpose_rows(builder, rows: list) -> list:
+    """The transpose of a square block held as a list of row vectors (8 or 4 lanes)."""
+    sh = builder.shuffle_vector
+    if len(rows) == 8:
+        t = []
+        for i in range(0, 8, 2):
+            t.append(sh(rows[i], rows[i + 1], _mask(_UNPACK_LO8)))
+            t.append(sh(rows[i], rows[i + 1], _mask(_UNPACK_HI8)))
+        # t[0] = lo(r0, r1), t[1] = hi(r0, r1), t[2] = lo(r2, r3), t[3] = hi(r2, r3), ...
+        u = [sh(t[0], t[2], _mask(_SHUF_LO8)), sh(t[0], t[2], _mask(_SHUF_HI8)),
+             sh(t[1], t[3], _mask(_SHUF_LO8)), sh(t[1], t[3], _mask(_SHUF_HI8)),
+             sh(t[4], t[6], _mask(_SHUF_LO8)), sh(t[4], t[6], _mask(_SHUF_HI8)),
+             sh(t[5], t[7], _mask(_SHUF_LO8)), sh(t[5], t[7], _mask(_SHUF_HI8))]
+        return [sh(u[0], u[4], _mask(_HALF_LO8)), sh(u[1], u[5], _mask(_HALF_LO8)),
+                sh(u[2], u[6], _mask(_HALF_LO8)), sh(u[3], u[7], _mask(_HALF_LO8)),
+                sh(u[0], u[4], _mask(_HALF_HI8)), sh(u[1], u[5], _mask(_HALF_HI8)),
+                sh(u[2], u[6], _mask(_HALF_HI8)), sh(u[3], u[7], _mask(_HALF_HI8))]
+    t0 = sh(rows[0], rows[1], _mask(_UNPACK_LO4))
+    t1 = sh(rows[0], rows[1], _mask(_UNPACK_HI4))
+    t2 = sh(rows[2], rows[3], _mask(_UNPACK_LO4))
+    t3 = sh(rows[2], rows[3], _mask(_UNPACK_HI4))
+    return [sh(t0, t2, _mask(_HALF_LO4)), sh(t1, t3, _mask(_HALF_LO4)),
+            sh(t0, t2, _mask(_HALF_HI4)), sh(t1, t3, _mask(_HALF_HI4))]
+
+
+@intrinsic
+def transpose8(typingctx, src, so, ss, dst, do, ds):
+    """``dst[do + j * ds + i] = src[so + i * ss + j]`` for ``i, j < 8``.
+
+    ``src`` and ``dst``: 1-D C-contiguous arrays of one dtype; offsets and strides are
+    integers, in elements.  No bounds checks (the callers' loops keep in range).
+    """
+    if not (isinstance(src, types.Array) and isinstance(dst, types.Array)
+            and src.dtype == dst.dtype and src.ndim == 1 and dst.ndim == 1):
+        return None
+    for a in (so, ss, do, ds):
+        if not isinstance(a, types.Integer):
+            return None
+    sig = types.void(src, so, ss, dst, do, ds)
+
+    def codegen(context, builder, signature, args):
+        sty, soty, ssty, dty, doty, dsty = signature.args
+        srcv, sov, ssv, dstv, dov, dsv = args
+        sdata = context.make_array(sty)(context, builder, srcv).data
+        ddata = context.make_array(dty)(context, builder, dstv).data
+        i64 = ir.IntType(64)
+        so_ = context.cast(builder, sov, soty, types.int64)
+        ss_ = context.cast(builder, ssv, ssty, types.int64)
+        do_ = context.cast(builder, dov, doty, types.int64)
+        ds_ = context.cast(builder, dsv, dsty, types.int64)
+        elt = context.get_data_type(sty.dtype)
+        size = context.get_abi_sizeof(elt)
+
+        def at(base, off, i, stride, j):
+            idx = builder.add(builder.add(off, builder.mul(ir.Constant(i64, i), stride)),
+                              ir.Constant(i64, j))
+            return builder.gep(base, [idx])
+
+        if size in (4, 8):
+            lanes = 8 if size == 4 else 4
+            # lanes of the element's own type for float32/float64, else (complex64: a
+            # pair of floats) an integer of its size: the moves are bit copies either way
+            lane = elt if isinstance(elt, (ir.FloatType, ir.DoubleType)) else \
+                ir.IntType(8 * size)
+            vty = ir.VectorType(lane, lanes)
+            for bi in range(0, BLOCK, lanes):  # source row block
+                for bj in range(0, BLOCK, lanes):  # source column block
+                    rows = [builder.load(builder.bitcast(at(sdata, so_, bi + i, ss_, bj),
+                                                         vty.as_pointer()), align=size)
+                            for i in range(lanes)]
+                    cols = _transpose_rows(builder, rows)
+                    for j in range(lanes):
+                        ptr = builder.bitcast(at(ddata, do_, bj + j, ds_, bi), vty.as_pointer())
+                        builder.store(cols[j], ptr, align=size)
+        else:
+            vals = [[builder.load(at(sdata, so_, i, ss_, j)) for j in range(BLOCK)]
+                    for i in range(BLOCK)]
+            for i in range(BLOCK):
+                for j in range(BLOCK):
+                    builder.store(vals[i][j], at(ddata, do_, j, ds_, i))
+        return context.get_dummy_value()
+
+    return sig, codegen
