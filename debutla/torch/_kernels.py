@@ -31,6 +31,7 @@ import numba
 import numpy as np
 
 from ..backends import numba_ as _nbk
+from ..backends._numba_simd import transpose8
 
 __all__ = ["fused_backward", "groups_of", "MAX_GROUPS", "GROUP_MIN_WORK"]
 
@@ -47,13 +48,48 @@ _MIN_W, _MAX_W = 4, 64
 def _gather(src, t0, w, width, total, W, dst):  # pragma: no cover - compiled
     """Rows ``t0 .. t0+w-1`` of a row-major ``(batch, width)`` array into ``dst``,
     features-major ``(total, W)``, zero-padded (features ``>= width``, columns ``>= w``).
+
+    Full ``8 x 8`` blocks move through vector shuffles (:func:`debutla.backends.
+    _numba_simd.transpose8`), the rest element by element.
     """
     for c in range(total * W):
         dst[c] = 0.0
-    for c in range(w):
+    u0, u8 = np.uint64(0), np.uint64(8)  # (sizes are uint64: no mixed-sign arithmetic)
+    w8 = w - w % u8
+    f8 = width - width % u8
+    for cb in range(u0, w8, u8):
+        row = (t0 + cb) * width
+        for fb in range(u0, f8, u8):
+            transpose8(src, row + fb, width, dst, fb * W + cb, W)
+        for c in range(cb, cb + u8):
+            for f in range(f8, width):
+                dst[f * W + c] = src[(t0 + c) * width + f]
+    for c in range(w8, w):
         row = (t0 + c) * width
         for f in range(width):
             dst[f * W + c] = src[row + f]
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _scatter(src, t0, w, width, W, dst):  # pragma: no cover - compiled
+    """The inverse of :func:`_gather`: columns ``0 .. w-1`` of the features-major
+    ``src`` (first ``width`` features) to rows ``t0 .. t0+w-1`` of the row-major ``dst``
+    (all sizes uint64).
+    """
+    u0, u8 = np.uint64(0), np.uint64(8)
+    w8 = w - w % u8
+    f8 = width - width % u8
+    for cb in range(u0, w8, u8):
+        row = (t0 + cb) * width
+        for fb in range(u0, f8, u8):
+            transpose8(src, fb * W + cb, W, dst, row + fb, width)
+        for c in range(cb, cb + u8):
+            for f in range(f8, width):
+                dst[(t0 + c) * width + f] = src[f * W + c]
+    for c in range(w8, w):
+        row = (t0 + c) * width
+        for f in range(width):
+            dst[row + f] = src[f * W + c]
 
 
 @numba.njit(cache=True, nogil=True, fastmath={"contract", "reassoc"}, error_model="numpy")
@@ -133,10 +169,7 @@ def _tile_backward(X, G, GX, dims, vals, voff, xoff, lo, hi, W, n, m, need_x,
             cur, nxt = nxt, cur
         # 5. scatter dL/dX
         if need_x:
-            for c in range(w):
-                row = (t0 + c) * n
-                for f in range(n):
-                    GXf[row + f] = cur[f * W + c]
+            _scatter(cur, t0, w, n, W, GXf)
         t0 += W
 
 
