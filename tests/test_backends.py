@@ -31,6 +31,7 @@ from debutla import DeBut
 from debutla._config import config
 from debutla.backends import Backend, get_backend
 
+from codegen import forced_codegen
 from strategies import (DTYPES, DTYPE_IDS, assert_product_close, chains, error_depth,
                         operators, random_values, reference)
 
@@ -109,13 +110,8 @@ def test_random_chains_match_dense(backend, data):
 def _forced_codegen():
     """Generated kernels for every chain, compiled in the calling thread (no background
     compile: every product runs on the kernel under test)."""
-    saved = nbk.CODEGEN_MIN_NNZ, nbk.CODEGEN_MIN_WORK
-    nbk.CODEGEN_MIN_NNZ = nbk.CODEGEN_MIN_WORK = 0
-    try:
-        with config(background=False):
-            yield
-    finally:
-        nbk.CODEGEN_MIN_NNZ, nbk.CODEGEN_MIN_WORK = saved
+    with forced_codegen(), config(background=False):
+        yield
 
 
 @pytest.fixture

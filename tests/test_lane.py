@@ -10,7 +10,6 @@ settings, dtypes, layouts, shapes, ``out`` arrays, errors) still takes the full 
 
 from __future__ import annotations
 
-import contextlib
 
 import numpy as np
 import pytest
@@ -20,20 +19,12 @@ import debutla.backends.numba_ as nbk
 from debutla import DeBut, _config
 from debutla._config import config
 
+from codegen import forced_codegen
 from strategies import DTYPES, DTYPE_IDS, random_values
 
 CHAIN = "24 <-(3,2,4)- 16 <-(4,9,1)- 36"  # t = 1 with r = 4: the transposed per-row layout
 K_TILES = 37  # rows for the tile kernel (partial last tile)
 
-
-@contextlib.contextmanager
-def _codegen():
-    saved = nbk.CODEGEN_MIN_NNZ, nbk.CODEGEN_MIN_WORK
-    nbk.CODEGEN_MIN_NNZ = nbk.CODEGEN_MIN_WORK = 0
-    try:
-        yield
-    finally:
-        nbk.CODEGEN_MIN_NNZ, nbk.CODEGEN_MIN_WORK = saved
 
 
 @pytest.fixture
@@ -53,7 +44,7 @@ def lane_spy(monkeypatch):
 
 def _ready_op(dtype=np.float64, seed=0, **kw) -> DeBut:
     op = DeBut.random(CHAIN, seed=seed, dtype=dtype, backend="numba", **kw)
-    with _codegen():
+    with forced_codegen():
         debutla.warmup(op, batch=(1, K_TILES), layout="rows", adjoint=False)
     return op
 
@@ -215,7 +206,7 @@ def test_first_product_records_the_lane_and_threads_share_it(lane_spy):
     op = DeBut.random(CHAIN, seed=5, dtype=np.float32, backend="numba")
     x = np.ones(op.shape[1], np.float32)
     assert op._lane is None
-    with _codegen(), config(background=False):  # compiles here; background is no kernel choice
+    with forced_codegen(), config(background=False):  # compiles here (not a kernel choice)
         first = op @ x
     assert op._lane is not None and lane_spy == []  # recorded by the full path
     rng = np.random.default_rng(6)
@@ -231,7 +222,7 @@ def test_first_product_records_the_lane_and_threads_share_it(lane_spy):
 
 def test_lane_in_place_product_takes_the_full_path(lane_spy):
     op = DeBut.random("16 <-(2,2,4)- 16 <-(4,4,1)- 16", seed=7, backend="numba")
-    with _codegen():
+    with forced_codegen():
         debutla.warmup(op, batch=1, layout="rows", adjoint=False)
     x = np.linspace(-1, 1, 16)
     op @ x

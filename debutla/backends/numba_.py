@@ -19,7 +19,10 @@ processes.  Three kernels serve all products:
   while the two blocks, weighted by the number of factors (``N / 6``, at least 1),
   exceed :data:`FUSED_BYTES`, and below 16 only for chains too wide for that (see
   ``benchmarks/README_kernels.md``, change 5); a partial tile computes only its columns
-  (rounded up to ``W / 4``);
+  (rounded up to ``W / 4``).  Batches of 3 to :data:`NARROW_W` rows of a chain with
+  wider tiles run on a second module compiled with ``NARROW_W``-row tiles
+  (``rows_narrow``, compiled on first use; the wide tiles serve meanwhile, with the
+  same bits), whose passes keep their constant-width loops (change 7);
 * **factor by factor** (the generic kernel, :mod:`debutla.backends._numba_generic`: one
   compiled function per dtype for every chain): small chains, below
   :data:`CODEGEN_MIN_NNZ` values, until a call is big enough to pay for compiling; a
@@ -104,6 +107,10 @@ SLOW_COMPILE_SECONDS = 0.5
 _MIN_W = 4
 _CONST_W_MIN = _cg._CONST_W_MIN  # narrowest tile of the constant-width in-place passes
 _NARROW_F = 1024  # chains at most this wide get the wider tiles (256 bytes per feature)
+#: Tile rows of the second kernel module that serves batches of 3 to NARROW_W rows when
+#: the chain's own tiles are wider (a part-empty wide tile runs its passes' slower
+#: run-time-width loops): ``rows_narrow``, compiled on first use.
+NARROW_W = 16
 _ROWS_SINGLE_MAX = 2  # batches up to this run one row at a time (else tiles)
 _FALLBACK_PANEL_BYTES = 8 * 2**20
 _TRANS = ("N", "T", "H")
@@ -208,9 +215,8 @@ class _State:
     """
 
     __slots__ = ("shapes", "dtype", "dkey", "panel", "vflat", "dims", "adims", "Q", "P",
-                 "F", "nnz", "W", "_mod", "_lock", "ready", "pending", "broken", "flat", "_cflat",
-                 "_adj",
-                 "__weakref__")
+                 "F", "nnz", "W", "_mod", "_nmod", "_lock", "ready", "pending", "broken",
+                 "flat", "_cflat", "_adj", "__weakref__")
 
     def __init__(self, factors) -> None:
         self.shapes = tuple(tuple(int(d) for d in V.shape) for V in factors)
@@ -257,6 +263,7 @@ class _State:
             W //= 2
         self.W = W
         self._mod = None
+        self._nmod = None  # the narrow-tile module (small batches; see narrow_module)
         self._lock = threading.Lock()
         self.ready: set = set()
         self.pending: set = set()
@@ -304,6 +311,18 @@ class _State:
                 if self._mod is None:
                     self._mod = _cg.kernel_module(self.shapes, self.W)
         return self._mod
+
+    def narrow_module(self):
+        """The chain's kernel module with tiles of :data:`NARROW_W` rows (small batches)."""
+        if self._nmod is None:
+            with self._lock:
+                if self._nmod is None:
+                    self._nmod = _cg.kernel_module(self.shapes, NARROW_W)
+        return self._nmod
+
+    def module_for(self, kname: str):
+        """The module holding kernel ``kname`` (``rows_narrow``: the narrow module)."""
+        return self.narrow_module() if kname == "rows_narrow" else self.module()
 
 
 def prepare(factors):
@@ -488,10 +507,14 @@ def _guarded_generic(call: Callable[[], None]) -> None:
 
 
 # -- specialised (generated, fused) products ------------------------------------------------
-def _kernel_name(k: int, layout: str) -> str:
+def _kernel_name(k: int, layout: str, state: "_State | None" = None) -> str:
     if k == 1 or (layout == "rows" and k <= _ROWS_SINGLE_MAX):
         return "rows_single"
-    return "rows_tiles" if layout == "rows" else "cols_tiles"
+    if layout == "cols":
+        return "cols_tiles"
+    if state is not None and k <= NARROW_W < state.W:
+        return "rows_narrow"  # one tile of NARROW_W rows instead of a part-empty wide one
+    return "rows_tiles"
 
 
 def _run_fused(state: _State, mod, kname: str, X, Y, k: int) -> None:
@@ -522,8 +545,8 @@ def _run_fused(state: _State, mod, kname: str, X, Y, k: int) -> None:
 
         _run_split(run_rows, k, state.nnz * k)
         return
-    kern = mod.rows_tiles if kname == "rows_tiles" else mod.cols_tiles
-    W = state.W
+    kern = mod.cols_tiles if kname == "cols_tiles" else mod.rows_tiles
+    W = NARROW_W if kname == "rows_narrow" else state.W
     wr = np.uint64(W)
 
     def run(lo: int, hi: int) -> None:
@@ -535,7 +558,7 @@ def _run_fused(state: _State, mod, kname: str, X, Y, k: int) -> None:
 
 def _fused_guarded(state: _State, kname: str, X, Y, k: int) -> None:
     """:func:`_run_fused`; after a cache failure, again on an in-memory compile."""
-    mod = state.module()
+    mod = state.module_for(kname)
     try:
         _run_fused(state, mod, kname, X, Y, k)
     except Exception as e:
@@ -543,8 +566,11 @@ def _fused_guarded(state: _State, kname: str, X, Y, k: int) -> None:
             raise
         _cache.forget_cache_files(mod, e)
         with state._lock:
-            state._mod = _cg.uncached_kernel_module(state.shapes, state.W)
-        _run_fused(state, state._mod, kname, X, Y, k)
+            if kname == "rows_narrow":
+                mod = state._nmod = _cg.uncached_kernel_module(state.shapes, NARROW_W)
+            else:
+                mod = state._mod = _cg.uncached_kernel_module(state.shapes, state.W)
+        _run_fused(state, mod, kname, X, Y, k)
 
 
 def _compile(state: _State, kname: str) -> None:
@@ -612,7 +638,7 @@ def compile_kernels(state: _State, batch: int, layout: str, trans: str = "N") ->
             _run_generic(state, X, np.zeros((1, state.P), state.dtype), 1, state.Q,
                          "rows", "N")
         return
-    kname = _kernel_name(batch, layout)
+    kname = _kernel_name(batch, layout, state if trans == "N" else None)
     if kname not in state.ready:
         _compile(state, kname)
 
@@ -659,10 +685,14 @@ def _apply(state: _State, X, out, layout: str, trans: str):
         _generic_module()
         _run_generic(state, X, out, k, xn, layout, trans)
         return out
-    kname = _kernel_name(k, layout)
+    kname = _kernel_name(k, layout, state)
     if kname not in state.ready:
         if kname not in state.pending and not _config.get("background"):
             _compile(state, kname)  # this thread waits for the compile
+        elif kname == "rows_narrow" and "rows_tiles" in state.ready:
+            # the wide tiles serve (same bits) while the narrow ones compile
+            _compile_in_background(state, kname)
+            kname = "rows_tiles"
         else:
             _generic_module()
             _run_generic(state, X, out, k, xn, layout, "N")
@@ -730,15 +760,16 @@ def rows_lane(state: _State, Xf, Yf, k: int) -> bool:
         except Exception:  # e.g. a cache failure: apply_rows handles it
             return False
         return True
-    if (state.nnz * k >= PARALLEL_MIN_WORK or "rows_tiles" not in state.ready
-            or state.broken):
+    if k <= NARROW_W < state.W:  # the narrow-tile module, as apply_rows would choose
+        kname, W, mod = "rows_narrow", NARROW_W, state._nmod
+    else:
+        kname, W, mod = "rows_tiles", state.W, state._mod
+    if state.nnz * k >= PARALLEL_MIN_WORK or kname not in state.ready or state.broken:
         return False
-    W = state.W
     a, b = _scratch(state.dtype, state.F * W)
-    mod = state._mod
     try:
         mod.rows_tiles(state.flat, Xf, Yf, k, 0, (k + W - 1) // W, a, b,
-                              np.uint64(W), state.Q)
+                       np.uint64(W), state.Q)
     except Exception:
         return False
     return True

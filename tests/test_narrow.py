@@ -1,0 +1,134 @@
+"""Small batches on the narrow-tile kernel module (``numba_.NARROW_W`` rows per tile).
+
+A chain whose tiles are wider than ``NARROW_W`` rows serves batches of 3 to
+``NARROW_W`` rows from a second kernel module compiled with ``NARROW_W``-row tiles
+(``rows_narrow``); while it compiles, the wide tiles serve.  Both give the same bits:
+every column of a tile goes through the same operations whatever the tile width.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+import debutla
+import debutla.backends.numba_ as nbk
+from debutla import DeBut
+from debutla._config import config
+
+from codegen import forced_codegen
+from strategies import DTYPES, DTYPE_IDS, random_values
+
+CHAIN = "24 <-(3,2,4)- 16 <-(4,9,1)- 36"
+
+
+
+@pytest.fixture
+def kernels_seen(monkeypatch):
+    """The kernels the calling thread runs (not the background compiles' products)."""
+    seen: list[str] = []
+    inner = nbk._run_fused
+    me = threading.current_thread()
+
+    def spy(state, mod, kname, X, Y, k):
+        if threading.current_thread() is me:
+            seen.append(kname)
+        return inner(state, mod, kname, X, Y, k)
+
+    monkeypatch.setattr(nbk, "_run_fused", spy)
+    return seen
+
+
+def _wide(op: DeBut, X: np.ndarray) -> np.ndarray:
+    """``X @ op.T`` on the chain's own (wide) tiles."""
+    st = op._state(nbk, op.dtype)
+    with config(background=False):
+        nbk.compile_kernels(st, 3 * st.W, "rows")
+    Y = np.empty((X.shape[0], op.shape[0]), op.dtype)
+    mod = st.module()
+    W = st.W
+    a, b = nbk._scratch(op.dtype, st.F * W)
+    k = X.shape[0]
+    mod.rows_tiles(st.flat, X.reshape(-1), Y.reshape(-1), k, 0, (k + W - 1) // W, a, b,
+                   np.uint64(W), X.shape[1])
+    return Y
+
+
+# complex128 tiles have NARROW_W rows already (16 bytes x 16 = 256 bytes per feature)
+WIDE_DTYPES = [d for d in DTYPES if np.dtype(d).itemsize < 16]
+
+
+@pytest.mark.parametrize("dtype", WIDE_DTYPES,
+                         ids=[i for d, i in zip(DTYPES, DTYPE_IDS) if d in WIDE_DTYPES])
+def test_small_batches_run_on_narrow_tiles_with_the_wide_tiles_bits(dtype, kernels_seen):
+    op = DeBut.random(CHAIN, seed=11, dtype=dtype, backend="numba")
+    st = op._state(nbk, op.dtype)
+    assert st.W > nbk.NARROW_W  # the case this module is for
+    rng = np.random.default_rng(12)
+    ref = op.to_dense().astype(np.complex128 if np.iscomplexobj(op.to_dense()) else
+                                np.float64)
+    with forced_codegen(), config(background=False):
+        for k in (3, 9, nbk.NARROW_W, nbk.NARROW_W + 1):
+            X = random_values(rng, (k, op.shape[1]), dtype)
+            kernels_seen.clear()
+            op._lane = None  # the full path (the fast lane calls the kernels directly)
+            got = op.matmat_rows(X)
+            want = "rows_narrow" if k <= nbk.NARROW_W else "rows_tiles"
+            assert kernels_seen[-1] == want
+            np.testing.assert_array_equal(got, _wide(op, X))
+            tol = 1e-4 if np.dtype(dtype).itemsize <= 8 and dtype != np.float64 else 1e-12
+            np.testing.assert_allclose(got, X @ ref.T, rtol=tol, atol=tol)
+    assert "rows_narrow" in st.ready
+
+
+def test_wide_tiles_serve_while_the_narrow_ones_compile(kernels_seen):
+    op = DeBut.random(CHAIN, seed=13, dtype=np.float32, backend="numba")
+    st = op._state(nbk, op.dtype)
+    X = np.ones((8, op.shape[1]), np.float32)
+    with forced_codegen():
+        with config(background=False):
+            op.matmat_rows(np.ones((40, op.shape[1]), np.float32))  # wide tiles ready
+        assert "rows_tiles" in st.ready and "rows_narrow" not in st.ready
+        kernels_seen.clear()
+        op._lane = None
+        first = op.matmat_rows(X)  # starts the narrow compile, served by the wide tiles
+        assert kernels_seen[0] == "rows_tiles"
+        nbk.wait_for_compiles()
+        assert "rows_narrow" in st.ready
+        kernels_seen.clear()
+        op._lane = None
+        again = op.matmat_rows(X)
+        assert kernels_seen == ["rows_narrow"]
+    np.testing.assert_array_equal(first, again)
+    calls = []
+    inner = nbk.rows_lane
+    try:
+        nbk.rows_lane = lambda *a: calls.append(inner(*a)) or calls[-1]
+        np.testing.assert_array_equal(op.matmat_rows(X), first)  # the lane, narrow tiles
+    finally:
+        nbk.rows_lane = inner
+    assert calls == [True] and kernels_seen == ["rows_narrow"]
+
+
+def test_no_narrow_module_where_the_tiles_are_narrow_already(kernels_seen):
+    op = DeBut.random(CHAIN, seed=14, dtype=np.float32, backend="numba")
+    st = op._state(nbk, op.dtype)
+    with forced_codegen(), config(background=False):
+        op.matmat_rows(np.ones((5, op.shape[1]), np.float32))
+        assert kernels_seen[-1] == "rows_narrow"
+        kernels_seen.clear()
+        op.matmat(np.ones((op.shape[1], 5), np.float32))  # the column layout: its own tiles
+        assert kernels_seen[-1] == "cols_tiles"
+    assert nbk._kernel_name(5, "rows", None) == "rows_tiles"
+    st.W = nbk.NARROW_W  # a chain whose own tiles have NARROW_W rows
+    assert nbk._kernel_name(5, "rows", st) == "rows_tiles"
+
+
+def test_warmup_compiles_the_kernel_of_each_batch():
+    op = DeBut.random(CHAIN, seed=15, dtype=np.float32, backend="numba")
+    st = op._state(nbk, op.dtype)
+    with forced_codegen():
+        debutla.warmup(op, batch=(1, 8, 64), layout="rows", adjoint=False)
+    assert {"rows_single", "rows_narrow", "rows_tiles"} <= st.ready
