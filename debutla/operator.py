@@ -652,7 +652,7 @@ class DeBut:
         m, n = self._shape
         shape: tuple[int, ...]
         if x.ndim == 1:
-            k, shape, xf = 1, (m,), x
+            k, shape = 1, (m,)
             if x.shape[0] != n:
                 return None
         else:
@@ -660,7 +660,6 @@ class DeBut:
             shape = (k, m)
             if x.shape[1] != n or k == 0:
                 return None
-            xf = x.reshape(-1)
         if out is None:
             y = np.empty(shape, dt)
         else:
@@ -674,7 +673,7 @@ class DeBut:
                     np.may_share_memory(out, x):
                 return None
             y = out
-        if backend.rows_lane(state, xf, y if k == 1 and x.ndim == 1 else y.reshape(-1), k):
+        if backend.rows_lane(state, x, y, k):
             return y
         return None
 

@@ -83,6 +83,12 @@ ROUTES = ("view", "namespace")
 by_route = pytest.mark.parametrize("route", ROUTES)
 
 
+def each_case(test):
+    """``test(lib_name, route, dtype, data)`` for every library, route and dtype, with
+    hypothesis data (for :func:`_case`)."""
+    return by_lib(by_route(by_dtype(given(data=st.data())(test))))
+
+
 def _routed(op: DeBut, route: str) -> DeBut:
     return op.with_backend("numpy") if route == "namespace" else op
 
@@ -138,10 +144,7 @@ ENTRIES: list[tuple[str, Callable, Callable, Callable]] = [
 ]
 
 
-@by_lib
-@by_route
-@by_dtype
-@given(data=st.data())
+@each_case
 def test_every_entry_point_returns_the_input_library(lib_name, route, dtype, data):
     lib, op, rng, k, (D, A, depth) = _case(data, lib_name, route, dtype)
     m, n = op.shape
@@ -158,10 +161,7 @@ def test_every_entry_point_returns_the_input_library(lib_name, route, dtype, dat
         assert_product_close(y, dense(D, a), dense(A, np.abs(a)), dtype, depth, what)
 
 
-@by_lib
-@by_route
-@by_dtype
-@given(data=st.data())
+@each_case
 def test_out_is_written_in_place(lib_name, route, dtype, data):
     lib, op, rng, k, (D, A, depth) = _case(data, lib_name, route, dtype)
     m, n = op.shape
@@ -363,10 +363,7 @@ def test_torch_dtypes_outside_the_standard_are_refused(route, bad):
 # adjoints
 # ---------------------------------------------------------------------------------------
 
-@by_lib
-@by_route
-@by_dtype
-@given(data=st.data())
+@each_case
 def test_adjoint_dot_test_in_the_library(lib_name, route, dtype, data):
     """``<D x, y> == <x, D^H y>`` with the library's own inner product, within the
     first-order rounding bound ``2 (d + m + n) u |y|^T |D| |x|``."""

@@ -492,26 +492,27 @@ def _transpose_lines(S: _Src, kind: str, L: int, W: int, fin: str) -> list[str]:
             return f"ba[({f}) * {Wc} + {c}] = X[{row} + {f}]"
         return f"out[{row} + {f}] = {fin}[({f}) * {Wc} + {c}]"
 
-    out = []
+    simd: list[str] = []  # lines at the level of the tile loop's body
     V = _SIMD_BLOCK
     start = S.c(0)
     if _SIMD_TRANSPOSE and W % V == 0 and L >= V:
         # 8 x 8 blocks through vector shuffles (_numba_simd.transpose8), then the rows
         # left (w % 8) in the scalar 4 x 4 blocks below
         LV = L - L % V
-        out += [f"for cb in range({S.c(0)}, w - w % {S.c(V)}, {S.c(V)}):",
-                f"    rb = (c0 + cb) * {Lc}",
-                f"    for fb in range({S.c(0)}, {S.c(LV)}, {S.c(V)}):"]
+        simd += [f"for cb in range({S.c(0)}, w - w % {S.c(V)}, {S.c(V)}):",
+                 f"    rb = (c0 + cb) * {Lc}",
+                 f"    for fb in range({S.c(0)}, {S.c(LV)}, {S.c(V)}):"]
         if kind == "gather":
-            out.append(f"        transpose8(X, rb + fb, {Lc}, ba, fb * {Wc} + cb, {Wc})")
+            simd.append(f"        transpose8(X, rb + fb, {Lc}, ba, fb * {Wc} + cb, {Wc})")
         else:
-            out.append(f"        transpose8({fin}, fb * {Wc} + cb, {Wc}, out, rb + fb, {Lc})")
+            simd.append(f"        transpose8({fin}, fb * {Wc} + cb, {Wc}, out, rb + fb, {Lc})")
         if L % V:
-            out += [f"    for f in range({S.c(LV)}, {Lc}):",
-                    f"        for i_ in range({S.c(V)}):",
-                    "            " + mv(f"rb + i_ * {Lc}", "f", "cb + i_")]
+            simd += [f"    for f in range({S.c(LV)}, {Lc}):",
+                     f"        for i_ in range({S.c(V)}):",
+                     "            " + mv(f"rb + i_ * {Lc}", "f", "cb + i_")]
         start = f"w - w % {S.c(V)}"
-    out = ["    " + line for line in out]  # (the whole list is shifted back below)
+    # written one level deeper, like the scalar blocks below (all shifted back at the end)
+    out = ["    " + line for line in simd]
     out += [f"    for cb in range({start}, w - w % {S.c(B)}, {S.c(B)}):"]
     for i in range(B):
         out.append(f"        rb{i} = (c0 + cb + {S.c(i)}) * {Lc}")

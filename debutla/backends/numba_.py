@@ -67,7 +67,7 @@ import threading
 import time
 import warnings
 import weakref
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Callable
 
 import numba
 import numpy as np
@@ -364,12 +364,16 @@ def kernel_source(factors_or_shapes, dtype=np.float32) -> str:
 
 
 # -- scratch and threads --------------------------------------------------------------
-def _scratch(dtype: np.dtype, size: int):
-    """Two per-thread scratch buffers of at least ``size`` entries (reused across calls)."""
+def _scratch(dtype: np.dtype, size: int, key: str | None = None):
+    """Two per-thread scratch buffers of at least ``size`` entries (reused across calls).
+
+    ``key``: ``dtype.str`` when the caller has it at hand (a state's ``dkey``).
+    """
     cache = getattr(_tls, "bufs", None)
     if cache is None:
         cache = _tls.bufs = {}
-    key = dtype.str
+    if key is None:
+        key = dtype.str
     pair = cache.get(key)
     if pair is None or pair[0].size < size:
         pair = (np.zeros(size, dtype=dtype), np.zeros(size, dtype=dtype))
@@ -527,33 +531,27 @@ def _run_fused(state: _State, mod, kname: str, X, Y, k: int) -> None:
     xn = X.size // k
     if kname == "rows_single" and xn < state.Q:
         X = _pad(X.reshape(k, xn), state.Q, "rows")
-    Xf, Yf = X.reshape(-1), Y.reshape(-1)
-    one = _ONE
-    if kname == "rows_single":
-        if k == 1:  # matvec: no thread pool, no closure (the call overhead is the cost)
-            cache = getattr(_tls, "bufs", None)
-            pair = None if cache is None else cache.get(state.dtype.str)
-            if pair is None or pair[0].size < state.F:
-                pair = _scratch(state.dtype, state.F)
-            mod.rows_single(state.vflat, Xf, Yf, 0, 1, pair[0], pair[1], one)
-            return
-        kern = mod.rows_single
-
-        def run_rows(lo: int, hi: int) -> None:
-            a, b = _scratch(state.dtype, state.F)
-            kern(state.vflat, Xf, Yf, lo, hi, a, b, one)
-
-        _run_split(run_rows, k, state.nnz * k)
+    Xf = X if X.ndim == 1 else X.reshape(-1)
+    Yf = Y if Y.ndim == 1 else Y.reshape(-1)
+    if kname == "rows_single":  # one or two rows: never split (no pool, no closure)
+        a, b = _scratch(state.dtype, state.F, state.dkey)
+        mod.rows_single(state.vflat, Xf, Yf, 0, k, a, b, _ONE)
         return
     kern = mod.cols_tiles if kname == "cols_tiles" else mod.rows_tiles
     W = NARROW_W if kname == "rows_narrow" else state.W
     wr = np.uint64(W)
+    ntiles = (k + W - 1) // W
+    work = state.nnz * k
+    if work < PARALLEL_MIN_WORK:  # what _run_split would do, without its closure
+        a, b = _scratch(state.dtype, state.F * W, state.dkey)
+        kern(state.flat, Xf, Yf, k, 0, ntiles, a, b, wr, xn)
+        return
 
     def run(lo: int, hi: int) -> None:
-        a, b = _scratch(state.dtype, state.F * W)
+        a, b = _scratch(state.dtype, state.F * W, state.dkey)
         kern(state.flat, Xf, Yf, k, lo, hi, a, b, wr, xn)
 
-    _run_split(run, (k + W - 1) // W, state.nnz * k)
+    _run_split(run, ntiles, work)
 
 
 def _fused_guarded(state: _State, kname: str, X, Y, k: int) -> None:
@@ -721,15 +719,17 @@ def rows_lane(state: _State, Xf, Yf, k: int) -> bool:
 
     The fast lane of :func:`apply_rows` for repeated products (``trans = "N"``): the
     caller has checked everything :func:`apply_rows` checks and that :func:`lane_ready`
-    holds under the same settings.
+    holds under the same settings; this skips :func:`apply_rows`' choice between the
+    generic kernel, a compile and the chain's kernel, and runs the chain's kernel the
+    same way (:func:`_fused_guarded`).
 
     Parameters
     ----------
     state : object
         From :func:`prepare`.
     Xf, Yf : numpy.ndarray
-        Flat C-contiguous views of ``X`` (``k x Q``) and of the writeable result
-        (``k x P``), the state's dtype, not overlapping.
+        ``X`` (``k x Q``) and the writeable result (``k x P``), C-contiguous, flat or
+        not, the state's dtype, not overlapping.
     k : int
         Rows, at least 1.
 
@@ -747,31 +747,10 @@ def rows_lane(state: _State, Xf, Yf, k: int) -> bool:
     >>> rows_lane(st, np.ones(2), np.empty(2), 1)  # no specialised kernel yet
     False
     """
-    if k <= _ROWS_SINGLE_MAX:
-        if "rows_single" not in state.ready or state.broken:
-            return False
-        pair = getattr(_tls, "bufs", None)
-        pair = None if pair is None else pair.get(state.dkey)
-        if pair is None or pair[0].size < state.F:
-            pair = _scratch(state.dtype, state.F)
-        mod: Any = state._mod  # set: the kernel is ready
-        try:
-            mod.rows_single(state.vflat, Xf, Yf, 0, k, pair[0], pair[1], _ONE)
-        except Exception:  # e.g. a cache failure: apply_rows handles it
-            return False
-        return True
-    if k <= NARROW_W < state.W:  # the narrow-tile module, as apply_rows would choose
-        kname, W, mod = "rows_narrow", NARROW_W, state._nmod
-    else:
-        kname, W, mod = "rows_tiles", state.W, state._mod
-    if state.nnz * k >= PARALLEL_MIN_WORK or kname not in state.ready or state.broken:
+    kname = _kernel_name(k, "rows", state)
+    if kname not in state.ready or state.broken or state.nnz * k >= PARALLEL_MIN_WORK:
         return False
-    a, b = _scratch(state.dtype, state.F * W)
-    try:
-        mod.rows_tiles(state.flat, Xf, Yf, k, 0, (k + W - 1) // W, a, b,
-                       np.uint64(W), state.Q)
-    except Exception:
-        return False
+    _fused_guarded(state, kname, Xf, Yf, k)  # what apply_rows runs once the kernel is ready
     return True
 
 
