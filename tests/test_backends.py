@@ -390,3 +390,24 @@ def test_adjoint_kernels_compile_in_the_background_and_are_then_used(monkeypatch
         assert "rows_single" in st.adjoint("H").ready
         np.testing.assert_allclose(op.rmatvec(z), D.T @ z, rtol=1e-12, atol=1e-12)
         np.testing.assert_allclose(z @ op, z @ D, rtol=1e-12, atol=1e-12)
+
+
+def test_compiled_kernels_serve_every_operator_of_the_chain(monkeypatch):
+    """Compiled kernels belong to the chain and dtype: an operator with other values (a
+    torch layer after an optimiser step) runs them from its first product."""
+    chain = "14 <-(7,3,1)- 6"  # a chain no other test uses
+    with _forced_codegen():
+        first = DeBut.random(chain, seed=0, dtype=np.float32, backend="numba")
+        nbk.compile_kernels(first._state(nbk, first.dtype), 1, "rows")
+        nbk.compile_kernels(first._state(nbk, first.dtype), 40, "rows")
+
+    def no_generic(*args):
+        raise AssertionError("the generic kernel ran")
+
+    monkeypatch.setattr(nbk, "_run_generic", no_generic)
+    rng = np.random.default_rng(3)
+    with forced_codegen():  # background compiles allowed: a cold kernel would run generic
+        other = DeBut.random(chain, seed=1, dtype=np.float32, backend="numba")
+        for k in (1, 40):
+            X = random_values(rng, (k, 6), np.float32)
+            _check(other, other.matmat_rows(X), X, "rows", f"other values, {k} rows")

@@ -84,7 +84,10 @@ def test_small_batches_run_on_narrow_tiles_with_the_wide_tiles_bits(dtype, kerne
 
 
 def test_wide_tiles_serve_while_the_narrow_ones_compile(kernels_seen):
-    op = DeBut.random(CHAIN, seed=13, dtype=np.float32, backend="numba")
+    # a chain no other test compiles: compiled kernels are shared by every operator of
+    # a chain and dtype in the process
+    op = DeBut.random("20 <-(5,2,2)- 8 <-(4,9,1)- 18", seed=13, dtype=np.float32,
+                      backend="numba")
     st = op._state(nbk, op.dtype)
     X = np.ones((8, op.shape[1]), np.float32)
     with forced_codegen():

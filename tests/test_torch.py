@@ -553,3 +553,31 @@ def test_forward_and_backward_are_bitwise_equal_for_any_thread_count(monkeypatch
     torch.testing.assert_close(results[1][0].double(), x.double() @ D.T, rtol=1e-4,
                                atol=1e-4)
     torch.testing.assert_close(results[1][1].double(), w.double() @ D, rtol=1e-4, atol=1e-4)
+
+
+def test_training_steps_run_the_compiled_kernel(monkeypatch):
+    """After the first step, the forward of every training step (new values each time)
+    runs the chain's compiled kernel, not the generic one."""
+    import debutla.backends.numba_ as nbk
+    from codegen import forced_codegen
+
+    torch.manual_seed(0)
+    layer = DeButLinear(36, 24, chain="24 <-(3,2,4)- 16 <-(4,9,1)- 36", impl="numba")
+    opt = torch.optim.SGD(layer.parameters(), lr=0.01)
+    x = torch.randn(37, 36)
+
+    def step():
+        loss = layer(x).square().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    with forced_codegen():
+        with db.config(background=False):
+            step()  # compiles (or loads) the chain's kernel
+        seen = []
+        inner = nbk._run_generic
+        monkeypatch.setattr(nbk, "_run_generic", lambda *a: seen.append(1) or inner(*a))
+        for _ in range(3):
+            step()
+    assert seen == []

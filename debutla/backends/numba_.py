@@ -121,6 +121,11 @@ _pool: ThreadPoolExecutor | None = None
 _pool_size = 0
 _pool_lock = threading.Lock()
 _tls = threading.local()
+# (shapes, W, dtype.str) -> names of the chain's kernels compiled / compiling for that
+# dtype (see _State.ready); sets shared by the states, guarded by _kernels_lock
+_READY: dict = {}
+_PENDING: dict = {}
+_kernels_lock = threading.Lock()
 _generic: list = []  # [module] once loaded
 _generic_lock = threading.Lock()
 _logged_first = [False]
@@ -211,7 +216,8 @@ class _State:
     """Prepared values of one operator and dtype (values immutable once built).
 
     ``ready`` names the specialised kernels compiled for this dtype; ``pending`` the
-    ones a background thread is compiling.
+    ones a background thread is compiling.  Both sets belong to the chain (its shapes,
+    tile width and dtype), not to the values: every state of the chain shares them.
     """
 
     __slots__ = ("shapes", "dtype", "dkey", "panel", "vflat", "dims", "adims", "Q", "P",
@@ -265,8 +271,14 @@ class _State:
         self._mod = None
         self._nmod = None  # the narrow-tile module (small batches; see narrow_module)
         self._lock = threading.Lock()
-        self.ready: set = set()
-        self.pending: set = set()
+        # the chain's kernels compiled for this dtype (and those compiling), shared by
+        # every state of the same chain, tile width and dtype: an operator with new
+        # values (a torch layer after each optimiser step) runs the compiled kernels
+        # from its first product, not the generic kernel
+        key = (self.shapes, self.W, self.dkey)
+        with _kernels_lock:
+            self.ready: set = _READY.setdefault(key, set())
+            self.pending: set = _PENDING.setdefault(key, set())
         self.broken = False
         _all_states.add(self)
 
@@ -404,10 +416,11 @@ def _after_fork_in_child() -> None:
     child; fork only after :func:`debutla.warmup` (or use the ``spawn`` or
     ``forkserver`` start methods of :mod:`multiprocessing`).
     """
-    global _pool, _pool_size, _pool_lock, _generic_lock
+    global _pool, _pool_size, _pool_lock, _generic_lock, _kernels_lock
     _pool, _pool_size = None, 0
     _pool_lock = threading.Lock()
     _generic_lock = threading.Lock()
+    _kernels_lock = threading.Lock()
     _compile_threads.clear()
     for st in list(_all_states):
         st._lock = threading.Lock()
@@ -415,7 +428,8 @@ def _after_fork_in_child() -> None:
             # forked while a thread compiled this chain: Numba's own compiler lock may be
             # held forever in this child, so never compile it here (generic kernel only)
             st.broken = True
-        st.pending = set()
+    for pending in _PENDING.values():  # in place: the states share these sets
+        pending.clear()
 
 
 if hasattr(os, "register_at_fork"):
@@ -595,7 +609,7 @@ def _compile_in_background(state: _State, kname: str) -> None:
         finally:
             state.pending.discard(kname)
 
-    with state._lock:
+    with _kernels_lock:
         if kname in state.pending or kname in state.ready:
             return
         state.pending.add(kname)
