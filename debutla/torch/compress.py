@@ -3,14 +3,27 @@
 from __future__ import annotations
 
 import copy
+import math
+import warnings
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
+import numpy as np
+import torch
 from torch import nn
 
-from .layers import DeButConv2d, DeButLinear, _DeButBase
+from ..chain import Chain, candidate_chains
+from .layers import CALIBRATION_DAMPING, CALIBRATION_ROWS, DeButConv2d, DeButLinear, _DeButBase
 
 __all__ = ["compress", "CompressionReport", "LayerReport", "count_parameters"]
+
+#: Keys of a per-layer specification besides :func:`debutla.factorize`'s arguments.
+_SPEC_KEYS = ("chain", "method", "ratio", "flatten", "impl", "calibration_rows",
+              "calibration_damping")
+#: :func:`debutla.factorize` arguments a specification may carry (``W``, ``chain``,
+#: ``method`` and ``return_info`` are compress's own).
+_FIT_KEYS = ("max_sweeps", "tol", "seed", "progress", "callback", "init", "order",
+             "max_params", "rel_error")
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -43,6 +56,16 @@ class LayerReport:
     fit_error : float
         ``||W - D||_F / ||W||_F`` of the initialisation.
     fit_seconds : float
+    method : str
+        How the values were initialised (``"random"`` or a :func:`debutla.factorize`
+        method).
+    svd_rel_error : float or None
+        The weight error of the truncated SVD that stores at most as many values
+        (``rank (m + n) <= nnz``), None for ``method="random"``.
+    data_rel_error, svd_data_rel_error : float or None
+        With calibration inputs ``X``: the output errors ``||X W^T - X D^T|| / ||X W^T||``
+        of the fit and of the SVD (the SVD of ``W`` truncated in the data's metric, the
+        best output error of that rank); None without calibration.
     """
 
     name: str
@@ -55,6 +78,10 @@ class LayerReport:
     lc: float
     fit_error: float
     fit_seconds: float
+    method: str = "auto"
+    svd_rel_error: float | None = None
+    data_rel_error: float | None = None
+    svd_data_rel_error: float | None = None
 
 
 @dataclass
@@ -80,28 +107,51 @@ class CompressionReport:
         return 1.0 - self.params_after / self.params_before if self.params_before else 0.0
 
     def __str__(self) -> str:
-        lines = [f"{'layer':<12} {'shape':>10} {'params':>15} {'LC':>7} {'fit err':>8}  chain"]
+        data = any(r.data_rel_error is not None for r in self.layers)
+        lines = [f"{'layer':<12} {'shape':>10} {'params':>15} {'LC':>7} {'fit err':>8} "
+                 f"{'SVD err':>8}" + (f" {'out err':>8} {'SVD out':>8}" if data else "")
+                 + "  chain"]
+
+        def num(v: float | None) -> str:
+            return f"{v:8.4f}" if v is not None else f"{'-':>8}"
+
         for r in self.layers:
             lines.append(
                 f"{r.name:<12} {r.shape[0]:>4}x{r.shape[1]:<5} "
                 f"{r.params_before:>7}->{r.params_after:<7} {100 * r.lc:6.2f}% "
-                f"{r.fit_error:8.4f}  {r.chain}")
+                f"{r.fit_error:8.4f} {num(r.svd_rel_error)}"
+                + (f" {num(r.data_rel_error)} {num(r.svd_data_rel_error)}" if data else "")
+                + f"  {r.chain}")
         lines.append(f"model: {self.params_before:,} -> {self.params_after:,} parameters, "
                      f"MC {100 * self.mc:.2f}%")
         return "\n".join(lines)
 
 
-def compress(model: nn.Module, layers: Mapping[str, Any], method: str = "auto", *,
-             inplace: bool = False, flatten: str = "cin_kh_kw", impl: str = "auto",
+def compress(model: nn.Module, layers: Mapping[str, Any] | Iterable[str],
+             method: str = "auto", *, inplace: bool = False, flatten: str = "cin_kh_kw",
+             impl: str = "auto", ratio: float | None = None, calibration: Any = None,
+             calibration_rows: int | None = CALIBRATION_ROWS,
+             calibration_damping: float = CALIBRATION_DAMPING,
              **fit: Any) -> tuple[nn.Module, CompressionReport]:
     """Replace ``nn.Linear`` / ``nn.Conv2d`` submodules by DeBut layers fitted to them.
+
+    Each layer's size is chosen by its chain, or by a budget: ``ratio`` (a fraction of
+    the dense weight's values), ``max_params`` (a number of values) or ``rel_error`` (the
+    smallest chain whose fit reaches this weight error), given for every layer at once
+    or per layer.  With ``calibration`` inputs the fits minimise each layer's output
+    error on the data the layer sees in ``model``, instead of its weight error.
 
     Parameters
     ----------
     model : nn.Module
-    layers : mapping of str to chain
-        Qualified submodule names (as in ``model.named_modules()``) to a chain: ``"auto"``,
-        a chain string or a :class:`debutla.Chain`.
+    layers : mapping of str to spec, or sequence of str
+        Qualified submodule names (as in ``model.named_modules()``), each mapped to a
+        *spec*: a chain (``"auto"``, a chain string or a :class:`debutla.Chain`) or a
+        dict of per-layer options, any of ``chain``, ``method``, ``ratio``,
+        ``max_params``, ``rel_error``, ``flatten``, ``impl``, ``calibration_rows``,
+        ``calibration_damping`` and the other :func:`debutla.factorize` arguments
+        (``seed``, ``max_sweeps``, ...); they override the options given to
+        ``compress``.  A sequence of names means ``"auto"`` for each.
     method : {"auto", "hierarchical", "als", "random"}
         How the factors are initialised (see :meth:`DeButLinear.from_dense`).
     inplace : bool
@@ -109,8 +159,24 @@ def compress(model: nn.Module, layers: Mapping[str, Any], method: str = "auto", 
     flatten : {"cin_kh_kw", "kh_kw_cin"}
         Filter flattening for conv layers (see :class:`DeButConv2d`).
     impl : {"auto", "numba", "torch"}
+    ratio : float, optional
+        For ``chain="auto"``: at most ``floor(ratio m n)`` values for an ``m x n``
+        weight (the paper's layer compression is ``1 - ratio`` or more); ``0 < ratio
+        <= 1``.  Not with ``max_params``.
+    calibration : Tensor, tuple or dict, optional
+        Inputs of ``model``: ``model(calibration)`` (a tuple is unpacked as positional
+        arguments, a dict as keyword arguments) is run once, in eval mode and without
+        gradients, and every named layer's inputs are recorded (forward pre-hooks) and
+        used as its calibration inputs (see :meth:`DeButLinear.from_dense`).  All
+        layers see the original model's activations.
+    calibration_rows : int or None
+        At most this many calibration rows per layer (drawn at random, seeded): a
+        conv layer has one row per image and output position.
+    calibration_damping : float
+        The damping of the data-aware fits (see :meth:`DeButLinear.from_dense`).
     **fit
-        More arguments of :func:`debutla.factorize` (``max_sweeps``, ``seed``, ...).
+        More arguments of :func:`debutla.factorize` (``max_params``, ``rel_error``,
+        ``max_sweeps``, ``seed``, ...).
 
     Returns
     -------
@@ -119,9 +185,12 @@ def compress(model: nn.Module, layers: Mapping[str, Any], method: str = "auto", 
     Raises
     ------
     ValueError
-        If a name is not a submodule of ``model`` or a chain does not fit its layer.
+        If a name is not a submodule of ``model``, a chain does not fit its layer, a
+        budget is impossible (smaller than every chain) or out of range; raised before
+        any layer is fitted.
     TypeError
-        If a named submodule is not an ``nn.Linear`` or ``nn.Conv2d``.
+        If a named submodule is not an ``nn.Linear`` or ``nn.Conv2d``, or a spec is
+        neither a chain nor a dict of known options.
 
     Examples
     --------
@@ -131,37 +200,60 @@ def compress(model: nn.Module, layers: Mapping[str, Any], method: str = "auto", 
     >>> small, report = compress(net, {"0": "8 <-(2,2,4)- 8 <-(4,8,1)- 16"})
     >>> report.params_before, report.params_after
     (136, 88)
+    >>> net = torch.nn.Sequential(torch.nn.Linear(256, 128), torch.nn.ReLU(),
+    ...                           torch.nn.Linear(128, 10))
+    >>> small, report = compress(net, {"0": {"ratio": 0.1}},
+    ...                          calibration=torch.randn(512, 256))
+    >>> report.layers[0].nnz <= 0.1 * 256 * 128
+    True
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"compress: model must be an nn.Module, got {type(model).__name__}")
+    if isinstance(layers, (str, bytes)) or not isinstance(layers, (Mapping, Iterable)):
+        raise TypeError(f"compress: layers must be a mapping of submodule names to chains "
+                        f"or options, or a sequence of names, got {type(layers).__name__}")
     if not isinstance(layers, Mapping):
-        raise TypeError(f"compress: layers must be a mapping of submodule names to chains, "
-                        f"got {type(layers).__name__}")
+        layers = {name: "auto" for name in layers}
     modules = dict(model.named_modules())
-    for name in layers:
-        if name not in modules or name == "":
+    specs: dict[str, dict] = {}
+    for name, spec in layers.items():
+        if not isinstance(name, str) or name not in modules or name == "":
             raise ValueError(f"compress: {name!r} is not a submodule of the model (have: "
                              f"{[n for n in modules if n][:20]})")
         if not isinstance(modules[name], (nn.Linear, nn.Conv2d)):
             raise TypeError(f"compress: {name!r} is a {type(modules[name]).__name__}; only "
                             f"nn.Linear and nn.Conv2d layers can be replaced")
+        specs[name] = _layer_spec(name, modules[name], spec, method, flatten, impl, ratio,
+                                  calibration_rows, calibration_damping, fit)
+    inputs = _record_inputs(model, modules, list(specs), calibration)
     before = count_parameters(model)
     if not inplace:
         model = copy.deepcopy(model)
     report = CompressionReport(params_before=before)
-    for name, chain in layers.items():
+    for name, opts in specs.items():
         old = model.get_submodule(name)
+        opts = dict(opts)
+        if inputs is not None:
+            opts["calibration"] = inputs[name]
         new: _DeButBase
-        if isinstance(old, nn.Linear):
-            new = DeButLinear.from_dense(old, chain=chain, method=method, impl=impl, **fit)
-            kind = "Linear"
-        else:
-            if not isinstance(old, nn.Conv2d):
-                raise RuntimeError(f"internal: compress: {name!r} is neither nn.Linear nor "
-                                   f"nn.Conv2d after the check")
-            new = DeButConv2d.from_dense(old, chain=chain, method=method, impl=impl,
-                                         flatten=flatten, **fit)
-            kind = "Conv2d"
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                if isinstance(old, nn.Linear):
+                    opts.pop("flatten")
+                    new = DeButLinear.from_dense(old, **opts)
+                    kind = "Linear"
+                else:
+                    if not isinstance(old, nn.Conv2d):
+                        raise RuntimeError(f"internal: compress: {name!r} is neither "
+                                           f"nn.Linear nor nn.Conv2d after the check")
+                    new = DeButConv2d.from_dense(old, **opts)
+                    kind = "Conv2d"
+            except (ValueError, TypeError) as e:
+                raise type(e)(f"compress: layer {name!r}: {_strip_where(str(e))}") from None
+        for w in caught:  # the layer's name on the fit's warnings
+            warnings.warn(f"compress: layer {name!r}: {_strip_where(str(w.message))}",
+                          w.category, stacklevel=2)
         new.train(old.training)
         parent_name, _, attr = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
@@ -174,6 +266,131 @@ def compress(model: nn.Module, layers: Mapping[str, Any], method: str = "auto", 
             params_after=sum(p.numel() for p in new.parameters()),
             nnz=new.chain.nnz, lc=1.0 - new.chain.nnz / (m * n),
             fit_error=float(new.fit_error),
-            fit_seconds=float(info.seconds) if info is not None else 0.0))
+            fit_seconds=float(info.seconds) if info is not None else 0.0,
+            method=opts["method"],
+            svd_rel_error=None if info is None else info.svd_rel_error,
+            data_rel_error=None if info is None else info.data_rel_error,
+            svd_data_rel_error=None if info is None else info.svd_data_rel_error))
     report.params_after = count_parameters(model)
     return model, report
+
+
+def _strip_where(msg: str) -> str:
+    """A layer method's message without its ``DeButLinear.from_dense: `` prefix."""
+    for where in ("DeButLinear.from_dense: ", "DeButConv2d.from_dense: "):
+        if msg.startswith(where):
+            return msg[len(where):]
+    return msg
+
+
+def _weight_shape(module: nn.Module) -> tuple[int, int]:
+    """The ``m x n`` matrix a layer's chain serves."""
+    w = module.weight
+    if not isinstance(w, torch.Tensor):
+        raise TypeError(f"compress: the layer's weight is a {type(w).__name__}, not a tensor")
+    return int(w.shape[0]), int(math.prod(w.shape[1:]))
+
+
+def _layer_spec(name: str, module: nn.Module, spec: Any, method: str, flatten: str,
+                impl: str, ratio: Any, calibration_rows: Any, calibration_damping: Any,
+                fit: dict) -> dict:
+    """``from_dense`` keyword arguments for one layer, checked (nothing fitted)."""
+    where = f"compress: layer {name!r}"
+    opts: dict[str, Any] = {"chain": "auto", "method": method, "flatten": flatten,
+                            "impl": impl, "ratio": ratio,
+                            "calibration_rows": calibration_rows,
+                            "calibration_damping": calibration_damping, **fit}
+    if isinstance(spec, Mapping):
+        unknown = sorted(str(k) for k in spec if k not in _SPEC_KEYS + _FIT_KEYS)
+        if unknown:
+            raise TypeError(f"{where}: unknown option(s) {unknown}; a layer's options are "
+                            f"{sorted(_SPEC_KEYS + _FIT_KEYS)}")
+        if "ratio" in spec or "max_params" in spec or "rel_error" in spec:
+            # a per-layer budget replaces the global one
+            for k in ("ratio", "max_params", "rel_error"):
+                opts.pop(k, None)
+            opts["ratio"] = None
+        opts.update(spec)
+    elif isinstance(spec, (str, Chain)):
+        opts["chain"] = spec
+    else:
+        raise TypeError(f"{where}: the spec must be a chain ('auto', a chain string or a "
+                        f"debutla.Chain) or a dict of options, got {type(spec).__name__}")
+    r = opts.pop("ratio", None)
+    m, n = _weight_shape(module)
+    if r is not None:
+        if isinstance(r, bool) or not isinstance(r, (int, float, np.integer, np.floating)) \
+                or not 0 < float(r) <= 1:
+            raise ValueError(f"{where}: ratio must be a number in (0, 1], got {r!r}")
+        if opts.get("max_params") is not None:
+            raise ValueError(f"{where}: give ratio or max_params, not both")
+        opts["max_params"] = max(1, int(math.floor(float(r) * m * n)))
+    budget = opts.get("max_params")
+    auto = isinstance(opts["chain"], str) and opts["chain"] == "auto"
+    if not auto:
+        for k in ("max_params", "rel_error"):
+            if opts.get(k) is not None:
+                raise ValueError(f"{where}: a budget ({'ratio or ' if k == 'max_params' else ''}"
+                                 f"{k}) chooses the chain, so it needs chain='auto'; got "
+                                 f"chain {opts['chain']}")
+            opts.pop(k, None)
+    elif budget is not None:
+        if isinstance(budget, bool) or not isinstance(budget, (int, np.integer)):
+            raise TypeError(f"{where}: max_params must be an int, got {budget!r}")
+        candidate_chains(m, n, max_params=int(budget), where=f"{where}: max_params")
+    for k in ("max_params", "rel_error"):
+        if opts.get(k) is None:
+            opts.pop(k, None)
+    return opts
+
+
+def _record_inputs(model: nn.Module, modules: dict, names: list[str],
+                   calibration: Any) -> dict[str, torch.Tensor] | None:
+    """Each named layer's inputs while ``model`` runs on ``calibration`` (None: none)."""
+    if calibration is None:
+        return None
+    seen: dict[str, list[torch.Tensor]] = {name: [] for name in names}
+
+    def recorder(name: str):
+        def hook(module: nn.Module, args: tuple) -> None:
+            if args and isinstance(args[0], torch.Tensor):
+                seen[name].append(args[0].detach().cpu())
+        return hook
+
+    handles = [modules[name].register_forward_pre_hook(recorder(name)) for name in names]
+    modes = {mod: mod.training for mod in model.modules()}
+    try:
+        model.eval()
+        with torch.no_grad():
+            try:
+                if isinstance(calibration, tuple):
+                    model(*calibration)
+                elif isinstance(calibration, Mapping):
+                    model(**calibration)
+                else:
+                    model(calibration)
+            except Exception as e:
+                raise ValueError(f"compress: calibration: the model failed on the "
+                                 f"calibration inputs ({type(e).__name__}: {e}); give "
+                                 f"inputs the model takes (a tuple is unpacked as "
+                                 f"positional arguments, a dict as keyword arguments)"
+                                 ) from e
+    finally:
+        for h in handles:
+            h.remove()
+        for mod, mode in modes.items():
+            mod.training = mode
+    missing = [name for name in names if not seen[name]]
+    if missing:
+        raise ValueError(f"compress: calibration: layers {missing} were not called when "
+                         f"the model ran on the calibration inputs, so they have no "
+                         f"calibration data")
+    out = {}
+    for name, xs in seen.items():
+        if len(xs) == 1:
+            out[name] = xs[0]
+        else:  # a layer called several times: every call's rows
+            lin = isinstance(modules[name], nn.Linear)
+            out[name] = torch.cat([x.reshape(-1, x.shape[-1]) if lin else
+                                   (x if x.dim() == 4 else x.unsqueeze(0)) for x in xs])
+    return out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -25,6 +26,10 @@ __all__ = ["DeButLinear", "DeButConv2d", "FLATTENS"]
 #: (the DeBut authors' code).
 FLATTENS = ("cin_kh_kw", "kh_kw_cin")
 _STATE_VERSION = 1
+#: Default ``calibration_rows`` of ``from_dense``: rows drawn from the calibration inputs.
+CALIBRATION_ROWS = 16384
+#: Default ``calibration_damping`` of ``from_dense`` (a fraction of the data's mean energy).
+CALIBRATION_DAMPING = 0.01
 
 
 def _resolve_chain(chain: Any, m: int, n: int, where: str) -> Chain:
@@ -271,32 +276,84 @@ class DeButLinear(_DeButBase):
             If the last dimension is not ``in_features`` or ``x`` is on another device.
         """
         self._check_input(x, "DeButLinear")
+        rows = self.rows(x)
+        y = debut_mm(rows, list(self.factors), self.chain, (self._m, self._n), self.impl)
+        if self.bias is not None:
+            y = y + self.bias
+        return y.reshape(*x.shape[:-1], self.out_features)
+
+    def rows(self, x: torch.Tensor) -> torch.Tensor:
+        """The rows the layer's matrix multiplies: ``x`` as ``(samples, in_features)``.
+
+        ``forward(x)`` is ``rows(x) @ D.T + b`` (reshaped); :meth:`from_dense` turns
+        calibration inputs into ``factorize``'s ``X`` with it.
+
+        Parameters
+        ----------
+        x : Tensor (..., in_features)
+
+        Returns
+        -------
+        Tensor (prod(leading dimensions), in_features)
+
+        Raises
+        ------
+        ValueError
+            If the last dimension of ``x`` is not ``in_features``.
+
+        Examples
+        --------
+        >>> import torch
+        >>> from debutla.torch import DeButLinear
+        >>> DeButLinear(16, 8).rows(torch.zeros(2, 3, 16)).shape
+        torch.Size([6, 16])
+        """
         if x.dim() == 0 or x.shape[-1] != self.in_features:
             raise ValueError(f"DeButLinear: the input's last dimension must be "
                              f"in_features={self.in_features}, got input shape "
                              f"{tuple(x.shape)}")
-        lead = x.shape[:-1]
-        y = debut_mm(x.reshape(-1, self.in_features), list(self.factors), self.chain,
-                     (self._m, self._n), self.impl)
-        if self.bias is not None:
-            y = y + self.bias
-        return y.reshape(*lead, self.out_features)
+        return x.reshape(-1, self.in_features)
 
     # -- conversions -----------------------------------------------------------------------
     @classmethod
     def from_dense(cls, linear: nn.Linear, chain: Any = "auto", method: str = "auto",
-                   impl: str = "auto", **fit: Any) -> "DeButLinear":
+                   impl: str = "auto", *, calibration: torch.Tensor | None = None,
+                   calibration_rows: int | None = CALIBRATION_ROWS,
+                   calibration_damping: float = CALIBRATION_DAMPING,
+                   **fit: Any) -> "DeButLinear":
         """Fit a trained ``nn.Linear`` with a DeBut chain.
 
         Parameters
         ----------
         linear : nn.Linear
         chain : "auto", str or debutla.Chain
+            With ``"auto"`` and a budget (``max_params`` or ``rel_error`` in ``**fit``)
+            :func:`debutla.factorize` searches the chain; without one the layer's
+            designed chain is fitted.
         method : {"auto", "hierarchical", "als", "random"}
             Passed to :func:`debutla.factorize` (in float64); ``"random"`` skips the fit
-            and keeps random values (the bias is copied in every case).
+            and keeps random values (the bias is copied in every case; a ``max_params``
+            budget then picks the chain with :func:`debutla.design_chain`).
+        impl : {"auto", "numba", "torch"}
+        calibration : Tensor (..., in_features), optional
+            Inputs of the layer (e.g. a batch of the data it sees in the trained model):
+            the fit then minimises the error of the layer's outputs on them,
+            ``||X W^T - X D^T||_F``, instead of the weight error (``factorize``'s ``X``,
+            made by :meth:`rows`).
+        calibration_rows : int or None
+            At most this many rows of ``calibration`` are used, drawn at random without
+            replacement (seeded): the fit's cost grows with ``rows x in_features^2``.
+            None uses every row.
+        calibration_damping : float
+            The fit minimises ``||X (W - D)^T||^2 + lam ||W - D||^2`` with ``lam`` this
+            fraction of the mean squared column norm of ``X`` (GPTQ's damping): weight
+            directions the calibration data never excites (fewer rows than
+            ``in_features``, inputs that are always zero) stay close to ``W`` instead of
+            drifting.  0 fits the data alone.  The reported data errors include the
+            damping term.
         **fit
-            More arguments of :func:`debutla.factorize` (``max_sweeps``, ``seed``, ...).
+            More arguments of :func:`debutla.factorize` (``max_params``, ``rel_error``,
+            ``max_sweeps``, ``seed``, ...).
 
         Returns
         -------
@@ -304,6 +361,14 @@ class DeButLinear(_DeButBase):
             Same dtype and device as ``linear``; ``.fit_info`` holds the
             :class:`debutla.FitInfo` (None for ``"random"``) and ``.fit_error`` the relative
             Frobenius error ``||W - D||_F / ||W||_F``.
+
+        Raises
+        ------
+        TypeError
+            If ``linear`` is not an ``nn.Linear``, or ``calibration`` is not a tensor.
+        ValueError
+            If the chain does not fit the layer, a budget is impossible, or
+            ``calibration`` has the wrong shape (and as :func:`debutla.factorize`).
 
         Examples
         --------
@@ -313,16 +378,25 @@ class DeButLinear(_DeButBase):
         >>> layer = DeButLinear.from_dense(dense, chain="8 <-(2,2,4)- 8 <-(4,8,1)- 16")
         >>> layer.fit_error < 1.0
         True
+        >>> small = DeButLinear.from_dense(torch.nn.Linear(64, 64), max_params=1024)
+        >>> small.nnz <= 1024
+        True
         """
+        where = "DeButLinear.from_dense"
         if not isinstance(linear, nn.Linear):
-            raise TypeError(f"DeButLinear.from_dense: expected an nn.Linear, got "
-                            f"{type(linear).__name__}")
+            raise TypeError(f"{where}: expected an nn.Linear, got {type(linear).__name__}")
         w = linear.weight
-        layer = cls(linear.in_features, linear.out_features, chain=chain,
-                    bias=linear.bias is not None, device=w.device, dtype=w.dtype, impl=impl)
+
+        def build(c: Any) -> "DeButLinear":
+            return cls(linear.in_features, linear.out_features, chain=c,
+                       bias=linear.bias is not None, device=w.device, dtype=w.dtype,
+                       impl=impl)
+
+        layer = build(chain)
         W = w.detach().cpu().double().numpy()
-        _fit_into(layer, W, method, fit, "DeButLinear.from_dense")
-        _copy_bias(layer, linear.bias, "DeButLinear.from_dense")
+        layer = _fit_into(layer, W, chain, method, fit, where, build, calibration,
+                          calibration_rows, calibration_damping)
+        _copy_bias(layer, linear.bias, where)
         return layer
 
     @classmethod
@@ -527,12 +601,52 @@ class DeButConv2d(_DeButBase):
             dilated kernel after padding.
         """
         self._check_input(x, "DeButConv2d")
+        unbatched = x.dim() == 3
+        rows, (N, Ho, Wo) = self._patches(x)
+        y = debut_mm(rows, list(self.factors), self.chain, (self._m, self._n), self.impl)
+        if self.bias is not None:
+            y = y + self.bias
+        y = y.reshape(N, Ho * Wo, self._m).transpose(1, 2).reshape(N, self._m, Ho, Wo)
+        return y[0] if unbatched else y
+
+    def rows(self, x: torch.Tensor) -> torch.Tensor:
+        """The rows the layer's matrix multiplies: the input's patches, flattened.
+
+        One row per batch item and output position (batch-major), in the order of the
+        filter's flattening (``flatten``), so ``rows(x) @ D.T + b`` holds the outputs
+        (channels last); :meth:`from_dense` turns calibration inputs into
+        ``factorize``'s ``X`` with it.
+
+        Parameters
+        ----------
+        x : Tensor (N, in_channels, H, W) or (in_channels, H, W)
+
+        Returns
+        -------
+        Tensor (N Ho Wo, in_channels kh kw)
+
+        Raises
+        ------
+        ValueError
+            If ``x`` has the wrong shape or is smaller than the dilated kernel after
+            padding.
+
+        Examples
+        --------
+        >>> import torch
+        >>> from debutla.torch import DeButConv2d
+        >>> DeButConv2d(3, 8, 3, padding=1).rows(torch.zeros(2, 3, 5, 5)).shape
+        torch.Size([50, 27])
+        """
+        return self._patches(x)[0]
+
+    def _patches(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int]]:
+        """``rows(x)`` and the output geometry ``(N, Ho, Wo)``."""
         if x.dim() not in (3, 4) or x.shape[-3] != self.in_channels:
             raise ValueError(f"DeButConv2d: input must be (N, C, H, W) or (C, H, W) with "
                              f"C = in_channels = {self.in_channels}, got shape "
                              f"{tuple(x.shape)}")
-        unbatched = x.dim() == 3
-        if unbatched:
+        if x.dim() == 3:
             x = x.unsqueeze(0)
         pad = self._pad
         if any(pad):
@@ -554,11 +668,7 @@ class DeButConv2d(_DeButBase):
             rows = cols.transpose(1, 2).reshape(N * L, self._n)
         else:
             rows = cols.reshape(N, C, kh * kw, L).permute(0, 3, 2, 1).reshape(N * L, self._n)
-        y = debut_mm(rows, list(self.factors), self.chain, (self._m, self._n), self.impl)
-        if self.bias is not None:
-            y = y + self.bias
-        y = y.reshape(N, L, self._m).transpose(1, 2).reshape(N, self._m, Ho, Wo)
-        return y[0] if unbatched else y
+        return rows, (N, Ho, Wo)
 
     # -- conversions -----------------------------------------------------------------------
     def _flat(self, w: torch.Tensor) -> torch.Tensor:
@@ -578,12 +688,17 @@ class DeButConv2d(_DeButBase):
 
     @classmethod
     def from_dense(cls, conv: nn.Conv2d, chain: Any = "auto", method: str = "auto",
-                   impl: str = "auto", flatten: str = "cin_kh_kw",
+                   impl: str = "auto", flatten: str = "cin_kh_kw", *,
+                   calibration: torch.Tensor | None = None,
+                   calibration_rows: int | None = CALIBRATION_ROWS,
+                   calibration_damping: float = CALIBRATION_DAMPING,
                    **fit: Any) -> "DeButConv2d":
         """Fit a trained ``nn.Conv2d`` (``groups=1``) with a DeBut chain.
 
         The filter is flattened as ``flatten`` says (see :class:`DeButConv2d`) and fitted
-        by :func:`debutla.factorize`; ``method`` and ``**fit`` as in
+        by :func:`debutla.factorize`; ``chain``, ``method``, ``calibration`` (inputs
+        ``(N, in_channels, H, W)``: their patches, :meth:`rows`, are the rows fitted),
+        ``calibration_rows``, ``calibration_damping`` and ``**fit`` as in
         :meth:`DeButLinear.from_dense`.
 
         Examples
@@ -602,12 +717,17 @@ class DeButConv2d(_DeButBase):
         if conv.groups != 1:
             raise ValueError(f"DeButConv2d.from_dense: groups={conv.groups} is not supported")
         w = conv.weight
-        layer = cls(conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride,
-                    padding=conv.padding, dilation=conv.dilation, bias=conv.bias is not None,
-                    padding_mode=conv.padding_mode, chain=chain, device=w.device,
-                    dtype=w.dtype, impl=impl, flatten=flatten)
+
+        def build(c: Any) -> "DeButConv2d":
+            return cls(conv.in_channels, conv.out_channels, conv.kernel_size,
+                       stride=conv.stride, padding=conv.padding, dilation=conv.dilation,
+                       bias=conv.bias is not None, padding_mode=conv.padding_mode, chain=c,
+                       device=w.device, dtype=w.dtype, impl=impl, flatten=flatten)
+
+        layer = build(chain)
         W = layer._flat(w.detach()).cpu().double().numpy()
-        _fit_into(layer, W, method, fit, "DeButConv2d.from_dense")
+        layer = _fit_into(layer, W, chain, method, fit, "DeButConv2d.from_dense", build,
+                          calibration, calibration_rows, calibration_damping)
         _copy_bias(layer, conv.bias, "DeButConv2d.from_dense")
         return layer
 
@@ -639,22 +759,106 @@ def _copy_bias(layer: _DeButBase, bias: torch.Tensor | None, where: str) -> None
         layer.bias.copy_(bias)
 
 
-def _fit_into(layer: _DeButBase, W: np.ndarray, method: str, fit: dict, where: str) -> None:
-    """Fit ``W`` (float64, the layer's ``m x n``) into the layer's factors; set fit_info."""
+def _calibration_X(layer: _DeButBase, calibration: Any, rows: int | None, damping: Any,
+                   seed: Any, where: str) -> np.ndarray:
+    """``factorize``'s ``X`` from a layer's calibration inputs (float64, at most ``rows``)."""
+    if not isinstance(calibration, torch.Tensor):
+        raise TypeError(f"{where}: calibration must be a torch.Tensor of the layer's inputs, "
+                        f"got {type(calibration).__name__}")
+    if rows is not None and (isinstance(rows, bool) or not isinstance(rows, (int, np.integer))
+                             or rows < 1):
+        raise ValueError(f"{where}: calibration_rows must be a positive int or None, got "
+                         f"{rows!r}")
+    if damping is None or isinstance(damping, bool) or not isinstance(
+            damping, (int, float, np.integer, np.floating)) or not damping >= 0:
+        raise ValueError(f"{where}: calibration_damping must be a number >= 0, got "
+                         f"{damping!r}")
+    x = calibration.detach()
+    if x.is_floating_point() or x.is_complex():
+        x = x.to(layer.factors[0].dtype)
+    try:
+        X = layer.rows(x.cpu())  # type: ignore[operator]  # (mypy reads nn.Module attrs)
+    except ValueError as e:
+        raise ValueError(f"{where}: calibration: {e}") from None
+    if X.shape[0] == 0:
+        raise ValueError(f"{where}: calibration holds no inputs (shape "
+                         f"{tuple(calibration.shape)})")
+    if rows is not None and X.shape[0] > rows:
+        rng = np.random.default_rng(seed if isinstance(seed, (int, np.integer)) else 0)
+        pick = np.sort(rng.choice(X.shape[0], size=int(rows), replace=False))
+        X = X[torch.from_numpy(pick)]
+    Xn = X.double().numpy()
+    if not np.all(np.isfinite(Xn)):
+        raise ValueError(f"{where}: calibration holds NaN or Inf values")
+    if Xn.shape[0] < Xn.shape[1]:
+        warnings.warn(f"{where}: calibration gives {Xn.shape[0]} rows for {Xn.shape[1]} "
+                      f"inputs, so some input directions are never excited and only the "
+                      f"damping (calibration_damping) holds the weight there; give more "
+                      f"inputs", UserWarning, stacklevel=4)
+    if damping > 0:
+        # rows sqrt(lam) I: the objective ||X (W - D)^T||^2 + lam ||W - D||^2 keeps the
+        # directions the data does not excite close to W (lam: damping x the mean
+        # squared column norm of X, as GPTQ damps its Hessian)
+        n = Xn.shape[1]
+        lam = float(damping) * float(np.vdot(Xn, Xn).real) / n
+        if lam > 0:
+            Xn = np.vstack([Xn, np.sqrt(lam) * np.eye(n)])
+    return Xn
+
+
+def _is_auto(chain: Any) -> bool:
+    return isinstance(chain, str) and chain == "auto"
+
+
+def _fit_into(layer: _DeButBase, W: np.ndarray, chain: Any, method: str, fit: dict,
+              where: str, build: Any, calibration: Any = None,
+              calibration_rows: int | None = None,
+              calibration_damping: float = CALIBRATION_DAMPING) -> Any:
+    """Fit ``W`` (float64, the layer's ``m x n``) into ``layer``, set ``fit_info``.
+
+    Returns the fitted layer: ``layer`` itself, or a layer made by ``build(chain)`` when
+    ``chain="auto"`` with a budget chose another chain than the designed one.
+    """
     from .. import factorize
 
     if method not in _FIT_METHODS:
         raise ValueError(f"{where}: method must be one of {_FIT_METHODS}, got {method!r}")
+    if calibration is not None:
+        if "X" in fit:
+            raise TypeError(f"{where}: give calibration (the layer's inputs) or X (the "
+                            f"rows factorize fits), not both")
+        if method == "random":
+            raise TypeError(f"{where}: method='random' fits nothing, so it takes no "
+                            f"calibration inputs")
+        fit = {**fit, "X": _calibration_X(layer, calibration, calibration_rows,
+                                          calibration_damping, fit.get("seed"), where)}
     norm = float(np.linalg.norm(W))
     if method == "random":
+        fit = dict(fit)
+        budget = fit.pop("max_params", None) if _is_auto(chain) else None
         if fit:
-            raise TypeError(f"{where}: method='random' takes no fit arguments, got "
-                            f"{sorted(fit)}")
+            raise TypeError(f"{where}: method='random' takes no fit arguments except a "
+                            f"max_params budget with chain='auto', got {sorted(fit)}")
+        if budget is not None:
+            m, n = W.shape
+            try:
+                designed = design_chain(m, n, max_params=budget)
+            except ValueError as e:
+                raise ValueError(f"{where}: {e}") from None
+            if designed != layer.chain:
+                layer = build(designed)
         layer.fit_info = None
         D = layer.to_debut().astype(np.float64).to_dense()
         layer.fit_error = float(np.linalg.norm(W - D) / norm) if norm > 0 else 0.0
-        return
-    op, info = factorize(W, layer.chain, method=method, return_info=True, **fit)
+        return layer
+    try:
+        op, info = factorize(W, "auto" if _is_auto(chain) else layer.chain, method=method,
+                             return_info=True, **fit)
+    except ValueError as e:
+        raise ValueError(f"{where}: {e}") from None
+    if op.chain != layer.chain:  # a budget search chose another chain
+        layer = build(op.chain)
     layer._load_debut(op)
     layer.fit_info = info
     layer.fit_error = float(info.rel_error)
+    return layer
