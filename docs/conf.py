@@ -42,7 +42,8 @@ import debutla as db
 for _name in ("debutla.chain", "debutla.operator", "debutla.io", "debutla.interop.scipy",
               "debutla.interop.debut_authors", "debutla.fit.api", "debutla.fit.search",
               "debutla.fit", "debutla.backends", "debutla.plot", "debutla._timing",
-              "debutla._config", "debutla._warmup", "debutla.testing", "debutla.cli"):
+              "debutla._config", "debutla._warmup", "debutla.testing", "debutla.cli",
+              "debutla.cli.compress"):
     try:
         _mod = importlib.import_module(_name)
     except ImportError:

@@ -22,9 +22,11 @@ DOCTEST_MODULES = [
     "debutla.fit.api",
     "debutla._timing",
     "debutla.cli",
+    "debutla.cli.compress",
     "debutla.plot",
 ]
-# modules whose examples need an optional package
+# modules whose examples need an optional package (the torch modules' examples run in
+# tests/test_torch.py)
 OPTIONAL = {"debutla.plot": "matplotlib"}
 
 

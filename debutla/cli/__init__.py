@@ -7,6 +7,7 @@ Sub-commands::
     debutla design M N [--kind ...] [--max-params N] [--plot out.png]
     debutla bench [--chain ...] [--batch 1,256] [--threads N]
     debutla demo
+    debutla compress MODEL.pt -o OUT.pt --layer NAME[=SPEC] ... (needs PyTorch)
     debutla --version
 
 Bad input (a missing file, an unknown key, a malformed chain, wrong shapes) prints one
@@ -128,7 +129,7 @@ def _chain_arg(text: str):
 
 def _plot_module():
     try:
-        from . import plot
+        from .. import plot
         plot._figure_class()
     except ImportError as e:
         raise CLIError(str(e)) from None
@@ -494,7 +495,7 @@ def run_bench(chain: Any = None, batches: Sequence[int] = (1, 256), *,
     >>> rows[0]["batch"], rows[0]["speedup"] > 0
     (1, True)
     """
-    from . import _timing
+    from .. import _timing
 
     db = _db()
     chain = db.Chain.parse(db.PAPER_CHAINS["vgg_512x4608_mono"]) if chain is None else \
@@ -602,11 +603,11 @@ def run_demo(out: Callable[[str], object] = print, fit: bool = True,
     out("")
     out("speed on this machine:")
     run_bench(chain, (1, 256), dtype=np.float32, repeats=repeats, out=out, header=False)
-    from . import _timing
+    from .. import _timing
 
     out(_timing.describe_threads())
     if fit:
-        from .fit.demo import run_fit_demo
+        from ..fit.demo import run_fit_demo
 
         out("")
         run_fit_demo(out=out)
@@ -721,6 +722,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=_positive_int, default=9, metavar="R",
                    help="interleaved timing rounds (>= 3, default 9)")
     p.set_defaults(func=_cmd_demo)
+
+    from .compress import add_parser as add_compress  # here: it imports this module
+
+    add_compress(sub)
     return parser
 
 
