@@ -107,6 +107,17 @@ def test_list_shows_layers_and_auto_chains(workdir, capsys):
     assert "21,242 trainable parameters" in out
 
 
+def test_tradeoff_prints_the_table(workdir, capsys):
+    code, out, err = here(capsys, "compress", "model.pt", "--unsafe-pickle", "--tradeoff",
+                          "-l", "fc", "-l", "conv2", "--ratios", "0.1,0.5",
+                          "--calibration", "x.pt")
+    assert code == 0, err
+    lines = out.strip().splitlines()
+    assert "SVD out" in lines[0]
+    assert [ln.split()[0] for ln in lines[1:]] == ["fc", "fc", "conv2"]
+    assert not (workdir / "s.pt").exists()
+
+
 @pytest.mark.parametrize("args, needle", [
     (["model.pt", "-o", "s.pt", "-l", "fc"], "--unsafe-pickle if you trust it"),
     (["state.pt", "--unsafe-pickle", "-o", "s.pt", "-l", "fc"], "a state dict"),
@@ -127,6 +138,11 @@ def test_list_shows_layers_and_auto_chains(workdir, capsys):
       "state.pt"], "--calibration state.pt: holds an object of type"),
     (["model.pt", "--unsafe-pickle", "-o", "s.pt", "-l", "fc", "--ratio", "2"],
      "expected a number in (0, 1)"),
+    (["model.pt", "--unsafe-pickle", "--tradeoff"], "--tradeoff needs the layers"),
+    (["model.pt", "--unsafe-pickle", "--tradeoff", "-l", "fc", "--ratios", "0.1,x"],
+     "expected numbers in (0, 1]"),
+    (["model.pt", "--unsafe-pickle", "--tradeoff", "-l", "conv2", "--ratios", "0.01"],
+     "every ratio in [0.01] is below the smallest chain"),
 ])
 def test_bad_input_is_one_line_exit_2(workdir, capsys, args, needle):
     code, out, err = here(capsys, "compress", *args)

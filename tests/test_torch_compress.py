@@ -13,8 +13,9 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import debutla as db  # noqa: E402
-from debutla.torch import DeButConv2d, DeButLinear, compress  # noqa: E402
+from debutla.torch import DeButConv2d, DeButLinear, compress, layer_tradeoff  # noqa: E402,E501
 from debutla.torch.layers import _calibration_X  # noqa: E402
+from debutla.torch.tradeoff import format_tradeoff  # noqa: E402
 from compress_net import Net  # noqa: E402
 
 
@@ -295,3 +296,38 @@ def _uncalled(net):
             return self.net(x)
 
     compress(Wrap(), ["extra"], calibration=_images(2))
+
+
+# ---------------------------------------------------------------------------------------
+# layer_tradeoff: the table to choose from
+# ---------------------------------------------------------------------------------------
+
+def test_layer_tradeoff_predicts_compress():
+    net = _net()
+    x = _images(400)
+    recs = layer_tradeoff(net, ["fc", "conv2"], ratios=[0.1, 0.5], calibration=x)
+    fc = [r for r in recs if r["layer"] == "fc"]
+    assert [r["budget"] for r in fc] == [int(0.1 * 64 * 288), int(0.5 * 64 * 288)]
+    assert all(r["n_params"] <= r["budget"] and r["ratio"] == r["n_params"] / (64 * 288)
+               for r in fc)
+    assert fc[1]["data_rel_error"] < fc[0]["data_rel_error"]
+    # conv2 (8x36): 0.1 is below its smallest chain, so only 0.5 is kept
+    assert [r["budget"] for r in recs if r["layer"] == "conv2"] == [int(0.5 * 8 * 36)]
+    # compress at the same budget, same calibration, same method: the same chain and error
+    small, rep = compress(net, {"fc": {"ratio": 0.5}}, method="hierarchical",
+                          calibration=x)
+    assert rep.layers[0].chain == fc[1]["chain"]
+    assert rep.layers[0].data_rel_error == pytest.approx(fc[1]["data_rel_error"], rel=1e-9)
+    assert "out err" in format_tradeoff(recs)
+
+
+def test_layer_tradeoff_bad_input():
+    net = _net()
+    with pytest.raises(ValueError, match="layer_tradeoff: 'nope' is not a submodule"):
+        layer_tradeoff(net, ["nope"])
+    with pytest.raises(TypeError, match="layer_tradeoff: 'head' is a Sequential"):
+        layer_tradeoff(net, ["head"])
+    with pytest.raises(ValueError, match="ratios must be numbers in"):
+        layer_tradeoff(net, ["fc"], ratios=[0.0])
+    with pytest.raises(ValueError, match="layer 'conv2': every ratio .* below the smallest"):
+        layer_tradeoff(net, ["conv2"], ratios=[0.01])

@@ -4,6 +4,7 @@ layers out (see :func:`debutla.torch.compress`).
 ::
 
     debutla compress model.pt --list
+    debutla compress model.pt --unsafe-pickle --tradeoff -l fc1 --ratios 0.05,0.1,0.2
     debutla compress model.pt -o small.pt --unsafe-pickle \\
         --layer fc1=ratio:0.1 --layer fc2=error:0.3 --layer conv2 --max-params 2000 \\
         --calibration batch.pt
@@ -62,6 +63,12 @@ def add_parser(sub: Any) -> None:
                    help="a layer to replace, with its size (repeatable)")
     p.add_argument("--list", action="store_true",
                    help="list the model's Linear and Conv2d layers and stop")
+    p.add_argument("--tradeoff", action="store_true",
+                   help="for each --layer: DeBut error against parameters beside the "
+                        "truncated SVD's (output errors too with --calibration), and stop")
+    p.add_argument("--ratios", type=_ratio_list, metavar="R1,R2,...",
+                   help="budgets of --tradeoff as fractions of each weight (default: "
+                        "five from 1/64 to 1/4)")
     budget = p.add_mutually_exclusive_group()
     budget.add_argument("--ratio", type=_unit_real, metavar="R",
                         help="every layer given without a size: at most R m n values")
@@ -84,6 +91,17 @@ def add_parser(sub: Any) -> None:
                    help="load MODEL.pt although loading a pickle runs code from it "
                         "(only for files you trust)")
     p.set_defaults(func=run)
+
+
+def _ratio_list(text: str) -> list[float]:
+    try:
+        vals = [float(t) for t in text.replace(" ", "").split(",") if t]
+    except ValueError:
+        vals = []
+    if not vals or any(not 0 < v <= 1 for v in vals):
+        raise argparse.ArgumentTypeError(f"expected numbers in (0, 1] separated by commas, "
+                                         f"got {text!r}")
+    return vals
 
 
 def parse_layer(text: str) -> tuple[str, Any]:
@@ -219,7 +237,10 @@ def _list_layers(model: Any) -> str:
 def run(args: argparse.Namespace) -> int:
     """Run ``debutla compress`` (``args`` from :func:`add_parser`'s parser)."""
     torch, dbt = _torch()
-    if not args.list:
+    if args.tradeoff and not args.layer:
+        raise CLIError("--tradeoff needs the layers to study: --layer NAME (--list shows "
+                       "them)")
+    if not (args.list or args.tradeoff):
         if not args.output:
             raise CLIError("-o OUT.pt is required (or --list to see the layers)")
         if not args.layer:
@@ -238,6 +259,24 @@ def run(args: argparse.Namespace) -> int:
     if args.list:
         print(_list_layers(model))
         return 0
+    calibration = None
+    if args.calibration:
+        first = next(iter(model.parameters()), None)
+        dtype = first.dtype if first is not None else torch.float32
+        calibration = _load_calibration(args.calibration, dtype)
+    if args.tradeoff:
+        from ..torch.tradeoff import format_tradeoff
+
+        extra = ({} if args.calibration_rows is None
+                 else {"calibration_rows": args.calibration_rows})
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            recs = dbt.layer_tradeoff(model, list(layers), args.ratios,
+                                      calibration=calibration, seed=args.seed, **extra)
+        for w in caught:
+            print(f"debutla compress: warning: {w.message}", file=sys.stderr)
+        print(format_tradeoff(recs))
+        return 0
     kwargs: dict[str, Any] = {}
     for k in ("ratio", "max_params", "rel_error"):
         if getattr(args, k) is not None:
@@ -246,10 +285,8 @@ def run(args: argparse.Namespace) -> int:
         kwargs["calibration_rows"] = args.calibration_rows
     if args.method != "random":
         kwargs["seed"] = args.seed
-    if args.calibration:
-        first = next(iter(model.parameters()), None)
-        dtype = first.dtype if first is not None else torch.float32
-        kwargs["calibration"] = _load_calibration(args.calibration, dtype)
+    if calibration is not None:
+        kwargs["calibration"] = calibration
     t0 = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
