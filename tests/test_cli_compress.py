@@ -99,6 +99,20 @@ def test_compress_in_process_and_npy_calibration(workdir, capsys):
            "for 288 inputs" in err
 
 
+def test_state_dict_output_loads_without_pickle(workdir, capsys):
+    code, out, err = here(capsys, "compress", "model.pt", "--unsafe-pickle", "-o", "s.pt",
+                          "-l", "fc=params:1500", "--method", "hierarchical",
+                          "--state-dict")
+    assert code == 0, err
+    assert "load_compressed" in out
+    import cli_compress_net
+    from debutla.torch import DeButLinear, load_compressed
+
+    sd = torch.load(workdir / "s.pt")  # weights_only: no pickle needed
+    net = load_compressed(cli_compress_net.Net(), sd)
+    assert isinstance(net.fc, DeButLinear) and net.fc.nnz <= 1500
+
+
 def test_list_shows_layers_and_auto_chains(workdir, capsys):
     code, out, err = here(capsys, "compress", "model.pt", "--unsafe-pickle", "--list")
     assert code == 0, err

@@ -483,7 +483,8 @@ def test_operator_cache_sees_writes_through_data():
 
 
 @pytest.mark.parametrize("name", ["debutla.torch._ops", "debutla.torch.layers",
-                                  "debutla.torch.compress"])
+                                  "debutla.torch.compress", "debutla.torch.tradeoff",
+                                  "debutla.torch.restore"])
 def test_docstring_examples_run(name):
     import doctest
     import importlib

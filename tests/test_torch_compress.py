@@ -7,13 +7,19 @@ budgets' arithmetic for the chain sizes.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import textwrap
+
 import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
 
 import debutla as db  # noqa: E402
-from debutla.torch import DeButConv2d, DeButLinear, compress, layer_tradeoff  # noqa: E402,E501
+from debutla.torch import (DeButConv2d, DeButLinear, compress, layer_tradeoff,  # noqa: E402
+                           load_compressed)
 from debutla.torch.layers import _calibration_X  # noqa: E402
 from debutla.torch.tradeoff import format_tradeoff  # noqa: E402
 from compress_net import Net  # noqa: E402
@@ -331,3 +337,69 @@ def test_layer_tradeoff_bad_input():
         layer_tradeoff(net, ["fc"], ratios=[0.0])
     with pytest.raises(ValueError, match="layer 'conv2': every ratio .* below the smallest"):
         layer_tradeoff(net, ["conv2"], ratios=[0.01])
+
+
+# ---------------------------------------------------------------------------------------
+# load_compressed: a compressed model's state dict into a fresh dense model
+# ---------------------------------------------------------------------------------------
+
+def test_load_compressed_in_a_fresh_process(tmp_path):
+    net = _net()
+    small, _ = compress(net, {"fc": {"ratio": 0.2}, "conv2": {"flatten": "kh_kw_cin"},
+                              "head.1": "auto"}, method="hierarchical")
+    opt = torch.optim.SGD(small.parameters(), lr=0.1)  # values move away from the fit
+    x = _images(4)
+    small(x).square().sum().backward()
+    opt.step()
+    torch.save(small.state_dict(), tmp_path / "small.pt")
+    torch.save({"x": x, "y": small(x).detach()}, tmp_path / "io.pt")
+    here = os.path.dirname(os.path.abspath(__file__))
+    script = textwrap.dedent(f"""
+        import sys, torch
+        sys.path.insert(0, {here!r})
+        from compress_net import Net
+        from debutla.torch import DeButConv2d, DeButLinear, load_compressed
+        net = load_compressed(Net().double(), torch.load({str(tmp_path / "small.pt")!r}))
+        io = torch.load({str(tmp_path / "io.pt")!r})
+        assert isinstance(net.fc, DeButLinear) and isinstance(net.head[1], DeButLinear)
+        assert isinstance(net.conv2, DeButConv2d) and net.conv2.flatten == "kh_kw_cin"
+        assert isinstance(net.conv1, torch.nn.Conv2d)
+        assert torch.equal(net(io["x"]), io["y"]), "outputs differ"
+        print("ok")
+    """)
+    env = dict(os.environ)
+    root = os.path.dirname(here)
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                       env=env, timeout=300)
+    assert r.returncode == 0 and "ok" in r.stdout, r.stdout + r.stderr
+
+
+def test_load_compressed_keeps_debut_layers_and_checks_the_model():
+    net = _net()
+    small, _ = compress(net, {"fc": "auto", "conv2": "auto"}, method="random")
+    sd = small.state_dict()
+    # a model that is already compressed (DeBut layers in place) loads as it is
+    again = load_compressed(compress(net, {"fc": "auto"}, method="random")[0], sd)
+    assert torch.equal(again.fc.factors[0], small.fc.factors[0])
+    assert torch.equal(again.conv2.factors[0], small.conv2.factors[0])
+    wrong = _net()
+    wrong.fc = torch.nn.Linear(288, 32).double()
+    with pytest.raises(ValueError, match="layer 'fc': the saved layer serves a \\(64, 288\\)"):
+        load_compressed(wrong, sd)
+    wrong = _net()
+    wrong.conv2 = torch.nn.Conv2d(4, 8, 1).double()
+    with pytest.raises(ValueError, match="layer 'conv2': the saved layer has kernel size"):
+        load_compressed(wrong, sd)
+    wrong = _net()
+    wrong.fc = torch.nn.Identity()
+    with pytest.raises(TypeError, match="layer 'fc': .* is a Identity"):
+        load_compressed(wrong, sd)
+    wrong = _net()
+    del wrong.fc
+    with pytest.raises(ValueError, match="layer 'fc': .* no such submodule"):
+        load_compressed(wrong, sd)
+    with pytest.raises(TypeError, match="load_compressed: state_dict must be a mapping"):
+        load_compressed(_net(), [1])
+    with pytest.raises(TypeError, match="load_compressed: model must be an nn.Module"):
+        load_compressed(sd, sd)

@@ -14,7 +14,8 @@ loading it runs code named in the file, and it needs the model's classes importa
 current folder is searched).  The command therefore loads it only with
 ``--unsafe-pickle``; a file of tensors only (a state dict) is refused with what to do
 instead.  The output is saved the same way (``torch.load(path, weights_only=False)``
-reads it back, with debutla installed).
+reads it back, with debutla installed), or as a state dict with ``--state-dict``
+(:func:`debutla.torch.load_compressed` puts it into a freshly built model).
 
 Torch is imported only when the command runs.
 """
@@ -85,6 +86,9 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--calibration-rows", type=_positive_int, metavar="N",
                    help="at most N calibration rows per layer (default 16384)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--state-dict", action="store_true",
+                   help="save the compressed model's state dict (no pickle: load it with "
+                        "debutla.torch.load_compressed(model, torch.load(OUT.pt)))")
     p.add_argument("--report", metavar="REPORT.json",
                    help="also write the report as JSON")
     p.add_argument("--unsafe-pickle", action="store_true",
@@ -296,13 +300,17 @@ def run(args: argparse.Namespace) -> int:
         print(f"debutla compress: warning: {w.message}", file=sys.stderr)
     seconds = time.perf_counter() - t0
     try:
-        torch.save(small, args.output)
+        torch.save(small.state_dict() if args.state_dict else small, args.output)
     except OSError as e:
         raise CLIError(f"cannot write {args.output}: {e}") from None
     print(str(report))
     print(f"time   {seconds:.2f} s ({args.method} fits)")
-    print(f"saved  {args.output}  (torch.load(path, weights_only=False) reads it back; "
-          f"debutla must be installed)")
+    if args.state_dict:
+        print(f"saved  {args.output}  (the state dict: build the model, then "
+              f"debutla.torch.load_compressed(model, torch.load(path)))")
+    else:
+        print(f"saved  {args.output}  (torch.load(path, weights_only=False) reads it back; "
+              f"debutla must be installed)")
     worse = [r.name for r in report.layers
              if r.svd_rel_error is not None and r.svd_rel_error < r.fit_error
              and r.data_rel_error is None]

@@ -15,7 +15,8 @@ from torch import nn
 from ..chain import Chain, candidate_chains
 from .layers import CALIBRATION_DAMPING, CALIBRATION_ROWS, DeButConv2d, DeButLinear, _DeButBase
 
-__all__ = ["compress", "CompressionReport", "LayerReport", "count_parameters"]
+__all__ = ["compress", "CompressionReport", "LayerReport", "count_parameters",
+           "replace_module"]
 
 #: Keys of a per-layer specification besides :func:`debutla.factorize`'s arguments.
 _SPEC_KEYS = ("chain", "method", "ratio", "flatten", "impl", "calibration_rows",
@@ -255,9 +256,7 @@ def compress(model: nn.Module, layers: Mapping[str, Any] | Iterable[str],
             warnings.warn(f"compress: layer {name!r}: {_strip_where(str(w.message))}",
                           w.category, stacklevel=2)
         new.train(old.training)
-        parent_name, _, attr = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, attr, new)
+        replace_module(model, name, new)
         info = getattr(new, "fit_info", None)
         m, n = new._m, new._n
         report.layers.append(LayerReport(
@@ -273,6 +272,13 @@ def compress(model: nn.Module, layers: Mapping[str, Any] | Iterable[str],
             svd_data_rel_error=None if info is None else info.svd_data_rel_error))
     report.params_after = count_parameters(model)
     return model, report
+
+
+def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
+    """Put ``new`` where the submodule ``name`` (a qualified name, not "") of ``model`` is."""
+    parent_name, _, attr = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, attr, new)
 
 
 def _strip_where(msg: str) -> str:

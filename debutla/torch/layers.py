@@ -316,6 +316,31 @@ class DeButLinear(_DeButBase):
 
     # -- conversions -----------------------------------------------------------------------
     @classmethod
+    def like(cls, linear: nn.Linear, chain: Any = "auto", impl: str = "auto") -> "DeButLinear":
+        """A layer of ``linear``'s shape, bias, dtype and device (random values).
+
+        Parameters
+        ----------
+        linear : nn.Linear
+        chain : "auto", str or debutla.Chain
+        impl : {"auto", "numba", "torch"}
+
+        Returns
+        -------
+        DeButLinear
+
+        Examples
+        --------
+        >>> import torch
+        >>> from debutla.torch import DeButLinear
+        >>> DeButLinear.like(torch.nn.Linear(16, 8, bias=False)).bias is None
+        True
+        """
+        w = linear.weight
+        return cls(linear.in_features, linear.out_features, chain=chain,
+                   bias=linear.bias is not None, device=w.device, dtype=w.dtype, impl=impl)
+
+    @classmethod
     def from_dense(cls, linear: nn.Linear, chain: Any = "auto", method: str = "auto",
                    impl: str = "auto", *, calibration: torch.Tensor | None = None,
                    calibration_rows: int | None = CALIBRATION_ROWS,
@@ -388,9 +413,7 @@ class DeButLinear(_DeButBase):
         w = linear.weight
 
         def build(c: Any) -> "DeButLinear":
-            return cls(linear.in_features, linear.out_features, chain=c,
-                       bias=linear.bias is not None, device=w.device, dtype=w.dtype,
-                       impl=impl)
+            return cls.like(linear, c, impl=impl)
 
         layer = build(chain)
         W = w.detach().cpu().double().numpy()
@@ -687,6 +710,36 @@ class DeButConv2d(_DeButBase):
                     padding_mode=self.padding_mode)
 
     @classmethod
+    def like(cls, conv: nn.Conv2d, chain: Any = "auto", impl: str = "auto",
+             flatten: str = "cin_kh_kw") -> "DeButConv2d":
+        """A layer of ``conv``'s geometry, bias, dtype and device (random values).
+
+        Parameters
+        ----------
+        conv : nn.Conv2d
+            ``groups=1``.
+        chain : "auto", str or debutla.Chain
+        impl : {"auto", "numba", "torch"}
+        flatten : {"cin_kh_kw", "kh_kw_cin"}
+
+        Returns
+        -------
+        DeButConv2d
+
+        Examples
+        --------
+        >>> import torch
+        >>> from debutla.torch import DeButConv2d
+        >>> DeButConv2d.like(torch.nn.Conv2d(3, 8, 3, stride=2)).stride
+        (2, 2)
+        """
+        w = conv.weight
+        return cls(conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride,
+                   padding=conv.padding, dilation=conv.dilation, groups=conv.groups,
+                   bias=conv.bias is not None, padding_mode=conv.padding_mode, chain=chain,
+                   device=w.device, dtype=w.dtype, impl=impl, flatten=flatten)
+
+    @classmethod
     def from_dense(cls, conv: nn.Conv2d, chain: Any = "auto", method: str = "auto",
                    impl: str = "auto", flatten: str = "cin_kh_kw", *,
                    calibration: torch.Tensor | None = None,
@@ -719,10 +772,7 @@ class DeButConv2d(_DeButBase):
         w = conv.weight
 
         def build(c: Any) -> "DeButConv2d":
-            return cls(conv.in_channels, conv.out_channels, conv.kernel_size,
-                       stride=conv.stride, padding=conv.padding, dilation=conv.dilation,
-                       bias=conv.bias is not None, padding_mode=conv.padding_mode, chain=c,
-                       device=w.device, dtype=w.dtype, impl=impl, flatten=flatten)
+            return cls.like(conv, c, impl=impl, flatten=flatten)
 
         layer = build(chain)
         W = layer._flat(w.detach()).cpu().double().numpy()
