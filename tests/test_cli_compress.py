@@ -124,7 +124,7 @@ def test_list_shows_layers_and_auto_chains(workdir, capsys):
 def test_tradeoff_prints_the_table(workdir, capsys):
     code, out, err = here(capsys, "compress", "model.pt", "--unsafe-pickle", "--tradeoff",
                           "-l", "fc", "-l", "conv2", "--ratios", "0.1,0.5",
-                          "--calibration", "x.pt")
+                          "--calibration", "x.pt", "--method", "hierarchical")
     assert code == 0, err
     lines = out.strip().splitlines()
     assert "SVD out" in lines[0]
@@ -153,6 +153,8 @@ def test_tradeoff_prints_the_table(workdir, capsys):
     (["model.pt", "--unsafe-pickle", "-o", "s.pt", "-l", "fc", "--ratio", "2"],
      "expected a number in (0, 1)"),
     (["model.pt", "--unsafe-pickle", "--tradeoff"], "--tradeoff needs the layers"),
+    (["model.pt", "--unsafe-pickle", "--tradeoff", "-l", "fc", "--method", "random"],
+     "--method random fits nothing"),
     (["model.pt", "--unsafe-pickle", "--tradeoff", "-l", "fc", "--ratios", "0.1,x"],
      "expected numbers in (0, 1]"),
     (["model.pt", "--unsafe-pickle", "--tradeoff", "-l", "conv2", "--ratios", "0.01"],

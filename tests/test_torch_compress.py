@@ -233,6 +233,12 @@ def test_compress_budgets_per_layer_and_global():
     x = _images(4)
     assert small(x).shape == (4, 10)
     assert "SVD err" in str(rep)
+    # an explicit chain is not subject to the call's budget (the other layers are)
+    chain = db.Chain.parse("64 <-(4,72,16)- 1152 <-(16,4,1)- 288")
+    small, rep = compress(net, {"fc": chain, "conv2": "auto"}, ratio=0.45,
+                          method="hierarchical")
+    assert small.fc.chain == chain and chain.nnz > 0.45 * 64 * 288
+    assert rep.layers[1].nnz <= 0.45 * 8 * 36
 
 
 @pytest.mark.filterwarnings("ignore:.*rows for 288 inputs")
@@ -311,7 +317,8 @@ def _uncalled(net):
 def test_layer_tradeoff_predicts_compress():
     net = _net()
     x = _images(400)
-    recs = layer_tradeoff(net, ["fc", "conv2"], ratios=[0.1, 0.5], calibration=x)
+    recs = layer_tradeoff(net, ["fc", "conv2"], ratios=[0.1, 0.5], calibration=x,
+                          methods=["hierarchical"])
     fc = [r for r in recs if r["layer"] == "fc"]
     assert [r["budget"] for r in fc] == [int(0.1 * 64 * 288), int(0.5 * 64 * 288)]
     assert all(r["n_params"] <= r["budget"] and r["ratio"] == r["n_params"] / (64 * 288)

@@ -271,12 +271,17 @@ def run(args: argparse.Namespace) -> int:
     if args.tradeoff:
         from ..torch.tradeoff import format_tradeoff
 
+        if args.method == "random":
+            raise CLIError("--tradeoff reports fitted errors; --method random fits nothing "
+                           "(use auto, hierarchical or als)")
+
         extra = ({} if args.calibration_rows is None
                  else {"calibration_rows": args.calibration_rows})
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             recs = dbt.layer_tradeoff(model, list(layers), args.ratios,
-                                      calibration=calibration, seed=args.seed, **extra)
+                                      calibration=calibration, methods=(args.method,),
+                                      seed=args.seed, **extra)
         for w in caught:
             print(f"debutla compress: warning: {w.message}", file=sys.stderr)
         print(format_tradeoff(recs))

@@ -306,22 +306,26 @@ def _layer_spec(name: str, module: nn.Module, spec: Any, method: str, flatten: s
                             "impl": impl, "ratio": ratio,
                             "calibration_rows": calibration_rows,
                             "calibration_damping": calibration_damping, **fit}
+    budget_keys = ("ratio", "max_params", "rel_error")
     if isinstance(spec, Mapping):
         unknown = sorted(str(k) for k in spec if k not in _SPEC_KEYS + _FIT_KEYS)
         if unknown:
             raise TypeError(f"{where}: unknown option(s) {unknown}; a layer's options are "
                             f"{sorted(_SPEC_KEYS + _FIT_KEYS)}")
-        if "ratio" in spec or "max_params" in spec or "rel_error" in spec:
-            # a per-layer budget replaces the global one
-            for k in ("ratio", "max_params", "rel_error"):
-                opts.pop(k, None)
-            opts["ratio"] = None
-        opts.update(spec)
+        own = dict(spec)
     elif isinstance(spec, (str, Chain)):
-        opts["chain"] = spec
+        own = {"chain": spec}
     else:
         raise TypeError(f"{where}: the spec must be a chain ('auto', a chain string or a "
                         f"debutla.Chain) or a dict of options, got {type(spec).__name__}")
+    chain = own.get("chain", "auto")
+    if any(k in own for k in budget_keys) or not (isinstance(chain, str) and
+                                                  chain == "auto"):
+        # the call's budget serves the layers without a size of their own: a per-layer
+        # budget or an explicit chain replaces it
+        for k in budget_keys:
+            opts.pop(k, None)
+    opts.update(own)
     r = opts.pop("ratio", None)
     m, n = _weight_shape(module)
     if r is not None:

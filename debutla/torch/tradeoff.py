@@ -17,7 +17,7 @@ __all__ = ["layer_tradeoff", "format_tradeoff"]
 
 def layer_tradeoff(model: nn.Module, layers: Iterable[str],
                    ratios: Sequence[float] | None = None, *, calibration: Any = None,
-                   methods: Sequence[str] = ("hierarchical",), flatten: str = "cin_kh_kw",
+                   methods: Sequence[str] = ("auto",), flatten: str = "cin_kh_kw",
                    calibration_rows: int | None = CALIBRATION_ROWS,
                    calibration_damping: float = CALIBRATION_DAMPING,
                    seed: int = 0) -> list[dict]:
@@ -41,8 +41,10 @@ def layer_tradeoff(model: nn.Module, layers: Iterable[str],
     calibration : Tensor, tuple or dict, optional
         Inputs of ``model``, as for :func:`compress`.
     methods : sequence of str
-        Fitting methods to report (``"hierarchical"`` is fast; ``"auto"`` adds ALS
-        sweeps, as :func:`compress` uses by default).
+        Fitting methods to report.  The default, ``"auto"`` (hierarchical start, then
+        ALS sweeps), is :func:`compress`'s default; ``"hierarchical"`` alone is much
+        faster with calibration inputs but its output errors are higher (on the paper's
+        LeNet FC1 at ratio 0.2: 0.38 against 0.20 after the sweeps).
     flatten, calibration_rows, calibration_damping, seed
         As for :func:`compress`.
 
