@@ -159,3 +159,32 @@ def test_data_aware_scale_invariant(diag):
     assert b.data_rel_error == pytest.approx(a.data_rel_error, rel=1e-9)
     assert b.rel_error == pytest.approx(a.rel_error, rel=1e-9)
     assert b.history == pytest.approx(a.history, rel=1e-9)
+
+
+@pytest.mark.parametrize("chain", ["16 <-(4,4,4)- 16 <-(4,64,1)- 256",     # 4 blocks of 64
+                                   "64 <-(4,16,16)- 256 <-(16,16,1)- 256"])  # 16 of 16
+@pytest.mark.parametrize("dtype", [np.float64, np.complex128])
+def test_large_weighted_systems_one_at_a_time_match_the_batched_solve(monkeypatch, chain,
+                                                                      dtype):
+    """Systems of at least _LOOP_MIN unknowns (here 256, the input-side factor) are built
+    and solved one at a time by Cholesky, with the unknowns reordered when the blocks
+    outnumber their columns; the batched LU solve of every system at once gives the same
+    values."""
+    import debutla.fit.als as als
+
+    rng = np.random.default_rng(3)
+    W = rng.standard_normal((Chain.parse(chain).shape[0], 256))
+    X = anisotropic(rng, 600, 256, rotate=True)
+    if dtype is np.complex128:
+        W = W + 1j * rng.standard_normal(W.shape)
+        X = X + 1j * anisotropic(rng, 600, 256, rotate=True)
+    calls = []
+    real = als.WeightedALSState._large_systems
+    monkeypatch.setattr(als.WeightedALSState, "_large_systems",
+                        staticmethod(lambda *a: calls.append(1) or real(*a)))
+    fit = factorize(W, chain, method="als", X=X, max_sweeps=3, seed=0)
+    assert calls  # the loop served the 256-unknown systems
+    monkeypatch.setattr(als, "_LOOP_MIN", 10**9)
+    ref = factorize(W, chain, method="als", X=X, max_sweeps=3, seed=0)
+    for a, b in zip(fit.factors, ref.factors):
+        np.testing.assert_allclose(a, b, rtol=1e-7, atol=1e-9 * np.abs(b).max())

@@ -71,6 +71,9 @@ class ALSState:
         self.P: list[np.ndarray | None] = [None] * N
         self.Q: list[np.ndarray | None] = [None] * N
         self._have: str | None = None  # "P" if all P are current, "Q" if all Q are current
+        # the factor updated last: its update is exact given the others, so a sweep that
+        # would start by updating it again (up after down, down after up) skips it
+        self._last: int | None = None
 
     # -- partial products --------------------------------------------------------------
     def _Pk(self, k: int) -> np.ndarray:
@@ -162,6 +165,7 @@ class ALSState:
         self._build_all_Q()
         self._update(k)
         self._have = None
+        self._last = k
 
     def residual2(self) -> float:
         """The squared objective of the current values (one product pass)."""
@@ -175,11 +179,13 @@ class ALSState:
             self._build_all_Q()
         self.P[0] = self._P_first()
         for k in range(self.N):
-            self._update(k)
+            if k != self._last:
+                self._update(k)
             nxt = self._next_P(k)
             if k + 1 < self.N:
                 self.P[k + 1] = self._shape_P(k + 1, nxt)
         self._have = "P"
+        self._last = self.N - 1
         return self._residual2(nxt)
 
     def sweep_down(self) -> float:
@@ -188,12 +194,52 @@ class ALSState:
             self._build_all_P()
         self.Q[-1] = self._Q_last()
         for k in range(self.N - 1, -1, -1):
-            self._update(k)
+            if k != self._last:
+                self._update(k)
             nxt = self._next_Q(k)
             if k > 0:
                 self.Q[k - 1] = self._shape_Q(k - 1, nxt)
         self._have = "Q"
+        self._last = 0
         return self._residual2(nxt)
+
+
+#: Systems at least this large are built and solved one at a time (Cholesky, BLAS on every
+#: thread) instead of all at once (one batched LU call, BLAS on one thread; ``batched``).
+_LOOP_MIN = 256
+
+
+def _ridge_solve_rows(H: np.ndarray, rho: np.ndarray) -> np.ndarray:
+    """``delta`` with ``delta[k] (H[k] + ridge_k I) = rho[k]`` (row vectors), batched LU.
+
+    ``ridge_k`` is ``1e-12`` times the largest diagonal entry of ``H[k]`` (1e-12 for a
+    zero block): directions the data does not determine stay where they are.  ``H`` is
+    modified in place.
+    """
+    n = H.shape[-1]
+    diag = np.abs(np.einsum("kyy->ky", H)).max(axis=1)
+    ridge = 1e-12 * np.where(diag > 0, diag, 1.0)
+    idx = np.arange(n)
+    H[:, idx, idx] += ridge[:, None]
+    # delta H = rho (row vectors)  <=>  H^T delta^T = rho^T
+    return batched(np.linalg.solve, np.swapaxes(H, 1, 2), b=rho[:, :, None])[:, :, 0]
+
+
+def _ridge_solve_row(H: np.ndarray, rho: np.ndarray) -> np.ndarray:
+    """One system of :func:`_ridge_solve_rows`, ``H`` Hermitian: Cholesky, LU if it fails.
+
+    ``delta H = rho``  <=>  ``H^T delta^T = rho^T`` and ``H^T = conj(H)``.  ``H`` is
+    modified in place.
+    """
+    from scipy.linalg import cho_factor, cho_solve
+
+    d = np.abs(np.diagonal(H)).max()
+    H.flat[:: H.shape[0] + 1] += 1e-12 * (d if d > 0 else 1.0)
+    try:
+        f = cho_factor(H, lower=True, check_finite=False)
+    except np.linalg.LinAlgError:  # not numerically positive definite
+        return np.linalg.solve(H.T, rho)
+    return np.conj(cho_solve(f, np.conj(rho), check_finite=False))
 
 
 class WeightedALSState(ALSState):
@@ -231,17 +277,47 @@ class WeightedALSState(ALSState):
         C4 = self.C.reshape(x, c, x, c).transpose(2, 0, 1, 3).reshape(x, x * c, c)
         A = (C4 @ _conj(P3)).reshape(x, x, c, t).transpose(1, 2, 3, 0)  # (x, c, t, y)
         pcp = np.einsum("xct,xcty->txy", P3, A).reshape(t, nb, s, nb, s)
-        H = (qq[:, :, :, None, :, None] * pcp[None]).reshape(r * t, nb * s, nb * s)
         x0 = V.transpose(1, 3, 0, 2).reshape(r * t, nb * s)       # (i, t) x (b, j)
-        rho = g - np.einsum("ky,kyz->kz", x0, H)
-        diag = np.abs(np.einsum("kyy->ky", H)).max(axis=1)
-        ridge = 1e-12 * np.where(diag > 0, diag, 1.0)
-        Hr = H + ridge[:, None, None] * np.eye(nb * s, dtype=H.dtype)
-        # delta H = rho (row vectors)  <=>  H^T delta^T = rho^T
-        delta = batched(np.linalg.solve, np.swapaxes(Hr, 1, 2), b=rho[:, :, None])
-        delta = delta[:, :, 0]
+        if nb * s < _LOOP_MIN:
+            H = (qq[:, :, :, None, :, None] * pcp[None]).reshape(r * t, nb * s, nb * s)
+            rho = g - np.einsum("ky,kyz->kz", x0, H)
+            delta = _ridge_solve_rows(H, rho)
+        else:
+            delta = self._large_systems(qq, pcp, g, x0)
         x = (x0 + delta).reshape(r, t, nb, s).transpose(2, 0, 3, 1)
         self.vals[k] = np.ascontiguousarray(x[None].astype(self.T.dtype, copy=False))
+
+    @staticmethod
+    def _large_systems(qq: np.ndarray, pcp: np.ndarray, g: np.ndarray,
+                       x0: np.ndarray) -> np.ndarray:
+        """The corrections ``delta`` of :meth:`_update`, one system at a time.
+
+        ``H_k = qq[i, t] (x) pcp[t]`` (an elementwise product over ``(b, j), (b', j')``)
+        is built for one ``k = (i, t)`` at a time into one buffer (memory ``(nb s)^2``,
+        not ``r t (nb s)^2``), in the order whose innermost axis is the longer of ``nb``
+        and ``s`` (a symmetric permutation of the unknowns, undone on the result), and
+        solved by Cholesky.
+        """
+        r, t, nb, _ = qq.shape
+        s = pcp.shape[2]
+        n = nb * s
+        swap = nb >= s  # unknowns ordered (j, b): the long axis b innermost
+        P5 = pcp.transpose(0, 2, 1, 4, 3).copy() if swap else pcp  # (t, s, nb, s, nb)
+        buf = np.empty((n, n), dtype=np.result_type(qq, pcp))
+        delta = np.empty((r * t, n), dtype=np.result_type(buf, g))
+        for k in range(r * t):
+            i, tk = divmod(k, t)
+            q = qq[i, tk]
+            if swap:
+                np.multiply(P5[tk], q[None, :, None, :], out=buf.reshape(s, nb, s, nb))
+                gk = g[k].reshape(nb, s).T.ravel()
+                xk = x0[k].reshape(nb, s).T.ravel()
+            else:
+                np.multiply(P5[tk], q[:, None, :, None], out=buf.reshape(nb, s, nb, s))
+                gk, xk = g[k], x0[k]
+            dk = _ridge_solve_row(buf, gk - xk @ buf)
+            delta[k] = dk.reshape(s, nb).T.ravel() if swap else dk
+        return delta
 
     def _residual2(self, prod: np.ndarray) -> float:
         E = self.T[0] - prod.reshape(self.T.shape)[0]
