@@ -410,3 +410,11 @@ def test_load_compressed_keeps_debut_layers_and_checks_the_model():
         load_compressed(_net(), [1])
     with pytest.raises(TypeError, match="load_compressed: model must be an nn.Module"):
         load_compressed(sd, sd)
+
+
+def test_compress_warns_when_a_layer_is_not_compressed():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(16, 8).double())
+    with pytest.warns(UserWarning, match="layer '0': the chain .* not fewer than the dense"):
+        small, rep = compress(net, {"0": "8 <-(8,16,1)- 16"}, method="hierarchical")
+    assert rep.layers[0].lc == 0.0

@@ -53,7 +53,8 @@ def add_parser(sub: Any) -> None:
                     "beside a truncated SVD of the same size) and save the model.",
         epilog="Layer specs: NAME (chain 'auto' with the global budget), NAME=auto, "
                "NAME=ratio:R (at most R m n values), NAME=params:N, NAME=error:E "
-               "(smallest chain reaching weight error E), or NAME=CHAIN (the paper's "
+               "(smallest chain reaching relative error E: the output error with "
+               "--calibration, else the weight's), or NAME=CHAIN (the paper's "
                "notation or a PAPER_CHAINS name).  Needs PyTorch.")
     p.add_argument("model", metavar="MODEL.pt",
                    help="a model saved with torch.save(model) (a pickle: see "
@@ -77,7 +78,8 @@ def add_parser(sub: Any) -> None:
                         help="every layer given without a size: at most N values")
     budget.add_argument("--rel-error", type=_unit_real, metavar="E",
                         help="every layer given without a size: the smallest chain "
-                             "reaching weight error E")
+                             "reaching relative error E (of the outputs with "
+                             "--calibration)")
     p.add_argument("--method", choices=("auto", "hierarchical", "als", "random"),
                    default="auto", help="how the factors are initialised (default auto)")
     p.add_argument("--calibration", metavar="X.pt|X.npy",

@@ -138,8 +138,10 @@ def compress(model: nn.Module, layers: Mapping[str, Any] | Iterable[str],
 
     Each layer's size is chosen by its chain, or by a budget: ``ratio`` (a fraction of
     the dense weight's values), ``max_params`` (a number of values) or ``rel_error`` (the
-    smallest chain whose fit reaches this weight error), given for every layer at once
-    or per layer.  With ``calibration`` inputs the fits minimise each layer's output
+    smallest chain whose fit reaches this relative error: of the weight, or of the
+    outputs with calibration), given for every layer at once or per layer.  A layer
+    whose chain stores as many values as its dense weight, or more, is replaced all the
+    same, with a warning.  With ``calibration`` inputs the fits minimise each layer's output
     error on the data the layer sees in ``model``, instead of its weight error.
 
     Parameters
@@ -255,6 +257,12 @@ def compress(model: nn.Module, layers: Mapping[str, Any] | Iterable[str],
         for w in caught:  # the layer's name on the fit's warnings
             warnings.warn(f"compress: layer {name!r}: {_strip_where(str(w.message))}",
                           w.category, stacklevel=2)
+        if new.chain.nnz >= new._m * new._n:
+            warnings.warn(f"compress: layer {name!r}: the chain {new.chain} stores "
+                          f"{new.chain.nnz:,} values, not fewer than the dense weight's "
+                          f"{new._m * new._n:,}: no compression (ask for a smaller size: "
+                          f"ratio, max_params, or a larger rel_error)", UserWarning,
+                          stacklevel=2)
         new.train(old.training)
         replace_module(model, name, new)
         info = getattr(new, "fit_info", None)
