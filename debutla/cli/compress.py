@@ -88,6 +88,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--calibration-rows", type=_positive_int, metavar="N",
                    help="at most N calibration rows per layer (default 16384)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="no progress bars (by default each fit shows one on stderr)")
     p.add_argument("--state-dict", action="store_true",
                    help="save the compressed model's state dict (no pickle: load it with "
                         "debutla.torch.load_compressed(model, torch.load(OUT.pt)))")
@@ -296,6 +298,7 @@ def run(args: argparse.Namespace) -> int:
         kwargs["calibration_rows"] = args.calibration_rows
     if args.method != "random":
         kwargs["seed"] = args.seed
+        kwargs["progress"] = not args.quiet
     if calibration is not None:
         kwargs["calibration"] = calibration
     t0 = time.perf_counter()
