@@ -285,6 +285,9 @@ def test_compress_checks_everything_before_fitting():
         compress(net, ["fc"], ratio=0.5, max_params=100)
     with pytest.raises(ValueError, match="layer 'fc': a budget .* chain='auto'"):
         compress(net, {"fc": {"chain": db.design_chain(64, 288).format(), "ratio": 0.2}})
+    grouped = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Conv2d(4, 8, 3, groups=2))
+    with pytest.raises(ValueError, match="compress: '1' is a grouped convolution"):
+        compress(grouped, ["0", "1"])
     with pytest.raises(TypeError, match="layer 'fc': the spec must be"):
         compress(net, {"fc": 3})
     with pytest.raises(TypeError, match="compress: layers must be"):

@@ -226,6 +226,10 @@ def compress(model: nn.Module, layers: Mapping[str, Any] | Iterable[str],
         if not isinstance(modules[name], (nn.Linear, nn.Conv2d)):
             raise TypeError(f"compress: {name!r} is a {type(modules[name]).__name__}; only "
                             f"nn.Linear and nn.Conv2d layers can be replaced")
+        if isinstance(modules[name], nn.Conv2d) and modules[name].groups != 1:
+            raise ValueError(f"compress: {name!r} is a grouped convolution "
+                             f"(groups={modules[name].groups}); only groups=1 layers can be "
+                             f"replaced (one chain serves the whole filter bank)")
         specs[name] = _layer_spec(name, modules[name], spec, method, flatten, impl, ratio,
                                   calibration_rows, calibration_damping, fit)
     inputs = _record_inputs(model, modules, list(specs), calibration)

@@ -95,12 +95,15 @@ def layer_tradeoff(model: nn.Module, layers: Iterable[str],
         where = f"layer_tradeoff: layer {name!r}"
         # a layer of the same geometry: its matrix view of the weight and of the inputs
         shell: DeButLinear | DeButConv2d
-        if isinstance(mod, nn.Linear):
-            shell = DeButLinear.from_dense(mod, method="random")
-            W = mod.weight.detach().cpu().double().numpy()
-        else:
-            shell = DeButConv2d.from_dense(mod, method="random", flatten=flatten)
-            W = shell._flat(mod.weight.detach()).cpu().double().numpy()
+        try:
+            if isinstance(mod, nn.Linear):
+                shell = DeButLinear.like(mod)
+                W = mod.weight.detach().cpu().double().numpy()
+            else:
+                shell = DeButConv2d.like(mod, flatten=flatten)
+                W = shell._flat(mod.weight.detach()).cpu().double().numpy()
+        except ValueError as e:  # e.g. a grouped conv
+            raise ValueError(f"{where}: {e}") from None
         m, n = _weight_shape(mod)
         budgets = None
         if ratios is not None:
