@@ -254,6 +254,18 @@ def variants(quick: bool) -> list[tuple[str, str, str, Callable]]:
             return model, errs
         return make
 
+    def calibrated(seed):
+        # one call: every layer fitted to its outputs on 1,024 training images
+        kw = dict(fit)
+        x = data()["train"][0]
+        pick = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:1024]
+        model, rep = compress(pretrained(), {"fc": FC1, "fc2": FC2,
+                                             "conv2": {"chain": CONV2,
+                                                       "flatten": CONV2_FLATTEN}},
+                              method="auto", calibration=x[pick], seed=seed, **kw)
+        by = {r.name: r.fit_error for r in rep.layers}
+        return model, [by["fc"], by["fc2"], by["conv2"]]
+
     return [
         ("FC1 mono2", "random", PAPER["fc1_random"], debut_fc1("random")),
         ("FC1 mono2", "ALS", PAPER["fc1_als"], debut_fc1("als")),
@@ -261,17 +273,20 @@ def variants(quick: bool) -> list[tuple[str, str, str, Callable]]:
         (f"FC1 rank {rank}", "SVD", "", lowrank),
         ("FC1+FC2+CONV2", "random", PAPER["multi_random"], multi("random")),
         ("FC1+FC2+CONV2", "auto", PAPER["multi_als"] + " (ALS)", multi("auto")),
+        ("FC1+FC2+CONV2", "calibrated", "", calibrated),
     ]
 
 
 def run(epochs: float, seeds: int, quick: bool, limit: int | None,
-        log=print) -> tuple[float, list[Row]]:
+        log=print, only: list[str] | None = None) -> tuple[float, list[Row]]:
     base = pretrained()
     baseline = evaluate(base)
     n0 = count_parameters(base)
     log(f"baseline test accuracy {baseline:.2f}% (paper 99.29%), {n0:,} parameters")
     rows = []
     for name, init, paper, make in variants(quick):
+        if only and not any(o in f"{name} {init}" for o in only):
+            continue
         row = None
         for seed in range(seeds):
             t0 = time.perf_counter()
@@ -333,6 +348,9 @@ def main(argv=None) -> None:
                          "first 2,000 test images")
     ap.add_argument("--threads", type=int, default=int(os.environ.get("LENET_THREADS", 1)),
                     help="torch threads (default 1; DEBUTLA_NUM_THREADS for the kernels)")
+    ap.add_argument("--rows", default=None,
+                    help="only the rows whose 'name init' contains one of these "
+                         "comma-separated strings (e.g. 'FC1+FC2+CONV2')")
     ap.add_argument("--json", default=None)
     ap.add_argument("--rst", default=None)
     args = ap.parse_args(argv)
@@ -342,7 +360,8 @@ def main(argv=None) -> None:
         args.seeds, args.epochs, limit = 1, 1.0, 3200
         _TEST_LIMIT["n"] = 2000
     t0 = time.perf_counter()
-    baseline, rows = run(args.epochs, args.seeds, args.quick, limit)
+    only = [r.strip() for r in args.rows.split(",")] if args.rows else None
+    baseline, rows = run(args.epochs, args.seeds, args.quick, limit, only=only)
     table = rst_table(baseline, rows)
     if args.quick:
         table += ("\n\n--quick: 1 seed, 50 steps on 3,200 training images, accuracy on the "

@@ -421,3 +421,28 @@ def test_compress_warns_when_a_layer_is_not_compressed():
     with pytest.warns(UserWarning, match="layer '0': the chain .* not fewer than the dense"):
         small, rep = compress(net, {"0": "8 <-(8,16,1)- 16"}, method="hierarchical")
     assert rep.layers[0].lc == 0.0
+
+
+def test_fitted_layers_have_balanced_factors(monkeypatch):
+    """A fit may return factors orders of magnitude apart (data-aware fits of the paper's
+    LeNet did: SGD then diverged to 9.8%); from_dense loads them balanced, same product."""
+    real = db.factorize
+
+    def skewed_fit(*a, **kw):
+        op, info = real(*a, **kw)
+        f = op.factors
+        skew = [f[0] * 1e3] + list(f[1:-1]) + [f[-1] / 1e3]
+        return db.DeBut(op.chain, skew, shape=op.shape), info
+
+    monkeypatch.setattr(db, "factorize", skewed_fit)
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(288, 64, dtype=torch.float64)
+    chain = "64 <-(4,4,16)- 64 <-(4,4,4)- 64 <-(4,18,1)- 288"
+    layer = DeButLinear.from_dense(lin, chain=chain, method="hierarchical")
+    norms = [float(p.norm()) for p in layer.factors]
+    assert max(norms) / min(norms) < 3
+    ref = DeButLinear.from_dense(lin, chain=chain, method="hierarchical")  # (skewed too)
+    torch.testing.assert_close(layer.dense_weight(), ref.dense_weight())
+    op = real(lin.weight.detach().numpy(), chain, method="hierarchical")
+    np.testing.assert_allclose(layer.dense_weight().detach().numpy(), op.to_dense(),
+                               rtol=1e-9, atol=1e-12)

@@ -9,11 +9,13 @@ Two methods and their combination:
 
 Around them: :mod:`.search` (chains for a parameter budget or an error target),
 :func:`tradeoff` (error against parameters beside the truncated SVD) and
-:func:`lowrank_error` (the truncated SVD's error at a parameter count).  The index
+:func:`lowrank_error` (the truncated SVD's error at a parameter count); :func:`balance`
+(the same product with evenly scaled factors, for training).  The index
 calculus both methods share lives in :mod:`._layout`.
 """
 
 from .api import METHODS, FitInfo, factorize, lowrank_error
+from .balance import balance
 from .tradeoff import tradeoff
 
-__all__ = ["factorize", "FitInfo", "lowrank_error", "METHODS", "tradeoff"]
+__all__ = ["factorize", "FitInfo", "lowrank_error", "METHODS", "tradeoff", "balance"]

@@ -870,6 +870,7 @@ def _fit_into(layer: _DeButBase, W: np.ndarray, chain: Any, method: str, fit: di
     ``chain="auto"`` with a budget chose another chain than the designed one.
     """
     from .. import factorize
+    from ..fit.balance import balance
 
     if method not in _FIT_METHODS:
         raise ValueError(f"{where}: method must be one of {_FIT_METHODS}, got {method!r}")
@@ -908,7 +909,9 @@ def _fit_into(layer: _DeButBase, W: np.ndarray, chain: Any, method: str, fit: di
         raise ValueError(f"{where}: {e}") from None
     if op.chain != layer.chain:  # a budget search chose another chain
         layer = build(op.chain)
-    layer._load_debut(op)
+    # evenly scaled factors (the same product): data-aware fits can leave factor values
+    # orders of magnitude apart, on which SGD diverges (see debutla.fit.balance)
+    layer._load_debut(balance(op))
     layer.fit_info = info
     layer.fit_error = float(info.rel_error)
     return layer
