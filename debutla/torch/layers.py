@@ -427,7 +427,10 @@ class DeButLinear(_DeButBase):
                    dtype: Any = None, impl: str = "auto") -> "DeButLinear":
         """A layer computing ``x op^T (+ bias)`` from a :class:`debutla.DeBut` operator.
 
-        ``dtype`` defaults to torch's default dtype; the operator must be real.
+        ``dtype`` defaults to torch's default dtype; the operator must be real.  The
+        values are loaded as they are: to train from a data-aware fit
+        (``factorize(..., X=...)``), pass ``debutla.fit.balance(op)`` (``from_dense``
+        does this itself).
         """
         if not isinstance(op, DeBut):
             raise TypeError(f"DeButLinear.from_debut: expected a debutla.DeBut, got "
