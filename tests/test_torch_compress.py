@@ -335,6 +335,10 @@ def test_layer_tradeoff_predicts_compress():
     assert rep.layers[0].chain == fc[1]["chain"]
     assert rep.layers[0].data_rel_error == pytest.approx(fc[1]["data_rel_error"], rel=1e-9)
     assert "out err" in format_tradeoff(recs)
+    # the default method ("auto", with the calibrated sweep default) predicts compress too
+    auto = layer_tradeoff(net, ["fc"], ratios=[0.5], calibration=x)
+    small, rep = compress(net, {"fc": {"ratio": 0.5}}, calibration=x)
+    assert rep.layers[0].data_rel_error == pytest.approx(auto[0]["data_rel_error"], rel=1e-9)
 
 
 def test_layer_tradeoff_bad_input():
@@ -446,3 +450,25 @@ def test_fitted_layers_have_balanced_factors(monkeypatch):
     op = real(lin.weight.detach().numpy(), chain, method="hierarchical")
     np.testing.assert_allclose(layer.dense_weight().detach().numpy(), op.to_dense(),
                                rtol=1e-9, atol=1e-12)
+
+
+def test_calibrated_fits_default_to_fewer_sweeps(monkeypatch):
+    from debutla.torch.layers import CALIBRATED_MAX_SWEEPS
+
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(64, 32, dtype=torch.float64)
+    x = torch.randn(300, 64, dtype=torch.float64) @ torch.randn(64, 64, dtype=torch.float64)
+    chain = "32 <-(4,4,8)- 32 <-(8,16,1)- 64"
+    calls = []
+    real = db.factorize
+
+    def spy(*a, **kw):
+        calls.append(kw.get("max_sweeps"))
+        return real(*a, **kw)
+
+    monkeypatch.setattr(db, "factorize", spy)
+    DeButLinear.from_dense(lin, chain=chain, calibration=x, tol=0)
+    DeButLinear.from_dense(lin, chain=chain, calibration=x, max_sweeps=3)
+    DeButLinear.from_dense(lin, chain=chain)  # no calibration: factorize's own default
+    DeButLinear.from_dense(lin, chain=chain, method="hierarchical", calibration=x)
+    assert calls == [CALIBRATED_MAX_SWEEPS, 3, None, None]

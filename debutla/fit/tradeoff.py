@@ -31,7 +31,8 @@ def _budgets(budgets: Any, m: int, n: int) -> list[int]:
 
 def tradeoff(W: Any, budgets: Iterable[int] | None = None,
              methods: Iterable[str] = ("hierarchical", "auto"), X: Any = None, *,
-             as_frame: bool | None = None, seed: int = 0) -> Any:
+             as_frame: bool | None = None, seed: int = 0,
+             max_sweeps: int | None = None) -> Any:
     """For each parameter budget: the best DeBut chain's error beside the truncated SVD's.
 
     Parameters
@@ -53,6 +54,8 @@ def tradeoff(W: Any, budgets: Iterable[int] | None = None,
         pandas is installed (None, the default).
     seed : int
         Seed of the ALS random start (``method="als"``).
+    max_sweeps : int, optional
+        ALS sweeps of the ``"als"`` and ``"auto"`` fits (default: :func:`~debutla.factorize`'s).
 
     Returns
     -------
@@ -107,7 +110,8 @@ def tradeoff(W: Any, budgets: Iterable[int] | None = None,
             # the first method searches the chain; the others refit the same chain
             op, info = factorize(W, "auto" if chain is None else chain, method=method,
                                  max_params=budget if chain is None else None, X=X,
-                                 seed=seed, return_info=True)
+                                 seed=seed, return_info=True,
+                                 max_sweeps=None if method == "hierarchical" else max_sweeps)
             chain = info.chain
             rows.append({
                 "budget": budget, "method": method, "chain": str(info.chain),

@@ -9,8 +9,8 @@ from torch import nn
 
 from ..chain import candidate_chains
 from .compress import _record_inputs, _weight_shape
-from .layers import (CALIBRATION_DAMPING, CALIBRATION_ROWS, DeButConv2d, DeButLinear,
-                     _calibration_X)
+from .layers import (CALIBRATED_MAX_SWEEPS, CALIBRATION_DAMPING, CALIBRATION_ROWS,
+                     DeButConv2d, DeButLinear, _calibration_X)
 
 __all__ = ["layer_tradeoff", "format_tradeoff"]
 
@@ -20,7 +20,7 @@ def layer_tradeoff(model: nn.Module, layers: Iterable[str],
                    methods: Sequence[str] = ("auto",), flatten: str = "cin_kh_kw",
                    calibration_rows: int | None = CALIBRATION_ROWS,
                    calibration_damping: float = CALIBRATION_DAMPING,
-                   seed: int = 0) -> list[dict]:
+                   seed: int = 0, max_sweeps: int | None = None) -> list[dict]:
     """For each named layer and budget: the best DeBut chain's error beside the SVD's.
 
     :func:`debutla.tradeoff` on each layer's matrix (a conv filter flattened as
@@ -47,6 +47,9 @@ def layer_tradeoff(model: nn.Module, layers: Iterable[str],
         LeNet FC1 at ratio 0.2: 0.38 against 0.20 after the sweeps).
     flatten, calibration_rows, calibration_damping, seed
         As for :func:`compress`.
+    max_sweeps : int, optional
+        ALS sweeps; default as :func:`compress`: 20 with calibration inputs, else
+        :func:`debutla.factorize`'s own.
 
     Returns
     -------
@@ -118,8 +121,11 @@ def layer_tradeoff(model: nn.Module, layers: Iterable[str],
         if inputs is not None:
             X = _calibration_X(shell, inputs[name], calibration_rows, calibration_damping,
                                seed, where)
+        sweeps = max_sweeps
+        if sweeps is None and X is not None:
+            sweeps = CALIBRATED_MAX_SWEEPS
         recs = tradeoff(W, budgets=budgets, methods=methods, X=X, as_frame=False,
-                        seed=seed)
+                        seed=seed, max_sweeps=sweeps)
         for rec in recs:
             rec.update(layer=name, shape=(m, n), ratio=rec["n_params"] / (m * n))
         out.extend(recs)
