@@ -23,6 +23,7 @@ Torch is imported only when the command runs.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import pickle
@@ -30,11 +31,11 @@ import sys
 import time
 import warnings
 from dataclasses import asdict
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
-from . import CLIError, _chain_arg, _positive_int, _unit_real
+from . import CLIError, _chain_arg, _db, _positive_int, _unit_real
 
 __all__ = ["add_parser", "parse_layer", "run"]
 
@@ -168,6 +169,16 @@ def _torch():
     return torch, dbt
 
 
+@contextlib.contextmanager
+def _warnings_on_stderr() -> Iterator[None]:
+    """The library's warnings inside the block, one line each on stderr afterwards."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    for w in caught:
+        print(f"debutla compress: warning: {w.message}", file=sys.stderr)
+
+
 def _load_model(path: str, unsafe: bool) -> Any:
     torch, _ = _torch()
     if not os.path.isfile(path):
@@ -222,7 +233,7 @@ def _load_calibration(path: str, dtype: Any) -> Any:
 
 def _list_layers(model: Any) -> str:
     torch, dbt = _torch()
-    db = sys.modules["debutla"]
+    db = _db()
     rows = [f"{'layer':<24} {'kind':<7} {'matrix':>11} {'params':>10}  auto chain (values)"]
     total = dbt.count_parameters(model)
     for name, mod in model.named_modules():
@@ -281,13 +292,10 @@ def run(args: argparse.Namespace) -> int:
 
         extra = ({} if args.calibration_rows is None
                  else {"calibration_rows": args.calibration_rows})
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
+        with _warnings_on_stderr():
             recs = dbt.layer_tradeoff(model, list(layers), args.ratios,
                                       calibration=calibration, methods=(args.method,),
                                       seed=args.seed, **extra)
-        for w in caught:
-            print(f"debutla compress: warning: {w.message}", file=sys.stderr)
         print(format_tradeoff(recs))
         return 0
     kwargs: dict[str, Any] = {}
@@ -302,12 +310,9 @@ def run(args: argparse.Namespace) -> int:
     if calibration is not None:
         kwargs["calibration"] = calibration
     t0 = time.perf_counter()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    with _warnings_on_stderr():
         small, report = dbt.compress(model, layers, method=args.method, inplace=True,
                                      **kwargs)
-    for w in caught:  # one line each, as the command's other messages
-        print(f"debutla compress: warning: {w.message}", file=sys.stderr)
     seconds = time.perf_counter() - t0
     try:
         torch.save(small.state_dict() if args.state_dict else small, args.output)

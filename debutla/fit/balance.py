@@ -73,12 +73,12 @@ def balance(op: DeBut, sweeps: int = 8) -> DeBut:
     if len(op.factors) < 2 or sweeps == 0:
         return op
     vals = [np.array(v, dtype=op.dtype) for v in op.factors]
-    real = np.finfo(np.result_type(op.dtype, np.float32).type(0).real.dtype)
+    tiny = np.finfo(np.abs(vals[0][:0]).dtype).tiny  # of the values' real dtype
     for _ in range(sweeps):
         for k in range(len(vals) - 1):
             rows = _row_norms2(vals[k])
             cols = _col_norms2(vals[k + 1])
-            ok = (rows > real.tiny) & (cols > real.tiny)
+            ok = (rows > tiny) & (cols > tiny)
             d = np.ones_like(rows)
             d[ok] = (cols[ok] / rows[ok]) ** 0.25
             nb, r, s, t = vals[k].shape

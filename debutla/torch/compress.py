@@ -4,19 +4,21 @@ from __future__ import annotations
 
 import copy
 import math
+import numbers
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
-import numpy as np
 import torch
 from torch import nn
 
+from .._validation import check_int
 from ..chain import Chain, candidate_chains
-from .layers import CALIBRATION_DAMPING, CALIBRATION_ROWS, DeButConv2d, DeButLinear, _DeButBase
+from .layers import (CALIBRATION_DAMPING, CALIBRATION_ROWS, DeButConv2d, DeButLinear,
+                     _DeButBase, _is_auto)
 
 __all__ = ["compress", "CompressionReport", "LayerReport", "count_parameters",
-           "replace_module"]
+           "replace_module", "named_layers", "ratio_budget"]
 
 #: Keys of a per-layer specification besides :func:`debutla.factorize`'s arguments.
 _SPEC_KEYS = ("chain", "method", "ratio", "flatten", "impl", "calibration_rows",
@@ -217,19 +219,9 @@ def compress(model: nn.Module, layers: Mapping[str, Any] | Iterable[str],
                         f"or options, or a sequence of names, got {type(layers).__name__}")
     if not isinstance(layers, Mapping):
         layers = {name: "auto" for name in layers}
-    modules = dict(model.named_modules())
+    modules = named_layers(model, layers, "compress")
     specs: dict[str, dict] = {}
     for name, spec in layers.items():
-        if not isinstance(name, str) or name not in modules or name == "":
-            raise ValueError(f"compress: {name!r} is not a submodule of the model (have: "
-                             f"{[n for n in modules if n][:20]})")
-        if not isinstance(modules[name], (nn.Linear, nn.Conv2d)):
-            raise TypeError(f"compress: {name!r} is a {type(modules[name]).__name__}; only "
-                            f"nn.Linear and nn.Conv2d layers can be replaced")
-        if isinstance(modules[name], nn.Conv2d) and modules[name].groups != 1:
-            raise ValueError(f"compress: {name!r} is a grouped convolution "
-                             f"(groups={modules[name].groups}); only groups=1 layers can be "
-                             f"replaced (one chain serves the whole filter bank)")
         specs[name] = _layer_spec(name, modules[name], spec, method, flatten, impl, ratio,
                                   calibration_rows, calibration_damping, fit)
     inputs = _record_inputs(model, modules, list(specs), calibration)
@@ -286,6 +278,34 @@ def compress(model: nn.Module, layers: Mapping[str, Any] | Iterable[str],
     return model, report
 
 
+def named_layers(model: nn.Module, names: Iterable[Any], where: str) -> dict[str, nn.Module]:
+    """``model.named_modules()``, after checking that every one of ``names`` is a
+    replaceable layer: an ``nn.Linear`` or a ``groups=1`` ``nn.Conv2d`` of ``model``.
+    """
+    modules = dict(model.named_modules())
+    for name in names:
+        if not isinstance(name, str) or name not in modules or name == "":
+            raise ValueError(f"{where}: {name!r} is not a submodule of the model (have: "
+                             f"{[n for n in modules if n][:20]})")
+        mod = modules[name]
+        if not isinstance(mod, (nn.Linear, nn.Conv2d)):
+            raise TypeError(f"{where}: {name!r} is a {type(mod).__name__}; only "
+                            f"nn.Linear and nn.Conv2d layers can be replaced")
+        if isinstance(mod, nn.Conv2d) and mod.groups != 1:
+            raise ValueError(f"{where}: {name!r} is a grouped convolution "
+                             f"(groups={mod.groups}); only groups=1 layers can be "
+                             f"replaced (one chain serves the whole filter bank)")
+    return modules
+
+
+def ratio_budget(ratio: Any, m: int, n: int, where: str) -> int:
+    """The value budget ``floor(ratio m n)`` (at least 1) of an ``m x n`` weight."""
+    if isinstance(ratio, bool) or not isinstance(ratio, numbers.Real) \
+            or not 0 < float(ratio) <= 1:
+        raise ValueError(f"{where}: ratio must be a number in (0, 1], got {ratio!r}")
+    return max(1, math.floor(float(ratio) * m * n))
+
+
 def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
     """Put ``new`` where the submodule ``name`` (a qualified name, not "") of ``model`` is."""
     parent_name, _, attr = name.rpartition(".")
@@ -330,9 +350,7 @@ def _layer_spec(name: str, module: nn.Module, spec: Any, method: str, flatten: s
     else:
         raise TypeError(f"{where}: the spec must be a chain ('auto', a chain string or a "
                         f"debutla.Chain) or a dict of options, got {type(spec).__name__}")
-    chain = own.get("chain", "auto")
-    if any(k in own for k in budget_keys) or not (isinstance(chain, str) and
-                                                  chain == "auto"):
+    if any(k in own for k in budget_keys) or not _is_auto(own.get("chain", "auto")):
         # the call's budget serves the layers without a size of their own: a per-layer
         # budget or an explicit chain replaces it
         for k in budget_keys:
@@ -341,15 +359,11 @@ def _layer_spec(name: str, module: nn.Module, spec: Any, method: str, flatten: s
     r = opts.pop("ratio", None)
     m, n = _weight_shape(module)
     if r is not None:
-        if isinstance(r, bool) or not isinstance(r, (int, float, np.integer, np.floating)) \
-                or not 0 < float(r) <= 1:
-            raise ValueError(f"{where}: ratio must be a number in (0, 1], got {r!r}")
         if opts.get("max_params") is not None:
             raise ValueError(f"{where}: give ratio or max_params, not both")
-        opts["max_params"] = max(1, int(math.floor(float(r) * m * n)))
-    budget = opts.get("max_params")
-    auto = isinstance(opts["chain"], str) and opts["chain"] == "auto"
-    if not auto:
+        opts["max_params"] = ratio_budget(r, m, n, where)
+    budget: Any = opts.get("max_params")
+    if not _is_auto(opts["chain"]):
         for k in ("max_params", "rel_error"):
             if opts.get(k) is not None:
                 raise ValueError(f"{where}: a budget ({'ratio or ' if k == 'max_params' else ''}"
@@ -357,9 +371,8 @@ def _layer_spec(name: str, module: nn.Module, spec: Any, method: str, flatten: s
                                  f"chain {opts['chain']}")
             opts.pop(k, None)
     elif budget is not None:
-        if isinstance(budget, bool) or not isinstance(budget, (int, np.integer)):
-            raise TypeError(f"{where}: max_params must be an int, got {budget!r}")
-        candidate_chains(m, n, max_params=int(budget), where=f"{where}: max_params")
+        budget = check_int(budget, "max_params", where=where)
+        candidate_chains(m, n, max_params=budget, where=f"{where}: max_params")
     for k in ("max_params", "rel_error"):
         if opts.get(k) is None:
             opts.pop(k, None)

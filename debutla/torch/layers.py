@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._validation import check_int, check_real
 from ..chain import Chain, design_chain
 from ..operator import DeBut
 from ._ops import IMPLS, debut_mm, parse_chain
@@ -824,14 +825,9 @@ def _calibration_X(layer: _DeButBase, calibration: Any, rows: int | None, dampin
     if not isinstance(calibration, torch.Tensor):
         raise TypeError(f"{where}: calibration must be a torch.Tensor of the layer's inputs, "
                         f"got {type(calibration).__name__}")
-    if rows is not None and (isinstance(rows, bool) or not isinstance(rows, (int, np.integer))
-                             or rows < 1):
-        raise ValueError(f"{where}: calibration_rows must be a positive int or None, got "
-                         f"{rows!r}")
-    if damping is None or isinstance(damping, bool) or not isinstance(
-            damping, (int, float, np.integer, np.floating)) or not damping >= 0:
-        raise ValueError(f"{where}: calibration_damping must be a number >= 0, got "
-                         f"{damping!r}")
+    if rows is not None:
+        rows = check_int(rows, "calibration_rows", where=where)
+    damping = check_real(damping, "calibration_damping", where=where, min=0)
     x = calibration.detach()
     if x.is_floating_point() or x.is_complex():
         x = x.to(layer.factors[0].dtype)

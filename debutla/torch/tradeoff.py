@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any, Iterable, Sequence
 
 from torch import nn
 
 from ..chain import candidate_chains
-from .compress import _record_inputs, _weight_shape
+from .compress import _record_inputs, _weight_shape, named_layers, ratio_budget
 from .layers import (CALIBRATED_MAX_SWEEPS, CALIBRATION_DAMPING, CALIBRATION_ROWS,
                      DeButConv2d, DeButLinear, _calibration_X)
 
@@ -77,14 +76,7 @@ def layer_tradeoff(model: nn.Module, layers: Iterable[str],
     from ..fit.tradeoff import tradeoff
 
     names = [layers] if isinstance(layers, str) else list(layers)
-    modules = dict(model.named_modules())
-    for name in names:
-        if name not in modules or name == "":
-            raise ValueError(f"layer_tradeoff: {name!r} is not a submodule of the model "
-                             f"(have: {[n for n in modules if n][:20]})")
-        if not isinstance(modules[name], (nn.Linear, nn.Conv2d)):
-            raise TypeError(f"layer_tradeoff: {name!r} is a {type(modules[name]).__name__}; "
-                            f"only nn.Linear and nn.Conv2d layers have a DeBut trade-off")
+    modules = named_layers(model, names, "layer_tradeoff")
     if ratios is not None:
         ratios = [float(r) for r in ratios]
         bad = [r for r in ratios if not 0 < r <= 1]
@@ -98,20 +90,20 @@ def layer_tradeoff(model: nn.Module, layers: Iterable[str],
         where = f"layer_tradeoff: layer {name!r}"
         # a layer of the same geometry: its matrix view of the weight and of the inputs
         shell: DeButLinear | DeButConv2d
-        try:
-            if isinstance(mod, nn.Linear):
-                shell = DeButLinear.like(mod)
-                W = mod.weight.detach().cpu().double().numpy()
-            else:
-                shell = DeButConv2d.like(mod, flatten=flatten)
-                W = shell._flat(mod.weight.detach()).cpu().double().numpy()
-        except ValueError as e:  # e.g. a grouped conv
-            raise ValueError(f"{where}: {e}") from None
+        if isinstance(mod, nn.Linear):
+            shell = DeButLinear.like(mod)
+            W = mod.weight.detach().cpu().double().numpy()
+        elif isinstance(mod, nn.Conv2d):  # (named_layers admits no other kind)
+            conv = DeButConv2d.like(mod, flatten=flatten)
+            W = conv._flat(mod.weight.detach()).cpu().double().numpy()
+            shell = conv
+        else:
+            raise RuntimeError(f"internal: {where} is neither nn.Linear nor nn.Conv2d")
         m, n = _weight_shape(mod)
         budgets = None
         if ratios is not None:
             smallest = candidate_chains(m, n)[-1].nnz
-            budgets = sorted({max(1, math.floor(r * m * n)) for r in ratios})
+            budgets = sorted({ratio_budget(r, m, n, where) for r in ratios})
             budgets = [b for b in budgets if b >= smallest]
             if not budgets:
                 raise ValueError(f"{where}: every ratio in {ratios} is below the smallest "
