@@ -209,18 +209,20 @@ class ALSState:
 _LOOP_MIN = 256
 
 
+def _ridge(dmax):
+    """``1e-12`` times the largest diagonal entry (``1e-12`` for a zero block)."""
+    return 1e-12 * np.where(dmax > 0, dmax, 1.0)
+
+
 def _ridge_solve_rows(H: np.ndarray, rho: np.ndarray) -> np.ndarray:
     """``delta`` with ``delta[k] (H[k] + ridge_k I) = rho[k]`` (row vectors), batched LU.
 
-    ``ridge_k`` is ``1e-12`` times the largest diagonal entry of ``H[k]`` (1e-12 for a
-    zero block): directions the data does not determine stay where they are.  ``H`` is
-    modified in place.
+    ``ridge_k`` is :func:`_ridge` of ``H[k]``: directions the data does not determine
+    stay where they are.  ``H`` is modified in place.
     """
     n = H.shape[-1]
-    diag = np.abs(np.einsum("kyy->ky", H)).max(axis=1)
-    ridge = 1e-12 * np.where(diag > 0, diag, 1.0)
     idx = np.arange(n)
-    H[:, idx, idx] += ridge[:, None]
+    H[:, idx, idx] += _ridge(np.abs(np.einsum("kyy->ky", H)).max(axis=1))[:, None]
     # delta H = rho (row vectors)  <=>  H^T delta^T = rho^T
     return batched(np.linalg.solve, np.swapaxes(H, 1, 2), b=rho[:, :, None])[:, :, 0]
 
@@ -233,8 +235,7 @@ def _ridge_solve_row(H: np.ndarray, rho: np.ndarray) -> np.ndarray:
     """
     from scipy.linalg import cho_factor, cho_solve
 
-    d = np.abs(np.diagonal(H)).max()
-    H.flat[:: H.shape[0] + 1] += 1e-12 * (d if d > 0 else 1.0)
+    H.flat[:: H.shape[0] + 1] += _ridge(np.abs(np.diagonal(H)).max())
     try:
         f = cho_factor(H, lower=True, check_finite=False)
     except np.linalg.LinAlgError:  # not numerically positive definite
