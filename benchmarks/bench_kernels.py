@@ -35,6 +35,13 @@ figure to trust on a loaded machine, where separate runs minutes apart differ by
 than most kernel changes.  The load average is printed at the start and the end: quote
 it with any figure.
 
+``--depths N`` (with ``--ab``) times each variant from ``N`` Python call depths (each
+depth one more C-level call, ``map``, so the C stack the kernel starts on moves by some
+hundred bytes per level) and reports, per variant, the median over depths of each
+depth's median time and the slowest depth: a kernel whose register spills land on the
+stack is as fast as the stack position the caller happens to give it
+(``_numba_stack``, ``README_kernels.md`` change 8).
+
 ``--scaling`` answers another question: what does a second (third, ...) thread buy?
 For each case it times ``op.matmat_rows(X, out=Y)`` under ``debutla.config(threads=k)``
 for every ``k`` of ``--threads``, interleaved in each of ``--rounds`` rounds (the order
@@ -157,6 +164,8 @@ def main(argv=None) -> int:
                     help="override _numba_codegen constants (A/B runs)")
     ap.add_argument("--ab", nargs="*", default=[], metavar="NAME=VALUE",
                     help="time the defaults against these overrides, alternating")
+    ap.add_argument("--depths", type=int, default=1,
+                    help="with --ab: time each variant from this many Python call depths")
     ap.add_argument("--out", default=None, help="also write the table to this file")
     ap.add_argument("--scaling", action="store_true",
                     help="time the thread counts of --threads against each other")
@@ -175,8 +184,10 @@ def main(argv=None) -> int:
 
     for name, value in parse(args.set).items():
         setattr(cg, name, value)
+    if args.depths < 1:
+        ap.error("--depths must be at least 1")
     if args.ab:
-        return run_ab(args, parse(args.ab))
+        return (run_depths if args.depths > 1 else run_ab)(args, parse(args.ab))
     if args.scaling:
         if not args.threads or min(args.threads) < 1:
             ap.error("--threads needs positive thread counts")
@@ -210,18 +221,68 @@ def main(argv=None) -> int:
     return _finish(args, lines)
 
 
-def _module_with(state, overrides: dict):
-    """The kernel module of ``state``'s chain built with ``overrides`` of the generator."""
+def _module_with(state, overrides: dict, W: int | None = None):
+    """The kernel module of ``state``'s chain built with ``overrides`` of the generator.
+
+    ``W``: the tile width (default the state's own).
+    """
     saved = {k: getattr(cg, k) for k in overrides}
     try:
         for k, v in overrides.items():
             setattr(cg, k, v)
         getattr(cg, "_modules", {}).clear()  # per-process table, where there is one
-        return cg.kernel_module(state.shapes, state.W)
+        return cg.kernel_module(state.shapes, state.W if W is None else W)
     finally:
         for k, v in saved.items():
             setattr(cg, k, v)
         getattr(cg, "_modules", {}).clear()  # per-process table, where there is one
+
+
+def at_depth(depth: int, fn):
+    """``fn()`` called ``depth`` C-level calls deeper than this frame (through ``map``)."""
+    if depth == 0:
+        return fn()
+    return list(map(lambda _: at_depth(depth - 1, fn), (0,)))[0]
+
+
+def run_depths(args, overrides: dict) -> int:
+    """The A/B of ``--ab`` with every timing taken from ``--depths`` call depths."""
+    machine, rng, head = _start(f"# bench_kernels A/B over {args.depths} call depths: new = "
+                                f"generator defaults, old = {overrides}")
+    rows = []
+    for cname, dtn, k, op, X, Y in _cases(args, rng):
+        states = {}
+        for label, ov in (("new", {}), ("old", overrides)):
+            st = nbk.prepare(op.factors)
+            st._mod = _module_with(st, ov)
+            st._nmod = _module_with(st, ov, nbk.NARROW_W)  # batches 3-16 of wide tiles
+            with config(background=False):  # compile now: time the chain's kernel
+                nbk.apply_rows(st, X, out=Y)
+            states[label] = st
+        times: dict = {lb: {d: [] for d in range(args.depths)} for lb in states}
+        for rd in range(args.rounds):
+            machine.measure(dtn)
+            for d in range(args.depths):
+                for lb, st in (states.items() if (rd + d) % 2 == 0
+                               else list(states.items())[::-1]):
+                    times[lb][d].append(at_depth(d, lambda st=st: tmin(
+                        lambda: nbk.apply_rows(st, X, out=Y), args.budget / args.depths)))
+        per = {lb: sorted(statistics.median(v) for v in times[lb].values()) for lb in states}
+        med = {lb: statistics.median(v) for lb, v in per.items()}
+        rows.append((cname, dtn, k, per, med))
+        print(f"{cname:10s} {dtn:8s} k={k:5d}  " + "  ".join(
+            f"{lb}: median {med[lb] * 1e6:8.1f} us, fastest {per[lb][0] * 1e6:8.1f}, "
+            f"slowest {per[lb][-1] * 1e6:8.1f}" for lb in states), flush=True)
+    lines = head + machine.summary() + [
+        "| chain | dtype | batch | new: median over depths | new: fastest / slowest | "
+        "old: median over depths | old: fastest / slowest | old / new (medians) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for cname, dtn, k, per, med in rows:
+        lines.append(f"| {cname} | {dtn} | {k} | {med['new'] * 1e6:.1f} us | "
+                     f"{per['new'][0] * 1e6:.1f} / {per['new'][-1] * 1e6:.1f} us | "
+                     f"{med['old'] * 1e6:.1f} us | {per['old'][0] * 1e6:.1f} / "
+                     f"{per['old'][-1] * 1e6:.1f} us | {med['old'] / med['new']:.2f} |")
+    return _finish(args, lines)
 
 
 def run_ab(args, overrides: dict) -> int:
@@ -236,6 +297,7 @@ def run_ab(args, overrides: dict) -> int:
             for label, ov in (("new", {}), ("old", overrides)):
                 st = nbk.prepare(op.factors)
                 st._mod = _module_with(st, ov)
+                st._nmod = _module_with(st, ov, nbk.NARROW_W)  # batches 3-16 of wide tiles
                 states[label] = st
             for k in args.batches:
                 X = rng.standard_normal((k, n)).astype(dtn)

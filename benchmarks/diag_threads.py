@@ -10,6 +10,11 @@ one to two threads).  For one chain and batch it measures, in one process, inter
    alternately, on a freshly started thread: each thread's time relative to the
    calling thread's (1.0 = as fast).
 
+What it found (``README_kernels.md``, change 8): the pool worker ran the kernel 1.2-1.5x
+slower than the caller because of the C stack position its calls started from (the
+kernel's register spills); the tile kernels now place their stack, and the worker runs
+at 0.95-1.0x the caller's time.
+
 Usage::
 
     python benchmarks/diag_threads.py [--chain vgg|butterfly] [--batch 1024] [--rounds 12]

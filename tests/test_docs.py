@@ -24,6 +24,8 @@ DOCTEST_MODULES = [
     "debutla.cli",
     "debutla.cli.compress",
     "debutla.plot",
+    "debutla.backends.numba_",
+    "debutla.backends._numba_stack",
 ]
 # modules whose examples need an optional package (the torch modules' examples run in
 # tests/test_torch.py)

@@ -36,13 +36,20 @@ per argument is a visible part of a matvec.
 ``rows_single(V, X, out, r0, r1, ba, bb, one)``
     ``out = X @ D.T`` one row at a time (rows ``r0 .. r1-1``), vectorising over the
     diagonal index ``t``: the batch-1 (matvec) kernel.
+
+The tile kernels first call :func:`debutla.backends._numba_stack.place_stack`, so the
+frame of ``chain_buf``, with its register spill slots, sits at one position within a
+page whatever Python call depth or thread the call comes from (``_PLACE_STACK``;
+``benchmarks/README_kernels.md``, change 8).  ``rows_single`` does not: a wrapper that
+places the stack before calling the matvec body measured 2-3% slower at batch 1 (its
+array arguments are copied into the call) and no steadier.
 """
 
 from __future__ import annotations
 
 from . import _cache
 
-GENERATOR_VERSION = "8"
+GENERATOR_VERSION = "9"
 _OPAQUE_T = 4  # per-row kernels: inner loops over t >= this get an opaque trip count
 _GROUP_MAX = 4  # outputs per register-blocked group in the panel kernels
 _CHUNK = 4  # terms of the j-sum written out per statement
@@ -472,6 +479,7 @@ def _emit_factor_vec(S: _Src, ind: int, spec, vname: str, src: str, sbase: str, 
 
 _TB = 4  # block of the scalar tile transposes (Numba compiles without the SLP vectoriser)
 _SIMD_TRANSPOSE = True  # full 8 x 8 blocks through _numba_simd.transpose8 (vector shuffles)
+_PLACE_STACK = True  # the tile kernels call _numba_stack.place_stack first
 _SIMD_BLOCK = 8
 
 
@@ -602,6 +610,8 @@ def generate_source(shapes: tuple, W: int) -> str:
     for fname, (gather, scatter) in (("rows_tiles", rows_io), ("cols_tiles", cols_io)):
         S.add(0, _DECOR)
         S.add(0, f"def {fname}(V, X, out, k, t0, t1, ba, bb, wr, xn):")
+        if _PLACE_STACK:  # chain_buf's frame (its spill slots) at one place (_numba_stack)
+            S.add(1, "place_stack()")
         S.add(1, "ku = np.uint64(k)")
         S.add(1, "xu = np.uint64(xn)")
         S.add(1, "for tl in range(np.uint64(t0), np.uint64(t1)):")
@@ -666,6 +676,7 @@ def generate_source(shapes: tuple, W: int) -> str:
         "import numpy as np",
         "from numba import njit",
         "from debutla.backends._numba_simd import transpose8",
+        "from debutla.backends._numba_stack import place_stack",
         "",
         f"W = {W}",
         f"Q = {Q}",

@@ -230,9 +230,9 @@ def fused_backward(X: np.ndarray, G: np.ndarray, factors, shapes, n: int, m: int
     u = np.uint64
 
     def run(lo: int, hi: int) -> None:
-        acts = np.empty(int(qs.sum()) * W, dtype=dt)  # this call's scratch, per thread
-        ga = np.empty(F * W, dtype=dt)
-        gb = np.empty(F * W, dtype=dt)
+        acts = _nbk.aligned_empty(int(qs.sum()) * W, dt)  # this call's scratch, per thread
+        ga = _nbk.aligned_empty(F * W, dt)
+        gb = _nbk.aligned_empty(F * W, dt)
         for g in range(lo, hi):
             _tile_backward(X, G, GX, dims, vals, voff, xoff, u(bounds[g]), u(bounds[g + 1]),
                            u(W), u(n), u(m), bool(need_x), acts, ga, gb, gvs[g], dt.type(0))
