@@ -8,7 +8,11 @@ For each case (chain, batch) and each mode it times the *module call* as a user 
 
 Repeats of the DeBut layer and the dense layer are interleaved (A B A B ...) so a load
 change on the machine hits both; the table gives medians with the interquartile spread
-and the speed-up of the medians.  Threads: run once per thread count, each in a fresh
+and the speed-up of the medians.  ``--blocks K`` interleaves blocks of K calls instead
+(A x K, B x K, ...): each layer then mostly runs right after itself, as in a stream of
+calls to one layer, instead of right after the other (on the 2-vCPU VM a 1 ms product
+called right after 10 ms of other work takes 0.5-1 ms longer; torch's OpenMP workers
+also keep spinning after each ``nn.Linear``).  Threads: run once per thread count, each in a fresh
 process with ``torch.set_num_threads(k)`` and ``DEBUTLA_NUM_THREADS=k`` (Numba kernels).
 
 Usage::
@@ -16,6 +20,7 @@ Usage::
     python benchmarks/bench_torch.py                   # 1 and 2 threads, all cases
     python benchmarks/bench_torch.py --threads 1 --quick
     python benchmarks/bench_torch.py --backward-modes  # recompute vs keep intermediates
+    python benchmarks/bench_torch.py --blocks 10       # blocks of 10 calls per layer
 """
 
 from __future__ import annotations
@@ -48,21 +53,20 @@ def _chain(name: str):
     return db.Chain.parse(db.PAPER_CHAINS[name])
 
 
-def _time_pair(fa, fb, repeats: int, warmup: int = 3):
+def _time_pair(fa, fb, repeats: int, warmup: int = 3, block: int = 1):
+    """Times of ``repeats`` calls each of ``fa`` and ``fb``, in alternating blocks."""
     import numpy as np
 
     for _ in range(warmup):
         fa()
         fb()
     ta, tb = [], []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fa()
-        t1 = time.perf_counter()
-        fb()
-        t2 = time.perf_counter()
-        ta.append(t1 - t0)
-        tb.append(t2 - t1)
+    while len(ta) < repeats:
+        for f, ts in ((fa, ta), (fb, tb)):
+            for _ in range(min(block, repeats - len(ts))):
+                t0 = time.perf_counter()
+                f()
+                ts.append(time.perf_counter() - t0)
     return np.array(ta), np.array(tb)
 
 
@@ -73,7 +77,7 @@ def _quartiles_ms(a) -> list[float]:
     return [float(np.percentile(a, p)) * 1e3 for p in (25, 50, 75)]
 
 
-def run_worker(threads: int, repeats: int, cases) -> list[dict]:
+def run_worker(threads: int, repeats: int, cases, block: int = 1) -> list[dict]:
     """Time every case in this process (threads already set by the parent)."""
     import numpy as np
     import torch
@@ -105,9 +109,9 @@ def run_worker(threads: int, repeats: int, cases) -> list[dict]:
             return f
 
         for mode, mk in (("inference", inf), ("train", train)):
-            ta, tb = _time_pair(mk(deb), mk(dense), repeats)
+            ta, tb = _time_pair(mk(deb), mk(dense), repeats, block=block)
             rows.append({"case": name, "m": m, "n": n, "batch": batch, "mode": mode,
-                         "threads": threads, "debut_ms": _quartiles_ms(ta),
+                         "threads": threads, "block": block, "debut_ms": _quartiles_ms(ta),
                          "dense_ms": _quartiles_ms(tb),
                          "speedup": float(np.median(tb) / np.median(ta)),
                          "target": TARGETS.get((name, mode))})
@@ -168,12 +172,17 @@ def main(argv=None) -> None:
     ap.add_argument("--backward-modes", action="store_true",
                     help="compare recompute vs keep intermediates instead")
     ap.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--blocks", type=int, default=1, metavar="K",
+                    help="alternate blocks of K calls per layer (default 1: A B A B)")
     ap.add_argument("--json", default=None, help="also write the rows as JSON")
     args = ap.parse_args(argv)
+    if args.blocks < 1:
+        ap.error("--blocks must be at least 1")
     reps = 5 if args.quick else args.repeats
     if args.worker is not None:
         fn = run_backward_modes if args.backward_modes else None
-        rows = (fn(args.worker, reps) if fn else run_worker(args.worker, reps, CASES))
+        rows = (fn(args.worker, reps) if fn
+                else run_worker(args.worker, reps, CASES, args.blocks))
         print("ROWS" + json.dumps(rows))
         return
     rows = []
@@ -181,7 +190,8 @@ def main(argv=None) -> None:
         env = dict(os.environ, DEBUTLA_NUM_THREADS=str(k), OMP_NUM_THREADS=str(k),
                    PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]))
         cmd = [sys.executable, os.path.abspath(__file__), "--worker", str(k),
-               "--repeats", str(reps)] + (["--backward-modes"] if args.backward_modes else [])
+               "--repeats", str(reps), "--blocks", str(args.blocks)] + (
+                   ["--backward-modes"] if args.backward_modes else [])
         r = subprocess.run(cmd, env=env, capture_output=True, text=True)
         if r.returncode != 0:
             sys.exit(r.stderr)
@@ -191,7 +201,9 @@ def main(argv=None) -> None:
 
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
     print(f"# torch {torch.__version__}, {platform.processor() or platform.machine()}, "
-          f"{os.cpu_count()} CPUs, load average {load}")
+          f"{os.cpu_count()} CPUs, load average {load}"
+          + (f"; blocks of {args.blocks} calls per layer" if args.blocks > 1
+             else "; calls interleaved A B A B"))
     if args.backward_modes:
         for r in rows:
             print(r)

@@ -1,4 +1,4 @@
-"""Shared pytest configuration: hypothesis profiles.
+"""Shared pytest configuration: hypothesis profiles; no compile left running after a test.
 
 Profiles (choose with ``HYPOTHESIS_PROFILE=<name>``; default ``ci``):
 
@@ -43,3 +43,23 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 import debutla  # noqa: E402
 
 debutla.warmup()
+
+
+import sys  # noqa: E402
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _no_compile_left_running():
+    """Each test ends with no kernel compiling in the background.
+
+    Numba's compiler swaps Python's process-wide warning filters while it runs
+    (``warnings.catch_warnings`` is not thread-safe), so a compile a test leaves running
+    can drop or misroute the next test's ``pytest.warns`` (seen on cold kernel caches).
+    Free on a warm cache: nothing compiles.
+    """
+    yield
+    nbk = sys.modules.get("debutla.backends.numba_")
+    if nbk is not None:
+        nbk.wait_for_compiles()

@@ -24,7 +24,7 @@ from hypothesis import strategies as st  # noqa: E402
 
 import debutla as db  # noqa: E402
 from debutla import Chain, DeBut  # noqa: E402
-from debutla.torch import DeButConv2d, DeButLinear, compress, debut_mm  # noqa: E402
+from debutla.torch import DeButConv2d, DeButLinear, _ops, compress, debut_mm  # noqa: E402
 from strategies import (  # noqa: E402
     assert_product_close,
     error_depth,
@@ -169,9 +169,49 @@ def test_linear_gradcheck_float64(impl, chain, shape):
     params = [layer.bias, *layer.factors]
 
     def f(x, b, *vals):
-        return debut_mm(x, vals, layer.chain, shape, impl) + b
+        return debut_mm(x, vals, layer.chain, shape, impl, bias=b)
 
     assert torch.autograd.gradcheck(f, (x, *params))
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_fused_bias_equals_torch_add_and_its_gradient(impl):
+    torch.manual_seed(3)
+    layer = DeButLinear(13, 5, chain=PADDED, impl=impl)
+    x = torch.randn(300, 13)  # more rows than one block of _col_sums
+    g = torch.randn(300, 5)
+    b = layer.bias.detach().clone().requires_grad_(True)
+    vals = [v.detach() for v in layer.factors]
+    y = debut_mm(x, vals, layer.chain, (5, 13), impl, bias=b)
+    y.backward(g)
+    y_ref = debut_mm(x, vals, layer.chain, (5, 13), impl) + layer.bias
+    torch.testing.assert_close(y, y_ref, rtol=0, atol=0)  # the same adds
+    torch.testing.assert_close(b.grad, g.sum(0), rtol=1e-6, atol=1e-5)
+    assert debut_mm(x[:0], vals, layer.chain, (5, 13), impl, bias=b).shape == (0, 5)
+
+
+def test_bias_column_sums_are_accurate_over_many_rows():
+    rng = np.random.default_rng(0)
+    g = (0.1 + 0.01 * rng.standard_normal((1 << 17, 3))).astype(np.float32)
+    exact = g.astype(np.float64).sum(0)
+    err = np.abs(_ops._col_sums(g) - exact).max() / np.abs(exact).max()
+    naive = np.abs(np.add.reduce(g, axis=0) - exact).max() / np.abs(exact).max()
+    assert err < 1e-7 < naive  # a row-by-row float32 sum is not good enough
+    for dt in (np.float64, np.complex64, np.complex128):
+        a = rng.standard_normal((257, 4)).astype(dt)
+        np.testing.assert_allclose(_ops._col_sums(a), a.sum(0), rtol=1e-6)
+        assert _ops._col_sums(a).dtype == dt
+
+
+def test_bad_bias_is_named():
+    vals = [v.detach() for v in DeButLinear(13, 5, chain=PADDED).factors]
+    x = torch.randn(2, 13)
+    with pytest.raises(TypeError, match="debut_mm: bias.*dtype"):
+        debut_mm(x, vals, PADDED, (5, 13), bias=torch.zeros(5, dtype=torch.float64))
+    with pytest.raises(TypeError, match="debut_mm: bias"):
+        debut_mm(x, vals, PADDED, (5, 13), bias=np.zeros(5, np.float32))
+    with pytest.raises(ValueError, match=r"debut_mm: bias must have shape \(5,\)"):
+        debut_mm(x, vals, PADDED, (5, 13), bias=torch.zeros(4))
 
 
 @given(op=operators(np.float64), impl=st.sampled_from(IMPLS))

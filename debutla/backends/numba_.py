@@ -399,22 +399,24 @@ def aligned_empty(size: int, dtype, zero: bool = False) -> np.ndarray:
     return raw[start:start + n].view(dt)
 
 
-def _scratch(dtype: np.dtype, size: int, key: str | None = None):
-    """Two per-thread scratch buffers of at least ``size`` entries (reused across calls).
+def _scratch(dtype: np.dtype, size: int, key: str | None = None, count: int = 2):
+    """``count`` per-thread scratch buffers of at least ``size`` entries (reused across calls).
 
-    ``key``: ``dtype.str`` when the caller has it at hand (a state's ``dkey``).  The
-    buffers are zeroed once and aligned (:func:`aligned_empty`).
+    ``key``: ``dtype.str`` when the caller has it at hand (a state's ``dkey``); callers
+    that need other buffers than the kernels' pair (the torch backward) give a key of
+    their own.  The buffers are zeroed once and aligned (:func:`aligned_empty`): reusing
+    them spares every call the page faults of fresh memory.
     """
     cache = getattr(_tls, "bufs", None)
     if cache is None:
         cache = _tls.bufs = {}
     if key is None:
         key = dtype.str
-    pair = cache.get(key)
-    if pair is None or pair[0].size < size:
-        pair = (aligned_empty(size, dtype, zero=True), aligned_empty(size, dtype, zero=True))
-        cache[key] = pair
-    return pair
+    bufs = cache.get(key)
+    if bufs is None or bufs[0].size < size or len(bufs) != count:
+        bufs = tuple(aligned_empty(size, dtype, zero=True) for _ in range(count))
+        cache[key] = bufs
+    return bufs
 
 
 def _get_pool(n: int) -> ThreadPoolExecutor:

@@ -130,16 +130,53 @@ def _num_threads() -> int:
 
 
 def _numba_rows(x: torch.Tensor, values: Sequence[torch.Tensor], chain: Chain,
-                shape: tuple[int, int], transpose: bool = False) -> torch.Tensor:
-    """``x @ D.T`` (or ``x @ D`` with ``transpose``) by the fused CPU kernel, no copies."""
+                shape: tuple[int, int], transpose: bool = False,
+                bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``x @ D.T (+ bias)`` (or ``x @ D`` with ``transpose``) by the fused CPU kernel.
+
+    No copies; the bias is added in place with NumPy (one thread, no OpenMP region: see
+    :func:`_col_sums`).
+    """
     op = _cpu_operator(values, chain, shape, transpose)
     x = x.detach()
     if not x.is_contiguous():
         x = x.contiguous()
     out = torch.empty((x.shape[0], op.shape[0]), dtype=x.dtype)
+    y = out.numpy()
     with _config.config(threads=_num_threads()):
-        op.matmat_rows(x.numpy(), out=out.numpy())
+        op.matmat_rows(x.numpy(), out=y)
+    if bias is not None:
+        np.add(y, bias.detach().numpy(), out=y)
     return out
+
+
+#: Rows summed in the working dtype before the block sums are added in float64.
+_COLSUM_BLOCK = 128
+
+
+def _col_sums(g: np.ndarray) -> np.ndarray:
+    """The column sums of a C-contiguous ``(rows, m)`` array, in its dtype (bias gradient).
+
+    NumPy on one thread: ``torch.sum`` would run an OpenMP parallel region whose threads
+    keep spinning for milliseconds afterwards on the cores the product's own threads need
+    (``docs/torch.rst``).  Blocks of :data:`_COLSUM_BLOCK` rows are summed in the array's
+    dtype and the block sums in float64 (complex128 for complex), so the rounding error
+    grows with the block length, not with the number of rows.
+
+    Examples
+    --------
+    >>> _col_sums(np.ones((300, 2), np.float32))
+    array([300., 300.], dtype=float32)
+    """
+    rows, m = g.shape
+    wide = np.complex128 if g.dtype.kind == "c" else np.float64
+    full = rows - rows % _COLSUM_BLOCK
+    acc = np.zeros(m, wide)
+    if full:
+        acc += g[:full].reshape(-1, _COLSUM_BLOCK, m).sum(axis=1).sum(axis=0, dtype=wide)
+    if full < rows:
+        acc += g[full:].sum(axis=0, dtype=wide)
+    return acc.astype(g.dtype)
 
 
 def _use_numba(x: torch.Tensor, impl: str) -> bool:
@@ -247,12 +284,21 @@ def _torch_rows(x: torch.Tensor, values: Sequence[torch.Tensor], chain: Chain,
     return y[:m].t().contiguous()
 
 
-def _forward(x, values, chain, shape, impl):
+def _forward(x, values, chain, shape, impl, bias=None):
     if x.shape[0] == 0:
-        return x.new_zeros((0, shape[0]))
+        y = x.new_zeros((0, shape[0]))
+        return y if bias is None else y + bias
     if _use_numba(x, impl):
-        return _numba_rows(x, values, chain, shape)
-    return _torch_rows(x, values, chain, shape)
+        return _numba_rows(x, values, chain, shape, bias=bias)
+    y = _torch_rows(x, values, chain, shape)
+    return y if bias is None else y.add_(bias)
+
+
+def _bias_grad(grad: torch.Tensor, impl: str) -> torch.Tensor:
+    """``dL/db`` of ``Y = X @ D.T + b``: the column sums of ``grad``."""
+    if grad.shape[0] > 0 and _use_numba(grad, impl):
+        return torch.from_numpy(_col_sums(grad.detach().contiguous().numpy()))
+    return grad.sum(0)
 
 
 def _backward(grad, x, values, chain, shape, impl, need_x: bool, need_v: bool):
@@ -301,21 +347,23 @@ class _DeButMM(torch.autograd.Function):
     """Fallback autograd function (torch without ``torch.library.custom_op``)."""
 
     @staticmethod
-    def forward(ctx, x, chain_text, m, n, impl, *values):
+    def forward(ctx, x, chain_text, m, n, impl, bias, *values):
         chain = parse_chain(chain_text)
         ctx.save_for_backward(x, *values)
         ctx.meta = (chain_text, m, n, impl)
-        return _forward(x, values, chain, (m, n), impl)
+        return _forward(x, values, chain, (m, n), impl, bias)
 
     @staticmethod
     def backward(ctx, grad):
         x, *values = ctx.saved_tensors
         chain_text, m, n, impl = ctx.meta
         need_x = ctx.needs_input_grad[0]
-        need_v = any(ctx.needs_input_grad[5:])
-        gx, gvs = _backward(grad.contiguous(), x, values, parse_chain(chain_text), (m, n),
-                            impl, need_x, need_v)
-        return (gx, None, None, None, None, *gvs)
+        need_v = any(ctx.needs_input_grad[6:])
+        grad = grad.contiguous()
+        gx, gvs = _backward(grad, x, values, parse_chain(chain_text), (m, n), impl, need_x,
+                            need_v)
+        gb = _bias_grad(grad, impl) if ctx.needs_input_grad[5] else None
+        return (gx, None, None, None, None, gb, *gvs)
 
 
 class _DeButMMKeep(torch.autograd.Function):
@@ -382,31 +430,35 @@ _HAS_CUSTOM_OP = hasattr(torch.library, "custom_op") and hasattr(torch.library,
 if _HAS_CUSTOM_OP:
     @torch.library.custom_op("debutla::debut_mm", mutates_args=())
     def _debut_mm_op(x: torch.Tensor, values: list[torch.Tensor], chain: str, m: int,
-                     n: int, impl: str) -> torch.Tensor:
-        return _forward(x, values, parse_chain(chain), (m, n), impl)
+                     n: int, impl: str, bias: torch.Tensor | None) -> torch.Tensor:
+        return _forward(x, values, parse_chain(chain), (m, n), impl, bias)
 
     @_debut_mm_op.register_fake
-    def _(x, values, chain, m, n, impl):
+    def _(x, values, chain, m, n, impl, bias):
         return x.new_empty((x.shape[0], m))
 
     @torch.library.custom_op("debutla::debut_mm_backward", mutates_args=())
     def _debut_mm_backward_op(grad: torch.Tensor, x: torch.Tensor,
                               values: list[torch.Tensor], chain: str, m: int, n: int,
-                              impl: str, need_x: bool, need_v: bool) -> list[torch.Tensor]:
-        gx, gvs = _backward(grad.contiguous(), x, values, parse_chain(chain), (m, n), impl,
-                            need_x, need_v)
+                              impl: str, need_x: bool, need_v: bool,
+                              need_b: bool) -> list[torch.Tensor]:
+        grad = grad.contiguous()
+        gx, gvs = _backward(grad, x, values, parse_chain(chain), (m, n), impl, need_x,
+                            need_v)
         out = [gx if gx is not None else x.new_zeros(())]
+        out.append(_bias_grad(grad, impl) if need_b else x.new_zeros(()))
         out += [g if g is not None else v.new_zeros(()) for g, v in zip(gvs, values)]
         return out
 
     @_debut_mm_backward_op.register_fake
-    def _(grad, x, values, chain, m, n, impl, need_x, need_v):
+    def _(grad, x, values, chain, m, n, impl, need_x, need_v, need_b):
         out = [torch.empty_like(x) if need_x else x.new_empty(())]
+        out.append(grad.new_empty((m,)) if need_b else x.new_empty(()))
         out += [torch.empty_like(v) if need_v else v.new_empty(()) for v in values]
         return out
 
     def _setup_context(ctx, inputs, output):
-        x, values, chain, m, n, impl = inputs
+        x, values, chain, m, n, impl, bias = inputs
         ctx.save_for_backward(x, *values)
         ctx.meta = (chain, m, n, impl)
 
@@ -416,20 +468,23 @@ if _HAS_CUSTOM_OP:
         need_x = bool(ctx.needs_input_grad[0])
         need_v = bool(ctx.needs_input_grad[1]) if not isinstance(
             ctx.needs_input_grad[1], (list, tuple)) else any(ctx.needs_input_grad[1])
+        need_b = bool(ctx.needs_input_grad[6])
         outs = _debut_mm_backward_op(grad, x, list(values), chain, m, n, impl, need_x,
-                                     need_v)
+                                     need_v, need_b)
         gx = outs[0] if need_x else None
-        gvs = list(outs[1:]) if need_v else [None] * len(values)
-        return gx, gvs, None, None, None, None
+        gb = outs[1] if need_b else None
+        gvs = list(outs[2:]) if need_v else [None] * len(values)
+        return gx, gvs, None, None, None, None, gb
 
     _debut_mm_op.register_autograd(_autograd_backward, setup_context=_setup_context)
 
 
 def debut_mm(x: torch.Tensor, values: Sequence[torch.Tensor], chain: Chain | str,
-             shape: tuple[int, int] | None = None, impl: str = "auto") -> torch.Tensor:
-    """``x @ D.T`` for a DeBut matrix ``D`` given by its chain and factor values.
+             shape: tuple[int, int] | None = None, impl: str = "auto",
+             bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``x @ D.T (+ bias)`` for a DeBut matrix ``D`` given by its chain and factor values.
 
-    Differentiable in ``x`` and in every value tensor.
+    Differentiable in ``x``, in every value tensor and in ``bias``.
 
     Parameters
     ----------
@@ -443,10 +498,21 @@ def debut_mm(x: torch.Tensor, values: Sequence[torch.Tensor], chain: Chain | str
         outputs cut).  Default: the chain's size.
     impl : {"auto", "numba", "torch"}
         ``"auto"``: the fused Numba kernel for float32/float64 CPU tensors, else torch.
+    bias : Tensor (m,), optional
+        Added to every row.  On the CPU kernels it is added, and its gradient summed,
+        with NumPy on the calling thread: a torch operation there would start an OpenMP
+        parallel region whose threads then spin on the cores the product's threads need.
 
     Returns
     -------
     Tensor (batch, m)
+
+    Raises
+    ------
+    ValueError
+        If ``impl`` is unknown, or ``x`` or ``bias`` has the wrong shape.
+    TypeError
+        If ``bias`` differs from ``x`` in dtype or device.
 
     Examples
     --------
@@ -468,12 +534,21 @@ def debut_mm(x: torch.Tensor, values: Sequence[torch.Tensor], chain: Chain | str
         raise ValueError(f"debut_mm: impl must be one of {IMPLS}, got {impl!r}")
     if x.dim() != 2 or x.shape[1] != n:
         raise ValueError(f"debut_mm: x must have shape (batch, {n}), got {tuple(x.shape)}")
+    if bias is not None:
+        if not isinstance(bias, torch.Tensor) or bias.dtype != x.dtype or bias.device != x.device:
+            raise TypeError(f"debut_mm: bias must be a tensor of x's dtype and device "
+                            f"({x.dtype}, {x.device}), got "
+                            f"{getattr(bias, 'dtype', type(bias).__name__)} on "
+                            f"{getattr(bias, 'device', '-')}")
+        if tuple(bias.shape) != (m,):
+            raise ValueError(f"debut_mm: bias must have shape ({m},), got {tuple(bias.shape)}")
     if not x.is_contiguous():
         x = x.contiguous()
     values = list(values)
     if (_BACKWARD["mode"] == "keep" and torch.is_grad_enabled()
             and (x.requires_grad or any(v.requires_grad for v in values))):
-        return _DeButMMKeep.apply(x, text, m, n, *values)
+        y = _DeButMMKeep.apply(x, text, m, n, *values)
+        return y if bias is None else y + bias
     if _HAS_CUSTOM_OP:
-        return _debut_mm_op(x, values, text, m, n, impl)
-    return _DeButMM.apply(x, text, m, n, impl, *values)
+        return _debut_mm_op(x, values, text, m, n, impl, bias)
+    return _DeButMM.apply(x, text, m, n, impl, bias, *values)

@@ -12,10 +12,12 @@ from typing import Any, Iterable, Mapping
 import torch
 from torch import nn
 
+from .._config import config
 from .._validation import check_int
+from .._warmup import _wait_for_background_compiles
 from ..chain import Chain, candidate_chains
 from .layers import (CALIBRATION_DAMPING, CALIBRATION_ROWS, DeButConv2d, DeButLinear,
-                     _DeButBase, _is_auto)
+                     _DeButBase, _is_auto, _warning_names)
 
 __all__ = ["compress", "CompressionReport", "LayerReport", "count_parameters",
            "replace_module", "named_layers", "ratio_budget"]
@@ -197,6 +199,14 @@ def compress(model: nn.Module, layers: Mapping[str, Any] | Iterable[str],
         If a named submodule is not an ``nn.Linear`` or ``nn.Conv2d``, or a spec is
         neither a chain nor a dict of known options.
 
+    Notes
+    -----
+    Kernels compiling in a background thread when ``compress`` starts are waited for,
+    and any kernel it needs compiles in the calling thread: Numba's compiler swaps
+    Python's process-wide warning filters while it runs, which would otherwise drop or
+    misroute the fits' warnings (the layer's name is put on them without swapping
+    anything).
+
     Examples
     --------
     >>> import torch
@@ -224,6 +234,18 @@ def compress(model: nn.Module, layers: Mapping[str, Any] | Iterable[str],
     for name, spec in layers.items():
         specs[name] = _layer_spec(name, modules[name], spec, method, flatten, impl, ratio,
                                   calibration_rows, calibration_damping, fit)
+    # Numba's compiler swaps the process-wide warning filters while it compiles
+    # (warnings.catch_warnings), so a kernel compiling in a background thread could drop
+    # or misroute the fits' warnings: let such compiles finish, and compile any kernel
+    # this call needs in this thread
+    _wait_for_background_compiles()
+    with config(background=False):
+        return _compress(model, modules, specs, calibration, inplace)
+
+
+def _compress(model: nn.Module, modules: dict, specs: dict, calibration: Any,
+              inplace: bool) -> tuple[nn.Module, CompressionReport]:
+    """:func:`compress` after its checks: record the inputs, fit, replace, report."""
     inputs = _record_inputs(model, modules, list(specs), calibration)
     before = count_parameters(model)
     if not inplace:
@@ -235,8 +257,8 @@ def compress(model: nn.Module, layers: Mapping[str, Any] | Iterable[str],
         if inputs is not None:
             opts["calibration"] = inputs[name]
         new: _DeButBase
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
+        # the layer's name on the fit's warnings (thread-local: see _warning_names)
+        with _warning_names(f"compress: layer {name!r}"):
             try:
                 if isinstance(old, nn.Linear):
                     opts.pop("flatten")
@@ -250,9 +272,6 @@ def compress(model: nn.Module, layers: Mapping[str, Any] | Iterable[str],
                     kind = "Conv2d"
             except (ValueError, TypeError) as e:
                 raise type(e)(f"compress: layer {name!r}: {_strip_where(str(e))}") from None
-        for w in caught:  # the layer's name on the fit's warnings
-            warnings.warn(f"compress: layer {name!r}: {_strip_where(str(w.message))}",
-                          w.category, stacklevel=2)
         if new.chain.nnz >= new._m * new._n:
             warnings.warn(f"compress: layer {name!r}: the chain {new.chain} stores "
                           f"{new.chain.nnz:,} values, not fewer than the dense weight's "

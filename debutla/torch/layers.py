@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
+import threading
 import warnings
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 import torch
@@ -36,6 +38,25 @@ CALIBRATION_DAMPING = 0.01
 #: (about 2 s at 2304 inputs), and on the paper's LeNet 20 sweeps kept all but 0.08
 #: points of the accuracy 100 sweeps give, in a third of the time (docs/torch.rst).
 CALIBRATED_MAX_SWEEPS = 20
+
+
+_WARN_AS = threading.local()
+
+
+@contextlib.contextmanager
+def _warning_names(prefix: str) -> Iterator[None]:
+    """The fits' warnings in this thread start with ``prefix`` (``compress``: the layer).
+
+    A thread-local setting, not ``warnings.catch_warnings`` (which swaps process-wide
+    state: a Numba compile in a background thread entering and leaving its own
+    ``catch_warnings`` meanwhile could drop or misroute the warning).
+    """
+    old = getattr(_WARN_AS, "prefix", None)
+    _WARN_AS.prefix = prefix
+    try:
+        yield
+    finally:
+        _WARN_AS.prefix = old
 
 
 def _resolve_chain(chain: Any, m: int, n: int, where: str) -> Chain:
@@ -283,9 +304,8 @@ class DeButLinear(_DeButBase):
         """
         self._check_input(x, "DeButLinear")
         rows = self.rows(x)
-        y = debut_mm(rows, list(self.factors), self.chain, (self._m, self._n), self.impl)
-        if self.bias is not None:
-            y = y + self.bias
+        y = debut_mm(rows, list(self.factors), self.chain, (self._m, self._n), self.impl,
+                     bias=self.bias)
         return y.reshape(*x.shape[:-1], self.out_features)
 
     def rows(self, x: torch.Tensor) -> torch.Tensor:
@@ -636,9 +656,8 @@ class DeButConv2d(_DeButBase):
         self._check_input(x, "DeButConv2d")
         unbatched = x.dim() == 3
         rows, (N, Ho, Wo) = self._patches(x)
-        y = debut_mm(rows, list(self.factors), self.chain, (self._m, self._n), self.impl)
-        if self.bias is not None:
-            y = y + self.bias
+        y = debut_mm(rows, list(self.factors), self.chain, (self._m, self._n), self.impl,
+                     bias=self.bias)
         y = y.reshape(N, Ho * Wo, self._m).transpose(1, 2).reshape(N, self._m, Ho, Wo)
         return y[0] if unbatched else y
 
@@ -846,7 +865,8 @@ def _calibration_X(layer: _DeButBase, calibration: Any, rows: int | None, dampin
     if not np.all(np.isfinite(Xn)):
         raise ValueError(f"{where}: calibration holds NaN or Inf values")
     if Xn.shape[0] < Xn.shape[1]:
-        warnings.warn(f"{where}: calibration gives {Xn.shape[0]} rows for {Xn.shape[1]} "
+        name = getattr(_WARN_AS, "prefix", None) or where
+        warnings.warn(f"{name}: calibration gives {Xn.shape[0]} rows for {Xn.shape[1]} "
                       f"inputs, so some input directions are never excited and only the "
                       f"damping (calibration_damping) holds the weight there; give more "
                       f"inputs", UserWarning, stacklevel=4)
