@@ -85,6 +85,7 @@ __all__ = [
     "wait_for_compiles", "preload",
     "get_num_threads", "set_num_threads", "set_fused", "kernel_source", "FUSED_BYTES",
     "PARALLEL_MIN_WORK", "CODEGEN_MIN_NNZ", "CODEGEN_MIN_WORK", "SLOW_COMPILE_SECONDS",
+    "aligned_empty", "SCRATCH_ALIGN",
 ]
 
 name = "numba"

@@ -14,7 +14,7 @@ from torch import nn
 
 from .._config import config
 from .._validation import check_int
-from .._warmup import _wait_for_background_compiles
+from ..backends import numba_ as _nbk
 from ..chain import Chain, candidate_chains
 from .layers import (CALIBRATION_DAMPING, CALIBRATION_ROWS, DeButConv2d, DeButLinear,
                      _DeButBase, _is_auto, _warning_names)
@@ -238,7 +238,7 @@ def compress(model: nn.Module, layers: Mapping[str, Any] | Iterable[str],
     # (warnings.catch_warnings), so a kernel compiling in a background thread could drop
     # or misroute the fits' warnings: let such compiles finish, and compile any kernel
     # this call needs in this thread
-    _wait_for_background_compiles()
+    _nbk.wait_for_compiles()
     with config(background=False):
         return _compress(model, modules, specs, calibration, inplace)
 
