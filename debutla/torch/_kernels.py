@@ -15,6 +15,10 @@ Memory traffic is the minimum (read ``X`` and ``G``, write ``dL/dX``; the interm
 never leave the cache) and nothing is allocated per tile.  Sizes are run-time arguments
 (one compiled kernel per dtype, cached on disk by Numba).
 
+The kernel runs through :func:`_tile_backward_placed`, which first places the stack
+(:func:`debutla.backends._numba_stack.place_stack`): the kernel's register spills then
+sit at the same place whatever Python call depth or thread calls it.
+
 Threads and determinism
 -----------------------
 The tiles are cut into at most :data:`MAX_GROUPS` contiguous *groups*, a number that
@@ -32,6 +36,7 @@ import numpy as np
 
 from ..backends import numba_ as _nbk
 from ..backends._numba_simd import transpose8
+from ..backends._numba_stack import place_stack
 
 __all__ = ["fused_backward", "groups_of", "MAX_GROUPS", "GROUP_MIN_WORK"]
 
@@ -173,6 +178,15 @@ def _tile_backward(X, G, GX, dims, vals, voff, xoff, lo, hi, W, n, m, need_x,
         t0 += W
 
 
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _tile_backward_placed(X, G, GX, dims, vals, voff, xoff, lo, hi, W, n, m, need_x,
+                          acts, ga, gb, gv, z):  # pragma: no cover - compiled
+    """:func:`_tile_backward` with its frame at a fixed place (see ``_numba_stack``)."""
+    place_stack()
+    _tile_backward(X, G, GX, dims, vals, voff, xoff, lo, hi, W, n, m, need_x,
+                   acts, ga, gb, gv, z)
+
+
 def groups_of(batch: int, W: int, nnz: int) -> list[int]:
     """Row bounds of the groups of tiles (depends on the sizes only, never on threads).
 
@@ -235,8 +249,9 @@ def fused_backward(X: np.ndarray, G: np.ndarray, factors, shapes, n: int, m: int
         acts, = _nbk._scratch(dt, int(qs.sum()) * W, "bw-acts" + dt.str, 1)
         ga, gb = _nbk._scratch(dt, F * W, "bw-grads" + dt.str)
         for g in range(lo, hi):
-            _tile_backward(X, G, GX, dims, vals, voff, xoff, u(bounds[g]), u(bounds[g + 1]),
-                           u(W), u(n), u(m), bool(need_x), acts, ga, gb, gvs[g], dt.type(0))
+            _tile_backward_placed(X, G, GX, dims, vals, voff, xoff, u(bounds[g]),
+                                  u(bounds[g + 1]), u(W), u(n), u(m), bool(need_x), acts,
+                                  ga, gb, gvs[g], dt.type(0))
 
     _nbk._run_split(run, len(bounds) - 1, B * nnz, threads=threads)
     gv = gvs[0]
