@@ -67,18 +67,14 @@ from threadpoolctl import threadpool_limits  # noqa: E402
 
 import debutla.backends.numba_ as nbk  # noqa: E402
 import debutla  # noqa: E402
-from debutla import PAPER_CHAINS, Chain, DeBut  # noqa: E402
+from debutla import DeBut  # noqa: E402
 from debutla._config import config, set_defaults  # noqa: E402
 from debutla.backends import _numba_codegen as cg  # noqa: E402
 
-CHAINS = {
-    "lenet": PAPER_CHAINS["lenet_fc1_mono2"],
-    "vgg": PAPER_CHAINS["vgg_512x4608_mono"],
-    "resnet": PAPER_CHAINS["resnet50_layer4"],
-    "butterfly": str(Chain.butterfly(4096)),
-    "radix4": str(Chain.butterfly(4096, radix=4)),
-}
-
+HERE = os.path.dirname(os.path.abspath(__file__))
+if HERE not in sys.path:
+    sys.path.insert(0, HERE)
+from _tile_kernel import CHAINS  # noqa: E402
 
 def tmin(fn, budget: float, min_reps: int = 5) -> float:
     """Least seconds per call of ``fn`` over a ``budget`` loop (one warm-up call)."""
@@ -245,6 +241,14 @@ def at_depth(depth: int, fn):
     return list(map(lambda _: at_depth(depth - 1, fn), (0,)))[0]
 
 
+def _state_with(op: DeBut, overrides: dict):
+    """A kernel state of ``op`` whose modules (wide and narrow) use ``overrides``."""
+    st = nbk.prepare(op.factors)
+    st._mod = _module_with(st, overrides)
+    st._nmod = _module_with(st, overrides, nbk.NARROW_W)  # batches 3-16 of wide tiles
+    return st
+
+
 def run_depths(args, overrides: dict) -> int:
     """The A/B of ``--ab`` with every timing taken from ``--depths`` call depths."""
     machine, rng, head = _start(f"# bench_kernels A/B over {args.depths} call depths: new = "
@@ -253,9 +257,7 @@ def run_depths(args, overrides: dict) -> int:
     for cname, dtn, k, op, X, Y in _cases(args, rng):
         states = {}
         for label, ov in (("new", {}), ("old", overrides)):
-            st = nbk.prepare(op.factors)
-            st._mod = _module_with(st, ov)
-            st._nmod = _module_with(st, ov, nbk.NARROW_W)  # batches 3-16 of wide tiles
+            st = _state_with(op, ov)
             with config(background=False):  # compile now: time the chain's kernel
                 nbk.apply_rows(st, X, out=Y)
             states[label] = st
@@ -293,12 +295,8 @@ def run_ab(args, overrides: dict) -> int:
         for dtn in args.dtypes:
             op = DeBut.random(CHAINS[cname], seed=1, dtype=dtn, backend="numba")
             m, n = op.shape
-            states = {}
-            for label, ov in (("new", {}), ("old", overrides)):
-                st = nbk.prepare(op.factors)
-                st._mod = _module_with(st, ov)
-                st._nmod = _module_with(st, ov, nbk.NARROW_W)  # batches 3-16 of wide tiles
-                states[label] = st
+            states = {label: _state_with(op, ov)
+                      for label, ov in (("new", {}), ("old", overrides))}
             for k in args.batches:
                 X = rng.standard_normal((k, n)).astype(dtn)
                 Ys = {lb: np.empty((k, m), dtn) for lb in states}

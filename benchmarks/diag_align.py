@@ -33,12 +33,10 @@ import numpy as np  # noqa: E402
 import debutla as db  # noqa: E402
 from debutla.backends import numba_ as nbk  # noqa: E402
 
-CHAINS = {"lenet": db.PAPER_CHAINS["lenet_fc1_mono2"],
-          "vgg": db.PAPER_CHAINS["vgg_512x4608_mono"],
-          "resnet": db.PAPER_CHAINS["resnet50_layer4"],
-          "butterfly": str(db.Chain.butterfly(4096)),
-          "radix4": str(db.Chain.butterfly(4096, radix=4))}
-
+HERE = os.path.dirname(os.path.abspath(__file__))
+if HERE not in sys.path:
+    sys.path.insert(0, HERE)
+from _tile_kernel import CHAINS, tile_kernel  # noqa: E402
 
 def at_page_offset(size: int, dtype, offset: int) -> np.ndarray:
     """``size`` zeros whose data start ``offset`` bytes into a page."""
@@ -71,20 +69,7 @@ def main(argv=None) -> None:
             for B in args.batches:
                 X = np.random.default_rng(0).standard_normal((B, n)).astype(dt)
                 Y = np.empty((B, m), dt)
-                cap: dict = {}
-                orig = nbk._run_fused
-
-                def spy(state, mod, kname, X_, Y_, k, cap=cap, orig=orig):
-                    cap.update(state=state, mod=mod, kname=kname)
-                    return orig(state, mod, kname, X_, Y_, k)
-
-                nbk._run_fused = spy
-                try:
-                    with db.config(background=False, threads=1):
-                        op.matmat_rows(X, out=Y)
-                finally:
-                    nbk._run_fused = orig
-                st, mod, kname = cap["state"], cap["mod"], cap["kname"]
+                st, mod, kname = tile_kernel(op, X, Y)
                 if kname not in ("rows_tiles", "rows_narrow"):
                     continue
                 W = nbk.NARROW_W if kname == "rows_narrow" else st.W

@@ -37,6 +37,11 @@ import numpy as np  # noqa: E402
 import debutla as db  # noqa: E402
 from debutla.backends import numba_ as nbk  # noqa: E402
 
+HERE = os.path.dirname(os.path.abspath(__file__))
+if HERE not in sys.path:
+    sys.path.insert(0, HERE)
+from _tile_kernel import tile_kernel  # noqa: E402
+
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -52,19 +57,10 @@ def main(argv=None) -> None:
     ops = [db.DeBut.random(chain, seed=i, dtype=np.float32) for i in range(2)]
     Xs = [rng.standard_normal((B, n)).astype(np.float32) for _ in range(2)]
     Ys = [np.empty((B, m), np.float32) for _ in range(2)]
-    cap: dict = {}
-    orig = nbk._run_fused
-
-    def spy(state, mod, kname, X, Y, k):
-        cap.update(state=state, mod=mod, kname=kname)
-        return orig(state, mod, kname, X, Y, k)
-
-    nbk._run_fused = spy
+    st, mod, kname = tile_kernel(ops[0], Xs[0], Ys[0])
+    kern = getattr(mod, kname)
     with db.config(background=False, threads=1):
-        for op, X, Y in zip(ops, Xs, Ys):
-            op.matmat_rows(X, out=Y)
-    nbk._run_fused = orig
-    st, kern = cap["state"], getattr(cap["mod"], cap["kname"])
+        ops[1].matmat_rows(Xs[1], out=Ys[1])
     W = st.W
     tiles = (B + W - 1) // W
     half = tiles // 2

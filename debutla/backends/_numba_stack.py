@@ -12,8 +12,8 @@ waited on a worker 1.4-1.5x slower than the calling thread.
 :func:`place_stack` moves the stack pointer down (a dynamic ``alloca``) to a fixed
 position modulo :data:`PAGE` before the kernel calls its hot inner function, so that
 function's frame, and with it every spill slot, sits at the same 64-byte-aligned offset
-within a page on every call and every thread.  It costs a few instructions and at most
-:data:`PAGE` + 64 bytes of stack per call.
+within a page on every call and every thread.  It costs a few instructions and less
+than :data:`PAGE` + 128 bytes of stack per call.
 
 A change here must come with a new ``GENERATOR_VERSION`` in
 :mod:`debutla.backends._numba_codegen`: Numba's cache of a generated module does not see
