@@ -340,11 +340,17 @@ def _strip_where(msg: str) -> str:
     return msg
 
 
-def _weight_shape(module: nn.Module) -> tuple[int, int]:
-    """The ``m x n`` matrix a layer's chain serves."""
+def _weight(module: nn.Module) -> torch.Tensor:
+    """A dense layer's weight tensor."""
     w = module.weight
     if not isinstance(w, torch.Tensor):
         raise TypeError(f"compress: the layer's weight is a {type(w).__name__}, not a tensor")
+    return w
+
+
+def _weight_shape(module: nn.Module) -> tuple[int, int]:
+    """The ``m x n`` matrix a layer's chain serves."""
+    w = _weight(module)
     return int(w.shape[0]), int(math.prod(w.shape[1:]))
 
 

@@ -177,6 +177,14 @@ class _DeButBase(nn.Module):
     def _extra_config(self) -> dict:
         return {}
 
+    def _flat(self, w: torch.Tensor) -> torch.Tensor:
+        """A dense layer's weight as the matrix the chain serves (a Linear's as it is)."""
+        return w
+
+    def _weight_matrix(self, w: torch.Tensor) -> np.ndarray:
+        """A dense layer's weight as that matrix, in float64 on the CPU (the fits' input)."""
+        return self._flat(w.detach()).cpu().double().numpy()
+
     # -- products ------------------------------------------------------------------------
     @property
     def nnz(self) -> int:
@@ -437,15 +445,12 @@ class DeButLinear(_DeButBase):
         where = "DeButLinear.from_dense"
         if not isinstance(linear, nn.Linear):
             raise TypeError(f"{where}: expected an nn.Linear, got {type(linear).__name__}")
-        w = linear.weight
-
         def build(c: Any) -> "DeButLinear":
             return cls.like(linear, c, impl=impl)
 
         layer = build(chain)
-        W = w.detach().cpu().double().numpy()
-        layer = _fit_into(layer, W, chain, method, fit, where, build, calibration,
-                          calibration_rows, calibration_damping)
+        layer = _fit_into(layer, layer._weight_matrix(linear.weight), chain, method, fit,
+                          where, build, calibration, calibration_rows, calibration_damping)
         _copy_bias(layer, linear.bias, where)
         return layer
 
@@ -798,15 +803,14 @@ class DeButConv2d(_DeButBase):
                             f"{type(conv).__name__}")
         if conv.groups != 1:
             raise ValueError(f"DeButConv2d.from_dense: groups={conv.groups} is not supported")
-        w = conv.weight
 
         def build(c: Any) -> "DeButConv2d":
             return cls.like(conv, c, impl=impl, flatten=flatten)
 
         layer = build(chain)
-        W = layer._flat(w.detach()).cpu().double().numpy()
-        layer = _fit_into(layer, W, chain, method, fit, "DeButConv2d.from_dense", build,
-                          calibration, calibration_rows, calibration_damping)
+        layer = _fit_into(layer, layer._weight_matrix(conv.weight), chain, method, fit,
+                          "DeButConv2d.from_dense", build, calibration, calibration_rows,
+                          calibration_damping)
         _copy_bias(layer, conv.bias, "DeButConv2d.from_dense")
         return layer
 

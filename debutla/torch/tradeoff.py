@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Sequence, cast
 
 from torch import nn
 
 from ..chain import candidate_chains
-from .compress import _record_inputs, _weight_shape, named_layers, ratio_budget
+from .compress import _record_inputs, _weight, named_layers, ratio_budget
 from .layers import (CALIBRATED_MAX_SWEEPS, CALIBRATION_DAMPING, CALIBRATION_ROWS,
                      DeButConv2d, DeButLinear, _calibration_X)
 
@@ -89,17 +89,12 @@ def layer_tradeoff(model: nn.Module, layers: Iterable[str],
         mod = modules[name]
         where = f"layer_tradeoff: layer {name!r}"
         # a layer of the same geometry: its matrix view of the weight and of the inputs
-        shell: DeButLinear | DeButConv2d
-        if isinstance(mod, nn.Linear):
-            shell = DeButLinear.like(mod)
-            W = mod.weight.detach().cpu().double().numpy()
-        elif isinstance(mod, nn.Conv2d):  # (named_layers admits no other kind)
-            conv = DeButConv2d.like(mod, flatten=flatten)
-            W = conv._flat(mod.weight.detach()).cpu().double().numpy()
-            shell = conv
-        else:
-            raise RuntimeError(f"internal: {where} is neither nn.Linear nor nn.Conv2d")
-        m, n = _weight_shape(mod)
+        # (named_layers admits only nn.Linear and nn.Conv2d)
+        shell: DeButLinear | DeButConv2d = (
+            DeButLinear.like(mod) if isinstance(mod, nn.Linear)
+            else DeButConv2d.like(cast(nn.Conv2d, mod), flatten=flatten))
+        W = shell._weight_matrix(_weight(mod))
+        m, n = W.shape
         budgets = None
         if ratios is not None:
             smallest = candidate_chains(m, n)[-1].nnz
