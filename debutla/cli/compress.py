@@ -171,8 +171,15 @@ def _torch():
 
 @contextlib.contextmanager
 def _warnings_on_stderr() -> Iterator[None]:
-    """The library's warnings inside the block, one line each on stderr afterwards."""
-    with warnings.catch_warnings(record=True) as caught:
+    """The library's warnings inside the block, one line each on stderr afterwards.
+
+    ``warnings.catch_warnings`` swaps process-wide state, and so does Numba's compiler:
+    Numba is loaded first (not in the background) and kernels compile in this thread
+    inside the block, so no background thread swaps the capture away under it.
+    """
+    db = _db()
+    db.warmup()
+    with db.config(background=False), warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         yield
     for w in caught:
