@@ -74,6 +74,7 @@ import numpy as np
 
 from .. import _config
 from . import _cache
+from . import _numba_backward as _bw
 from . import _numba_codegen as _cg
 from . import _numba_generic as _generic_src
 
@@ -85,7 +86,8 @@ __all__ = [
     "wait_for_compiles", "preload",
     "get_num_threads", "set_num_threads", "set_fused", "kernel_source", "FUSED_BYTES",
     "PARALLEL_MIN_WORK", "CODEGEN_MIN_NNZ", "CODEGEN_MIN_WORK", "SLOW_COMPILE_SECONDS",
-    "aligned_empty", "SCRATCH_ALIGN",
+    "aligned_empty", "SCRATCH_ALIGN", "backward_ready", "run_backward", "BACKWARD",
+    "BACKWARD_MIN_NNZ",
 ]
 
 name = "numba"
@@ -103,6 +105,10 @@ _MIN_TASKS_PER_THREAD = 2  # fewer tasks (tiles, rows) per thread: no split (see
 #: costs 1-3 s to compile, which such small products never pay back.
 CODEGEN_MIN_NNZ = 4096
 CODEGEN_MIN_WORK = 2**17
+#: Chains with fewer values than this never use the generated backward
+#: (:func:`backward_ready`): it compiles in 10-25 s (one function per pass), which the
+#: microseconds it saves per call on a small chain never pay back.
+BACKWARD_MIN_NNZ = 2**15
 #: A kernel compile longer than this (seconds) is logged (logger ``"debutla"``).
 SLOW_COMPILE_SECONDS = 0.5
 _MIN_W = 4
@@ -223,7 +229,7 @@ class _State:
 
     __slots__ = ("shapes", "dtype", "dkey", "panel", "vflat", "dims", "adims", "Q", "P",
                  "F", "nnz", "W", "_mod", "_nmod", "_lock", "ready", "pending", "broken",
-                 "flat", "_cflat", "_adj", "__weakref__")
+                 "flat", "_cflat", "_adj", "_bmod", "_tflat", "__weakref__")
 
     def __init__(self, factors) -> None:
         self.shapes = tuple(tuple(int(d) for d in V.shape) for V in factors)
@@ -252,6 +258,8 @@ class _State:
                               dtype=np.uint64).reshape(-1, 7)
         self._cflat = None
         self._adj: dict = {}
+        self._bmod = None  # the backward module (backward_module)
+        self._tflat = None  # the values with each block transposed (tflat)
         self.Q = self.shapes[0][0] * self.shapes[0][2] * self.shapes[0][3]
         self.P = self.shapes[-1][0] * self.shapes[-1][1] * self.shapes[-1][3]
         self.F = max(max(nb * r * t, nb * s * t) for nb, r, s, t in self.shapes)
@@ -332,6 +340,32 @@ class _State:
                 if self._nmod is None:
                     self._nmod = _cg.kernel_module(self.shapes, NARROW_W)
         return self._nmod
+
+    @property
+    def bw_W(self) -> int:
+        """Tile rows of the backward kernel: 128 bytes per feature (16 columns at least).
+
+        Measured on the VGG chain, float32, batch 256, one thread: 16 columns 5.9-8.1
+        ms, 32 columns 3.9-4.2 ms, 64 columns 3.5-4.1 ms (``README_kernels.md``).
+        """
+        return max(_CONST_W_MIN, 128 // self.dtype.itemsize)
+
+    @property
+    def tflat(self):
+        """Every factor's values with each block transposed, packed like ``flat``."""
+        if self._tflat is None:
+            self._tflat = np.concatenate([
+                np.ascontiguousarray(f.reshape(sh).transpose(0, 2, 1, 3)).reshape(-1)
+                for f, sh in zip(self.panel, self.shapes)])
+        return self._tflat
+
+    def backward_module(self):
+        """The chain's generated backward module (:mod:`._numba_backward`), on first use."""
+        if self._bmod is None:
+            with self._lock:
+                if self._bmod is None:
+                    self._bmod = _bw.kernel_module(self.shapes, self.bw_W)
+        return self._bmod
 
     def module_for(self, kname: str):
         """The module holding kernel ``kname`` (``rows_narrow``: the narrow module)."""
@@ -615,6 +649,15 @@ def _fused_guarded(state: _State, kname: str, X, Y, k: int) -> None:
 def _compile(state: _State, kname: str) -> None:
     """Compile kernel ``kname`` of ``state`` for its dtype (a product on zeros), timed."""
     t0 = time.perf_counter()
+    if kname == BACKWARD:
+        run_backward(state, np.zeros(state.Q, state.dtype), np.zeros(state.P, state.dtype),
+                     np.zeros(state.Q, state.dtype), np.zeros((1, state.nnz), state.dtype),
+                     np.array([0, 1], np.uint64), 0, 1, state.Q, state.P, True)
+        state.ready.add(kname)
+        _log_compile(time.perf_counter() - t0,
+                     f"the backward kernel of a {len(state.shapes)}-factor chain "
+                     f"({state.P}x{state.Q}, {state.dtype})")
+        return
     k = 1
     X = np.zeros((k, state.Q) if kname != "cols_tiles" else (state.Q, k), state.dtype)
     Y = np.zeros((k, state.P) if kname != "cols_tiles" else (state.P, k), state.dtype)
@@ -623,6 +666,58 @@ def _compile(state: _State, kname: str) -> None:
     _log_compile(time.perf_counter() - t0,
                  f"the {kname} kernel of a {len(state.shapes)}-factor chain "
                  f"({state.P}x{state.Q}, {state.dtype})")
+
+
+#: The name of the generated backward kernel among a state's kernels (``ready``).
+BACKWARD = "backward"
+
+
+def backward_ready(state: _State, batch: int) -> bool:
+    """Whether the gradients of a ``batch``-row product run on the generated backward.
+
+    A chain served by the generic kernels (:func:`_uses_generic`) never uses it.  The
+    first call compiles it, in a background thread when the settings allow (``False``
+    is returned meanwhile: the caller runs its generic backward), else in this thread.
+    """
+    if state.nnz < BACKWARD_MIN_NNZ or _uses_generic(state, batch):
+        return False
+    if BACKWARD in state.ready:
+        return True
+    if BACKWARD not in state.pending and not _config.get("background"):
+        _compile(state, BACKWARD)
+        return True
+    _compile_in_background(state, BACKWARD)
+    return False
+
+
+def run_backward(state: _State, Xf, Gf, GXf, gvs, bounds, g0: int, g1: int, xn: int,
+                 gm: int, need_x: bool) -> None:
+    """Groups ``g0 .. g1-1`` of rows of the generated backward, on this thread.
+
+    ``Xf``/``Gf`` are the flat row-major input (``xn`` features) and output gradient
+    (``gm``), ``GXf`` receives the input gradient (when ``need_x``); group ``g`` is the
+    rows ``bounds[g] .. bounds[g+1]-1`` (a ``uint64`` array) and accumulates its value
+    gradients into ``gvs[g]`` (packed like the values); see :mod:`._numba_backward`.
+    After a failure of a cached module, the module is compiled again in memory.
+    """
+    W = state.bw_W
+    dt = state.dtype
+    acts = _scratch(dt, max(nb * s * t for nb, r, s, t in state.shapes) * W,
+                    f"bwa{len(state.shapes)}" + state.dkey, len(state.shapes))
+    ga, gb = _scratch(dt, state.F * W, "bwg" + state.dkey)
+    u = np.uint64
+    args = (state.flat, state.tflat, Xf, Gf, GXf, gvs, bounds, u(g0), u(g1), u(xn), u(gm),
+            bool(need_x), acts, ga, gb, u(W), dt.type(0))
+    mod = state.backward_module()
+    try:
+        mod.tiles_placed(*args)
+    except Exception as e:
+        if not _cache.is_cached(mod):
+            raise
+        _cache.forget_cache_files(mod, e)
+        with state._lock:
+            mod = state._bmod = _bw.uncached_kernel_module(state.shapes, W)
+        mod.tiles_placed(*args)
 
 
 def _compile_in_background(state: _State, kname: str) -> None:

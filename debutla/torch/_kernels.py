@@ -1,5 +1,11 @@
 """A fused CPU backward for ``Y = X @ D.T``: recompute, walk back, accumulate, per tile.
 
+:func:`fused_backward` runs one of two kernels: the chain's generated backward
+(:mod:`debutla.backends._numba_backward`, every size a constant; chains of at least
+``debutla.backends.numba_.BACKWARD_MIN_NNZ`` values once it is compiled), or the kernel
+of this module, whose sizes are run-time arguments (one compiled kernel per dtype), for
+small chains and the calls before that compile.  Both follow the scheme below.
+
 The batch is cut into tiles of ``W`` rows.  For one tile the kernel
 
 1. gathers the rows of ``X`` features-major into a scratch block (zero-padded to ``Q``),
@@ -35,7 +41,7 @@ import numba
 import numpy as np
 
 from ..backends import numba_ as _nbk
-from ..backends._numba_simd import transpose8
+from ..backends._numba_tiles import gather_tile, scatter_tile
 from ..backends._numba_stack import place_stack
 
 __all__ = ["fused_backward", "groups_of", "MAX_GROUPS", "GROUP_MIN_WORK"]
@@ -47,54 +53,6 @@ MAX_GROUPS = 16
 #: Least multiply-adds (``rows * nnz``) of a group.
 GROUP_MIN_WORK = 500_000
 _MIN_W, _MAX_W = 4, 64
-
-
-@numba.njit(cache=True, nogil=True, error_model="numpy")
-def _gather(src, t0, w, width, total, W, dst):  # pragma: no cover - compiled
-    """Rows ``t0 .. t0+w-1`` of a row-major ``(batch, width)`` array into ``dst``,
-    features-major ``(total, W)``, zero-padded (features ``>= width``, columns ``>= w``).
-
-    Full ``8 x 8`` blocks move through vector shuffles (:func:`debutla.backends.
-    _numba_simd.transpose8`), the rest element by element.
-    """
-    for c in range(total * W):
-        dst[c] = 0.0
-    u0, u8 = np.uint64(0), np.uint64(8)  # (sizes are uint64: no mixed-sign arithmetic)
-    w8 = w - w % u8
-    f8 = width - width % u8
-    for cb in range(u0, w8, u8):
-        row = (t0 + cb) * width
-        for fb in range(u0, f8, u8):
-            transpose8(src, row + fb, width, dst, fb * W + cb, W)
-        for c in range(cb, cb + u8):
-            for f in range(f8, width):
-                dst[f * W + c] = src[(t0 + c) * width + f]
-    for c in range(w8, w):
-        row = (t0 + c) * width
-        for f in range(width):
-            dst[f * W + c] = src[row + f]
-
-
-@numba.njit(cache=True, nogil=True, error_model="numpy")
-def _scatter(src, t0, w, width, W, dst):  # pragma: no cover - compiled
-    """The inverse of :func:`_gather`: columns ``0 .. w-1`` of the features-major
-    ``src`` (first ``width`` features) to rows ``t0 .. t0+w-1`` of the row-major ``dst``
-    (all sizes uint64).
-    """
-    u0, u8 = np.uint64(0), np.uint64(8)
-    w8 = w - w % u8
-    f8 = width - width % u8
-    for cb in range(u0, w8, u8):
-        row = (t0 + cb) * width
-        for fb in range(u0, f8, u8):
-            transpose8(src, fb * W + cb, W, dst, row + fb, width)
-        for c in range(cb, cb + u8):
-            for f in range(f8, width):
-                dst[(t0 + c) * width + f] = src[f * W + c]
-    for c in range(w8, w):
-        row = (t0 + c) * width
-        for f in range(width):
-            dst[row + f] = src[f * W + c]
 
 
 @numba.njit(cache=True, nogil=True, fastmath={"contract", "reassoc"}, error_model="numpy")
@@ -116,7 +74,7 @@ def _tile_backward(X, G, GX, dims, vals, voff, xoff, lo, hi, W, n, m, need_x,
     while t0 < hi:
         w = min(W, hi - t0)
         # 1. gather X (features-major, zero-padded)
-        _gather(Xf, t0, w, n, Q, W, acts)
+        gather_tile(Xf, t0, w, n, Q, W, acts)
         # 2. recompute every factor's input (the last output is not needed)
         for fi in range(nf - one):
             nb, r, s, t = dims[fi, 0], dims[fi, 1], dims[fi, 2], dims[fi, 3]
@@ -138,7 +96,7 @@ def _tile_backward(X, G, GX, dims, vals, voff, xoff, lo, hi, W, n, m, need_x,
                             for c in range(W):
                                 acts[ob + c] += v * acts[ij + c]
         # 3. gather G (zero-padded to P)
-        _gather(Gf, t0, w, m, P, W, ga)
+        gather_tile(Gf, t0, w, m, P, W, ga)
         # 4. walk back
         cur = ga
         nxt = gb
@@ -174,7 +132,7 @@ def _tile_backward(X, G, GX, dims, vals, voff, xoff, lo, hi, W, n, m, need_x,
             cur, nxt = nxt, cur
         # 5. scatter dL/dX
         if need_x:
-            _scatter(cur, t0, w, n, W, GXf)
+            scatter_tile(cur, t0, w, n, W, GXf)
         t0 += W
 
 
@@ -203,7 +161,7 @@ def groups_of(batch: int, W: int, nnz: int) -> list[int]:
 
 
 def fused_backward(X: np.ndarray, G: np.ndarray, factors, shapes, n: int, m: int,
-                   need_x: bool, threads: int = 1):
+                   need_x: bool, threads: int = 1, state=None):
     """Input and value gradients of ``Y = X @ D.T`` (NumPy arrays, one dtype).
 
     Parameters
@@ -218,6 +176,10 @@ def fused_backward(X: np.ndarray, G: np.ndarray, factors, shapes, n: int, m: int
         Also compute ``dL/dX``.
     threads : int
         Threads to split the groups of tiles over (the result does not depend on it).
+    state : numba backend state of ``factors`` in ``X``'s dtype, optional
+        With it, the chain's generated backward (:mod:`debutla.backends._numba_backward`)
+        runs once it is compiled (:func:`debutla.backends.numba_.backward_ready`); the
+        kernel of this module serves small chains and the calls before that.
 
     Returns
     -------
@@ -225,33 +187,44 @@ def fused_backward(X: np.ndarray, G: np.ndarray, factors, shapes, n: int, m: int
     """
     dt = X.dtype
     dims = np.asarray(shapes, dtype=np.uint64).reshape(-1, 4)
-    vals = np.concatenate([np.ascontiguousarray(v, dtype=dt).reshape(-1) for v in factors])
     sizes = dims.prod(axis=1)
     voff = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.uint64)
-    qs = dims[:, 0] * dims[:, 2] * dims[:, 3]
-    ps = dims[:, 0] * dims[:, 1] * dims[:, 3]
-    F = int(max(qs.max(), ps.max()))
-    item = dt.itemsize
-    W = _MAX_W
-    while W > _MIN_W and (int(qs.sum()) + 2 * F) * W * item > TILE_BYTES:
-        W //= 2
-    B = X.shape[0]
-    xoff = (np.concatenate([[0], np.cumsum(qs)[:-1]]) * W).astype(np.uint64)
     nnz = int(sizes.sum())
+    B = X.shape[0]
     GX = np.empty((B, n), dtype=dt) if need_x else np.empty((1, 1), dtype=dt)
-    bounds = groups_of(B, W, nnz)
-    gvs = np.zeros((len(bounds) - 1, nnz), dtype=dt)
-    u = np.uint64
+    if state is not None and _nbk.backward_ready(state, B):
+        bounds = groups_of(B, state.bw_W, nnz)
+        gvs = np.zeros((len(bounds) - 1, nnz), dtype=dt)
+        Xf, Gf, GXf = X.reshape(-1), G.reshape(-1), GX.reshape(-1)
 
-    def run(lo: int, hi: int) -> None:
-        # per-thread scratch, kept between calls (fresh memory costs a page fault per
-        # 4 KiB: about 1.5 ms per call for the VGG chain's 6 MB of intermediates)
-        acts, = _nbk._scratch(dt, int(qs.sum()) * W, "bw-acts" + dt.str, 1)
-        ga, gb = _nbk._scratch(dt, F * W, "bw-grads" + dt.str)
-        for g in range(lo, hi):
-            _tile_backward_placed(X, G, GX, dims, vals, voff, xoff, u(bounds[g]),
-                                  u(bounds[g + 1]), u(W), u(n), u(m), bool(need_x), acts,
-                                  ga, gb, gvs[g], dt.type(0))
+        ubounds = np.asarray(bounds, dtype=np.uint64)
+
+        def run(lo: int, hi: int) -> None:
+            _nbk.run_backward(state, Xf, Gf, GXf, gvs, ubounds, lo, hi, n, m, need_x)
+    else:
+        vals = np.concatenate([np.ascontiguousarray(v, dtype=dt).reshape(-1)
+                               for v in factors])
+        qs = dims[:, 0] * dims[:, 2] * dims[:, 3]
+        ps = dims[:, 0] * dims[:, 1] * dims[:, 3]
+        F = int(max(qs.max(), ps.max()))
+        item = dt.itemsize
+        W = _MAX_W
+        while W > _MIN_W and (int(qs.sum()) + 2 * F) * W * item > TILE_BYTES:
+            W //= 2
+        xoff = (np.concatenate([[0], np.cumsum(qs)[:-1]]) * W).astype(np.uint64)
+        bounds = groups_of(B, W, nnz)
+        gvs = np.zeros((len(bounds) - 1, nnz), dtype=dt)
+        u = np.uint64
+
+        def run(lo: int, hi: int) -> None:
+            # per-thread scratch, kept between calls (fresh memory costs a page fault per
+            # 4 KiB: about 1.5 ms per call for the VGG chain's 6 MB of intermediates)
+            acts, = _nbk._scratch(dt, int(qs.sum()) * W, "bw-acts" + dt.str, 1)
+            ga, gb = _nbk._scratch(dt, F * W, "bw-grads" + dt.str)
+            for g in range(lo, hi):
+                _tile_backward_placed(X, G, GX, dims, vals, voff, xoff, u(bounds[g]),
+                                      u(bounds[g + 1]), u(W), u(n), u(m), bool(need_x),
+                                      acts, ga, gb, gvs[g], dt.type(0))
 
     _nbk._run_split(run, len(bounds) - 1, B * nnz, threads=threads)
     gv = gvs[0]

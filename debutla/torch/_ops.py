@@ -18,8 +18,12 @@ Backward
 --------
 The value gradient of factor ``i`` needs its input ``X_i`` and the gradient ``G_i`` of its
 output: ``dV_i[b, i, j, k] = sum_batch G_i[b, i, k] X_i[b, j, k]``, and
-``G_{i-1} = R_i^T G_i``.  The backward therefore walks the chain factor by factor (torch
-operations, features-major) from the output gradient down to the input gradient.  The
+``G_{i-1} = R_i^T G_i``.  The backward therefore walks the chain factor by factor from
+the output gradient down to the input gradient: on the CPU in one fused kernel per tile of
+rows (the chain's generated backward, :mod:`debutla.backends._numba_backward`, for chains
+of at least ``debutla.backends.numba_.BACKWARD_MIN_NNZ`` values once it is compiled; the
+run-time-sized kernel of :mod:`debutla.torch._kernels` otherwise), with torch operations
+(features-major) in the ``"torch"`` implementation.  The
 intermediate ``X_i`` are **recomputed** from the saved input at the start of the backward
 (one extra forward, factor by factor) rather than kept from the forward: see
 ``docs/torch.rst`` for the measurement behind this choice.  Memory held between forward
@@ -48,6 +52,7 @@ import torch
 
 from .. import _config
 from ..chain import Chain
+from ..backends import get_backend
 from ..operator import DeBut
 from ._kernels import fused_backward
 
@@ -56,6 +61,7 @@ __all__ = ["debut_mm", "parse_chain", "IMPLS", "factor_forward", "chain_forward_
 
 IMPLS = ("auto", "numba", "torch")
 _NUMBA_DTYPES = (torch.float32, torch.float64)
+_NUMBA = get_backend("numba")
 
 
 @lru_cache(maxsize=512)
@@ -320,10 +326,12 @@ def _backward(grad, x, values, chain, shape, impl, need_x: bool, need_v: bool):
             g, _ = factor_backward(g, None, v, True, False)
         return g[:n].t().contiguous(), gvs
     if _use_numba(grad, impl):  # fused per-tile recompute + walk back (_kernels)
-        gxn, gvn = fused_backward(x.detach().numpy(), grad.detach().numpy(),
+        xn = x.detach().numpy()
+        state = _cpu_operator(values, chain, shape)._state(_NUMBA, xn.dtype)
+        gxn, gvn = fused_backward(xn, grad.detach().numpy(),
                                   [v.detach().numpy() for v in values],
                                   [spec.value_shape for spec in chain], n, m, need_x,
-                                  threads=_num_threads())
+                                  threads=_num_threads(), state=state)
         return (torch.from_numpy(gxn) if need_x else None), [torch.from_numpy(g) for g in gvn]
     # recompute the factors' inputs, then walk back
     with torch.no_grad():

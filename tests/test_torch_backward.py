@@ -1,0 +1,208 @@
+"""The chain-specialised backward kernel (``debutla.backends._numba_backward``).
+
+The torch layers' CPU backward runs it for chains of at least ``BACKWARD_MIN_NNZ``
+values once it is compiled; the generic kernel of ``debutla.torch._kernels`` serves the
+others and the calls before.  Both are checked against a float64 dense reference and
+against each other; the test chains are small (``forced_backward`` lowers the size
+threshold), so each compiles in a few seconds on an empty kernel cache.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from typing import Iterator
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import debutla as db  # noqa: E402
+import debutla.backends.numba_ as nbk  # noqa: E402
+from debutla import Chain, DeBut  # noqa: E402
+from debutla.backends import _numba_backward, get_backend  # noqa: E402
+from debutla.torch import DeButLinear, _kernels  # noqa: E402
+from strategies import reference  # noqa: E402
+
+# a wide t = 1 factor (r s >= 64: the wide panel micro-kernel, and r = 9 transposed),
+# factors of r = 2 and r = 3 (value-gradient groups of 2 and 1), t > 1
+WIDE = "16 <-(2,2,4)- 16 <-(1,2,2)- 32 <-(8,9,1)- 36"
+# served as 11 x 29 (input padded, output cut), and bulging: 30 -> 36 -> 24 -> 12
+PADDED = "12 <-(1,2,12)- 24 <-(2,3,4)- 36 <-(6,5,1)- 30"
+CHAINS = {"wide": (WIDE, (16, 36)), "padded": (PADDED, (11, 29))}
+
+
+@contextlib.contextmanager
+def forced_backward() -> Iterator[None]:
+    """Let every chain use the generated backward and the generated forward kernels."""
+    saved = nbk.BACKWARD_MIN_NNZ, nbk.CODEGEN_MIN_NNZ, nbk.CODEGEN_MIN_WORK
+    nbk.BACKWARD_MIN_NNZ = nbk.CODEGEN_MIN_NNZ = nbk.CODEGEN_MIN_WORK = 0
+    try:
+        yield
+    finally:
+        nbk.BACKWARD_MIN_NNZ, nbk.CODEGEN_MIN_NNZ, nbk.CODEGEN_MIN_WORK = saved
+
+
+def _case(key: str, dt, batch: int, seed: int = 0):
+    text, (m, n) = CHAINS[key]
+    chain = Chain.parse(text)
+    rng = np.random.default_rng(seed)
+    vals = [rng.standard_normal(f.value_shape).astype(dt) for f in chain]
+    op = DeBut(chain, vals, shape=(m, n), backend="numba")
+    X = rng.standard_normal((batch, n)).astype(dt)
+    G = rng.standard_normal((batch, m)).astype(dt)
+    return chain, op, vals, X, G
+
+
+def _dense_grads(op: DeBut, X, G):
+    """Float64 reference: dL/dX = G D and each factor's value gradient by the chain rule."""
+    D = reference(op)
+    chain = op.chain
+    m, n = op.shape
+    P, Q = chain.shape
+    Xp = np.zeros((X.shape[0], Q))
+    Xp[:, :n] = X
+    Gp = np.zeros((G.shape[0], P))
+    Gp[:, :m] = G
+    acts = [Xp.T]
+    for f, v in zip(chain, op.factors):
+        acts.append(_factor_dense(f, v) @ acts[-1])
+    grads = []
+    g = Gp.T
+    for i in range(len(chain) - 1, -1, -1):
+        f, v = chain[i], op.factors[i]
+        nb, r, s, t = f.value_shape
+        full = g @ acts[i].T  # (p, q): the gradient of every entry of the dense factor
+        blocks = full.reshape(nb, r, t, nb, s, t)
+        gv = np.empty((nb, r, s, t))
+        for b in range(nb):
+            for k in range(t):
+                gv[b, :, :, k] = blocks[b, :, k, b, :, k]
+        grads.append(gv)
+        g = _factor_dense(f, v).T @ g
+    return G.astype(np.float64) @ D, grads[::-1]
+
+
+def _factor_dense(f, v) -> np.ndarray:
+    nb, r, s, t = f.value_shape
+    R = np.zeros((nb, r, t, nb, s, t))
+    for b in range(nb):
+        for k in range(t):
+            R[b, :, k, b, :, k] = v[b, :, :, k]
+    return R.reshape(nb * r * t, nb * s * t)
+
+
+@pytest.mark.parametrize("key", sorted(CHAINS))
+@pytest.mark.parametrize("dt", [np.float32, np.float64])
+@pytest.mark.parametrize("batch", [1, 21, 67])
+def test_generated_backward_equals_dense_and_generic(key, dt, batch):
+    chain, op, vals, X, G = _case(key, dt, batch)
+    m, n = op.shape
+    shapes = [f.value_shape for f in chain]
+    state = op._state(get_backend("numba"), np.dtype(dt))
+    with forced_backward(), db.config(background=False):
+        gx, gv = _kernels.fused_backward(X, G, vals, shapes, n, m, True, state=state)
+        assert nbk.BACKWARD in state.ready
+        gx_nox, gv_nox = _kernels.fused_backward(X, G, vals, shapes, n, m, False,
+                                                 state=state)
+    gx0, gv0 = _kernels.fused_backward(X, G, vals, shapes, n, m, True)  # generic
+    rx, rv = _dense_grads(op, X, G)
+    tol = 1e-4 if dt == np.float32 else 1e-11
+    assert gx.shape == (batch, n) and gx.dtype == dt and gx_nox is None
+    scale = np.abs(rx).max()
+    np.testing.assert_allclose(gx, rx, atol=tol * scale, rtol=0)
+    np.testing.assert_allclose(gx0, rx, atol=tol * scale, rtol=0)
+    for a, a_nox, a0, ref in zip(gv, gv_nox, gv0, rv):
+        assert a.shape == ref.shape and a.dtype == dt
+        np.testing.assert_allclose(a, ref, atol=tol * np.abs(ref).max(), rtol=0)
+        np.testing.assert_allclose(a0, ref, atol=tol * np.abs(ref).max(), rtol=0)
+        assert np.array_equal(a, a_nox)  # the input gradient changes nothing else
+
+
+def test_background_compile_serves_the_generic_kernel_first(monkeypatch):
+    chain, op, vals, X, G = _case("wide", np.float32, 40, seed=1)
+    m, n = op.shape
+    shapes = [f.value_shape for f in chain]
+    state = op._state(get_backend("numba"), np.dtype(np.float32))
+    state.ready.discard(nbk.BACKWARD)
+    calls = []
+    inner = nbk.run_backward
+    main = threading.current_thread()
+
+    def spy(*a):  # calls from this thread (the compile thread runs one on zeros)
+        if threading.current_thread() is main:
+            calls.append(1)
+        return inner(*a)
+
+    monkeypatch.setattr(nbk, "run_backward", spy)
+    with forced_backward(), db.config(background=True):
+        first = _kernels.fused_backward(X, G, vals, shapes, n, m, True, state=state)
+        nbk.wait_for_compiles()
+        assert calls == [] and nbk.BACKWARD in state.ready
+        second = _kernels.fused_backward(X, G, vals, shapes, n, m, True, state=state)
+    assert calls
+    np.testing.assert_allclose(first[0], second[0], rtol=1e-5, atol=1e-5)
+    for a, b in zip(first[1], second[1]):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_small_chains_keep_the_generic_backward():
+    chain, op, vals, X, G = _case("wide", np.float64, 5)
+    state = op._state(get_backend("numba"), np.dtype(np.float64))
+    assert state.nnz < nbk.BACKWARD_MIN_NNZ
+    assert not nbk.backward_ready(state, 5)
+    with db.config(fused=False), forced_backward():  # the generic kernels only
+        assert not nbk.backward_ready(state, 5)
+
+
+@pytest.mark.parametrize("frozen_x", [False, True])
+def test_layer_training_runs_the_generated_backward_bitwise_for_any_threads(
+        monkeypatch, frozen_x):
+    """A DeButLinear's gradients come from the generated kernel, equal the dense
+    reference, and are the same bits with 1, 2 or 3 threads (groups, not threads)."""
+    monkeypatch.setattr(nbk, "PARALLEL_MIN_WORK", 0)
+    monkeypatch.setattr(_kernels, "GROUP_MIN_WORK", 0)
+    torch.manual_seed(0)
+    text, (m, n) = CHAINS["padded"]
+    layer = DeButLinear(n, m, chain=text, bias=True, dtype=torch.float64)
+    x = torch.randn(3 * 16 + 5, n, dtype=torch.float64)
+    w = torch.randn(x.shape[0], m, dtype=torch.float64)
+    calls = []
+    inner = nbk.run_backward
+    monkeypatch.setattr(nbk, "run_backward", lambda *a: calls.append(1) or inner(*a))
+    results = {}
+    old = torch.get_num_threads()
+    try:
+        with forced_backward(), db.config(background=False):
+            for th in (1, 2, 3):
+                torch.set_num_threads(th)
+                layer.zero_grad()
+                xr = x.clone().requires_grad_(not frozen_x)
+                (layer(xr) * w).sum().backward()
+                results[th] = ([] if frozen_x else [xr.grad]) + [
+                    p.grad.clone() for p in layer.factors]
+    finally:
+        torch.set_num_threads(old)
+    # 4 groups of 16-row tiles; one kernel call per thread's share of them
+    assert len(_kernels.groups_of(x.shape[0], 16, Chain.parse(text).nnz)) == 5
+    assert len(calls) > 3
+    for th in (2, 3):
+        for a, b in zip(results[1], results[th]):
+            assert torch.equal(a, b), th
+    op = DeBut(Chain.parse(text), [p.detach().numpy() for p in layer.factors], shape=(m, n))
+    rx, rv = _dense_grads(op, x.numpy(), w.numpy())
+    got = results[1]
+    if not frozen_x:
+        np.testing.assert_allclose(got[0].numpy(), rx, rtol=1e-10, atol=1e-10)
+        got = got[1:]
+    for a, ref in zip(got, rv):
+        np.testing.assert_allclose(a.numpy(), ref, rtol=1e-10, atol=1e-10)
+
+
+def test_generated_source_names_the_chain_and_width():
+    src = _numba_backward.generate_source(((2, 2, 2, 1), (1, 2, 2, 2)), 16)
+    assert "def tiles_placed(" in src and "tile width W = 16" in src
+    assert "[(2, 2, 2, 1), (1, 2, 2, 2)]" in src
+    assert _numba_backward.scratch_sizes(((2, 2, 2, 1), (1, 2, 2, 2)), 16) == (
+        (4 + 4) * 16, 4 * 16)
