@@ -206,3 +206,35 @@ def test_generated_source_names_the_chain_and_width():
     assert "[(2, 2, 2, 1), (1, 2, 2, 2)]" in src
     assert _numba_backward.scratch_sizes(((2, 2, 2, 1), (1, 2, 2, 2)), 16) == (
         (4 + 4) * 16, 4 * 16)
+
+
+def test_a_failing_cached_backward_module_is_forgotten_and_compiled_again(monkeypatch):
+    """A cached module whose kernel fails (e.g. stale machine code) is dropped from the
+    cache and the call is served by a module compiled in memory."""
+    from debutla.backends import _cache
+
+    chain, op, vals, X, G = _case("wide", np.float64, 9, seed=2)
+    m, n = op.shape
+    shapes = [f.value_shape for f in chain]
+    state = op._state(get_backend("numba"), np.dtype(np.float64))
+    with forced_backward(), db.config(background=False):
+        expected = _kernels.fused_backward(X, G, vals, shapes, n, m, True, state=state)
+    good = state.backward_module()
+
+    class Stale:
+        __name__ = good.__name__  # a cached module's name
+
+        @staticmethod
+        def tiles_placed(*args):
+            raise RuntimeError("stale machine code")
+
+    forgotten = []
+    monkeypatch.setattr(_cache, "forget_cache_files", lambda mod, e: forgotten.append(e))
+    monkeypatch.setattr(nbk._bw, "uncached_kernel_module", lambda shapes, W: good)
+    state._bmod = Stale()
+    with forced_backward():
+        got = _kernels.fused_backward(X, G, vals, shapes, n, m, True, state=state)
+    assert len(forgotten) == 1 and state._bmod is good
+    assert np.array_equal(got[0], expected[0])
+    for a, b in zip(got[1], expected[1]):
+        assert np.array_equal(a, b)
