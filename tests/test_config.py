@@ -153,6 +153,8 @@ def test_slow_compile_is_logged_once_per_kernel(monkeypatch, caplog):
     monkeypatch.setattr(nbk, "SLOW_COMPILE_SECONDS", 0.0)
     monkeypatch.setattr(nbk, "CODEGEN_MIN_NNZ", 0)
     monkeypatch.setattr(nbk, "_logged_first", [False])
+    # compiled, whatever the kernel cache holds: the module is compiled in memory
+    monkeypatch.setattr(nbk._cg, "kernel_module", nbk._cg.uncached_kernel_module)
     op = DeBut.random("6 <-(3,2,1)- 4 <-(2,2,1)- 4", seed=2, dtype=np.float32,
                       backend="numba")
     with caplog.at_level(logging.INFO, logger="debutla"), config(background=False):
@@ -161,6 +163,29 @@ def test_slow_compile_is_logged_once_per_kernel(monkeypatch, caplog):
     recs = [r for r in caplog.records if r.name == "debutla" and "compiled" in r.message]
     assert len(recs) == 1
     assert recs[0].levelno == logging.WARNING and "warmup" in recs[0].message
+
+
+def test_a_kernel_loaded_from_the_cache_is_not_reported_as_compiled(tmp_path):
+    """Two fresh processes on one empty cache folder: the first compiles the chain's
+    kernel (a WARNING saying so), the second loads it (INFO, "loaded")."""
+    code = """
+        import logging, numpy as np
+        import debutla as db
+        from debutla.backends import numba_ as nbk
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+        nbk.SLOW_COMPILE_SECONDS = 0.0
+        nbk.CODEGEN_MIN_NNZ = 0
+        op = db.DeBut.random("6 <-(3,2,1)- 4 <-(2,2,1)- 4", seed=5, backend="numba")
+        with db.config(background=False):
+            op.matmat_rows(np.ones((40, 4)))
+    """
+    runs = [run_python(code, DEBUTLA_CACHE_DIR=str(tmp_path)) for _ in range(2)]
+    assert [r.returncode for r in runs] == [0, 0], runs[0].stderr + runs[1].stderr
+    logs = [r.stderr for r in runs]
+    assert "WARNING debutla: compiled the rows_tiles kernel" in logs[0]
+    assert "loaded the rows_tiles kernel" not in logs[0]
+    assert "INFO debutla: loaded the rows_tiles kernel" in logs[1]
+    assert "compiled the rows_tiles kernel" not in logs[1]
 
 
 def test_warmup_compiles_ahead_and_products_use_the_compiled_kernels(monkeypatch):

@@ -206,8 +206,17 @@ def preload(dtypes=(np.float64, np.float32)) -> None:
         _run_generic(st, np.zeros((1, 1), dt), np.zeros((1, 1), dt), 1, 1, "rows", "N")
 
 
-def _log_compile(seconds: float, what: str) -> None:
+def _log_compile(seconds: float, what: str, loaded: bool = False) -> None:
+    """Log a kernel's first call when it took :data:`SLOW_COMPILE_SECONDS` or more.
+
+    ``loaded``: its machine code came from the kernel cache (logged at INFO level as a
+    load, not as a compile); the first compile of a process is a WARNING naming
+    :func:`debutla.warmup`.
+    """
     if seconds < SLOW_COMPILE_SECONDS:
+        return
+    if loaded:
+        _log.info(f"debutla: loaded {what} from the kernel cache in {seconds:.1f} s")
         return
     first = not _logged_first[0]
     _logged_first[0] = True
@@ -216,6 +225,21 @@ def _log_compile(seconds: float, what: str) -> None:
            + (f"; cached in {where}, so later processes load it" if where else "")
            + (" (debutla.warmup(op) compiles ahead of time)" if first else ""))
     _log.log(logging.WARNING if first else logging.INFO, msg)
+
+
+def _dispatcher(state: "_State", kname: str):
+    """The Numba dispatcher of kernel ``kname`` (its cache statistics: compile or load)."""
+    if kname == BACKWARD:
+        return state.backward_module().tiles_placed
+    mod = state.module_for(kname)
+    return {"rows_single": mod.rows_single, "cols_tiles": mod.cols_tiles}.get(
+        kname, mod.rows_tiles)
+
+
+def _cache_misses(disp) -> int:
+    """Signatures ``disp`` compiled rather than loaded (Numba counts both per dispatcher)."""
+    stats = getattr(disp, "stats", None)
+    return sum(stats.cache_misses.values()) if stats is not None else 0
 
 
 # -- state ----------------------------------------------------------------------------
@@ -649,23 +673,25 @@ def _fused_guarded(state: _State, kname: str, X, Y, k: int) -> None:
 def _compile(state: _State, kname: str) -> None:
     """Compile kernel ``kname`` of ``state`` for its dtype (a product on zeros), timed."""
     t0 = time.perf_counter()
+    disp = _dispatcher(state, kname)
+    misses = _cache_misses(disp)
     if kname == BACKWARD:
         run_backward(state, np.zeros(state.Q, state.dtype), np.zeros(state.P, state.dtype),
                      np.zeros(state.Q, state.dtype), np.zeros((1, state.nnz), state.dtype),
                      np.array([0, 1], np.uint64), 0, 1, state.Q, state.P, True)
-        state.ready.add(kname)
-        _log_compile(time.perf_counter() - t0,
-                     f"the backward kernel of a {len(state.shapes)}-factor chain "
-                     f"({state.P}x{state.Q}, {state.dtype})")
-        return
-    k = 1
-    X = np.zeros((k, state.Q) if kname != "cols_tiles" else (state.Q, k), state.dtype)
-    Y = np.zeros((k, state.P) if kname != "cols_tiles" else (state.P, k), state.dtype)
-    _fused_guarded(state, kname, X, Y, k)
+    else:
+        k = 1
+        X = np.zeros((k, state.Q) if kname != "cols_tiles" else (state.Q, k), state.dtype)
+        Y = np.zeros((k, state.P) if kname != "cols_tiles" else (state.P, k), state.dtype)
+        _fused_guarded(state, kname, X, Y, k)
     state.ready.add(kname)
+    # loaded: the same dispatcher (no in-memory recompile after a cache failure) found
+    # its machine code in the cache
+    loaded = _dispatcher(state, kname) is disp and _cache_misses(disp) == misses
+    what = "the backward" if kname == BACKWARD else f"the {kname}"
     _log_compile(time.perf_counter() - t0,
-                 f"the {kname} kernel of a {len(state.shapes)}-factor chain "
-                 f"({state.P}x{state.Q}, {state.dtype})")
+                 f"{what} kernel of a {len(state.shapes)}-factor chain "
+                 f"({state.P}x{state.Q}, {state.dtype})", loaded)
 
 
 #: The name of the generated backward kernel among a state's kernels (``ready``).
