@@ -106,8 +106,8 @@ _MIN_TASKS_PER_THREAD = 2  # fewer tasks (tiles, rows) per thread: no split (see
 CODEGEN_MIN_NNZ = 4096
 CODEGEN_MIN_WORK = 2**17
 #: Chains with fewer values than this never use the generated backward
-#: (:func:`backward_ready`): it compiles in 10-25 s (one function per pass), which the
-#: microseconds it saves per call on a small chain never pay back.
+#: (:func:`backward_ready`): it compiles in 18-31 s (VGG, butterfly and radix-4
+#: chains), which the microseconds it saves per call on a small chain never pay back.
 BACKWARD_MIN_NNZ = 2**15
 #: A kernel compile longer than this (seconds) is logged (logger ``"debutla"``).
 SLOW_COMPILE_SECONDS = 0.5
