@@ -12,7 +12,7 @@ import numpy as np
 import debutla as db
 from debutla.backends import numba_ as nbk
 
-__all__ = ["CHAINS", "tile_kernel"]
+__all__ = ["CHAINS", "EXTRA_CHAINS", "ALL_CHAINS", "tile_kernel"]
 
 CHAINS = {
     "lenet": db.PAPER_CHAINS["lenet_fc1_mono2"],
@@ -21,6 +21,11 @@ CHAINS = {
     "butterfly": str(db.Chain.butterfly(4096)),
     "radix4": str(db.Chain.butterfly(4096, radix=4)),
 }
+#: Chains a benchmark times only when named (``--chains radix3``): not in the tables.
+EXTRA_CHAINS = {
+    "radix3": str(db.Chain.butterfly(2187, radix=3)),  # (3,3,t) factors: groups of 3
+}
+ALL_CHAINS = {**CHAINS, **EXTRA_CHAINS}
 
 
 def tile_kernel(op: db.DeBut, X: np.ndarray, Y: np.ndarray) -> tuple:

@@ -74,7 +74,7 @@ from debutla.backends import _numba_codegen as cg  # noqa: E402
 HERE = os.path.dirname(os.path.abspath(__file__))
 if HERE not in sys.path:
     sys.path.insert(0, HERE)
-from _tile_kernel import CHAINS  # noqa: E402
+from _tile_kernel import ALL_CHAINS, CHAINS  # noqa: E402
 
 def tmin(fn, budget: float, min_reps: int = 5) -> float:
     """Least seconds per call of ``fn`` over a ``budget`` loop (one warm-up call)."""
@@ -135,7 +135,7 @@ def _cases(args, rng):
     """``(chain name, dtype, batch, operator, X, Y)`` for every case of the command line."""
     for cname in args.chains:
         for dtn in args.dtypes:
-            op = DeBut.random(CHAINS[cname], seed=1, dtype=dtn, backend="numba")
+            op = DeBut.random(ALL_CHAINS[cname], seed=1, dtype=dtn, backend="numba")
             m, n = op.shape
             for k in args.batches:
                 yield (cname, dtn, k, op, rng.standard_normal((k, n)).astype(dtn),
@@ -150,7 +150,7 @@ def roofline(op: DeBut, k: int, bw: float, peak: float) -> float:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--chains", nargs="*", default=list(CHAINS), choices=list(CHAINS))
+    ap.add_argument("--chains", nargs="*", default=list(CHAINS), choices=list(ALL_CHAINS))
     ap.add_argument("--dtypes", nargs="*", default=["float32", "float64"],
                     choices=["float32", "float64"])
     ap.add_argument("--batches", nargs="*", type=int, default=[1, 16, 256])
@@ -293,7 +293,7 @@ def run_ab(args, overrides: dict) -> int:
     rows = []
     for cname in args.chains:
         for dtn in args.dtypes:
-            op = DeBut.random(CHAINS[cname], seed=1, dtype=dtn, backend="numba")
+            op = DeBut.random(ALL_CHAINS[cname], seed=1, dtype=dtn, backend="numba")
             m, n = op.shape
             states = {label: _state_with(op, ov)
                       for label, ov in (("new", {}), ("old", overrides))}

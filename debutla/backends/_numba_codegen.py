@@ -52,6 +52,7 @@ from . import _cache
 GENERATOR_VERSION = "9"
 _OPAQUE_T = 4  # per-row kernels: inner loops over t >= this get an opaque trip count
 _GROUP_MAX = 4  # outputs per register-blocked group in the panel kernels
+_GROUPS = (4, 3, 2, 1)  # outputs per group: the first that divides r (README_kernels, change 9)
 _CHUNK = 4  # terms of the j-sum written out per statement
 _WIDE_MIN = 64  # r * s from which a t = 1 factor gets the wide panel micro-kernel
 _WIDE_CHUNK = 5  # at most this many terms per statement there
@@ -155,7 +156,7 @@ def _panel_blocking(spec) -> tuple:
     if _wide_t1(spec):
         passes = -(-s // _WIDE_CHUNK)
         C = -(-s // passes)
-    G = next(g for g in (4, 2, 1) if r % g == 0 and g <= _GROUP_MAX)
+    G = next(g for g in _GROUPS if r % g == 0 and g <= _GROUP_MAX)
     return G, C
 
 
@@ -163,9 +164,9 @@ def _emit_factor_panel(S: _Src, ind: int, spec, vname: str, src: str, dst: str, 
                        tag: str) -> None:
     """One factor on a features-major panel of width ``W``: ``dst <- R src``.
 
-    Outputs are computed in groups of ``G`` (up to 4) rows ``i`` of a block, so each input
-    panel row loaded in the inner loop serves ``G`` outputs (a register-blocked micro
-    GEMM ``(G x s) @ (s x W)``).
+    Outputs are computed in groups of ``G`` rows ``i`` of a block (4, 3, 2 or 1: the
+    first that divides ``r``), so each input panel row loaded in the inner loop serves
+    ``G`` outputs (a register-blocked micro GEMM ``(G x s) @ (s x W)``).
     """
     nb, r, s, t = spec
     G, C = _panel_blocking(spec)
