@@ -105,3 +105,25 @@ def test_fused_passes_bitwise_equal_to_unfused(monkeypatch):
                          ba, bb, np.uint64(W), *xn)
         outs.append(Y)
     np.testing.assert_array_equal(outs[0], outs[1])
+
+
+GROUPS_OF_THREE = ["18 <-(6,4,3)- 12 <-(3,2,1)- 8", "36 <-(2,1,18)- 18 <-(9,2,1)- 4"]
+
+
+@pytest.mark.parametrize("text", GROUPS_OF_THREE, ids=["r3-r6", "r9"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+@pytest.mark.usefixtures("codegen")
+def test_groups_of_three_outputs_match_dense(text, dtype):
+    """Factors with r = 3, 6, 9 compute three outputs per input row loaded (change 9)."""
+    op = DeBut.random(text, seed=8, dtype=dtype, backend="numba")
+    W = nbk.prepare(op.factors).W
+    body = cg.generate_source(tuple(_shapes(text)), W).split("def chain_buf")[1]
+    body = body.split("def rows_tiles")[0]
+    assert f"[o_ + _u{2 * W} + c_] =" in body  # the third output of a group
+    rng = np.random.default_rng(4)
+    m, n = op.shape
+    for k in (W, W + 3):
+        X = random_values(rng, (k, n), dtype)
+        _check(op, op.matmat_rows(X), X, "rows", f"rows k={k}")
+    Z = random_values(rng, (m, W + 1), dtype)
+    _check(op.H, op.rmatmat(Z), Z, "cols", "rmatmat")
