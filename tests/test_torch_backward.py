@@ -238,3 +238,36 @@ def test_a_failing_cached_backward_module_is_forgotten_and_compiled_again(monkey
     assert np.array_equal(got[0], expected[0])
     for a, b in zip(got[1], expected[1]):
         assert np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("background", [False, True])
+def test_a_backward_that_fails_to_compile_leaves_the_generic_kernel(monkeypatch, caplog,
+                                                                     background):
+    """The gradients are still computed (generic kernel), a warning says why, and the
+    chain's forward kernels stay in use."""
+    import logging
+
+    monkeypatch.setattr(nbk, "_BACKWARD_FAILED", set())
+
+    def broken(shapes, W):
+        raise RuntimeError("no compiler today")
+
+    monkeypatch.setattr(nbk._bw, "kernel_module", broken)
+    chain, op, vals, X, G = _case("padded", np.float32, 20, seed=3)
+    m, n = op.shape
+    shapes = [f.value_shape for f in chain]
+    state = op._state(get_backend("numba"), np.dtype(np.float32))
+    state.ready.discard(nbk.BACKWARD)
+    expected = _kernels.fused_backward(X, G, vals, shapes, n, m, True)  # generic
+    with caplog.at_level(logging.WARNING, logger="debutla"), forced_backward(), \
+            db.config(background=background):
+        for _ in range(2):
+            got = _kernels.fused_backward(X, G, vals, shapes, n, m, True, state=state)
+            nbk.wait_for_compiles()
+            assert np.array_equal(got[0], expected[0])
+            for a, b in zip(got[1], expected[1]):
+                assert np.array_equal(a, b)
+        assert not nbk.backward_ready(state, 20)
+    msgs = [r.getMessage() for r in caplog.records if "backward kernel failed" in r.message]
+    assert len(msgs) == 1 and "no compiler today" in msgs[0]
+    assert not state.broken and nbk.BACKWARD not in state.ready

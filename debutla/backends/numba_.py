@@ -709,11 +709,28 @@ def backward_ready(state: _State, batch: int) -> bool:
         return False
     if BACKWARD in state.ready:
         return True
+    if (state.shapes, state.dkey) in _BACKWARD_FAILED:
+        return False
     if BACKWARD not in state.pending and not _config.get("background"):
-        _compile(state, BACKWARD)
+        try:
+            _compile(state, BACKWARD)
+        except Exception as e:  # never fail a backward: the generic kernel serves it
+            _backward_failed(state, e)
+            return False
         return True
     _compile_in_background(state, BACKWARD)
     return False
+
+
+#: Chains (shapes, dtype) whose generated backward failed to compile: the generic
+#: backward serves them for the rest of the process; their forward kernels are kept.
+_BACKWARD_FAILED: set = set()
+
+
+def _backward_failed(state: _State, e: BaseException) -> None:
+    _BACKWARD_FAILED.add((state.shapes, state.dkey))
+    _log.warning("debutla: compiling the backward kernel failed (%s: %s); gradients of "
+                 "this chain use the generic backward kernel", type(e).__name__, e)
 
 
 def run_backward(state: _State, Xf, Gf, GXf, gvs, bounds, g0: int, g1: int, xn: int,
@@ -751,6 +768,9 @@ def _compile_in_background(state: _State, kname: str) -> None:
         try:
             _compile(state, kname)
         except Exception as e:  # never fail a product: keep serving with the generic kernel
+            if kname == BACKWARD:  # the forward kernels are not concerned
+                _backward_failed(state, e)
+                return
             state.broken = True
             _log.warning("debutla: compiling the %s kernel failed (%s: %s); products of "
                          "this chain use the generic kernel", kname, type(e).__name__, e)
