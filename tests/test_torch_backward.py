@@ -204,8 +204,9 @@ def test_generated_source_names_the_chain_and_width():
     src = _numba_backward.generate_source(((2, 2, 2, 1), (1, 2, 2, 2)), 16)
     assert "def tiles_placed(" in src and "tile width W = 16" in src
     assert "[(2, 2, 2, 1), (1, 2, 2, 2)]" in src
+    # one array per factor input, of the widest input; two gradient buffers
     assert _numba_backward.scratch_sizes(((2, 2, 2, 1), (1, 2, 2, 2)), 16) == (
-        (4 + 4) * 16, 4 * 16)
+        2, 4 * 16, 4 * 16)
 
 
 def test_a_failing_cached_backward_module_is_forgotten_and_compiled_again(monkeypatch):

@@ -4,7 +4,9 @@ For ``Y = X @ D.T`` with ``D = R_{N-1} ... R_0`` and ``G = dL/dY``, the kernel c
 one tile of ``W`` rows at a time,
 
 1. ``X_0`` = the tile of ``X``, gathered features-major (zero-padded to ``Q``), then every
-   factor's input ``X_{i+1} = R_i X_i`` (kept: ``W * sum q_i`` values of scratch);
+   factor's input ``X_{i+1} = R_i X_i``, each in its own scratch array (two slices of one
+   array as a pass's source and destination are not vectorised by LLVM: 6.3x slower,
+   ``benchmarks/README_kernels.md``; sizes: :func:`scratch_sizes`);
 2. ``G_{N}`` = the tile of ``G`` (zero-padded to ``P``), then for ``i = N-1 .. 0``:
    the value gradient ``dV_i[b, i, j, k] += sum_w G_i[(b,i,k), w] X_i[(b,j,k), w]`` and
    the input gradient of the factor, ``G_{i-1} = R_i^T G_i``;
@@ -15,8 +17,8 @@ Every size is a constant of the generated source, as in the forward kernels
 forward kernels' own panel passes (:func:`~debutla.backends._numba_codegen.
 _emit_factor_panel`): ``R_i^T`` is the factor ``(nb, s, r, t)`` whose values are ``R_i``'s
 transposed in each block, so it runs the same register-blocked micro-kernel.  The value
-gradients accumulate groups of up to four output rows against one input row per column
-loop (five loads per four multiply-adds).
+gradients accumulate blocks of up to four output rows against two input rows per column
+loop (six loads per eight multiply-adds).
 
 Generated functions (``nogil``, ``cache=True``, compiled lazily per dtype):
 
@@ -94,11 +96,18 @@ def _emit_value_grad(S: _Src, ind: int, spec, gname: str, cur: str, xname: str, 
         sums(ind3, S.c(full * J), s % J)
 
 
-def scratch_sizes(shapes: tuple, W: int) -> tuple[int, int]:
-    """``(acts, grads)``: entries of the activation scratch and of each gradient buffer."""
+def scratch_sizes(shapes: tuple, W: int) -> tuple[int, int, int]:
+    """``(count, acts, grads)``: the kernel's ``A`` is ``count`` arrays (one per factor
+    input) of ``acts`` entries each, ``ga`` and ``gb`` hold ``grads`` entries each.
+
+    Examples
+    --------
+    >>> scratch_sizes(((2, 2, 2, 1), (1, 2, 2, 2)), 16)
+    (2, 64, 64)
+    """
     qs = [nb * s * t for nb, r, s, t in shapes]
     ps = [nb * r * t for nb, r, s, t in shapes]
-    return sum(qs) * W, max(qs + ps) * W
+    return len(shapes), max(qs) * W, max(qs + ps) * W
 
 
 def generate_source(shapes: tuple, W: int) -> str:

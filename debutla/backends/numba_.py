@@ -109,6 +109,8 @@ CODEGEN_MIN_WORK = 2**17
 #: (:func:`backward_ready`): it compiles in 18-31 s (VGG, butterfly and radix-4
 #: chains), which the microseconds it saves per call on a small chain never pay back.
 BACKWARD_MIN_NNZ = 2**15
+#: The name of the generated backward kernel among a state's kernels (``ready``).
+BACKWARD = "backward"
 #: A kernel compile longer than this (seconds) is logged (logger ``"debutla"``).
 SLOW_COMPILE_SECONDS = 0.5
 _MIN_W = 4
@@ -369,8 +371,11 @@ class _State:
     def bw_W(self) -> int:
         """Tile rows of the backward kernel: 128 bytes per feature (16 columns at least).
 
-        Measured on the VGG chain, float32, batch 256, one thread: 16 columns 5.9-8.1
-        ms, 32 columns 3.9-4.2 ms, 64 columns 3.5-4.1 ms (``README_kernels.md``).
+        Interleaved A/B of the whole backward (``README_kernels.md``, "The backward
+        kernel"): 64 float32 rows were 11% faster on the VGG chain but 40% slower on the
+        4096 butterfly (twelve factor inputs of scratch); 16 float32 rows were
+        1.5-2x slower on VGG (short column loops); in float64, 16 rows were best on the butterfly
+        and 6% slower than 32 on VGG.
         """
         return max(_CONST_W_MIN, 128 // self.dtype.itemsize)
 
@@ -694,10 +699,6 @@ def _compile(state: _State, kname: str) -> None:
                  f"({state.P}x{state.Q}, {state.dtype})", loaded)
 
 
-#: The name of the generated backward kernel among a state's kernels (``ready``).
-BACKWARD = "backward"
-
-
 def backward_ready(state: _State, batch: int) -> bool:
     """Whether the gradients of a ``batch``-row product run on the generated backward.
 
@@ -745,9 +746,9 @@ def run_backward(state: _State, Xf, Gf, GXf, gvs, bounds, g0: int, g1: int, xn: 
     """
     W = state.bw_W
     dt = state.dtype
-    acts = _scratch(dt, max(nb * s * t for nb, r, s, t in state.shapes) * W,
-                    f"bwa{len(state.shapes)}" + state.dkey, len(state.shapes))
-    ga, gb = _scratch(dt, state.F * W, "bwg" + state.dkey)
+    count, size, gsize = _bw.scratch_sizes(state.shapes, W)
+    acts = _scratch(dt, size, f"bwa{count}" + state.dkey, count)
+    ga, gb = _scratch(dt, gsize, "bwg" + state.dkey)
     u = np.uint64
     args = (state.flat, state.tflat, Xf, Gf, GXf, gvs, bounds, u(g0), u(g1), u(xn), u(gm),
             bool(need_x), acts, ga, gb, u(W), dt.type(0))

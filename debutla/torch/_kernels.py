@@ -196,7 +196,6 @@ def fused_backward(X: np.ndarray, G: np.ndarray, factors, shapes, n: int, m: int
         bounds = groups_of(B, state.bw_W, nnz)
         gvs = np.zeros((len(bounds) - 1, nnz), dtype=dt)
         Xf, Gf, GXf = X.reshape(-1), G.reshape(-1), GX.reshape(-1)
-
         ubounds = np.asarray(bounds, dtype=np.uint64)
 
         def run(lo: int, hi: int) -> None:
