@@ -38,7 +38,7 @@ Generated functions (``nogil``, ``cache=True``, compiled lazily per dtype):
 from __future__ import annotations
 
 from . import _cache
-from ._numba_codegen import GENERATOR_VERSION, _emit_factor_panel, _Src
+from ._numba_codegen import GENERATOR_VERSION, _def, _emit_factor_panel, _Src
 
 __all__ = ["generate_source", "kernel_module", "uncached_kernel_module", "scratch_sizes"]
 
@@ -127,16 +127,13 @@ def generate_source(shapes: tuple, W: int) -> str:
     for n in range(N):
         nb, r, s, t = shapes[n]
         if n < N - 1:
-            S.add(0, dec)
-            S.add(0, f"def fw{n}(Vn, src, dst, wr):")
+            _def(S, f"fw{n}(Vn, src, dst, wr)", dec)
             _emit_factor_panel(S, 1, shapes[n], "Vn", "src", "dst", W, "_f")
             S.add(0, "")
-        S.add(0, dec)
-        S.add(0, f"def vg{n}(Dn, cur, An, wr, zero_):")
+        _def(S, f"vg{n}(Dn, cur, An, wr, zero_)", dec)
         _emit_value_grad(S, 1, shapes[n], "Dn", "cur", "An", W, "_g")
         S.add(0, "")
-        S.add(0, dec)
-        S.add(0, f"def tr{n}(Tn, cur, nxt, wr):")
+        _def(S, f"tr{n}(Tn, cur, nxt, wr)", dec)
         _emit_factor_panel(S, 1, (nb, s, r, t), "Tn", "cur", "nxt", W, "_t")
         S.add(0, "")
     S.add(0, dec)
@@ -186,6 +183,7 @@ def generate_source(shapes: tuple, W: int) -> str:
         "from numba import njit",
         "from debutla.backends._numba_tiles import gather_tile, scatter_tile",
         "from debutla.backends._numba_stack import place_stack",
+        "from debutla.backends._numba_simd import wide_vectors",
         "",
         f"W = {W}",
     ]

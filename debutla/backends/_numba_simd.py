@@ -20,10 +20,12 @@ from llvmlite import ir
 from numba.core import types
 from numba.extending import intrinsic
 
-__all__ = ["transpose8", "BLOCK"]
+__all__ = ["transpose8", "wide_vectors", "BLOCK", "VECTOR_BITS"]
 
 #: Rows and columns of the block moved by :func:`transpose8`.
 BLOCK = 8
+#: The vector width (bits) that :func:`wide_vectors` asks LLVM to prefer.
+VECTOR_BITS = 512
 
 # the 8 x 8 network for 8 lanes: unpack pairs of rows, shuffle pairs of pairs, swap the
 # 128-bit halves (what vunpcklps / vshufps / vperm2f128 do)
@@ -127,3 +129,37 @@ def transpose8(typingctx, src, so, ss, dst, do, ds):
         return context.get_dummy_value()
 
     return sig, codegen
+
+
+@intrinsic
+def wide_vectors(typingctx):
+    """Let LLVM vectorise the calling function with the CPU's widest vectors.
+
+    LLVM's tuning for Intel CPUs with AVX-512 (Skylake-X and later, as Numba sees the
+    host) prefers 256-bit vectors, so Numba's loop vectoriser never uses the 512-bit
+    registers and their doubled FMA throughput.  Called anywhere in a function, this
+    sets that function's ``"prefer-vector-width"`` attribute to :data:`VECTOR_BITS`
+    (what clang's ``-mprefer-vector-width=512`` does), for that function only: the rest
+    of the process keeps Numba's settings.  On CPUs without AVX-512 it changes nothing
+    (LLVM caps the width at the widest legal vector).  Measured on the 2-vCPU Intel
+    Xeon (AVX-512) machine: ``benchmarks/README_kernels.md``, change 10.
+
+    Examples
+    --------
+    >>> import numba, numpy as np
+    >>> @numba.njit
+    ... def axpy(y, x, a):
+    ...     wide_vectors()
+    ...     for i in range(y.size):
+    ...         y[i] += a * x[i]
+    >>> y = np.ones(4); axpy(y, np.arange(4.0), 2.0); y
+    array([1., 3., 5., 7.])
+    """
+    def codegen(context, builder, signature, args):
+        # llvmlite's attribute set admits only keyword attributes; a string attribute
+        # is written as it appears in the IR (set.add skips that check)
+        set.add(builder.function.attributes, f'"prefer-vector-width"="{VECTOR_BITS}"')
+        return context.get_dummy_value()
+
+    return types.void(), codegen
+
