@@ -49,12 +49,6 @@ of the thread counts alternates between rounds; min over a ``--budget`` loop per
 timing; BLAS pinned to one thread), and reports the median over rounds with its range,
 and the speed-up over the first thread count as the median over rounds of the paired
 ratios.  It checks first that every thread count gives bitwise the same result.
-Each round also measures what the machine's cores give at that moment (the
-``ceiling`` columns): ``k`` copies of a register-only FMA loop (no memory traffic) run at
-once on ``k`` threads, as ``k`` times the time of one copy alone over the time of the
-``k`` at once.  On a machine with ``k`` free cores that is ``k``; on a VM whose vCPUs
-share a physical core (hyperthreads) or whose host is busy it is less, and no split
-product can beat it.  Quote the speed-up with its ceiling.
 """
 
 from __future__ import annotations
@@ -337,63 +331,12 @@ def run_ab(args, overrides: dict) -> int:
     return _finish(args, lines)
 
 
-def _fma_loop():
-    """A register-only FMA loop (about 2 ms): the probe of :func:`core_ceiling`."""
-    import numba
-
-    @numba.njit(nogil=True, fastmath=True, cache=False)
-    def spin(n):
-        acc = np.zeros(128, np.float32)
-        x = np.float32(0.999999)
-        for _ in range(n):
-            for i in range(128):
-                acc[i] = acc[i] * x + np.float32(1e-7)
-        return acc.sum()
-
-    spin(10)
-    reps = 100
-    while True:  # calibrate to about 2 ms
-        t0 = time.perf_counter()
-        spin(reps)
-        if time.perf_counter() - t0 > 2e-3:
-            return spin, reps
-        reps *= 2
-
-
-def core_ceiling(probe, k: int) -> float:
-    """``k`` x (one probe alone) / (``k`` probes at once on ``k`` threads): the speed-up
-    ``k`` threads can get from the cores now (median of 3)."""
-    import threading
-
-    spin, reps = probe
-    out = []
-    for _ in range(3):
-        t0 = time.perf_counter()
-        spin(reps)
-        alone = time.perf_counter() - t0
-        gate = threading.Barrier(k + 1)
-
-        def work():
-            gate.wait()
-            spin(reps)
-        ts = [threading.Thread(target=work) for _ in range(k)]
-        for t in ts:
-            t.start()
-        gate.wait()
-        t0 = time.perf_counter()
-        for t in ts:
-            t.join()
-        out.append(k * alone / (time.perf_counter() - t0))
-    return statistics.median(out)
-
-
 def run_scaling(args) -> int:
     """Thread counts against each other, interleaved, per chain, dtype and batch."""
 
     machine, rng, head = _start(f"# bench_kernels --scaling: threads {args.threads}, "
                                 f"op.matmat_rows(X, out=Y), BLAS pinned to one thread")
     ths = args.threads
-    probe = _fma_loop()
     rows = []
     for cname, dtn, k, op, X, Y in _cases(args, rng):
         with config(background=False):
@@ -404,29 +347,25 @@ def run_scaling(args) -> int:
                     raise AssertionError(f"{cname} {dtn} k={k}: {th} threads change the "
                                          f"result")
         times: dict = {th: [] for th in ths}
-        ceil: dict = {th: [] for th in ths}
         for rd in range(args.rounds):
             for th in (ths if rd % 2 == 0 else ths[::-1]):
-                ceil[th].append(core_ceiling(probe, th) if th > 1 else 1.0)
                 with config(threads=th):
                     times[th].append(tmin(lambda: op.matmat_rows(X, out=Y), args.budget))
         ups = {th: statistics.median(a / b for a, b in zip(times[ths[0]], times[th]))
                for th in ths}
-        cmed = {th: statistics.median(ceil[th]) for th in ths}
-        rows.append((cname, dtn, k, times, ups, cmed))
+        rows.append((cname, dtn, k, times, ups))
         print(f"{cname:10s} {dtn:8s} k={k:5d}  " + "  ".join(
-            f"{th} thr {statistics.median(times[th]) * 1e6:8.1f} us (x{ups[th]:.2f}, "
-            f"ceiling x{cmed[th]:.2f})" for th in ths), flush=True)
+            f"{th} thr {statistics.median(times[th]) * 1e6:8.1f} us (x{ups[th]:.2f})"
+            for th in ths), flush=True)
     lines = head + [f"load average at end: {os.getloadavg()}", "",
                     "| chain | dtype | batch | " + " | ".join(
                         f"{th} thread{'s' if th > 1 else ''}: median (range)" for th in ths)
-                    + " | " + " | ".join(f"speed-up {th} / {ths[0]} (cores' ceiling)"
-                                         for th in ths[1:]) + " |",
+                    + " | " + " | ".join(f"speed-up {th} / {ths[0]}" for th in ths[1:]) + " |",
                     "|---|---|---:|" + "---:|" * (2 * len(ths) - 1)]
-    for cname, dtn, k, times, ups, cmed in rows:
+    for cname, dtn, k, times, ups in rows:
         cells = [f"{statistics.median(times[th]) * 1e6:.1f} us ({min(times[th]) * 1e6:.0f}-"
                  f"{max(times[th]) * 1e6:.0f})" for th in ths]
-        cells += [f"{ups[th]:.2f}x ({cmed[th]:.2f}x)" for th in ths[1:]]
+        cells += [f"{ups[th]:.2f}x" for th in ths[1:]]
         lines.append(f"| {cname} | {dtn} | {k} | " + " | ".join(cells) + " |")
     return _finish(args, lines)
 
