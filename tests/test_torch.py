@@ -488,6 +488,36 @@ def test_torch_compile_model_with_debut_layers():
         torch.testing.assert_close(p.grad, g)
 
 
+@pytest.mark.parametrize("impl", ["numba", "torch"])
+def test_no_grad_calls_skip_the_custom_op_and_give_the_same_bits(monkeypatch, impl):
+    """Eager calls that record no gradient run the implementation directly (no custom-op
+    dispatch); calls that record one, and compiled graphs, still go through the op."""
+    torch.manual_seed(0)
+    layer = DeButLinear(13, 5, chain=PADDED, dtype=torch.float64)
+    layer.impl = impl
+    x = torch.randn(4, 13, dtype=torch.float64)
+    ref = layer(x).detach()  # with autograd: through the registered op
+    calls = []
+    real = _ops._debut_mm_op
+
+    def spy(*a, **k):
+        calls.append(1)
+        return real(*a, **k)
+    monkeypatch.setattr(_ops, "_debut_mm_op", spy)
+    for ctx in (torch.inference_mode, torch.no_grad):
+        with ctx():
+            assert torch.equal(layer(x), ref)
+    frozen = DeButLinear(13, 5, chain=PADDED, dtype=torch.float64)
+    frozen.impl = impl
+    frozen.requires_grad_(False)
+    frozen(x)  # grad mode on, but nothing requires a gradient
+    assert calls == []
+    layer(x).sum().backward()  # values require gradients: the op
+    assert len(calls) == 1
+    frozen(x.clone().requires_grad_(True))  # the input requires one: the op
+    assert len(calls) == 2
+
+
 def test_operator_cache_sees_in_place_updates():
     """Inference reuses the CPU operator; any autograd-visible write invalidates it."""
     torch.manual_seed(0)
