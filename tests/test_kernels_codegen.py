@@ -127,3 +127,37 @@ def test_groups_of_three_outputs_match_dense(text, dtype):
         _check(op, op.matmat_rows(X), X, "rows", f"rows k={k}")
     Z = random_values(rng, (m, W + 1), dtype)
     _check(op.H, op.rmatmat(Z), Z, "cols", "rmatmat")
+
+
+# Q = 52 input features (not a multiple of 8: the 8 x 8 gather leaves 4 per row) and
+# P = 39 outputs; batches with full and partial 8-row groups and a partial tile
+ODD_WIDTH = "39 <-(3,4,1)- 52"
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.complex128],
+                         ids=["float32", "float64", "complex128"])  # transpose8's 3 paths
+def test_gather_loop_orders_move_the_same_values(monkeypatch, dtype):
+    """The row gather's 8 x 8 blocks run features outer (change 11): the same bits as
+    rows outer, and the dense product, for odd feature counts and partial tiles."""
+    op = DeBut.random(ODD_WIDTH, seed=5, dtype=dtype, backend="numba")
+    st = nbk.prepare(op.factors)
+    W = st.W
+    rng = np.random.default_rng(6)
+    for k in (W, 2 * W + 3, W + 13):
+        X = random_values(rng, (k, op.shape[1]), dtype)
+        outs = []
+        for outer in (True, False):
+            monkeypatch.setattr(cg, "_GATHER_FEATURES_OUTER", outer)
+            src = cg.generate_source(st.shapes, W)
+            tiles = src.split("def rows_tiles(")[1].split("def cols_tiles(")[0]
+            head = tiles.split("transpose8(X")[0]
+            assert (head.rfind("for fb in range(") < head.rfind("for cb in range(")) == outer
+            ns: dict = {}
+            exec(compile(src.replace("cache=True", "cache=False"), "<kernels>", "exec"), ns)
+            Y = np.empty((k, op.shape[0]), dtype)
+            ns["rows_tiles"](st.flat, X.reshape(-1), Y.reshape(-1), k, 0, (k + W - 1) // W,
+                             np.empty(st.F * W, dtype), np.empty(st.F * W, dtype),
+                             np.uint64(W), op.shape[1])
+            outs.append(Y)
+        np.testing.assert_array_equal(outs[0], outs[1])
+        _check(op, outs[0], X, "rows", f"rows k={k}")

@@ -6,6 +6,11 @@ of :mod:`debutla.torch._kernels`) gather a tile of ``X`` and of ``dL/dY`` with
 :func:`gather_tile` and scatter ``dL/dX`` with :func:`scatter_tile`.  Full ``8 x 8``
 blocks move through vector shuffles (:func:`debutla.backends._numba_simd.transpose8`),
 the rest element by element.
+
+Numba compiles these into the generated backward modules that call them, and its cache
+of those modules does not see a change here: a change must come with a new
+``GENERATOR_VERSION`` (:mod:`debutla.backends._numba_codegen`), which names the
+backward modules too.
 """
 
 from __future__ import annotations
@@ -23,18 +28,24 @@ def gather_tile(src, t0, w, width, total, W, dst):  # pragma: no cover - compile
     """Rows ``t0 .. t0+w-1`` of a flat row-major ``(batch, width)`` array into ``dst``,
     features-major ``(total, W)``, zero-padded (features ``>= width``, columns ``>= w``).
     """
-    for c in range(total * W):
-        dst[c] = 0.0
     u0, u8 = np.uint64(0), np.uint64(8)  # (sizes are uint64: no mixed-sign arithmetic)
+    for f in range(width, total):  # zero padding only: features >= width ...
+        for c in range(W):
+            dst[f * W + c] = 0.0
+    if w < W:  # ... and columns >= w
+        for f in range(width):
+            for c in range(w, W):
+                dst[f * W + c] = 0.0
     w8 = w - w % u8
     f8 = width - width % u8
-    for cb in range(u0, w8, u8):
-        row = (t0 + cb) * width
-        for fb in range(u0, f8, u8):
-            transpose8(src, row + fb, width, dst, fb * W + cb, W)
-        for c in range(cb, cb + u8):
-            for f in range(f8, width):
-                dst[f * W + c] = src[(t0 + c) * width + f]
+    # features outer: every line of dst is written whole at once (as the forward
+    # kernels' gather, README_kernels.md change 11)
+    for fb in range(u0, f8, u8):
+        for cb in range(u0, w8, u8):
+            transpose8(src, (t0 + cb) * width + fb, width, dst, fb * W + cb, W)
+    for c in range(u0, w8):
+        for f in range(f8, width):
+            dst[f * W + c] = src[(t0 + c) * width + f]
     for c in range(w8, w):
         row = (t0 + c) * width
         for f in range(width):
