@@ -22,6 +22,9 @@ and reports the kernel's best time, its median over rounds, and two roofline rat
 ``best`` (best kernel time over the roofline from the best machine figures of the whole
 run: the strict one) and ``same-round`` (median over rounds of kernel time over the
 roofline measured in the same round: what the kernel gets out of the machine it had).
+The summary gives the copy bandwidth's range over the rounds and flags a run in which it
+moved by more than ``BW_SPREAD`` (on the shared VMs it moved between 14 and 26 GB/s
+within an hour, and the strict ratios with it).
 The roofline is ``max(bytes / bandwidth, 2 nnz k / peak)``, bytes = input + output +
 values, as in ``bench_apply.py``.
 
@@ -71,6 +74,9 @@ from debutla import DeBut  # noqa: E402
 from debutla._config import config, set_defaults  # noqa: E402
 from debutla.backends import _numba_codegen as cg  # noqa: E402
 
+#: A run whose best copy bandwidth exceeds its worst by this factor is flagged.
+BW_SPREAD = 1.3
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 if HERE not in sys.path:
     sys.path.insert(0, HERE)
@@ -97,6 +103,7 @@ class Machine:
         self.mats = {dt: np.ones((512, 512), dt) for dt in ("float32", "float64")}
         self.best_bw = 0.0
         self.best_peak: dict = {}
+        self.bws: list = []  # every round's copy bandwidth
 
     def measure(self, dtype: str) -> tuple:
         bw = 2 * self.a.nbytes / tmin(lambda: np.copyto(self.b, self.a), 0.0, 5)
@@ -104,12 +111,22 @@ class Machine:
         peak = 2 * 512**3 / tmin(lambda: A @ A, 0.0, 20)
         self.best_bw = max(self.best_bw, bw)
         self.best_peak[dtype] = max(self.best_peak.get(dtype, 0.0), peak)
+        self.bws.append(bw)
         return bw, peak
 
     def summary(self) -> list:
-        return [f"best machine figures of the run: copy {self.best_bw / 1e9:.1f} GB/s, GEMM "
-                + ", ".join(f"{d} {p / 1e9:.0f} GFLOP/s" for d, p in self.best_peak.items()),
-                f"load average at end: {os.getloadavg()}", ""]
+        lines = [f"best machine figures of the run: copy {self.best_bw / 1e9:.1f} GB/s, GEMM "
+                 + ", ".join(f"{d} {p / 1e9:.0f} GFLOP/s" for d, p in self.best_peak.items()),
+                 f"load average at end: {os.getloadavg()}"]
+        if self.bws:
+            lo, med = min(self.bws), statistics.median(self.bws)
+            lines.append(f"copy bandwidth over the rounds: {lo / 1e9:.1f}-{self.best_bw / 1e9:.1f} "
+                         f"GB/s (median {med / 1e9:.1f})")
+            if self.best_bw > BW_SPREAD * lo:
+                lines.append(f"WARNING: the copy bandwidth moved by more than {BW_SPREAD}x during "
+                             f"the run (another tenant?): the strict ratios use its best round; "
+                             f"quote the same-round ratios with them")
+        return lines + [""]
 
 
 def _start(title: str) -> tuple:
