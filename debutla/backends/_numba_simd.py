@@ -1,4 +1,5 @@
-"""Vector shuffles for the Numba kernels: an ``8 x 8`` block transpose written in LLVM IR.
+"""Vector code for the Numba kernels: an ``8 x 8`` block transpose written in LLVM IR,
+and the request for the CPU's widest vectors (:func:`wide_vectors`).
 
 Numba compiles without LLVM's SLP vectoriser, so a transpose written element by element
 in Python source stays a sequence of scalar moves (``benchmarks/README_kernels.md``).
@@ -162,4 +163,3 @@ def wide_vectors(typingctx):
         return context.get_dummy_value()
 
     return types.void(), codegen
-

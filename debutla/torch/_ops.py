@@ -578,4 +578,5 @@ def _eager_no_grad(x: torch.Tensor, values: list, bias: torch.Tensor | None) -> 
         return False
     if type(x) is not torch.Tensor or torch.compiler.is_compiling():
         return False
-    return not torch._C._are_functorch_transforms_active()
+    transforms = getattr(torch._C, "_are_functorch_transforms_active", None)
+    return transforms is not None and not transforms()
