@@ -1,4 +1,5 @@
-"""The vector-shuffle block transpose of the Numba kernels (``_numba_simd.transpose8``)."""
+"""The vector code of the Numba kernels (``_numba_simd``): the block transpose
+``transpose8`` and the ``wide_vectors`` request, alone and in the generated kernels."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ import pytest
 import numpy as np
 from hypothesis import given, settings, strategies as st
 
-from debutla.backends._numba_simd import BLOCK, transpose8
+from debutla.backends import _numba_backward as bw
+from debutla.backends import _numba_codegen as cg
+from debutla.backends._numba_simd import BLOCK, VECTOR_BITS, transpose8, wide_vectors
 
 from strategies import DTYPES, random_values
 
@@ -52,10 +55,6 @@ def test_transpose8_reads_a_read_only_source():
 
 
 # -- wide_vectors: the function attribute that lets LLVM use 512-bit vectors -------------
-
-from debutla.backends import _numba_backward as bw  # noqa: E402
-from debutla.backends import _numba_codegen as cg  # noqa: E402
-from debutla.backends._numba_simd import VECTOR_BITS, wide_vectors  # noqa: E402
 
 
 @numba.njit(cache=False, fastmath={"contract"})

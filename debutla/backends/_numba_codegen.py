@@ -483,7 +483,6 @@ _SIMD_TRANSPOSE = True  # full 8 x 8 blocks through _numba_simd.transpose8 (vect
 _PLACE_STACK = True  # the tile kernels call _numba_stack.place_stack first
 _SIMD_BLOCK = 8
 _GATHER_FEATURES_OUTER = True  # the row gather's 8 x 8 blocks: features outer (change 11)
-_SCATTER_FEATURES_OUTER = False  # ... not the scatter's: 0.71-0.96x (README_kernels, change 11)
 
 
 def _transpose_lines(S: _Src, kind: str, L: int, W: int, fin: str) -> list[str]:
@@ -515,27 +514,23 @@ def _transpose_lines(S: _Src, kind: str, L: int, W: int, fin: str) -> list[str]:
         # 8 x 8 blocks through vector shuffles (_numba_simd.transpose8), then the rows
         # left (w % 8) in the scalar 4 x 4 blocks below
         LV = L - L % V
-        if (_GATHER_FEATURES_OUTER if kind == "gather" else _SCATTER_FEATURES_OUTER):
-            # whole tile rows of the features-major block (W columns) at a time
+        def mv8(row: str) -> str:  # one 8 x 8 block, rows from ``row`` on
             if kind == "gather":
-                mv8 = f"transpose8(X, (c0 + cb) * {Lc} + fb, {Lc}, ba, fb * {Wc} + cb, {Wc})"
-            else:
-                mv8 = f"transpose8({fin}, fb * {Wc} + cb, {Wc}, out, (c0 + cb) * {Lc} + fb, {Lc})"
+                return f"transpose8(X, {row} + fb, {Lc}, ba, fb * {Wc} + cb, {Wc})"
+            return f"transpose8({fin}, fb * {Wc} + cb, {Wc}, out, {row} + fb, {Lc})"
+        if kind == "gather" and _GATHER_FEATURES_OUTER:
+            # whole tile rows of the features-major block (W columns) at a time
             simd += [f"for fb in range({S.c(0)}, {S.c(LV)}, {S.c(V)}):",
                      f"    for cb in range({S.c(0)}, w - w % {S.c(V)}, {S.c(V)}):",
-                     f"        {mv8}"]
+                     f"        {mv8(f'(c0 + cb) * {Lc}')}"]
             if L % V:  # the features left, for the same rows, below
                 simd += [f"for cb in range({S.c(0)}, w - w % {S.c(V)}, {S.c(V)}):",
                          f"    rb = (c0 + cb) * {Lc}"]
         else:
             simd += [f"for cb in range({S.c(0)}, w - w % {S.c(V)}, {S.c(V)}):",
                      f"    rb = (c0 + cb) * {Lc}",
-                     f"    for fb in range({S.c(0)}, {S.c(LV)}, {S.c(V)}):"]
-            if kind == "gather":
-                simd.append(f"        transpose8(X, rb + fb, {Lc}, ba, fb * {Wc} + cb, {Wc})")
-            else:
-                simd.append(f"        transpose8({fin}, fb * {Wc} + cb, {Wc}, out, rb + fb, "
-                            f"{Lc})")
+                     f"    for fb in range({S.c(0)}, {S.c(LV)}, {S.c(V)}):",
+                     f"        {mv8('rb')}"]
         if L % V:
             simd += [f"    for f in range({S.c(LV)}, {Lc}):",
                      f"        for i_ in range({S.c(V)}):",
