@@ -199,5 +199,5 @@ def matrix_transpose(x: Any, *, contiguous: bool = False) -> Any:
     """
     if is_foreign(x):
         return namespace(x).matrix_transpose(x)
-    t = np.swapaxes(x, -1, -2)
-    return np.ascontiguousarray(t) if contiguous else t
+    t = x.swapaxes(-1, -2)  # NumPy or CuPy: the array's own method keeps its module
+    return t.copy(order="C") if contiguous and not t.flags.c_contiguous else t

@@ -169,8 +169,11 @@ def is_device_array(x: object) -> bool:
         return True
     if isinstance(x, (np.ndarray, np.generic, list, tuple, int, float, complex)):
         return False
-    if hasattr(x, "__cuda_array_interface__"):
-        return True
+    try:
+        if hasattr(x, "__cuda_array_interface__"):
+            return True
+    except Exception:  # torch raises RuntimeError for a CUDA tensor that requires grad:
+        return True    # in GPU memory all the same (the view is refused later, clearly)
     dev = getattr(x, "__dlpack_device__", None)
     if dev is None:
         return False
