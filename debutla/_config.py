@@ -29,6 +29,9 @@ Settings
 ``cupy_rows``
     Batch rows per thread block of the CuPy fused kernel (``None``: chosen per call;
     a benchmarking knob).  Environment: ``DEBUTLA_CUPY_ROWS``.
+``cupy_threads``
+    Threads per block of the CuPy fused kernel (``None``: chosen per call; a
+    benchmarking knob).  Environment: ``DEBUTLA_CUPY_THREADS``.
 
 The kernel cache directory is ``DEBUTLA_CACHE_DIR`` (default
 ``$XDG_CACHE_HOME/debutla``, i.e. ``~/.cache/debutla``); see :func:`cache_root`.
@@ -70,12 +73,15 @@ ENVIRONMENT = {
     "DEBUTLA_NUM_THREADS": "threads: a positive integer (Numba backend threads)",
     "DEBUTLA_CACHE_DIR": "folder of the kernel cache (default ~/.cache/debutla)",
     "DEBUTLA_CUPY_ROWS": "cupy_rows: 1, 2, 4 or 8 (rows per block of the CuPy kernel)",
+    "DEBUTLA_CUPY_THREADS": "cupy_threads: 128, 256, 512 or 1024 (threads per block of the "
+                            "CuPy kernel)",
     "DEBUTLA_BACKGROUND": "background: 0 or 1 (load Numba and kernels in the background)",
 }
 
-_KEYS = ("backend", "threads", "fused", "background", "cupy_rows")
+_KEYS = ("backend", "threads", "fused", "background", "cupy_rows", "cupy_threads")
 _CPU_BACKENDS = ("numba", "numpy")
 _CUPY_ROWS = (1, 2, 4, 8)
+_CUPY_THREADS = (128, 256, 512, 1024)
 
 _lock = threading.Lock()
 _defaults: dict[str, Any] | None = None
@@ -96,12 +102,13 @@ def _check(key: str, value: Any, where: str) -> Any:
         return None if value is None else check_int(value, "threads", where=where)
     if key in ("fused", "background"):
         return check_bool(value, key, where=where)
-    if key == "cupy_rows":
+    if key in ("cupy_rows", "cupy_threads"):
         if value is None:
             return None
-        v = check_int(value, "cupy_rows", where=where)
-        if v not in _CUPY_ROWS:
-            raise ValueError(f"{where}: cupy_rows must be one of {_CUPY_ROWS}, got {v}")
+        v = check_int(value, key, where=where)
+        allowed = _CUPY_ROWS if key == "cupy_rows" else _CUPY_THREADS
+        if v not in allowed:
+            raise ValueError(f"{where}: {key} must be one of {allowed}, got {v}")
         return v
     raise TypeError(f"{where}: unknown setting {key!r}; the settings are {_KEYS}")
 
@@ -139,11 +146,13 @@ def _load() -> dict[str, Any]:
     with _lock:
         if _defaults is None:
             d = {"backend": None, "threads": None, "fused": True, "background": True,
-                 "cupy_rows": None}
+                 "cupy_rows": None, "cupy_threads": None}
             try:
                 d["backend"] = _from_env("DEBUTLA_BACKEND", "backend", str)
                 d["threads"] = _from_env("DEBUTLA_NUM_THREADS", "threads", _int_or_raw)
                 d["cupy_rows"] = _from_env("DEBUTLA_CUPY_ROWS", "cupy_rows", _int_or_raw)
+                d["cupy_threads"] = _from_env("DEBUTLA_CUPY_THREADS", "cupy_threads",
+                                              _int_or_raw)
                 bg = _from_env("DEBUTLA_BACKGROUND", "background", _bool_or_raw)
                 if bg is not None:
                     d["background"] = bg
@@ -210,7 +219,8 @@ def set_defaults(**settings: Any) -> None:
     Parameters
     ----------
     **settings
-        Any of ``backend``, ``threads``, ``fused``, ``background``, ``cupy_rows``.
+        Any of ``backend``, ``threads``, ``fused``, ``background``, ``cupy_rows``,
+        ``cupy_threads``.
 
     Examples
     --------
@@ -266,6 +276,8 @@ def config(**settings: Any) -> Iterator[None]:
         for them (see the module docstring).
     cupy_rows : {1, 2, 4, 8} or None
         Rows per block of the CuPy fused kernel (None: automatic).
+    cupy_threads : {128, 256, 512, 1024} or None
+        Threads per block of the CuPy fused kernel (None: automatic).
 
     Raises
     ------

@@ -66,6 +66,8 @@ def test_config_is_per_thread():
     ({"backend": 3}, TypeError, "backend must be one of"),
     ({"fused": "no"}, TypeError, "fused must be True or False"),
     ({"cupy_rows": 3}, ValueError, "cupy_rows must be one of"),
+    ({"cupy_threads": 300}, ValueError, "cupy_threads must be one of"),
+    ({"cupy_threads": 256.0}, TypeError, "cupy_threads must be an integer"),
     ({"colour": 1}, TypeError, "unknown setting 'colour'"),
 ])
 def test_config_refuses_bad_settings_before_the_block(kw, exc, match):
@@ -79,7 +81,8 @@ def test_config_refuses_bad_settings_before_the_block(kw, exc, match):
 @pytest.mark.parametrize("var, value", [("DEBUTLA_NUM_THREADS", "two"),
                                         ("DEBUTLA_NUM_THREADS", "0"),
                                         ("DEBUTLA_BACKEND", "fortran"),
-                                        ("DEBUTLA_CUPY_ROWS", "3")])
+                                        ("DEBUTLA_CUPY_ROWS", "3"),
+                                        ("DEBUTLA_CUPY_THREADS", "100")])
 def test_bad_environment_fails_at_first_use_naming_the_variable(var, value):
     r = run_python("""
         import numpy as np

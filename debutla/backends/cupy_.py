@@ -1,19 +1,19 @@
 """CuPy backend: NVIDIA GPUs.
 
-Rows layout ``(k, Q)``: one fused kernel applies the whole chain, ``R`` batch rows
-(1 to 8) per thread block, the rows and their intermediates held in shared memory (two
-ping-pong buffers of the largest size), so global memory sees only the input, the
-output and the values (each value read once per ``R`` rows).
-Rows too long for shared memory, and the column layout ``(Q, k)``, run one elementwise
-CUDA kernel per factor: each thread computes one output entry
-``y[b, i, tau] = sum_j V[b, i, j, tau] x[b, j, tau]`` of one batch column, reading the
-canonical value layout directly.  Factors are applied one after another through two
-ping-pong buffers; nothing is transposed.  Threads are ordered so that neighbouring
-threads read neighbouring inputs: along the batch in the column layout ``(Q, k)``, along
-``tau`` in the row layout ``(k, Q)``.
+Rows layout ``(k, n)``: one chain-specialised kernel applies the whole chain
+(:mod:`debutla.backends._cuda_chain`: sizes as compile-time constants, ``R`` batch rows
+per block, each value read once per block, intermediates in shared memory, square
+factors in place).  It is compiled per chain, input width and dtype on first use
+(NVRTC, a fraction of a second; CuPy keeps the binary in its on-disk cache).  The column
+layout ``(n, k)`` runs the same kernel between two transposes.
+Rows too long for shared memory run one elementwise CUDA kernel per factor: each thread
+computes one output entry ``y[b, i, tau] = sum_j V[b, i, j, tau] x[b, j, tau]``, reading
+the canonical value layout, through two ping-pong buffers.
 
 The operator's values are uploaded to the device once per operator and dtype (cached by
 the operator), so ``op @ cupy_array`` just works; results stay on the device.
+:func:`choose_plan` and :func:`launch` are also the entry points of the PyTorch CUDA
+path (:mod:`debutla.torch._ops`), which passes half-precision storage too.
 """
 
 from __future__ import annotations
@@ -22,8 +22,10 @@ import cupy as cp
 import numpy as np
 
 from .. import _config
+from . import _cuda_chain
 
-__all__ = ["prepare", "apply_rows", "apply_cols"]  # name, xp: protocol fields
+# name, xp: protocol fields
+__all__ = ["prepare", "apply_rows", "apply_cols", "choose_plan", "launch"]
 
 name = "cupy"
 xp = cp
@@ -58,113 +60,94 @@ _cols = cp.ElementwiseKernel(
 )
 
 
-_FUSED_SRC = r"""
-#include <cupy/complex.cuh>
-
-// Apply a whole chain to R batch rows held in shared memory (one block per R rows):
-// every value read from global memory serves R rows.
-// meta: per factor (r, s, t, p, value offset).
-template <typename T, int R>
-__global__ void debutla_fused_rows(const T* __restrict__ X, T* __restrict__ Y,
-                                   const T* __restrict__ V, const long long* __restrict__ meta,
-                                   const int nf, const int Q, const int P, const int maxsize,
-                                   const long long k)
-{
-    extern __shared__ __align__(16) unsigned char smem_raw[];
-    T* buf0 = reinterpret_cast<T*>(smem_raw);
-    T* buf1 = buf0 + R * maxsize;
-    for (long long c0 = (long long)blockIdx.x * R; c0 < k; c0 += (long long)gridDim.x * R) {
-        const int nr = (k - c0 < R) ? (int)(k - c0) : R;
-        for (int rr = 0; rr < R; ++rr) {
-            const T* xrow = X + (c0 + rr) * (long long)Q;
-            for (int i = threadIdx.x; i < Q; i += blockDim.x)
-                buf0[rr * maxsize + i] = (rr < nr) ? xrow[i] : T(0);
-        }
-        __syncthreads();
-        T* in = buf0;
-        T* out = buf1;
-        for (int f = 0; f < nf; ++f) {
-            const int r = (int)meta[5 * f + 0];
-            const int s = (int)meta[5 * f + 1];
-            const int t = (int)meta[5 * f + 2];
-            const int p = (int)meta[5 * f + 3];
-            const T* Vf = V + meta[5 * f + 4];
-            const bool last = (f == nf - 1);
-            for (int o = threadIdx.x; o < p; o += blockDim.x) {
-                const int tt = o % t;
-                const int ii = (o / t) % r;
-                const int b = o / (r * t);
-                const T* vp = Vf + ((b * r + ii) * s) * t + tt;
-                const int xo = b * s * t + tt;
-                T acc[R];
-#pragma unroll
-                for (int rr = 0; rr < R; ++rr) acc[rr] = T(0);
-                for (int j = 0; j < s; ++j) {
-                    const T v = vp[j * t];
-#pragma unroll
-                    for (int rr = 0; rr < R; ++rr) acc[rr] += v * in[rr * maxsize + xo + j * t];
-                }
-                if (last) {
-                    for (int rr = 0; rr < nr; ++rr) Y[(c0 + rr) * (long long)P + o] = acc[rr];
-                } else {
-#pragma unroll
-                    for (int rr = 0; rr < R; ++rr) out[rr * maxsize + o] = acc[rr];
-                }
-            }
-            __syncthreads();
-            T* tmp = in; in = out; out = tmp;
-        }
-    }
-}
-"""
-
-_TYPES = {"float32": "float", "float64": "double", "complex64": "complex<float>",
-          "complex128": "complex<double>"}
 _ROWS = (8, 4, 2, 1)
+#: blocks that should share a multiprocessor at large batch (latency hiding across syncs)
 _BLOCKS_PER_SM = 2
-_module = None
-# Shared memory per block we may ask for (H100: 227 KiB opt-in; older GPUs 48-163 KiB).
-_SMEM_CAP = 48 * 1024
-_NUM_SM = 1
+_THREADS = 256        # threads per block when blocks are plentiful
+_THREADS_FEW = 512    # ... and when there are fewer blocks than multiprocessors
+_device_info: dict = {}
 
 
-_kernels: dict = {}
+def _device() -> tuple[int, int, int]:
+    """(shared memory per block we may ask for, per multiprocessor, multiprocessors)."""
+    dev = cp.cuda.Device().id
+    info = _device_info.get(dev)
+    if info is None:
+        attrs = cp.cuda.Device(dev).attributes
+        block = attrs.get("MaxSharedMemoryPerBlockOptin", 48 * 1024)
+        info = _device_info[dev] = (block,
+                                    attrs.get("MaxSharedMemoryPerMultiprocessor", block),
+                                    attrs.get("MultiProcessorCount", 1))
+    return info
 
 
-def _fused_kernel(dtype, rows: int):
-    kern = _kernels.get((dtype, rows))
-    if kern is not None:
-        return kern
-    global _module, _SMEM_CAP, _NUM_SM
-    if _module is None:
-        names = [f"debutla_fused_rows<{t},{R}>" for t in _TYPES.values() for R in _ROWS]
-        module = cp.RawModule(code=_FUSED_SRC, options=("-std=c++17",), name_expressions=names)
-        attrs = cp.cuda.Device().attributes
-        _SMEM_CAP = attrs.get("MaxSharedMemoryPerBlockOptin", 48 * 1024)
-        _NUM_SM = attrs.get("MultiProcessorCount", 1)
-        _module = module
-    kern = _module.get_function(f"debutla_fused_rows<{_TYPES[dtype.name]},{rows}>")
-    _kernels[(dtype, rows)] = kern
+_compiled: dict = {}
+
+
+def _kernel(plan: _cuda_chain.Plan):
+    """The compiled kernel of ``plan`` (compiled once per process and device; CuPy keeps
+    the binary in its on-disk cache, so a new process loads it without compiling).
+    """
+    key = (plan, cp.cuda.Device().id)
+    kern = _compiled.get(key)
+    if kern is None:
+        module = cp.RawModule(code=_cuda_chain.source(plan), options=("-std=c++17",))
+        kern = module.get_function("debutla_chain")
+        if plan.smem_bytes > 48 * 1024:
+            kern.max_dynamic_shared_size_bytes = plan.smem_bytes
+        _compiled[key] = kern
     return kern
 
 
-def _rows_per_block(k: int, maxsize: int, itemsize: int):
-    """Rows per block: each value read serves R rows, but shared memory limits R, and
-    blocks must stay plentiful (two per multiprocessor) and small enough for
-    ``_BLOCKS_PER_SM`` of them to share a multiprocessor.  None: the rows do not fit.
+_plans: dict = {}
+
+
+def choose_plan(specs, n: int, m: int, k: int, storage: str):
+    """The plan for ``k`` rows: the most rows per block ``R`` whose shared memory fits
+    with ``_BLOCKS_PER_SM`` blocks per multiprocessor while the blocks still cover every
+    multiprocessor twice; ``R = 1`` otherwise.  None: one row does not fit (the caller
+    runs factor by factor).  ``config(cupy_rows=..., cupy_threads=...)`` force the sizes.
     """
-    forced = _config.get("cupy_rows")
+    forced_rows = _config.get("cupy_rows")
+    forced_threads = _config.get("cupy_threads")
+    key = (tuple(specs), n, m, k, storage, forced_rows, forced_threads, cp.cuda.Device().id)
+    try:
+        return _plans[key]
+    except KeyError:
+        pass
+    if len(_plans) > 4096:
+        _plans.clear()
+    plan = _plans[key] = _choose(specs, n, m, k, storage, forced_rows, forced_threads)
+    return plan
+
+
+def _choose(specs, n, m, k, storage, forced_rows, forced_threads):
+    cap_block, cap_sm, nsm = _device()
     for R in _ROWS:
-        smem = 2 * R * maxsize * itemsize
-        if smem > _SMEM_CAP:
+        if forced_rows is not None and R != forced_rows:
             continue
-        if forced is not None:
-            if R == forced:
-                return R
+        blocks = -(-k // R)
+        threads = forced_threads or (_THREADS if blocks >= nsm else _THREADS_FEW)
+        plan = _cuda_chain.make_plan(specs, n, m, R, threads, storage)
+        smem = plan.smem_bytes
+        if smem > cap_block:
             continue
-        if R == 1 or (k >= 2 * _NUM_SM * R and smem * _BLOCKS_PER_SM <= _SMEM_CAP):
-            return R
+        if R == 1 or forced_rows is not None or (
+                blocks >= 2 * nsm and smem * _BLOCKS_PER_SM <= cap_sm):
+            return plan
     return None
+
+
+def launch(plan: _cuda_chain.Plan, X, Y, V, k: int) -> None:
+    """Run ``plan``'s kernel on ``k`` rows: ``X`` ``(k, n)`` in, ``Y`` ``(k, m)`` out,
+    ``V`` the :func:`~debutla.backends._cuda_chain.kernel_values` (CuPy arrays of the
+    storage type, C-contiguous, on the current device and stream).
+    """
+    if k == 0:
+        return
+    kern = _kernel(plan)
+    kern((-(-k // plan.rows),), (plan.threads,), (X, Y, V, np.int64(k)),
+         shared_mem=plan.smem_bytes)
 
 
 class _Spec:
@@ -187,12 +170,10 @@ class _State:
     def __init__(self, factors: tuple) -> None:
         self.factors = tuple(cp.ascontiguousarray(cp.asarray(V)) for V in factors)
         self.specs = tuple(_Spec(*(int(d) for d in V.shape)) for V in self.factors)
-        offsets = np.cumsum([0] + [V.size for V in self.factors])[:-1]
-        self.flat = cp.concatenate([V.ravel() for V in self.factors])
-        self.dtype = self.flat.dtype
-        self.offsets = offsets
+        self.kvalues = _cuda_chain.kernel_values(self.factors, xp=cp)
+        self.dtype = self.kvalues.dtype
+        self.shapes = tuple((f.nb, f.r, f.s, f.t) for f in self.specs)
         self.P, self.Q = self.specs[-1].p, self.specs[0].q
-        self.meta = None
         self._adj: dict = {}
 
     def adjoint(self, trans: str) -> "_State":
@@ -212,45 +193,23 @@ def prepare(factors):
     return _State(factors)
 
 
-def _pad(X, Q: int, layout: str):
-    if layout == "rows":
-        if X.shape[1] == Q:
-            return X
-        Xp = cp.zeros((X.shape[0], Q), X.dtype)
-        Xp[:, :X.shape[1]] = X
-    else:
-        if X.shape[0] == Q:
-            return X
-        Xp = cp.zeros((Q, X.shape[1]), X.dtype)
-        Xp[:X.shape[0]] = X
+def _pad(X, Q: int):
+    """``(Q, k)`` copy of a column-layout ``X`` with fewer than ``Q`` rows (zeros below)."""
+    if X.shape[0] == Q:
+        return X
+    Xp = cp.zeros((Q, X.shape[1]), X.dtype)
+    Xp[:X.shape[0]] = X
     return Xp
 
 
 def _fused(state, X, out):
-    """The whole chain in one kernel, R batch rows per block in shared memory (or None)."""
-    specs = state.specs
-    maxsize = max([specs[0].q] + [f.p for f in specs])
-    k = X.shape[0]
-    _fused_kernel(state.dtype, 1)  # compiles once, reads the device limits
-    rows = _rows_per_block(k, maxsize, state.dtype.itemsize)
-    if rows is None:
+    """The whole chain in one chain-specialised kernel (None: rows too long for it)."""
+    k, n = X.shape
+    plan = choose_plan(state.shapes, n, state.P, k, state.dtype.name)
+    if plan is None:
         return None
-    smem = 2 * rows * maxsize * state.dtype.itemsize
-    kern = _fused_kernel(state.dtype, rows)
-    meta = state.meta
-    if meta is None:
-        meta = cp.asarray(np.array([[f.r, f.s, f.t, f.p, off] for f, off
-                                    in zip(specs, state.offsets)], dtype=np.int64).ravel())
-        state.meta = meta
-    if smem > 48 * 1024:
-        kern.max_dynamic_shared_size_bytes = smem
-    P, Q = state.P, state.Q
-    Y = out if out is not None else cp.empty((k, P), dtype=X.dtype)
-    threads = 256 if maxsize <= 2048 else 512
-    grid = int(min(-(-k // rows), 65535 * 4))
-    kern((grid,), (threads,), (X, Y, state.flat, meta, np.int32(len(specs)), np.int32(Q),
-                               np.int32(P), np.int32(maxsize), np.int64(k)),
-         shared_mem=smem)
+    Y = out if out is not None else cp.empty((k, state.P), dtype=X.dtype)
+    launch(plan, X, Y, state.kvalues, k)
     return Y
 
 
@@ -274,9 +233,10 @@ def apply_rows(state, X, out=None, trans="N"):
     See :mod:`debutla.backends` for the contract (``n`` at most the input size).
     """
     state = state.adjoint(trans)
-    X = _pad(X, state.Q, "rows")
-    Y = _fused(state, X, out)
+    Y = _fused(state, X, out)  # reads only the n given features: no padding copy
     if Y is None:
+        if X.shape[1] != state.Q:
+            X = cp.ascontiguousarray(_pad(X.T, state.Q).T)
         Y = _run(_rows, state, X, out, "rows")
     return Y
 
@@ -289,11 +249,10 @@ def apply_cols(state, X, out=None, trans="N"):
     along the batch (coalesced in this layout).
     """
     state = state.adjoint(trans)
-    X = _pad(X, state.Q, "cols")
     Xt = cp.ascontiguousarray(X.T)
     Yt = _fused(state, Xt, None)
     if Yt is None:
-        return _run(_cols, state, X, out, "cols")
+        return _run(_cols, state, _pad(X, state.Q), out, "cols")
     if out is not None:
         out[...] = Yt.T
         return out
