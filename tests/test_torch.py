@@ -441,7 +441,7 @@ def test_bad_inputs_are_named():
     with pytest.raises(ValueError, match="DeButLinear.*parse"):
         DeButLinear(17, 5, chain="8 <-(3,3,3)- 8")
     with pytest.raises(ValueError, match="DeButLinear.*impl"):
-        DeButLinear(13, 5, chain=PADDED, impl="cuda")
+        DeButLinear(13, 5, chain=PADDED, impl="tpu")
     with pytest.raises(ValueError, match="DeButConv2d.*kernel size"):
         DeButConv2d(8, 16, 5, chain=db.PAPER_CHAINS["lenet_conv2_mono1"])
     conv = DeButConv2d(8, 16, 3, chain=db.PAPER_CHAINS["lenet_conv2_mono1"])

@@ -8,6 +8,13 @@ Two implementations compute the same thing, ``Y = X @ D.T`` for ``X`` of shape
     memory (``Tensor.numpy()`` views: the input is read in place and the result is written
     straight into a torch tensor).  See :func:`_cpu_operator` for the one place where the
     operator is built.
+``"cuda"``  (CUDA tensors, float16/bfloat16/float32/float64, with CuPy installed)
+    The forward product (and the input gradient of a frozen layer) runs debutla's
+    chain-specialised CUDA kernel (:mod:`debutla.backends._cuda_chain`) on the tensors'
+    memory, on torch's current stream.  float16 and bfloat16 are storage types: the
+    kernel reads and writes 16-bit values and accumulates in float32.  The value
+    gradients run the ``"torch"`` path.  ``"auto"`` picks it for CUDA tensors when CuPy
+    imports.
 ``"torch"``  (any device and floating dtype)
     One batched product per factor with torch operations, in the features-major layout
     ``(features, batch)``: a factor with ``t = 1`` is one ``bmm`` over its ``nb`` blocks,
@@ -59,8 +66,11 @@ from ._kernels import fused_backward
 __all__ = ["debut_mm", "parse_chain", "IMPLS", "factor_forward", "chain_forward_cols",
            "factor_backward", "clear_cache", "backward_mode"]
 
-IMPLS = ("auto", "numba", "torch")
+IMPLS = ("auto", "numba", "torch", "cuda")
 _NUMBA_DTYPES = (torch.float32, torch.float64)
+#: dtypes of the CUDA kernel, and the storage each one is
+_CUDA_STORAGE = {torch.float16: "float16", torch.bfloat16: "bfloat16",
+                 torch.float32: "float32", torch.float64: "float64"}
 _NUMBA = get_backend("numba")
 
 
@@ -195,6 +205,96 @@ def _use_numba(x: torch.Tensor, impl: str) -> bool:
     return ok
 
 
+@lru_cache(maxsize=1)
+def _cupy_backend():
+    """Debutla's CuPy backend module, or None where CuPy is missing or has no device."""
+    try:
+        from ..backends import cupy_
+        import cupy
+        if cupy.cuda.runtime.getDeviceCount() < 1:
+            return None
+    except Exception:  # ImportError, or CUDA errors of a machine without a driver
+        return None
+    return cupy_
+
+
+def _use_cuda(x: torch.Tensor, impl: str) -> bool:
+    if impl not in ("auto", "cuda"):
+        return False
+    ok = x.device.type == "cuda" and x.dtype in _CUDA_STORAGE
+    if impl == "cuda":
+        if not ok:
+            raise TypeError(f"debut_mm: impl='cuda' needs CUDA tensors of dtype float16, "
+                            f"bfloat16, float32 or float64, got {x.dtype} on {x.device}")
+        if _cupy_backend() is None:
+            raise RuntimeError("debut_mm: impl='cuda' needs CuPy with a usable GPU "
+                               "(pip install 'debutla[cuda12]' or 'debutla[cuda13]')")
+        return True
+    return ok and _cupy_backend() is not None
+
+
+def _cupy_view(t: torch.Tensor):
+    """The bytes of a contiguous CUDA tensor as a CuPy ``uint8`` array (no copy; the
+    kernels take it as a pointer of their own type).
+    """
+    import cupy
+    nbytes = t.numel() * t.element_size()
+    mem = cupy.cuda.UnownedMemory(t.data_ptr(), nbytes, t, t.device.index)
+    return cupy.ndarray((nbytes,), cupy.uint8, cupy.cuda.MemoryPointer(mem, 0))
+
+
+_STREAMS: dict = {}
+
+
+def _cupy_stream(device: torch.device):
+    """The current torch stream on ``device`` as a CuPy stream (one wrapper per stream)."""
+    ptr = torch.cuda.current_stream(device).cuda_stream
+    key = (ptr, device.index)
+    st = _STREAMS.get(key)
+    if st is None:
+        import warnings
+
+        import cupy
+        with warnings.catch_warnings():
+            # CuPy 14 deprecates ExternalStream for Stream.from_external; it is the one
+            # spelling that works from CuPy 12 on, and is created once per stream here
+            warnings.simplefilter("ignore", DeprecationWarning)
+            st = cupy.cuda.ExternalStream(ptr, device.index)
+        if len(_STREAMS) > 64:
+            _STREAMS.clear()
+        _STREAMS[key] = st
+    return st
+
+
+def _cuda_rows(x: torch.Tensor, values: Sequence[torch.Tensor], chain: Chain,
+               shape: tuple[int, int], transpose: bool = False) -> torch.Tensor | None:
+    """``x @ D.T`` (or ``x @ D`` with ``transpose``) with the chain-specialised CUDA
+    kernel; None where a row does not fit the kernel's shared memory.
+    """
+    import cupy
+    cupy_ = _cupy_backend()
+    m, n = shape
+    if transpose:
+        specs = [(nb, s, r, t) for nb, r, s, t in reversed([sp.value_shape for sp in chain])]
+        parts = [v.detach().permute(2, 1, 0, 3).reshape(-1) for v in reversed(values)]
+        n_in, m_out = m, n
+    else:
+        specs = [sp.value_shape for sp in chain]
+        parts = [v.detach().permute(1, 2, 0, 3).reshape(-1) for v in values]
+        n_in, m_out = n, m
+    x = x.contiguous()
+    k = x.shape[0]
+    with cupy.cuda.Device(x.device.index):
+        plan = cupy_.choose_plan(specs, n_in, m_out, k, _CUDA_STORAGE[x.dtype])
+        if plan is None:
+            return None
+        kv = torch.cat(parts).to(x.dtype)
+        y = torch.empty((k, m_out), dtype=x.dtype, device=x.device)
+        with _cupy_stream(x.device):
+            cupy_.launch(plan, _cupy_view(x), _cupy_view(y), _cupy_view(kv), k)
+    return y
+
+
 # ---------------------------------------------------------------------------------------
 # torch path: one factor at a time, features-major (features, batch)
 # ---------------------------------------------------------------------------------------
@@ -251,13 +351,11 @@ def factor_backward(g: torch.Tensor, xc: torch.Tensor | None, v: torch.Tensor,
         if t == 1:
             gv = torch.bmm(g.reshape(nb, r, k), xc.reshape(nb, s, k).transpose(1, 2))
             gv = gv.unsqueeze(-1)
-        else:
-            gg = g.reshape(nb, r, t, k)
-            xx = xc.reshape(nb, s, t, k)
-            gv = torch.empty((nb, r, s, t), dtype=g.dtype, device=g.device)
-            for i in range(r):
-                for j in range(s):
-                    gv[:, i, j] = torch.linalg.vecdot(gg[:, i], xx[:, j])
+        else:  # one batched product over the nb * t (block, tau) pairs
+            gg = g.reshape(nb, r, t, k).transpose(1, 2).reshape(nb * t, r, k)
+            xx = xc.reshape(nb, s, t, k).transpose(1, 2).reshape(nb * t, s, k)
+            gv = torch.bmm(gg, xx.transpose(1, 2)).reshape(nb, t, r, s)
+            gv = gv.permute(0, 2, 3, 1).contiguous()
     return gx, gv
 
 
@@ -294,6 +392,10 @@ def _forward(x, values, chain, shape, impl, bias=None):
     if x.shape[0] == 0:
         y = x.new_zeros((0, shape[0]))
         return y if bias is None else y + bias
+    if _use_cuda(x, impl):
+        y = _cuda_rows(x, values, chain, shape)
+        if y is not None:
+            return y if bias is None else y.add_(bias)
     if _use_numba(x, impl):
         return _numba_rows(x, values, chain, shape, bias=bias)
     y = _torch_rows(x, values, chain, shape)
@@ -319,6 +421,10 @@ def _backward(grad, x, values, chain, shape, impl, need_x: bool, need_v: bool):
         return (torch.zeros_like(x) if need_x else None,
                 [torch.zeros_like(v) for v in values] if need_v else gvs)
     if not need_v:  # frozen values: one adjoint product
+        if _use_cuda(grad, impl):
+            gx = _cuda_rows(grad, values, chain, shape, transpose=True)
+            if gx is not None:
+                return gx, gvs
         if _use_numba(grad, impl):
             return _numba_rows(grad, values, chain, shape, transpose=True), gvs
         g = _to_cols(grad, P)
@@ -504,7 +610,7 @@ def debut_mm(x: torch.Tensor, values: Sequence[torch.Tensor], chain: Chain | str
     shape : (int, int), optional
         ``(m, n)`` served by the chain (at most its size; inputs are zero-padded and
         outputs cut).  Default: the chain's size.
-    impl : {"auto", "numba", "torch"}
+    impl : {"auto", "numba", "torch", "cuda"}
         ``"auto"``: the fused Numba kernel for float32/float64 CPU tensors, else torch.
     bias : Tensor (m,), optional
         Added to every row.  On the CPU kernels it is added, and its gradient summed,

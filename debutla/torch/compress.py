@@ -165,7 +165,7 @@ def compress(model: nn.Module, layers: Mapping[str, Any] | Iterable[str],
         Modify ``model`` itself; by default a deep copy is modified and returned.
     flatten : {"cin_kh_kw", "kh_kw_cin"}
         Filter flattening for conv layers (see :class:`DeButConv2d`).
-    impl : {"auto", "numba", "torch"}
+    impl : {"auto", "numba", "torch", "cuda"}
     ratio : float, optional
         For ``chain="auto"``: at most ``floor(ratio m n)`` values for an ``m x n``
         weight (the paper's layer compression is ``1 - ratio`` or more); ``0 < ratio

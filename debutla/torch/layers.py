@@ -238,9 +238,10 @@ class DeButLinear(_DeButBase):
     bias : bool
     device, dtype : optional
         As for ``nn.Linear``.
-    impl : {"auto", "numba", "torch"}
+    impl : {"auto", "numba", "torch", "cuda"}
         Product implementation (see :mod:`debutla.torch._ops`); ``"auto"`` uses the fused
-        Numba kernel for float32/float64 CPU tensors and torch operations otherwise.
+        Numba kernel for float32/float64 CPU tensors, the chain-specialised CUDA kernel
+        for CUDA tensors when CuPy is installed, and torch operations otherwise.
 
     Attributes
     ----------
@@ -357,7 +358,7 @@ class DeButLinear(_DeButBase):
         ----------
         linear : nn.Linear
         chain : "auto", str or debutla.Chain
-        impl : {"auto", "numba", "torch"}
+        impl : {"auto", "numba", "torch", "cuda"}
 
         Returns
         -------
@@ -393,7 +394,7 @@ class DeButLinear(_DeButBase):
             Passed to :func:`debutla.factorize` (in float64); ``"random"`` skips the fit
             and keeps random values (the bias is copied in every case; a ``max_params``
             budget then picks the chain with :func:`debutla.design_chain`).
-        impl : {"auto", "numba", "torch"}
+        impl : {"auto", "numba", "torch", "cuda"}
         calibration : Tensor (..., in_features), optional
             Inputs of the layer (e.g. a batch of the data it sees in the trained model):
             the fit then minimises the error of the layer's outputs on them,
@@ -753,7 +754,7 @@ class DeButConv2d(_DeButBase):
         conv : nn.Conv2d
             ``groups=1``.
         chain : "auto", str or debutla.Chain
-        impl : {"auto", "numba", "torch"}
+        impl : {"auto", "numba", "torch", "cuda"}
         flatten : {"cin_kh_kw", "kh_kw_cin"}
 
         Returns

@@ -48,7 +48,7 @@ def load_compressed(model: nn.Module, state_dict: Mapping[str, Any], *,
         A compressed model's ``state_dict()``.
     strict : bool
         Passed to ``model.load_state_dict``.
-    impl : {"auto", "numba", "torch"}
+    impl : {"auto", "numba", "torch", "cuda"}
         Product implementation of the new layers.
 
     Returns
