@@ -71,7 +71,7 @@ def main(argv=None) -> int:
         specs = [sp.value_shape for sp in chain]
         for stage in (False, True):
             for R in (1, 2, 4, 8):
-                for NT in (256, 512, 1024):
+                for NT in (128, 256, 512, 1024):
                     plan = cc.make_plan(specs, chain.shape[1], chain.shape[0], R, NT,
                                         "float32", stage=stage)
                     regs, spill, stack = registers(lib, ptxas, plan, args.arch)
