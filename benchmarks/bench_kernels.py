@@ -52,6 +52,8 @@ of the thread counts alternates between rounds; min over a ``--budget`` loop per
 timing; BLAS pinned to one thread), and reports the median over rounds with its range,
 and the speed-up over the first thread count as the median over rounds of the paired
 ratios.  It checks first that every thread count gives bitwise the same result.
+``--pool-ab`` adds each thread count above one on the executor alone (the split
+products' pool before change 12, ``numba_._SPIN_POOL = False``), in the same rounds.
 """
 
 from __future__ import annotations
@@ -184,6 +186,9 @@ def main(argv=None) -> int:
                     help="time the thread counts of --threads against each other")
     ap.add_argument("--threads", nargs="*", type=int, default=[1, 2],
                     help="thread counts of --scaling (the first is the reference)")
+    ap.add_argument("--pool-ab", action="store_true",
+                    help="with --scaling: time each thread count > 1 on the spinning pool "
+                         "and on the executor alone (numba_._SPIN_POOL), interleaved")
     args = ap.parse_args(argv)
 
     def parse(items: list) -> dict:
@@ -351,38 +356,55 @@ def run_ab(args, overrides: dict) -> int:
 def run_scaling(args) -> int:
     """Thread counts against each other, interleaved, per chain, dtype and batch."""
 
-    machine, rng, head = _start(f"# bench_kernels --scaling: threads {args.threads}, "
+    machine, rng, head = _start(f"# bench_kernels --scaling: threads {args.threads}"
+                                f"{' (--pool-ab)' if args.pool_ab else ''}, "
                                 f"op.matmat_rows(X, out=Y), BLAS pinned to one thread")
-    ths = args.threads
+    # variants: (threads, spinning pool); --pool-ab adds the executor for threads > 1
+    ths = [(th, True) for th in args.threads]
+    if args.pool_ab:
+        ths += [(th, False) for th in args.threads if th > 1]
+
+    def label(v) -> str:
+        th, spin = v
+        return f"{th} thr" + ("" if th == 1 or not args.pool_ab else
+                              (" spin" if spin else " exec"))
+
+    def timed(v, fn):
+        saved = nbk._SPIN_POOL
+        nbk._SPIN_POOL = v[1]
+        try:
+            with config(threads=v[0]):
+                return fn()
+        finally:
+            nbk._SPIN_POOL = saved
+
     rows = []
     for cname, dtn, k, op, X, Y in _cases(args, rng):
         with config(background=False):
             want = op.matmat_rows(X)  # compile / load the kernel
-        for th in ths:
-            with config(threads=th):
-                if not np.array_equal(op.matmat_rows(X, out=Y), want):
-                    raise AssertionError(f"{cname} {dtn} k={k}: {th} threads change the "
-                                         f"result")
-        times: dict = {th: [] for th in ths}
+        for v in ths:
+            if not np.array_equal(timed(v, lambda: op.matmat_rows(X, out=Y)), want):
+                raise AssertionError(f"{cname} {dtn} k={k}: {label(v)} changes the result")
+        times: dict = {v: [] for v in ths}
         for rd in range(args.rounds):
-            for th in (ths if rd % 2 == 0 else ths[::-1]):
-                with config(threads=th):
-                    times[th].append(tmin(lambda: op.matmat_rows(X, out=Y), args.budget))
-        ups = {th: statistics.median(a / b for a, b in zip(times[ths[0]], times[th]))
-               for th in ths}
+            for v in (ths if rd % 2 == 0 else ths[::-1]):
+                times[v].append(timed(v, lambda: tmin(lambda: op.matmat_rows(X, out=Y),
+                                                      args.budget)))
+        ups = {v: statistics.median(a / b for a, b in zip(times[ths[0]], times[v]))
+               for v in ths}
         rows.append((cname, dtn, k, times, ups))
         print(f"{cname:10s} {dtn:8s} k={k:5d}  " + "  ".join(
-            f"{th} thr {statistics.median(times[th]) * 1e6:8.1f} us (x{ups[th]:.2f})"
-            for th in ths), flush=True)
+            f"{label(v)} {statistics.median(times[v]) * 1e6:8.1f} us (x{ups[v]:.2f})"
+            for v in ths), flush=True)
     lines = head + [f"load average at end: {os.getloadavg()}", "",
                     "| chain | dtype | batch | " + " | ".join(
-                        f"{th} thread{'s' if th > 1 else ''}: median (range)" for th in ths)
-                    + " | " + " | ".join(f"speed-up {th} / {ths[0]}" for th in ths[1:]) + " |",
+                        f"{label(v)}: median (range)" for v in ths)
+                    + " | " + " | ".join(f"speed-up {label(v)}" for v in ths[1:]) + " |",
                     "|---|---|---:|" + "---:|" * (2 * len(ths) - 1)]
     for cname, dtn, k, times, ups in rows:
-        cells = [f"{statistics.median(times[th]) * 1e6:.1f} us ({min(times[th]) * 1e6:.0f}-"
-                 f"{max(times[th]) * 1e6:.0f})" for th in ths]
-        cells += [f"{ups[th]:.2f}x" for th in ths[1:]]
+        cells = [f"{statistics.median(times[v]) * 1e6:.1f} us ({min(times[v]) * 1e6:.0f}-"
+                 f"{max(times[v]) * 1e6:.0f})" for v in ths]
+        cells += [f"{ups[v]:.2f}x" for v in ths[1:]]
         lines.append(f"| {cname} | {dtn} | {k} | " + " | ".join(cells) + " |")
     return _finish(args, lines)
 

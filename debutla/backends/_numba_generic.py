@@ -28,6 +28,34 @@ SOURCE = '''"""debutla generic Numba kernels (factor by factor; loaded by debutl
 import numpy as np
 from numba import njit
 
+from debutla.backends._numba_sync import cpu_pause, load_acquire, store_release
+
+
+@njit(cache=True, nogil=True)
+def spin(flags, idx, old, rounds, linger):
+    """Spin until flags[idx] != old or `rounds` rounds pass; return the last value read.
+
+    After a change, spin `linger` more rounds before returning (and taking the GIL): the
+    thread that made the change has then likely dropped the GIL, so taking it does not
+    put this thread to sleep.  Used by debutla.backends._numba_pool, without the GIL.
+    """
+    v = load_acquire(flags, idx)
+    for _ in range(rounds):
+        if v != old:
+            for _ in range(linger):
+                cpu_pause()
+            return v
+        cpu_pause()
+        v = load_acquire(flags, idx)
+    return v
+
+
+@njit(cache=True, nogil=True)
+def store_spin(flags, sidx, sval, idx, old, rounds, linger):
+    """flags[sidx] = sval (a release store, made without the GIL), then spin()."""
+    store_release(flags, sidx, sval)
+    return spin(flags, idx, old, rounds, linger)
+
 
 @njit(cache=True, nogil=True, fastmath={"contract"}, error_model="numpy")
 def factor(V, voff, nb, r, s, t, vi, vj, src, sf, sc, soff, dst, df, dc, doff, w):

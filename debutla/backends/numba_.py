@@ -201,11 +201,13 @@ def preload(dtypes=(np.float64, np.float32)) -> None:
     --------
     >>> preload((np.float64,))
     """
-    _generic_module()
+    mod = _generic_module()
     for dt in dtypes:
         dt = np.dtype(dt)
         st = _State((np.zeros((1, 1, 1, 1), dt),))
         _run_generic(st, np.zeros((1, 1), dt), np.zeros((1, 1), dt), 1, 1, "rows", "N")
+    flags = np.zeros(2, np.int64)  # the split products' spin loops (_numba_pool)
+    mod.store_spin(flags, 1, 0, 0, 1, 1, 0)
 
 
 def _log_compile(seconds: float, what: str, loaded: bool = False) -> None:
@@ -506,8 +508,9 @@ def _after_fork_in_child() -> None:
     child; fork only after :func:`debutla.warmup` (or use the ``spawn`` or
     ``forkserver`` start methods of :mod:`multiprocessing`).
     """
-    global _pool, _pool_size, _pool_lock, _generic_lock, _kernels_lock
+    global _pool, _pool_size, _pool_lock, _generic_lock, _kernels_lock, _spin_pool
     _pool, _pool_size = None, 0
+    _spin_pool = None
     _pool_lock = threading.Lock()
     _generic_lock = threading.Lock()
     _kernels_lock = threading.Lock()
@@ -526,6 +529,28 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
+#: split products run on :class:`._numba_pool.SpinPool` (else on the executor alone)
+_SPIN_POOL = True
+_spin_pool = None
+
+
+def _get_spin_pool(workers: int):
+    """The spinning pool with at least ``workers`` workers (made on first use)."""
+    global _spin_pool
+    pool = _spin_pool
+    if pool is not None and pool.workers >= workers:
+        return pool
+    kernels = _generic_module()
+    with _pool_lock:
+        if _spin_pool is None or _spin_pool.workers < workers:
+            from ._numba_pool import SpinPool
+
+            if _spin_pool is not None:
+                _spin_pool.close()
+            _spin_pool = SpinPool(workers, kernels)
+        return _spin_pool
+
+
 def _run_split(fn, ntasks: int, work: int, threads: int | None = None) -> None:
     """Run ``fn(lo, hi)`` over ``range(ntasks)``, split across threads when worth it.
 
@@ -537,6 +562,9 @@ def _run_split(fn, ntasks: int, work: int, threads: int | None = None) -> None:
     library's spinning threads) only leaves more chunks to the others, and a worker
     that has not started when every chunk is taken is cancelled, not waited for.  Which
     thread computes a task never changes how it is computed (bitwise the same results).
+    The workers are those of :class:`._numba_pool.SpinPool` (they spin briefly between
+    the calls of a burst instead of sleeping); a call that finds that pool busy with
+    another thread's product uses a ``ThreadPoolExecutor``.
     """
     nth = min(get_num_threads() if threads is None else threads,
               ntasks // _MIN_TASKS_PER_THREAD)
@@ -545,6 +573,14 @@ def _run_split(fn, ntasks: int, work: int, threads: int | None = None) -> None:
         return
     nchunks = min(ntasks, nth * _CHUNKS_PER_THREAD)
     bounds = [ntasks * i // nchunks for i in range(nchunks + 1)]
+    if _SPIN_POOL:
+        try:
+            pool = _get_spin_pool(nth - 1)
+        except Exception as e:  # e.g. the generic kernels failed to load: the executor
+            _log.debug("debutla: spinning pool unavailable (%s)", e)
+            pool = None
+        if pool is not None and pool.run(fn, bounds, nth - 1):
+            return
     claim = threading.Lock()
     nxt = [0]  # the next chunk to claim
     errors: list[BaseException] = []

@@ -1,0 +1,202 @@
+"""The worker pool of split products: workers that spin briefly before they sleep.
+
+``numba_._run_split`` cuts a product into chunks of tasks that the calling thread and
+the workers claim in turn.  Through a ``ThreadPoolExecutor`` each split call cost about
+95 us on the 2-vCPU machines (``benchmarks/README_kernels.md``): the submit, the
+worker's wake-up from sleep, and the caller's wake-up when the worker's future ended.
+Here the threads of a burst of calls do not sleep in between:
+
+* after a job a worker *spins* for up to :data:`SPIN_US` microseconds without the GIL
+  (the generic kernel module's ``spin``: atomic acquire loads and ``pause``) on the
+  pool's generation counter; posting a job only bumps the counter, so a spinning worker
+  sees it at once.  It then lingers :data:`LINGER_US` more before it takes the GIL: by
+  then the caller has entered its own kernel and dropped the GIL, and taking a free GIL
+  costs nothing, where taking a held one puts the thread to sleep until it is dropped
+  (20-30 us to wake up, measured);
+* a worker that saw no job for :data:`SPIN_US` sleeps on a condition variable; posting
+  a job notifies sleepers (their check and their wait are under one lock: no wake-up is
+  lost);
+* a worker reports the end of its share with a release store made without the GIL, so
+  the caller, spinning on that count when it runs out of chunks, finds the GIL free; a
+  caller that spun :data:`SPIN_US` without seeing it sleeps on a condition variable
+  instead, which the finishing worker notifies;
+* the caller waits only for the workers that *joined* the job: a worker that comes late
+  finds the job closed (every chunk taken) and goes back to waiting, as a cancelled
+  future did.
+
+Spinning holds a core: at most :data:`SPIN_US` after each split product per worker.
+One job at a time: a second Python thread that finds the pool busy gets ``False`` from
+:meth:`SpinPool.run` and runs its product on the executor instead.  Which thread
+computes a task never changes how it is computed.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any, Callable
+
+import numpy as np
+
+__all__ = ["SpinPool", "SPIN_US", "LINGER_US"]
+
+#: how long a worker (and a waiting caller) spin before they sleep, in microseconds
+SPIN_US = 200.0
+#: how long a worker keeps spinning after it sees a job before it takes the GIL
+LINGER_US = 8.0
+
+_GEN, _DONE = 0, 1  # the flags: job generation, workers finished with the current job
+
+
+def _rounds_per_us(spin: Callable[..., int]) -> float:
+    """Spin rounds (one load and one ``pause``) per microsecond on this machine."""
+    flags = np.zeros(2, np.int64)
+    spin(flags, _GEN, 0, 10, 0)
+    n = 20000
+    t0 = time.perf_counter()
+    spin(flags, _GEN, 0, n, 0)
+    return max(1.0, n / max((time.perf_counter() - t0) * 1e6, 1e-3))
+
+
+class _Job:
+    __slots__ = ("fn", "bounds", "helpers", "next", "joined", "finished", "closed",
+                 "errors")
+
+    def __init__(self, fn: Callable[[int, int], None], bounds: list[int],
+                 helpers: int) -> None:
+        self.fn, self.bounds, self.helpers = fn, bounds, helpers
+        self.next = 0          # the next chunk to claim
+        self.joined = 0        # workers that took part
+        self.finished = 0      # ... and are done
+        self.closed = False    # every chunk taken: no more joining
+        self.errors: list[BaseException] = []
+
+
+class SpinPool:
+    """``workers`` threads that run a job's chunks next to the calling thread.
+
+    Parameters
+    ----------
+    workers : int
+        Worker threads (the caller is one more).
+    kernels : module
+        Provides ``spin(flags, idx, old, rounds, linger)`` and
+        ``store_spin(flags, sidx, sval, idx, old, rounds, linger)``, compiled ``nogil``
+        (the generic kernel module).
+    """
+
+    def __init__(self, workers: int, kernels: Any) -> None:
+        self.workers = workers
+        self._spin, self._store_spin = kernels.spin, kernels.store_spin
+        rate = _rounds_per_us(self._spin)
+        self.rounds = max(1, int(SPIN_US * rate))
+        self.linger = max(0, int(LINGER_US * rate))
+        self.flags = np.zeros(2, np.int64)
+        self._claim = threading.Lock()                 # claims and the job's counters
+        self._fin = threading.Condition(self._claim)   # a caller sleeping on the end
+        self._cond = threading.Condition(threading.Lock())  # sleeping workers
+        self._busy = threading.Lock()                  # one job at a time
+        self._sleeping = 0
+        self._caller_waits = False
+        self._stop = False
+        self._job: _Job | None = None
+        self._threads = [threading.Thread(target=self._worker, name=f"debutla-pool-{i}",
+                                          daemon=True) for i in range(workers)]
+        for t in self._threads:
+            t.start()
+
+    def _work(self, job: _Job) -> None:
+        """Claim and run chunks until none is left (or one failed)."""
+        while True:
+            with self._claim:
+                i = job.next
+                if i >= len(job.bounds) - 1 or job.errors:
+                    return
+                job.next = i + 1
+            try:
+                job.fn(job.bounds[i], job.bounds[i + 1])
+            except BaseException as e:  # the others stop claiming; raised by the caller
+                with self._claim:
+                    job.errors.append(e)
+                return
+
+    def _worker(self) -> None:
+        flags, seen = self.flags, 0
+        gen = int(self._spin(flags, _GEN, seen, self.rounds, self.linger))
+        while True:
+            if gen == seen:  # nothing came while spinning: sleep until a job is posted
+                with self._cond:
+                    self._sleeping += 1
+                    while int(flags[_GEN]) == seen:
+                        self._cond.wait()
+                    self._sleeping -= 1
+                gen = int(flags[_GEN])
+            seen = gen
+            if self._stop:
+                return
+            job, joined = self._job, False
+            if job is not None:
+                with self._claim:
+                    # else it came late (every chunk taken) or enough workers joined
+                    if not job.closed and job.joined < job.helpers:
+                        job.joined += 1
+                        joined = True
+            if job is None or not joined:
+                gen = int(self._spin(flags, _GEN, seen, self.rounds, self.linger))
+                continue
+            self._work(job)
+            with self._fin:
+                job.finished += 1
+                done, notify = job.finished, self._caller_waits
+                if notify:
+                    flags[_DONE] = done
+                    self._fin.notify()
+            if notify:
+                gen = int(self._spin(flags, _GEN, seen, self.rounds, self.linger))
+            else:  # the caller spins: tell it without holding the GIL
+                gen = int(self._store_spin(flags, _DONE, done, _GEN, seen, self.rounds,
+                                           self.linger))
+
+    def run(self, fn: Callable[[int, int], None], bounds: list[int],
+            helpers: int | None = None) -> bool:
+        """Run ``fn(bounds[i], bounds[i + 1])`` for every chunk ``i`` on the caller and
+        at most ``helpers`` workers (default: all); re-raise the first error.  False,
+        with nothing run, when another thread's job holds the pool.
+        """
+        if not self._busy.acquire(blocking=False):
+            return False
+        try:
+            job = _Job(fn, bounds, self.workers if helpers is None else helpers)
+            flags = self.flags
+            flags[_DONE] = 0
+            self._job = job
+            flags[_GEN] += 1  # what the spinning workers watch
+            if self._sleeping:
+                with self._cond:
+                    self._cond.notify_all()
+            self._work(job)
+            with self._claim:
+                job.closed = True
+                joined = job.joined
+            deadline = time.perf_counter() + SPIN_US * 1e-6
+            done = int(flags[_DONE])
+            while done < joined and time.perf_counter() < deadline:
+                done = int(self._spin(flags, _DONE, done, self.rounds, 0))
+            with self._fin:
+                self._caller_waits = True
+                while job.finished < joined:
+                    self._fin.wait()
+                self._caller_waits = False
+            self._job = None
+            if job.errors:
+                raise job.errors[0]
+            return True
+        finally:
+            self._busy.release()
+
+    def close(self) -> None:
+        """Let the worker threads end (after the job in progress, if any)."""
+        self._stop = True
+        self.flags[_GEN] += 1
+        with self._cond:
+            self._cond.notify_all()

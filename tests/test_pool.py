@@ -1,0 +1,166 @@
+"""The spinning worker pool of split products (debutla.backends._numba_pool)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from debutla.backends import numba_ as nbk
+from debutla.backends._numba_pool import SPIN_US, SpinPool
+
+
+@pytest.fixture(scope="module")
+def kernels():
+    return nbk._generic_module()
+
+
+def _recorder():
+    seen: list[tuple[int, int, str]] = []
+    lock = threading.Lock()
+
+    def fn(lo: int, hi: int) -> None:
+        time.sleep(0.0002)  # drops the GIL, like the kernels
+        with lock:
+            seen.append((lo, hi, threading.current_thread().name))
+    return fn, seen
+
+
+@pytest.mark.parametrize("workers, nchunks", [(1, 2), (1, 8), (3, 12), (2, 1)])
+def test_every_chunk_runs_exactly_once(kernels, workers, nchunks):
+    pool = SpinPool(workers, kernels)
+    try:
+        bounds = [37 * i // nchunks for i in range(nchunks + 1)]
+        for gap in (0.0, 2 * SPIN_US * 1e-6, 0.0):  # spinning and sleeping workers
+            for _ in range(20):
+                fn, seen = _recorder()
+                assert pool.run(fn, bounds)
+                assert sorted((lo, hi) for lo, hi, _ in seen) == list(zip(bounds, bounds[1:]))
+                time.sleep(gap)
+    finally:
+        pool.close()
+
+
+def test_helpers_cap_the_threads_that_join(kernels):
+    pool = SpinPool(3, kernels)
+    try:
+        names = set()
+        for _ in range(30):
+            fn, seen = _recorder()
+            assert pool.run(fn, list(range(17)), helpers=1)
+            names |= {name for _, _, name in seen}
+            assert len({name for _, _, name in seen}) <= 2
+        assert threading.current_thread().name in names
+    finally:
+        pool.close()
+
+
+def test_an_error_in_a_chunk_reaches_the_caller_and_the_pool_goes_on(kernels):
+    pool = SpinPool(1, kernels)
+    try:
+        def fn(lo, hi):
+            time.sleep(0.0001)
+            if lo == 3:
+                raise ZeroDivisionError("chunk 3")
+        for _ in range(5):
+            with pytest.raises(ZeroDivisionError, match="chunk 3"):
+                pool.run(fn, list(range(9)))
+        fn2, seen = _recorder()
+        assert pool.run(fn2, list(range(9)))
+        assert len(seen) == 8
+    finally:
+        pool.close()
+
+
+def test_a_busy_pool_says_so_instead_of_waiting(kernels):
+    pool = SpinPool(1, kernels)
+    started, release = threading.Event(), threading.Event()
+
+    def slow(lo, hi):
+        started.set()
+        release.wait(10)
+
+    t = threading.Thread(target=pool.run, args=(slow, [0, 1, 2]))
+    t.start()
+    try:
+        assert started.wait(10)
+        fn, seen = _recorder()
+        assert pool.run(fn, [0, 1]) is False and not seen
+    finally:
+        release.set()
+        t.join(10)
+        pool.close()
+    assert not t.is_alive()
+
+
+def test_close_ends_the_workers(kernels):
+    pool = SpinPool(2, kernels)
+    fn, _ = _recorder()
+    pool.run(fn, [0, 1, 2, 3])
+    time.sleep(2 * SPIN_US * 1e-6)  # one worker asleep, or both
+    pool.close()
+    for t in pool._threads:
+        t.join(10)
+        assert not t.is_alive()
+
+
+def test_split_products_use_the_pool_and_fall_back_when_it_is_busy(monkeypatch):
+    """Concurrent split products from two threads: one on the pool, the other on the
+    executor; both bitwise equal to one thread."""
+    import debutla as db
+
+    op = db.DeBut.random(db.PAPER_CHAINS["lenet_fc1_mono2"], seed=0, dtype=np.float64)
+    monkeypatch.setattr(nbk, "PARALLEL_MIN_WORK", 0)
+    X = np.random.default_rng(0).standard_normal((512, 400))
+    with db.config(threads=1, background=False):
+        ref = X @ op.T
+    out: dict = {}
+
+    def work(i):
+        with db.config(threads=2, background=False):
+            out[i] = [X @ op.T for _ in range(30)]
+
+    ts = [threading.Thread(target=work, args=(i,)) for i in range(2)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(60)
+    assert nbk._spin_pool is not None
+    for res in out.values():
+        for y in res:
+            np.testing.assert_array_equal(y, ref)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_gets_a_pool_of_its_own():
+    code = textwrap.dedent("""
+        import os, sys
+        import numpy as np
+        import debutla as db
+        from debutla.backends import numba_ as nbk
+        nbk.PARALLEL_MIN_WORK = 0
+        op = db.DeBut.random(db.PAPER_CHAINS["lenet_fc1_mono2"], seed=0)
+        X = np.ones((256, 400))
+        with db.config(threads=2, background=False):
+            ref = X @ op.T
+            parent_pool = nbk._spin_pool
+            assert parent_pool is not None
+            pid = os.fork()
+            if pid == 0:
+                ok = nbk._spin_pool is None
+                y = X @ op.T
+                ok = ok and nbk._spin_pool is not None and np.array_equal(y, ref)
+                os._exit(0 if ok else 3)
+            _, status = os.waitpid(pid, 0)
+        print("child", os.waitstatus_to_exitcode(status))
+    """)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "child 0" in r.stdout
