@@ -26,6 +26,16 @@ Settings
     differ from later ones in the last bits; set ``False`` (or
     ``DEBUTLA_BACKGROUND=0``) where bitwise repeatability matters more than the first
     second.  Environment: ``DEBUTLA_BACKGROUND``.
+``spin``
+    Whether the worker threads of a product split over threads spin between the
+    products of a burst instead of sleeping (``debutla.backends._numba_pool``):
+    ``None`` (default) spins for the operator's products and not inside the
+    ``debutla.torch`` layers, ``True`` / ``False`` everywhere.  Measured on 2 vCPUs
+    (``benchmarks/README_kernels.md``, change 12): a loop of VGG products at batch 256
+    ran 1.78x faster on two threads than on one with spinning, 1.41x without; next to
+    torch's OpenMP threads (``nn.Linear`` and a DeBut layer called in turn) the layer's
+    two-thread inference was about 20 % slower with spinning.
+    Environment: ``DEBUTLA_SPIN``.
 ``cupy_rows``
     Batch rows per thread block of the CuPy fused kernel (``None``: chosen per call;
     a benchmarking knob).  Environment: ``DEBUTLA_CUPY_ROWS``.
@@ -76,9 +86,11 @@ ENVIRONMENT = {
     "DEBUTLA_CUPY_THREADS": "cupy_threads: 128, 256, 512 or 1024 (threads per block of the "
                             "CuPy kernel)",
     "DEBUTLA_BACKGROUND": "background: 0 or 1 (load Numba and kernels in the background)",
+    "DEBUTLA_SPIN": "spin: 0 or 1 (split products' workers spin between the calls of a "
+                    "burst)",
 }
 
-_KEYS = ("backend", "threads", "fused", "background", "cupy_rows", "cupy_threads")
+_KEYS = ("backend", "threads", "fused", "background", "spin", "cupy_rows", "cupy_threads")
 _CPU_BACKENDS = ("numba", "numpy")
 _CUPY_ROWS = (1, 2, 4, 8)
 _CUPY_THREADS = (128, 256, 512, 1024)
@@ -102,6 +114,8 @@ def _check(key: str, value: Any, where: str) -> Any:
         return None if value is None else check_int(value, "threads", where=where)
     if key in ("fused", "background"):
         return check_bool(value, key, where=where)
+    if key == "spin":
+        return None if value is None else check_bool(value, key, where=where)
     if key in ("cupy_rows", "cupy_threads"):
         if value is None:
             return None
@@ -146,6 +160,7 @@ def _load() -> dict[str, Any]:
     with _lock:
         if _defaults is None:
             d = {"backend": None, "threads": None, "fused": True, "background": True,
+                 "spin": None,
                  "cupy_rows": None, "cupy_threads": None}
             try:
                 d["backend"] = _from_env("DEBUTLA_BACKEND", "backend", str)
@@ -156,6 +171,7 @@ def _load() -> dict[str, Any]:
                 bg = _from_env("DEBUTLA_BACKGROUND", "background", _bool_or_raw)
                 if bg is not None:
                     d["background"] = bg
+                d["spin"] = _from_env("DEBUTLA_SPIN", "spin", _bool_or_raw)
             except ValueError as e:
                 _env_error = e
             env = os.environ.get("DEBUTLA_CACHE_DIR", "").strip()
@@ -219,8 +235,8 @@ def set_defaults(**settings: Any) -> None:
     Parameters
     ----------
     **settings
-        Any of ``backend``, ``threads``, ``fused``, ``background``, ``cupy_rows``,
-        ``cupy_threads``.
+        Any of ``backend``, ``threads``, ``fused``, ``background``, ``spin``,
+        ``cupy_rows``, ``cupy_threads``.
 
     Examples
     --------
@@ -274,6 +290,9 @@ def config(**settings: Any) -> Iterator[None]:
         Load Numba and compile a chain's specialised kernel in background threads
         while the first products run on slower kernels (True, the default), or wait
         for them (see the module docstring).
+    spin : bool or None
+        Whether split products' workers spin between the products of a burst (None:
+        for the operator's products, not inside the ``debutla.torch`` layers).
     cupy_rows : {1, 2, 4, 8} or None
         Rows per block of the CuPy fused kernel (None: automatic).
     cupy_threads : {128, 256, 512, 1024} or None

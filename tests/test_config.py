@@ -67,6 +67,7 @@ def test_config_is_per_thread():
     ({"fused": "no"}, TypeError, "fused must be True or False"),
     ({"cupy_rows": 3}, ValueError, "cupy_rows must be one of"),
     ({"cupy_threads": 300}, ValueError, "cupy_threads must be one of"),
+    ({"spin": "yes"}, TypeError, "spin must be True or False"),
     ({"cupy_threads": 256.0}, TypeError, "cupy_threads must be an integer"),
     ({"colour": 1}, TypeError, "unknown setting 'colour'"),
 ])
@@ -82,7 +83,8 @@ def test_config_refuses_bad_settings_before_the_block(kw, exc, match):
                                         ("DEBUTLA_NUM_THREADS", "0"),
                                         ("DEBUTLA_BACKEND", "fortran"),
                                         ("DEBUTLA_CUPY_ROWS", "3"),
-                                        ("DEBUTLA_CUPY_THREADS", "100")])
+                                        ("DEBUTLA_CUPY_THREADS", "100"),
+                                        ("DEBUTLA_SPIN", "2")])
 def test_bad_environment_fails_at_first_use_naming_the_variable(var, value):
     r = run_python("""
         import numpy as np

@@ -164,3 +164,56 @@ def test_a_forked_child_gets_a_pool_of_its_own():
                        timeout=120)
     assert r.returncode == 0, r.stderr
     assert "child 0" in r.stdout
+
+
+def test_outside_a_burst_the_worker_sleeps_at_once(kernels, monkeypatch):
+    import debutla.backends._numba_pool as mod
+
+    monkeypatch.setattr(mod, "BURST_US", 0.0)  # no job is part of a burst
+    monkeypatch.setattr(mod, "SPIN_US", 60e6)  # a burst job would keep it spinning 60 s
+    pool = SpinPool(1, kernels)
+    try:
+        fn, seen = _recorder()
+        assert pool.run(fn, [0, 1, 2, 3, 4])
+        deadline = time.perf_counter() + 5.0
+        while pool._sleeping == 0 and time.perf_counter() < deadline:
+            time.sleep(0.001)
+        assert pool._sleeping == 1  # asleep on the condition, not spinning
+        fn, seen = _recorder()
+        assert pool.run(fn, [0, 1, 2, 3, 4]) and len(seen) == 4  # and woken by a job
+    finally:
+        pool.close()
+
+
+def test_spin_setting_chooses_the_pool_and_torch_layers_default_to_no_spinning(monkeypatch):
+    import debutla as db
+
+    torch = pytest.importorskip("torch")
+    from debutla.torch import DeButLinear
+
+    used = []
+    real = nbk._get_spin_pool
+    monkeypatch.setattr(nbk, "_get_spin_pool", lambda w: used.append(w) or real(w))
+    monkeypatch.setattr(nbk, "PARALLEL_MIN_WORK", 0)
+    op = db.DeBut.random(db.PAPER_CHAINS["lenet_fc1_mono2"], seed=0, dtype=np.float32)
+    X = np.ones((512, 400), np.float32)
+    layer = DeButLinear(400, 128, chain=db.PAPER_CHAINS["lenet_fc1_mono2"])
+    x = torch.ones(512, 400)
+
+    def count(fn, **settings) -> int:
+        used.clear()
+        with db.config(threads=2, background=False, **settings):
+            fn()
+        return len(used)
+
+    assert count(lambda: X @ op.T) == 1                   # operator: spins by default
+    assert count(lambda: X @ op.T, spin=False) == 0
+    old = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with torch.no_grad():
+            assert count(lambda: layer(x)) == 0           # torch layer: no spinning
+            assert count(lambda: layer(x), spin=True) == 1
+        assert count(lambda: layer(x).sum().backward()) == 0
+    finally:
+        torch.set_num_threads(old)

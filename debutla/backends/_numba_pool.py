@@ -1,30 +1,32 @@
-"""The worker pool of split products: workers that spin briefly before they sleep.
+"""The worker pool of split products: in a burst of calls, workers spin instead of sleep.
 
 ``numba_._run_split`` cuts a product into chunks of tasks that the calling thread and
 the workers claim in turn.  Through a ``ThreadPoolExecutor`` each split call cost about
 95 us on the 2-vCPU machines (``benchmarks/README_kernels.md``): the submit, the
 worker's wake-up from sleep, and the caller's wake-up when the worker's future ended.
-Here the threads of a burst of calls do not sleep in between:
+In a *burst* (a job posted within :data:`BURST_US` of the previous job's end: a loop of
+products) the threads here do not sleep in between:
 
-* after a job a worker *spins* for up to :data:`SPIN_US` microseconds without the GIL
-  (the generic kernel module's ``spin``: atomic acquire loads and ``pause``) on the
+* after a burst job a worker *spins* for up to :data:`SPIN_US` microseconds without the
+  GIL (the generic kernel module's ``spin``: atomic acquire loads and ``pause``) on the
   pool's generation counter; posting a job only bumps the counter, so a spinning worker
   sees it at once.  It then lingers :data:`LINGER_US` more before it takes the GIL: by
   then the caller has entered its own kernel and dropped the GIL, and taking a free GIL
   costs nothing, where taking a held one puts the thread to sleep until it is dropped
   (20-30 us to wake up, measured);
-* a worker that saw no job for :data:`SPIN_US` sleeps on a condition variable; posting
-  a job notifies sleepers (their check and their wait are under one lock: no wake-up is
-  lost);
-* a worker reports the end of its share with a release store made without the GIL, so
-  the caller, spinning on that count when it runs out of chunks, finds the GIL free; a
-  caller that spun :data:`SPIN_US` without seeing it sleeps on a condition variable
-  instead, which the finishing worker notifies;
+* a worker reports the end of its share with a release store made without the GIL, and
+  the caller of a burst job, out of chunks, spins up to :data:`WAIT_SPIN_US` on that
+  count (finding the GIL free) before it sleeps on a condition variable;
+* outside a burst (a torch layer's products, say, with Python and other operators in
+  between) neither spins: a worker sleeps right after its job on a condition variable,
+  which posting a job notifies (check and wait under one lock: no wake-up is lost), and
+  the caller sleeps until the workers notify it.  Spinning there bought nothing (the
+  next job comes after the spin ended) and cost the core that torch's own OpenMP
+  threads wanted (README_kernels.md, change 12);
 * the caller waits only for the workers that *joined* the job: a worker that comes late
   finds the job closed (every chunk taken) and goes back to waiting, as a cancelled
   future did.
 
-Spinning holds a core: at most :data:`SPIN_US` after each split product per worker.
 One job at a time: a second Python thread that finds the pool busy gets ``False`` from
 :meth:`SpinPool.run` and runs its product on the executor instead.  Which thread
 computes a task never changes how it is computed.
@@ -40,8 +42,13 @@ import numpy as np
 
 __all__ = ["SpinPool", "SPIN_US", "LINGER_US"]
 
-#: how long a worker (and a waiting caller) spin before they sleep, in microseconds
+#: how long a worker spins for the next job before it sleeps, in microseconds
 SPIN_US = 200.0
+#: how long the caller spins for the workers' end of a job before it sleeps
+WAIT_SPIN_US = 200.0
+#: a job posted within this time of the previous one's end is part of a burst: only then
+#: do the workers spin after it and the caller spin for its end (else both sleep at once)
+BURST_US = 100.0
 #: how long a worker keeps spinning after it sees a job before it takes the GIL
 LINGER_US = 8.0
 
@@ -60,7 +67,7 @@ def _rounds_per_us(spin: Callable[..., int]) -> float:
 
 class _Job:
     __slots__ = ("fn", "bounds", "helpers", "next", "joined", "finished", "closed",
-                 "errors")
+                 "errors", "burst")
 
     def __init__(self, fn: Callable[[int, int], None], bounds: list[int],
                  helpers: int) -> None:
@@ -70,6 +77,7 @@ class _Job:
         self.finished = 0      # ... and are done
         self.closed = False    # every chunk taken: no more joining
         self.errors: list[BaseException] = []
+        self.burst = False     # posted right after the previous job: spin around it
 
 
 class SpinPool:
@@ -89,6 +97,7 @@ class SpinPool:
         self.workers = workers
         self._spin, self._store_spin = kernels.spin, kernels.store_spin
         rate = _rounds_per_us(self._spin)
+        self.rate = rate
         self.rounds = max(1, int(SPIN_US * rate))
         self.linger = max(0, int(LINGER_US * rate))
         self.flags = np.zeros(2, np.int64)
@@ -99,6 +108,7 @@ class SpinPool:
         self._sleeping = 0
         self._caller_waits = False
         self._stop = False
+        self._last_end = 0.0
         self._job: _Job | None = None
         self._threads = [threading.Thread(target=self._worker, name=f"debutla-pool-{i}",
                                           daemon=True) for i in range(workers)]
@@ -142,7 +152,8 @@ class SpinPool:
                         job.joined += 1
                         joined = True
             if job is None or not joined:
-                gen = int(self._spin(flags, _GEN, seen, self.rounds, self.linger))
+                rounds = self.rounds if job is not None and job.burst else 0
+                gen = int(self._spin(flags, _GEN, seen, rounds, self.linger))
                 continue
             self._work(job)
             with self._fin:
@@ -151,10 +162,11 @@ class SpinPool:
                 if notify:
                     flags[_DONE] = done
                     self._fin.notify()
+            rounds = self.rounds if job.burst else 0  # outside a burst: sleep at once
             if notify:
-                gen = int(self._spin(flags, _GEN, seen, self.rounds, self.linger))
+                gen = int(self._spin(flags, _GEN, seen, rounds, self.linger))
             else:  # the caller spins: tell it without holding the GIL
-                gen = int(self._store_spin(flags, _DONE, done, _GEN, seen, self.rounds,
+                gen = int(self._store_spin(flags, _DONE, done, _GEN, seen, rounds,
                                            self.linger))
 
     def run(self, fn: Callable[[int, int], None], bounds: list[int],
@@ -170,6 +182,7 @@ class SpinPool:
             flags = self.flags
             flags[_DONE] = 0
             self._job = job
+            job.burst = time.perf_counter() - self._last_end < BURST_US * 1e-6
             flags[_GEN] += 1  # what the spinning workers watch
             if self._sleeping:
                 with self._cond:
@@ -178,16 +191,19 @@ class SpinPool:
             with self._claim:
                 job.closed = True
                 joined = job.joined
-            deadline = time.perf_counter() + SPIN_US * 1e-6
-            done = int(flags[_DONE])
-            while done < joined and time.perf_counter() < deadline:
-                done = int(self._spin(flags, _DONE, done, self.rounds, 0))
+            if job.burst and joined and WAIT_SPIN_US > 0:  # the end is likely near
+                deadline = time.perf_counter() + WAIT_SPIN_US * 1e-6
+                wait_rounds = max(1, int(WAIT_SPIN_US * self.rate))
+                done = int(flags[_DONE])
+                while done < joined and time.perf_counter() < deadline:
+                    done = int(self._spin(flags, _DONE, done, wait_rounds, 0))
             with self._fin:
                 self._caller_waits = True
                 while job.finished < joined:
                     self._fin.wait()
                 self._caller_waits = False
             self._job = None
+            self._last_end = time.perf_counter()
             if job.errors:
                 raise job.errors[0]
             return True

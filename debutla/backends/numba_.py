@@ -529,7 +529,8 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-#: split products run on :class:`._numba_pool.SpinPool` (else on the executor alone)
+#: split products may run on :class:`._numba_pool.SpinPool` (``config(spin=...)`` decides;
+#: False: the executor alone, whatever the setting)
 _SPIN_POOL = True
 _spin_pool = None
 
@@ -563,8 +564,9 @@ def _run_split(fn, ntasks: int, work: int, threads: int | None = None) -> None:
     that has not started when every chunk is taken is cancelled, not waited for.  Which
     thread computes a task never changes how it is computed (bitwise the same results).
     The workers are those of :class:`._numba_pool.SpinPool` (they spin briefly between
-    the calls of a burst instead of sleeping); a call that finds that pool busy with
-    another thread's product uses a ``ThreadPoolExecutor``.
+    the calls of a burst instead of sleeping) unless ``debutla.config(spin=False)``; a
+    call that finds that pool busy with another thread's product, or runs with
+    ``spin=False``, uses a ``ThreadPoolExecutor``.
     """
     nth = min(get_num_threads() if threads is None else threads,
               ntasks // _MIN_TASKS_PER_THREAD)
@@ -573,7 +575,7 @@ def _run_split(fn, ntasks: int, work: int, threads: int | None = None) -> None:
         return
     nchunks = min(ntasks, nth * _CHUNKS_PER_THREAD)
     bounds = [ntasks * i // nchunks for i in range(nchunks + 1)]
-    if _SPIN_POOL:
+    if _SPIN_POOL and _config.get("spin") is not False:
         try:
             pool = _get_spin_pool(nth - 1)
         except Exception as e:  # e.g. the generic kernels failed to load: the executor

@@ -133,6 +133,16 @@ def _cpu_operator(values: Sequence[torch.Tensor], chain: Chain, shape: tuple[int
     return op
 
 
+def _cpu_settings() -> dict:
+    """The settings the layers' CPU products run under: :func:`_num_threads` threads, and
+    no spinning workers unless the user asked for them (``debutla.config(spin=True)``):
+    next to torch's OpenMP threads, spinning made the layers' two-thread products about
+    20 % slower (``benchmarks/README_kernels.md``, change 12).
+    """
+    spin = _config.get("spin")
+    return {"threads": _num_threads(), "spin": False if spin is None else spin}
+
+
 def _num_threads() -> int:
     """Threads of the CPU kernels behind the torch layers.
 
@@ -159,7 +169,7 @@ def _numba_rows(x: torch.Tensor, values: Sequence[torch.Tensor], chain: Chain,
         x = x.contiguous()
     out = torch.empty((x.shape[0], op.shape[0]), dtype=x.dtype)
     y = out.numpy()
-    with _config.config(threads=_num_threads()):
+    with _config.config(**_cpu_settings()):
         op.matmat_rows(x.numpy(), out=y)
     if bias is not None:
         np.add(y, bias.detach().numpy(), out=y)
@@ -434,10 +444,11 @@ def _backward(grad, x, values, chain, shape, impl, need_x: bool, need_v: bool):
     if _use_numba(grad, impl):  # fused per-tile recompute + walk back (_kernels)
         xn = x.detach().numpy()
         state = _cpu_operator(values, chain, shape)._state(_NUMBA, xn.dtype)
-        gxn, gvn = fused_backward(xn, grad.detach().numpy(),
-                                  [v.detach().numpy() for v in values],
-                                  [spec.value_shape for spec in chain], n, m, need_x,
-                                  threads=_num_threads(), state=state)
+        with _config.config(spin=_cpu_settings()["spin"]):
+            gxn, gvn = fused_backward(xn, grad.detach().numpy(),
+                                      [v.detach().numpy() for v in values],
+                                      [spec.value_shape for spec in chain], n, m, need_x,
+                                      threads=_num_threads(), state=state)
         return (torch.from_numpy(gxn) if need_x else None), [torch.from_numpy(g) for g in gvn]
     # recompute the factors' inputs, then walk back
     with torch.no_grad():
