@@ -217,3 +217,25 @@ def test_spin_setting_chooses_the_pool_and_torch_layers_default_to_no_spinning(m
         assert count(lambda: layer(x).sum().backward()) == 0
     finally:
         torch.set_num_threads(old)
+
+
+def test_a_process_that_exits_right_after_a_burst_exits_cleanly():
+    """The workers are daemon threads that may be spinning in Numba code when the main
+    thread ends; an atexit hook ends them first (no crash, no hang)."""
+    code = textwrap.dedent("""
+        import numpy as np
+        import debutla as db
+        from debutla.backends import numba_ as nbk
+        nbk.PARALLEL_MIN_WORK = 0
+        op = db.DeBut.random(db.PAPER_CHAINS["lenet_fc1_mono2"], seed=0)
+        X = np.ones((256, 400))
+        with db.config(threads=2, background=False):
+            for _ in range(20):
+                X @ op.T
+        assert nbk._spin_pool is not None
+        print("done")
+    """)
+    for _ in range(3):
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                           timeout=120)
+        assert r.returncode == 0 and r.stdout.strip() == "done", r.stderr

@@ -210,9 +210,15 @@ class SpinPool:
         finally:
             self._busy.release()
 
-    def close(self) -> None:
-        """Let the worker threads end (after the job in progress, if any)."""
+    def close(self, timeout: float = 0.0) -> None:
+        """Let the worker threads end (after the job in progress, if any), waiting up to
+        ``timeout`` seconds for each.
+        """
         self._stop = True
         self.flags[_GEN] += 1
         with self._cond:
             self._cond.notify_all()
+        if timeout > 0:
+            for t in self._threads:
+                if t is not threading.current_thread():
+                    t.join(timeout)

@@ -548,8 +548,16 @@ def _get_spin_pool(workers: int):
 
             if _spin_pool is not None:
                 _spin_pool.close()
+            else:  # the workers are daemon threads: end them before the interpreter
+                atexit.register(_close_spin_pool)  # frees the Numba code they may spin in
             _spin_pool = SpinPool(workers, kernels)
         return _spin_pool
+
+
+def _close_spin_pool() -> None:
+    pool = _spin_pool
+    if pool is not None:
+        pool.close(timeout=1.0)
 
 
 def _run_split(fn, ntasks: int, work: int, threads: int | None = None) -> None:
