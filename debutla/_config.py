@@ -32,7 +32,7 @@ Settings
     ``None`` (default) spins for the operator's products and not inside the
     ``debutla.torch`` layers, ``True`` / ``False`` everywhere.  Measured on 2 vCPUs
     (``benchmarks/README_kernels.md``, change 12): a loop of VGG products at batch 256
-    ran 1.78x faster on two threads than on one with spinning, 1.41x without; next to
+    ran 1.76-1.80x faster on two threads than on one with spinning, 1.40x without; next to
     torch's OpenMP threads (``nn.Linear`` and a DeBut layer called in turn) the layer's
     two-thread inference was about 20 % slower with spinning.
     Environment: ``DEBUTLA_SPIN``.

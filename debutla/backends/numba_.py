@@ -99,6 +99,7 @@ FUSED_BYTES = 3 * 2**19
 #: Multiply-adds (``nnz * batch``) from which a product is split over threads.
 PARALLEL_MIN_WORK = 5_000_000
 _CHUNKS_PER_THREAD = 4  # chunks of tasks claimed per thread in a split product
+_SPIN_CHUNKS_PER_THREAD = 2  # ... on the spinning pool (fewer claims, each takes the GIL)
 _MIN_TASKS_PER_THREAD = 2  # fewer tasks (tiles, rows) per thread: no split (see _run_split)
 #: Chains with fewer values than this use the generic (precompiled) kernels until one
 #: call's work (``nnz * batch``) reaches :data:`CODEGEN_MIN_WORK`: a generated kernel
@@ -565,7 +566,8 @@ def _run_split(fn, ntasks: int, work: int, threads: int | None = None) -> None:
 
     ``threads``: the thread count (default :func:`get_num_threads`), reduced so that
     every thread has at least :data:`_MIN_TASKS_PER_THREAD` tasks.  The tasks are cut
-    into chunks of contiguous tasks (about :data:`_CHUNKS_PER_THREAD` per thread) that
+    into chunks of contiguous tasks (about :data:`_CHUNKS_PER_THREAD` per thread, or
+    :data:`_SPIN_CHUNKS_PER_THREAD` on the spinning pool) that
     the calling thread and ``threads - 1`` pool workers *claim* one after the other: a
     worker that starts late (its core busy with another process, or with another
     library's spinning threads) only leaves more chunks to the others, and a worker
@@ -581,9 +583,10 @@ def _run_split(fn, ntasks: int, work: int, threads: int | None = None) -> None:
     if work < PARALLEL_MIN_WORK or nth <= 1:
         fn(0, ntasks)
         return
-    nchunks = min(ntasks, nth * _CHUNKS_PER_THREAD)
+    spin = _SPIN_POOL and _config.get("spin") is not False
+    nchunks = min(ntasks, nth * (_SPIN_CHUNKS_PER_THREAD if spin else _CHUNKS_PER_THREAD))
     bounds = [ntasks * i // nchunks for i in range(nchunks + 1)]
-    if _SPIN_POOL and _config.get("spin") is not False:
+    if spin:
         try:
             pool = _get_spin_pool(nth - 1)
         except Exception as e:  # e.g. the generic kernels failed to load: the executor
