@@ -53,7 +53,7 @@ timing; BLAS pinned to one thread), and reports the median over rounds with its 
 and the speed-up over the first thread count as the median over rounds of the paired
 ratios.  It checks first that every thread count gives bitwise the same result.
 ``--pool-ab`` adds each thread count above one on the executor alone (the split
-products' pool before change 12, ``numba_._SPIN_POOL = False``), in the same rounds.
+products' pool before change 12, ``debutla.config(spin=False)``), in the same rounds.
 """
 
 from __future__ import annotations
@@ -188,7 +188,7 @@ def main(argv=None) -> int:
                     help="thread counts of --scaling (the first is the reference)")
     ap.add_argument("--pool-ab", action="store_true",
                     help="with --scaling: time each thread count > 1 on the spinning pool "
-                         "and on the executor alone (numba_._SPIN_POOL), interleaved")
+                         "and on the executor alone (config(spin=False)), interleaved")
     args = ap.parse_args(argv)
 
     def parse(items: list) -> dict:
@@ -370,13 +370,8 @@ def run_scaling(args) -> int:
                               (" spin" if spin else " exec"))
 
     def timed(v, fn):
-        saved = nbk._SPIN_POOL
-        nbk._SPIN_POOL = v[1]
-        try:
-            with config(threads=v[0]):
-                return fn()
-        finally:
-            nbk._SPIN_POOL = saved
+        with config(threads=v[0], spin=v[1]):
+            return fn()
 
     rows = []
     for cname, dtn, k, op, X, Y in _cases(args, rng):

@@ -2,7 +2,7 @@
 
 For the VGG chain and the 4096 butterfly at batch 256 and 1024 (float32), times ``X @
 op.T`` on one thread and on two threads with the spinning pool and with the executor
-alone (``numba_._SPIN_POOL``), interleaved over rounds, each timing the median of a loop
+alone (``debutla.config(spin=False)``), interleaved over rounds, each timing the median of a loop
 of 20 calls (not the minimum: on a busy machine the minimum hides the calls that waited
 for a core).  Prints the medians over rounds and the speed-ups over one thread.
 
@@ -27,7 +27,6 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 
 import debutla as db  # noqa: E402
-from debutla.backends import numba_ as nbk  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -36,7 +35,6 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     print(f"load average {os.getloadavg()}")
     rng = np.random.default_rng(0)
-    saved = nbk._SPIN_POOL
     for name, text in (("vgg", db.PAPER_CHAINS["vgg_512x4608_mono"]),
                        ("butterfly", str(db.Chain.butterfly(4096)))):
         op = db.DeBut.random(text, seed=0, dtype=np.float32)
@@ -48,8 +46,7 @@ def main(argv=None) -> int:
             times: dict = {v[0]: [] for v in variants}
             for rnd in range(args.rounds):
                 for label, th, spin in (variants if rnd % 2 == 0 else variants[::-1]):
-                    nbk._SPIN_POOL = spin
-                    with db.config(threads=th):
+                    with db.config(threads=th, spin=spin):
                         X @ op.T
                         ts = []
                         for _ in range(20):
@@ -57,7 +54,6 @@ def main(argv=None) -> int:
                             X @ op.T
                             ts.append(time.perf_counter() - t0)
                     times[label].append(statistics.median(ts))
-            nbk._SPIN_POOL = saved
             med = {lb: statistics.median(v) for lb, v in times.items()}
             one = med["1 thread"]
             print(f"{name} batch {k}: " + "  ".join(

@@ -40,7 +40,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-__all__ = ["SpinPool", "SPIN_US", "LINGER_US"]
+__all__ = ["SpinPool", "Job", "claim_chunks", "SPIN_US", "LINGER_US"]
 
 #: how long a worker spins for the next job before it sleeps, in microseconds
 SPIN_US = 200.0
@@ -65,7 +65,11 @@ def _rounds_per_us(spin: Callable[..., int]) -> float:
     return max(1.0, n / max((time.perf_counter() - t0) * 1e6, 1e-3))
 
 
-class _Job:
+class Job:
+    """One split product: ``fn(bounds[i], bounds[i + 1])`` for every chunk ``i``, claimed
+    by the caller and at most ``helpers`` other threads (:func:`claim_chunks`).
+    """
+
     __slots__ = ("fn", "bounds", "helpers", "next", "joined", "finished", "closed",
                  "errors", "burst")
 
@@ -78,6 +82,24 @@ class _Job:
         self.closed = False    # every chunk taken: no more joining
         self.errors: list[BaseException] = []
         self.burst = False     # posted right after the previous job: spin around it
+
+
+def claim_chunks(job: Job, lock) -> None:
+    """Claim (under ``lock``) and run ``job``'s chunks until none is left or one failed;
+    an error is recorded in ``job.errors`` for the caller to raise.
+    """
+    while True:
+        with lock:
+            i = job.next
+            if i >= len(job.bounds) - 1 or job.errors:
+                return
+            job.next = i + 1
+        try:
+            job.fn(job.bounds[i], job.bounds[i + 1])
+        except BaseException as e:  # the others stop claiming; raised by the caller
+            with lock:
+                job.errors.append(e)
+            return
 
 
 class SpinPool:
@@ -97,8 +119,8 @@ class SpinPool:
         self.workers = workers
         self._spin, self._store_spin = kernels.spin, kernels.store_spin
         rate = _rounds_per_us(self._spin)
-        self.rate = rate
         self.rounds = max(1, int(SPIN_US * rate))
+        self.wait_rounds = max(1, int(WAIT_SPIN_US * rate))
         self.linger = max(0, int(LINGER_US * rate))
         self.flags = np.zeros(2, np.int64)
         self._claim = threading.Lock()                 # claims and the job's counters
@@ -109,26 +131,11 @@ class SpinPool:
         self._caller_waits = False
         self._stop = False
         self._last_end = 0.0
-        self._job: _Job | None = None
+        self._job: Job | None = None
         self._threads = [threading.Thread(target=self._worker, name=f"debutla-pool-{i}",
                                           daemon=True) for i in range(workers)]
         for t in self._threads:
             t.start()
-
-    def _work(self, job: _Job) -> None:
-        """Claim and run chunks until none is left (or one failed)."""
-        while True:
-            with self._claim:
-                i = job.next
-                if i >= len(job.bounds) - 1 or job.errors:
-                    return
-                job.next = i + 1
-            try:
-                job.fn(job.bounds[i], job.bounds[i + 1])
-            except BaseException as e:  # the others stop claiming; raised by the caller
-                with self._claim:
-                    job.errors.append(e)
-                return
 
     def _worker(self) -> None:
         flags, seen = self.flags, 0
@@ -155,7 +162,7 @@ class SpinPool:
                 rounds = self.rounds if job is not None and job.burst else 0
                 gen = int(self._spin(flags, _GEN, seen, rounds, self.linger))
                 continue
-            self._work(job)
+            claim_chunks(job, self._claim)
             with self._fin:
                 job.finished += 1
                 done, notify = job.finished, self._caller_waits
@@ -178,7 +185,7 @@ class SpinPool:
         if not self._busy.acquire(blocking=False):
             return False
         try:
-            job = _Job(fn, bounds, self.workers if helpers is None else helpers)
+            job = Job(fn, bounds, self.workers if helpers is None else helpers)
             flags = self.flags
             flags[_DONE] = 0
             self._job = job
@@ -187,16 +194,15 @@ class SpinPool:
             if self._sleeping:
                 with self._cond:
                     self._cond.notify_all()
-            self._work(job)
+            claim_chunks(job, self._claim)
             with self._claim:
                 job.closed = True
                 joined = job.joined
             if job.burst and joined and WAIT_SPIN_US > 0:  # the end is likely near
                 deadline = time.perf_counter() + WAIT_SPIN_US * 1e-6
-                wait_rounds = max(1, int(WAIT_SPIN_US * self.rate))
                 done = int(flags[_DONE])
                 while done < joined and time.perf_counter() < deadline:
-                    done = int(self._spin(flags, _DONE, done, wait_rounds, 0))
+                    done = int(self._spin(flags, _DONE, done, self.wait_rounds, 0))
             with self._fin:
                 self._caller_waits = True
                 while job.finished < joined:

@@ -530,10 +530,7 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-#: split products may run on :class:`._numba_pool.SpinPool` (``config(spin=...)`` decides;
-#: False: the executor alone, whatever the setting)
-_SPIN_POOL = True
-_spin_pool = None
+_spin_pool = None  # the SpinPool of split products (``config(spin=...)`` decides its use)
 
 
 def _get_spin_pool(workers: int):
@@ -583,7 +580,7 @@ def _run_split(fn, ntasks: int, work: int, threads: int | None = None) -> None:
     if work < PARALLEL_MIN_WORK or nth <= 1:
         fn(0, ntasks)
         return
-    spin = _SPIN_POOL and _config.get("spin") is not False
+    spin = _config.get("spin") is not False
     nchunks = min(ntasks, nth * (_SPIN_CHUNKS_PER_THREAD if spin else _CHUNKS_PER_THREAD))
     bounds = [ntasks * i // nchunks for i in range(nchunks + 1)]
     if spin:
@@ -594,32 +591,17 @@ def _run_split(fn, ntasks: int, work: int, threads: int | None = None) -> None:
             pool = None
         if pool is not None and pool.run(fn, bounds, nth - 1):
             return
-    claim = threading.Lock()
-    nxt = [0]  # the next chunk to claim
-    errors: list[BaseException] = []
+    from ._numba_pool import Job, claim_chunks
 
-    def work_loop() -> None:
-        while True:
-            with claim:
-                i = nxt[0]
-                if i >= nchunks or errors:
-                    return
-                nxt[0] = i + 1
-            try:
-                fn(bounds[i], bounds[i + 1])
-            except BaseException as e:  # the others stop claiming; raised by the caller
-                with claim:
-                    errors.append(e)
-                return
-
+    job, claim = Job(fn, bounds, nth - 1), threading.Lock()
     pool = _get_pool(nth - 1)
-    futs = [pool.submit(work_loop) for _ in range(nth - 1)]
-    work_loop()
+    futs = [pool.submit(claim_chunks, job, claim) for _ in range(nth - 1)]
+    claim_chunks(job, claim)
     for f in futs:
         if not f.cancel():  # not started yet: nothing left for it, do not wait
             f.result()
-    if errors:
-        raise errors[0]
+    if job.errors:
+        raise job.errors[0]
 
 
 # -- generic (factor by factor) products ---------------------------------------------------
