@@ -227,18 +227,9 @@ def _torch_section(cp, emit, rng, args):
         return
     from debutla.torch import DeButLinear
 
-    def tt(fn, reps=20):
-        fn()
-        torch.cuda.synchronize()
-        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        times = []
-        for _ in range(reps):
-            s.record()
-            fn()
-            e.record()
-            e.synchronize()
-            times.append(s.elapsed_time(e) * 1e3)
-        return float(np.median(times))
+    def tt(fn):  # CuPy's events: torch's current stream is the same default stream
+        assert torch.cuda.current_stream().cuda_stream == cp.cuda.get_current_stream().ptr
+        return _time(cp, fn)
 
     emit()
     emit(f"PyTorch {torch.__version__} layers on CUDA (module calls, us): DeButLinear "

@@ -40,7 +40,7 @@ from typing import Sequence
 
 import numpy as np
 
-__all__ = ["Plan", "make_plan", "source", "kernel_values", "emulate", "STORAGES",
+__all__ = ["Plan", "make_plan", "source", "kernel_values", "KERNEL_ORDER", "emulate", "STORAGES",
            "to_storage", "from_storage"]
 
 #: storage name -> (storage C type, compute C type, load expression, store expression)
@@ -183,9 +183,14 @@ def make_plan(specs: Sequence[Sequence[int]], n: int, m: int, rows: int, threads
     return plan
 
 
+#: axes of canonical ``(nb, r, s, t)`` values in the kernel's ``[i][j][g]`` layout, with
+#: ``g = b * t + tau`` (so ``V.transpose(KERNEL_ORDER)`` is that layout)
+KERNEL_ORDER = (1, 2, 0, 3)
+
+
 def kernel_values(factors: Sequence[np.ndarray], xp=np):
     """Concatenate canonical ``(nb, r, s, t)`` values in the kernel's ``[i][j][g]`` layout."""
-    return xp.concatenate([xp.ascontiguousarray(V.transpose(1, 2, 0, 3)).ravel()
+    return xp.concatenate([xp.ascontiguousarray(V.transpose(KERNEL_ORDER)).ravel()
                            for V in factors])
 
 

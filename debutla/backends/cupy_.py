@@ -167,10 +167,11 @@ class _Spec:
 
 
 class _State:
-    """Device copies of the values, plus the concatenated form for the fused kernel.
+    """Device copies of the values (canonical, for the per-factor kernels) and in the
+    chain kernel's layout (:func:`~debutla.backends._cuda_chain.kernel_values`).
 
     ``adjoint(trans)`` is the state of ``D^T`` or ``D^H``: transposed values uploaded
-    once, on first use (the CUDA kernels take sizes at run time: nothing compiles).
+    once, on first use; the transposed chain compiles its own kernel on first use.
     """
 
     def __init__(self, factors: tuple) -> None:
@@ -199,12 +200,14 @@ def prepare(factors):
     return _State(factors)
 
 
-def _pad(X, Q: int):
-    """``(Q, k)`` copy of a column-layout ``X`` with fewer than ``Q`` rows (zeros below)."""
-    if X.shape[0] == Q:
+def _pad(X, Q: int, axis: int):
+    """``X`` with ``Q`` entries along ``axis`` (zeros after its own; ``X`` if it has them)."""
+    if X.shape[axis] == Q:
         return X
-    Xp = cp.zeros((Q, X.shape[1]), X.dtype)
-    Xp[:X.shape[0]] = X
+    shape = list(X.shape)
+    shape[axis] = Q
+    Xp = cp.zeros(tuple(shape), X.dtype)
+    Xp[(slice(None),) * axis + (slice(0, X.shape[axis]),)] = X
     return Xp
 
 
@@ -241,9 +244,7 @@ def apply_rows(state, X, out=None, trans="N"):
     state = state.adjoint(trans)
     Y = _fused(state, X, out)  # reads only the n given features: no padding copy
     if Y is None:
-        if X.shape[1] != state.Q:
-            X = cp.ascontiguousarray(_pad(X.T, state.Q).T)
-        Y = _run(_rows, state, X, out, "rows")
+        Y = _run(_rows, state, _pad(X, state.Q, 1), out, "rows")
     return Y
 
 
@@ -258,7 +259,7 @@ def apply_cols(state, X, out=None, trans="N"):
     Xt = cp.ascontiguousarray(X.T)
     Yt = _fused(state, Xt, None)
     if Yt is None:
-        return _run(_cols, state, _pad(X, state.Q), out, "cols")
+        return _run(_cols, state, _pad(X, state.Q, 0), out, "cols")
     if out is not None:
         out[...] = Yt.T
         return out

@@ -282,16 +282,19 @@ def _cuda_rows(x: torch.Tensor, values: Sequence[torch.Tensor], chain: Chain,
     kernel; None where a row does not fit the kernel's shared memory.
     """
     import cupy
+
+    from ..backends._cuda_chain import KERNEL_ORDER
     cupy_ = _cupy_backend()
     m, n = shape
-    if transpose:
-        specs = [(nb, s, r, t) for nb, r, s, t in reversed([sp.value_shape for sp in chain])]
-        parts = [v.detach().permute(2, 1, 0, 3).reshape(-1) for v in reversed(values)]
+    if transpose:  # D^T: the transposed chain, on the transposed values
+        specs = [sp.value_shape for sp in chain.T]
+        vals = [v.detach().transpose(1, 2) for v in reversed(values)]
         n_in, m_out = m, n
     else:
         specs = [sp.value_shape for sp in chain]
-        parts = [v.detach().permute(1, 2, 0, 3).reshape(-1) for v in values]
+        vals = [v.detach() for v in values]
         n_in, m_out = n, m
+    parts = [v.permute(KERNEL_ORDER).reshape(-1) for v in vals]
     x = x.contiguous()
     k = x.shape[0]
     with cupy.cuda.Device(x.device.index):
