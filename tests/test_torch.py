@@ -175,6 +175,33 @@ def test_linear_gradcheck_float64(impl, chain, shape):
 
 
 @pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("chain,shape", [(PADDED, (5, 13)), (BULGING, (5, 3))])
+def test_gradcheck_through_the_registered_op(monkeypatch, impl, chain, shape):
+    """Eager calls use the plain autograd function; the custom op (what compiled graphs
+    and transforms call) passes gradcheck too, its bias gradient included."""
+    if not _ops._HAS_CUSTOM_OP:
+        pytest.skip("this torch has no torch.library.custom_op")
+    monkeypatch.setattr(_ops, "_plain_eager", lambda x: False)
+    torch.manual_seed(1)
+    m, n = shape
+    layer = DeButLinear(n, m, chain=chain, dtype=torch.float64, impl=impl)
+    x = torch.randn(3, n, dtype=torch.float64, requires_grad=True)
+    calls = []
+    real = _ops._debut_mm_op
+
+    def spy(*a, **k):
+        calls.append(1)
+        return real(*a, **k)
+    monkeypatch.setattr(_ops, "_debut_mm_op", spy)
+
+    def f(x, b, *vals):
+        return debut_mm(x, vals, layer.chain, shape, impl, bias=b)
+
+    assert torch.autograd.gradcheck(f, (x, layer.bias, *layer.factors))
+    assert calls
+
+
+@pytest.mark.parametrize("impl", IMPLS)
 def test_fused_bias_equals_torch_add_and_its_gradient(impl):
     torch.manual_seed(3)
     layer = DeButLinear(13, 5, chain=PADDED, impl=impl)
@@ -499,33 +526,48 @@ def test_torch_compile_model_with_debut_layers(device):
 
 
 @pytest.mark.parametrize("impl", ["numba", "torch"])
-def test_no_grad_calls_skip_the_custom_op_and_give_the_same_bits(monkeypatch, impl):
-    """Eager calls that record no gradient run the implementation directly (no custom-op
-    dispatch); calls that record one, and compiled graphs, still go through the op."""
+def test_eager_calls_skip_the_custom_op_and_give_the_same_bits(monkeypatch, impl):
+    """Eager calls run the implementation directly (no gradient recorded) or through the
+    plain autograd function (gradient recorded), never the custom op's dispatch; outputs
+    and gradients are the same bits as through the registered op."""
     torch.manual_seed(0)
     layer = DeButLinear(13, 5, chain=PADDED, dtype=torch.float64)
     layer.impl = impl
     x = torch.randn(4, 13, dtype=torch.float64)
-    ref = layer(x).detach()  # with autograd: through the registered op
+    g = torch.randn(4, 5, dtype=torch.float64)
+    xg = x.clone().requires_grad_(True)
+    monkeypatch.setattr(_ops, "_plain_eager", lambda x: False)  # as under torch.compile
+    ref = layer(xg)
+    ref.backward(g)
+    ref_grads = [xg.grad.clone()] + [p.grad.clone() for p in layer.parameters()]
+    monkeypatch.undo()
+    layer.zero_grad(set_to_none=True)
+    xg.grad = None
     calls = []
-    real = _ops._debut_mm_op
+    real_op, real_fn = _ops._debut_mm_op, _ops._DeButMM.apply
 
-    def spy(*a, **k):
-        calls.append(1)
-        return real(*a, **k)
-    monkeypatch.setattr(_ops, "_debut_mm_op", spy)
+    def spy(tag, real):
+        def f(*a, **k):
+            calls.append(tag)
+            return real(*a, **k)
+        return f
+    monkeypatch.setattr(_ops, "_debut_mm_op", spy("op", real_op))
+    monkeypatch.setattr(_ops._DeButMM, "apply", spy("fn", real_fn))
     for ctx in (torch.inference_mode, torch.no_grad):
         with ctx():
-            assert torch.equal(layer(x), ref)
+            assert torch.equal(layer(x), ref.detach())
     frozen = DeButLinear(13, 5, chain=PADDED, dtype=torch.float64)
     frozen.impl = impl
     frozen.requires_grad_(False)
     frozen(x)  # grad mode on, but nothing requires a gradient
     assert calls == []
-    layer(x).sum().backward()  # values require gradients: the op
-    assert len(calls) == 1
-    frozen(x.clone().requires_grad_(True))  # the input requires one: the op
-    assert len(calls) == 2
+    y = layer(xg)  # the values and the input require gradients: the function
+    assert calls == ["fn"] and torch.equal(y.detach(), ref.detach())
+    y.backward(g)
+    grads = [xg.grad] + [p.grad for p in layer.parameters()]
+    assert all(torch.equal(a, b) for a, b in zip(grads, ref_grads))
+    frozen(x.clone().requires_grad_(True))  # the input requires one: the function
+    assert calls == ["fn", "fn"]
 
 
 def test_operator_cache_sees_in_place_updates():

@@ -113,6 +113,18 @@ class _DeButBase(nn.Module):
         self._fan_in = fan_in
         self.reset_parameters()
 
+    def _values(self) -> list:
+        """The factor parameters as a list, in chain order.
+
+        Read from the ParameterList's parameter dict (about 1 us) rather than by
+        iterating it (about 8 us for seven factors: an index check and ``getattr`` per
+        item); the iteration serves any list this shortcut does not describe.
+        """
+        vals = list(self.factors._parameters.values())
+        if len(vals) != len(self.factors):  # pragma: no cover - a non-Parameter entry
+            vals = list(self.factors)
+        return vals
+
     def reset_parameters(self) -> None:
         """Random values: each factor ``N(0, 1/s)``, scaled so that for a dense chain the
         product's entries have ``nn.Linear``'s default variance ``1 / (3 fan_in)``; the bias
@@ -195,7 +207,7 @@ class _DeButBase(nn.Module):
         """The ``m x n`` matrix ``D`` the chain computes (differentiable)."""
         first = self.factors[0]
         eye = torch.eye(self._n, dtype=first.dtype, device=first.device)
-        return debut_mm(eye, list(self.factors), self.chain, (self._m, self._n),
+        return debut_mm(eye, self._values(), self.chain, (self._m, self._n),
                         self.impl).t()
 
     def to_debut(self) -> DeBut:
@@ -313,7 +325,7 @@ class DeButLinear(_DeButBase):
         """
         self._check_input(x, "DeButLinear")
         rows = self.rows(x)
-        y = debut_mm(rows, list(self.factors), self.chain, (self._m, self._n), self.impl,
+        y = debut_mm(rows, self._values(), self.chain, (self._m, self._n), self.impl,
                      bias=self.bias)
         return y.reshape(*x.shape[:-1], self.out_features)
 
@@ -662,7 +674,7 @@ class DeButConv2d(_DeButBase):
         self._check_input(x, "DeButConv2d")
         unbatched = x.dim() == 3
         rows, (N, Ho, Wo) = self._patches(x)
-        y = debut_mm(rows, list(self.factors), self.chain, (self._m, self._n), self.impl,
+        y = debut_mm(rows, self._values(), self.chain, (self._m, self._n), self.impl,
                      bias=self.bias)
         y = y.reshape(N, Ho * Wo, self._m).transpose(1, 2).reshape(N, self._m, Ho, Wo)
         return y[0] if unbatched else y

@@ -1,0 +1,116 @@
+"""The torch layer's own overhead: the eager paths of ``debut_mm`` against the older ones.
+
+In one process, ``DeButLinear`` calls with the current eager paths ("new") alternate
+with the same calls through the older paths ("old"), each right after an ``nn.Linear``
+call of the same shape (the regime of ``bench_torch.py``'s A B A B rows):
+
+* "old": every call that records a gradient goes through the registered custom op
+  (``debutla::debut_mm`` and its backward op); the cached CPU operator is checked with
+  ``numpy.array_equal``; the factor list is built by iterating the ``ParameterList``;
+* "new": plain eager calls that record a gradient run the ``torch.autograd.Function``
+  (``_ops._plain_eager``); the check compares bytes with ``memcmp``
+  (``_ops._same_bytes``); the factor list comes from the parameter dict
+  (``_DeButBase._values``).
+
+Both give the same bits (``tests/test_torch.py``).  Medians over the rounds; the
+speed-ups are ``nn.Linear``'s median over the layer's.
+
+Usage::
+
+    python benchmarks/diag_layer_overhead.py               # 1 and 2 threads
+    python benchmarks/diag_layer_overhead.py --threads 1 --rounds 60
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+
+def worker(threads: int, rounds: int, chain_name: str, batch: int) -> None:
+    import numpy as np
+    import torch
+
+    import debutla as db
+    import debutla.torch._ops as ops
+    import debutla.torch.layers as layers
+    from debutla.torch import DeButLinear
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    chain = db.Chain.parse(db.PAPER_CHAINS[chain_name])
+    m, n = chain.shape
+    deb = DeButLinear(n, m, chain=chain)
+    dense = torch.nn.Linear(n, m)
+    x = torch.randn(batch, n)
+    g = torch.randn(batch, m)
+    xg = x.clone().requires_grad_(True)
+    new = (ops._plain_eager, ops._same_bytes, layers._DeButBase._values)
+
+    def old_same(a, b):
+        return bool(np.array_equal(a.numpy(), b.detach().numpy()))
+
+    def set_mode(old: bool) -> None:
+        ops._plain_eager = (lambda x: False) if old else new[0]
+        ops._same_bytes = old_same if old else new[1]
+        layers._DeButBase._values = (lambda self: list(self.factors)) if old else new[2]
+
+    def inference(layer):
+        with torch.inference_mode():
+            layer(x)
+
+    def train(layer):
+        layer(xg).backward(g)
+
+    print(f"# threads {threads}, {chain_name} {m}x{n}, batch {batch}, {rounds} rounds, "
+          f"load {os.getloadavg()[0]:.2f}")
+    for mode in (inference, train):
+        times: dict = {"old": [], "new": [], "dense": []}
+        for r in range(rounds + 5):
+            for tag in ("old", "new"):
+                t0 = time.perf_counter()
+                mode(dense)
+                td = time.perf_counter() - t0
+                set_mode(tag == "old")
+                t0 = time.perf_counter()
+                mode(deb)
+                t = time.perf_counter() - t0
+                if r >= 5:  # warm-up rounds
+                    times[tag].append(t)
+                    times["dense"].append(td)
+        set_mode(False)
+        med = {k: float(np.median(v)) * 1e3 for k, v in times.items()}
+        print(f"{mode.__name__:9s}  old {med['old']:.3f} ms  new {med['new']:.3f} ms  "
+              f"nn.Linear {med['dense']:.3f} ms  old/new {med['old'] / med['new']:.2f}  "
+              f"speed-up over nn.Linear: old {med['dense'] / med['old']:.2f}x, "
+              f"new {med['dense'] / med['new']:.2f}x")
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--threads", type=int, nargs="*", default=[1, 2])
+    ap.add_argument("--rounds", type=int, default=40)
+    ap.add_argument("--chain", default="vgg_512x4608_mono")
+    ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.worker is not None:
+        worker(args.worker, args.rounds, args.chain, args.batch)
+        return
+    for k in args.threads:
+        env = dict(os.environ, DEBUTLA_NUM_THREADS=str(k), OMP_NUM_THREADS=str(k),
+                   PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]))
+        subprocess.run([sys.executable, os.path.abspath(__file__), "--worker", str(k),
+                        "--rounds", str(args.rounds), "--chain", args.chain,
+                        "--batch", str(args.batch)], env=env, check=True)
+
+
+if __name__ == "__main__":
+    main()
