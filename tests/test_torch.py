@@ -570,6 +570,32 @@ def test_eager_calls_skip_the_custom_op_and_give_the_same_bits(monkeypatch, impl
     assert calls == ["fn", "fn"]
 
 
+@pytest.mark.parametrize("frozen", [False, True])
+def test_training_step_looks_the_operator_up_once(monkeypatch, frozen):
+    """The backward reuses the forward's CPU operator (no second check of the values);
+    its gradients equal those of a call that looks it up again."""
+    torch.manual_seed(2)
+    layer = DeButLinear(13, 5, chain=PADDED, dtype=torch.float64)
+    layer.requires_grad_(not frozen)
+    x = torch.randn(4, 13, dtype=torch.float64, requires_grad=True)
+    g = torch.randn(4, 5, dtype=torch.float64)
+    layer(x).backward(g)
+    ref = [x.grad.clone()] + [p.grad.clone() for p in layer.parameters() if p.grad is not None]
+    x.grad = None
+    layer.zero_grad(set_to_none=True)
+    calls = []
+    real = _ops._cpu_operator
+
+    def spy(*a, **k):
+        calls.append(1)
+        return real(*a, **k)
+    monkeypatch.setattr(_ops, "_cpu_operator", spy)
+    layer(x).backward(g)
+    assert len(calls) == 1
+    got = [x.grad] + [p.grad for p in layer.parameters() if p.grad is not None]
+    assert len(got) == len(ref) and all(torch.equal(a, b) for a, b in zip(got, ref))
+
+
 def test_operator_cache_sees_in_place_updates():
     """Inference reuses the CPU operator; any autograd-visible write invalidates it."""
     torch.manual_seed(0)
