@@ -4,7 +4,9 @@ For each case (chain, batch) and each mode it times the *module call* as a user 
 
 * ``inference``: ``layer(x)`` under ``torch.inference_mode()``;
 * ``train``: ``layer(x).backward(g)`` with the parameters (and ``x``) requiring gradients,
-  i.e. forward + backward including the value gradients.
+  i.e. forward + backward including the value gradients (gradients accumulate);
+* ``step``: a whole training step, ``zero_grad``, forward, backward and an SGD step (so
+  the DeBut layer has new values at every call, as in training).
 
 Repeats of the DeBut layer and the dense layer are interleaved (A B A B ...) so a load
 change on the machine hits both; the table gives medians with the interquartile spread
@@ -108,7 +110,17 @@ def run_worker(threads: int, repeats: int, cases, block: int = 1) -> list[dict]:
                 layer(xg).backward(g)
             return f
 
-        for mode, mk in (("inference", inf), ("train", train)):
+        def step(layer):  # a whole training step: new values after each one
+            opt = torch.optim.SGD(layer.parameters(), lr=1e-7)
+
+            def f():
+                opt.zero_grad(set_to_none=True)
+                xg.grad = None
+                layer(xg).backward(g)
+                opt.step()
+            return f
+
+        for mode, mk in (("inference", inf), ("train", train), ("step", step)):
             ta, tb = _time_pair(mk(deb), mk(dense), repeats, block=block)
             rows.append({"case": name, "m": m, "n": n, "batch": batch, "mode": mode,
                          "threads": threads, "block": block, "debut_ms": _quartiles_ms(ta),

@@ -7,13 +7,18 @@ call of the same shape (the regime of ``bench_torch.py``'s A B A B rows):
 * "old": every call that records a gradient goes through the registered custom op
   (``debutla::debut_mm`` and its backward op); the cached CPU operator is checked with
   ``numpy.array_equal``, in the forward and again in the backward; the factor list is
-  built by iterating the ``ParameterList``;
+  built by iterating the ``ParameterList``; each new operator state (every optimiser
+  step gives new values) generates the chain's kernel source again to find its module;
 * "new": plain eager calls that record a gradient run the ``torch.autograd.Function``
   (``_ops._plain_eager``); the check compares bytes with ``memcmp``
   (``_ops._same_bytes``), and the backward reuses the forward's operator
   (``ctx.cpu_op``); the factor list comes from the parameter dict
-  (``_DeButBase._values``).
+  (``_DeButBase._values``); kernel modules are looked up by chain
+  (``_numba_codegen._modules``, ``_numba_backward._modules``).
 
+Modes: ``inference`` (``torch.inference_mode``), ``train`` (forward and backward,
+gradients accumulating, as ``bench_torch.py``) and ``step`` (a whole training step:
+``zero_grad``, forward, backward and an SGD step, so every step has new values).
 Both give the same bits (``tests/test_torch.py``).  Medians over the rounds; the
 speed-ups are ``nn.Linear``'s median over the layer's.
 
@@ -41,6 +46,8 @@ def worker(threads: int, rounds: int, chain_name: str, batch: int) -> None:
     import torch
 
     import debutla as db
+    import debutla.backends._numba_backward as bw
+    import debutla.backends._numba_codegen as cg
     import debutla.torch._ops as ops
     import debutla.torch.layers as layers
     from debutla.torch import DeButLinear
@@ -55,6 +62,7 @@ def worker(threads: int, rounds: int, chain_name: str, batch: int) -> None:
     g = torch.randn(batch, m)
     xg = x.clone().requires_grad_(True)
     new = (ops._plain_eager, ops._same_bytes, layers._DeButBase._values, ops._backward)
+    tables = (cg._modules, bw._modules)
 
     def old_backward(*a, op=None):
         return new[3](*a)
@@ -67,6 +75,9 @@ def worker(threads: int, rounds: int, chain_name: str, batch: int) -> None:
         ops._same_bytes = old_same if old else new[1]
         layers._DeButBase._values = (lambda self: list(self.factors)) if old else new[2]
         ops._backward = old_backward if old else new[3]
+        # old: an empty table for each call, so new states generate their source again
+        cg._modules = {} if old else tables[0]
+        bw._modules = {} if old else tables[1]
 
     def inference(layer):
         with torch.inference_mode():
@@ -75,9 +86,18 @@ def worker(threads: int, rounds: int, chain_name: str, batch: int) -> None:
     def train(layer):
         layer(xg).backward(g)
 
+    opts = {id(la): torch.optim.SGD(la.parameters(), lr=1e-7) for la in (deb, dense)}
+
+    def step(layer):
+        opt = opts[id(layer)]
+        opt.zero_grad(set_to_none=True)
+        xg.grad = None
+        layer(xg).backward(g)
+        opt.step()
+
     print(f"# threads {threads}, {chain_name} {m}x{n}, batch {batch}, {rounds} rounds, "
           f"load {os.getloadavg()[0]:.2f}")
-    for mode in (inference, train):
+    for mode in (inference, train, step):
         times: dict = {"old": [], "new": [], "dense": []}
         for r in range(rounds + 5):
             for tag in ("old", "new"):

@@ -405,9 +405,15 @@ def test_compiled_kernels_serve_every_operator_of_the_chain(monkeypatch):
         raise AssertionError("the generic kernel ran")
 
     monkeypatch.setattr(nbk, "_run_generic", no_generic)
+    # nor is the chain's kernel source generated again (about 1 ms for the VGG chain)
+    generated = []
+    real_source = nbk._cg.generate_source
+    monkeypatch.setattr(nbk._cg, "generate_source",
+                        lambda *a: generated.append(a) or real_source(*a))
     rng = np.random.default_rng(3)
     with forced_codegen():  # background compiles allowed: a cold kernel would run generic
         other = DeBut.random(chain, seed=1, dtype=np.float32, backend="numba")
         for k in (1, 40):
             X = random_values(rng, (k, 6), np.float32)
             _check(other, other.matmat_rows(X), X, "rows", f"other values, {k} rows")
+    assert generated == []

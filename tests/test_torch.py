@@ -727,6 +727,10 @@ def test_training_steps_run_the_compiled_kernel(monkeypatch):
         seen = []
         inner = nbk._run_generic
         monkeypatch.setattr(nbk, "_run_generic", lambda *a: seen.append(1) or inner(*a))
+        # nor is the kernel source generated again for the new values' state
+        source = nbk._cg.generate_source
+        monkeypatch.setattr(nbk._cg, "generate_source",
+                            lambda *a: seen.append("source") or source(*a))
         for _ in range(3):
             step()
     assert seen == []

@@ -40,7 +40,8 @@ from __future__ import annotations
 from . import _cache
 from ._numba_codegen import GENERATOR_VERSION, _def, _emit_factor_panel, _Src
 
-__all__ = ["generate_source", "kernel_module", "uncached_kernel_module", "scratch_sizes"]
+__all__ = ["generate_source", "kernel_module", "uncached_kernel_module", "replace_module",
+           "scratch_sizes"]
 
 #: Bumped when the generated backward changes (with the forward's generator version,
 #: which its panel passes come from).
@@ -197,8 +198,23 @@ def _norm(shapes) -> tuple:
 
 
 def kernel_module(shapes: tuple, W: int):
-    """The backward module for a chain and tile width, through the checked kernel cache."""
-    return _cache.load_module(generate_source(_norm(shapes), int(W)), "bw")
+    """The backward module for a chain and tile width, through the checked kernel cache
+    (made once per process, as :func:`._numba_codegen.kernel_module`).
+    """
+    key = (_norm(shapes), int(W))
+    mod = _modules.get(key)
+    if mod is None:
+        mod = _modules[key] = _cache.load_module(generate_source(*key), "bw")
+    return mod
+
+
+#: Backward modules by ``(shapes, W)`` (see ``_numba_codegen._modules``).
+_modules: dict = {}
+
+
+def replace_module(shapes: tuple, W: int, mod) -> None:
+    """Serve ``mod`` (compiled in memory after a cache failure) from now on."""
+    _modules[(_norm(shapes), int(W))] = mod
 
 
 def uncached_kernel_module(shapes: tuple, W: int):

@@ -734,7 +734,23 @@ def kernel_module(shapes: tuple, W: int):
         the cache cannot be used).
     """
     shapes = tuple(tuple(int(v) for v in sh) for sh in shapes)
-    return _cache.load_module(generate_source(shapes, int(W)), "k")
+    key = (shapes, int(W))
+    mod = _modules.get(key)
+    if mod is None:
+        mod = _modules[key] = _cache.load_module(generate_source(shapes, int(W)), "k")
+    return mod
+
+
+#: Kernel modules by ``(shapes, W)``, made once per process: generating a chain's source
+#: takes about 1 ms (VGG chain), and a torch layer makes a new operator state after each
+#: optimiser step.  Whoever changes the generator's switches clears it
+#: (``benchmarks/bench_kernels.py``); :func:`replace_module` after a cache failure.
+_modules: dict = {}
+
+
+def replace_module(shapes: tuple, W: int, mod) -> None:
+    """Serve ``mod`` (a module compiled in memory after a cache failure) from now on."""
+    _modules[(tuple(tuple(int(v) for v in sh) for sh in shapes), int(W))] = mod
 
 
 def uncached_kernel_module(shapes: tuple, W: int):

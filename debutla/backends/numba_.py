@@ -701,8 +701,10 @@ def _fused_guarded(state: _State, kname: str, X, Y, k: int) -> None:
         with state._lock:
             if kname == "rows_narrow":
                 mod = state._nmod = _cg.uncached_kernel_module(state.shapes, NARROW_W)
+                _cg.replace_module(state.shapes, NARROW_W, mod)
             else:
                 mod = state._mod = _cg.uncached_kernel_module(state.shapes, state.W)
+                _cg.replace_module(state.shapes, state.W, mod)
         _run_fused(state, mod, kname, X, Y, k)
 
 
@@ -792,6 +794,7 @@ def run_backward(state: _State, Xf, Gf, GXf, gvs, bounds, g0: int, g1: int, xn: 
         _cache.forget_cache_files(mod, e)
         with state._lock:
             mod = state._bmod = _bw.uncached_kernel_module(state.shapes, W)
+            _bw.replace_module(state.shapes, W, mod)
         mod.tiles_placed(*args)
 
 
