@@ -38,6 +38,10 @@ figure to trust on a loaded machine, where separate runs minutes apart differ by
 than most kernel changes.  The load average is printed at the start and the end: quote
 it with any figure.
 
+``--ab-width W`` is the same A/B with the tile width instead of a generator constant:
+``new`` the backend's own width rule, ``old`` tiles of ``W`` rows (change 13).  With
+``--threads K`` (one count) both run under ``config(threads=K)``.
+
 ``--depths N`` (with ``--ab``) times each variant from ``N`` Python call depths (each
 depth one more C-level call, ``map``, so the C stack the kernel starts on moves by some
 hundred bytes per level) and reports, per variant, the median over depths of each
@@ -179,6 +183,8 @@ def main(argv=None) -> int:
                     help="override _numba_codegen constants (A/B runs)")
     ap.add_argument("--ab", nargs="*", default=[], metavar="NAME=VALUE",
                     help="time the defaults against these overrides, alternating")
+    ap.add_argument("--ab-width", type=int, default=None, metavar="W",
+                    help="time the backend's tile width against tiles of W rows")
     ap.add_argument("--depths", type=int, default=1,
                     help="with --ab: time each variant from this many Python call depths")
     ap.add_argument("--out", default=None, help="also write the table to this file")
@@ -204,6 +210,10 @@ def main(argv=None) -> int:
         setattr(cg, name, value)
     if args.depths < 1:
         ap.error("--depths must be at least 1")
+    if args.ab_width is not None:
+        if args.ab_width < 1:
+            ap.error("--ab-width must be at least 1")
+        return run_ab(args, {}, width=args.ab_width)
     if args.ab:
         return (run_depths if args.depths > 1 else run_ab)(args, parse(args.ab))
     if args.scaling:
@@ -263,9 +273,15 @@ def at_depth(depth: int, fn):
     return list(map(lambda _: at_depth(depth - 1, fn), (0,)))[0]
 
 
-def _state_with(op: DeBut, overrides: dict):
-    """A kernel state of ``op`` whose modules (wide and narrow) use ``overrides``."""
+def _state_with(op: DeBut, overrides: dict, width: int | None = None):
+    """A kernel state of ``op`` whose modules (wide and narrow) use ``overrides``, with
+    tiles of ``width`` rows instead of the backend's own when given."""
     st = nbk.prepare(op.factors)
+    if width is not None:
+        st.W = width
+        # the compiled-kernel bookkeeping is per chain, tile width and dtype
+        st.ready = nbk._READY.setdefault((st.shapes, width, st.dkey), set())
+        st.pending = nbk._PENDING.setdefault((st.shapes, width, st.dkey), set())
     st._mod = _module_with(st, overrides)
     st._nmod = _module_with(st, overrides, nbk.NARROW_W)  # batches 3-16 of wide tiles
     return st
@@ -309,16 +325,19 @@ def run_depths(args, overrides: dict) -> int:
     return _finish(args, lines)
 
 
-def run_ab(args, overrides: dict) -> int:
+def run_ab(args, overrides: dict, width: int | None = None) -> int:
+    what = f"tiles of {width} rows" if width is not None else str(overrides)
+    threads = args.threads[0] if width is not None and len(args.threads) == 1 else 1
     machine, rng, head = _start(f"# bench_kernels A/B: new = generator defaults, "
-                                f"old = {overrides}")
+                                f"old = {what}; threads {threads}")
+    set_defaults(threads=threads)
     rows = []
     for cname in args.chains:
         for dtn in args.dtypes:
             op = DeBut.random(ALL_CHAINS[cname], seed=1, dtype=dtn, backend="numba")
             m, n = op.shape
-            states = {label: _state_with(op, ov)
-                      for label, ov in (("new", {}), ("old", overrides))}
+            states = {label: _state_with(op, ov, w)
+                      for label, ov, w in (("new", {}, None), ("old", overrides, width))}
             for k in args.batches:
                 X = rng.standard_normal((k, n)).astype(dtn)
                 Ys = {lb: np.empty((k, m), dtn) for lb in states}

@@ -17,8 +17,8 @@ processes.  Three kernels serve all products:
   float32 values (128 bytes per feature; 16 for the wider dtypes; twice that for chains
   at most 1024 wide), halved down to 16
   while the two blocks, weighted by the number of factors (``N / 6``, at least 1),
-  exceed :data:`FUSED_BYTES`, and below 16 only for chains too wide for that (see
-  ``benchmarks/README_kernels.md``, change 5); a partial tile computes only its columns
+  exceed :data:`TILE_BLOCK_BYTES`, and below 16 only for chains too wide for that (see
+  ``benchmarks/README_kernels.md``, changes 5 and 13); a partial tile computes only its columns
   (rounded up to ``W / 4``).  Batches of 3 to :data:`NARROW_W` rows of a chain with
   wider tiles run on a second module compiled with ``NARROW_W``-row tiles
   (``rows_narrow``, compiled on first use; the wide tiles serve meanwhile, with the
@@ -85,6 +85,7 @@ __all__ = [
     "prepare", "apply_rows", "apply_cols", "rows_lane", "lane_ready", "compile_kernels",
     "wait_for_compiles", "preload",
     "get_num_threads", "set_num_threads", "set_fused", "kernel_source", "FUSED_BYTES",
+    "TILE_BLOCK_BYTES",
     "PARALLEL_MIN_WORK", "CODEGEN_MIN_NNZ", "CODEGEN_MIN_WORK", "SLOW_COMPILE_SECONDS",
     "aligned_empty", "SCRATCH_ALIGN", "backward_ready", "run_backward", "BACKWARD",
     "BACKWARD_MIN_NNZ",
@@ -96,6 +97,10 @@ xp = np
 #: Largest size in bytes of the two scratch blocks of a fused tile (else a narrower tile,
 #: and below the narrowest one the factor-by-factor kernel).
 FUSED_BYTES = 3 * 2**19
+#: The two scratch blocks of a tile, weighted by the factors that sweep them, are kept
+#: under this size by halving ``W`` down to 16 columns (``README_kernels.md``, change 13:
+#: 1 MiB rather than FUSED_BYTES gave the VGG chain 16-row float32 tiles, 1.05-1.08x).
+TILE_BLOCK_BYTES = 2**20
 #: Multiply-adds (``nnz * batch``) from which a product is split over threads.
 PARALLEL_MIN_WORK = 5_000_000
 _CHUNKS_PER_THREAD = 4  # chunks of tasks claimed per thread in a split product
@@ -297,11 +302,12 @@ class _State:
         # 128 bytes per feature (256 for chains at most _NARROW_F wide), at least 16
         # columns (the in-place passes' constant-width loops start there), halved down
         # to 16 while the two blocks, weighted by how many factors sweep them per tile
-        # (N / 6, at least 1), exceed FUSED_BYTES, and below 16 only while they exceed
-        # the fused limit (see ``fused``); measured in README_kernels.md, change 5
+        # (N / 6, at least 1), exceed TILE_BLOCK_BYTES, and below 16 only while they
+        # exceed the fused limit (see ``fused``); measured in README_kernels.md, changes
+        # 5 and 13
         W = max(_CONST_W_MIN, (256 if self.F <= _NARROW_F else 128) // item)
         sweeps = max(1.0, len(self.shapes) / 6)
-        while W > _CONST_W_MIN and 2 * self.F * W * item * sweeps > FUSED_BYTES:
+        while W > _CONST_W_MIN and 2 * self.F * W * item * sweeps > TILE_BLOCK_BYTES:
             W //= 2
         while W > _MIN_W and 2 * self.F * W * item > 4 * FUSED_BYTES:
             W //= 2
