@@ -596,6 +596,21 @@ def test_training_step_looks_the_operator_up_once(monkeypatch, frozen):
     assert len(got) == len(ref) and all(torch.equal(a, b) for a, b in zip(got, ref))
 
 
+@pytest.mark.parametrize("plain", [True, False])
+def test_second_derivatives_raise(monkeypatch, plain):
+    """Gradients of gradients are not implemented: both the plain autograd function and
+    the registered op raise instead of returning wrong (zero) second derivatives."""
+    if not plain:
+        if not _ops._HAS_CUSTOM_OP:
+            pytest.skip("this torch has no torch.library.custom_op")
+        monkeypatch.setattr(_ops, "_plain_eager", lambda x: False)
+    layer = DeButLinear(13, 5, chain=PADDED, dtype=torch.float64)
+    x = torch.randn(4, 13, dtype=torch.float64, requires_grad=True)
+    gx, = torch.autograd.grad(layer(x).square().sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError):
+        gx.sum().backward()
+
+
 def test_operator_cache_sees_in_place_updates():
     """Inference reuses the CPU operator; any autograd-visible write invalidates it."""
     torch.manual_seed(0)

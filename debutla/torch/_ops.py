@@ -554,7 +554,8 @@ class _DeButMM(torch.autograd.Function):
         return _forward(x, values, chain, (m, n), impl, bias, ctx=ctx)
 
     @staticmethod
-    def backward(ctx, grad):
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):  # a second derivative raises instead of being wrong
         x, *values = ctx.saved_tensors
         chain_text, m, n, impl = ctx.meta
         need_x = ctx.needs_input_grad[0]
