@@ -22,10 +22,19 @@ gradients accumulating, as ``bench_torch.py``) and ``step`` (a whole training st
 Both give the same bits (``tests/test_torch.py``).  Medians over the rounds; the
 speed-ups are ``nn.Linear``'s median over the layer's.
 
+``--ablate`` answers another question: what do the layer's per-call costs weigh now?
+It times ``layer(x)`` under ``torch.inference_mode()`` at each ``--batches`` size
+(VGG chain, one process, variants interleaved): the full call, the call without the
+cached operator's check of the values (the operator handed back directly), without the
+``debutla.config`` block around the product, without the bias, without all three, and
+the operator's product alone (``op.matmat_rows(x, out=y)``).  The variants skip work
+that a real call needs: they measure, they are not options.
+
 Usage::
 
     python benchmarks/diag_layer_overhead.py               # 1 and 2 threads
     python benchmarks/diag_layer_overhead.py --threads 1 --rounds 60
+    python benchmarks/diag_layer_overhead.py --ablate --threads 1 --batches 1 16 256
 """
 
 from __future__ import annotations
@@ -119,23 +128,97 @@ def worker(threads: int, rounds: int, chain_name: str, batch: int) -> None:
               f"new {med['dense'] / med['new']:.2f}x")
 
 
+def ablate(threads: int, rounds: int, chain_name: str, batches: list) -> None:
+    import contextlib
+
+    import numpy as np
+    import torch
+
+    import debutla as db
+    import debutla.torch._ops as ops
+    from debutla import _config
+    from debutla.torch import DeButLinear
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    chain = db.Chain.parse(db.PAPER_CHAINS[chain_name])
+    m, n = chain.shape
+    layer = DeButLinear(n, m, chain=chain)
+    real_getop, real_cfg = ops._cpu_operator, _config.config
+    op = real_getop(layer._values(), chain, (m, n))
+
+    @contextlib.contextmanager
+    def no_config(**settings):
+        yield
+
+    def no_check(*args, **kwargs):
+        return op
+
+    variants = {"full": {}, "no check": {"getop": no_check},
+                "no config block": {"cfg": no_config}, "no bias": {"bias": True},
+                "none of the three": {"getop": no_check, "cfg": no_config, "bias": True}}
+    print(f"# --ablate: threads {threads}, {chain_name} {m}x{n}, {rounds} rounds, load "
+          f"{os.getloadavg()[0]:.2f}; medians, us")
+    for batch in batches:
+        x = torch.randn(batch, n)
+
+        def call(v):
+            ops._cpu_operator = v.get("getop", real_getop)
+            _config.config = v.get("cfg", real_cfg)
+            bias = layer.bias
+            if v.get("bias"):
+                layer.bias = None
+            try:
+                with torch.inference_mode():
+                    t0 = time.perf_counter()
+                    layer(x)
+                    return time.perf_counter() - t0
+            finally:
+                layer.bias = bias
+                ops._cpu_operator, _config.config = real_getop, real_cfg
+
+        times: dict = {k: [] for k in variants}
+        for r in range(rounds + 20):
+            for k, v in variants.items():
+                t = call(v)
+                if r >= 20:
+                    times[k].append(t)
+        xn, yn = x.numpy(), np.empty((batch, m), np.float32)
+        alone = []
+        for r in range(rounds + 20):
+            t0 = time.perf_counter()
+            op.matmat_rows(xn, out=yn)
+            if r >= 20:
+                alone.append(time.perf_counter() - t0)
+        cells = ", ".join(f"{k} {float(np.median(v)) * 1e6:.1f}" for k, v in times.items())
+        print(f"batch {batch:5d}: {cells}, product alone {float(np.median(alone)) * 1e6:.1f}")
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--threads", type=int, nargs="*", default=[1, 2])
     ap.add_argument("--rounds", type=int, default=40)
     ap.add_argument("--chain", default="vgg_512x4608_mono")
     ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--ablate", action="store_true",
+                    help="time the layer's per-call costs instead (see the module doc)")
+    ap.add_argument("--batches", type=int, nargs="*", default=[1, 16, 256],
+                    help="batch sizes of --ablate")
     ap.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker is not None:
-        worker(args.worker, args.rounds, args.chain, args.batch)
+        if args.ablate:
+            ablate(args.worker, args.rounds, args.chain, args.batches)
+        else:
+            worker(args.worker, args.rounds, args.chain, args.batch)
         return
     for k in args.threads:
         env = dict(os.environ, DEBUTLA_NUM_THREADS=str(k), OMP_NUM_THREADS=str(k),
                    PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]))
         subprocess.run([sys.executable, os.path.abspath(__file__), "--worker", str(k),
                         "--rounds", str(args.rounds), "--chain", args.chain,
-                        "--batch", str(args.batch)], env=env, check=True)
+                        "--batch", str(args.batch), "--batches", *map(str, args.batches)]
+                       + (["--ablate"] if args.ablate else []), env=env, check=True)
 
 
 if __name__ == "__main__":
