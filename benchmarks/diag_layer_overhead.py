@@ -50,22 +50,30 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 
-def worker(threads: int, rounds: int, chain_name: str, batch: int) -> None:
-    import numpy as np
+def _layer(threads: int, chain_name: str):
+    """``(layer, (m, n))``: a DeButLinear of the named paper chain, torch on ``threads``."""
     import torch
 
     import debutla as db
-    import debutla.backends._numba_backward as bw
-    import debutla.backends._numba_codegen as cg
-    import debutla.torch._ops as ops
-    import debutla.torch.layers as layers
     from debutla.torch import DeButLinear
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     chain = db.Chain.parse(db.PAPER_CHAINS[chain_name])
     m, n = chain.shape
-    deb = DeButLinear(n, m, chain=chain)
+    return DeButLinear(n, m, chain=chain), (m, n)
+
+
+def worker(threads: int, rounds: int, chain_name: str, batch: int) -> None:
+    import numpy as np
+    import torch
+
+    import debutla.backends._numba_backward as bw
+    import debutla.backends._numba_codegen as cg
+    import debutla.torch._ops as ops
+    import debutla.torch.layers as layers
+
+    deb, (m, n) = _layer(threads, chain_name)
     dense = torch.nn.Linear(n, m)
     x = torch.randn(batch, n)
     g = torch.randn(batch, m)
@@ -134,18 +142,12 @@ def ablate(threads: int, rounds: int, chain_name: str, batches: list) -> None:
     import numpy as np
     import torch
 
-    import debutla as db
     import debutla.torch._ops as ops
     from debutla import _config
-    from debutla.torch import DeButLinear
 
-    torch.set_num_threads(threads)
-    torch.manual_seed(0)
-    chain = db.Chain.parse(db.PAPER_CHAINS[chain_name])
-    m, n = chain.shape
-    layer = DeButLinear(n, m, chain=chain)
+    layer, (m, n) = _layer(threads, chain_name)
     real_getop, real_cfg = ops._cpu_operator, _config.config
-    op = real_getop(layer._values(), chain, (m, n))
+    op = real_getop(layer._values(), layer.chain, (m, n))
 
     @contextlib.contextmanager
     def no_config(**settings):
