@@ -46,6 +46,16 @@ def _np(t):
     return t.detach().cpu().double().numpy()
 
 
+def _spy(monkeypatch, owner, name: str, calls: list, tag=1) -> None:
+    """Replace ``owner.name`` by a wrapper that appends ``tag`` to ``calls`` and calls it."""
+    real = getattr(owner, name)
+
+    def spy(*a, **k):
+        calls.append(tag)
+        return real(*a, **k)
+    monkeypatch.setattr(owner, name, spy)
+
+
 def _layer_from_op(op: DeBut, dtype, impl, bias=False):
     return DeButLinear.from_debut(op, bias=None if not bias else torch.zeros(op.shape[0]),
                                   dtype=dtype, impl=impl)
@@ -186,13 +196,8 @@ def test_gradcheck_through_the_registered_op(monkeypatch, impl, chain, shape):
     m, n = shape
     layer = DeButLinear(n, m, chain=chain, dtype=torch.float64, impl=impl)
     x = torch.randn(3, n, dtype=torch.float64, requires_grad=True)
-    calls = []
-    real = _ops._debut_mm_op
-
-    def spy(*a, **k):
-        calls.append(1)
-        return real(*a, **k)
-    monkeypatch.setattr(_ops, "_debut_mm_op", spy)
+    calls: list = []
+    _spy(monkeypatch, _ops, "_debut_mm_op", calls)
 
     def f(x, b, *vals):
         return debut_mm(x, vals, layer.chain, shape, impl, bias=b)
@@ -543,16 +548,9 @@ def test_eager_calls_skip_the_custom_op_and_give_the_same_bits(monkeypatch, impl
     monkeypatch.undo()
     layer.zero_grad(set_to_none=True)
     xg.grad = None
-    calls = []
-    real_op, real_fn = _ops._debut_mm_op, _ops._DeButMM.apply
-
-    def spy(tag, real):
-        def f(*a, **k):
-            calls.append(tag)
-            return real(*a, **k)
-        return f
-    monkeypatch.setattr(_ops, "_debut_mm_op", spy("op", real_op))
-    monkeypatch.setattr(_ops._DeButMM, "apply", spy("fn", real_fn))
+    calls: list = []
+    _spy(monkeypatch, _ops, "_debut_mm_op", calls, "op")
+    _spy(monkeypatch, _ops._DeButMM, "apply", calls, "fn")
     for ctx in (torch.inference_mode, torch.no_grad):
         with ctx():
             assert torch.equal(layer(x), ref.detach())
@@ -583,13 +581,8 @@ def test_training_step_looks_the_operator_up_once(monkeypatch, frozen):
     ref = [x.grad.clone()] + [p.grad.clone() for p in layer.parameters() if p.grad is not None]
     x.grad = None
     layer.zero_grad(set_to_none=True)
-    calls = []
-    real = _ops._cpu_operator
-
-    def spy(*a, **k):
-        calls.append(1)
-        return real(*a, **k)
-    monkeypatch.setattr(_ops, "_cpu_operator", spy)
+    calls: list = []
+    _spy(monkeypatch, _ops, "_cpu_operator", calls)
     layer(x).backward(g)
     assert len(calls) == 1
     got = [x.grad] + [p.grad for p in layer.parameters() if p.grad is not None]
@@ -599,7 +592,7 @@ def test_training_step_looks_the_operator_up_once(monkeypatch, frozen):
 @pytest.mark.parametrize("plain", [True, False])
 def test_second_derivatives_raise(monkeypatch, plain):
     """Gradients of gradients are not implemented: both the plain autograd function and
-    the registered op raise instead of returning wrong (zero) second derivatives."""
+    the registered op raise, instead of treating the first derivative as a constant."""
     if not plain:
         if not _ops._HAS_CUSTOM_OP:
             pytest.skip("this torch has no torch.library.custom_op")

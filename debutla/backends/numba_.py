@@ -77,6 +77,7 @@ from . import _cache
 from . import _numba_backward as _bw
 from . import _numba_codegen as _cg
 from . import _numba_generic as _generic_src
+from ._numba_pool import Job, SpinPool, claim_chunks
 
 if TYPE_CHECKING:  # imported where the pool is made: the module may load at shutdown
     from concurrent.futures import ThreadPoolExecutor
@@ -548,8 +549,6 @@ def _get_spin_pool(workers: int):
     kernels = _generic_module()
     with _pool_lock:
         if _spin_pool is None or _spin_pool.workers < workers:
-            from ._numba_pool import SpinPool
-
             if _spin_pool is not None:
                 _spin_pool.close()
             else:  # the workers are daemon threads: end them before the interpreter
@@ -597,7 +596,6 @@ def _run_split(fn, ntasks: int, work: int, threads: int | None = None) -> None:
             pool = None
         if pool is not None and pool.run(fn, bounds, nth - 1):
             return
-    from ._numba_pool import Job, claim_chunks
 
     job, claim = Job(fn, bounds, nth - 1), threading.Lock()
     pool = _get_pool(nth - 1)

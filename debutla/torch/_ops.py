@@ -139,22 +139,18 @@ def _cpu_operator(values: Sequence[torch.Tensor], chain: Chain, shape: tuple[int
     return op
 
 
-_MEMCMP: list = []
-
-
+@lru_cache(maxsize=1)
 def _memcmp():
     """The C library's ``memcmp`` through ctypes (found on first use), or None."""
-    if not _MEMCMP:
-        try:
-            import ctypes
-            lib = ctypes.cdll.msvcrt if sys.platform == "win32" else ctypes.CDLL(None)
-            f = lib.memcmp
-            f.restype = ctypes.c_int
-            f.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t]
-            _MEMCMP.append(f)
-        except Exception:  # pragma: no cover - a platform without one
-            _MEMCMP.append(None)
-    return _MEMCMP[0]
+    try:
+        import ctypes
+        lib = ctypes.cdll.msvcrt if sys.platform == "win32" else ctypes.CDLL(None)
+        f = lib.memcmp
+        f.restype = ctypes.c_int
+        f.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t]
+        return f
+    except Exception:  # pragma: no cover - a platform without one
+        return None
 
 
 def _same_bytes(a: torch.Tensor, b: torch.Tensor) -> bool:
