@@ -22,6 +22,12 @@ gradients accumulating, as ``bench_torch.py``) and ``step`` (a whole training st
 Both give the same bits (``tests/test_torch.py``).  Medians over the rounds; the
 speed-ups are ``nn.Linear``'s median over the layer's.
 
+``--pools`` compares the threads that run the layer's split products (change 14 of
+``benchmarks/README_kernels.md``): ``debutla.config(pool="debutla")`` (debutla's own
+worker threads, the layers' choice before) against ``pool="openmp"`` (torch's OpenMP
+threads, the default now), alternating in one process, each call right after an
+``nn.Linear`` call as above, in the three modes.  It needs two threads or more.
+
 ``--ablate`` answers another question: what do the layer's per-call costs weigh now?
 It times ``layer(x)`` under ``torch.inference_mode()`` at each ``--batches`` size
 (VGG chain, one process, variants interleaved): the full call, the call without the
@@ -35,6 +41,7 @@ Usage::
     python benchmarks/diag_layer_overhead.py               # 1 and 2 threads
     python benchmarks/diag_layer_overhead.py --threads 1 --rounds 60
     python benchmarks/diag_layer_overhead.py --ablate --threads 1 --batches 1 16 256
+    python benchmarks/diag_layer_overhead.py --pools --threads 2 --chain butterfly_4096
 """
 
 from __future__ import annotations
@@ -59,42 +66,25 @@ def _layer(threads: int, chain_name: str):
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    chain = db.Chain.parse(db.PAPER_CHAINS[chain_name])
+    chain = (db.Chain.butterfly(4096) if chain_name == "butterfly_4096"
+             else db.Chain.parse(db.PAPER_CHAINS[chain_name]))
     m, n = chain.shape
     return DeButLinear(n, m, chain=chain), (m, n)
 
 
-def worker(threads: int, rounds: int, chain_name: str, batch: int) -> None:
+def _alternate(threads: int, rounds: int, chain_name: str, batch: int, title: str,
+               tags: tuple, enter) -> None:
+    """Time the layer in the three modes under each of ``tags`` (``enter(tag)`` gives a
+    context manager that sets it up), alternating, each call after an ``nn.Linear`` call.
+    """
     import numpy as np
     import torch
-
-    import debutla.backends._numba_backward as bw
-    import debutla.backends._numba_codegen as cg
-    import debutla.torch._ops as ops
-    import debutla.torch.layers as layers
 
     deb, (m, n) = _layer(threads, chain_name)
     dense = torch.nn.Linear(n, m)
     x = torch.randn(batch, n)
     g = torch.randn(batch, m)
     xg = x.clone().requires_grad_(True)
-    new = (ops._plain_eager, ops._same_bytes, layers._DeButBase._values, ops._backward)
-    tables = (cg._modules, bw._modules)
-
-    def old_backward(*a, op=None):
-        return new[3](*a)
-
-    def old_same(a, b):
-        return bool(np.array_equal(a.numpy(), b.detach().numpy()))
-
-    def set_mode(old: bool) -> None:
-        ops._plain_eager = (lambda x: False) if old else new[0]
-        ops._same_bytes = old_same if old else new[1]
-        layers._DeButBase._values = (lambda self: list(self.factors)) if old else new[2]
-        ops._backward = old_backward if old else new[3]
-        # old: an empty table for each call, so new states generate their source again
-        cg._modules = {} if old else tables[0]
-        bw._modules = {} if old else tables[1]
 
     def inference(layer):
         with torch.inference_mode():
@@ -112,28 +102,77 @@ def worker(threads: int, rounds: int, chain_name: str, batch: int) -> None:
         layer(xg).backward(g)
         opt.step()
 
-    print(f"# threads {threads}, {chain_name} {m}x{n}, batch {batch}, {rounds} rounds, "
-          f"load {os.getloadavg()[0]:.2f}")
+    a, b = tags
+    print(f"# {title}threads {threads}, {chain_name} {m}x{n}, batch {batch}, {rounds} "
+          f"rounds, load {os.getloadavg()[0]:.2f}")
     for mode in (inference, train, step):
-        times: dict = {"old": [], "new": [], "dense": []}
+        times: dict = {a: [], b: [], "dense": []}
         for r in range(rounds + 5):
-            for tag in ("old", "new"):
+            for tag in tags:
                 t0 = time.perf_counter()
                 mode(dense)
                 td = time.perf_counter() - t0
-                set_mode(tag == "old")
-                t0 = time.perf_counter()
-                mode(deb)
-                t = time.perf_counter() - t0
+                with enter(tag):
+                    t0 = time.perf_counter()
+                    mode(deb)
+                    t = time.perf_counter() - t0
                 if r >= 5:  # warm-up rounds
                     times[tag].append(t)
                     times["dense"].append(td)
-        set_mode(False)
         med = {k: float(np.median(v)) * 1e3 for k, v in times.items()}
-        print(f"{mode.__name__:9s}  old {med['old']:.3f} ms  new {med['new']:.3f} ms  "
-              f"nn.Linear {med['dense']:.3f} ms  old/new {med['old'] / med['new']:.2f}  "
-              f"speed-up over nn.Linear: old {med['dense'] / med['old']:.2f}x, "
-              f"new {med['dense'] / med['new']:.2f}x")
+        print(f"{mode.__name__:9s}  {a} {med[a]:.3f} ms  {b} {med[b]:.3f} ms  "
+              f"nn.Linear {med['dense']:.3f} ms  {a}/{b} {med[a] / med[b]:.2f}  "
+              f"speed-up over nn.Linear: {a} {med['dense'] / med[a]:.2f}x, "
+              f"{b} {med['dense'] / med[b]:.2f}x")
+    print(f"# load at the end {os.getloadavg()[0]:.2f}")
+
+
+def worker(threads: int, rounds: int, chain_name: str, batch: int) -> None:
+    """The old eager paths against the new ones (the module docstring)."""
+    import contextlib
+
+    import numpy as np
+
+    import debutla.backends._numba_backward as bw
+    import debutla.backends._numba_codegen as cg
+    import debutla.torch._ops as ops
+    import debutla.torch.layers as layers
+
+    new = (ops._plain_eager, ops._same_bytes, layers._DeButBase._values, ops._backward)
+    tables = (cg._modules, bw._modules)
+
+    def old_backward(*a, op=None):
+        return new[3](*a)
+
+    def old_same(a, b):
+        return bool(np.array_equal(a.numpy(), b.detach().numpy()))
+
+    @contextlib.contextmanager
+    def set_mode(tag: str):
+        old = tag == "old"
+        ops._plain_eager = (lambda x: False) if old else new[0]
+        ops._same_bytes = old_same if old else new[1]
+        layers._DeButBase._values = (lambda self: list(self.factors)) if old else new[2]
+        ops._backward = old_backward if old else new[3]
+        # old: an empty table for each call, so new states generate their source again
+        cg._modules = {} if old else tables[0]
+        bw._modules = {} if old else tables[1]
+        try:
+            yield
+        finally:  # the new paths outside the timed calls
+            ops._plain_eager, ops._same_bytes, layers._DeButBase._values, \
+                ops._backward = new
+            cg._modules, bw._modules = tables
+
+    _alternate(threads, rounds, chain_name, batch, "", ("old", "new"), set_mode)
+
+
+def pools(threads: int, rounds: int, chain_name: str, batch: int) -> None:
+    """``--pools``: the layer on debutla's worker threads against torch's OpenMP ones."""
+    import debutla as db
+
+    _alternate(threads, rounds, chain_name, batch, "--pools: ", ("debutla", "openmp"),
+               lambda tag: db.config(pool=tag))
 
 
 def ablate(threads: int, rounds: int, chain_name: str, batches: list) -> None:
@@ -206,11 +245,15 @@ def main(argv=None) -> None:
                     help="time the layer's per-call costs instead (see the module doc)")
     ap.add_argument("--batches", type=int, nargs="*", default=[1, 16, 256],
                     help="batch sizes of --ablate")
+    ap.add_argument("--pools", action="store_true",
+                    help="debutla's worker threads against torch's OpenMP threads")
     ap.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker is not None:
         if args.ablate:
             ablate(args.worker, args.rounds, args.chain, args.batches)
+        elif args.pools:
+            pools(args.worker, args.rounds, args.chain, args.batch)
         else:
             worker(args.worker, args.rounds, args.chain, args.batch)
         return
@@ -220,7 +263,8 @@ def main(argv=None) -> None:
         subprocess.run([sys.executable, os.path.abspath(__file__), "--worker", str(k),
                         "--rounds", str(args.rounds), "--chain", args.chain,
                         "--batch", str(args.batch), "--batches", *map(str, args.batches)]
-                       + (["--ablate"] if args.ablate else []), env=env, check=True)
+                       + (["--ablate"] if args.ablate else [])
+                       + (["--pools"] if args.pools else []), env=env, check=True)
 
 
 if __name__ == "__main__":

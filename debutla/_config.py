@@ -36,6 +36,16 @@ Settings
     torch's OpenMP threads (``nn.Linear`` and a DeBut layer called in turn) the layer's
     two-thread inference was about 20 % slower with spinning.
     Environment: ``DEBUTLA_SPIN``.
+``pool``
+    Which threads run the parts of a product split over threads: ``"debutla"``
+    (debutla's own worker threads, see ``spin``) or ``"openmp"`` (the threads of the
+    OpenMP runtime that torch loaded, when the ``debutla.torch`` layers found it; else
+    debutla's).  ``None`` (default) is ``"openmp"`` inside the ``debutla.torch`` layers
+    and ``"debutla"`` elsewhere.  After each parallel torch operation torch's OpenMP
+    threads spin for milliseconds on the cores a split product needs; running the
+    product on them instead made the layers' two-thread calls 1.03-1.28x faster on
+    2 vCPUs (``benchmarks/README_kernels.md``, change 14).  Results do not depend on it.
+    Environment: ``DEBUTLA_POOL``.
 ``cupy_rows``
     Batch rows per thread block of the CuPy fused kernel (``None``: chosen per call;
     a benchmarking knob).  Environment: ``DEBUTLA_CUPY_ROWS``.
@@ -88,10 +98,13 @@ ENVIRONMENT = {
     "DEBUTLA_BACKGROUND": "background: 0 or 1 (load Numba and kernels in the background)",
     "DEBUTLA_SPIN": "spin: 0 or 1 (split products' workers spin between the calls of a "
                     "burst)",
+    "DEBUTLA_POOL": "pool: 'debutla' or 'openmp' (the threads of split products)",
 }
 
-_KEYS = ("backend", "threads", "fused", "background", "spin", "cupy_rows", "cupy_threads")
+_KEYS = ("backend", "threads", "fused", "background", "spin", "pool", "cupy_rows",
+         "cupy_threads")
 _CPU_BACKENDS = ("numba", "numpy")
+_POOLS = ("debutla", "openmp")
 _CUPY_ROWS = (1, 2, 4, 8)
 _CUPY_THREADS = (128, 256, 512, 1024)
 
@@ -116,6 +129,9 @@ def _check(key: str, value: Any, where: str) -> Any:
         return check_bool(value, key, where=where)
     if key == "spin":
         return None if value is None else check_bool(value, key, where=where)
+    if key == "pool":
+        return None if value is None else check_choice(value, "pool", _POOLS, where=where,
+                                                       lower=True)
     if key in ("cupy_rows", "cupy_threads"):
         if value is None:
             return None
@@ -160,7 +176,7 @@ def _load() -> dict[str, Any]:
     with _lock:
         if _defaults is None:
             d = {"backend": None, "threads": None, "fused": True, "background": True,
-                 "spin": None,
+                 "spin": None, "pool": None,
                  "cupy_rows": None, "cupy_threads": None}
             try:
                 d["backend"] = _from_env("DEBUTLA_BACKEND", "backend", str)
@@ -172,6 +188,7 @@ def _load() -> dict[str, Any]:
                 if bg is not None:
                     d["background"] = bg
                 d["spin"] = _from_env("DEBUTLA_SPIN", "spin", _bool_or_raw)
+                d["pool"] = _from_env("DEBUTLA_POOL", "pool", str)
             except ValueError as e:
                 _env_error = e
             env = os.environ.get("DEBUTLA_CACHE_DIR", "").strip()
@@ -235,7 +252,7 @@ def set_defaults(**settings: Any) -> None:
     Parameters
     ----------
     **settings
-        Any of ``backend``, ``threads``, ``fused``, ``background``, ``spin``,
+        Any of ``backend``, ``threads``, ``fused``, ``background``, ``spin``, ``pool``,
         ``cupy_rows``, ``cupy_threads``.
 
     Examples
@@ -293,6 +310,10 @@ def config(**settings: Any) -> Iterator[None]:
     spin : bool or None
         Whether split products' workers spin between the products of a burst (None:
         for the operator's products, not inside the ``debutla.torch`` layers).
+    pool : {"debutla", "openmp"} or None
+        Which threads run split products: debutla's own, or the OpenMP threads of the
+        runtime torch loaded (None: ``"openmp"`` inside the ``debutla.torch`` layers
+        when found, ``"debutla"`` elsewhere).
     cupy_rows : {1, 2, 4, 8} or None
         Rows per block of the CuPy fused kernel (None: automatic).
     cupy_threads : {128, 256, 512, 1024} or None

@@ -68,6 +68,8 @@ def test_config_is_per_thread():
     ({"cupy_rows": 3}, ValueError, "cupy_rows must be one of"),
     ({"cupy_threads": 300}, ValueError, "cupy_threads must be one of"),
     ({"spin": "yes"}, TypeError, "spin must be True or False"),
+    ({"pool": "gomp"}, ValueError, "pool must be one of"),
+    ({"pool": 1}, TypeError, "pool must be one of"),
     ({"cupy_threads": 256.0}, TypeError, "cupy_threads must be an integer"),
     ({"colour": 1}, TypeError, "unknown setting 'colour'"),
 ])
@@ -84,7 +86,8 @@ def test_config_refuses_bad_settings_before_the_block(kw, exc, match):
                                         ("DEBUTLA_BACKEND", "fortran"),
                                         ("DEBUTLA_CUPY_ROWS", "3"),
                                         ("DEBUTLA_CUPY_THREADS", "100"),
-                                        ("DEBUTLA_SPIN", "2")])
+                                        ("DEBUTLA_SPIN", "2"),
+                                        ("DEBUTLA_POOL", "tbb")])
 def test_bad_environment_fails_at_first_use_naming_the_variable(var, value):
     r = run_python("""
         import numpy as np
@@ -228,3 +231,16 @@ def test_background_compile_serves_first_calls_then_switches(monkeypatch):
             th.join(120)
         assert "rows_single" in st.ready
         np.testing.assert_allclose(op @ x, D @ x, rtol=1e-13, atol=1e-13)
+
+
+def test_pool_setting_from_the_environment_and_config():
+    r = run_python("""
+        from debutla import _config
+        print(_config.get("pool"))
+        with _config.config(pool="DebutLA"):
+            print(_config.get("pool"))
+        with _config.config(pool=None):
+            print(_config.get("pool"))
+    """, DEBUTLA_POOL="OpenMP")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["openmp", "debutla", "None"]

@@ -77,6 +77,7 @@ from . import _cache
 from . import _numba_backward as _bw
 from . import _numba_codegen as _cg
 from . import _numba_generic as _generic_src
+from . import _omp_team
 from ._numba_pool import Job, SpinPool, claim_chunks
 
 if TYPE_CHECKING:  # imported where the pool is made: the module may load at shutdown
@@ -493,6 +494,23 @@ def _scratch(dtype: np.dtype, size: int, key: str | None = None, count: int = 2)
     return bufs
 
 
+#: the scratch buffers of OpenMP threads, by OS thread (see :func:`_adopt_thread_scratch`)
+_team_bufs: dict[int, dict] = {}
+
+
+def _adopt_thread_scratch() -> None:
+    """Give this thread the scratch buffers it had in its previous product.
+
+    An OpenMP team's thread (:mod:`._omp_team`) enters Python with a new thread state at
+    every product, so its ``threading.local`` buffers of :func:`_scratch` would be
+    allocated anew each time (page faults: about 0.6 ms more per backward of the 4096
+    butterfly, two threads).  They are kept here by OS thread instead, for the life of
+    the process (a team has few threads, and they live as long as the process).
+    """
+    if getattr(_tls, "bufs", None) is None:
+        _tls.bufs = _team_bufs.setdefault(threading.get_ident(), {})
+
+
 def _get_pool(n: int) -> ThreadPoolExecutor:
     global _pool, _pool_size
     with _pool_lock:
@@ -578,13 +596,30 @@ def _run_split(fn, ntasks: int, work: int, threads: int | None = None) -> None:
     The workers are those of :class:`._numba_pool.SpinPool` (they spin briefly between
     the calls of a burst instead of sleeping) unless ``debutla.config(spin=False)``; a
     call that finds that pool busy with another thread's product, or runs with
-    ``spin=False``, uses a ``ThreadPoolExecutor``.
+    ``spin=False``, uses a ``ThreadPoolExecutor``.  With ``debutla.config(pool="openmp")``
+    and an OpenMP runtime registered (:mod:`._omp_team`: torch's, by the torch layers)
+    the workers are that runtime's threads instead.
     """
     nth = min(get_num_threads() if threads is None else threads,
               ntasks // _MIN_TASKS_PER_THREAD)
     if work < PARALLEL_MIN_WORK or nth <= 1:
         fn(0, ntasks)
         return
+    if _config.get("pool") == "openmp":
+        team = _omp_team.team()
+        if team is not None:
+            nchunks = min(ntasks, nth * _SPIN_CHUNKS_PER_THREAD)
+            job, claim = Job(fn, [ntasks * i // nchunks for i in range(nchunks + 1)],
+                             nth - 1), threading.Lock()
+
+            def body() -> None:
+                _adopt_thread_scratch()
+                claim_chunks(job, claim)
+
+            if team.run(body, nth):
+                if job.errors:
+                    raise job.errors[0]
+                return
     spin = _config.get("spin") is not False
     nchunks = min(ntasks, nth * (_SPIN_CHUNKS_PER_THREAD if spin else _CHUNKS_PER_THREAD))
     bounds = [ntasks * i // nchunks for i in range(nchunks + 1)]

@@ -63,6 +63,7 @@ from ..chain import Chain
 from ..backends import get_backend
 from ..operator import DeBut
 from ._kernels import fused_backward
+from ._openmp import torch_team
 
 __all__ = ["debut_mm", "parse_chain", "IMPLS", "factor_forward", "chain_forward_cols",
            "factor_backward", "clear_cache", "backward_mode"]
@@ -179,13 +180,19 @@ def _same_bytes(a: torch.Tensor, b: torch.Tensor) -> bool:
 
 
 def _cpu_settings() -> dict:
-    """The settings the layers' CPU products run under: :func:`_num_threads` threads, and
-    no spinning workers unless the user asked for them (``debutla.config(spin=True)``):
-    next to torch's OpenMP threads, spinning made the layers' two-thread products about
-    20 % slower (``benchmarks/README_kernels.md``, change 12).
+    """The settings the layers' CPU products run under: :func:`_num_threads` threads, on
+    torch's own OpenMP threads where they can be used (``pool="openmp"``, see
+    :mod:`debutla.backends._omp_team`: after a parallel torch operation they spin on the
+    cores a split product needs; change 14 of ``benchmarks/README_kernels.md``), and
+    without spinning workers of debutla's own pool unless the user asked for them
+    (``debutla.config(spin=True)``): next to torch's OpenMP threads, spinning made the
+    layers' two-thread products about 20 % slower (change 12).
     """
-    spin = _config.get("spin")
-    return {"threads": _num_threads(), "spin": False if spin is None else spin}
+    spin, pool = _config.get("spin"), _config.get("pool")
+    threads = _num_threads()
+    if pool != "debutla":  # None or "openmp": torch's threads where they can be used
+        pool = "openmp" if threads > 1 and torch_team() is not None else "debutla"
+    return {"threads": threads, "spin": False if spin is None else spin, "pool": pool}
 
 
 def _num_threads() -> int:
@@ -512,11 +519,12 @@ def _backward(grad, x, values, chain, shape, impl, need_x: bool, need_v: bool,
         if op is None:
             op = _cpu_operator(values, chain, shape)
         state = op._state(_NUMBA, xn.dtype)
-        with _config.config(spin=_cpu_settings()["spin"]):
+        cpu = _cpu_settings()
+        with _config.config(spin=cpu["spin"], pool=cpu["pool"]):
             gxn, gvn = fused_backward(xn, grad.detach().numpy(),
                                       [v.detach().numpy() for v in values],
                                       [spec.value_shape for spec in chain], n, m, need_x,
-                                      threads=_num_threads(), state=state)
+                                      threads=cpu["threads"], state=state)
         return (torch.from_numpy(gxn) if need_x else None), [torch.from_numpy(g) for g in gvn]
     # recompute the factors' inputs, then walk back
     with torch.no_grad():

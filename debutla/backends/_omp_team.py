@@ -1,0 +1,153 @@
+"""Split products on the OpenMP threads of a library already loaded in the process.
+
+Next to torch, the second core of a two-core machine is often held by one of torch's own
+OpenMP worker threads: after each parallel torch operation (``nn.Linear``, a bias add)
+they keep spinning for milliseconds (``docs/torch.rst``, "Threads").  A product split
+over debutla's own worker threads then competes with that spinning thread for the core
+and runs at about one-thread speed (``benchmarks/README_kernels.md``, change 14).  This
+module runs the split on those very threads instead: a spinning worker takes the
+product's chunks at once, and nothing competes.
+
+:class:`OpenMPTeam` opens the OpenMP runtime that torch loaded (GNU ``libgomp``; LLVM's
+``libomp`` and Intel's ``libiomp5`` export the same entry point) and calls its
+``GOMP_parallel(fn, data, num_threads, flags)`` through ``ctypes``, which drops the GIL
+for the call.  ``fn`` is a ``ctypes`` callback: each thread of the team takes the GIL,
+claims chunks of the product (:func:`debutla.backends._numba_pool.claim_chunks`) and
+drops the GIL again inside the ``nogil`` kernel, as debutla's own workers do.  Which
+thread computes a chunk never changes how it is computed: the results are bitwise those
+of any other split (tested).
+
+Rules kept here:
+
+* only a runtime that is **already loaded** is used (``RTLD_NOLOAD``): loading a second
+  OpenMP runtime would start a second set of threads, the opposite of the aim;
+* **one product at a time** per team: a second Python thread that finds the team busy
+  gets ``False`` from :meth:`OpenMPTeam.run` and uses debutla's own pool;
+* **never in a forked child**: GNU OpenMP's thread pool does not survive ``fork`` (a
+  child that starts a parallel region after its parent did can hang), so a team
+  belongs to the process that opened it and :func:`team` returns None elsewhere;
+* a foreign thread enters Python with a new thread state at every callback, so
+  ``threading.local`` data does not last from one product to the next there: the
+  callback's ``enter`` hook (the Numba backend's scratch buffers,
+  ``numba_._adopt_thread_scratch``) keys what must last on the OS thread instead.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import threading
+from typing import Callable
+
+__all__ = ["OpenMPTeam", "register", "team", "unregister"]
+
+_CALLBACK = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
+
+
+class OpenMPTeam:
+    """The OpenMP runtime at ``path``, already loaded in this process.
+
+    Parameters
+    ----------
+    path : str
+        The runtime's file (e.g. torch's ``torch/lib/libgomp.so.1``).
+
+    Raises
+    ------
+    OSError
+        If the file is not loaded in this process (it is never loaded here).
+    AttributeError
+        If it has no ``GOMP_parallel`` entry point.
+    """
+
+    def __init__(self, path: str) -> None:
+        noload = getattr(os, "RTLD_NOLOAD", None)
+        if noload is None:
+            raise OSError(f"OpenMPTeam: cannot check that {path!r} is loaded here")
+        lib = ctypes.CDLL(path, mode=noload | getattr(os, "RTLD_LOCAL", 0))
+        par = lib.GOMP_parallel
+        par.argtypes = [_CALLBACK, ctypes.c_void_p, ctypes.c_uint, ctypes.c_uint]
+        par.restype = None
+        self.path = path
+        self.pid = os.getpid()
+        self._parallel = par
+        self._busy = threading.Lock()
+        self._body: Callable[[], None] | None = None
+        self._errors: list[BaseException] = []
+        self._entry = _CALLBACK(self._run_body)  # kept alive with the team
+
+    def _run_body(self, _data) -> None:
+        body = self._body
+        try:
+            if body is not None:
+                body()
+        except BaseException as e:  # never into C: the caller raises it
+            self._errors.append(e)
+
+    def run(self, body: Callable[[], None], threads: int) -> bool:
+        """Run ``body()`` once on each of ``threads`` threads of the team (the calling
+        thread is one of them) and return True; re-raise the first error of a ``body``.
+
+        False, with nothing run, when another thread's call holds the team or in a
+        process other than the one that opened it (a forked child).
+        """
+        if os.getpid() != self.pid or not self._busy.acquire(blocking=False):
+            return False
+        try:
+            self._body, self._errors = body, []
+            self._parallel(self._entry, None, max(1, int(threads)), 0)
+            errors = self._errors
+        finally:
+            self._body = None
+            self._busy.release()
+        if errors:
+            raise errors[0]
+        return True
+
+
+_team: OpenMPTeam | None = None
+_lock = threading.Lock()
+_forked = False  # this process is a forked child: no team (see the module docstring)
+
+
+def register(path: str) -> OpenMPTeam | None:
+    """Use the OpenMP runtime at ``path`` (already loaded) for ``pool="openmp"`` splits.
+
+    Returns the team, or None (nothing registered) when the runtime cannot be used:
+    not loaded in this process, without ``GOMP_parallel``, or in a forked child.
+    Registering the path of the current team again keeps it.
+    """
+    global _team
+    if _forked:
+        return None
+    with _lock:
+        cur = _team
+        if cur is not None and cur.path == path and cur.pid == os.getpid():
+            return cur
+        try:
+            _team = OpenMPTeam(path)
+        except (OSError, AttributeError):
+            return None
+        return _team
+
+
+def unregister() -> None:
+    """Forget the registered team (splits use debutla's own pool)."""
+    global _team
+    _team = None
+
+
+def team() -> OpenMPTeam | None:
+    """The registered team of this process, or None."""
+    t = _team
+    return t if t is not None and t.pid == os.getpid() and not _forked else None
+
+
+def _after_fork_in_child() -> None:
+    global _lock, _team, _forked
+    _lock = threading.Lock()  # a thread of the parent may have held it at the fork
+    _team, _forked = None, True
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -1,0 +1,201 @@
+"""Split products on torch's OpenMP threads (debutla.backends._omp_team, pool="openmp")."""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import debutla as db  # noqa: E402
+from debutla.backends import _omp_team  # noqa: E402
+from debutla.backends import numba_ as nbk  # noqa: E402
+from debutla.torch import DeButLinear, _ops  # noqa: E402
+from debutla.torch._openmp import torch_team  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def team():
+    t = torch_team()
+    if t is None:
+        pytest.skip("torch does not run on an OpenMP runtime that exports GOMP_parallel")
+    return t
+
+
+@pytest.fixture
+def split_everything(monkeypatch):
+    """Split every product, however small (the tests' products are small)."""
+    monkeypatch.setattr(nbk, "PARALLEL_MIN_WORK", 0)
+
+
+def test_run_calls_the_body_on_each_thread_of_the_team(team):
+    for threads in (1, 2, 3):
+        seen: list[int] = []
+        lock = threading.Lock()
+
+        def body():
+            with lock:
+                seen.append(threading.get_ident())
+        assert team.run(body, threads)
+        assert len(seen) == threads and len(set(seen)) == threads
+        assert threading.get_ident() in seen  # the caller is one of them
+
+
+def test_an_error_in_a_body_is_raised_by_run_and_the_team_still_works(team):
+    def body():
+        raise KeyError("from the team")
+    with pytest.raises(KeyError, match="from the team"):
+        team.run(body, 2)
+    assert team.run(lambda: None, 2)
+
+
+def test_a_busy_team_answers_false_and_runs_nothing(team):
+    started, release = threading.Event(), threading.Event()
+
+    def long_body():
+        started.set()
+        release.wait(10)
+
+    t = threading.Thread(target=team.run, args=(long_body, 1))
+    t.start()
+    try:
+        assert started.wait(10)
+        ran = []
+        assert team.run(lambda: ran.append(1), 1) is False
+        assert ran == []
+    finally:
+        release.set()
+        t.join(10)
+    assert team.run(lambda: None, 1)
+
+
+def test_register_refuses_a_runtime_that_is_not_loaded(tmp_path):
+    bogus = str(tmp_path / "libgomp.so.1")
+    with pytest.raises(OSError):
+        _omp_team.OpenMPTeam(bogus)
+    before = _omp_team.team()
+    assert _omp_team.register(bogus) is None
+    assert _omp_team.team() is before  # a failed registration keeps the current team
+
+
+def test_register_refuses_a_library_without_gomp_parallel():
+    import ctypes.util
+    libm = ctypes.util.find_library("m")
+    if libm is None:
+        pytest.skip("no libm to try")
+    import ctypes
+    ctypes.CDLL(libm)  # loaded, but not an OpenMP runtime
+    with pytest.raises((OSError, AttributeError)):
+        _omp_team.OpenMPTeam(libm)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_no_team_in_a_forked_child(team):
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report, never run a parallel region
+        try:
+            ok = (_omp_team.team() is None and _omp_team.register(team.path) is None
+                  and team.run(lambda: None, 2) is False)
+            os.write(w, b"1" if ok else b"0")
+        finally:
+            os._exit(0)
+    os.close(w)
+    got = os.read(r, 1)
+    os.close(r)
+    os.waitpid(pid, 0)
+    assert got == b"1"
+    assert _omp_team.team() is team  # the parent keeps it
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.complex64, np.complex128])
+def test_operator_products_on_the_team_are_bitwise_those_of_one_thread(
+        team, split_everything, monkeypatch, dtype):
+    calls = []
+    real = _omp_team.OpenMPTeam.run
+    monkeypatch.setattr(_omp_team.OpenMPTeam, "run",
+                        lambda self, body, n: calls.append(n) or real(self, body, n))
+    op = db.DeBut.random("64 <-(2,2,16)- 64 <-(4,4,4)- 64 <-(4,4,1)- 64", dtype=dtype,
+                         seed=3)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((96, 64)).astype(dtype)
+    with db.config(fused=False, threads=1):
+        ref = op.matmat_rows(x)
+        ref_t = op.T.matmat_rows(x)
+    with db.config(fused=False, threads=2, pool="openmp"):
+        got = op.matmat_rows(x)
+        got_t = op.T.matmat_rows(x)
+    assert calls and all(n == 2 for n in calls)
+    np.testing.assert_array_equal(got, ref)
+    np.testing.assert_array_equal(got_t, ref_t)
+
+
+def test_the_team_threads_keep_their_scratch_between_products(team, split_everything):
+    op = db.DeBut.random("64 <-(2,2,16)- 64 <-(4,4,4)- 64 <-(4,4,1)- 64", seed=3)
+    x = np.ones((96, 64))
+    allocs = []
+    real = nbk.aligned_empty
+
+    def counting(*a, **k):
+        allocs.append(threading.get_ident())
+        return real(*a, **k)
+    with db.config(fused=False, threads=2, pool="openmp"):
+        op.matmat_rows(x)  # first product: each thread allocates its scratch
+        nbk.aligned_empty = counting
+        try:
+            for _ in range(5):
+                op.matmat_rows(x)
+        finally:
+            nbk.aligned_empty = real
+    assert allocs == []
+    assert any(ident != threading.get_ident() for ident in nbk._team_bufs)
+
+
+def test_without_a_team_pool_openmp_uses_debutlas_own_threads(split_everything,
+                                                              monkeypatch):
+    monkeypatch.setattr(_omp_team, "_team", None)
+    op = db.DeBut.random("64 <-(2,2,16)- 64 <-(4,4,4)- 64 <-(4,4,1)- 64", seed=3)
+    x = np.ones((96, 64))
+    with db.config(fused=False, threads=1):
+        ref = op.matmat_rows(x)
+    with db.config(fused=False, threads=2, pool="openmp"):
+        np.testing.assert_array_equal(op.matmat_rows(x), ref)
+
+
+def test_the_layers_choose_torchs_threads_unless_told_otherwise(team):
+    with db.config(threads=2):
+        assert _ops._cpu_settings()["pool"] == "openmp"
+        with db.config(pool="debutla"):
+            assert _ops._cpu_settings()["pool"] == "debutla"
+    with db.config(threads=1):  # nothing to split
+        assert _ops._cpu_settings()["pool"] == "debutla"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_layer_forward_and_gradients_are_the_same_on_either_pool(team, split_everything,
+                                                                 monkeypatch, dtype):
+    calls = []
+    real = _omp_team.OpenMPTeam.run
+    monkeypatch.setattr(_omp_team.OpenMPTeam, "run",
+                        lambda self, body, n: calls.append(n) or real(self, body, n))
+    torch.manual_seed(0)
+    layer = DeButLinear(64, 48, chain="48 <-(3,4,16)- 64 <-(4,4,4)- 64 <-(4,4,1)- 64",
+                        dtype=dtype)
+    x = torch.randn(80, 64, dtype=dtype)
+    g = torch.randn(80, 48, dtype=dtype)
+    out = {}
+    for pool in ("debutla", "openmp"):
+        with db.config(threads=2, pool=pool, background=False):
+            xg = x.clone().requires_grad_(True)
+            layer.zero_grad(set_to_none=True)
+            y = layer(xg)
+            y.backward(g)
+            out[pool] = [y.detach(), xg.grad] + [p.grad for p in layer.parameters()]
+        if pool == "debutla":
+            assert calls == []
+    assert calls  # the forward and the backward ran on the team
+    for a, b in zip(out["debutla"], out["openmp"]):
+        assert torch.equal(a, b)
