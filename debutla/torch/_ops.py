@@ -61,6 +61,7 @@ import torch
 from .. import _config
 from ..chain import Chain
 from ..backends import get_backend
+from ..backends import numba_ as _nbk
 from ..operator import DeBut
 from ._kernels import fused_backward
 from ._openmp import torch_team
@@ -212,9 +213,11 @@ def _numba_rows(x: torch.Tensor, values: Sequence[torch.Tensor], chain: Chain,
                 bias: torch.Tensor | None = None, op: DeBut | None = None) -> torch.Tensor:
     """``x @ D.T (+ bias)`` (or ``x @ D`` with ``transpose``) by the fused CPU kernel.
 
-    No copies; the bias is added in place with NumPy (one thread, no OpenMP region: see
-    :func:`_col_sums`).  ``op``: the operator of ``values`` (``D``, not its transpose)
-    when the caller holds it (:func:`_forward`'s ``ctx``), else the cached one.
+    No copies; the bias is added in place with NumPy (no torch OpenMP region: see
+    :func:`_col_sums`), by the split product's threads to the rows each just computed
+    (:class:`debutla.backends.numba_.RowsEpilogue`), else after the product.  ``op``:
+    the operator of ``values`` (``D``, not its transpose) when the caller holds it
+    (:func:`_forward`'s ``ctx``), else the cached one.
     """
     if op is None:
         op = _cpu_operator(values, chain, shape, transpose)
@@ -225,10 +228,15 @@ def _numba_rows(x: torch.Tensor, values: Sequence[torch.Tensor], chain: Chain,
         x = x.contiguous()
     out = torch.empty((x.shape[0], op.shape[0]), dtype=x.dtype)
     y = out.numpy()
-    with _config.config(**_cpu_settings()):
+    ep = None
+    if bias is not None:  # added to each part of the output as the kernel writes it
+        b = bias.detach().numpy()
+        m = b.shape[0]  # a padded chain's parts have more columns: its outputs first
+        ep = _nbk.RowsEpilogue(lambda part: np.add(part[:, :m], b, out=part[:, :m]))
+    with _config.config(**_cpu_settings()), _nbk.rows_epilogue(ep):
         op.matmat_rows(x.numpy(), out=y)
-    if bias is not None:
-        np.add(y, bias.detach().numpy(), out=y)
+    if ep is not None and not ep.applied:  # a kernel without the epilogue ran
+        np.add(y, b, out=y)
     return out
 
 
