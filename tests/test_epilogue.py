@@ -67,6 +67,7 @@ def test_a_compile_inside_the_block_does_not_apply_it_to_its_product_on_zeros(
     zeros; only the caller's product gets the epilogue."""
     monkeypatch.setattr(nbk, "CODEGEN_MIN_NNZ", 0)  # this small chain's own kernel
     monkeypatch.setattr(nbk, "CODEGEN_MIN_WORK", 0)
+    monkeypatch.setattr(nbk, "_READY", {})  # as if no state of the chain had run before
     compiled = []
     real = nbk._compile
     monkeypatch.setattr(nbk, "_compile", lambda *a: compiled.append(a[1]) or real(*a))
