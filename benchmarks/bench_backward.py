@@ -16,10 +16,17 @@ spread exceeds ``debutla._timing.BUSY_SPREAD``.  The generated kernel's compile 
 printed when it was compiled in this run (an empty kernel cache:
 ``DEBUTLA_CACHE_DIR=$(mktemp -d)``).
 
+``--ab-rev REV`` instead compares the generated backward of the git revision ``REV``'s
+generator (``debutla/backends/_numba_backward.py`` as it was there, compiled in this
+process) with the working tree's, interleaved in one process, on the same state,
+inputs and scratch; it prints both medians, their ratio and the largest difference of
+the value gradients (relative) and of the input gradients.
+
 Usage::
 
     python benchmarks/bench_backward.py [--chains vgg butterfly] [--dtypes float32]
         [--batch 256] [--threads 1] [--repeats 9]
+    python benchmarks/bench_backward.py --ab-rev HEAD~1 --chains vgg butterfly
 """
 
 from __future__ import annotations
@@ -46,10 +53,9 @@ if HERE not in sys.path:
 from _tile_kernel import CHAINS  # noqa: E402
 
 
-def bench(name: str, dtype: str, batch: int, threads: int, repeats: int) -> dict:
-    """Time the three calls for one chain and dtype; returns one table row."""
-    from debutla.torch._kernels import fused_backward
-
+def _problem(name: str, dtype: str, batch: int):
+    """``(op, state, values, value shapes, X, G)``: a chain's operator with random
+    values, its Numba state, and random ``X`` (input) and ``G`` (output gradient)."""
     chain = db.Chain.parse(CHAINS[name])
     m, n = chain.shape
     dt = np.dtype(dtype)
@@ -58,9 +64,17 @@ def bench(name: str, dtype: str, batch: int, threads: int, repeats: int) -> dict
     vals = [rng.standard_normal(s).astype(dt) for s in shapes]
     X = rng.standard_normal((batch, n)).astype(dt)
     G = rng.standard_normal((batch, m)).astype(dt)
-    Y = np.empty((batch, m), dt)
     op = db.DeBut(chain, vals, backend="numba")
-    state = op._state(get_backend("numba"), dt)
+    return op, op._state(get_backend("numba"), dt), vals, shapes, X, G
+
+
+def bench(name: str, dtype: str, batch: int, threads: int, repeats: int) -> dict:
+    """Time the three calls for one chain and dtype; returns one table row."""
+    from debutla.torch._kernels import fused_backward
+
+    op, state, vals, shapes, X, G = _problem(name, dtype, batch)
+    m, n = op.shape
+    Y = np.empty((batch, m), X.dtype)
     t0 = time.perf_counter()
     with db.config(background=False):
         op.matmat_rows(X, out=Y)
@@ -79,6 +93,58 @@ def bench(name: str, dtype: str, batch: int, threads: int, repeats: int) -> dict
     return {"name": name, "dtype": dtype, "setup": setup, "res": res}
 
 
+def _generator_of(rev: str):
+    """The backward generator module as it was in git revision ``rev``."""
+    import importlib.util
+    import subprocess
+
+    src = subprocess.check_output(
+        ["git", "show", f"{rev}:debutla/backends/_numba_backward.py"], cwd=ROOT).decode()
+    spec = importlib.util.spec_from_loader("debutla.backends._numba_backward_ab",
+                                           loader=None)
+    assert spec is not None
+    mod = importlib.util.module_from_spec(spec)
+    mod.__package__ = "debutla.backends"
+    exec(compile(src, f"{rev}:_numba_backward.py", "exec"), mod.__dict__)
+    return mod
+
+
+def ab_rev(name: str, dtype: str, batch: int, threads: int, repeats: int,
+           rev: str) -> str:
+    """``--ab-rev``: one table row, REV's generated backward against the working tree's."""
+    from debutla.backends import _cache
+    from debutla.torch._kernels import fused_backward
+
+    op, state, vals, shapes, X, G = _problem(name, dtype, batch)
+    m, n = op.shape
+    mods = {"old": _cache.load_module(
+                _generator_of(rev).generate_source(state.shapes, state.bw_W), "bw"),
+            "new": state.backward_module()}
+    out = {}
+
+    def run(tag: str):
+        state._bmod = mods[tag]
+        out[tag] = fused_backward(X, G, vals, shapes, n, m, True, threads, state=state)
+
+    with db.config(threads=threads, background=False):
+        for tag in mods:  # compile (or load) both
+            run(tag)
+        if nbk.BACKWARD not in state.ready:
+            raise RuntimeError(f"{name}: the generated backward did not run "
+                               f"({state.nnz} values, threshold {nbk.BACKWARD_MIN_NNZ})")
+        res = compare({tag: (lambda tag=tag: run(tag)) for tag in mods},
+                      repeats=repeats, min_time=0.05)
+    state._bmod = mods["new"]
+    (gx0, gv0), (gx1, gv1) = out["old"], out["new"]
+    dv = max(float(np.max(np.abs(a - b))) / max(float(np.max(np.abs(a))), 1e-300)
+             for a, b in zip(gv0, gv1))
+    dx = float(np.max(np.abs(gx0 - gx1)))
+    o, w = res["old"], res["new"]
+    return (f"| {name} | {dtype} | {o.median * 1e3:.2f} ({o.q1 * 1e3:.2f}-{o.q3 * 1e3:.2f}) "
+            f"| {w.median * 1e3:.2f} ({w.q1 * 1e3:.2f}-{w.q3 * 1e3:.2f}) | "
+            f"{o.median / w.median:.2f}x | {dv:.1e} | {dx:.1e} |")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--chains", nargs="+", default=["vgg", "butterfly", "radix4"],
@@ -87,7 +153,22 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--repeats", type=int, default=9)
+    p.add_argument("--ab-rev", default=None, metavar="REV",
+                   help="compare the generated backward of git revision REV with this one")
     args = p.parse_args(argv)
+    if args.ab_rev is not None:
+        print(f"# bench_backward --ab-rev {args.ab_rev}: batch {args.batch}, "
+              f"{args.threads} thread(s), {args.repeats} rounds; load average at start "
+              f"{os.getloadavg()}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+        print(f"| chain | dtype | {args.ab_rev} ms | this ms | {args.ab_rev} / this "
+              f"| max rel. diff of dV | max diff of dX |")
+        print("|---|---|---:|---:|---:|---:|---:|")
+        for name in args.chains:
+            for dtype in args.dtypes:
+                print(ab_rev(name, dtype, args.batch, args.threads, args.repeats,
+                             args.ab_rev), flush=True)
+        print(f"load average at end: {os.getloadavg()}")
+        return 0
     print(f"# bench_backward: batch {args.batch}, {args.threads} thread(s), "
           f"{args.repeats} rounds; load average at start {os.getloadavg()}; "
           f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")

@@ -1,5 +1,6 @@
 """The vector code of the Numba kernels (``_numba_simd``): the block transpose
-``transpose8`` and the ``wide_vectors`` request, alone and in the generated kernels."""
+``transpose8``, the dot-product blocks ``add_dots`` and the ``wide_vectors`` request,
+alone and in the generated kernels."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from hypothesis import given, settings, strategies as st
 
 from debutla.backends import _numba_backward as bw
 from debutla.backends import _numba_codegen as cg
-from debutla.backends._numba_simd import BLOCK, VECTOR_BITS, transpose8, wide_vectors
+from debutla.backends._numba_simd import (BLOCK, VECTOR_BITS, add_dots, transpose8,
+                                          wide_vectors)
 
 from strategies import DTYPES, random_values
 
@@ -146,3 +148,69 @@ def test_generated_kernels_ask_for_wide_vectors_except_rows_single(monkeypatch):
     monkeypatch.setattr(cg, "_WIDE_VECTORS", False)
     assert "wide_vectors()" not in cg.generate_source(SHAPES, 32)
     assert "wide_vectors()" not in bw.generate_source(SHAPES, 32)
+
+
+_DOTS: dict = {}
+
+
+def _dots_kernel(G: int, J: int, W: int):
+    """A compiled caller of ``add_dots`` with the literals ``G``, ``J``, ``W``."""
+    key = (G, J, W)
+    if key not in _DOTS:
+        ns: dict = {"add_dots": add_dots, "numba": numba}
+        exec(f"@numba.njit(cache=False)\n"
+             f"def f(d, do, dg, dj, a, ao, ast, b, bo, bst):\n"
+             f"    add_dots(d, do, dg, dj, a, ao, ast, b, bo, bst, {G}, {J}, {W})\n", ns)
+        _DOTS[key] = ns["f"]
+    return _DOTS[key]
+
+
+@pytest.mark.parametrize("G, J, W", [(1, 1, 1), (1, 1, 16), (2, 2, 32), (4, 2, 32),
+                                     (2, 3, 32), (4, 2, 16), (1, 5, 8), (2, 4, 6),
+                                     (4, 1, 64), (1, 8, 48), (2, 2, 3)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_add_dots_adds_each_dot_product_to_its_place_and_nothing_else(G, J, W, dtype):
+    rng = np.random.default_rng(G * 100 + J * 10 + W)
+    f = _dots_kernel(G, J, W)
+    for _ in range(3):
+        ast, bst = int(rng.integers(W, W + 9)), int(rng.integers(W, W + 9))
+        ao, bo = int(rng.integers(0, 7)), int(rng.integers(0, 7))
+        dj = int(rng.integers(1, 4))
+        dg, do = J * dj + int(rng.integers(0, 3)), int(rng.integers(0, 5))
+        a = rng.standard_normal(ao + G * ast + 3).astype(dtype)
+        b = rng.standard_normal(bo + J * bst + 3).astype(dtype)
+        d = rng.standard_normal(do + G * dg + J * dj + 3).astype(dtype)
+        want = d.astype(np.float64)
+        for g in range(G):
+            for j in range(J):
+                want[do + g * dg + j * dj] += np.dot(
+                    a[ao + g * ast:ao + g * ast + W].astype(np.float64),
+                    b[bo + j * bst:bo + j * bst + W].astype(np.float64))
+        f(d, do, dg, dj, a, ao, ast, b, bo, bst)
+        tol = 2e-6 if dtype == np.float32 else 1e-13
+        np.testing.assert_allclose(d, want, rtol=tol, atol=tol * W)
+        touched = {do + g * dg + j * dj for g in range(G) for j in range(J)}
+        for i in set(range(d.size)) - touched:  # nothing else written
+            assert d[i] == dtype(want[i])
+
+
+@pytest.mark.parametrize("source, match", [
+    ("add_dots(d, 0, 1, 1, a, 0, 4, b, 0, 4, n, 1, 4)", "add_dots"),      # G not literal
+    ("add_dots(d, 0, 1, 1, a, 0, 4, b, 0, 4, 3, 3, 4)", "add_dots"),      # G J > 8
+])
+def test_add_dots_refuses_what_it_cannot_compile(source, match):
+    ns: dict = {"add_dots": add_dots, "numba": numba}
+    exec(f"@numba.njit(cache=False)\ndef f(d, a, b, n):\n    {source}\n", ns)
+    x = np.zeros(64)
+    with pytest.raises(numba.core.errors.TypingError, match=match):
+        ns["f"](x, x.copy(), x.copy(), 1)
+
+
+def test_add_dots_refuses_complex_and_integer_arrays():
+    ns: dict = {"add_dots": add_dots, "numba": numba}
+    exec("@numba.njit(cache=False)\ndef f(d, a, b):\n"
+         "    add_dots(d, 0, 1, 1, a, 0, 4, b, 0, 4, 1, 1, 4)\n", ns)
+    for dt in (np.complex128, np.int64):
+        x = np.zeros(16, dt)
+        with pytest.raises(numba.core.errors.TypingError):
+            ns["f"](x, x.copy(), x.copy())

@@ -17,8 +17,10 @@ Every size is a constant of the generated source, as in the forward kernels
 forward kernels' own panel passes (:func:`~debutla.backends._numba_codegen.
 _emit_factor_panel`): ``R_i^T`` is the factor ``(nb, s, r, t)`` whose values are ``R_i``'s
 transposed in each block, so it runs the same register-blocked micro-kernel.  The value
-gradients accumulate blocks of up to four output rows against two input rows per column
-loop (six loads per eight multiply-adds).
+gradients are blocks of up to four output rows against two input rows (eight dot
+products of ``W`` columns from six row loads), in explicit vector code
+(:func:`debutla.backends._numba_simd.add_dots`; a change there needs a new
+:data:`BACKWARD_VERSION`, as Numba's cache of a generated module does not see it).
 
 Generated functions (``nogil``, ``cache=True``, compiled lazily per dtype):
 
@@ -45,7 +47,7 @@ __all__ = ["generate_source", "kernel_module", "uncached_kernel_module", "replac
 
 #: Bumped when the generated backward changes (with the forward's generator version,
 #: which its panel passes come from).
-BACKWARD_VERSION = "1"
+BACKWARD_VERSION = "2"
 _VG_GROUP = 4  # most output rows per value-gradient column loop
 _VG_SUMS = 8  # most sums per value-gradient column loop (G rows times J columns)
 
@@ -72,20 +74,9 @@ def _emit_value_grad(S: _Src, ind: int, spec, gname: str, cur: str, xname: str, 
     def sums(ind_: int, jexpr: str, nj: int) -> None:
         S.add(ind_, f"xj_ = {S.plus('x_', S.mul(jexpr, t * W))}")
         S.add(ind_, f"vj_ = {S.plus('v_', S.mul(jexpr, t))}")
-        for g in range(G):
-            for jj in range(nj):
-                S.add(ind_, f"a{g}_{jj} = zero_")
-        S.add(ind_, "for c_ in range(wr):")
-        for jj in range(nj):
-            S.add(ind_ + 1, f"x{jj} = {xname}[{S.plus('xj_', S.c(jj * t * W))} + c_]")
-        for g in range(G):
-            S.add(ind_ + 1, f"y{g} = {cur}[{S.plus('g_', S.c(g * t * W))} + c_]")
-            for jj in range(nj):
-                S.add(ind_ + 1, f"a{g}_{jj} += y{g} * x{jj}")
-        for g in range(G):
-            for jj in range(nj):
-                S.add(ind_, f"{gname}[{S.plus('vj_', S.c(g * s * t + jj * t))}] += "
-                            f"a{g}_{jj}")
+        # G x nj dot products of the W columns (vector code: _numba_simd.add_dots)
+        S.add(ind_, f"add_dots({gname}, vj_, {S.c(s * t)}, {S.c(t)}, {cur}, g_, "
+                    f"{S.c(t * W)}, {xname}, xj_, {S.c(t * W)}, {G}, {nj}, {W})")
 
     full = s // J
     if full == 1:
@@ -184,7 +175,7 @@ def generate_source(shapes: tuple, W: int) -> str:
         "from numba import njit",
         "from debutla.backends._numba_tiles import gather_tile, scatter_tile",
         "from debutla.backends._numba_stack import place_stack",
-        "from debutla.backends._numba_simd import wide_vectors",
+        "from debutla.backends._numba_simd import add_dots, wide_vectors",
         "",
         f"W = {W}",
     ]

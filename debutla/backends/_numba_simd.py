@@ -1,5 +1,6 @@
 """Vector code for the Numba kernels: an ``8 x 8`` block transpose written in LLVM IR,
-and the request for the CPU's widest vectors (:func:`wide_vectors`).
+the value gradients' blocks of dot products (:func:`add_dots`), and the request for the
+CPU's widest vectors (:func:`wide_vectors`).
 
 Numba compiles without LLVM's SLP vectoriser, so a transpose written element by element
 in Python source stays a sequence of scalar moves (``benchmarks/README_kernels.md``).
@@ -18,10 +19,10 @@ new ``GENERATOR_VERSION``: Numba's cache of a generated module does not see it.
 from __future__ import annotations
 
 from llvmlite import ir
-from numba.core import types
+from numba.core import cgutils, types
 from numba.extending import intrinsic
 
-__all__ = ["transpose8", "wide_vectors", "BLOCK", "VECTOR_BITS"]
+__all__ = ["transpose8", "wide_vectors", "add_dots", "BLOCK", "VECTOR_BITS"]
 
 #: Rows and columns of the block moved by :func:`transpose8`.
 BLOCK = 8
@@ -163,3 +164,124 @@ def wide_vectors(typingctx):
         return context.get_dummy_value()
 
     return types.void(), codegen
+
+
+def _reduce_lanes(builder, vecs: list, lanes: int) -> list:
+    """The sums of the lanes of each vector in ``vecs`` (``S`` vectors of ``lanes``
+    lanes, ``S`` a power of two at most ``lanes``), as one vector's first ``S`` lanes.
+
+    A transposing reduction: each level pairs the vectors and halves the partial sums
+    each holds (two shuffles and one add per pair), so ``S`` sums take ``S - 1 +
+    log2(lanes / S)`` adds instead of ``S log2(lanes)``; the summation order is fixed.
+    """
+    sh = builder.shuffle_vector
+    k, p = 1, lanes  # each vector holds k sums of p partials (sum i in lanes i*p ...)
+    while len(vecs) > 1:
+        h = p // 2
+        lo = [base + i * p + c for base in (0, lanes) for i in range(k) for c in range(h)]
+        hi = [x + h for x in lo]
+        vecs = [builder.fadd(sh(vecs[i], vecs[i + 1], _mask(lo)),
+                             sh(vecs[i], vecs[i + 1], _mask(hi)))
+                for i in range(0, len(vecs), 2)]
+        k, p = 2 * k, h
+    v = vecs[0]
+    while p > 1:  # one vector of k sums of p partials: halve the partials in place
+        h = p // 2
+        lo = [i * p + c for i in range(k) for c in range(h)]
+        v = builder.fadd(sh(v, v, _mask(lo)), sh(v, v, _mask([x + h for x in lo])))
+        p = h
+    return [builder.extract_element(v, ir.Constant(ir.IntType(32), i)) for i in range(k)]
+
+
+@intrinsic(prefer_literal=True)
+def add_dots(typingctx, dst, do, dg, dj, a, ao, astr, b, bo, bstr, G, J, W):
+    """``dst[do + g dg + j dj] += sum_{c < W} a[ao + g astr + c] * b[bo + j bstr + c]``
+    for every ``g < G``, ``j < J``: a block of ``G J`` dot products of length ``W``.
+
+    ``G``, ``J`` and ``W`` are integer literals (constants of the generated source),
+    ``G J`` at most 8.  The rows are loaded as vectors of 64 bytes (or of the largest
+    power of two that divides ``W``), multiplied and added with ``fma`` into one
+    vector accumulator per dot product, and the accumulators reduced together
+    (:func:`_reduce_lanes`).  LLVM's loop vectoriser does worse on these short loops:
+    it vectorises ``W`` columns by 16 lanes times 4 (a 64-column step), so at ``W`` =
+    32 only its 8-lane remainder loop ran, one chain of dependent ``fma`` per sum,
+    then one reduction per sum (``benchmarks/README_kernels.md``, change 16).  No
+    bounds checks; ``dst`` must not overlap ``a`` or ``b``.
+    """
+    if not all(isinstance(x, types.Array) and x.ndim == 1 for x in (dst, a, b)):
+        return None
+    if not (dst.dtype == a.dtype == b.dtype and isinstance(a.dtype, types.Float)):
+        return None
+    lits = (G, J, W)
+    if not all(isinstance(x, types.IntegerLiteral) for x in lits):
+        return None
+    g_n, j_n, w_n = (x.literal_value for x in lits)
+    if not (1 <= g_n * j_n <= 8 and w_n >= 1):
+        return None
+    for x in (do, dg, dj, ao, astr, bo, bstr):
+        if not isinstance(x, types.Integer):
+            return None
+    sig = types.void(dst, do, dg, dj, a, ao, astr, b, bo, bstr, G, J, W)
+
+    def codegen(context, builder, signature, args):
+        i64 = ir.IntType(64)
+        tys = signature.args
+
+        def data(i):
+            return context.make_array(tys[i])(context, builder, args[i]).data
+
+        def int64(i):
+            return context.cast(builder, args[i], tys[i], types.int64)
+
+        dd, ad, bd = data(0), data(4), data(7)
+        do_, dg_, dj_, ao_, as_, bo_, bs_ = (int64(i) for i in (1, 2, 3, 5, 6, 8, 9))
+        elt = context.get_data_type(tys[0].dtype)
+        size = context.get_abi_sizeof(elt)
+        lanes = max(1, 64 // size)
+        while w_n % lanes:
+            lanes //= 2
+        vty = ir.VectorType(elt, lanes)
+
+        def vload(base, row_off, c):
+            idx = builder.add(row_off, ir.Constant(i64, c))
+            return builder.load(builder.bitcast(builder.gep(base, [idx]), vty.as_pointer()),
+                                align=size)
+
+        arow = [builder.add(ao_, builder.mul(ir.Constant(i64, g), as_)) for g in range(g_n)]
+        brow = [builder.add(bo_, builder.mul(ir.Constant(i64, j), bs_)) for j in range(j_n)]
+        ename = "f32" if size == 4 else "f64"
+        fma = cgutils.get_or_insert_function(builder.module,
+                                             ir.FunctionType(vty, [vty, vty, vty]),
+                                             f"llvm.fma.v{lanes}{ename}")
+        acc: list = [None] * (g_n * j_n)
+        for c in range(0, w_n, lanes):
+            av = [vload(ad, r, c) for r in arow]
+            bv = [vload(bd, r, c) for r in brow]
+            for g in range(g_n):
+                for j in range(j_n):
+                    i = g * j_n + j
+                    acc[i] = (builder.fmul(av[g], bv[j]) if acc[i] is None
+                              else builder.call(fma, [av[g], bv[j], acc[i]]))
+        count = 1
+        while count < len(acc):
+            count *= 2
+        if count <= lanes:
+            zero = ir.Constant(vty, [ir.Constant(elt, 0.0)] * lanes)
+            sums = _reduce_lanes(builder, acc + [zero] * (count - len(acc)), lanes)
+        else:  # fewer lanes than sums (a tiny W): one reduction per sum
+            sums = []
+            for v in acc:
+                x = builder.extract_element(v, ir.Constant(ir.IntType(32), 0))
+                for ln in range(1, lanes):
+                    x = builder.fadd(x, builder.extract_element(
+                        v, ir.Constant(ir.IntType(32), ln)))
+                sums.append(x)
+        for g in range(g_n):
+            for j in range(j_n):
+                idx = builder.add(do_, builder.add(builder.mul(ir.Constant(i64, g), dg_),
+                                                   builder.mul(ir.Constant(i64, j), dj_)))
+                ptr = builder.gep(dd, [idx])
+                builder.store(builder.fadd(builder.load(ptr), sums[g * j_n + j]), ptr)
+        return context.get_dummy_value()
+
+    return sig, codegen
