@@ -253,7 +253,7 @@ def add_dots(typingctx, dst, do, dg, dj, a, ao, astr, b, bo, bstr, G, J, W):
         fma = cgutils.get_or_insert_function(builder.module,
                                              ir.FunctionType(vty, [vty, vty, vty]),
                                              f"llvm.fma.v{lanes}{ename}")
-        acc: list = [None] * (g_n * j_n)
+        acc = [None] * (g_n * j_n)
         for c in range(0, w_n, lanes):
             av = [vload(ad, r, c) for r in arow]
             bv = [vload(bd, r, c) for r in brow]
