@@ -39,12 +39,14 @@ Settings
 ``pool``
     Which threads run the parts of a product split over threads: ``"debutla"``
     (debutla's own worker threads, see ``spin``) or ``"openmp"`` (the threads of the
-    OpenMP runtime that torch loaded, when the ``debutla.torch`` layers found it; else
-    debutla's).  ``None`` (default) is ``"openmp"`` inside the ``debutla.torch`` layers
-    and ``"debutla"`` elsewhere.  After each parallel torch operation torch's OpenMP
-    threads spin for milliseconds on the cores a split product needs; running the
-    product on them instead made the layers' two-thread calls 1.03-1.28x faster on
-    2 vCPUs (``benchmarks/README_kernels.md``, change 14).  Results do not depend on it.
+    OpenMP runtime that torch loaded, when the ``debutla.torch`` layers found it, for
+    each kind of product wherever that ran faster lately; else debutla's).  ``None``
+    (default) is ``"openmp"`` inside the ``debutla.torch`` layers and ``"debutla"``
+    elsewhere.  After each parallel torch operation torch's OpenMP threads spin for
+    milliseconds on the cores a split product needs; running the product on them
+    instead made the layers' two-thread calls 1.02-1.32x faster on a quiet 2-vCPU
+    machine, and the measured choice keeps them from the team's stalls on a busy one
+    (``benchmarks/README_kernels.md``, change 14).  Results do not depend on it.
     Environment: ``DEBUTLA_POOL``.
 ``cupy_rows``
     Batch rows per thread block of the CuPy fused kernel (``None``: chosen per call;

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -27,8 +28,10 @@ def team():
 
 @pytest.fixture
 def split_everything(monkeypatch):
-    """Split every product, however small (the tests' products are small)."""
+    """Split every product, however small (the tests' products are small), on the team
+    whenever ``pool="openmp"`` (whatever ran faster before: see the chooser's tests)."""
     monkeypatch.setattr(nbk, "PARALLEL_MIN_WORK", 0)
+    monkeypatch.setattr(_omp_team.chooser, "use_team", lambda key: True)
 
 
 def test_run_calls_the_body_on_each_thread_of_the_team(team):
@@ -199,3 +202,66 @@ def test_layer_forward_and_gradients_are_the_same_on_either_pool(team, split_eve
     assert calls  # the forward and the backward ran on the team
     for a, b in zip(out["debutla"], out["openmp"]):
         assert torch.equal(a, b)
+
+
+class _Clock:
+    def __init__(self):
+        self.now = 100.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_the_chooser_tries_both_then_runs_the_faster_and_explores_the_other():
+    clock = _Clock()
+    ch = _omp_team.PoolChooser(explore_s=1.0, alpha=0.5, clock=clock)
+    k = ("run", 8, 10**7, 2)
+    for t in (0.050, 0.004):                  # nothing known: the team first, twice
+        assert ch.use_team(k)
+        ch.record(k, True, t)
+    assert ch._stats[k][0] == 0.004           # the probes enter as their minimum
+    for t in (0.001, 0.003):                  # then debutla's threads twice
+        assert not ch.use_team(k)
+        ch.record(k, False, t)
+    assert [ch.use_team(k) for _ in range(5)] == [False] * 5  # the faster
+    clock.now += 1.0
+    assert ch.use_team(k)                     # explore the other, once a second
+    assert not ch.use_team(k)
+    for _ in range(3):                        # the team got fast (the machine quiet)
+        ch.record(k, True, 0.0002)
+    assert ch._stats[k][0] < 0.001 and ch.use_team(k)
+    other = ("run", 8, 10**7, 3)              # another kind of product: its own record
+    assert ch.use_team(other) and other not in ch._stats
+
+
+def test_the_chooser_forgets_everything_beyond_its_table_size(monkeypatch):
+    ch = _omp_team.PoolChooser()
+    monkeypatch.setattr(ch, "MAX_KEYS", 3)
+    for i in range(3):
+        ch.record(i, True, 1.0)
+    ch.record(3, True, 1.0)
+    assert list(ch._stats) == [3]
+
+
+def test_a_slow_team_hands_the_products_to_debutlas_threads(team, monkeypatch):
+    """A team stalled as on a busy machine (each run 20 ms late) stops being used, except
+    for one exploration a second; results unchanged."""
+    monkeypatch.setattr(nbk, "PARALLEL_MIN_WORK", 0)
+    monkeypatch.setattr(_omp_team, "chooser", _omp_team.PoolChooser(explore_s=60.0))
+    runs = []
+    real = _omp_team.OpenMPTeam.run
+
+    def stalled(self, body, n):
+        runs.append(n)
+        ok = real(self, body, n)
+        time.sleep(0.02)
+        return ok
+    monkeypatch.setattr(_omp_team.OpenMPTeam, "run", stalled)
+    op = db.DeBut.random("64 <-(2,2,16)- 64 <-(4,4,4)- 64 <-(4,4,1)- 64", seed=3)
+    x = np.random.default_rng(0).standard_normal((96, 64))
+    with db.config(fused=False, threads=1):
+        ref = op.matmat_rows(x)
+    with db.config(fused=False, threads=2, pool="openmp"):
+        for _ in range(10):
+            np.testing.assert_array_equal(op.matmat_rows(x), ref)
+    assert len(runs) == _omp_team.PoolChooser.PROBES  # then debutla's were faster

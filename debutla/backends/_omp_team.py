@@ -23,6 +23,9 @@ Rules kept here:
   OpenMP runtime would start a second set of threads, the opposite of the aim;
 * **one product at a time** per team: a second Python thread that finds the team busy
   gets ``False`` from :meth:`OpenMPTeam.run` and uses debutla's own pool;
+* **measured, not assumed**: on a busy machine the team can be several times slower
+  than debutla's own threads, so :class:`PoolChooser` runs each kind of product on
+  whichever was faster lately;
 * **never in a forked child**: GNU OpenMP's thread pool does not survive ``fork`` (a
   child that starts a parallel region after its parent did can hang), so a team
   belongs to the process that opened it and :func:`team` returns None elsewhere;
@@ -37,9 +40,10 @@ from __future__ import annotations
 import ctypes
 import os
 import threading
+import time
 from typing import Callable
 
-__all__ = ["OpenMPTeam", "register", "team", "unregister"]
+__all__ = ["OpenMPTeam", "PoolChooser", "chooser", "register", "team", "unregister"]
 
 _CALLBACK = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
 
@@ -104,6 +108,72 @@ class OpenMPTeam:
             raise errors[0]
         return True
 
+
+class PoolChooser:
+    """For each kind of split product, whichever of the team and debutla's own threads
+    ran it faster lately.
+
+    The team is fast on a quiet machine, but a parallel region ends at a barrier that
+    waits for every thread of the team, and the team's threads take the GIL to claim
+    their chunks: when another process holds a core, the team's thread there gets
+    descheduled (holding the GIL, or with a chunk in hand) and the product waits for it.
+    Measured on 2 vCPUs with a busy loop on one (``benchmarks/README_kernels.md``,
+    change 14): the VGG layer's two-thread inference took 7.8 ms on the team against
+    1.3 ms on debutla's threads, whose late workers are never waited for.  So the choice
+    is measured, per ``key`` (the kind of product: its function, task count, work and
+    threads): each pool runs it :attr:`PROBES` times first, then each pool's wall time
+    is kept as a moving average (weight :attr:`alpha` for the newest), the faster one
+    runs, and the other runs again at most once per :attr:`explore_s` seconds to
+    refresh its time (so a machine that gets quiet or busy is followed within seconds).
+    The choice never changes a result.
+    """
+
+    #: kinds of product remembered at most (the table is emptied beyond it)
+    MAX_KEYS = 512
+    #: runs of each pool before the averages decide; their times enter as the minimum
+    #: (a first run pays one-off costs: a team thread's first scratch buffers, say)
+    PROBES = 2
+
+    def __init__(self, explore_s: float = 1.0, alpha: float = 0.25,
+                 clock: Callable[[], float] = time.perf_counter) -> None:
+        self.explore_s, self.alpha, self.clock = explore_s, alpha, clock
+        # key -> [team average, own average, team runs, own runs, last exploration]
+        self._stats: dict = {}
+
+    def use_team(self, key) -> bool:
+        """Whether the product of ``key`` should run on the team now."""
+        st = self._stats.get(key)
+        if st is None or st[2] < self.PROBES:
+            return True
+        if st[3] < self.PROBES:
+            return False
+        best = st[0] <= st[1]
+        now = self.clock()
+        if now - st[4] >= self.explore_s:
+            st[4] = now
+            return not best
+        return best
+
+    def record(self, key, team: bool, seconds: float) -> None:
+        """Add a measured wall time of the product of ``key`` on the team or not."""
+        st = self._stats.get(key)
+        if st is None:
+            if len(self._stats) >= self.MAX_KEYS:
+                self._stats.clear()
+            st = self._stats[key] = [0.0, 0.0, 0, 0, self.clock()]
+        i = 0 if team else 1
+        n = st[2 + i]
+        if n == 0:
+            st[i] = seconds
+        elif n < self.PROBES:
+            st[i] = min(st[i], seconds)
+        else:
+            st[i] += self.alpha * (seconds - st[i])
+        st[2 + i] = n + 1
+
+
+#: the choice of the split products run with ``pool="openmp"`` (see :class:`PoolChooser`)
+chooser = PoolChooser()
 
 _team: OpenMPTeam | None = None
 _lock = threading.Lock()

@@ -600,28 +600,42 @@ def _run_split(fn, ntasks: int, work: int, threads: int | None = None) -> None:
     call that finds that pool busy with another thread's product, or runs with
     ``spin=False``, uses a ``ThreadPoolExecutor``.  With ``debutla.config(pool="openmp")``
     and an OpenMP runtime registered (:mod:`._omp_team`: torch's, by the torch layers)
-    the workers are that runtime's threads instead.
+    the workers are that runtime's threads instead, wherever they ran that kind of
+    product faster lately (:class:`._omp_team.PoolChooser`).
     """
     nth = min(get_num_threads() if threads is None else threads,
               ntasks // _MIN_TASKS_PER_THREAD)
     if work < PARALLEL_MIN_WORK or nth <= 1:
         fn(0, ntasks)
         return
-    if _config.get("pool") == "openmp":
-        team = _omp_team.team()
-        if team is not None:
-            nchunks = min(ntasks, nth * _SPIN_CHUNKS_PER_THREAD)
-            job, claim = Job(fn, [ntasks * i // nchunks for i in range(nchunks + 1)],
-                             nth - 1), threading.Lock()
+    team = _omp_team.team() if _config.get("pool") == "openmp" else None
+    if team is None:
+        _run_own(fn, ntasks, nth)
+        return
+    key = (getattr(fn, "__qualname__", ""), ntasks, work, nth)
+    t0 = time.perf_counter()
+    if _omp_team.chooser.use_team(key):
+        nchunks = min(ntasks, nth * _SPIN_CHUNKS_PER_THREAD)
+        job, claim = Job(fn, [ntasks * i // nchunks for i in range(nchunks + 1)],
+                         nth - 1), threading.Lock()
 
-            def body() -> None:
-                _adopt_thread_scratch()
-                claim_chunks(job, claim)
+        def body() -> None:
+            _adopt_thread_scratch()
+            claim_chunks(job, claim)
 
-            if team.run(body, nth):
-                if job.errors:
-                    raise job.errors[0]
-                return
+        if team.run(body, nth):
+            if job.errors:
+                raise job.errors[0]
+            _omp_team.chooser.record(key, True, time.perf_counter() - t0)
+            return
+    _run_own(fn, ntasks, nth)
+    _omp_team.chooser.record(key, False, time.perf_counter() - t0)
+
+
+def _run_own(fn, ntasks: int, nth: int) -> None:
+    """:func:`_run_split` on debutla's own threads (``nth`` > 1 of them, the caller's
+    one): the spinning pool, else (busy, or ``spin=False``) the executor.
+    """
     spin = _config.get("spin") is not False
     nchunks = min(ntasks, nth * (_SPIN_CHUNKS_PER_THREAD if spin else _CHUNKS_PER_THREAD))
     bounds = [ntasks * i // nchunks for i in range(nchunks + 1)]
