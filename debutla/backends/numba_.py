@@ -710,7 +710,8 @@ class RowsEpilogue:
     thread runs it on the rows it computed, so the work is split too.  The torch layers
     add their bias this way: a separate one-thread pass over the output cost about 0.3
     ms of the 4096 butterfly's two-thread forward at batch 256 (4 MB of output); the
-    epilogue made that forward 1.09-1.12x faster and changed nothing at one thread
+    epilogue made that forward 1.09-1.12x faster on a quiet machine, 0.94-1.00x with a
+    core held by another process, and changed nothing at one thread
     (``benchmarks/README_kernels.md``, change 15).  Each row passes through ``fn``
     exactly once.  Only the specialised rows kernels apply it; ``applied`` tells the
     caller whether the product did (else the caller does the work itself on the whole
