@@ -234,6 +234,20 @@ def test_the_chooser_tries_both_then_runs_the_faster_and_explores_the_other():
     assert ch.use_team(other) and other not in ch._stats
 
 
+def test_the_chooser_tries_the_other_pool_often_while_the_two_are_close():
+    clock = _Clock()
+    ch = _omp_team.PoolChooser(explore_s=1.0, clock=clock)
+    k = "close"
+    for team, t in ((True, 0.0011), (True, 0.0011), (False, 0.001), (False, 0.001)):
+        ch.record(k, team, t)
+    picks = [ch.use_team(k) for _ in range(3 * ch.CLOSE_CALLS)]
+    assert picks.count(True) == 3  # every CLOSE_CALLS-th call, with no time passing
+    far = "far"
+    for team, t in ((True, 0.01), (True, 0.01), (False, 0.001), (False, 0.001)):
+        ch.record(far, team, t)
+    assert not any(ch.use_team(far) for _ in range(100))  # far apart: once a second
+
+
 def test_the_chooser_forgets_everything_beyond_its_table_size(monkeypatch):
     ch = _omp_team.PoolChooser()
     monkeypatch.setattr(ch, "MAX_KEYS", 3)
