@@ -279,3 +279,12 @@ def test_a_slow_team_hands_the_products_to_debutlas_threads(team, monkeypatch):
         for _ in range(10):
             np.testing.assert_array_equal(op.matmat_rows(x), ref)
     assert len(runs) == _omp_team.PoolChooser.PROBES  # then debutla's were faster
+
+
+def test_torchs_runtime_is_found_among_the_loaded_libraries(team):
+    from debutla.torch import _openmp
+
+    files = _openmp._loaded_files()
+    assert files and all(os.path.isabs(f) for f in files)
+    assert team.path in _openmp._candidates()
+    assert os.path.basename(team.path).startswith(_openmp._RUNTIMES)

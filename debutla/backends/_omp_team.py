@@ -30,9 +30,9 @@ Rules kept here:
   child that starts a parallel region after its parent did can hang), so a team
   belongs to the process that opened it and :func:`team` returns None elsewhere;
 * a foreign thread enters Python with a new thread state at every callback, so
-  ``threading.local`` data does not last from one product to the next there: the
-  callback's ``enter`` hook (the Numba backend's scratch buffers,
-  ``numba_._adopt_thread_scratch``) keys what must last on the OS thread instead.
+  ``threading.local`` data does not last from one product to the next there: the body
+  that ``numba_._run_split`` hands to the team first adopts the thread's scratch
+  buffers, kept by OS thread (``numba_._adopt_thread_scratch``).
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ import threading
 import time
 from typing import Callable
 
-__all__ = ["OpenMPTeam", "PoolChooser", "chooser", "register", "team", "unregister"]
+__all__ = ["OpenMPTeam", "PoolChooser", "chooser", "register", "team"]
 
 _CALLBACK = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
 
@@ -211,12 +211,6 @@ def register(path: str) -> OpenMPTeam | None:
         except (OSError, AttributeError):
             return None
         return _team
-
-
-def unregister() -> None:
-    """Forget the registered team (splits use debutla's own pool)."""
-    global _team
-    _team = None
 
 
 def team() -> OpenMPTeam | None:

@@ -25,11 +25,16 @@ def _loaded_files() -> list[str]:
     """The shared libraries mapped in this process (Linux), else torch's own folder's."""
     try:
         with open("/proc/self/maps") as f:
-            return sorted({line.split(None, 5)[5].strip() for line in f
-                           if line.count(" ") >= 5 and "/" in line})
-    except (OSError, IndexError):
+            lines = f.read().splitlines()
+    except OSError:  # not Linux
         here = os.path.dirname(torch.__file__)
         return sorted(glob.glob(os.path.join(here, "lib", "*")))
+    files = set()
+    for line in lines:  # address perms offset dev inode [path]
+        parts = line.split(None, 5)
+        if len(parts) == 6 and parts[5].startswith("/"):
+            files.add(parts[5].strip())
+    return sorted(files)
 
 
 def _candidates() -> list[str]:
