@@ -102,3 +102,28 @@ def test_a_padded_chain_gives_parts_of_p_columns_the_outputs_first(monkeypatch):
     assert ep.applied and set(widths) == {12}
     with db.config(fused=False):
         np.testing.assert_allclose(y, op.matmat_rows(x) + bias, rtol=1e-13, atol=1e-13)
+
+
+@pytest.mark.parametrize("threads, split", [(1, False), (2, False), (2, True)])
+def test_the_torch_layer_adds_its_bias_in_split_products_only(monkeypatch, threads, split):
+    torch = pytest.importorskip("torch")
+    from debutla.torch import DeButLinear
+
+    if split:
+        monkeypatch.setattr(nbk, "PARALLEL_MIN_WORK", 0)
+    made = []
+    real = nbk.RowsEpilogue
+
+    def spy(fn):
+        made.append(1)
+        return real(fn)
+    monkeypatch.setattr(nbk, "RowsEpilogue", spy)
+    torch.manual_seed(0)
+    layer = DeButLinear(400, 128, chain=CHAIN)
+    torch.nn.init.normal_(layer.bias)
+    x = torch.randn(300, 400)
+    with db.config(threads=threads, background=False), torch.no_grad():
+        y = layer(x)
+        ref = layer.to_dense()(x)
+    assert bool(made) == split  # one thread, or a product too small to split: no epilogue
+    torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-5)

@@ -214,8 +214,9 @@ def _numba_rows(x: torch.Tensor, values: Sequence[torch.Tensor], chain: Chain,
     """``x @ D.T (+ bias)`` (or ``x @ D`` with ``transpose``) by the fused CPU kernel.
 
     No copies; the bias is added in place with NumPy (no torch OpenMP region: see
-    :func:`_col_sums`), by the split product's threads to the rows each just computed
-    (:class:`debutla.backends.numba_.RowsEpilogue`), else after the product.  ``op``:
+    :func:`_col_sums`): in a product large enough to be split over threads, by each
+    thread to the rows it just computed (:class:`debutla.backends.numba_.RowsEpilogue`),
+    else after the product.  ``op``:
     the operator of ``values`` (``D``, not its transpose) when the caller holds it
     (:func:`_forward`'s ``ctx``), else the cached one.
     """
@@ -228,14 +229,22 @@ def _numba_rows(x: torch.Tensor, values: Sequence[torch.Tensor], chain: Chain,
         x = x.contiguous()
     out = torch.empty((x.shape[0], op.shape[0]), dtype=x.dtype)
     y = out.numpy()
-    ep = None
-    if bias is not None:  # added to each part of the output as the kernel writes it
-        b = bias.detach().numpy()
+    settings = _cpu_settings()
+    b = None if bias is None else bias.detach().numpy()
+    if (b is not None and settings["threads"] > 1
+            and x.shape[0] * chain.nnz >= _nbk.PARALLEL_MIN_WORK):
+        # a split product: each thread adds the bias to the rows it computed (an
+        # epilogue costs about 2 us a call, more than it saves on one thread)
         m = b.shape[0]  # a padded chain's parts have more columns: its outputs first
         ep = _nbk.RowsEpilogue(lambda part: np.add(part[:, :m], b, out=part[:, :m]))
-    with _config.config(**_cpu_settings()), _nbk.rows_epilogue(ep):
-        op.matmat_rows(x.numpy(), out=y)
-    if ep is not None and not ep.applied:  # a kernel without the epilogue ran
+        with _config.config(**settings), _nbk.rows_epilogue(ep):
+            op.matmat_rows(x.numpy(), out=y)
+        if ep.applied:
+            return out
+    else:
+        with _config.config(**settings):
+            op.matmat_rows(x.numpy(), out=y)
+    if b is not None:  # one pass after the product (no epilogue ran)
         np.add(y, b, out=y)
     return out
 
