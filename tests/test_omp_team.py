@@ -223,9 +223,9 @@ def test_the_chooser_tries_both_then_runs_the_faster_and_explores_the_other():
     for t in (0.001, 0.003):                  # then debutla's threads twice
         assert not ch.use_team(k)
         ch.record(k, False, t)
-    assert [ch.use_team(k) for _ in range(5)] == [False] * 5  # the faster
+    assert [ch.use_team(k) for _ in range(5)] == [False] * 5  # the faster (for 8 calls)
     clock.now += 1.0
-    assert ch.use_team(k)                     # explore the other, once a second
+    assert ch.use_team(k)                     # explore the other (a second passed)
     assert not ch.use_team(k)
     for _ in range(3):                        # the team got fast (the machine quiet)
         ch.record(k, True, 0.0002)
@@ -234,18 +234,17 @@ def test_the_chooser_tries_both_then_runs_the_faster_and_explores_the_other():
     assert ch.use_team(other) and other not in ch._stats
 
 
-def test_the_chooser_tries_the_other_pool_often_while_the_two_are_close():
+def test_the_chooser_explores_early_then_less_and_less_often():
     clock = _Clock()
     ch = _omp_team.PoolChooser(explore_s=1.0, clock=clock)
-    k = "close"
-    for team, t in ((True, 0.0011), (True, 0.0011), (False, 0.001), (False, 0.001)):
-        ch.record(k, team, t)
-    picks = [ch.use_team(k) for _ in range(3 * ch.CLOSE_CALLS)]
-    assert picks.count(True) == 3  # every CLOSE_CALLS-th call, with no time passing
-    far = "far"
+    k = "key"
     for team, t in ((True, 0.01), (True, 0.01), (False, 0.001), (False, 0.001)):
-        ch.record(far, team, t)
-    assert not any(ch.use_team(far) for _ in range(100))  # far apart: once a second
+        ch.record(k, team, t)
+    picks = [ch.use_team(k) for _ in range(8 + 16 + 32 + 64)]  # no time passing
+    at = [i for i, p in enumerate(picks) if p]
+    assert at == [7, 7 + 16, 7 + 16 + 32, 7 + 16 + 32 + 64]  # after 8, 16, 32, 64 calls
+    clock.now += 1.0
+    assert ch.use_team(k)  # and at least once a second
 
 
 def test_the_chooser_forgets_everything_beyond_its_table_size(monkeypatch):

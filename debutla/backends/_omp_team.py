@@ -123,12 +123,13 @@ class PoolChooser:
     is measured, per ``key`` (the kind of product: its function, task count, work and
     threads): each pool runs it :attr:`PROBES` times first, then each pool's wall time
     is kept as a moving average (weight :attr:`alpha` for the newest), the faster one
-    runs, and the other runs again once per :attr:`explore_s` seconds to refresh its
-    time, or every :attr:`CLOSE_CALLS` calls while the two averages are within a
-    factor :attr:`CLOSE` (where a wrong choice costs little and the context of the
-    calls, a product right after a large torch operation or in a loop, decides).  A
-    machine that gets quiet or busy is followed within a second or so.  The choice
-    never changes a result.
+    runs, and the other runs again after :attr:`FIRST_EXPLORE` calls, then after twice
+    as many at each exploration, and at least once per :attr:`explore_s` seconds, to
+    refresh its time: the probes ran in the context of the first calls (back to back,
+    say) and the context of the later ones (each right after a large torch operation)
+    may favour the other pool, so early choices are checked early; later explorations
+    cost little.  A machine that gets quiet or busy is followed within a second or so.
+    The choice never changes a result.
     """
 
     #: kinds of product remembered at most (the table is emptied beyond it)
@@ -137,16 +138,15 @@ class PoolChooser:
     #: (a first run pays one-off costs: a team thread's first scratch buffers, say)
     PROBES = 2
 
-    #: averages closer than this ratio: the other pool is tried every
-    #: :attr:`CLOSE_CALLS` calls (a wrong choice costs little and is found quickly)
-    CLOSE = 1.5
-    CLOSE_CALLS = 8
+    #: calls before the first exploration after the probes; the interval doubles at
+    #: each exploration (until :attr:`explore_s` comes first)
+    FIRST_EXPLORE = 8
 
     def __init__(self, explore_s: float = 1.0, alpha: float = 0.25,
                  clock: Callable[[], float] = time.perf_counter) -> None:
         self.explore_s, self.alpha, self.clock = explore_s, alpha, clock
         # key -> [team average, own average, team runs, own runs, last exploration,
-        #         calls since]
+        #         calls since it, calls between explorations]
         self._stats: dict = {}
 
     def use_team(self, key) -> bool:
@@ -157,12 +157,10 @@ class PoolChooser:
         if st[3] < self.PROBES:
             return False
         best = st[0] <= st[1]
-        lo, hi = (st[0], st[1]) if best else (st[1], st[0])
         st[5] += 1
         now = self.clock()
-        if now - st[4] >= self.explore_s or (st[5] >= self.CLOSE_CALLS
-                                             and hi < self.CLOSE * lo):
-            st[4], st[5] = now, 0
+        if st[5] >= st[6] or now - st[4] >= self.explore_s:
+            st[4], st[5], st[6] = now, 0, 2 * st[6]
             return not best
         return best
 
@@ -172,7 +170,7 @@ class PoolChooser:
         if st is None:
             if len(self._stats) >= self.MAX_KEYS:
                 self._stats.clear()
-            st = self._stats[key] = [0.0, 0.0, 0, 0, self.clock(), 0]
+            st = self._stats[key] = [0.0, 0.0, 0, 0, self.clock(), 0, self.FIRST_EXPLORE]
         i = 0 if team else 1
         n = st[2 + i]
         if n == 0:
