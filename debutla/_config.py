@@ -44,7 +44,7 @@ Settings
     (default) is ``"openmp"`` inside the ``debutla.torch`` layers and ``"debutla"``
     elsewhere.  After each parallel torch operation torch's OpenMP threads spin for
     milliseconds on the cores a split product needs; running the product on them
-    instead made the layers' two-thread calls 1.01-1.33x faster on a quiet 2-vCPU
+    instead made the layers' two-thread calls up to 1.35x faster on a quiet 2-vCPU
     machine, and the measured choice keeps them from the team's stalls on a busy one
     (``benchmarks/README_kernels.md``, change 14).  Results do not depend on it.
     Environment: ``DEBUTLA_POOL``.

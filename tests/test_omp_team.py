@@ -214,22 +214,19 @@ class _Clock:
 
 def test_the_chooser_tries_both_then_runs_the_faster_and_explores_the_other():
     clock = _Clock()
-    ch = _omp_team.PoolChooser(explore_s=1.0, alpha=0.5, clock=clock)
+    ch = _omp_team.PoolChooser(explore_s=1.0, clock=clock)
     k = ("run", 8, 10**7, 2)
-    for t in (0.050, 0.004):                  # nothing known: the team first, twice
-        assert ch.use_team(k)
-        ch.record(k, True, t)
-    assert ch._stats[k][0] == 0.004           # the probes enter as their minimum
-    for t in (0.001, 0.003):                  # then debutla's threads twice
-        assert not ch.use_team(k)
-        ch.record(k, False, t)
-    assert [ch.use_team(k) for _ in range(5)] == [False] * 5  # the faster (for 8 calls)
+    for team, t in ((True, 0.050), (False, 0.001), (True, 0.004), (False, 0.003)):
+        assert ch.use_team(k) == team         # the probes: team first, in turn
+        ch.record(k, team, t)
+    assert [ch.use_team(k) for _ in range(3)] == [False] * 3  # 0.004 > 1.2 x 0.001
     clock.now += 1.0
     assert ch.use_team(k)                     # explore the other (a second passed)
+    ch.record(k, True, 0.0005)                # one fast run is enough to switch
+    assert ch.use_team(k) and ch.use_team(k)
+    for _ in range(ch.WINDOW):                # the team turned slow (a busy machine):
+        ch.record(k, True, 0.02)              # its window fills with slow times
     assert not ch.use_team(k)
-    for _ in range(3):                        # the team got fast (the machine quiet)
-        ch.record(k, True, 0.0002)
-    assert ch._stats[k][0] < 0.001 and ch.use_team(k)
     other = ("run", 8, 10**7, 3)              # another kind of product: its own record
     assert ch.use_team(other) and other not in ch._stats
 
@@ -240,9 +237,10 @@ def test_the_chooser_explores_early_then_less_and_less_often():
     k = "key"
     for team, t in ((True, 0.01), (True, 0.01), (False, 0.001), (False, 0.001)):
         ch.record(k, team, t)
-    picks = [ch.use_team(k) for _ in range(8 + 16 + 32 + 64)]  # no time passing
-    at = [i for i, p in enumerate(picks) if p]
-    assert at == [7, 7 + 16, 7 + 16 + 32, 7 + 16 + 32 + 64]  # after 8, 16, 32, 64 calls
+    f = ch.FIRST_EXPLORE
+    picks = [ch.use_team(k) for _ in range(15 * f)]  # no time passing
+    at = [i + 1 for i, p in enumerate(picks) if p]
+    assert at == [f, 3 * f, 7 * f, 15 * f]  # after f, 2f, 4f, 8f more calls
     clock.now += 1.0
     assert ch.use_team(k)  # and at least once a second
 
@@ -275,9 +273,10 @@ def test_a_slow_team_hands_the_products_to_debutlas_threads(team, monkeypatch):
     with db.config(fused=False, threads=1):
         ref = op.matmat_rows(x)
     with db.config(fused=False, threads=2, pool="openmp"):
-        for _ in range(10):
+        for _ in range(40):
             np.testing.assert_array_equal(op.matmat_rows(x), ref)
-    assert len(runs) == _omp_team.PoolChooser.PROBES  # then debutla's were faster
+    # the probes, then only the explorations (after 4, 8 and 16 more calls)
+    assert len(runs) == _omp_team.PoolChooser.PROBES + 3
 
 
 def test_torchs_runtime_is_found_among_the_loaded_libraries(team):
@@ -287,3 +286,24 @@ def test_torchs_runtime_is_found_among_the_loaded_libraries(team):
     assert files and all(os.path.isabs(f) for f in files)
     assert team.path in _openmp._candidates()
     assert os.path.basename(team.path).startswith(_openmp._RUNTIMES)
+
+
+def test_split_products_are_told_apart_by_their_code_not_their_name(team, monkeypatch):
+    monkeypatch.setattr(nbk, "PARALLEL_MIN_WORK", 0)
+    ch = _omp_team.PoolChooser()
+    monkeypatch.setattr(_omp_team, "chooser", ch)
+
+    def make(which):
+        if which:
+            def run(lo, hi):
+                pass
+        else:
+            def run(lo, hi):  # noqa: F811 - the same name, other code
+                pass
+        return run
+    with db.config(threads=2, pool="openmp"):
+        nbk._run_split(make(0), 8, 10**8)
+        nbk._run_split(make(1), 8, 10**8)
+        nbk._run_split(make(1), 8, 10**8)
+    assert len(ch._stats) == 2
+    assert sorted(len(st[0]) + len(st[1]) for st in ch._stats.values()) == [1, 2]

@@ -37,6 +37,7 @@ Rules kept here:
 
 from __future__ import annotations
 
+import collections
 import ctypes
 import os
 import threading
@@ -120,47 +121,52 @@ class PoolChooser:
     Measured on 2 vCPUs with a busy loop on one (``benchmarks/README_kernels.md``,
     change 14): the VGG layer's two-thread inference took 7.8 ms on the team against
     1.3 ms on debutla's threads, whose late workers are never waited for.  So the choice
-    is measured, per ``key`` (the kind of product: its function, task count, work and
-    threads): each pool runs it :attr:`PROBES` times first, then each pool's wall time
-    is kept as a moving average (weight :attr:`alpha` for the newest), the faster one
-    runs, and the other runs again after :attr:`FIRST_EXPLORE` calls, then after twice
-    as many at each exploration, and at least once per :attr:`explore_s` seconds, to
-    refresh its time: the probes ran in the context of the first calls (back to back,
-    say) and the context of the later ones (each right after a large torch operation)
-    may favour the other pool, so early choices are checked early; later explorations
-    cost little.  A machine that gets quiet or busy is followed within a second or so.
-    The choice never changes a result.
+    is measured, per ``key`` (the kind of product: its function's code, task count,
+    work and threads).  Each pool runs it :attr:`PROBES` times first, in turn; then the
+    team runs unless the minimum of its last :attr:`WINDOW` wall times exceeds
+    :attr:`TEAM_BIAS` times debutla's threads' (a minimum, because disturbances only
+    ever add time: the first runs of a process share the cores with the loading of
+    kernels, say), and the pool not chosen runs again after :attr:`FIRST_EXPLORE`
+    calls, then after twice as many at each exploration, and at least once per
+    :attr:`explore_s` seconds.  One fast exploration is enough to switch; a pool that
+    turns slow (the machine got busy) fills its window with slow times
+    within :attr:`WINDOW` calls.  The choice never changes a result.
     """
 
     #: kinds of product remembered at most (the table is emptied beyond it)
     MAX_KEYS = 512
-    #: runs of each pool before the averages decide; their times enter as the minimum
-    #: (a first run pays one-off costs: a team thread's first scratch buffers, say)
+    #: runs of each pool before the choice
     PROBES = 2
-
+    #: wall times kept per pool and kind of product
+    WINDOW = 4
+    #: the team runs unless its best time exceeds this multiple of debutla's own: it
+    #: was the faster on a quiet machine in nearly every measurement, and the minimum of
+    #: the rarely run pool's few times is the more often a lucky one
+    TEAM_BIAS = 1.2
     #: calls before the first exploration after the probes; the interval doubles at
     #: each exploration (until :attr:`explore_s` comes first)
-    FIRST_EXPLORE = 8
+    FIRST_EXPLORE = 4
 
-    def __init__(self, explore_s: float = 1.0, alpha: float = 0.25,
+    def __init__(self, explore_s: float = 1.0,
                  clock: Callable[[], float] = time.perf_counter) -> None:
-        self.explore_s, self.alpha, self.clock = explore_s, alpha, clock
-        # key -> [team average, own average, team runs, own runs, last exploration,
-        #         calls since it, calls between explorations]
+        self.explore_s, self.clock = explore_s, clock
+        # key -> [team times, own times, last exploration, calls since it,
+        #         calls between explorations]
         self._stats: dict = {}
 
     def use_team(self, key) -> bool:
         """Whether the product of ``key`` should run on the team now."""
         st = self._stats.get(key)
-        if st is None or st[2] < self.PROBES:
+        if st is None:
             return True
-        if st[3] < self.PROBES:
-            return False
-        best = st[0] <= st[1]
-        st[5] += 1
+        nt, no = len(st[0]), len(st[1])
+        if nt < self.PROBES or no < self.PROBES:  # the probes, in turn: T O T O
+            return nt <= no and nt < self.PROBES or no >= self.PROBES
+        best = min(st[0]) <= self.TEAM_BIAS * min(st[1])
+        st[3] += 1
         now = self.clock()
-        if st[5] >= st[6] or now - st[4] >= self.explore_s:
-            st[4], st[5], st[6] = now, 0, 2 * st[6]
+        if st[3] >= st[4] or now - st[2] >= self.explore_s:
+            st[2], st[3], st[4] = now, 0, 2 * st[4]
             return not best
         return best
 
@@ -170,16 +176,10 @@ class PoolChooser:
         if st is None:
             if len(self._stats) >= self.MAX_KEYS:
                 self._stats.clear()
-            st = self._stats[key] = [0.0, 0.0, 0, 0, self.clock(), 0, self.FIRST_EXPLORE]
-        i = 0 if team else 1
-        n = st[2 + i]
-        if n == 0:
-            st[i] = seconds
-        elif n < self.PROBES:
-            st[i] = min(st[i], seconds)
-        else:
-            st[i] += self.alpha * (seconds - st[i])
-        st[2 + i] = n + 1
+            st = self._stats[key] = [collections.deque(maxlen=self.WINDOW),
+                                     collections.deque(maxlen=self.WINDOW),
+                                     self.clock(), 0, self.FIRST_EXPLORE]
+        st[0 if team else 1].append(seconds)
 
 
 #: the choice of the split products run with ``pool="openmp"`` (see :class:`PoolChooser`)

@@ -612,7 +612,9 @@ def _run_split(fn, ntasks: int, work: int, threads: int | None = None) -> None:
     if team is None:
         _run_own(fn, ntasks, nth)
         return
-    key = (getattr(fn, "__qualname__", ""), ntasks, work, nth)
+    # the function's code, not its name: fused_backward's generic and generated paths
+    # are two closures named "run" (5.7 against 3.6 ms for VGG: one record would mix them)
+    key = (getattr(fn, "__code__", None), ntasks, work, nth)
     t0 = time.perf_counter()
     if _omp_team.chooser.use_team(key):
         nchunks = min(ntasks, nth * _SPIN_CHUNKS_PER_THREAD)
