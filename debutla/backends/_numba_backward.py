@@ -41,6 +41,7 @@ from __future__ import annotations
 
 from . import _cache
 from ._numba_codegen import GENERATOR_VERSION, _def, _emit_factor_panel, _Src
+from ._numba_codegen import norm_shapes as _norm
 
 __all__ = ["generate_source", "kernel_module", "uncached_kernel_module", "replace_module",
            "scratch_sizes"]
@@ -182,10 +183,6 @@ def generate_source(shapes: tuple, W: int) -> str:
     head += [f"_u{n} = np.uint64({n})" for n in sorted(S.consts)]
     head += ["", ""]
     return "\n".join(head + S.lines) + "\n"
-
-
-def _norm(shapes) -> tuple:
-    return tuple(tuple(int(v) for v in sh) for sh in shapes)
 
 
 def kernel_module(shapes: tuple, W: int):

@@ -716,6 +716,18 @@ def generate_source(shapes: tuple, W: int) -> str:
     return "\n".join(head + body) + "\n"
 
 
+def norm_shapes(shapes) -> tuple:
+    """``shapes`` as a tuple of tuples of Python ints (the modules' table key).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> norm_shapes([np.array([1, 2, 2, 1])])
+    ((1, 2, 2, 1),)
+    """
+    return tuple(tuple(int(v) for v in sh) for sh in shapes)
+
+
 def kernel_module(shapes: tuple, W: int):
     """The kernel module for a chain, through the checked kernel cache.
 
@@ -733,7 +745,7 @@ def kernel_module(shapes: tuple, W: int):
         :mod:`debutla.backends._cache` for where the file lives and what happens when
         the cache cannot be used).
     """
-    shapes = tuple(tuple(int(v) for v in sh) for sh in shapes)
+    shapes = norm_shapes(shapes)
     key = (shapes, int(W))
     mod = _modules.get(key)
     if mod is None:
@@ -750,10 +762,9 @@ _modules: dict = {}
 
 def replace_module(shapes: tuple, W: int, mod) -> None:
     """Serve ``mod`` (a module compiled in memory after a cache failure) from now on."""
-    _modules[(tuple(tuple(int(v) for v in sh) for sh in shapes), int(W))] = mod
+    _modules[(norm_shapes(shapes), int(W))] = mod
 
 
 def uncached_kernel_module(shapes: tuple, W: int):
     """The kernel module for a chain compiled in memory (after a cache failure)."""
-    shapes = tuple(tuple(int(v) for v in sh) for sh in shapes)
-    return _cache.uncached_module(generate_source(shapes, int(W)), "k")
+    return _cache.uncached_module(generate_source(norm_shapes(shapes), int(W)), "k")

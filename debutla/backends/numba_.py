@@ -92,7 +92,7 @@ __all__ = [
     "TILE_BLOCK_BYTES",
     "PARALLEL_MIN_WORK", "CODEGEN_MIN_NNZ", "CODEGEN_MIN_WORK", "SLOW_COMPILE_SECONDS",
     "aligned_empty", "SCRATCH_ALIGN", "backward_ready", "run_backward", "BACKWARD",
-    "BACKWARD_MIN_NNZ", "RowsEpilogue", "rows_epilogue",
+    "BACKWARD_MIN_NNZ", "RowsEpilogue", "rows_epilogue", "may_split",
 ]
 
 name = "numba"
@@ -583,6 +583,18 @@ def _close_spin_pool() -> None:
         pool.close(timeout=1.0)
 
 
+def may_split(work: int, threads: int) -> bool:
+    """Whether a product of ``work`` multiply-adds is large enough to split over
+    ``threads`` threads (:func:`_run_split` also needs two tasks per thread).
+
+    Examples
+    --------
+    >>> may_split(PARALLEL_MIN_WORK, 2), may_split(PARALLEL_MIN_WORK, 1)
+    (True, False)
+    """
+    return threads > 1 and work >= PARALLEL_MIN_WORK
+
+
 def _run_split(fn, ntasks: int, work: int, threads: int | None = None) -> None:
     """Run ``fn(lo, hi)`` over ``range(ntasks)``, split across threads when worth it.
 
@@ -605,7 +617,7 @@ def _run_split(fn, ntasks: int, work: int, threads: int | None = None) -> None:
     """
     nth = min(get_num_threads() if threads is None else threads,
               ntasks // _MIN_TASKS_PER_THREAD)
-    if work < PARALLEL_MIN_WORK or nth <= 1:
+    if not may_split(work, nth):
         fn(0, ntasks)
         return
     team = _omp_team.team() if _config.get("pool") == "openmp" else None

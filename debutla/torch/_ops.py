@@ -216,9 +216,8 @@ def _numba_rows(x: torch.Tensor, values: Sequence[torch.Tensor], chain: Chain,
     No copies; the bias is added in place with NumPy (no torch OpenMP region: see
     :func:`_col_sums`): in a product large enough to be split over threads, by each
     thread to the rows it just computed (:class:`debutla.backends.numba_.RowsEpilogue`),
-    else after the product.  ``op``:
-    the operator of ``values`` (``D``, not its transpose) when the caller holds it
-    (:func:`_forward`'s ``ctx``), else the cached one.
+    else after the product.  ``op``: the operator of ``values`` (``D``, not its
+    transpose) when the caller holds it (:func:`_forward`'s ``ctx``), else the cached one.
     """
     if op is None:
         op = _cpu_operator(values, chain, shape, transpose)
@@ -231,8 +230,7 @@ def _numba_rows(x: torch.Tensor, values: Sequence[torch.Tensor], chain: Chain,
     y = out.numpy()
     settings = _cpu_settings()
     b = None if bias is None else bias.detach().numpy()
-    if (b is not None and settings["threads"] > 1
-            and x.shape[0] * chain.nnz >= _nbk.PARALLEL_MIN_WORK):
+    if b is not None and _nbk.may_split(x.shape[0] * chain.nnz, settings["threads"]):
         # a split product: each thread adds the bias to the rows it computed (an
         # epilogue costs about 2 us a call, more than it saves on one thread)
         m = b.shape[0]  # a padded chain's parts have more columns: its outputs first
