@@ -18,3 +18,13 @@ def forced_codegen() -> Iterator[None]:
         yield
     finally:
         nbk.CODEGEN_MIN_NNZ, nbk.CODEGEN_MIN_WORK = saved
+
+
+def padded_operator():
+    """A small padded operator (``m < P``, ``n < Q``: 11 x 7 served by a 12 x 8 chain)
+    on its generated kernels (call inside :func:`forced_codegen`)."""
+    import debutla as db
+
+    chain = db.Chain.parse("12 <-(3,2,2)- 8 <-(2,2,1)- 8")
+    full = db.DeBut.random(chain, seed=5)
+    return db.DeBut(chain, full.factors, shape=(11, 7))

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import debutla as db
+from codegen import padded_operator
 from debutla.backends import numba_ as nbk
 
 CHAIN = db.PAPER_CHAINS["lenet_fc1_mono2"]  # 128 x 400, compiled by other tests too
@@ -86,9 +87,7 @@ def test_a_compile_inside_the_block_does_not_apply_it_to_its_product_on_zeros(
 def test_a_padded_chain_gives_parts_of_p_columns_the_outputs_first(monkeypatch):
     monkeypatch.setattr(nbk, "CODEGEN_MIN_NNZ", 0)
     monkeypatch.setattr(nbk, "CODEGEN_MIN_WORK", 0)
-    chain = db.Chain.parse("12 <-(3,2,2)- 8 <-(2,2,1)- 8")
-    full = db.DeBut.random(chain, seed=5)
-    op = db.DeBut(chain, full.factors, shape=(11, 7))  # padded: m < P, n < Q
+    op = padded_operator()  # m < P, n < Q
     x = np.random.default_rng(0).standard_normal((40, 7))
     bias = np.arange(11.0)
     widths = []
@@ -112,12 +111,12 @@ def test_the_torch_layer_adds_its_bias_in_split_products_only(monkeypatch, threa
     if split:
         monkeypatch.setattr(nbk, "PARALLEL_MIN_WORK", 0)
     made = []
-    real = nbk.RowsEpilogue
+    real = nbk.RowsEpilogue.adding.__func__
 
-    def spy(fn):
+    def spy(cls, b):
         made.append(1)
-        return real(fn)
-    monkeypatch.setattr(nbk, "RowsEpilogue", spy)
+        return real(cls, b)
+    monkeypatch.setattr(nbk.RowsEpilogue, "adding", classmethod(spy))
     torch.manual_seed(0)
     layer = DeButLinear(400, 128, chain=CHAIN)
     torch.nn.init.normal_(layer.bias)

@@ -11,11 +11,14 @@ product's chunks at once, and nothing competes.
 :class:`OpenMPTeam` opens the OpenMP runtime that torch loaded (GNU ``libgomp``; LLVM's
 ``libomp`` and Intel's ``libiomp5`` export the same entry point) and calls its
 ``GOMP_parallel(fn, data, num_threads, flags)`` through ``ctypes``, which drops the GIL
-for the call.  ``fn`` is a ``ctypes`` callback: each thread of the team takes the GIL,
-claims chunks of the product (:func:`debutla.backends._numba_pool.claim_chunks`) and
-drops the GIL again inside the ``nogil`` kernel, as debutla's own workers do.  Which
-thread computes a chunk never changes how it is computed: the results are bitwise those
-of any other split (tested).
+for the call.  ``fn`` is either machine code that never enters Python
+(:meth:`OpenMPTeam.run_native`: the tile products' body of :mod:`._numba_native`, which
+claims tiles with atomic operations and calls the compiled kernel directly), or a
+``ctypes`` callback (:meth:`OpenMPTeam.run`: each thread of the team takes the GIL,
+claims chunks of the product with :func:`debutla.backends._numba_pool.claim_chunks` and
+drops the GIL again inside the ``nogil`` kernel, as debutla's own workers do; the
+backward's products and general epilogues).  Which thread computes a chunk never
+changes how it is computed: the results are bitwise those of any other split (tested).
 
 Rules kept here:
 
@@ -73,9 +76,16 @@ class OpenMPTeam:
         par = lib.GOMP_parallel
         par.argtypes = [_CALLBACK, ctypes.c_void_p, ctypes.c_uint, ctypes.c_uint]
         par.restype = None
+        # the same entry point, for bodies given by address (machine code, no Python)
+        at = ctypes.cast(par, ctypes.c_void_p).value
+        if not at:
+            raise AttributeError(f"OpenMPTeam: {path!r} has no GOMP_parallel")
+        native = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint,
+                                  ctypes.c_uint)(at)
         self.path = path
         self.pid = os.getpid()
         self._parallel = par
+        self._parallel_native = native
         self._busy = threading.Lock()
         self._body: Callable[[], None] | None = None
         self._errors: list[BaseException] = []
@@ -107,6 +117,23 @@ class OpenMPTeam:
             self._busy.release()
         if errors:
             raise errors[0]
+        return True
+
+
+    def run_native(self, body: int, data: int, threads: int) -> bool:
+        """Run the C function at address ``body`` as ``body(data)`` on each of
+        ``threads`` threads of the team (the calling thread is one of them); True.
+
+        ``body`` must not call into Python (``_numba_native``'s bodies do not), so the
+        team's threads never wait for the GIL.  False, with nothing run, when another
+        thread's call holds the team or in a forked child.
+        """
+        if _forked or not self._busy.acquire(blocking=False):
+            return False
+        try:
+            self._parallel_native(body, data, max(1, int(threads)), 0)
+        finally:
+            self._busy.release()
         return True
 
 

@@ -79,6 +79,7 @@ from . import _cache
 from . import _numba_backward as _bw
 from . import _numba_codegen as _cg
 from . import _numba_generic as _generic_src
+from . import _numba_native as _native
 from . import _omp_team
 from ._numba_pool import Job, SpinPool, claim_chunks
 
@@ -595,7 +596,8 @@ def may_split(work: int, threads: int) -> bool:
     return threads > 1 and work >= PARALLEL_MIN_WORK
 
 
-def _run_split(fn, ntasks: int, work: int, threads: int | None = None) -> None:
+def _run_split(fn, ntasks: int, work: int, threads: int | None = None,
+               native: Callable[[int], "_native.TilesJob | None"] | None = None) -> None:
     """Run ``fn(lo, hi)`` over ``range(ntasks)``, split across threads when worth it.
 
     ``threads``: the thread count (default :func:`get_num_threads`), reduced so that
@@ -613,7 +615,9 @@ def _run_split(fn, ntasks: int, work: int, threads: int | None = None) -> None:
     ``spin=False``, uses a ``ThreadPoolExecutor``.  With ``debutla.config(pool="openmp")``
     and an OpenMP runtime registered (:mod:`._omp_team`: torch's, by the torch layers)
     the workers are that runtime's threads instead, wherever they ran that kind of
-    product faster lately (:class:`._omp_team.PoolChooser`).
+    product faster lately (:class:`._omp_team.PoolChooser`); there ``native(threads)``,
+    when given, packs the same product for a body without Python
+    (:mod:`._numba_native`: a :class:`._numba_native.TilesJob`, or None to run ``fn``).
     """
     nth = min(get_num_threads() if threads is None else threads,
               ntasks // _MIN_TASKS_PER_THREAD)
@@ -628,22 +632,34 @@ def _run_split(fn, ntasks: int, work: int, threads: int | None = None) -> None:
     # are two closures named "run" (5.7 against 3.6 ms for VGG: one record would mix them)
     key = (getattr(fn, "__code__", None), ntasks, work, nth)
     t0 = time.perf_counter()
-    if _omp_team.chooser.use_team(key):
-        nchunks = min(ntasks, nth * _SPIN_CHUNKS_PER_THREAD)
-        job, claim = Job(fn, [ntasks * i // nchunks for i in range(nchunks + 1)],
-                         nth - 1), threading.Lock()
-
-        def body() -> None:
-            _adopt_thread_scratch()
-            claim_chunks(job, claim)
-
-        if team.run(body, nth):
-            if job.errors:
-                raise job.errors[0]
-            _omp_team.chooser.record(key, True, time.perf_counter() - t0)
-            return
+    if _omp_team.chooser.use_team(key) and _run_team(team, fn, ntasks, nth, native):
+        _omp_team.chooser.record(key, True, time.perf_counter() - t0)
+        return
     _run_own(fn, ntasks, nth)
     _omp_team.chooser.record(key, False, time.perf_counter() - t0)
+
+
+def _run_team(team: "_omp_team.OpenMPTeam", fn, ntasks: int, nth: int, native) -> bool:
+    """:func:`_run_split` on the OpenMP ``team``: the GIL-free body when ``native``
+    packs the product for it, else ``fn`` on chunks claimed in Python.  False, with
+    nothing run, when another thread holds the team.
+    """
+    njob = None if native is None else native(nth)
+    if njob is not None:
+        return team.run_native(njob.body, njob.data.ctypes.data, nth)
+    nchunks = min(ntasks, nth * _SPIN_CHUNKS_PER_THREAD)
+    job, claim = Job(fn, [ntasks * i // nchunks for i in range(nchunks + 1)],
+                     nth - 1), threading.Lock()
+
+    def body() -> None:
+        _adopt_thread_scratch()
+        claim_chunks(job, claim)
+
+    if not team.run(body, nth):
+        return False
+    if job.errors:
+        raise job.errors[0]
+    return True
 
 
 def _run_own(fn, ntasks: int, nth: int) -> None:
@@ -732,11 +748,40 @@ class RowsEpilogue:
     output).
     """
 
-    __slots__ = ("fn", "applied")
+    __slots__ = ("fn", "applied", "bias")
 
     def __init__(self, fn: Callable[[np.ndarray], None]) -> None:
         self.fn = fn
         self.applied = False
+        self.bias: np.ndarray | None = None
+
+    @classmethod
+    def adding(cls, bias: np.ndarray) -> "RowsEpilogue":
+        """The epilogue that adds ``bias`` (1-D, the product's dtype) to the first
+        ``bias.size`` entries of every row.
+
+        Unlike a general ``fn``, the team's GIL-free body (:mod:`._numba_native`) can
+        apply it on its own threads; the sums are the same bits either way.
+
+        Examples
+        --------
+        >>> part = np.zeros((2, 3))
+        >>> RowsEpilogue.adding(np.array([1.0, 2.0])).fn(part)
+        >>> part
+        array([[1., 2., 0.],
+               [1., 2., 0.]])
+        """
+        b = np.asarray(bias)
+        if b.ndim != 1:
+            raise ValueError(f"RowsEpilogue.adding: bias must be 1-D, got shape {b.shape}")
+        m = b.shape[0]
+
+        def add(part: np.ndarray) -> None:
+            np.add(part[:, :m], b, out=part[:, :m])
+
+        ep = cls(add)
+        ep.bias = b
+        return ep
 
 
 _EPILOGUE: contextvars.ContextVar[RowsEpilogue | None] = contextvars.ContextVar(
@@ -816,7 +861,13 @@ def _run_fused(state: _State, mod, kname: str, X, Y, k: int) -> None:
         if ep is not None:
             ep.fn(Y2[lo * W:min(hi * W, k)])
 
-    _run_split(run, ntiles, work)
+    def native(threads: int):  # the same product for the team's GIL-free body, or None
+        if ep is not None and ep.bias is None:
+            return None
+        return _native.tiles_job(kern, state.flat, Xf, Yf, k, ntiles, W, xn, state.F * W,
+                                 threads, None if ep is None else ep.bias, state.P)
+
+    _run_split(run, ntiles, work, native=native)
     if ep is not None:
         ep.applied = True
 

@@ -233,8 +233,8 @@ def _numba_rows(x: torch.Tensor, values: Sequence[torch.Tensor], chain: Chain,
     if b is not None and _nbk.may_split(x.shape[0] * chain.nnz, settings["threads"]):
         # a split product: each thread adds the bias to the rows it computed (an
         # epilogue costs about 2 us a call, more than it saves on one thread)
-        m = b.shape[0]  # a padded chain's parts have more columns: its outputs first
-        ep = _nbk.RowsEpilogue(lambda part: np.add(part[:, :m], b, out=part[:, :m]))
+        # (a padded chain's parts have more columns: its outputs first)
+        ep = _nbk.RowsEpilogue.adding(b)
         with _config.config(**settings), _nbk.rows_epilogue(ep):
             op.matmat_rows(x.numpy(), out=y)
         if ep.applied:

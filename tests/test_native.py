@@ -1,0 +1,279 @@
+"""The GIL-free team body (debutla.backends._numba_native): split tile products whose
+OpenMP team threads run machine code only, bitwise the same as any other split."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+from numba import njit
+from numba.core.errors import TypingError
+
+import debutla as db
+from codegen import padded_operator
+from debutla.backends import _numba_native as nat
+from debutla.backends import _omp_team
+from debutla.backends import numba_ as nbk
+
+CHAIN = db.PAPER_CHAINS["lenet_fc1_mono2"]  # 128 x 400, compiled by other tests too
+DTYPES = [np.float32, np.float64, np.complex64, np.complex128]
+
+
+def _random(shape, dtype, seed):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(shape)
+    if np.dtype(dtype).kind == "c":
+        x = x + 1j * rng.standard_normal(shape)
+    return x.astype(dtype)
+
+
+# -- the intrinsics ---------------------------------------------------------------------
+@njit
+def _adds(d, n):
+    out = np.empty(n, np.int64)
+    for i in range(n):
+        out[i] = nat.fetch_add(d, 1, 3)
+    return out
+
+
+def test_fetch_add_returns_the_old_value_and_adds():
+    d = np.array([7, 10, 5], np.int64)
+    np.testing.assert_array_equal(_adds(d, 4), [10, 13, 16, 19])
+    np.testing.assert_array_equal(d, [7, 22, 5])
+
+
+@njit
+def _third(addr):
+    return nat.pointer_to(addr, np.float64)[2]
+
+
+def test_pointer_to_reads_the_memory_at_an_address():
+    a = np.array([1.5, 2.5, 3.5])
+    assert _third(a.ctypes.data) == 3.5
+
+
+def test_pointer_to_refuses_a_non_integer_address():
+    @njit
+    def bad(x):
+        return nat.pointer_to(x, np.float64)[0]
+    with pytest.raises(TypingError):
+        bad(1.5)
+
+
+# -- the body and the kernels' entry points ------------------------------------------
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_each_tile_dtype_has_a_body(dtype):
+    assert isinstance(nat.body(dtype, wait=True), int)
+
+
+def test_other_dtypes_have_none():
+    assert nat.body(np.int32) is None and nat.body(np.float16) is None
+
+
+def test_a_kernel_without_the_bodys_signature_has_no_entry_point():
+    @njit
+    def k(a):
+        return a[0]
+    assert nat.kernel_address(k, np.float32) is None  # not compiled
+    k(np.ones(3, np.float32))
+    assert nat.kernel_address(k, np.float32) is None  # another signature
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_the_body_called_from_python_computes_the_product(monkeypatch, dtype):
+    """The body runs on one thread as well: called with the job's address, it computes
+    every tile (and adds the bias) bitwise as the kernel called from Python does."""
+    nat.body(dtype, wait=True)
+    op = db.DeBut.random(CHAIN, seed=0, dtype=dtype)
+    x = _random((300, 400), dtype, 1)
+    bias = _random(128, dtype, 2)
+    with db.config(background=False, threads=1):
+        ref = op.matmat_rows(x) + bias
+    jobs = []
+
+    def capture(fn, ntasks, work, threads=None, native=None):
+        jobs.append(native(1))
+    monkeypatch.setattr(nbk, "PARALLEL_MIN_WORK", 0)
+    monkeypatch.setattr(nbk, "_run_split", capture)
+    y = np.zeros((300, 128), dtype)
+    with db.config(background=False, threads=2), \
+            nbk.rows_epilogue(nbk.RowsEpilogue.adding(bias)):
+        op.matmat_rows(x, out=y)
+    (job,) = jobs
+    assert job is not None
+    disp = _body_dispatcher(dtype)
+    disp(int(job.data.ctypes.data))
+    np.testing.assert_array_equal(y, ref)
+    assert job.data[nat.F_NEXT] >= job.data[nat.F_NTILES]  # every tile was claimed
+
+
+def _body_dispatcher(dtype):
+    from debutla.backends import _cache
+    name = np.dtype(dtype).name
+    return _cache.load_module(nat.SOURCE[name], f"team_{name}").tiles_body
+
+
+def test_tiles_job_refuses_what_the_body_cannot_run(monkeypatch):
+    nat.body(np.float64, wait=True)
+    op = db.DeBut.random(CHAIN, seed=0)
+    jobs = []
+
+    def capture(fn, ntasks, work, threads=None, native=None):
+        jobs.append(native)
+        fn(0, ntasks)
+    monkeypatch.setattr(nbk, "PARALLEL_MIN_WORK", 0)
+    monkeypatch.setattr(nbk, "_run_split", capture)
+    with db.config(background=False):
+        op.matmat_rows(np.ones((64, 400)))
+        with nbk.rows_epilogue(nbk.RowsEpilogue(lambda part: None)):  # not a bias
+            op.matmat_rows(np.ones((64, 400)))
+    plain, general = jobs
+    assert plain(2) is not None
+    assert general(2) is None
+    # arrays the body cannot take, and a body still compiling
+    V = np.ones(10)
+    ro = np.ones(10)
+    ro.flags.writeable = False
+    disp = _body_dispatcher(np.float64)  # any dispatcher: refused before its address
+    assert nat.tiles_job(disp, V, ro, V, 1, 1, 1, 1, 1, 2) is None
+    assert nat.tiles_job(disp, V, V[::2], V, 1, 1, 1, 1, 1, 2) is None
+    monkeypatch.setattr(nat, "body", lambda dtype, wait=False: None)
+    assert plain(2) is None
+
+
+def test_rows_epilogue_adding_refuses_a_bias_that_is_not_1d():
+    with pytest.raises(ValueError, match="bias must be 1-D"):
+        nbk.RowsEpilogue.adding(np.ones((2, 3)))
+
+
+def test_a_failed_body_compile_leaves_the_python_body(monkeypatch, caplog):
+    monkeypatch.setattr(nat, "_bodies", {})
+    monkeypatch.setattr(nat, "_failed", set())
+    monkeypatch.setattr(nat, "_threads", {})
+
+    def broken(src, stem):
+        raise RuntimeError("no compiler today")
+    monkeypatch.setattr(nat._cache, "load_module", broken)
+    with caplog.at_level("WARNING", logger="debutla"):
+        assert nat.body(np.float32, wait=True) is None
+    assert "failed to compile" in caplog.text
+    assert nat.body(np.float32) is None  # not tried again
+
+
+# -- on torch's OpenMP team -------------------------------------------------------------
+@pytest.fixture(scope="module")
+def team():
+    pytest.importorskip("torch")
+    from debutla.torch._openmp import torch_team
+    t = torch_team()
+    if t is None:
+        pytest.skip("torch does not run on an OpenMP runtime that exports GOMP_parallel")
+    for dt in DTYPES:
+        nat.body(dt, wait=True)
+    return t
+
+
+@pytest.fixture
+def on_team(monkeypatch):
+    """Every product split on the team, whatever its size; counts the two kinds of body."""
+    monkeypatch.setattr(nbk, "PARALLEL_MIN_WORK", 0)
+    monkeypatch.setattr(_omp_team.chooser, "use_team", lambda key: True)
+    calls = {"native": 0, "python": 0}
+    real_native, real_run = _omp_team.OpenMPTeam.run_native, _omp_team.OpenMPTeam.run
+
+    def native(self, body, data, n):
+        calls["native"] += 1
+        return real_native(self, body, data, n)
+
+    def run(self, body, n):
+        calls["python"] += 1
+        return real_run(self, body, n)
+    monkeypatch.setattr(_omp_team.OpenMPTeam, "run_native", native)
+    monkeypatch.setattr(_omp_team.OpenMPTeam, "run", run)
+    return calls
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("batch", [200, 320])  # a partial last tile; whole tiles
+def test_team_products_on_the_body_are_bitwise_those_of_one_thread(team, on_team, dtype,
+                                                                   batch):
+    op = db.DeBut.random(CHAIN, seed=0, dtype=dtype)
+    x = _random((batch, 400), dtype, 1)
+    xt = _random((batch, 128), dtype, 3)
+    with db.config(background=False, threads=1):
+        ref, ref_t, ref_c = op.matmat_rows(x), op.T.matmat_rows(xt), op.matmat(x.T)
+    with db.config(background=False, threads=2, pool="openmp"):
+        got, got_t, got_c = op.matmat_rows(x), op.T.matmat_rows(xt), op.matmat(x.T)
+    assert on_team["native"] >= 1
+    np.testing.assert_array_equal(got, ref)
+    np.testing.assert_array_equal(got_t, ref_t)
+    np.testing.assert_array_equal(got_c, ref_c)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_the_body_adds_the_bias_to_every_row_once(team, on_team, dtype):
+    op = db.DeBut.random(CHAIN, seed=0, dtype=dtype)
+    x = _random((1000, 400), dtype, 1)
+    bias = _random(128, dtype, 2)
+    with db.config(background=False, threads=1):
+        ref = op.matmat_rows(x) + bias
+    ep = nbk.RowsEpilogue.adding(bias)
+    y = np.empty((1000, 128), dtype)
+    with db.config(background=False, threads=2, pool="openmp"), nbk.rows_epilogue(ep):
+        op.matmat_rows(x, out=y)
+    assert ep.applied and on_team == {"native": 1, "python": 0}
+    np.testing.assert_array_equal(y, ref)
+
+
+def test_the_body_adds_a_padded_chains_bias_to_its_outputs_only(team, on_team,
+                                                               monkeypatch):
+    monkeypatch.setattr(nbk, "CODEGEN_MIN_NNZ", 0)
+    monkeypatch.setattr(nbk, "CODEGEN_MIN_WORK", 0)
+    op = padded_operator()  # m < P, n < Q
+    x = np.random.default_rng(0).standard_normal((333, 7))
+    bias = np.arange(11.0)
+    ep = nbk.RowsEpilogue.adding(bias)
+    with db.config(background=False, threads=2, pool="openmp"), nbk.rows_epilogue(ep):
+        y = op.matmat_rows(x)
+    assert ep.applied and on_team["native"] == 1
+    with db.config(background=False, threads=1):
+        np.testing.assert_array_equal(y, op.matmat_rows(x) + bias)
+
+
+def test_a_general_epilogue_runs_on_the_python_body(team, on_team):
+    op = db.DeBut.random(CHAIN, seed=0)
+    x = _random((300, 400), np.float64, 1)
+    seen = []
+    lock = threading.Lock()
+
+    def fn(part):
+        with lock:
+            seen.append(part.shape[0])
+    with db.config(background=False, threads=2, pool="openmp"), \
+            nbk.rows_epilogue(nbk.RowsEpilogue(fn)):
+        op.matmat_rows(x)
+    assert on_team == {"native": 0, "python": 1} and sum(seen) == 300
+
+
+def test_a_busy_team_leaves_the_product_to_debutlas_threads(team, on_team):
+    op = db.DeBut.random(CHAIN, seed=0)
+    x = _random((300, 400), np.float64, 1)
+    with db.config(background=False, threads=1):
+        ref = op.matmat_rows(x)
+    assert team._busy.acquire(blocking=False)  # as if another thread's product held it
+    try:
+        with db.config(background=False, threads=2, pool="openmp"):
+            got = op.matmat_rows(x)
+    finally:
+        team._busy.release()
+    assert on_team["native"] == 1  # tried, refused
+    np.testing.assert_array_equal(got, ref)
+
+
+def test_run_native_runs_a_body_on_each_thread(team):
+    """The team runs a body given by address on each of its threads (here: the body with
+    a job of no tiles, which only takes a slot each)."""
+    data = np.zeros(nat.NFIELDS, np.int64)
+    assert team.run_native(nat.body(np.float64, wait=True), data.ctypes.data, 2)
+    assert data[nat.F_SLOT] == 2 and data[nat.F_NEXT] == 2
