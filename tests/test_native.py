@@ -277,3 +277,106 @@ def test_run_native_runs_a_body_on_each_thread(team):
     data = np.zeros(nat.NFIELDS, np.int64)
     assert team.run_native(nat.body(np.float64, wait=True), data.ctypes.data, 2)
     assert data[nat.F_SLOT] == 2 and data[nat.F_NEXT] == 2
+
+
+# -- the backward ----------------------------------------------------------------------
+# padded (served as 11 x 29) and bulging (30 -> 36 -> 24 -> 12), as in test_torch_backward
+LAYER_CHAIN = "12 <-(1,2,12)- 24 <-(2,3,4)- 36 <-(6,5,1)- 30"
+
+
+@pytest.fixture
+def generated_backward(monkeypatch):
+    """The generated kernels and backward for the small test chain, split in groups."""
+    from debutla.torch import _kernels
+
+    for name in ("BACKWARD_MIN_NNZ", "CODEGEN_MIN_NNZ", "CODEGEN_MIN_WORK"):
+        monkeypatch.setattr(nbk, name, 0)
+    monkeypatch.setattr(_kernels, "GROUP_MIN_WORK", 1)  # a group per tile: a split
+
+
+def _layer_grads(torch, layer, x, g):
+    xg = x.clone().requires_grad_(True)
+    layer.zero_grad(set_to_none=True)
+    y = layer(xg)
+    y.backward(g)
+    return [y.detach(), xg.grad] + [p.grad for p in layer.parameters()]
+
+
+@pytest.mark.parametrize("dtype_name", ["float32", "float64"])
+def test_layer_gradients_on_the_bodies_are_bitwise_those_of_one_thread(
+        team, on_team, generated_backward, dtype_name):
+    """The forward and the backward both run on the GIL-free bodies, twice (the groups'
+    gradients live in reused scratch, zeroed by the body), and give the one-thread bits."""
+    import torch
+    from debutla.torch import DeButLinear
+
+    dtype = getattr(torch, dtype_name)
+    nat.body(np.dtype(dtype_name), wait=True, count=3)
+    torch.manual_seed(0)
+    layer = DeButLinear(29, 11, chain=LAYER_CHAIN, dtype=dtype)
+    torch.nn.init.normal_(layer.bias)
+    x = torch.randn(300, 29, dtype=dtype)
+    g = torch.randn(300, 11, dtype=dtype)
+    with db.config(threads=1, background=False):
+        ref = _layer_grads(torch, layer, x, g)
+    for _ in range(2):
+        before = on_team["native"]
+        with db.config(threads=2, pool="openmp", background=False):
+            got = _layer_grads(torch, layer, x, g)
+        assert on_team["native"] - before == 2 and on_team["python"] == 0
+        for a, b in zip(ref, got):
+            assert torch.equal(a, b)
+
+
+def test_the_backward_body_called_from_python_computes_every_group(monkeypatch,
+                                                                  generated_backward):
+    """On one thread, called with the job's address: the gradients of the Python body,
+    each group's row of the reused scratch zeroed first (it holds garbage here)."""
+    torch = pytest.importorskip("torch")
+    from debutla.torch import DeButLinear
+
+    nat.body(np.float64, wait=True, count=3)
+    torch.manual_seed(0)
+    layer = DeButLinear(29, 11, chain=LAYER_CHAIN, dtype=torch.float64)
+    x = torch.randn(300, 29, dtype=torch.float64)
+    g = torch.randn(300, 11, dtype=torch.float64)
+    with db.config(threads=1, background=False):
+        ref = _layer_grads(torch, layer, x, g)
+    jobs = []
+    real_split = nbk._run_split
+
+    def capture(fn, ntasks, work, threads=None, native=None):
+        if native is None or fn.__code__.co_name != "run" or "gvs" not in \
+                fn.__code__.co_freevars:
+            return real_split(fn, ntasks, work, threads, native)
+        job = native(1)
+        assert job is not None
+        gvs = job.keep[5]
+        gvs[...] = np.nan  # what a previous product may have left
+        jobs.append(job)
+        _body_dispatcher_bw(np.float64, 3)(int(job.data.ctypes.data))
+    monkeypatch.setattr(nbk, "_run_split", capture)
+    with db.config(threads=2, background=False):
+        got = _layer_grads(torch, layer, x, g)
+    assert len(jobs) == 1
+    for a, b in zip(ref, got):
+        assert torch.equal(a, b)
+
+
+def _body_dispatcher_bw(dtype, count):
+    return nat.load(np.dtype(dtype).name, count)
+
+
+def test_backward_job_refuses_what_the_body_cannot_run():
+    nat.body(np.float64, wait=True, count=3)
+    disp = nat.load("float64", 3)  # any dispatcher: refused before its address
+    a = np.zeros(8)
+    gvs = np.zeros((2, 4))
+    bounds = np.array([0, 1, 2], np.uint64)
+    args = (a, a, a, a, a, gvs, bounds, 1, 1, True, 8, 3, 8, 8, 2)
+    assert nat.backward_job(disp, *args) is None  # not a kernel: no such signature
+    ro = np.zeros(8)
+    ro.flags.writeable = False
+    assert nat.backward_job(disp, ro, *args[1:]) is None
+    assert nat.backward_job(disp, *args[:5], np.zeros(8), *args[6:]) is None  # gvs 1-D
+    assert nat.backward_job(disp, *args[:6], bounds.astype(np.int64), *args[7:]) is None

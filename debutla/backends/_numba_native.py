@@ -21,11 +21,18 @@ kernels) that
   ``numba_.RowsEpilogue.adding``): the same single rounding as ``y + b`` afterwards,
   so the results are bitwise those of any other split.
 
-:func:`tiles_job` packs one product's arguments (addresses and sizes, ``int64``) for
-it; it returns None, and the caller keeps the Python body, whenever anything is not in
-place: a dtype without a body, a kernel without the expected compiled signature, an
-epilogue that is not a bias, or a body still compiling (the first request starts its
-compile in a background thread, so no product waits for it).
+A second body per dtype and factor count does the same for the torch layers' generated
+backward (:mod:`._numba_backward`): it claims groups of rows, zeroes each group's row of
+value gradients and calls the backward kernel (``debutla.torch._kernels.
+fused_backward``; change 17 measured it 1.03x on the VGG layer's two-thread training
+call, where the kernel's own 1.9 ms dominate).
+
+:func:`tiles_job` and :func:`backward_job` pack one product's arguments (addresses and
+sizes, ``int64``) for a body; they return None, and the caller keeps the Python body,
+whenever anything is not in place: a dtype without a body, a kernel without the
+expected compiled signature, an epilogue that is not a bias, or a body still compiling
+(the first request starts its compile, or its load from the kernel cache, in a
+background thread, so no product waits for it).
 """
 
 from __future__ import annotations
@@ -43,8 +50,8 @@ from numba.np.numpy_support import from_dtype
 
 from . import _cache
 
-__all__ = ["SOURCE", "body", "call_tiles", "fetch_add", "pointer_to", "tiles_job",
-           "wait_for_bodies"]
+__all__ = ["SOURCE", "backward_job", "body", "call_entry", "fetch_add", "pointer_to",
+           "tiles_job", "wait_for_bodies"]
 
 _log = logging.getLogger("debutla")
 
@@ -86,30 +93,34 @@ def pointer_to(typingctx, addr, dtype):
 
 
 @intrinsic
-def call_tiles(typingctx, addr, V, X, Y, k, t0, t1, a, b, wr, xn):
-    """Call the tile kernel whose C entry point is at ``addr`` (returns nothing).
+def call_entry(typingctx, addr, args):
+    """Call the compiled function whose C entry point is at ``addr`` with the tuple
+    ``args`` (it returns nothing).
 
-    The entry point is the *cfunc wrapper* Numba compiles beside a function: its
+    The entry point is the *cfunc wrapper* Numba compiles beside every function: its
     arguments are the LLVM value types of the function's Numba types (arrays as Numba's
-    array structure), which are exactly the types of this call's arguments.
+    array structure, tuples as structures of those), which are exactly the types of
+    ``args``' items when they have the function's Numba types.
     """
-    argtys = (V, X, Y, k, t0, t1, a, b, wr, xn)
+    if not isinstance(addr, types.Integer) or not isinstance(args, types.BaseTuple):
+        return None
 
-    def codegen(context, builder, signature, args):
-        llargs = [context.get_value_type(t) for t in signature.args[1:]]
-        fnty = ir.FunctionType(context.get_value_type(types.none), llargs)
-        fn = builder.inttoptr(args[0], fnty.as_pointer())
-        builder.call(fn, args[1:])
+    def codegen(context, builder, signature, llargs):
+        items = list(signature.args[1])
+        values = [builder.extract_value(llargs[1], i) for i in range(len(items))]
+        fnty = ir.FunctionType(context.get_value_type(types.none),
+                               [context.get_value_type(t) for t in items])
+        builder.call(builder.inttoptr(llargs[0], fnty.as_pointer()), values)
         return context.get_dummy_value()
 
-    return types.void(addr, *argtys), codegen
+    return types.void(addr, args), codegen
 
 
 _TEMPLATE = '''"""debutla: the GIL-free team body for {dtype} tile products (loaded by debutla)."""
 import numpy as np
 from numba import carray, njit
 
-from debutla.backends._numba_native import call_tiles, fetch_add, pointer_to
+from debutla.backends._numba_native import call_entry, fetch_add, pointer_to
 
 DT = np.{dtype}
 
@@ -136,7 +147,7 @@ def tiles_body(data):
         t = fetch_add(d, {F_NEXT}, 1)
         if t >= ntiles:
             break
-        call_tiles(kern, V, X, Y, k, t, t + 1, a, b, wr, xn)
+        call_entry(kern, (V, X, Y, k, t, t + 1, a, b, wr, xn))
         if d[{F_BIAS}] != 0:
             m, P = d[{F_M}], d[{F_P}]
             bias = carray(pointer_to(d[{F_BIAS}], DT), m)
@@ -147,25 +158,89 @@ def tiles_body(data):
 '''
 
 
-def source(dtype: str) -> str:
-    """The body module's source for ``dtype`` (one of :data:`DTYPES`)."""
-    fields = {name: value for name, value in globals().items() if name.startswith("F_")}
-    return _TEMPLATE.format(dtype=dtype, nfields=NFIELDS,
-                            itemsize=np.dtype(dtype).itemsize, **fields)
+_BACKWARD_TEMPLATE = '''"""debutla: the GIL-free team body for {dtype} backward products of
+{count}-factor chains (loaded by debutla)."""
+import numpy as np
+from numba import carray, njit
+
+from debutla.backends._numba_native import call_entry, fetch_add, pointer_to
+
+DT = np.{dtype}
 
 
-#: the body modules' sources, by dtype
+@njit(cache=True, nogil=True, error_model="numpy")
+def backward_body(data):
+    """One OpenMP team thread's share of a split backward (see _numba_native): groups of
+    rows claimed one at a time; each group's value gradients zeroed, then accumulated.
+    """
+    d = carray(pointer_to(data, np.int64), {nfields})
+    slot = fetch_add(d, {B_SLOT}, 1)
+    V = carray(pointer_to(d[{B_V}], DT), d[{B_NV}])
+    VT = carray(pointer_to(d[{B_VT}], DT), d[{B_NV}])
+    X = carray(pointer_to(d[{B_X}], DT), d[{B_NX}])
+    G = carray(pointer_to(d[{B_G}], DT), d[{B_NG}])
+    GX = carray(pointer_to(d[{B_GX}], DT), d[{B_NGX}])
+    ngroups = d[{B_NGROUPS}]
+    gvs = carray(pointer_to(d[{B_GVS}], DT), (ngroups, d[{B_NNZ}]))
+    bounds = carray(pointer_to(d[{B_BOUNDS}], np.uint64), ngroups + 1)
+    asz, gsz = d[{B_ASIZE}], d[{B_GSIZE}]
+    at = d[{B_SCRATCH}] + slot * ({count} * asz + 2 * gsz) * {itemsize}
+    A = ({acts})
+    ga = carray(pointer_to(at + {count} * asz * {itemsize}, DT), gsz)
+    gb = carray(pointer_to(at + ({count} * asz + gsz) * {itemsize}, DT), gsz)
+    xn, gm, wr = np.uint64(d[{B_XN}]), np.uint64(d[{B_GM}]), np.uint64(d[{B_W}])
+    need_x = d[{B_NEEDX}] != 0
+    zero = DT(0)
+    kern = d[{B_KERNEL}]
+    while True:
+        g = fetch_add(d, {B_NEXT}, 1)
+        if g >= ngroups:
+            break
+        gvs[g, :] = zero
+        call_entry(kern, (V, VT, X, G, GX, gvs, bounds, np.uint64(g), np.uint64(g + 1),
+                          xn, gm, need_x, A, ga, gb, wr, zero))
+'''
+
+# the backward job's fields (int64)
+(B_KERNEL, B_NEXT, B_NGROUPS, B_SLOT, B_V, B_NV, B_VT, B_X, B_NX, B_G, B_NG, B_GX, B_NGX,
+ B_GVS, B_NNZ, B_BOUNDS, B_ASIZE, B_GSIZE, B_XN, B_GM, B_W, B_NEEDX, B_SCRATCH) = range(23)
+NBFIELDS = 23
+
+
+def source(dtype: str, count: int = 0) -> str:
+    """The body module's source for ``dtype`` (one of :data:`DTYPES`): the tile
+    products' body, or with ``count`` the backward's for chains of ``count`` factors.
+    """
+    item = np.dtype(dtype).itemsize
+    if not count:
+        fields = {k: v for k, v in globals().items() if k.startswith("F_")}
+        return _TEMPLATE.format(dtype=dtype, nfields=NFIELDS, itemsize=item, **fields)
+    fields = {k: v for k, v in globals().items() if k.startswith("B_")}
+    acts = "".join(f"carray(pointer_to(at + {i} * asz * {item}, DT), asz), "
+                   for i in range(count))
+    return _BACKWARD_TEMPLATE.format(dtype=dtype, count=count, nfields=NBFIELDS,
+                                     itemsize=item, acts=acts.rstrip(" "), **fields)
+
+
+#: the tile products' body modules' sources, by dtype
 SOURCE = {dt: source(dt) for dt in DTYPES}
 
-_bodies: dict[str, int] = {}  # dtype -> the body's address
-_failed: set[str] = set()
-_threads: dict[str, threading.Thread] = {}
+_bodies: dict[tuple, int] = {}  # (dtype, count) -> the body's address
+_failed: set[tuple] = set()
+_threads: dict[tuple, threading.Thread] = {}
 _lock = threading.Lock()
 
 
-def _load(dtype: str) -> None:
+def load(dtype: str, count: int = 0):
+    """The body's dispatcher (``count``: see :func:`source`), from the kernel cache."""
+    if not count:
+        return _cache.load_module(SOURCE[dtype], f"team_{dtype}").tiles_body
+    return _cache.load_module(source(dtype, count), f"team_bw{count}_{dtype}").backward_body
+
+
+def _load(key: tuple) -> None:
     try:
-        disp = _cache.load_module(SOURCE[dtype], f"team_{dtype}").tiles_body
+        disp = load(*key)
         # compiled (or loaded from the cache) here, not at the module's execution: an
         # eager signature compiles before the module is registered, and Numba then
         # cannot load that machine code from the cache in a later process
@@ -173,18 +248,22 @@ def _load(dtype: str) -> None:
         addr = _entry_point(disp, (types.int64,))
         if addr is None:
             raise RuntimeError("no C entry point for the compiled body")
-        _bodies[dtype] = addr
+        _bodies[key] = addr
     except Exception as e:  # never fail a product: the Python body serves it
-        _failed.add(dtype)
-        _log.warning("debutla: the GIL-free team body for %s failed to compile (%s: %s); "
-                     "team products use the Python body", dtype, type(e).__name__, e)
+        _failed.add(key)
+        _log.warning("debutla: the GIL-free team body for %s%s failed to compile (%s: %s); "
+                     "team products use the Python body", key[0],
+                     f" backward products of {key[1]} factors" if key[1] else "",
+                     type(e).__name__, e)
 
 
-def body(dtype: Any, wait: bool = False) -> int | None:
+def body(dtype: Any, wait: bool = False, count: int = 0) -> int | None:
     """The address of the team body for ``dtype``, or None (not ready, or no body).
 
-    The first request starts the body's compile (or its load from the kernel cache) in
-    a background thread and returns None; ``wait=True`` waits for it instead.
+    ``count``: the body of the backward products of ``count``-factor chains instead of
+    the tile products'.  The first request starts the body's compile (or its load from
+    the kernel cache) in a background thread and returns None; ``wait=True`` waits for
+    it instead.
 
     Examples
     --------
@@ -193,21 +272,21 @@ def body(dtype: Any, wait: bool = False) -> int | None:
     >>> body(np.int32) is None
     True
     """
-    name = np.dtype(dtype).name
-    addr = _bodies.get(name)
-    if addr is not None or name not in SOURCE or name in _failed:
+    key = (np.dtype(dtype).name, int(count))
+    addr = _bodies.get(key)
+    if addr is not None or key[0] not in SOURCE or key in _failed:
         return addr
     with _lock:
-        th = _threads.get(name)
+        th = _threads.get(key)
         if th is None:
-            th = _threads[name] = threading.Thread(target=_load, args=(name,),
-                                                   name="debutla-compile", daemon=True)
+            th = _threads[key] = threading.Thread(target=_load, args=(key,),
+                                                  name="debutla-compile", daemon=True)
             if len(_threads) == 1:
                 atexit.register(wait_for_bodies, 60)
             th.start()
     if wait:
         th.join()
-    return _bodies.get(name)
+    return _bodies.get(key)
 
 
 def wait_for_bodies(timeout: float | None = None) -> None:
@@ -216,26 +295,39 @@ def wait_for_bodies(timeout: float | None = None) -> None:
         th.join(timeout)
 
 
-# (id(dispatcher), dtype) -> (dispatcher, address): a kernel module's dispatcher holds
+# (id(dispatcher), signature) -> (dispatcher, address): a kernel module's dispatcher holds
 # one compiled kernel per dtype
 _addresses: dict[tuple, tuple] = {}
 
 
-def kernel_address(disp, dtype: np.dtype) -> int | None:
-    """The C entry point of ``disp``'s compiled tile kernel for ``dtype``, or None.
+def _tiles_signature(dt: np.dtype) -> tuple:
+    arr = types.Array(from_dtype(dt), 1, "C")
+    return (arr, arr, arr, types.int64, types.int64, types.int64, arr, arr, types.uint64,
+            types.int64)
 
-    Only the signature that the body passes (C-contiguous writeable aligned 1-D arrays;
-    ``k``, ``t0``, ``t1`` int64, ``wr`` uint64, ``xn`` int64) returning nothing; None
-    until the dispatcher has compiled (or loaded) it.
+
+def _backward_signature(dt: np.dtype, count: int) -> tuple:
+    num = from_dtype(dt)
+    arr, u = types.Array(num, 1, "C"), types.uint64
+    return (arr, arr, arr, arr, arr, types.Array(num, 2, "C"), types.Array(u, 1, "C"),
+            u, u, u, u, types.boolean, types.UniTuple(arr, count), arr, arr, u, num)
+
+
+def kernel_address(disp, dtype: Any, count: int = 0) -> int | None:
+    """The C entry point of ``disp``'s compiled kernel for ``dtype``, or None.
+
+    Only the signature that the body passes: for the tile kernels (``count == 0``)
+    C-contiguous writeable aligned 1-D arrays, ``k``, ``t0``, ``t1`` int64, ``wr``
+    uint64, ``xn`` int64; for the backward of a ``count``-factor chain the arguments
+    of ``run_backward`` (:mod:`._numba_backward`'s ``tiles_placed``).  None until the
+    dispatcher has compiled (or loaded) it.
     """
     dt = np.dtype(dtype)
-    key = (id(disp), dt.str)
+    sig = _backward_signature(dt, count) if count else _tiles_signature(dt)
+    key = (id(disp), sig)
     hit = _addresses.get(key)
     if hit is not None and hit[0] is disp:
         return hit[1]
-    arr = types.Array(from_dtype(dt), 1, "C")
-    sig = (arr, arr, arr, types.int64, types.int64, types.int64, arr, arr, types.uint64,
-           types.int64)
     addr = _entry_point(disp, sig)
     if addr is not None:
         _addresses[key] = (disp, addr)
@@ -251,11 +343,11 @@ def _entry_point(disp, sig: tuple) -> int | None:
     return int(addr) if addr else None
 
 
-_scratch_bufs: dict[tuple, np.ndarray] = {}
+_scratch_bufs: dict[str, np.ndarray] = {}
 
 
-def _scratch(dtype: np.dtype, stride: int, slots: int) -> np.ndarray:
-    """Zeroed, aligned scratch for ``slots`` threads (two buffers of ``stride`` each).
+def _scratch(dtype: np.dtype, size: int) -> np.ndarray:
+    """Zeroed, aligned scratch of at least ``size`` entries for the team's threads.
 
     Shared by the team's products, which run one at a time (:class:`._omp_team.
     OpenMPTeam` refuses a second); a larger request replaces the buffer, and a job
@@ -265,17 +357,27 @@ def _scratch(dtype: np.dtype, stride: int, slots: int) -> np.ndarray:
 
     key = np.dtype(dtype).str
     buf = _scratch_bufs.get(key)
-    need = 2 * stride * slots
-    if buf is None or buf.size < need:
-        buf = _scratch_bufs[key] = aligned_empty(need, dtype, zero=True)
+    if buf is None or buf.size < size:
+        buf = _scratch_bufs[key] = aligned_empty(size, dtype, zero=True)
     return buf
 
 
-class TilesJob:
-    """One split tile product packed for :data:`SOURCE`'s body (see :func:`tiles_job`).
+def _aligned(size: int, dt: np.dtype) -> int:
+    """``size`` entries rounded up to whole 64-byte lines (each buffer starts on one)."""
+    per = 64 // dt.itemsize
+    return -(-int(size) // per) * per
+
+
+def _usable(dt: np.dtype, *arrays: np.ndarray) -> bool:
+    return all(a.dtype == dt and a.flags.c_contiguous and a.flags.writeable
+               for a in arrays)
+
+
+class Job:
+    """One split product packed for a body (see :func:`tiles_job`, :func:`backward_job`).
 
     ``data`` holds the fields; ``keep`` the arrays whose addresses it holds (alive for
-    the job's life).
+    the job's life); ``body`` the body's address.
     """
 
     __slots__ = ("data", "keep", "body")
@@ -286,7 +388,7 @@ class TilesJob:
 
 def tiles_job(disp, V: np.ndarray, X: np.ndarray, Y: np.ndarray, k: int, ntiles: int,
               W: int, xn: int, scratch_size: int, threads: int,
-              bias: np.ndarray | None = None, P: int = 0) -> TilesJob | None:
+              bias: np.ndarray | None = None, P: int = 0) -> Job | None:
     """The job for ``threads`` team threads computing tiles ``0..ntiles`` of a product.
 
     The arguments are those of the tile kernel ``disp`` (``V`` the values, ``X`` and
@@ -297,17 +399,13 @@ def tiles_job(disp, V: np.ndarray, X: np.ndarray, Y: np.ndarray, k: int, ntiles:
     """
     dt = V.dtype
     addr = body(dt)
-    if addr is None:
+    if addr is None or not _usable(dt, V, X, Y, *(() if bias is None else (bias,))):
         return None
     kern = kernel_address(disp, dt)
     if kern is None:
         return None
-    for a in (V, X, Y) if bias is None else (V, X, Y, bias):
-        if a.dtype != dt or not a.flags.c_contiguous or not a.flags.writeable:
-            return None
-    align = 64 // dt.itemsize
-    stride = -(-int(scratch_size) // align) * align
-    scr = _scratch(dt, stride, threads)
+    stride = _aligned(scratch_size, dt)
+    scr = _scratch(dt, 2 * stride * threads)
     data = np.zeros(NFIELDS, np.int64)
     data[F_KERNEL], data[F_NTILES] = kern, ntiles
     data[F_V], data[F_NV] = V.ctypes.data, V.size
@@ -317,4 +415,39 @@ def tiles_job(disp, V: np.ndarray, X: np.ndarray, Y: np.ndarray, k: int, ntiles:
     data[F_SCRATCH], data[F_STRIDE] = scr.ctypes.data, stride
     if bias is not None:
         data[F_BIAS], data[F_M], data[F_P] = bias.ctypes.data, bias.size, P
-    return TilesJob(data, (V, X, Y, scr, bias), addr)
+    return Job(data, (V, X, Y, scr, bias), addr)
+
+
+def backward_job(disp, V: np.ndarray, VT: np.ndarray, X: np.ndarray, G: np.ndarray,
+                 GX: np.ndarray, gvs: np.ndarray, bounds: np.ndarray, xn: int, gm: int,
+                 need_x: bool, W: int, count: int, acts_size: int, grads_size: int,
+                 threads: int) -> Job | None:
+    """The job for ``threads`` team threads computing every group of a backward.
+
+    The arguments are those of the generated backward kernel ``disp`` (see
+    :func:`debutla.backends.numba_.run_backward`: ``gvs`` holds a row per group of
+    ``bounds``, zeroed by the body before the group is computed) and the sizes of its
+    scratch (:func:`debutla.backends._numba_backward.scratch_sizes`).  None when the
+    body cannot run it; the caller then runs its Python body.
+    """
+    dt = V.dtype
+    addr = body(dt, count=count)
+    if addr is None or not _usable(dt, V, VT, X, G, GX, gvs) or gvs.ndim != 2:
+        return None
+    kern = kernel_address(disp, dt, count)
+    if kern is None or bounds.dtype != np.uint64 or not bounds.flags.c_contiguous:
+        return None
+    asz, gsz = _aligned(acts_size, dt), _aligned(grads_size, dt)
+    scr = _scratch(dt, (count * asz + 2 * gsz) * threads)
+    data = np.zeros(NBFIELDS, np.int64)
+    data[B_KERNEL], data[B_NGROUPS] = kern, gvs.shape[0]
+    data[B_V], data[B_NV], data[B_VT] = V.ctypes.data, V.size, VT.ctypes.data
+    data[B_X], data[B_NX] = X.ctypes.data, X.size
+    data[B_G], data[B_NG] = G.ctypes.data, G.size
+    data[B_GX], data[B_NGX] = GX.ctypes.data, GX.size
+    data[B_GVS], data[B_NNZ] = gvs.ctypes.data, gvs.shape[1]
+    data[B_BOUNDS] = bounds.ctypes.data
+    data[B_ASIZE], data[B_GSIZE] = asz, gsz
+    data[B_XN], data[B_GM], data[B_W], data[B_NEEDX] = xn, gm, W, int(bool(need_x))
+    data[B_SCRATCH] = scr.ctypes.data
+    return Job(data, (V, VT, X, G, GX, gvs, bounds, scr), addr)

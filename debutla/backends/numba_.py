@@ -597,7 +597,7 @@ def may_split(work: int, threads: int) -> bool:
 
 
 def _run_split(fn, ntasks: int, work: int, threads: int | None = None,
-               native: Callable[[int], "_native.TilesJob | None"] | None = None) -> None:
+               native: Callable[[int], "_native.Job | None"] | None = None) -> None:
     """Run ``fn(lo, hi)`` over ``range(ntasks)``, split across threads when worth it.
 
     ``threads``: the thread count (default :func:`get_num_threads`), reduced so that
@@ -617,7 +617,7 @@ def _run_split(fn, ntasks: int, work: int, threads: int | None = None,
     the workers are that runtime's threads instead, wherever they ran that kind of
     product faster lately (:class:`._omp_team.PoolChooser`); there ``native(threads)``,
     when given, packs the same product for a body without Python
-    (:mod:`._numba_native`: a :class:`._numba_native.TilesJob`, or None to run ``fn``).
+    (:mod:`._numba_native`: a :class:`._numba_native.Job`, or None to run ``fn``).
     """
     nth = min(get_num_threads() if threads is None else threads,
               ntasks // _MIN_TASKS_PER_THREAD)

@@ -40,6 +40,8 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+from ..backends import _numba_backward as _bw
+from ..backends import _numba_native as _native
 from ..backends import numba_ as _nbk
 from ..backends._numba_tiles import gather_tile, scatter_tile
 from ..backends._numba_stack import place_stack
@@ -192,14 +194,26 @@ def fused_backward(X: np.ndarray, G: np.ndarray, factors, shapes, n: int, m: int
     nnz = int(sizes.sum())
     B = X.shape[0]
     GX = np.empty((B, n), dtype=dt) if need_x else np.empty((1, 1), dtype=dt)
+    native = None
     if state is not None and _nbk.backward_ready(state, B):
         bounds = groups_of(B, state.bw_W, nnz)
-        gvs = np.zeros((len(bounds) - 1, nnz), dtype=dt)
+        ng = len(bounds) - 1
+        # the groups' gradients in this thread's reused scratch (fresh memory would cost
+        # page faults), each group's row zeroed by the thread that computes it
+        buf, = _nbk._scratch(dt, ng * nnz, "bw-gvs" + dt.str, 1)
+        gvs = buf[:ng * nnz].reshape(ng, nnz)
         Xf, Gf, GXf = X.reshape(-1), G.reshape(-1), GX.reshape(-1)
         ubounds = np.asarray(bounds, dtype=np.uint64)
 
         def run(lo: int, hi: int) -> None:
+            gvs[lo:hi] = 0
             _nbk.run_backward(state, Xf, Gf, GXf, gvs, ubounds, lo, hi, n, m, need_x)
+
+        def native(threads: int):  # the same groups for the team's GIL-free body
+            count, size, gsize = _bw.scratch_sizes(state.shapes, state.bw_W)
+            return _native.backward_job(
+                state.backward_module().tiles_placed, state.flat, state.tflat, Xf, Gf,
+                GXf, gvs, ubounds, n, m, need_x, state.bw_W, count, size, gsize, threads)
     else:
         vals = np.concatenate([np.ascontiguousarray(v, dtype=dt).reshape(-1)
                                for v in factors])
@@ -225,9 +239,9 @@ def fused_backward(X: np.ndarray, G: np.ndarray, factors, shapes, n: int, m: int
                                       u(bounds[g + 1]), u(W), u(n), u(m), bool(need_x),
                                       acts, ga, gb, gvs[g], dt.type(0))
 
-    _nbk._run_split(run, len(bounds) - 1, B * nnz, threads=threads)
-    gv = gvs[0]
-    for extra in gvs[1:]:  # in group order: the same sum for any thread count
+    _nbk._run_split(run, len(bounds) - 1, B * nnz, threads=threads, native=native)
+    gv = gvs[0].copy() if len(gvs) == 1 else np.add(gvs[0], gvs[1])
+    for extra in gvs[2:]:  # in group order: the same sum for any thread count
         gv += extra
     out = [gv[o:o + s].reshape(tuple(d)) for o, s, d in zip(voff, sizes, dims)]
     return (GX if need_x else None), out
