@@ -28,6 +28,12 @@ worker threads, the layers' choice before) against ``pool="openmp"`` (torch's Op
 threads, the default now), alternating in one process, each call right after an
 ``nn.Linear`` call as above, in the three modes.  It needs two threads or more.
 
+``--bodies`` compares the two bodies that torch's OpenMP threads can run for a split
+product (change 17): the ``ctypes`` callback that claims chunks in Python (the
+GIL-free jobs of ``debutla.backends._numba_native`` switched off) against the GIL-free
+bodies, alternating in one process on ``pool="openmp"`` as above.  It needs two threads
+or more.
+
 ``--ablate`` answers another question: what do the layer's per-call costs weigh now?
 It times ``layer(x)`` under ``torch.inference_mode()`` at each ``--batches`` size
 (VGG chain, one process, variants interleaved): the full call, the call without the
@@ -42,6 +48,7 @@ Usage::
     python benchmarks/diag_layer_overhead.py --threads 1 --rounds 60
     python benchmarks/diag_layer_overhead.py --ablate --threads 1 --batches 1 16 256
     python benchmarks/diag_layer_overhead.py --pools --threads 2 --chain butterfly_4096
+    python benchmarks/diag_layer_overhead.py --bodies --threads 2
 """
 
 from __future__ import annotations
@@ -175,6 +182,33 @@ def pools(threads: int, rounds: int, chain_name: str, batch: int) -> None:
                lambda tag: db.config(pool=tag))
 
 
+def bodies(threads: int, rounds: int, chain_name: str, batch: int) -> None:
+    """``--bodies``: the team's GIL-free bodies against its Python callback body."""
+    import contextlib
+
+    import numpy as np
+
+    import debutla as db
+    from debutla.backends import _numba_native as nat
+
+    jobs = (nat.tiles_job, nat.backward_job)
+    for count in (0, len(_layer(threads, chain_name)[0].chain)):
+        nat.body(np.float32, wait=True, count=count)
+
+    @contextlib.contextmanager
+    def set_body(tag: str):
+        if tag == "python":
+            nat.tiles_job = nat.backward_job = lambda *a, **k: None
+        try:
+            with db.config(pool="openmp"):
+                yield
+        finally:
+            nat.tiles_job, nat.backward_job = jobs
+
+    _alternate(threads, rounds, chain_name, batch, "--bodies: ", ("python", "native"),
+               set_body)
+
+
 def ablate(threads: int, rounds: int, chain_name: str, batches: list) -> None:
     import contextlib
 
@@ -247,6 +281,8 @@ def main(argv=None) -> None:
                     help="batch sizes of --ablate")
     ap.add_argument("--pools", action="store_true",
                     help="debutla's worker threads against torch's OpenMP threads")
+    ap.add_argument("--bodies", action="store_true",
+                    help="the OpenMP team's GIL-free bodies against its Python body")
     ap.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker is not None:
@@ -254,6 +290,8 @@ def main(argv=None) -> None:
             ablate(args.worker, args.rounds, args.chain, args.batches)
         elif args.pools:
             pools(args.worker, args.rounds, args.chain, args.batch)
+        elif args.bodies:
+            bodies(args.worker, args.rounds, args.chain, args.batch)
         else:
             worker(args.worker, args.rounds, args.chain, args.batch)
         return
@@ -264,7 +302,8 @@ def main(argv=None) -> None:
                         "--rounds", str(args.rounds), "--chain", args.chain,
                         "--batch", str(args.batch), "--batches", *map(str, args.batches)]
                        + (["--ablate"] if args.ablate else [])
-                       + (["--pools"] if args.pools else []), env=env, check=True)
+                       + (["--pools"] if args.pools else [])
+                       + (["--bodies"] if args.bodies else []), env=env, check=True)
 
 
 if __name__ == "__main__":
