@@ -50,8 +50,8 @@ from numba.np.numpy_support import from_dtype
 
 from . import _cache
 
-__all__ = ["SOURCE", "backward_job", "body", "call_entry", "fetch_add", "pointer_to",
-           "tiles_job", "wait_for_bodies"]
+__all__ = ["SOURCE", "Job", "backward_job", "body", "call_entry", "fetch_add",
+           "kernel_address", "load", "pointer_to", "source", "tiles_job", "wait_for_bodies"]
 
 _log = logging.getLogger("debutla")
 
