@@ -266,11 +266,11 @@ class _State:
     tile width and dtype), not to the values: every state of the chain shares them.
     """
 
-    __slots__ = ("shapes", "dtype", "dkey", "panel", "vflat", "dims", "adims", "Q", "P",
+    __slots__ = ("shapes", "dtype", "dkey", "panel", "_vflat", "dims", "adims", "Q", "P",
                  "F", "nnz", "W", "_mod", "_nmod", "_lock", "ready", "pending", "broken",
-                 "flat", "_cflat", "_adj", "_bmod", "_tflat", "__weakref__")
+                 "flat", "_cflat", "_adj", "_bmod", "_tflat", "live", "__weakref__")
 
-    def __init__(self, factors) -> None:
+    def __init__(self, factors, flat: np.ndarray | None = None) -> None:
         self.shapes = tuple(tuple(int(d) for d in V.shape) for V in factors)
         self.dtype = factors[0].dtype
         self.dkey = self.dtype.str  # the key of the per-thread scratch (_scratch)
@@ -279,15 +279,13 @@ class _State:
         # ``vflat`` with the ``t = 1, r >= 4`` factors transposed (one-row kernel)
         bounds = np.cumsum([0] + [V.size for V in factors]).tolist()
         offs = bounds[:-1]
-        self.flat = np.concatenate([np.asarray(V).reshape(-1) for V in factors])
+        # a live state reads the caller's packed values (see prepare): everything made
+        # from them (vflat, tflat, conj_flat, adjoint) is made again at each use
+        self.live = flat is not None
+        self.flat = flat if flat is not None else np.concatenate(
+            [np.asarray(V).reshape(-1) for V in factors])
         self.panel = tuple(self.flat[a:b] for a, b in zip(bounds[:-1], bounds[1:]))
-        if any(_cg.vec_transposed(V.shape) for V in factors):
-            self.vflat = np.concatenate([
-                np.ascontiguousarray(V[..., 0].transpose(0, 2, 1)).reshape(-1)
-                if _cg.vec_transposed(V.shape) else flat
-                for V, flat in zip(factors, self.panel)])
-        else:
-            self.vflat = self.flat
+        self._vflat = None if self.live else self._make_vflat()
         # generic kernel: (nb, r, s, t, vi, vj) forward; the adjoint applies the factors
         # in reverse order, each with r <-> s and its value strides swapped
         self.dims = np.array([(nb, r, s, t, s * t, t, o) for (nb, r, s, t), o
@@ -337,8 +335,24 @@ class _State:
         return (not self.broken and _config.get("fused")
                 and 2 * self.F * self.W * self.dtype.itemsize <= 4 * FUSED_BYTES)
 
+    def _make_vflat(self) -> np.ndarray:
+        if not any(_cg.vec_transposed(sh) for sh in self.shapes):
+            return self.flat
+        return np.concatenate([
+            np.ascontiguousarray(f.reshape(sh)[..., 0].transpose(0, 2, 1)).reshape(-1)
+            if _cg.vec_transposed(sh) else f for f, sh in zip(self.panel, self.shapes)])
+
+    @property
+    def vflat(self) -> np.ndarray:
+        """The values with the ``t = 1, r >= 4`` factors' blocks transposed, packed like
+        ``flat`` (the one-row kernel's; ``flat`` itself when there is none).
+        """
+        return self._vflat if self._vflat is not None else self._make_vflat()
+
     def conj_flat(self):
         """The conjugated values (for ``D^H``; made on first use)."""
+        if self.live:
+            return np.conj(self.flat)
         if self._cflat is None:
             self._cflat = np.conj(self.flat)
         return self._cflat
@@ -362,7 +376,8 @@ class _State:
                     if trans == "H":
                         vals = [np.conj(v) for v in vals]
                     st = _State(tuple(np.ascontiguousarray(v) for v in vals))
-                    self._adj[trans] = st
+                    if not self.live:
+                        self._adj[trans] = st
         return st
 
     def module(self):
@@ -396,11 +411,14 @@ class _State:
     @property
     def tflat(self):
         """Every factor's values with each block transposed, packed like ``flat``."""
-        if self._tflat is None:
-            self._tflat = np.concatenate([
+        tflat = self._tflat
+        if tflat is None:
+            tflat = np.concatenate([
                 np.ascontiguousarray(f.reshape(sh).transpose(0, 2, 1, 3)).reshape(-1)
                 for f, sh in zip(self.panel, self.shapes)])
-        return self._tflat
+            if not self.live:
+                self._tflat = tflat
+        return tflat
 
     def backward_module(self):
         """The chain's generated backward module (:mod:`._numba_backward`), on first use."""
@@ -415,13 +433,20 @@ class _State:
         return self.narrow_module() if kname == "rows_narrow" else self.module()
 
 
-def prepare(factors):
+def prepare(factors, flat: np.ndarray | None = None):
     """Flatten the values for the kernels (and transpose ``t = 1, r >= 4`` factors).
 
     Parameters
     ----------
     factors : tuple of numpy.ndarray
         Canonical ``(nb, r, s, t)`` values, application order, one common dtype.
+    flat : numpy.ndarray, optional
+        The same values packed back to back in one writeable C-contiguous 1-D array
+        (``factors`` are then views of it; the torch layers' packed parameters): the
+        state reads them there, without a copy, so a product always sees the values as
+        they are when it runs (a *live* state).  Everything the state makes from the
+        values (the one-row kernel's, the adjoint's and the backward's copies) is then
+        made again at each use instead of being kept.
 
     Examples
     --------
@@ -431,7 +456,23 @@ def prepare(factors):
     """
     if len(factors) == 0:
         raise ValueError("prepare: factors must hold at least one array")
-    return _State(tuple(factors))
+    if flat is not None:
+        nnz = sum(int(np.asarray(V).size) for V in factors)
+        if (not isinstance(flat, np.ndarray) or flat.ndim != 1 or flat.size != nnz
+                or flat.dtype != factors[0].dtype or not flat.flags.c_contiguous
+                or not flat.flags.writeable):
+            raise ValueError(f"prepare: flat must be a writeable C-contiguous 1-D array "
+                             f"of the factors' {nnz} values in their dtype, got "
+                             f"{getattr(flat, 'shape', type(flat).__name__)} "
+                             f"{getattr(flat, 'dtype', '')}")
+        at = flat.ctypes.data
+        for i, V in enumerate(factors):
+            if not V.flags.c_contiguous or V.ctypes.data != at:
+                raise ValueError(f"prepare: factor {i} is not the view of flat that "
+                                 f"follows factor {i - 1}" if i else
+                                 "prepare: factor 0 is not the view at the start of flat")
+            at += V.nbytes
+    return _State(tuple(factors), flat)
 
 
 def kernel_source(factors_or_shapes, dtype=np.float32) -> str:

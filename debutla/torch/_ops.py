@@ -99,9 +99,10 @@ _OP_LOCK = threading.Lock()
 
 
 def clear_cache() -> None:
-    """Forget the cached CPU operators (see :func:`_cpu_operator`)."""
+    """Forget the cached CPU operators (see :func:`_cpu_operator`, :func:`_live_operator`)."""
     with _OP_LOCK:
         _OP_CACHE.clear()
+        _LIVE_CACHE.clear()
 
 
 def _cpu_operator(values: Sequence[torch.Tensor], chain: Chain, shape: tuple[int, int],
@@ -138,6 +139,72 @@ def _cpu_operator(values: Sequence[torch.Tensor], chain: Chain, shape: tuple[int
         _OP_CACHE[key] = (op, snap)
         while len(_OP_CACHE) > _OP_CACHE_SIZE:
             _OP_CACHE.popitem(last=False)
+    return op
+
+
+_LIVE_CACHE: "OrderedDict[tuple, tuple]" = OrderedDict()
+
+
+def packed_values(values: Sequence[torch.Tensor]) -> torch.Tensor | None:
+    """The 1-D tensor over ``values`` when they lie back to back, in order, in one CPU
+    storage (the layers' packed parameters, :meth:`DeButLinear._pack`), else None.
+
+    Examples
+    --------
+    >>> buf = torch.arange(6.0)
+    >>> packed_values([buf[:2], buf[2:].view(2, 2)])
+    tensor([0., 1., 2., 3., 4., 5.])
+    >>> packed_values([buf[2:], buf[:2]]) is None
+    True
+    """
+    v0 = values[0]
+    if v0.device.type != "cpu":
+        return None
+    st = v0.untyped_storage()
+    at = v0.storage_offset()
+    start = at
+    for v in values:
+        if (v.dtype != v0.dtype or not v.is_contiguous()
+                or v.untyped_storage().data_ptr() != st.data_ptr() or v.storage_offset() != at):
+            return None
+        at += v.numel()
+    return torch.empty(0, dtype=v0.dtype).set_(st, start, (at - start,), (1,))
+
+
+def _live_operator(values: Sequence[torch.Tensor], chain: Chain,
+                   shape: tuple[int, int]) -> DeBut | None:
+    """An operator that reads ``values`` where they are (no snapshot, no check), or None.
+
+    Only for packed values (:func:`packed_values`), and only for products of at least
+    3 rows: the kernels of those read the values themselves, so each product sees the
+    values as they are when it runs, whatever wrote them; the state makes everything
+    else from the values again at each use (``numba_.prepare(flat=...)``).  The check
+    of :func:`_cpu_operator` reads the values and their snapshot, about 40 us for the
+    VGG chain right after a product (0.3 MB each, out of cache), 7% of the layer's
+    two-thread inference at batch 256 and a third of it at batch 16
+    (``benchmarks/README_kernels.md``, change 18).  Entries keep the value tensors
+    alive, so a cached buffer address always means the same memory.
+    """
+    flat = packed_values(values)
+    if flat is None:
+        return None
+    key = (chain, shape, flat.dtype, flat.data_ptr(), tuple(v.shape for v in values))
+    with _OP_LOCK:
+        hit = _LIVE_CACHE.get(key)
+        if hit is not None:
+            _LIVE_CACHE.move_to_end(key)
+            return hit[0]
+    arr = flat.numpy()
+    views, at = [], 0
+    for v in values:
+        views.append(arr[at:at + v.numel()].reshape(tuple(v.shape)))
+        at += v.numel()
+    op = DeBut(chain, views, shape=shape, backend="numba", copy=False)
+    op._states[(_NUMBA.name, arr.dtype)] = _nbk.prepare(tuple(views), flat=arr)
+    with _OP_LOCK:
+        _LIVE_CACHE[key] = (op, tuple(values))
+        while len(_LIVE_CACHE) > _OP_CACHE_SIZE:
+            _LIVE_CACHE.popitem(last=False)
     return op
 
 
@@ -487,7 +554,11 @@ def _forward(x, values, chain, shape, impl, bias=None, ctx=None):
         if y is not None:
             return y if bias is None else y.add_(bias)
     if _use_numba(x, impl):
-        op = _cpu_operator(values, chain, shape)
+        op = None
+        if ctx is None and x.shape[0] > _nbk._ROWS_SINGLE_MAX:  # the tile kernels
+            op = _live_operator(values, chain, shape)
+        if op is None:
+            op = _cpu_operator(values, chain, shape)
         if ctx is not None:
             ctx.cpu_op = op
         return _numba_rows(x, values, chain, shape, bias=bias, op=op)

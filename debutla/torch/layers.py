@@ -16,7 +16,7 @@ from torch import nn
 from .._validation import check_int, check_real
 from ..chain import Chain, design_chain
 from ..operator import DeBut
-from ._ops import IMPLS, debut_mm, parse_chain
+from ._ops import IMPLS, debut_mm, packed_values, parse_chain
 
 if TYPE_CHECKING:
     from ..fit.api import FitInfo
@@ -106,12 +106,43 @@ class _DeButBase(nn.Module):
         self.chain = chain
         self.factors = nn.ParameterList(
             [nn.Parameter(torch.empty(spec.value_shape, **kw)) for spec in chain])
+        self._pack()
         if bias:
             self.bias = nn.Parameter(torch.empty(self._m, **kw))
         else:
             self.register_parameter("bias", None)
         self._fan_in = fan_in
         self.reset_parameters()
+
+    def _pack(self) -> None:
+        """Put the factor values of a CPU layer back to back in one buffer, in chain order.
+
+        Each parameter stays its own ``nn.Parameter`` (optimisers, state dicts and
+        ``torch.save`` see no difference) but views its part of the buffer, so the CPU
+        kernels read the values where they are, without the operator cache's check of
+        them (``debutla.torch._ops._live_operator``: inference products of 3 rows or
+        more).  Called at construction and after ``.to()``, ``.double()`` and the like,
+        which give each parameter a storage of its own; a no-op when the values are
+        packed already (``share_memory()`` moves the buffer as a whole), on other
+        devices, and for a layer without factors.  A layer whose values are not packed
+        (a parameter replaced, ``copy.deepcopy``) works the same, with the check.
+        """
+        vals = self._values()
+        if not vals or vals[0].device.type != "cpu" or packed_values(vals) is not None:
+            return
+        with torch.no_grad():
+            buf = torch.empty(sum(v.numel() for v in vals), dtype=vals[0].dtype)
+            at = 0
+            for p in vals:
+                part = buf[at:at + p.numel()].view(p.shape)
+                part.copy_(p)
+                p.data = part
+                at += p.numel()
+
+    def _apply(self, fn, recurse=True):
+        out = super()._apply(fn, recurse)
+        self._pack()
+        return out
 
     def _values(self) -> list:
         """The factor parameters as a list, in chain order.
