@@ -380,3 +380,30 @@ def test_backward_job_refuses_what_the_body_cannot_run():
     assert nat.backward_job(disp, ro, *args[1:]) is None
     assert nat.backward_job(disp, *args[:5], np.zeros(8), *args[6:]) is None  # gvs 1-D
     assert nat.backward_job(disp, *args[:6], bounds.astype(np.int64), *args[7:]) is None
+
+
+def test_a_backward_job_refused_by_a_busy_team_runs_on_debutlas_threads(
+        team, on_team, generated_backward):
+    """The job was built on the body's scratch (holding an earlier product's gradients);
+    the Python body that runs instead zeroes each chunk's rows of it first."""
+    import torch
+    from debutla.torch import DeButLinear
+
+    nat.body(np.float64, wait=True, count=3)
+    torch.manual_seed(0)
+    layer = DeButLinear(29, 11, chain=LAYER_CHAIN, dtype=torch.float64)
+    x = torch.randn(300, 29, dtype=torch.float64)
+    g = torch.randn(300, 11, dtype=torch.float64)
+    with db.config(threads=1, background=False):
+        ref = _layer_grads(torch, layer, x, g)
+    with db.config(threads=2, pool="openmp", background=False):
+        _layer_grads(torch, layer, x, g)  # leaves its groups' gradients in the scratch
+        assert on_team["native"] == 2
+        assert team._busy.acquire(blocking=False)
+        try:
+            got = _layer_grads(torch, layer, x, g)
+        finally:
+            team._busy.release()
+    assert on_team["native"] == 4  # both tried, refused
+    for a, b in zip(ref, got):
+        assert torch.equal(a, b)
