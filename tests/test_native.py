@@ -302,12 +302,9 @@ def _layer_grads(torch, layer, x, g):
     return [y.detach(), xg.grad] + [p.grad for p in layer.parameters()]
 
 
-@pytest.mark.parametrize("dtype_name", ["float32", "float64"])
-def test_layer_gradients_on_the_bodies_are_bitwise_those_of_one_thread(
-        team, on_team, generated_backward, dtype_name):
-    """The forward and the backward both run on the GIL-free bodies, twice (the groups'
-    gradients live in reused scratch, zeroed by the body), and give the one-thread bits."""
-    import torch
+def _padded_case(torch, dtype_name: str):
+    """``(layer, x, g, one-thread outputs and gradients)`` of the padded test chain, its
+    backward body compiled."""
     from debutla.torch import DeButLinear
 
     dtype = getattr(torch, dtype_name)
@@ -318,7 +315,17 @@ def test_layer_gradients_on_the_bodies_are_bitwise_those_of_one_thread(
     x = torch.randn(300, 29, dtype=dtype)
     g = torch.randn(300, 11, dtype=dtype)
     with db.config(threads=1, background=False):
-        ref = _layer_grads(torch, layer, x, g)
+        return layer, x, g, _layer_grads(torch, layer, x, g)
+
+
+@pytest.mark.parametrize("dtype_name", ["float32", "float64"])
+def test_layer_gradients_on_the_bodies_are_bitwise_those_of_one_thread(
+        team, on_team, generated_backward, dtype_name):
+    """The forward and the backward both run on the GIL-free bodies, twice (the groups'
+    gradients live in reused scratch, zeroed by the body), and give the one-thread bits."""
+    import torch
+
+    layer, x, g, ref = _padded_case(torch, dtype_name)
     for _ in range(2):
         before = on_team["native"]
         with db.config(threads=2, pool="openmp", background=False):
@@ -333,15 +340,7 @@ def test_the_backward_body_called_from_python_computes_every_group(monkeypatch,
     """On one thread, called with the job's address: the gradients of the Python body,
     each group's row of the reused scratch zeroed first (it holds garbage here)."""
     torch = pytest.importorskip("torch")
-    from debutla.torch import DeButLinear
-
-    nat.body(np.float64, wait=True, count=3)
-    torch.manual_seed(0)
-    layer = DeButLinear(29, 11, chain=LAYER_CHAIN, dtype=torch.float64)
-    x = torch.randn(300, 29, dtype=torch.float64)
-    g = torch.randn(300, 11, dtype=torch.float64)
-    with db.config(threads=1, background=False):
-        ref = _layer_grads(torch, layer, x, g)
+    layer, x, g, ref = _padded_case(torch, "float64")
     jobs = []
     real_split = nbk._run_split
 
@@ -387,15 +386,8 @@ def test_a_backward_job_refused_by_a_busy_team_runs_on_debutlas_threads(
     """The job was built on the body's scratch (holding an earlier product's gradients);
     the Python body that runs instead zeroes each chunk's rows of it first."""
     import torch
-    from debutla.torch import DeButLinear
 
-    nat.body(np.float64, wait=True, count=3)
-    torch.manual_seed(0)
-    layer = DeButLinear(29, 11, chain=LAYER_CHAIN, dtype=torch.float64)
-    x = torch.randn(300, 29, dtype=torch.float64)
-    g = torch.randn(300, 11, dtype=torch.float64)
-    with db.config(threads=1, background=False):
-        ref = _layer_grads(torch, layer, x, g)
+    layer, x, g, ref = _padded_case(torch, "float64")
     with db.config(threads=2, pool="openmp", background=False):
         _layer_grads(torch, layer, x, g)  # leaves its groups' gradients in the scratch
         assert on_team["native"] == 2
