@@ -295,8 +295,8 @@ def wait_for_bodies(timeout: float | None = None) -> None:
         th.join(timeout)
 
 
-# (id(dispatcher), signature) -> (dispatcher, address): a kernel module's dispatcher holds
-# one compiled kernel per dtype
+# (id(dispatcher), dtype, count) -> (dispatcher, address): a kernel module's dispatcher
+# holds one compiled kernel per dtype
 _addresses: dict[tuple, tuple] = {}
 
 
@@ -323,11 +323,11 @@ def kernel_address(disp, dtype: Any, count: int = 0) -> int | None:
     dispatcher has compiled (or loaded) it.
     """
     dt = np.dtype(dtype)
-    sig = _backward_signature(dt, count) if count else _tiles_signature(dt)
-    key = (id(disp), sig)
+    key = (id(disp), dt.str, count)  # not the signature: Numba types cost 4-17 us to make
     hit = _addresses.get(key)
     if hit is not None and hit[0] is disp:
         return hit[1]
+    sig = _backward_signature(dt, count) if count else _tiles_signature(dt)
     addr = _entry_point(disp, sig)
     if addr is not None:
         _addresses[key] = (disp, addr)

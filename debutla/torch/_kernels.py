@@ -37,6 +37,9 @@ thread count is the caller's (:func:`debutla.torch._ops._num_threads`).
 
 from __future__ import annotations
 
+import threading
+from typing import cast
+
 import numba
 import numpy as np
 
@@ -198,21 +201,29 @@ def fused_backward(X: np.ndarray, G: np.ndarray, factors, shapes, n: int, m: int
     if state is not None and _nbk.backward_ready(state, B):
         bounds = groups_of(B, state.bw_W, nnz)
         ng = len(bounds) - 1
-        # the groups' gradients: calloc's zero pages for the Python body (a memset of
-        # reused memory before the product was 2-3% slower at one thread, the VGG
-        # layer's training call after nn.Linear); the team's GIL-free body instead
-        # zeroes each group's row of reused scratch right before computing it
-        fresh = gvs = np.zeros((ng, nnz), dtype=dt)
+        # the groups' gradients (a row each): fresh zeros for the Python body, made at
+        # its first chunk (a memset of reused memory before the product was 2-3% slower
+        # at one thread, the VGG layer's training call after nn.Linear); reused scratch
+        # for the team's GIL-free body, which zeroes each group's row right before
+        # computing it (and then no fresh zeros are made: 57 us for the VGG chain)
+        gvs: np.ndarray | None = None
+        zero_rows = False  # the body's scratch, left to the Python body by a busy team
+        made = threading.Lock()
         Xf, Gf, GXf = X.reshape(-1), G.reshape(-1), GX.reshape(-1)
         ubounds = np.asarray(bounds, dtype=np.uint64)
 
         def run(lo: int, hi: int) -> None:
-            if gvs is not fresh:  # a body's job that the busy team refused: its scratch
+            nonlocal gvs
+            if gvs is None:
+                with made:
+                    if gvs is None:
+                        gvs = np.zeros((ng, nnz), dtype=dt)
+            if zero_rows:
                 gvs[lo:hi] = 0
             _nbk.run_backward(state, Xf, Gf, GXf, gvs, ubounds, lo, hi, n, m, need_x)
 
         def native(threads: int):  # the same groups for the team's GIL-free body
-            nonlocal gvs
+            nonlocal gvs, zero_rows
             buf, = _nbk._scratch(dt, ng * nnz, "bw-gvs" + dt.str, 1)
             scratch = buf[:ng * nnz].reshape(ng, nnz)
             count, size, gsize = _bw.scratch_sizes(state.shapes, state.bw_W)
@@ -221,7 +232,7 @@ def fused_backward(X: np.ndarray, G: np.ndarray, factors, shapes, n: int, m: int
                 GXf, scratch, ubounds, n, m, need_x, state.bw_W, count, size, gsize,
                 threads)
             if job is not None:
-                gvs = scratch
+                gvs, zero_rows = scratch, True
             return job
     else:
         vals = np.concatenate([np.ascontiguousarray(v, dtype=dt).reshape(-1)
@@ -235,7 +246,7 @@ def fused_backward(X: np.ndarray, G: np.ndarray, factors, shapes, n: int, m: int
             W //= 2
         xoff = (np.concatenate([[0], np.cumsum(qs)[:-1]]) * W).astype(np.uint64)
         bounds = groups_of(B, W, nnz)
-        gvs = np.zeros((len(bounds) - 1, nnz), dtype=dt)
+        gvs = zeros = np.zeros((len(bounds) - 1, nnz), dtype=dt)
         u = np.uint64
 
         def run(lo: int, hi: int) -> None:
@@ -246,9 +257,10 @@ def fused_backward(X: np.ndarray, G: np.ndarray, factors, shapes, n: int, m: int
             for g in range(lo, hi):
                 _tile_backward_placed(X, G, GX, dims, vals, voff, xoff, u(bounds[g]),
                                       u(bounds[g + 1]), u(W), u(n), u(m), bool(need_x),
-                                      acts, ga, gb, gvs[g], dt.type(0))
+                                      acts, ga, gb, zeros[g], dt.type(0))
 
     _nbk._run_split(run, len(bounds) - 1, B * nnz, threads=threads, native=native)
+    gvs = cast(np.ndarray, gvs)  # run or native set it (there is one group at least)
     gv = gvs[0].copy() if len(gvs) == 1 else np.add(gvs[0], gvs[1])
     for extra in gvs[2:]:  # in group order: the same sum for any thread count
         gv += extra
