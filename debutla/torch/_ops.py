@@ -67,7 +67,7 @@ from ._kernels import fused_backward
 from ._openmp import torch_team
 
 __all__ = ["debut_mm", "parse_chain", "IMPLS", "factor_forward", "chain_forward_cols",
-           "factor_backward", "clear_cache", "backward_mode"]
+           "factor_backward", "clear_cache", "backward_mode", "packed_values"]
 
 IMPLS = ("auto", "numba", "torch", "cuda")
 _NUMBA_DTYPES = (torch.float32, torch.float64)
