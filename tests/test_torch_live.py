@@ -136,7 +136,7 @@ def test_inference_reads_the_values_in_place_and_sees_every_write(spy, dtype, ba
     assert torch.equal(y2, want)
 
 
-def test_one_and_two_rows_training_and_unpacked_layers_use_the_checked_path(spy):
+def test_one_and_two_rows_and_training_use_the_checked_path(spy):
     layer = _layer()
     with torch.inference_mode():
         layer(torch.randn(1, 400))
@@ -145,13 +145,26 @@ def test_one_and_two_rows_training_and_unpacked_layers_use_the_checked_path(spy)
     spy.clear()
     layer(torch.randn(8, 400)).sum().backward()  # records a gradient
     assert spy == ["checked"]
-    spy.clear()
-    twin = copy.deepcopy(layer)  # each parameter copied on its own: not packed
-    assert not _packed(twin)
+
+
+def test_deep_copies_unpickled_layers_and_assigned_state_dicts_are_packed_again():
+    """Each of these gives every parameter a storage of its own; the layer packs again."""
+    layer = _layer()
+    twin = copy.deepcopy(layer)
+    assert _packed(twin) and twin.factors[0].data_ptr() != layer.factors[0].data_ptr()
+    import pickle
+    back = pickle.loads(pickle.dumps(layer))
+    assert _packed(back)
+    fresh = _layer(seed=1)
+    state = {k: (v.clone() if isinstance(v, torch.Tensor) else v)
+             for k, v in layer.state_dict().items()}
+    fresh.load_state_dict(state, assign=True)
+    assert _packed(fresh)
     x = torch.randn(8, 400)
     with torch.inference_mode():
-        torch.testing.assert_close(twin(x), layer(x), rtol=0, atol=0)
-    assert spy == ["checked", "live"]
+        y = layer(x)
+        for other in (twin, back, fresh):
+            assert torch.equal(other(x), y)
 
 
 def test_a_replaced_parameter_unpacks_the_layer_without_stale_results(spy):

@@ -87,6 +87,11 @@ def _check_impl(impl: str, where: str) -> str:
     return impl
 
 
+def _pack_after_load(module: "_DeButBase", incompatible_keys) -> None:
+    """``load_state_dict`` post hook: ``assign=True`` replaces the parameters (unpacked)."""
+    module._pack()
+
+
 class _DeButBase(nn.Module):
     """Shared parts: the factor parameters, the chain as extra state, conversions."""
 
@@ -107,6 +112,7 @@ class _DeButBase(nn.Module):
         self.factors = nn.ParameterList(
             [nn.Parameter(torch.empty(spec.value_shape, **kw)) for spec in chain])
         self._pack()
+        self.register_load_state_dict_post_hook(_pack_after_load)
         if bias:
             self.bias = nn.Parameter(torch.empty(self._m, **kw))
         else:
@@ -121,12 +127,15 @@ class _DeButBase(nn.Module):
         ``torch.save`` see no difference) but views its part of the buffer, so the CPU
         kernels read the values where they are, without the operator cache's check of
         them (``debutla.torch._ops._live_operator``: inference products of 3 rows or
-        more).  Called at construction and after ``.to()``, ``.double()`` and the like,
-        which give each parameter a storage of its own; a no-op when the values are
-        packed already (``share_memory()`` moves the buffer as a whole), on other
-        devices, and for a layer without factors.  A layer whose values are not packed
-        (a parameter replaced, ``copy.deepcopy``) works the same, with the check.
+        more).  Called at construction, after ``.to()``, ``.double()`` and the like,
+        after ``load_state_dict`` (``assign=True`` replaces the parameters) and after
+        ``copy.deepcopy`` or unpickling, which give each parameter a storage of its own;
+        a no-op when the values are packed already (``share_memory()`` moves the buffer
+        as a whole), on other devices, and for a layer without factors.  A layer whose
+        values are not packed (a parameter replaced) works the same, with the check.
         """
+        if "factors" not in self._modules:  # unpickling an incomplete module: nothing yet
+            return
         vals = self._values()
         if not vals or vals[0].device.type != "cpu" or packed_values(vals) is not None:
             return
@@ -143,6 +152,11 @@ class _DeButBase(nn.Module):
         out = super()._apply(fn, recurse)
         self._pack()
         return out
+
+    def __setstate__(self, state) -> None:
+        # copy.deepcopy and unpickling: a deep copy clones each parameter on its own
+        super().__setstate__(state)
+        self._pack()
 
     def _values(self) -> list:
         """The factor parameters as a list, in chain order.
