@@ -136,15 +136,55 @@ def test_inference_reads_the_values_in_place_and_sees_every_write(spy, dtype, ba
     assert torch.equal(y2, want)
 
 
-def test_one_and_two_rows_and_training_use_the_checked_path(spy):
+def test_one_and_two_rows_and_frozen_values_use_the_checked_path(spy):
     layer = _layer()
     with torch.inference_mode():
         layer(torch.randn(1, 400))
         layer(torch.randn(2, 400))
     assert spy == ["checked", "checked"]
     spy.clear()
-    layer(torch.randn(8, 400)).sum().backward()  # records a gradient
+    layer(torch.randn(8, 400)).sum().backward()  # the values' gradients: read in place
+    assert spy == ["live"]
+    spy.clear()
+    layer.requires_grad_(False)  # frozen: the backward is an adjoint product
+    layer(torch.randn(8, 400, requires_grad=True)).sum().backward()
     assert spy == ["checked"]
+
+
+@pytest.mark.parametrize("generated", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_training_steps_on_packed_values_match_the_checked_path_bitwise(monkeypatch, dtype,
+                                                                        generated):
+    """Forward, backward and SGD steps on the live operator give the bits of the same
+    steps on an unpacked copy (the checked snapshot), step after step, on the generic
+    backward and on the chain's generated one."""
+    ready: list = []
+    real_ready = nbk.backward_ready
+    monkeypatch.setattr(nbk, "backward_ready",
+                        lambda *a: ready.append(real_ready(*a)) or ready[-1])
+    if generated:
+        monkeypatch.setattr(nbk, "BACKWARD_MIN_NNZ", 0)
+    layer = _layer(dtype)
+    twin = copy.deepcopy(layer)
+    twin.factors[0] = torch.nn.Parameter(twin.factors[0].detach().clone())  # unpacked
+    assert _packed(layer) and not _packed(twin)
+    opts = [torch.optim.SGD(m.parameters(), lr=0.05, momentum=0.9) for m in (layer, twin)]
+    torch.manual_seed(3)
+    with db.config(background=False):
+        for _ in range(3):
+            x = torch.randn(300, 400, dtype=dtype, requires_grad=True)
+            g = torch.randn(300, 128, dtype=dtype)
+            outs = []
+            for m, opt in zip((layer, twin), opts):
+                opt.zero_grad()
+                xg = x.detach().clone().requires_grad_(True)
+                y = m(xg)
+                y.backward(g)
+                outs.append([y.detach(), xg.grad] + [p.grad for p in m.parameters()])
+                opt.step()
+            for a, b in zip(*outs):
+                assert torch.equal(a, b)
+    assert ready and all(r == generated for r in ready)  # the backward meant
 
 
 def test_deep_copies_unpickled_layers_and_assigned_state_dicts_are_packed_again():
@@ -180,7 +220,7 @@ def test_a_replaced_parameter_unpacks_the_layer_without_stale_results(spy):
     torch.testing.assert_close(y, _reference(layer, x))
 
 
-def test_a_live_state_makes_its_derived_values_again_at_each_use():
+def test_a_live_state_makes_its_derived_values_again_when_the_values_change():
     rng = np.random.default_rng(0)
     chain = db.Chain.parse("8 <-(4,2,1)- 4 <-(2,2,1)- 4")  # a t = 1, r = 4 factor
     flat = rng.standard_normal(chain.nnz)
@@ -192,6 +232,7 @@ def test_a_live_state_makes_its_derived_values_again_at_each_use():
     st = nbk.prepare(tuple(views), flat=flat)
     assert st.live and st.flat is flat
     before = (st.vflat.copy(), st.tflat.copy(), st.adjoint("T").flat.copy())
+    assert st.tflat is st.tflat  # kept while the values are unchanged
     flat *= 2.0
     np.testing.assert_array_equal(st.vflat, 2.0 * before[0])
     np.testing.assert_array_equal(st.tflat, 2.0 * before[1])

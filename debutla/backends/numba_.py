@@ -62,9 +62,11 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import functools
 import contextvars
 import logging
 import os
+import sys
 import threading
 import time
 import warnings
@@ -93,7 +95,7 @@ __all__ = [
     "TILE_BLOCK_BYTES",
     "PARALLEL_MIN_WORK", "CODEGEN_MIN_NNZ", "CODEGEN_MIN_WORK", "SLOW_COMPILE_SECONDS",
     "aligned_empty", "SCRATCH_ALIGN", "backward_ready", "run_backward", "BACKWARD",
-    "BACKWARD_MIN_NNZ", "RowsEpilogue", "rows_epilogue", "may_split",
+    "BACKWARD_MIN_NNZ", "RowsEpilogue", "rows_epilogue", "may_split", "memcmp", "same_bytes",
 ]
 
 name = "numba"
@@ -279,8 +281,9 @@ class _State:
         # ``vflat`` with the ``t = 1, r >= 4`` factors transposed (one-row kernel)
         bounds = np.cumsum([0] + [V.size for V in factors]).tolist()
         offs = bounds[:-1]
-        # a live state reads the caller's packed values (see prepare): everything made
-        # from them (vflat, tflat, conj_flat, adjoint) is made again at each use
+        # a live state reads the caller's packed values (see prepare): what is made
+        # from them (vflat, conj_flat, adjoint) is made again at each use, tflat kept
+        # with a copy of the values it was made from and made again when they differ
         self.live = flat is not None
         self.flat = flat if flat is not None else np.concatenate(
             [np.asarray(V).reshape(-1) for V in factors])
@@ -411,14 +414,23 @@ class _State:
     @property
     def tflat(self):
         """Every factor's values with each block transposed, packed like ``flat``."""
-        tflat = self._tflat
-        if tflat is None:
-            tflat = np.concatenate([
-                np.ascontiguousarray(f.reshape(sh).transpose(0, 2, 1, 3)).reshape(-1)
-                for f, sh in zip(self.panel, self.shapes)])
-            if not self.live:
-                self._tflat = tflat
-        return tflat
+        if self.live:  # kept while the values are the bytes it was made from
+            made = self._tflat
+            if made is not None and same_bytes(made[0], self.flat):
+                return made[1]
+            src = self.flat.copy()
+            tflat = self._transposed(src)
+            self._tflat = (src, tflat)
+            return tflat
+        if self._tflat is None:
+            self._tflat = self._transposed(self.flat)
+        return self._tflat
+
+    def _transposed(self, flat: np.ndarray) -> np.ndarray:
+        bounds = np.cumsum([0] + [int(np.prod(sh)) for sh in self.shapes]).tolist()
+        return np.concatenate([
+            np.ascontiguousarray(flat[a:b].reshape(sh).transpose(0, 2, 1, 3)).reshape(-1)
+            for a, b, sh in zip(bounds[:-1], bounds[1:], self.shapes)])
 
     def backward_module(self):
         """The chain's generated backward module (:mod:`._numba_backward`), on first use."""
@@ -433,6 +445,41 @@ class _State:
         return self.narrow_module() if kname == "rows_narrow" else self.module()
 
 
+@functools.lru_cache(maxsize=1)
+def memcmp():
+    """The C library's ``memcmp`` through ctypes (found on first use), or None."""
+    try:
+        import ctypes
+        lib = ctypes.cdll.msvcrt if sys.platform == "win32" else ctypes.CDLL(None)
+        f = lib.memcmp
+        f.restype = ctypes.c_int
+        f.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t]
+        return f
+    except Exception:  # pragma: no cover - a platform without one
+        return None
+
+
+def same_bytes(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether two C-contiguous arrays of one dtype and size hold the same bytes.
+
+    ``memcmp`` (about 3x faster than ``numpy.array_equal`` on 75,776 float32 values,
+    and no temporary), NumPy where there is none.
+
+    Examples
+    --------
+    >>> z = np.zeros(3)
+    >>> same_bytes(z, np.zeros(3)), same_bytes(z, -z), same_bytes(z, np.zeros(4))
+    (True, False, False)
+    """
+    if a.dtype != b.dtype or a.size != b.size:
+        return False
+    f = memcmp()
+    if f is not None and a.flags.c_contiguous and b.flags.c_contiguous:
+        return a.nbytes == 0 or f(a.ctypes.data, b.ctypes.data, a.nbytes) == 0
+    return bool(np.array_equal(np.ascontiguousarray(a).view(np.uint8),
+                               np.ascontiguousarray(b).view(np.uint8)))
+
+
 def prepare(factors, flat: np.ndarray | None = None):
     """Flatten the values for the kernels (and transpose ``t = 1, r >= 4`` factors).
 
@@ -444,9 +491,10 @@ def prepare(factors, flat: np.ndarray | None = None):
         The same values packed back to back in one writeable C-contiguous 1-D array
         (``factors`` are then views of it; the torch layers' packed parameters): the
         state reads them there, without a copy, so a product always sees the values as
-        they are when it runs (a *live* state).  Everything the state makes from the
-        values (the one-row kernel's, the adjoint's and the backward's copies) is then
-        made again at each use instead of being kept.
+        they are when it runs (a *live* state).  What the state makes from the values
+        is then made again at each use (the one-row kernel's and the adjoint's copies)
+        or kept with a copy of the values it was made from and made again when they
+        differ (the backward's ``tflat``: a ``memcmp`` instead of a transposing copy).
 
     Examples
     --------
@@ -993,14 +1041,15 @@ def _backward_failed(state: _State, e: BaseException) -> None:
 
 
 def run_backward(state: _State, Xf, Gf, GXf, gvs, bounds, g0: int, g1: int, xn: int,
-                 gm: int, need_x: bool) -> None:
+                 gm: int, need_x: bool, VT: np.ndarray | None = None) -> None:
     """Groups ``g0 .. g1-1`` of rows of the generated backward, on this thread.
 
     ``Xf``/``Gf`` are the flat row-major input (``xn`` features) and output gradient
     (``gm``), ``GXf`` receives the input gradient (when ``need_x``); group ``g`` is the
     rows ``bounds[g] .. bounds[g+1]-1`` (a ``uint64`` array) and accumulates its value
     gradients into ``gvs[g]`` (packed like the values); see :mod:`._numba_backward`.
-    After a failure of a cached module, the module is compiled again in memory.
+    ``VT``: ``state.tflat`` when the caller holds it (a live state makes it anew at each
+    access).  After a failure of a cached module, the module is compiled again in memory.
     """
     W = state.bw_W
     dt = state.dtype
@@ -1008,7 +1057,8 @@ def run_backward(state: _State, Xf, Gf, GXf, gvs, bounds, g0: int, g1: int, xn: 
     acts = _scratch(dt, size, f"bwa{count}" + state.dkey, count)
     ga, gb = _scratch(dt, gsize, "bwg" + state.dkey)
     u = np.uint64
-    args = (state.flat, state.tflat, Xf, Gf, GXf, gvs, bounds, u(g0), u(g1), u(xn), u(gm),
+    args = (state.flat, state.tflat if VT is None else VT, Xf, Gf, GXf, gvs, bounds, u(g0),
+            u(g1), u(xn), u(gm),
             bool(need_x), acts, ga, gb, u(W), dt.type(0))
     mod = state.backward_module()
     try:

@@ -211,6 +211,7 @@ def fused_backward(X: np.ndarray, G: np.ndarray, factors, shapes, n: int, m: int
         made = threading.Lock()
         Xf, Gf, GXf = X.reshape(-1), G.reshape(-1), GX.reshape(-1)
         ubounds = np.asarray(bounds, dtype=np.uint64)
+        VT = state.tflat  # once per call (a live state makes it at each access)
 
         def run(lo: int, hi: int) -> None:
             nonlocal gvs
@@ -220,7 +221,7 @@ def fused_backward(X: np.ndarray, G: np.ndarray, factors, shapes, n: int, m: int
                         gvs = np.zeros((ng, nnz), dtype=dt)
             if zero_rows:
                 gvs[lo:hi] = 0
-            _nbk.run_backward(state, Xf, Gf, GXf, gvs, ubounds, lo, hi, n, m, need_x)
+            _nbk.run_backward(state, Xf, Gf, GXf, gvs, ubounds, lo, hi, n, m, need_x, VT)
 
         def native(threads: int):  # the same groups for the team's GIL-free body
             nonlocal gvs, zero_rows
@@ -228,7 +229,7 @@ def fused_backward(X: np.ndarray, G: np.ndarray, factors, shapes, n: int, m: int
             scratch = buf[:ng * nnz].reshape(ng, nnz)
             count, size, gsize = _bw.scratch_sizes(state.shapes, state.bw_W)
             job = _native.backward_job(
-                state.backward_module().tiles_placed, state.flat, state.tflat, Xf, Gf,
+                state.backward_module().tiles_placed, state.flat, VT, Xf, Gf,
                 GXf, scratch, ubounds, n, m, need_x, state.bw_W, count, size, gsize,
                 threads)
             if job is not None:

@@ -49,7 +49,6 @@ DeBut layers compile; on torch versions without ``torch.library.custom_op`` the 
 
 from __future__ import annotations
 
-import sys
 import threading
 from collections import OrderedDict
 from functools import lru_cache
@@ -208,20 +207,6 @@ def _live_operator(values: Sequence[torch.Tensor], chain: Chain,
     return op
 
 
-@lru_cache(maxsize=1)
-def _memcmp():
-    """The C library's ``memcmp`` through ctypes (found on first use), or None."""
-    try:
-        import ctypes
-        lib = ctypes.cdll.msvcrt if sys.platform == "win32" else ctypes.CDLL(None)
-        f = lib.memcmp
-        f.restype = ctypes.c_int
-        f.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t]
-        return f
-    except Exception:  # pragma: no cover - a platform without one
-        return None
-
-
 def _same_bytes(a: torch.Tensor, b: torch.Tensor) -> bool:
     """Whether two CPU tensors of one dtype and shape hold the same bytes.
 
@@ -238,7 +223,7 @@ def _same_bytes(a: torch.Tensor, b: torch.Tensor) -> bool:
     """
     if a.shape != b.shape or a.dtype != b.dtype:
         return False
-    f = _memcmp()
+    f = _nbk.memcmp()
     if f is not None and a.is_contiguous() and b.is_contiguous():
         nbytes = a.numel() * a.element_size()
         return nbytes == 0 or f(a.data_ptr(), b.data_ptr(), nbytes) == 0
@@ -540,11 +525,14 @@ def _torch_rows(x: torch.Tensor, values: Sequence[torch.Tensor], chain: Chain,
 
 
 def _forward(x, values, chain, shape, impl, bias=None, ctx=None):
-    """``x @ D.T (+ bias)``.  With ``ctx`` (an autograd context), the CPU operator used is
-    kept as ``ctx.cpu_op`` for the backward (:func:`_backward`'s ``op``), which then
-    skips the cache's check of the values (about 0.08 ms for the VGG layer) and
-    differentiates exactly the product the forward computed (an autograd-visible
-    in-place write to the values in between makes autograd refuse the backward anyway).
+    """``x @ D.T (+ bias)``.  With ``ctx`` (:class:`_DeButMM`'s context: the values are
+    its inputs from index 6), the CPU operator used is kept as ``ctx.cpu_op`` for the
+    backward (:func:`_backward`'s ``op``), which then skips the cache's check of the
+    values (about 0.08 ms for the VGG layer) and differentiates exactly the product the
+    forward computed (an autograd-visible in-place write to the values in between makes
+    autograd refuse the backward anyway).  Packed values (:func:`packed_values`) are
+    read in place (:func:`_live_operator`) by products of 3 rows or more, unless the
+    backward will need the values' adjoint only (frozen values).
     """
     if x.shape[0] == 0:
         y = x.new_zeros((0, shape[0]))
@@ -555,7 +543,10 @@ def _forward(x, values, chain, shape, impl, bias=None, ctx=None):
             return y if bias is None else y.add_(bias)
     if _use_numba(x, impl):
         op = None
-        if ctx is None and x.shape[0] > _nbk._ROWS_SINGLE_MAX:  # the tile kernels
+        # the tile kernels (3 rows or more), not for a backward of frozen values (its
+        # adjoint products would make the adjoint's state at every call)
+        if x.shape[0] > _nbk._ROWS_SINGLE_MAX and (ctx is None
+                                                   or any(ctx.needs_input_grad[6:])):
             op = _live_operator(values, chain, shape)
         if op is None:
             op = _cpu_operator(values, chain, shape)
