@@ -8,15 +8,15 @@ second thread waited 40-55 us for the GIL before its first tile, and the call re
 75-90 us after the last tile ended (``benchmarks/README_kernels.md``, change 17).
 
 Here the body that each team thread runs is machine code with no Python in it: a Numba
-``cfunc`` per dtype (:data:`SOURCE`, loaded through the kernel cache like the generic
-kernels) that
+function per dtype (:data:`SOURCE`, loaded through the kernel cache like the generic
+kernels), called through the C entry point that Numba builds beside every compiled
+function (its *cfunc wrapper*), that
 
 * takes a thread slot (its scratch buffers) and then tiles one at a time with an atomic
   fetch-and-add on a shared counter, so a thread that starts late only computes fewer
   tiles, and
-* calls the chain's compiled tile kernel (``rows_tiles``, ``rows_narrow``'s or
-  ``cols_tiles``) through the C entry point that Numba builds beside every compiled
-  function (its *cfunc wrapper*; arrays passed as Numba's array structures), and
+* calls the chain's compiled tile kernel (``rows_tiles`` or ``cols_tiles``) through that
+  kernel's own C entry point (arrays passed as Numba's array structures), and
 * optionally adds a bias to the rows of each tile it computed (the torch layers' bias;
   ``numba_.RowsEpilogue.adding``): the same single rounding as ``y + b`` afterwards,
   so the results are bitwise those of any other split.
@@ -24,7 +24,7 @@ kernels) that
 A second body per dtype and factor count does the same for the torch layers' generated
 backward (:mod:`._numba_backward`): it claims groups of rows, zeroes each group's row of
 value gradients and calls the backward kernel (``debutla.torch._kernels.
-fused_backward``; change 17 measured it 1.03x on the VGG layer's two-thread training
+fused_backward``; change 17 measured 1.03-1.09x on the VGG layer's two-thread training
 call, where the kernel's own 1.9 ms dominate).
 
 :func:`tiles_job` and :func:`backward_job` pack one product's arguments (addresses and
