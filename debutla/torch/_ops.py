@@ -194,12 +194,9 @@ def _live_operator(values: Sequence[torch.Tensor], chain: Chain,
             _LIVE_CACHE.move_to_end(key)
             return hit[0]
     arr = flat.numpy()
-    views, at = [], 0
-    for v in values:
-        views.append(arr[at:at + v.numel()].reshape(tuple(v.shape)))
-        at += v.numel()
-    op = DeBut(chain, views, shape=shape, backend="numba", copy=False)
-    op._states[(_NUMBA.name, arr.dtype)] = _nbk.prepare(tuple(views), flat=arr)
+    views = tuple(v.detach().numpy() for v in values)  # views of arr (prepare checks)
+    op = DeBut(chain, list(views), shape=shape, backend="numba", copy=False)
+    op._states[(_NUMBA.name, arr.dtype)] = _nbk.prepare(views, flat=arr)
     with _OP_LOCK:
         _LIVE_CACHE[key] = (op, tuple(values))
         while len(_LIVE_CACHE) > _OP_CACHE_SIZE:
