@@ -149,6 +149,7 @@ def test_rows_epilogue_adding_refuses_a_bias_that_is_not_1d():
 
 def test_a_failed_body_compile_leaves_the_python_body(monkeypatch, caplog):
     monkeypatch.setattr(nat, "_bodies", {})
+    monkeypatch.setattr(nat, "_ready", {})
     monkeypatch.setattr(nat, "_failed", set())
     monkeypatch.setattr(nat, "_threads", {})
 
@@ -320,12 +321,16 @@ def _padded_case(torch, dtype_name: str):
 
 @pytest.mark.parametrize("dtype_name", ["float32", "float64"])
 def test_layer_gradients_on_the_bodies_are_bitwise_those_of_one_thread(
-        team, on_team, generated_backward, dtype_name):
+        monkeypatch, team, on_team, generated_backward, dtype_name):
     """The forward and the backward both run on the GIL-free bodies, twice (the groups'
     gradients live in reused scratch, zeroed by the body), and give the one-thread bits."""
     import torch
 
     layer, x, g, ref = _padded_case(torch, dtype_name)
+    summed = []
+    real = nat.groups_summed
+    monkeypatch.setattr(nat, "groups_summed", lambda job: summed.append(real(job)) or
+                        summed[-1])
     for _ in range(2):
         before = on_team["native"]
         with db.config(threads=2, pool="openmp", background=False):
@@ -333,13 +338,19 @@ def test_layer_gradients_on_the_bodies_are_bitwise_those_of_one_thread(
         assert on_team["native"] - before == 2 and on_team["python"] == 0
         for a, b in zip(ref, got):
             assert torch.equal(a, b)
+    assert summed == [True, True]  # the groups' sums made by the bodies
 
 
+@pytest.mark.parametrize("chunk", [7, nat.SUM_CHUNK])
 def test_the_backward_body_called_from_python_computes_every_group(monkeypatch,
-                                                                  generated_backward):
+                                                                  generated_backward,
+                                                                  chunk):
     """On one thread, called with the job's address: the gradients of the Python body,
-    each group's row of the reused scratch zeroed first (it holds garbage here)."""
+    each group's row of the reused scratch zeroed first (it holds garbage here), and
+    the groups' sum made by the body (in chunks of 7 columns, the last one partial, or
+    in one), bitwise NumPy's sum of the rows in group order."""
     torch = pytest.importorskip("torch")
+    monkeypatch.setattr(nat, "SUM_CHUNK", chunk)
     layer, x, g, ref = _padded_case(torch, "float64")
     jobs = []
     real_split = nbk._run_split
@@ -358,6 +369,9 @@ def test_the_backward_body_called_from_python_computes_every_group(monkeypatch,
     with db.config(threads=2, background=False):
         got = _layer_grads(torch, layer, x, g)
     assert len(jobs) == 1
+    (job,) = jobs
+    assert job.data[nat.B_NGROUPS] > 1 and nat.groups_summed(job)
+    assert job.data[nat.B_SUMNEXT] > -(-job.data[nat.B_NNZ] // chunk)  # every chunk
     for a, b in zip(ref, got):
         assert torch.equal(a, b)
 
@@ -399,3 +413,16 @@ def test_a_backward_job_refused_by_a_busy_team_runs_on_debutlas_threads(
     assert on_team["native"] == 4  # both tried, refused
     for a, b in zip(ref, got):
         assert torch.equal(a, b)
+
+
+def test_groups_summed_only_after_the_body_ran_to_the_end():
+    data = np.zeros(nat.NBFIELDS, np.int64)
+    job = nat.Job(data, (), 0)
+    data[nat.B_NGROUPS], data[nat.B_NNZ] = 3, 10
+    assert not nat.groups_summed(job)  # no gv
+    data[nat.B_GV] = 1
+    assert not nat.groups_summed(job)  # not run (a busy team refused it)
+    data[nat.B_DONE] = 3
+    assert not nat.groups_summed(job)  # groups done, no sum claimed
+    data[nat.B_SUMNEXT] = 2
+    assert nat.groups_summed(job)

@@ -25,7 +25,12 @@ A second body per dtype and factor count does the same for the torch layers' gen
 backward (:mod:`._numba_backward`): it claims groups of rows, zeroes each group's row of
 value gradients and calls the backward kernel (``debutla.torch._kernels.
 fused_backward``; change 17 measured 1.03-1.09x on the VGG layer's two-thread training
-call, where the kernel's own 1.9 ms dominate).
+call, where the kernel's own 1.9 ms dominate).  Once every group is done, the team's
+threads also sum the groups' rows, in group order (the bits of NumPy's sum of the rows),
+claiming chunks of :data:`SUM_CHUNK` columns: a thread that finishes its last group
+waits for the groups the other threads are computing, which every claimed group is, so
+the wait always ends (change 19: the VGG chain's 2.4 MB of rows took 100-135 us on one
+thread after the product).
 
 :func:`tiles_job` and :func:`backward_job` pack one product's arguments (addresses and
 sizes, ``int64``) for a body; they return None, and the caller keeps the Python body,
@@ -50,8 +55,9 @@ from numba.np.numpy_support import from_dtype
 
 from . import _cache
 
-__all__ = ["SOURCE", "Job", "backward_job", "body", "call_entry", "fetch_add",
-           "kernel_address", "load", "pointer_to", "source", "tiles_job", "wait_for_bodies"]
+__all__ = ["SOURCE", "SUM_CHUNK", "Job", "backward_job", "body", "call_entry", "fetch_add",
+           "groups_summed", "kernel_address", "load", "pointer_to", "source", "tiles_job",
+           "wait_for_bodies"]
 
 _log = logging.getLogger("debutla")
 
@@ -199,12 +205,45 @@ def backward_body(data):
         gvs[g, :] = zero
         call_entry(kern, (V, VT, X, G, GX, gvs, bounds, np.uint64(g), np.uint64(g + 1),
                           xn, gm, need_x, A, ga, gb, wr, zero))
+        fetch_add(d, {B_DONE}, 1)
+    if d[{B_GV}] == 0:
+        return
+    # the groups' sum into GV, in group order (the bits of gvs[0] + gvs[1] + ... in
+    # NumPy), chunks of columns claimed like the groups, once every group is done: each
+    # was claimed by a thread of this team that is computing it
+    while fetch_add(d, {B_DONE}, 0) < ngroups:
+        pass
+    nnz, chunk = d[{B_NNZ}], d[{B_CHUNK}]
+    GV = carray(pointer_to(d[{B_GV}], DT), nnz)
+    while True:
+        j0 = fetch_add(d, {B_SUMNEXT}, 1) * chunk
+        if j0 >= nnz:
+            break
+        j1 = min(nnz, j0 + chunk)
+        o = GV[j0:j1]
+        a = gvs[0, j0:j1]
+        if ngroups == 1:
+            for j in range(o.size):
+                o[j] = a[j]
+            continue
+        b = gvs[1, j0:j1]
+        for j in range(o.size):
+            o[j] = a[j] + b[j]
+        for e in range(2, ngroups):
+            c = gvs[e, j0:j1]
+            for j in range(o.size):
+                o[j] += c[j]
 '''
+
+#: columns of the groups' sum a backward body's thread claims at a time (16 KB of
+#: float32 per group row: the chunk's partial sums stay in L1 across the rows)
+SUM_CHUNK = 4096
 
 # the backward job's fields (int64)
 (B_KERNEL, B_NEXT, B_NGROUPS, B_SLOT, B_V, B_NV, B_VT, B_X, B_NX, B_G, B_NG, B_GX, B_NGX,
- B_GVS, B_NNZ, B_BOUNDS, B_ASIZE, B_GSIZE, B_XN, B_GM, B_W, B_NEEDX, B_SCRATCH) = range(23)
-NBFIELDS = 23
+ B_GVS, B_NNZ, B_BOUNDS, B_ASIZE, B_GSIZE, B_XN, B_GM, B_W, B_NEEDX, B_SCRATCH, B_GV,
+ B_DONE, B_SUMNEXT, B_CHUNK) = range(27)
+NBFIELDS = 27
 
 
 def source(dtype: str, count: int = 0) -> str:
@@ -225,7 +264,10 @@ def source(dtype: str, count: int = 0) -> str:
 #: the tile products' body modules' sources, by dtype
 SOURCE = {dt: source(dt) for dt in DTYPES}
 
-_bodies: dict[tuple, int] = {}  # (dtype, count) -> the body's address
+_bodies: dict[tuple, int] = {}  # (dtype name, count) -> the body's address
+# (dtype as passed, count) -> the address of a ready body: ``np.dtype(d).name`` is a
+# Python property that cost 10-13 us a product right after one (its data out of cache)
+_ready: dict[tuple, int] = {}
 _failed: set[tuple] = set()
 _threads: dict[tuple, threading.Thread] = {}
 _lock = threading.Lock()
@@ -272,8 +314,13 @@ def body(dtype: Any, wait: bool = False, count: int = 0) -> int | None:
     >>> body(np.int32) is None
     True
     """
+    addr = _ready.get((dtype, count))  # the common call: a ready body, by dtype object
+    if addr is not None:
+        return addr
     key = (np.dtype(dtype).name, int(count))
     addr = _bodies.get(key)
+    if addr is not None:
+        _ready[(dtype, count)] = addr
     if addr is not None or key[0] not in SOURCE or key in _failed:
         return addr
     with _lock:
@@ -322,11 +369,11 @@ def kernel_address(disp, dtype: Any, count: int = 0) -> int | None:
     of ``run_backward`` (:mod:`._numba_backward`'s ``tiles_placed``).  None until the
     dispatcher has compiled (or loaded) it.
     """
-    dt = np.dtype(dtype)
-    key = (id(disp), dt.str, count)  # not the signature: Numba types cost 4-17 us to make
+    key = (id(disp), dtype, count)  # not the signature: Numba types cost 4-17 us to make
     hit = _addresses.get(key)
     if hit is not None and hit[0] is disp:
         return hit[1]
+    dt = np.dtype(dtype)
     sig = _backward_signature(dt, count) if count else _tiles_signature(dt)
     addr = _entry_point(disp, sig)
     if addr is not None:
@@ -343,7 +390,7 @@ def _entry_point(disp, sig: tuple) -> int | None:
     return int(addr) if addr else None
 
 
-_scratch_bufs: dict[str, np.ndarray] = {}
+_scratch_bufs: dict[Any, np.ndarray] = {}  # by dtype
 
 
 def _scratch(dtype: np.dtype, size: int) -> np.ndarray:
@@ -353,12 +400,11 @@ def _scratch(dtype: np.dtype, size: int) -> np.ndarray:
     OpenMPTeam` refuses a second); a larger request replaces the buffer, and a job
     keeps the one it was built with alive.
     """
-    from .numba_ import aligned_empty
-
-    key = np.dtype(dtype).str
-    buf = _scratch_bufs.get(key)
+    buf = _scratch_bufs.get(dtype)
     if buf is None or buf.size < size:
-        buf = _scratch_bufs[key] = aligned_empty(size, dtype, zero=True)
+        from .numba_ import aligned_empty  # (here: numba_ imports this module)
+
+        buf = _scratch_bufs[dtype] = aligned_empty(size, dtype, zero=True)
     return buf
 
 
@@ -421,18 +467,22 @@ def tiles_job(disp, V: np.ndarray, X: np.ndarray, Y: np.ndarray, k: int, ntiles:
 def backward_job(disp, V: np.ndarray, VT: np.ndarray, X: np.ndarray, G: np.ndarray,
                  GX: np.ndarray, gvs: np.ndarray, bounds: np.ndarray, xn: int, gm: int,
                  need_x: bool, W: int, count: int, acts_size: int, grads_size: int,
-                 threads: int) -> Job | None:
+                 threads: int, gv: np.ndarray | None = None) -> Job | None:
     """The job for ``threads`` team threads computing every group of a backward.
 
     The arguments are those of the generated backward kernel ``disp`` (see
     :func:`debutla.backends.numba_.run_backward`: ``gvs`` holds a row per group of
     ``bounds``, zeroed by the body before the group is computed) and the sizes of its
-    scratch (:func:`debutla.backends._numba_backward.scratch_sizes`).  None when the
-    body cannot run it; the caller then runs its Python body.
+    scratch (:func:`debutla.backends._numba_backward.scratch_sizes`).  With ``gv`` (a
+    row of ``gvs``' length) the body also writes the sum of the groups' rows there, in
+    group order, once every group is done (:func:`groups_summed` says whether it did).
+    None when the body cannot run it; the caller then runs its Python body.
     """
     dt = V.dtype
     addr = body(dt, count=count)
     if addr is None or not _usable(dt, V, VT, X, G, GX, gvs) or gvs.ndim != 2:
+        return None
+    if gv is not None and (not _usable(dt, gv) or gv.shape != gvs.shape[1:]):
         return None
     kern = kernel_address(disp, dt, count)
     if kern is None or bounds.dtype != np.uint64 or not bounds.flags.c_contiguous:
@@ -450,4 +500,14 @@ def backward_job(disp, V: np.ndarray, VT: np.ndarray, X: np.ndarray, G: np.ndarr
     data[B_ASIZE], data[B_GSIZE] = asz, gsz
     data[B_XN], data[B_GM], data[B_W], data[B_NEEDX] = xn, gm, W, int(bool(need_x))
     data[B_SCRATCH] = scr.ctypes.data
-    return Job(data, (V, VT, X, G, GX, gvs, bounds, scr), addr)
+    if gv is not None:
+        data[B_GV], data[B_CHUNK] = gv.ctypes.data, SUM_CHUNK
+    return Job(data, (V, VT, X, G, GX, gvs, bounds, scr, gv), addr)
+
+
+def groups_summed(job: Job) -> bool:
+    """Whether the body ran ``job`` (a :func:`backward_job` given ``gv``) to the end,
+    the groups' sum included (a busy team may have refused it: its Python body ran).
+    """
+    d = job.data
+    return bool(d[B_GV]) and int(d[B_SUMNEXT]) > 0 and int(d[B_DONE]) == int(d[B_NGROUPS])

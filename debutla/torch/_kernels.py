@@ -38,6 +38,7 @@ thread count is the caller's (:func:`debutla.torch._ops._num_threads`).
 from __future__ import annotations
 
 import threading
+from functools import lru_cache
 from typing import cast
 
 import numba
@@ -165,6 +166,37 @@ def groups_of(batch: int, W: int, nnz: int) -> list[int]:
     return [min(batch, (ntiles * i // g) * W) for i in range(g + 1)]
 
 
+@lru_cache(maxsize=64)
+def _layout(shapes: tuple) -> tuple:
+    """``(dims, sizes, voff, nnz, parts)`` of value shapes ``((nb, r, s, t), ...)``:
+    ``uint64`` arrays of the shapes, of each factor's value count and offset in the
+    packed values, the total, and ``(offset, size, shape)`` per factor as Python ints.
+    Made once per chain (NumPy's small-array calls cost 50-70 us per backward when the
+    product has just pushed the interpreter's data out of the cache).
+    """
+    dims = np.asarray(shapes, dtype=np.uint64).reshape(-1, 4)
+    sizes = dims.prod(axis=1)
+    voff = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.uint64)
+    parts = tuple((int(o), int(z), tuple(int(v) for v in d))
+                  for o, z, d in zip(voff, sizes, dims))
+    return dims, sizes, voff, int(sizes.sum()), parts
+
+
+@lru_cache(maxsize=256)
+def _groups(batch: int, W: int, nnz: int) -> tuple[list[int], np.ndarray]:
+    """:func:`groups_of` and the same bounds as a ``uint64`` array (the kernels')."""
+    bounds = groups_of(batch, W, nnz)
+    return bounds, np.asarray(bounds, dtype=np.uint64)
+
+
+def _sum_groups(gvs: np.ndarray) -> np.ndarray:
+    """The rows of ``gvs`` summed in order (the same sum for any thread count)."""
+    gv = gvs[0].copy() if len(gvs) == 1 else np.add(gvs[0], gvs[1])
+    for extra in gvs[2:]:
+        gv += extra
+    return gv
+
+
 def fused_backward(X: np.ndarray, G: np.ndarray, factors, shapes, n: int, m: int,
                    need_x: bool, threads: int = 1, state=None):
     """Input and value gradients of ``Y = X @ D.T`` (NumPy arrays, one dtype).
@@ -191,79 +223,99 @@ def fused_backward(X: np.ndarray, G: np.ndarray, factors, shapes, n: int, m: int
     (gx, gvs) : ndarray (batch, n) or None, list of ndarray (nb, r, s, t)
     """
     dt = X.dtype
-    dims = np.asarray(shapes, dtype=np.uint64).reshape(-1, 4)
-    sizes = dims.prod(axis=1)
-    voff = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.uint64)
-    nnz = int(sizes.sum())
     B = X.shape[0]
     GX = np.empty((B, n), dtype=dt) if need_x else np.empty((1, 1), dtype=dt)
-    native = None
     if state is not None and _nbk.backward_ready(state, B):
-        bounds = groups_of(B, state.bw_W, nnz)
-        ng = len(bounds) - 1
-        # the groups' gradients (a row each): fresh zeros for the Python body, made at
-        # its first chunk (a memset of reused memory before the product was 2-3% slower
-        # at one thread, the VGG layer's training call after nn.Linear); reused scratch
-        # for the team's GIL-free body, which zeroes each group's row right before
-        # computing it (and then no fresh zeros are made: 57 us for the VGG chain)
-        gvs: np.ndarray | None = None
-        zero_rows = False  # the body's scratch, left to the Python body by a busy team
-        made = threading.Lock()
-        Xf, Gf, GXf = X.reshape(-1), G.reshape(-1), GX.reshape(-1)
-        ubounds = np.asarray(bounds, dtype=np.uint64)
-        VT = state.tflat  # once per call (a live state makes it at each access)
-
-        def run(lo: int, hi: int) -> None:
-            nonlocal gvs
-            if gvs is None:
-                with made:
-                    if gvs is None:
-                        gvs = np.zeros((ng, nnz), dtype=dt)
-            if zero_rows:
-                gvs[lo:hi] = 0
-            _nbk.run_backward(state, Xf, Gf, GXf, gvs, ubounds, lo, hi, n, m, need_x, VT)
-
-        def native(threads: int):  # the same groups for the team's GIL-free body
-            nonlocal gvs, zero_rows
-            buf, = _nbk._scratch(dt, ng * nnz, "bw-gvs" + dt.str, 1)
-            scratch = buf[:ng * nnz].reshape(ng, nnz)
-            count, size, gsize = _bw.scratch_sizes(state.shapes, state.bw_W)
-            job = _native.backward_job(
-                state.backward_module().tiles_placed, state.flat, VT, Xf, Gf,
-                GXf, scratch, ubounds, n, m, need_x, state.bw_W, count, size, gsize,
-                threads)
-            if job is not None:
-                gvs, zero_rows = scratch, True
-            return job
+        parts = _layout(state.shapes)[4]
+        gv = _generated(state, X, G, GX, n, m, need_x, threads)
     else:
-        vals = np.concatenate([np.ascontiguousarray(v, dtype=dt).reshape(-1)
-                               for v in factors])
-        qs = dims[:, 0] * dims[:, 2] * dims[:, 3]
-        ps = dims[:, 0] * dims[:, 1] * dims[:, 3]
-        F = int(max(qs.max(), ps.max()))
-        item = dt.itemsize
-        W = _MAX_W
-        while W > _MIN_W and (int(qs.sum()) + 2 * F) * W * item > TILE_BYTES:
-            W //= 2
-        xoff = (np.concatenate([[0], np.cumsum(qs)[:-1]]) * W).astype(np.uint64)
-        bounds = groups_of(B, W, nnz)
-        gvs = zeros = np.zeros((len(bounds) - 1, nnz), dtype=dt)
-        u = np.uint64
-
-        def run(lo: int, hi: int) -> None:
-            # per-thread scratch, kept between calls (fresh memory costs a page fault per
-            # 4 KiB: about 1.5 ms per call for the VGG chain's 6 MB of intermediates)
-            acts, = _nbk._scratch(dt, int(qs.sum()) * W, "bw-acts" + dt.str, 1)
-            ga, gb = _nbk._scratch(dt, F * W, "bw-grads" + dt.str)
-            for g in range(lo, hi):
-                _tile_backward_placed(X, G, GX, dims, vals, voff, xoff, u(bounds[g]),
-                                      u(bounds[g + 1]), u(W), u(n), u(m), bool(need_x),
-                                      acts, ga, gb, zeros[g], dt.type(0))
-
-    _nbk._run_split(run, len(bounds) - 1, B * nnz, threads=threads, native=native)
-    gvs = cast(np.ndarray, gvs)  # run or native set it (there is one group at least)
-    gv = gvs[0].copy() if len(gvs) == 1 else np.add(gvs[0], gvs[1])
-    for extra in gvs[2:]:  # in group order: the same sum for any thread count
-        gv += extra
-    out = [gv[o:o + s].reshape(tuple(d)) for o, s, d in zip(voff, sizes, dims)]
+        dims, sizes, voff, nnz, parts = _layout(tuple(tuple(int(d) for d in sh)
+                                                      for sh in shapes))
+        gv = _generic(X, G, GX, factors, dims, voff, nnz, n, m, need_x, threads)
+    out = [gv[o:o + z].reshape(d) for o, z, d in parts]
     return (GX if need_x else None), out
+
+
+def _generated(state, X: np.ndarray, G: np.ndarray, GX: np.ndarray, n: int, m: int,
+               need_x: bool, threads: int) -> np.ndarray:
+    """:func:`fused_backward` on the chain's generated backward; the value gradients."""
+    dt = X.dtype
+    nnz = state.nnz
+    bounds, ubounds = _groups(X.shape[0], state.bw_W, nnz)
+    ng = len(bounds) - 1
+    # the groups' gradients (a row each): fresh zeros for the Python body, made at its
+    # first chunk (a memset of reused memory before the product was 2-3% slower at one
+    # thread, the VGG layer's training call after nn.Linear); reused scratch for the
+    # team's GIL-free body, which zeroes each group's row right before computing it
+    # (and then no fresh zeros are made: 57 us for the VGG chain) and sums the rows
+    # into ``gv`` once every group is done (both threads: 2.4 MB of rows for VGG at
+    # batch 256, 100-135 us on one thread after the product)
+    gvs: np.ndarray | None = None
+    zero_rows = False  # the body's scratch, left to the Python body by a busy team
+    made = threading.Lock()
+    Xf, Gf, GXf = X.reshape(-1), G.reshape(-1), GX.reshape(-1)
+    VT = state.tflat  # once per call (a live state checks its values at each access)
+    jobs: list = []
+
+    def run(lo: int, hi: int) -> None:
+        nonlocal gvs
+        if gvs is None:
+            with made:
+                if gvs is None:
+                    gvs = np.zeros((ng, nnz), dtype=dt)
+        if zero_rows:
+            gvs[lo:hi] = 0
+        _nbk.run_backward(state, Xf, Gf, GXf, gvs, ubounds, lo, hi, n, m, need_x, VT)
+
+    def native(threads: int):  # the same groups for the team's GIL-free body
+        nonlocal gvs, zero_rows
+        buf, = _nbk._scratch(dt, ng * nnz, "bw-gvs" + dt.str, 1)
+        scratch = buf[:ng * nnz].reshape(ng, nnz)
+        count, size, gsize = _bw.scratch_sizes(state.shapes, state.bw_W)
+        gv = np.empty(nnz, dtype=dt)
+        job = _native.backward_job(
+            state.backward_module().tiles_placed, state.flat, VT, Xf, Gf,
+            GXf, scratch, ubounds, n, m, need_x, state.bw_W, count, size, gsize,
+            threads, gv)
+        if job is not None:
+            gvs, zero_rows = scratch, True
+            jobs.append(job)
+        return job
+
+    _nbk._run_split(run, ng, X.shape[0] * nnz, threads=threads, native=native)
+    if jobs and _native.groups_summed(jobs[0]):
+        return jobs[0].keep[-1]
+    return _sum_groups(cast(np.ndarray, gvs))  # run or native set it (one group at least)
+
+
+def _generic(X: np.ndarray, G: np.ndarray, GX: np.ndarray, factors, dims: np.ndarray,
+             voff: np.ndarray, nnz: int, n: int, m: int, need_x: bool,
+             threads: int) -> np.ndarray:
+    """:func:`fused_backward` on this module's kernel; the value gradients."""
+    dt = X.dtype
+    B = X.shape[0]
+    vals = np.concatenate([np.ascontiguousarray(v, dtype=dt).reshape(-1) for v in factors])
+    qs = dims[:, 0] * dims[:, 2] * dims[:, 3]
+    ps = dims[:, 0] * dims[:, 1] * dims[:, 3]
+    F = int(max(qs.max(), ps.max()))
+    item = dt.itemsize
+    W = _MAX_W
+    while W > _MIN_W and (int(qs.sum()) + 2 * F) * W * item > TILE_BYTES:
+        W //= 2
+    xoff = (np.concatenate([[0], np.cumsum(qs)[:-1]]) * W).astype(np.uint64)
+    bounds = groups_of(B, W, nnz)
+    zeros = np.zeros((len(bounds) - 1, nnz), dtype=dt)
+    u = np.uint64
+
+    def run(lo: int, hi: int) -> None:
+        # per-thread scratch, kept between calls (fresh memory costs a page fault per
+        # 4 KiB: about 1.5 ms per call for the VGG chain's 6 MB of intermediates)
+        acts, = _nbk._scratch(dt, int(qs.sum()) * W, "bw-acts" + dt.str, 1)
+        ga, gb = _nbk._scratch(dt, F * W, "bw-grads" + dt.str)
+        for g in range(lo, hi):
+            _tile_backward_placed(X, G, GX, dims, vals, voff, xoff, u(bounds[g]),
+                                  u(bounds[g + 1]), u(W), u(n), u(m), bool(need_x),
+                                  acts, ga, gb, zeros[g], dt.type(0))
+
+    _nbk._run_split(run, len(bounds) - 1, B * nnz, threads=threads)
+    return _sum_groups(zeros)

@@ -277,6 +277,15 @@ def _numba_rows(x: torch.Tensor, values: Sequence[torch.Tensor], chain: Chain,
         x = x.contiguous()
     out = torch.empty((x.shape[0], op.shape[0]), dtype=x.dtype)
     y = out.numpy()
+    xn = x.numpy()
+    product = op.matmat_rows
+    if op.shape == chain.shape and x.shape[0]:
+        # the operator's numba state, straight to the backend: this function has done
+        # the operator's checks (its layers cost 15-20 us a product right after another)
+        st = op._states.get((_NUMBA.name, xn.dtype))
+        if st is not None and op._adjoint_of is None:
+            def product(xn: np.ndarray, out: np.ndarray) -> None:
+                _nbk.apply_rows(st, xn, out)
     settings = _cpu_settings()
     b = None if bias is None else bias.detach().numpy()
     if b is not None and _nbk.may_split(x.shape[0] * chain.nnz, settings["threads"]):
@@ -285,12 +294,12 @@ def _numba_rows(x: torch.Tensor, values: Sequence[torch.Tensor], chain: Chain,
         # (a padded chain's parts have more columns: its outputs first)
         ep = _nbk.RowsEpilogue.adding(b)
         with _config.config(**settings), _nbk.rows_epilogue(ep):
-            op.matmat_rows(x.numpy(), out=y)
+            product(xn, out=y)
         if ep.applied:
             return out
     else:
         with _config.config(**settings):
-            op.matmat_rows(x.numpy(), out=y)
+            product(xn, out=y)
     if b is not None:  # one pass after the product (no epilogue ran)
         np.add(y, b, out=y)
     return out
