@@ -272,3 +272,20 @@ def test_a_backward_that_fails_to_compile_leaves_the_generic_kernel(monkeypatch,
     msgs = [r.getMessage() for r in caplog.records if "backward kernel failed" in r.message]
     assert len(msgs) == 1 and "no compiler today" in msgs[0]
     assert not state.broken and nbk.BACKWARD not in state.ready
+
+
+def test_fused_backward_takes_the_states_values_or_needs_them():
+    """Without factors and shapes the state's own values serve (the generic kernel
+    here: a chain below BACKWARD_MIN_NNZ); without a state they are needed."""
+    key = sorted(CHAINS)[0]
+    chain, op, vals, X, G = _case(key, np.float64, 21)
+    m, n = op.shape
+    shapes = [f.value_shape for f in chain]
+    state = op._state(get_backend("numba"), np.dtype(np.float64))
+    gx, gv = _kernels.fused_backward(X, G, vals, shapes, n, m, True)
+    gx2, gv2 = _kernels.fused_backward(X, G, None, None, n, m, True, state=state)
+    np.testing.assert_array_equal(gx, gx2)
+    for a, b in zip(gv, gv2):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="factors and shapes are needed"):
+        _kernels.fused_backward(X, G, None, None, n, m, True)

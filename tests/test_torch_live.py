@@ -220,6 +220,31 @@ def test_a_replaced_parameter_unpacks_the_layer_without_stale_results(spy):
     torch.testing.assert_close(y, _reference(layer, x))
 
 
+def test_a_cached_live_operator_serves_only_values_lying_where_it_reads(spy):
+    """A hit needs every value at its recorded address, shape, dtype and contiguity:
+    a parameter moved to other memory (same object, same first factor: the same cache
+    key) takes the checked path, and is read in place again once it is back."""
+    layer = _layer()
+    x = torch.randn(9, 400)
+    with torch.inference_mode():
+        y0 = layer(x)
+    assert spy[-1] == "live"
+    p = layer.factors[-1]
+    view = p.data
+    p.data = view.clone() * 2.0
+    with torch.inference_mode():
+        y = layer(x)
+    assert spy[-1] == "checked"
+    torch.testing.assert_close(y, _reference(layer, x))
+    assert not torch.allclose(y, y0)
+    p.data = view
+    cached = len(_ops._LIVE_CACHE)
+    with torch.inference_mode():
+        y = layer(x)
+    assert spy[-1] == "live" and len(_ops._LIVE_CACHE) == cached  # the same entry
+    assert torch.equal(y, y0)
+
+
 def test_a_live_state_makes_its_derived_values_again_when_the_values_change():
     rng = np.random.default_rng(0)
     chain = db.Chain.parse("8 <-(4,2,1)- 4 <-(2,2,1)- 4")  # a t = 1, r = 4 factor

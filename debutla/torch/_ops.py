@@ -62,7 +62,7 @@ from ..chain import Chain
 from ..backends import get_backend
 from ..backends import numba_ as _nbk
 from ..operator import DeBut
-from ._kernels import fused_backward
+from ._kernels import col_sums, fused_backward
 from ._openmp import torch_team
 
 __all__ = ["debut_mm", "parse_chain", "IMPLS", "factor_forward", "chain_forward_cols",
@@ -181,24 +181,35 @@ def _live_operator(values: Sequence[torch.Tensor], chain: Chain,
     of :func:`_cpu_operator` reads the values and their snapshot, about 40 us for the
     VGG chain right after a product (0.3 MB each, out of cache), 7% of the layer's
     two-thread inference at batch 256 and a third of it at batch 16
-    (``benchmarks/README_kernels.md``, change 18).  Entries keep the value tensors
-    alive, so a cached buffer address always means the same memory.
+    (``benchmarks/README_kernels.md``, change 18).
+
+    An entry's operator holds NumPy views of the buffer, so the buffer's memory stays
+    allocated to it: values whose addresses, shapes, dtype and contiguity are the ones
+    recorded lie where the operator reads, in the same layout.  That check serves a hit
+    (no :func:`packed_values`, whose storage objects and view cost 20-40 us a call right
+    after a product).
     """
-    flat = packed_values(values)
-    if flat is None:
-        return None
-    key = (chain, shape, flat.dtype, flat.data_ptr(), tuple(v.shape for v in values))
+    v0 = values[0]
+    key = (chain, shape, v0.dtype, v0.data_ptr(), len(values))
     with _OP_LOCK:
         hit = _LIVE_CACHE.get(key)
         if hit is not None:
             _LIVE_CACHE.move_to_end(key)
+    if hit is not None and v0.device.type == "cpu":
+        dt = v0.dtype
+        if all(v.data_ptr() == p and v.shape == sh and v.dtype == dt and v.is_contiguous()
+               for v, (p, sh) in zip(values, hit[1])):
             return hit[0]
+    flat = packed_values(values)
+    if flat is None:
+        return None
     arr = flat.numpy()
     views = tuple(v.detach().numpy() for v in values)  # views of arr (prepare checks)
     op = DeBut(chain, list(views), shape=shape, backend="numba", copy=False)
     op._states[(_NUMBA.name, arr.dtype)] = _nbk.prepare(views, flat=arr)
+    layout = tuple((v.data_ptr(), v.shape) for v in values)
     with _OP_LOCK:
-        _LIVE_CACHE[key] = (op, tuple(values))
+        _LIVE_CACHE[key] = (op, layout)
         while len(_LIVE_CACHE) > _OP_CACHE_SIZE:
             _LIVE_CACHE.popitem(last=False)
     return op
@@ -312,26 +323,19 @@ _COLSUM_BLOCK = 128
 def _col_sums(g: np.ndarray) -> np.ndarray:
     """The column sums of a C-contiguous ``(rows, m)`` array, in its dtype (bias gradient).
 
-    NumPy on one thread: ``torch.sum`` would run an OpenMP parallel region whose threads
-    keep spinning for milliseconds afterwards on the cores the product's own threads need
+    Not ``torch.sum``: it would run an OpenMP parallel region whose threads keep spinning
+    for milliseconds afterwards on the cores the product's own threads need
     (``docs/torch.rst``).  Blocks of :data:`_COLSUM_BLOCK` rows are summed in the array's
     dtype and the block sums in float64 (complex128 for complex), so the rounding error
-    grows with the block length, not with the number of rows.
+    grows with the block length, not with the number of rows.  One compiled pass
+    (:func:`debutla.torch._kernels.col_sums`).
 
     Examples
     --------
     >>> _col_sums(np.ones((300, 2), np.float32))
     array([300., 300.], dtype=float32)
     """
-    rows, m = g.shape
-    wide = np.complex128 if g.dtype.kind == "c" else np.float64
-    full = rows - rows % _COLSUM_BLOCK
-    acc = np.zeros(m, wide)
-    if full:
-        acc += g[:full].reshape(-1, _COLSUM_BLOCK, m).sum(axis=1).sum(axis=0, dtype=wide)
-    if full < rows:
-        acc += g[full:].sum(axis=0, dtype=wide)
-    return acc.astype(g.dtype)
+    return col_sums(g, _COLSUM_BLOCK, (np.complex128 if g.dtype.kind == "c" else np.float64)(0))
 
 
 def _use_numba(x: torch.Tensor, impl: str) -> bool:
@@ -604,9 +608,7 @@ def _backward(grad, x, values, chain, shape, impl, need_x: bool, need_v: bool,
         state = op._state(_NUMBA, xn.dtype)
         cpu = _cpu_settings()
         with _config.config(spin=cpu["spin"], pool=cpu["pool"]):
-            gxn, gvn = fused_backward(xn, grad.detach().numpy(),
-                                      [v.detach().numpy() for v in values],
-                                      [spec.value_shape for spec in chain], n, m, need_x,
+            gxn, gvn = fused_backward(xn, grad.detach().numpy(), None, None, n, m, need_x,
                                       threads=cpu["threads"], state=state)
         return (torch.from_numpy(gxn) if need_x else None), [torch.from_numpy(g) for g in gvn]
     # recompute the factors' inputs, then walk back
