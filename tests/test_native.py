@@ -61,6 +61,15 @@ def test_pointer_to_refuses_a_non_integer_address():
         bad(1.5)
 
 
+def test_address_of_is_the_arrays_data_address():
+    base = np.zeros((6, 8), np.float32)
+    ro = np.zeros(5)
+    ro.flags.writeable = False
+    for a in (base, base[2:], base[:, 3], base[1:, 2:], np.zeros(0), ro,
+              np.zeros(3, np.complex128), np.zeros(4, np.uint64)):
+        assert nat.address_of(a) == a.ctypes.data
+
+
 # -- the body and the kernels' entry points ------------------------------------------
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_each_tile_dtype_has_a_body(dtype):

@@ -475,7 +475,7 @@ def same_bytes(a: np.ndarray, b: np.ndarray) -> bool:
         return False
     f = memcmp()
     if f is not None and a.flags.c_contiguous and b.flags.c_contiguous:
-        return a.nbytes == 0 or f(a.ctypes.data, b.ctypes.data, a.nbytes) == 0
+        return a.nbytes == 0 or f(_native.address_of(a), _native.address_of(b), a.nbytes) == 0
     return bool(np.array_equal(np.ascontiguousarray(a).view(np.uint8),
                                np.ascontiguousarray(b).view(np.uint8)))
 
@@ -735,7 +735,7 @@ def _run_team(team: "_omp_team.OpenMPTeam", fn, ntasks: int, nth: int, native) -
     """
     njob = None if native is None else native(nth)
     if njob is not None:
-        return team.run_native(njob.body, njob.data.ctypes.data, nth)
+        return team.run_native(njob.body, njob.address, nth)
     nchunks = min(ntasks, nth * _SPIN_CHUNKS_PER_THREAD)
     job, claim = Job(fn, [ntasks * i // nchunks for i in range(nchunks + 1)],
                      nth - 1), threading.Lock()

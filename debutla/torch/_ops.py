@@ -299,7 +299,7 @@ def _numba_rows(x: torch.Tensor, values: Sequence[torch.Tensor], chain: Chain,
                 _nbk.apply_rows(st, xn, out)
     settings = _cpu_settings()
     b = None if bias is None else bias.detach().numpy()
-    if b is not None and _nbk.may_split(x.shape[0] * chain.nnz, settings["threads"]):
+    if b is not None and _nbk.may_split(x.shape[0] * _nnz(chain), settings["threads"]):
         # a split product: each thread adds the bias to the rows it computed (an
         # epilogue costs about 2 us a call, more than it saves on one thread)
         # (a padded chain's parts have more columns: its outputs first)
@@ -314,6 +314,12 @@ def _numba_rows(x: torch.Tensor, values: Sequence[torch.Tensor], chain: Chain,
     if b is not None:  # one pass after the product (no epilogue ran)
         np.add(y, b, out=y)
     return out
+
+
+@lru_cache(maxsize=64)
+def _nnz(chain: Chain) -> int:
+    """``chain.nnz``, made once per chain (a sum over the factors at each access)."""
+    return chain.nnz
 
 
 #: Rows summed in the working dtype before the block sums are added in float64.
