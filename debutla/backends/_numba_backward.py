@@ -39,6 +39,8 @@ Generated functions (``nogil``, ``cache=True``, compiled lazily per dtype):
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 from . import _cache
 from ._numba_codegen import GENERATOR_VERSION, _def, _emit_factor_panel, _Src
 from ._numba_codegen import norm_shapes as _norm
@@ -89,6 +91,7 @@ def _emit_value_grad(S: _Src, ind: int, spec, gname: str, cur: str, xname: str, 
         sums(ind3, S.c(full * J), s % J)
 
 
+@lru_cache(maxsize=256)
 def scratch_sizes(shapes: tuple, W: int) -> tuple[int, int, int]:
     """``(count, acts, grads)``: the kernel's ``A`` is ``count`` arrays (one per factor
     input) of ``acts`` entries each, ``ga`` and ``gb`` hold ``grads`` entries each.

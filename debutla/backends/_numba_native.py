@@ -472,16 +472,16 @@ def tiles_job(disp, V: np.ndarray, X: np.ndarray, Y: np.ndarray, k: int, ntiles:
         return None
     stride = _aligned(scratch_size, dt)
     scr = _scratch(dt, 2 * stride * threads)
-    data = np.zeros(NFIELDS, np.int64)
-    data[F_KERNEL], data[F_NTILES] = kern, ntiles
-    data[F_V], data[F_NV] = address_of(V), V.size
-    data[F_X], data[F_NX] = address_of(X), X.size
-    data[F_Y], data[F_NY] = address_of(Y), Y.size
-    data[F_K], data[F_W], data[F_XN] = k, W, xn
-    data[F_SCRATCH], data[F_STRIDE] = address_of(scr), stride
+    f = [0] * NFIELDS  # filled as a list, then one array (an item set each: 10-15 us)
+    f[F_KERNEL], f[F_NTILES] = kern, ntiles
+    f[F_V], f[F_NV] = address_of(V), V.size
+    f[F_X], f[F_NX] = address_of(X), X.size
+    f[F_Y], f[F_NY] = address_of(Y), Y.size
+    f[F_K], f[F_W], f[F_XN] = k, W, xn
+    f[F_SCRATCH], f[F_STRIDE] = address_of(scr), stride
     if bias is not None:
-        data[F_BIAS], data[F_M], data[F_P] = address_of(bias), bias.size, P
-    return Job(data, (V, X, Y, scr, bias), addr)
+        f[F_BIAS], f[F_M], f[F_P] = address_of(bias), bias.size, P
+    return Job(np.array(f, np.int64), (V, X, Y, scr, bias), addr)
 
 
 def backward_job(disp, V: np.ndarray, VT: np.ndarray, X: np.ndarray, G: np.ndarray,
@@ -509,20 +509,20 @@ def backward_job(disp, V: np.ndarray, VT: np.ndarray, X: np.ndarray, G: np.ndarr
         return None
     asz, gsz = _aligned(acts_size, dt), _aligned(grads_size, dt)
     scr = _scratch(dt, (count * asz + 2 * gsz) * threads)
-    data = np.zeros(NBFIELDS, np.int64)
-    data[B_KERNEL], data[B_NGROUPS] = kern, gvs.shape[0]
-    data[B_V], data[B_NV], data[B_VT] = address_of(V), V.size, address_of(VT)
-    data[B_X], data[B_NX] = address_of(X), X.size
-    data[B_G], data[B_NG] = address_of(G), G.size
-    data[B_GX], data[B_NGX] = address_of(GX), GX.size
-    data[B_GVS], data[B_NNZ] = address_of(gvs), gvs.shape[1]
-    data[B_BOUNDS] = address_of(bounds)
-    data[B_ASIZE], data[B_GSIZE] = asz, gsz
-    data[B_XN], data[B_GM], data[B_W], data[B_NEEDX] = xn, gm, W, int(bool(need_x))
-    data[B_SCRATCH] = address_of(scr)
+    f = [0] * NBFIELDS  # a list, then one array (as in tiles_job)
+    f[B_KERNEL], f[B_NGROUPS] = kern, gvs.shape[0]
+    f[B_V], f[B_NV], f[B_VT] = address_of(V), V.size, address_of(VT)
+    f[B_X], f[B_NX] = address_of(X), X.size
+    f[B_G], f[B_NG] = address_of(G), G.size
+    f[B_GX], f[B_NGX] = address_of(GX), GX.size
+    f[B_GVS], f[B_NNZ] = address_of(gvs), gvs.shape[1]
+    f[B_BOUNDS] = address_of(bounds)
+    f[B_ASIZE], f[B_GSIZE] = asz, gsz
+    f[B_XN], f[B_GM], f[B_W], f[B_NEEDX] = xn, gm, W, int(bool(need_x))
+    f[B_SCRATCH] = address_of(scr)
     if gv is not None:
-        data[B_GV], data[B_CHUNK] = address_of(gv), SUM_CHUNK
-    return Job(data, (V, VT, X, G, GX, gvs, bounds, scr, gv), addr)
+        f[B_GV], f[B_CHUNK] = address_of(gv), SUM_CHUNK
+    return Job(np.array(f, np.int64), (V, VT, X, G, GX, gvs, bounds, scr, gv), addr)
 
 
 def groups_summed(job: Job) -> bool:

@@ -61,7 +61,6 @@ own compiler lock may be held forever in the child.
 from __future__ import annotations
 
 import atexit
-import contextlib
 import functools
 import contextvars
 import logging
@@ -71,7 +70,7 @@ import threading
 import time
 import warnings
 import weakref
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numba
 import numpy as np
@@ -877,9 +876,10 @@ _EPILOGUE: contextvars.ContextVar[RowsEpilogue | None] = contextvars.ContextVar(
     "debutla_rows_epilogue", default=None)
 
 
-@contextlib.contextmanager
-def rows_epilogue(ep: RowsEpilogue | None):
+class rows_epilogue:
     """Apply ``ep`` in the rows products of this block (this thread and context only).
+
+    A class, not a generator: the torch layers enter it at every split product.
 
     Examples
     --------
@@ -893,11 +893,18 @@ def rows_epilogue(ep: RowsEpilogue | None):
     >>> y[0]
     array([1., 1., 1., 1.])
     """
-    token = _EPILOGUE.set(ep)
-    try:
-        yield ep
-    finally:
-        _EPILOGUE.reset(token)
+
+    __slots__ = ("ep", "token")
+
+    def __init__(self, ep: RowsEpilogue | None) -> None:
+        self.ep = ep
+
+    def __enter__(self) -> RowsEpilogue | None:
+        self.token = _EPILOGUE.set(self.ep)
+        return self.ep
+
+    def __exit__(self, *exc: Any) -> None:
+        _EPILOGUE.reset(self.token)
 
 
 def _kernel_name(k: int, layout: str, state: "_State | None" = None) -> str:

@@ -304,12 +304,12 @@ def _numba_rows(x: torch.Tensor, values: Sequence[torch.Tensor], chain: Chain,
         # epilogue costs about 2 us a call, more than it saves on one thread)
         # (a padded chain's parts have more columns: its outputs first)
         ep = _nbk.RowsEpilogue.adding(b)
-        with _config.config(**settings), _nbk.rows_epilogue(ep):
+        with _config.override(settings), _nbk.rows_epilogue(ep):
             product(xn, out=y)
         if ep.applied:
             return out
     else:
-        with _config.config(**settings):
+        with _config.override(settings):
             product(xn, out=y)
     if b is not None:  # one pass after the product (no epilogue ran)
         np.add(y, b, out=y)
@@ -613,7 +613,7 @@ def _backward(grad, x, values, chain, shape, impl, need_x: bool, need_v: bool,
             op = _cpu_operator(values, chain, shape)
         state = op._state(_NUMBA, xn.dtype)
         cpu = _cpu_settings()
-        with _config.config(spin=cpu["spin"], pool=cpu["pool"]):
+        with _config.override({"spin": cpu["spin"], "pool": cpu["pool"]}):
             gxn, gvn = fused_backward(xn, grad.detach().numpy(), None, None, n, m, need_x,
                                       threads=cpu["threads"], state=state)
         return (torch.from_numpy(gxn) if need_x else None), [torch.from_numpy(g) for g in gvn]

@@ -268,10 +268,11 @@ class _DeButBase(nn.Module):
             for p, v in zip(self.factors, op.factors):
                 p.copy_(torch.from_numpy(np.array(v)))
 
-    def _check_input(self, x: Any, where: str) -> None:
+    def _check_input(self, x: Any, where: str, values: list) -> None:
+        """``x`` against the layer's parameters (``values``: :meth:`_values`)."""
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"{where}: input must be a torch.Tensor, got {type(x).__name__}")
-        p = self.factors[0]
+        p = values[0]
         if x.dtype != p.dtype:
             raise TypeError(f"{where}: input dtype {x.dtype} does not match the layer's "
                             f"{p.dtype} (convert one of them: layer.to(dtype) or x.to(dtype))")
@@ -368,11 +369,12 @@ class DeButLinear(_DeButBase):
         ValueError
             If the last dimension is not ``in_features`` or ``x`` is on another device.
         """
-        self._check_input(x, "DeButLinear")
+        values = self._values()
+        self._check_input(x, "DeButLinear", values)
         rows = self.rows(x)
-        y = debut_mm(rows, self._values(), self.chain, (self._m, self._n), self.impl,
-                     bias=self.bias)
-        return y.reshape(*x.shape[:-1], self.out_features)
+        y = debut_mm(rows, values, self.chain, (self._m, self._n), self.impl, bias=self.bias)
+        # a 2-D input as it is: no view (nor its autograd node, forward and backward)
+        return y if x.dim() == 2 else y.reshape(*x.shape[:-1], self.out_features)
 
     def rows(self, x: torch.Tensor) -> torch.Tensor:
         """The rows the layer's matrix multiplies: ``x`` as ``(samples, in_features)``.
@@ -404,7 +406,7 @@ class DeButLinear(_DeButBase):
             raise ValueError(f"DeButLinear: the input's last dimension must be "
                              f"in_features={self.in_features}, got input shape "
                              f"{tuple(x.shape)}")
-        return x.reshape(-1, self.in_features)
+        return x if x.dim() == 2 else x.reshape(-1, self.in_features)
 
     # -- conversions -----------------------------------------------------------------------
     @classmethod
@@ -716,11 +718,11 @@ class DeButConv2d(_DeButBase):
             If ``x`` has the wrong shape, is on another device, or is smaller than the
             dilated kernel after padding.
         """
-        self._check_input(x, "DeButConv2d")
+        values = self._values()
+        self._check_input(x, "DeButConv2d", values)
         unbatched = x.dim() == 3
         rows, (N, Ho, Wo) = self._patches(x)
-        y = debut_mm(rows, self._values(), self.chain, (self._m, self._n), self.impl,
-                     bias=self.bias)
+        y = debut_mm(rows, values, self.chain, (self._m, self._n), self.impl, bias=self.bias)
         y = y.reshape(N, Ho * Wo, self._m).transpose(1, 2).reshape(N, self._m, Ho, Wo)
         return y[0] if unbatched else y
 
