@@ -8,6 +8,12 @@ For each case (chain, batch) and each mode it times the *module call* as a user 
 * ``step``: a whole training step, ``zero_grad``, forward, backward and an SGD step (so
   the DeBut layer has new values at every call, as in training).
 
+Each layer first runs a few calls, then the kernels and team bodies those calls
+started compiling (or loading from the kernel cache) in background threads are waited
+for, and a few more calls run: the times are those of a training run's steady state,
+not of its first calls (during which a layer's backward ran on the slower Python
+team body for about 0.3 s, most of a mode's timed calls before this warm-up).
+
 Repeats of the DeBut layer and the dense layer are interleaved (A B A B ...) so a load
 change on the machine hits both; the table gives medians with the interquartile spread
 and the speed-up of the medians.  ``--blocks K`` interleaves blocks of K calls instead
@@ -56,9 +62,23 @@ def _chain(name: str):
 
 
 def _time_pair(fa, fb, repeats: int, warmup: int = 3, block: int = 1):
-    """Times of ``repeats`` calls each of ``fa`` and ``fb``, in alternating blocks."""
+    """Times of ``repeats`` calls each of ``fa`` and ``fb``, in alternating blocks.
+
+    Steady state: after ``warmup`` calls of each, the kernels and team bodies that
+    those calls started compiling (or loading from the kernel cache) in background
+    threads are waited for, and ``warmup`` more calls of each run before the timed
+    ones (the first calls' own latency is ``bench_apply.py``'s and
+    ``bench_kernels.py``'s business).
+    """
     import numpy as np
 
+    from debutla.backends import _numba_native, numba_
+
+    for _ in range(warmup):
+        fa()
+        fb()
+    numba_.wait_for_compiles()
+    _numba_native.wait_for_bodies()
     for _ in range(warmup):
         fa()
         fb()
