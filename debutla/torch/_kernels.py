@@ -29,7 +29,9 @@ Threads and determinism
 -----------------------
 The tiles are cut into at most :data:`MAX_GROUPS` contiguous *groups*, a number that
 depends on the batch and the chain only, never on the thread count.  Each group
-accumulates its own value gradients; the groups are summed in their order at the end.
+accumulates its own value gradients; the groups are summed in their order at the end
+(by the OpenMP team's threads themselves when they ran the backward:
+:mod:`debutla.backends._numba_native`).
 Threads take whole groups (the Numba backend's pool, :func:`debutla.backends.numba_.
 _run_split`), so the results are bitwise the same with any number of threads.  The
 thread count is the caller's (:func:`debutla.torch._ops._num_threads`).
