@@ -87,7 +87,7 @@ from typing import Any, Iterator
 from ._validation import check_bool, check_choice, check_int
 
 __all__ = ["config", "get", "set_defaults", "cache_root", "reload_environment", "token",
-           "ENVIRONMENT"]
+           "override", "ENVIRONMENT"]
 
 #: The environment variables debutla reads, and what each sets.
 ENVIRONMENT = {
