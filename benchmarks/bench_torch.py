@@ -29,6 +29,11 @@ Usage::
     python benchmarks/bench_torch.py --threads 1 --quick
     python benchmarks/bench_torch.py --backward-modes  # recompute vs keep intermediates
     python benchmarks/bench_torch.py --blocks 10       # blocks of 10 calls per layer
+    python benchmarks/bench_torch.py --busy            # one core held by a busy loop
+
+``--busy`` runs the workers while a ``while True: pass`` process holds a core (started
+before the first worker, stopped after the last): the busy-machine condition of the
+tables in ``docs/torch.rst``.
 """
 
 from __future__ import annotations
@@ -207,6 +212,8 @@ def main(argv=None) -> None:
     ap.add_argument("--blocks", type=int, default=1, metavar="K",
                     help="alternate blocks of K calls per layer (default 1: A B A B)")
     ap.add_argument("--json", default=None, help="also write the rows as JSON")
+    ap.add_argument("--busy", action="store_true",
+                    help="hold one core with a busy-loop process during the run")
     args = ap.parse_args(argv)
     if args.blocks < 1:
         ap.error("--blocks must be at least 1")
@@ -217,7 +224,35 @@ def main(argv=None) -> None:
                 else run_worker(args.worker, reps, CASES, args.blocks))
         print("ROWS" + json.dumps(rows))
         return
-    rows = []
+    busy = (subprocess.Popen([sys.executable, "-c", "while True: pass"])
+            if args.busy else None)
+    try:
+        rows = _run_workers(args, reps)
+    finally:
+        if busy is not None:
+            busy.kill()
+            busy.wait()
+    import torch
+
+    load = os.getloadavg() if hasattr(os, "getloadavg") else None
+    print(f"# torch {torch.__version__}, {platform.processor() or platform.machine()}, "
+          f"{os.cpu_count()} CPUs, load average {load}"
+          + (f"; blocks of {args.blocks} calls per layer" if args.blocks > 1
+             else "; calls interleaved A B A B")
+          + ("; one core held by a busy-loop process" if args.busy else ""))
+    if args.backward_modes:
+        for r in rows:
+            print(r)
+    else:
+        print(_table(rows))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=1)
+
+
+def _run_workers(args, reps: int) -> list[dict]:
+    """Each thread count of ``args`` in a fresh worker process; their rows."""
+    rows: list[dict] = []
     for k in args.threads:
         env = dict(os.environ, DEBUTLA_NUM_THREADS=str(k), OMP_NUM_THREADS=str(k),
                    PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]))
@@ -229,21 +264,7 @@ def main(argv=None) -> None:
             sys.exit(r.stderr)
         line = [ln for ln in r.stdout.splitlines() if ln.startswith("ROWS")][-1]
         rows += json.loads(line[4:])
-    import torch
-
-    load = os.getloadavg() if hasattr(os, "getloadavg") else None
-    print(f"# torch {torch.__version__}, {platform.processor() or platform.machine()}, "
-          f"{os.cpu_count()} CPUs, load average {load}"
-          + (f"; blocks of {args.blocks} calls per layer" if args.blocks > 1
-             else "; calls interleaved A B A B"))
-    if args.backward_modes:
-        for r in rows:
-            print(r)
-    else:
-        print(_table(rows))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(rows, f, indent=1)
+    return rows
 
 
 if __name__ == "__main__":
