@@ -4,7 +4,7 @@ The core library never imports torch; importing this subpackage does.
 
 Public API: :class:`DeButLinear`, :class:`DeButConv2d`, :func:`compress`,
 :class:`CompressionReport`, :func:`layer_tradeoff`, :func:`load_compressed`,
-:func:`debut_mm`.
+:func:`debut_mm`, :func:`warmup`.
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ from .compress import CompressionReport, LayerReport, compress, count_parameters
 from .layers import DeButConv2d, DeButLinear
 from .restore import load_compressed
 from .tradeoff import layer_tradeoff
+from .warmup import warmup
 
 __all__ = ["DeButLinear", "DeButConv2d", "compress", "CompressionReport", "LayerReport",
            "count_parameters", "layer_tradeoff", "load_compressed", "debut_mm", "IMPLS",
-           "clear_cache", "backward_mode"]
+           "clear_cache", "backward_mode", "warmup"]
