@@ -44,6 +44,10 @@ def test_warmup_leaves_parameters_buffers_gradients_and_modes_as_they_were():
     model.eval()
     warmup(model, x, train=False)
     assert not model.training and not any(m.training for m in model.modules())
+    model.train()
+    model[1].eval()  # a frozen batch norm inside a training model stays frozen
+    warmup(model, x)
+    assert model.training and not model[1].training and model[0].training
 
 
 def test_warmup_compiles_the_backward_and_team_bodies_a_training_call_uses(monkeypatch):

@@ -33,9 +33,10 @@ def warmup(model: nn.Module, *inputs: Any, train: bool = True) -> float:
     Runs the model once on ``inputs`` (in eval mode: no batch-norm statistics change,
     no dropout) with every compile in the calling thread, takes the gradients of its
     DeBut layers' parameters with :func:`torch.autograd.grad` (nothing is written to any
-    ``.grad``), then waits for the team bodies of those layers' CPU products and for
-    the compiles the calls started in the background (the adjoint's kernels).  The
-    model's parameters, buffers and training mode are as before.  Kernels are made per
+    ``.grad``; with every such parameter frozen, the forward only), then waits for the
+    team bodies of those layers' CPU products and for the compiles the calls started
+    in the background (the adjoint's kernels).  The model's parameters, buffers and
+    each module's training mode are as before.  Kernels are made per
     chain, dtype and kind of batch (one or two rows, a few, many): give inputs of the
     batch size the job will use.
 
@@ -77,7 +78,7 @@ def warmup(model: nn.Module, *inputs: Any, train: bool = True) -> float:
     if not layers:
         return 0.0
     params = [p for m in layers for p in m.parameters() if p.requires_grad]
-    was_training = model.training
+    modes = [(m, m.training) for m in model.modules()]  # each its own (frozen parts)
     model.eval()
     try:
         with _config.config(background=False):
@@ -93,7 +94,8 @@ def warmup(model: nn.Module, *inputs: Any, train: bool = True) -> float:
         _wait_for_bodies(layers, train)
         _nbk.wait_for_compiles()
     finally:
-        model.train(was_training)
+        for m, mode in modes:
+            m.training = mode
     return time.perf_counter() - t0
 
 
