@@ -12,13 +12,15 @@ product's chunks at once, and nothing competes.
 ``libomp`` and Intel's ``libiomp5`` export the same entry point) and calls its
 ``GOMP_parallel(fn, data, num_threads, flags)`` through ``ctypes``, which drops the GIL
 for the call.  ``fn`` is either machine code that never enters Python
-(:meth:`OpenMPTeam.run_native`: the tile products' body of :mod:`._numba_native`, which
-claims tiles with atomic operations and calls the compiled kernel directly), or a
-``ctypes`` callback (:meth:`OpenMPTeam.run`: each thread of the team takes the GIL,
-claims chunks of the product with :func:`debutla.backends._numba_pool.claim_chunks` and
-drops the GIL again inside the ``nogil`` kernel, as debutla's own workers do; the
-backward's products and general epilogues).  Which thread computes a chunk never
-changes how it is computed: the results are bitwise those of any other split (tested).
+(:meth:`OpenMPTeam.run_native`: the tile products' and the generated backward's bodies
+of :mod:`._numba_native`, which claim work with atomic operations and call the compiled
+kernel directly), or a ``ctypes`` callback (:meth:`OpenMPTeam.run`: each thread of the
+team takes the GIL, claims chunks of the product with
+:func:`debutla.backends._numba_pool.claim_chunks` and drops the GIL again inside the
+``nogil`` kernel, as debutla's own workers do: the generic kernels' products, general
+epilogues, and any product whose body is not ready yet).  Which thread computes a chunk
+never changes how it is computed: the results are bitwise those of any other split
+(tested).
 
 Rules kept here:
 
@@ -118,7 +120,6 @@ class OpenMPTeam:
         if errors:
             raise errors[0]
         return True
-
 
     def run_native(self, body: int, data: int, threads: int) -> bool:
         """Run the C function at address ``body`` as ``body(data)`` on each of

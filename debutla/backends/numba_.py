@@ -512,9 +512,9 @@ def prepare(factors, flat: np.ndarray | None = None):
                              f"of the factors' {nnz} values in their dtype, got "
                              f"{getattr(flat, 'shape', type(flat).__name__)} "
                              f"{getattr(flat, 'dtype', '')}")
-        at = flat.ctypes.data
+        at = _native.address_of(flat)
         for i, V in enumerate(factors):
-            if not V.flags.c_contiguous or V.ctypes.data != at:
+            if not V.flags.c_contiguous or _native.address_of(V) != at:
                 raise ValueError(f"prepare: factor {i} is not the view of flat that "
                                  f"follows factor {i - 1}" if i else
                                  "prepare: factor 0 is not the view at the start of flat")

@@ -49,6 +49,7 @@ import numpy as np
 from ..backends import _numba_backward as _bw
 from ..backends import _numba_native as _native
 from ..backends import numba_ as _nbk
+from ..backends._numba_codegen import norm_shapes
 from ..backends._numba_tiles import gather_tile, scatter_tile
 from ..backends._numba_stack import place_stack
 
@@ -210,9 +211,9 @@ def groups_of(batch: int, W: int, nnz: int) -> list[int]:
 
 @lru_cache(maxsize=64)
 def _layout(shapes: tuple) -> tuple:
-    """``(dims, sizes, voff, nnz, parts)`` of value shapes ``((nb, r, s, t), ...)``:
-    ``uint64`` arrays of the shapes, of each factor's value count and offset in the
-    packed values, the total, and ``(offset, size, shape)`` per factor as Python ints.
+    """``(dims, voff, nnz, parts)`` of value shapes ``((nb, r, s, t), ...)``: ``uint64``
+    arrays of the shapes and of each factor's offset in the packed values, their total
+    count, and ``(offset, size, shape)`` per factor as Python ints.
     Made once per chain (NumPy's small-array calls cost 50-70 us per backward when the
     product has just pushed the interpreter's data out of the cache).
     """
@@ -221,7 +222,7 @@ def _layout(shapes: tuple) -> tuple:
     voff = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.uint64)
     parts = tuple((int(o), int(z), tuple(int(v) for v in d))
                   for o, z, d in zip(voff, sizes, dims))
-    return dims, sizes, voff, int(sizes.sum()), parts
+    return dims, voff, int(sizes.sum()), parts
 
 
 @lru_cache(maxsize=256)
@@ -269,7 +270,7 @@ def fused_backward(X: np.ndarray, G: np.ndarray, factors, shapes, n: int, m: int
     B = X.shape[0]
     GX = np.empty((B, n), dtype=dt) if need_x else np.empty((1, 1), dtype=dt)
     if state is not None and _nbk.backward_ready(state, B):
-        parts = _layout(state.shapes)[4]
+        parts = _layout(state.shapes)[3]
         gv = _generated(state, X, G, GX, n, m, need_x, threads)
     else:
         if factors is None or shapes is None:
@@ -277,8 +278,7 @@ def fused_backward(X: np.ndarray, G: np.ndarray, factors, shapes, n: int, m: int
                 raise ValueError("fused_backward: factors and shapes are needed without "
                                  "a state")
             factors, shapes = (state.flat,), state.shapes
-        dims, sizes, voff, nnz, parts = _layout(tuple(tuple(int(d) for d in sh)
-                                                      for sh in shapes))
+        dims, voff, nnz, parts = _layout(norm_shapes(shapes))
         gv = _generic(X, G, GX, factors, dims, voff, nnz, n, m, need_x, threads)
     out = [gv[o:o + z].reshape(d) for o, z, d in parts]
     return (GX if need_x else None), out

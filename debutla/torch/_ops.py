@@ -172,7 +172,8 @@ def packed_values(values: Sequence[torch.Tensor]) -> torch.Tensor | None:
 
 def _live_operator(values: Sequence[torch.Tensor], chain: Chain,
                    shape: tuple[int, int]) -> DeBut | None:
-    """An operator that reads ``values`` where they are (no snapshot, no check), or None.
+    """An operator that reads ``values`` where they are (no snapshot, no check of their
+    bytes), or None.
 
     Only for packed values (:func:`packed_values`), and only for products of at least
     3 rows: the kernels of those read the values themselves, so each product sees the

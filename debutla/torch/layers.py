@@ -126,13 +126,14 @@ class _DeButBase(nn.Module):
         Each parameter stays its own ``nn.Parameter`` (optimisers, state dicts and
         ``torch.save`` see no difference) but views its part of the buffer, so the CPU
         kernels read the values where they are, without the operator cache's check of
-        them (``debutla.torch._ops._live_operator``: inference products of 3 rows or
-        more).  Called at construction, after ``.to()``, ``.double()`` and the like,
-        after ``load_state_dict`` (``assign=True`` replaces the parameters) and after
-        ``copy.deepcopy`` or unpickling, which give each parameter a storage of its own;
-        a no-op when the values are packed already (``share_memory()`` moves the buffer
-        as a whole), on other devices, and for a layer without factors.  A layer whose
-        values are not packed (a parameter replaced) works the same, with the check.
+        them (``debutla.torch._ops._live_operator``: products of 3 rows or more, in
+        inference and in training).  Called at construction, after ``.to()``,
+        ``.double()`` and the like, after ``load_state_dict`` (``assign=True`` replaces
+        the parameters) and after ``copy.deepcopy`` or unpickling, which give each
+        parameter a storage of its own; a no-op when the values are packed already
+        (``share_memory()`` moves the buffer as a whole), on other devices, and for a
+        layer without factors.  A layer whose values are not packed (a parameter
+        replaced) works the same, with the check.
         """
         if "factors" not in self._modules:  # unpickling an incomplete module: nothing yet
             return
