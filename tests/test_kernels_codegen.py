@@ -138,7 +138,10 @@ ODD_WIDTH = "39 <-(3,4,1)- 52"
                          ids=["float32", "float64", "complex128"])  # transpose8's 3 paths
 def test_gather_loop_orders_move_the_same_values(monkeypatch, dtype):
     """The row gather's 8 x 8 blocks run features outer (change 11): the same bits as
-    rows outer, and the dense product, for odd feature counts and partial tiles."""
+    rows outer, and the dense product, for odd feature counts and partial tiles.  (The
+    gather of full tiles interleaved with the first factor, change 20, is tested below;
+    here every tile gathers the whole tile first.)"""
+    monkeypatch.setattr(cg, "_FUSE_GATHER", False)
     op = DeBut.random(ODD_WIDTH, seed=5, dtype=dtype, backend="numba")
     st = nbk.prepare(op.factors)
     W = st.W
@@ -161,3 +164,66 @@ def test_gather_loop_orders_move_the_same_values(monkeypatch, dtype):
             outs.append(Y)
         np.testing.assert_array_equal(outs[0], outs[1])
         _check(op, outs[0], X, "rows", f"rows k={k}")
+
+
+# chains whose first panel pass starts with a t = 1 factor, so full row tiles interleave
+# the gather with it (change 20): whole steps of CF features and features left over (in
+# 8 x 8 blocks and one by one), no step at all (Q < CF), nothing after the first pass, and
+# first passes that are in-place groups (a fused pair, a radix-4 factor)
+FUSED_FIRST = [
+    "80 <-(2,2,8)- 80 <-(8,9,1)- 90",  # s = 9: CF = 72, one step, 18 left (16 + 2)
+    "272 <-(4,2,1)- 136",  # s = 2: CF = 64, two steps, 8 left; chain_rest has no pass
+    ODD_WIDTH,  # Q = 52 < CF = 64: the features left only (48 + 4)
+    MIXED,  # Q = 18: the same, then a fused pair and a (2,4,4) factor
+    str(Chain.butterfly(256)),  # an in-place pair first: four steps of 64
+    str(Chain.butterfly(64, radix=4)),  # an in-place (4,4,1) first: one step
+]
+
+
+def test_gather_chunk_only_for_single_t1_first_passes():
+    assert cg.gather_chunk(_shapes(FUSED_FIRST[0]), 32) == 72
+    assert cg.gather_chunk(_shapes(FUSED_FIRST[1]), 16) == 64
+    assert cg.gather_chunk(_shapes(ODD_WIDTH), 32) == 64
+    assert cg.gather_chunk(_shapes(BUTTERFLY_64), 32) == 64  # a fused pair: s s = 4
+    assert cg.gather_chunk(_shapes(RADIX4_256), 32) == 64  # an in-place (4,4,1)
+    assert cg.gather_chunk(_shapes("16 <-(2,2,4)- 16"), 32) == 0  # t > 1
+    assert cg.gather_chunk(_shapes(FUSED_FIRST[0]), 12) == 0  # W not a multiple of 8
+
+
+# every chain in float32; transpose8's two other paths (float64, complex128) on the
+# chain with a whole step and features left in 8 x 8 blocks and one by one (each case
+# compiles two kernel modules: 3-10 s)
+@pytest.mark.parametrize("text, dtype", [(t, np.float32) for t in FUSED_FIRST]
+                         + [(FUSED_FIRST[0], np.float64), (FUSED_FIRST[0], np.complex128)],
+                         ids=[f"float32-{i}" for i in range(len(FUSED_FIRST))]
+                         + ["float64-0", "complex128-0"])
+def test_gather_fused_with_first_factor_same_bits(monkeypatch, text, dtype):
+    """Full row tiles gather the input in steps and run the first factor on each step
+    (change 20): bitwise the product of gathering the whole tile first, and the dense
+    product, with full tiles, partial tiles and an input of fewer features."""
+    op = DeBut.random(text, seed=7, dtype=dtype, backend="numba")
+    st = nbk.prepare(op.factors)
+    W = st.W
+    m, n = op.shape
+    kernels = []
+    for fuse in (True, False):
+        monkeypatch.setattr(cg, "_FUSE_GATHER", fuse)
+        src = cg.generate_source(st.shapes, W)
+        tiles = src.split("def rows_tiles(")[1].split("def cols_tiles(")[0]
+        assert ("first_blocks(" in tiles) == fuse
+        ns: dict = {}
+        exec(compile(src.replace("cache=True", "cache=False"), "<kernels>", "exec"), ns)
+        kernels.append(ns["rows_tiles"])
+    rng = np.random.default_rng(8)
+    for k, xn in ((W, n), (2 * W + 3, n), (W + 5, n), (W, n - 1)):
+        X = random_values(rng, (k, xn), dtype)
+        outs = []
+        for kern in kernels:
+            Y = np.empty((k, m), dtype)
+            kern(st.flat, X.reshape(-1), Y.reshape(-1), k, 0, (k + W - 1) // W,
+                 np.empty(st.F * W, dtype), np.empty(st.F * W, dtype), np.uint64(W), xn)
+            outs.append(Y)
+        np.testing.assert_array_equal(outs[0], outs[1])
+        Xp = np.zeros((k, n), dtype)
+        Xp[:, :xn] = X
+        _check(op, outs[0], Xp, "rows", f"rows k={k} xn={xn}")

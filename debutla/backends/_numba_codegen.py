@@ -30,6 +30,10 @@ per argument is a visible part of a matvec.
     ``out = X @ D.T`` for the tiles ``t0 .. t1-1`` of ``W`` rows of the flat row-major
     ``X`` (``k x xn``, ``xn <= Q``: missing features are zeros, no padded copy) and
     ``out`` (``k x P``): gather a tile transposed, ``chain_buf``, scatter it back.
+    Where the first factor is a single ``t = 1`` pass (:func:`gather_chunk`), a full
+    tile gathers its features in steps and runs that factor on each step while it is in
+    L1 (``first_blocks(V, ba, bb, wr, bl, bh)``: its blocks ``bl .. bh-1``), then the
+    other passes (``chain_rest``, the same as ``chain_buf`` after its first pass).
 ``cols_tiles(V, X, out, k, t0, t1, ba, bb, wr, xn)``
     ``out = D @ X`` for the tiles of ``W`` columns of the flat row-major ``X``
     (``xn x k``) and ``out`` (``P x k``).
@@ -47,9 +51,11 @@ array arguments are copied into the call) and no steadier.
 
 from __future__ import annotations
 
+import math
+
 from . import _cache
 
-GENERATOR_VERSION = "11"
+GENERATOR_VERSION = "12"
 _OPAQUE_T = 4  # per-row kernels: inner loops over t >= this get an opaque trip count
 _GROUP_MAX = 4  # outputs per register-blocked group in the panel kernels
 _GROUPS = (4, 3, 2, 1)  # outputs per group: the first that divides r (README_kernels, change 9)
@@ -161,12 +167,13 @@ def _panel_blocking(spec) -> tuple:
 
 
 def _emit_factor_panel(S: _Src, ind: int, spec, vname: str, src: str, dst: str, W: int,
-                       tag: str) -> None:
+                       tag: str, blocks: tuple[str, str] | None = None) -> None:
     """One factor on a features-major panel of width ``W``: ``dst <- R src``.
 
     Outputs are computed in groups of ``G`` rows ``i`` of a block (4, 3, 2 or 1: the
     first that divides ``r``), so each input panel row loaded in the inner loop serves
-    ``G`` outputs (a register-blocked micro GEMM ``(G x s) @ (s x W)``).
+    ``G`` outputs (a register-blocked micro GEMM ``(G x s) @ (s x W)``).  ``blocks``:
+    two expressions bounding the blocks computed (default all ``nb``).
     """
     nb, r, s, t = spec
     G, C = _panel_blocking(spec)
@@ -175,7 +182,11 @@ def _emit_factor_panel(S: _Src, ind: int, spec, vname: str, src: str, dst: str, 
     # schedules this form better: 1.3-1.4x faster there, and no faster elsewhere)
     inline = _wide_t1(spec)
     b, i, k = f"b{tag}", f"i{tag}", f"k{tag}"
-    ind1 = S.loop(ind, b, nb)
+    if blocks is None:
+        ind1 = S.loop(ind, b, nb)
+    else:
+        S.add(ind, f"for {b} in range({blocks[0]}, {blocks[1]}):")
+        ind1 = ind + 1
     ind2 = S.loop(ind1, i, r // G)
     ind3 = S.loop(ind2, k, t)
     # output feature ((b r + i) t + k); V index of j: ((b r + i) s + j) t + k;
@@ -288,13 +299,15 @@ def _stage_digits(specs, f_: int) -> tuple:
 
 
 def _emit_group_panel(S: _Src, ind: int, specs, vnames, src: str, dst: str, W: int,
-                      tag: str, inplace: bool = False) -> None:
+                      tag: str, inplace: bool = False,
+                      blocks: tuple[str, str] | None = None) -> None:
     """Nesting factors ``specs`` (application order) in one pass over a panel.
 
     For each block ``B`` of the last factor and each ``k < t_1``, the ``prod s``
     input rows are loaded once per column, every factor is applied in registers and the
     ``prod r`` output rows are stored once: one read and one write of the panel instead
-    of one per factor.
+    of one per factor.  ``blocks``: two expressions bounding the blocks ``B`` computed
+    (default all).
     """
     nbm = specs[-1][0]
     t1 = specs[0][3]
@@ -305,7 +318,11 @@ def _emit_group_panel(S: _Src, ind: int, specs, vnames, src: str, dst: str, W: i
         prod_s *= s
         prod_r *= r
     B, k = f"B{tag}", f"k{tag}"
-    ind1 = S.loop(ind, B, nbm)
+    if blocks is None:
+        ind1 = S.loop(ind, B, nbm)
+    else:
+        S.add(ind, f"for {B} in range({blocks[0]}, {blocks[1]}):")
+        ind1 = ind + 1
     ind2 = S.loop(ind1, k, t1)
     S.add(ind2, f"x_ = {S.mul(S.plus(S.mul(B, prod_s * t1), k), W)}")
     S.add(ind2, f"o_ = {S.mul(S.plus(S.mul(B, prod_r * t1), k), W)}")
@@ -563,6 +580,74 @@ def _transpose_lines(S: _Src, kind: str, L: int, W: int, fin: str) -> list[str]:
     return out
 
 
+_FUSE_GATHER = True  # full row tiles: gather and a t = 1 first factor interleaved (change 20)
+_FUSE_GATHER_MIN = 64  # features gathered per interleaved step, at least
+
+
+def _first_pass_inputs(shapes) -> int:
+    """Adjacent input features each block of the chain's first panel pass reads, or 0
+    when they are not adjacent (a first factor with ``t > 1``).
+    """
+    n0, cnt = panel_passes(shapes)[0]
+    if shapes[0][3] != 1:
+        return 0
+    return math.prod(sp[2] for sp in shapes[:cnt])
+
+
+def gather_chunk(shapes, W: int) -> int:
+    """Features per step of a full row tile's gather interleaved with the first panel
+    pass, or 0 when the chain's row tiles gather the whole tile first.
+
+    The first pass (one factor, a fused group or an in-place radix-4 factor) must start
+    with a ``t = 1`` factor, so each of its blocks reads ``s`` adjacent features (``prod
+    s`` for a group), and the tile width must be a multiple of the ``8 x 8`` vector
+    transposes.  A step gathers a multiple of ``lcm(8, s)`` features (at least
+    :data:`_FUSE_GATHER_MIN`) and runs the first pass on its blocks while they are in
+    L1, instead of writing the whole gathered block to L2 and reading it back
+    (``README_kernels.md``, change 20).
+
+    Examples
+    --------
+    >>> gather_chunk(((512, 8, 9, 1), (256, 2, 2, 8)), 16)  # VGG's (8,9,1): 8 blocks
+    72
+    >>> gather_chunk(((8, 2, 2, 4),), 16)  # t = 4: a block's inputs are not adjacent
+    0
+    """
+    s = _first_pass_inputs(shapes)
+    if not (s and _FUSE_GATHER and _SIMD_TRANSPOSE and W % _SIMD_BLOCK == 0):
+        return 0
+    base = math.lcm(_SIMD_BLOCK, s)
+    return base * max(1, -(-_FUSE_GATHER_MIN // base))
+
+
+def _fused_gather_lines(S: _Src, Q: int, s: int, W: int, CF: int) -> list[str]:
+    """Lines of a full row tile (``w == W``) of ``Q`` input features: gather ``CF``
+    features, run the first pass on their blocks of ``s`` (``first_blocks``), next
+    ``CF``; the features left last.
+    """
+    V, Wc, Qc = _SIMD_BLOCK, S.c(W), S.c(Q)
+    nch, cb_ = Q // CF, CF // s
+
+    def t8(lo: str, hi: str) -> list[str]:
+        return [f"for fb in range({lo}, {hi}, {S.c(V)}):",
+                f"    for cb in range({S.c(0)}, {Wc}, {S.c(V)}):",
+                f"        transpose8(X, (c0 + cb) * {Qc} + fb, {Qc}, ba, fb * {Wc} + cb, {Wc})"]
+
+    out = [f"for ch_ in range({S.c(nch)}):", f"    fc_ = ch_ * {S.c(CF)}"]
+    out += ["    " + ln for ln in t8("fc_", f"fc_ + {S.c(CF)}")]
+    out += [f"    first_blocks(V, ba, bb, min(wr, wq), ch_ * {S.c(cb_)}, "
+            f"ch_ * {S.c(cb_)} + {S.c(cb_)})"]
+    if Q % CF:
+        Q8 = Q - Q % V
+        out += t8(S.c(nch * CF), S.c(Q8))
+        if Q % V:
+            out += [f"for f in range({S.c(Q8)}, {Qc}):",
+                    f"    for c_ in range({Wc}):",
+                    f"        ba[f * {Wc} + c_] = X[(c0 + c_) * {Qc} + f]"]
+        out += [f"first_blocks(V, ba, bb, min(wr, wq), {S.c(nch * cb_)}, {S.c(Q // s)})"]
+    return out
+
+
 _DECOR = "@njit(cache=True, nogil=True, fastmath={'contract'}, error_model='numpy')"
 _WIDE_VECTORS = True  # every kernel calls _numba_simd.wide_vectors (README_kernels, change 10)
 
@@ -605,28 +690,56 @@ def generate_source(shapes: tuple, W: int) -> str:
             S.add(ind, f"V{i} = V[{offs[i]}:{offs[i + 1]}]")
     S = _Src()
     body = S.lines
+    bufs = ("ba", "bb")
+    passes = panel_passes(shapes)
+
+    def chain_fn(name: str, start: int) -> int:
+        """A features-major panel function running ``passes[start:]`` (ping-pong
+        ``ba <-> bb``, the current values in ``ba`` at pass 0); the buffer index of the
+        result.
+        """
+        _def(S, f"{name}(V, ba, bb, wr)")
+        slices(1)
+        cur = 0  # the buffer holding the current values
+        for p, (n0, cnt) in enumerate(passes):
+            single_group = cnt == 1 and _single_as_group(shapes[n0])
+            inplace = single_group or _in_place(shapes[n0:n0 + cnt])
+            src, dst = bufs[cur], bufs[cur if inplace else 1 - cur]
+            if p < start:
+                pass
+            elif cnt == 1 and not single_group:
+                _emit_factor_panel(S, 1, shapes[n0], f"V{n0}", src, dst, W, str(n0))
+            else:
+                _emit_group_panel(S, 1, shapes[n0:n0 + cnt],
+                                  [f"V{n}" for n in range(n0, n0 + cnt)], src, dst, W,
+                                  str(n0), inplace)
+            if not inplace:
+                cur = 1 - cur
+        S.add(1, "return")
+        S.add(0, "")
+        return cur
 
     # -- chain_buf: features-major panel, ping-pong ba <-> bb ----------------------
-    _def(S, "chain_buf(V, ba, bb, wr)")
-    slices(1)
-    bufs = ("ba", "bb")
-    cur = 0  # the buffer holding the current values
-    for n0, cnt in panel_passes(shapes):
-        single_group = cnt == 1 and _single_as_group(shapes[n0])
-        inplace = single_group or _in_place(shapes[n0:n0 + cnt])
-        src, dst = bufs[cur], bufs[cur if inplace else 1 - cur]
-        if cnt == 1 and not single_group:
-            _emit_factor_panel(S, 1, shapes[n0], f"V{n0}", src, dst, W, str(n0))
-        else:
-            _emit_group_panel(S, 1, shapes[n0:n0 + cnt],
-                              [f"V{n}" for n in range(n0, n0 + cnt)], src, dst, W, str(n0),
-                              inplace)
-        if not inplace:
-            cur = 1 - cur
-    S.add(1, "return")
-    S.add(0, "")
+    cur = chain_fn("chain_buf", 0)
     result_in_a = cur == 0
     fin = bufs[cur]
+    # -- full row tiles: the gather interleaved with a t = 1 first factor ----------
+    CF = gather_chunk(shapes, W)
+    if CF:
+        chain_fn("chain_rest", 1)  # the same passes after the first
+        _def(S, "first_blocks(V, ba, bb, wr, bl, bh)")
+        cnt = passes[0][1]
+        for n in range(cnt):
+            S.add(1, f"V{n} = V[{offs[n]}:{offs[n + 1]}]")
+        lim = ("bl", "bh")
+        if cnt == 1 and not _single_as_group(shapes[0]):
+            _emit_factor_panel(S, 1, shapes[0], "V0", "ba", "bb", W, "0", blocks=lim)
+        else:
+            inplace = _in_place(shapes[:cnt]) or cnt == 1
+            _emit_group_panel(S, 1, shapes[:cnt], [f"V{n}" for n in range(cnt)], "ba",
+                              "ba" if inplace else "bb", W, "0", inplace, blocks=lim)
+        S.add(1, "return")
+        S.add(0, "")
 
     # -- rows_tiles / cols_tiles: gather a tile features-major, chain, scatter -------
     Wc, Qc, Pc = S.c(W), S.c(Q), S.c(P)
@@ -662,6 +775,13 @@ def generate_source(shapes: tuple, W: int) -> str:
             S.add(4, f"fb = f * {Wc}")
             S.add(4, "for c_ in range(w):")
             S.add(5, "ba[fb + c_] = X[xb + c_]")
+        fuse = CF and fname == "rows_tiles"
+        if fuse:
+            S.add(3, "chain_buf(V, ba, bb, min(wr, wq))")
+            S.add(2, f"elif w == {Wc}:")
+            for line in _fused_gather_lines(S, Q, _first_pass_inputs(shapes), W, CF):
+                S.add(3, line)
+            S.add(3, "chain_rest(V, ba, bb, min(wr, wq))")
         S.add(2, "else:")
         # full inputs: only the columns between w and wq are zeroed (not the whole
         # block: for VGG at batch 16 that was a 590 KB memset per call)
@@ -671,7 +791,7 @@ def generate_source(shapes: tuple, W: int) -> str:
         S.add(6, f"ba[f * {Wc} + c_] = 0")
         for line in gather:
             S.add(3, line)
-        S.add(2, "chain_buf(V, ba, bb, min(wr, wq))")
+        S.add(3 if fuse else 2, "chain_buf(V, ba, bb, min(wr, wq))")
         for line in scatter:
             S.add(2, line)
         S.add(0, "")
