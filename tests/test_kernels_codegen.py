@@ -46,17 +46,23 @@ def test_panel_passes_fuse_nesting_square_pairs():
     assert cg.panel_passes([(8, 2, 2, 1), (8, 2, 2, 1), (4, 2, 2, 2)]) == [(0, 1), (1, 2)]
 
 
+def _function(src: str, name: str) -> str:
+    """The source of the generated function ``name`` (to the next decorator)."""
+    return src.split(f"def {name}(")[1].split("\n@njit")[0]
+
+
 def test_fused_source_has_in_place_constant_width_loops():
     src = cg.generate_source(tuple(_shapes(BUTTERFLY_64)), 16)
     # three fused passes, each with a full-tile loop of constant trip count and a
     # partial-tile loop, all in place on ba
-    assert src.count("if wr == _u16:") == 3
-    assert src.count("for c_ in range(_u16):") == 3
-    assert "bb[" not in src.split("def chain_buf")[1].split("def rows_tiles")[0]
+    body = _function(src, "chain_buf")
+    assert body.count("if wr == _u16:") == 3
+    assert body.count("for c_ in range(_u16):") == 3
+    assert "bb[" not in body
     assert "RESULT_IN_A = True" in src
     # radix-4 factors are not fused, but each runs in place like a group of one
     src = cg.generate_source(tuple(_shapes(RADIX4_256)), 16)
-    body = src.split("def chain_buf")[1].split("def rows_tiles")[0]
+    body = _function(src, "chain_buf")
     assert body.count("for c_ in range(_u16):") == 4 and "bb[" not in body
 
 
@@ -117,8 +123,7 @@ def test_groups_of_three_outputs_match_dense(text, dtype):
     """Factors with r = 3, 6, 9 compute three outputs per input row loaded (change 9)."""
     op = DeBut.random(text, seed=8, dtype=dtype, backend="numba")
     W = nbk.prepare(op.factors).W
-    body = cg.generate_source(tuple(_shapes(text)), W).split("def chain_buf")[1]
-    body = body.split("def rows_tiles")[0]
+    body = _function(cg.generate_source(tuple(_shapes(text)), W), "chain_buf")
     assert f"[o_ + _u{2 * W} + c_] =" in body  # the third output of a group
     rng = np.random.default_rng(4)
     m, n = op.shape
@@ -170,24 +175,42 @@ def test_gather_loop_orders_move_the_same_values(monkeypatch, dtype):
 # the gather with it (change 20): whole steps of CF features and features left over (in
 # 8 x 8 blocks and one by one), no step at all (Q < CF), nothing after the first pass, and
 # first passes that are in-place groups (a fused pair, a radix-4 factor)
+GROWS = ["16 <-(4,2,2)- 8 <-(2,2,1)- 8",  # the (4,2,2) pass would write into ba
+         "256 <-(4,2,4)- 128 <-(2,2,2)- 128 <-(2,2,1)- 128"]  # (4,2,4): into bb, two steps
 FUSED_FIRST = [
     "80 <-(2,2,8)- 80 <-(8,9,1)- 90",  # s = 9: CF = 72, one step, 18 left (16 + 2)
     "272 <-(4,2,1)- 136",  # s = 2: CF = 64, two steps, 8 left; chain_rest has no pass
+    *GROWS,
     ODD_WIDTH,  # Q = 52 < CF = 64: the features left only (48 + 4)
     MIXED,  # Q = 18: the same, then a fused pair and a (2,4,4) factor
-    str(Chain.butterfly(256)),  # an in-place pair first: four steps of 64
-    str(Chain.butterfly(64, radix=4)),  # an in-place (4,4,1) first: one step
+    str(Chain.butterfly(256)),  # in-place pairs: steps of 64 through three of the four
+    str(Chain.butterfly(64, radix=4)),  # in-place (4,4,t): one step of every pass
+    "8 <-(2,4,4)- 16 <-(2,2,2)- 16 <-(2,2,1)- 16 <-(2,2,4)- 16 <-(4,2,2)- 8 <-(2,4,1)- 16",
 ]
 
 
-def test_gather_chunk_only_for_single_t1_first_passes():
-    assert cg.gather_chunk(_shapes(FUSED_FIRST[0]), 32) == 72
-    assert cg.gather_chunk(_shapes(FUSED_FIRST[1]), 16) == 64
-    assert cg.gather_chunk(_shapes(ODD_WIDTH), 32) == 64
-    assert cg.gather_chunk(_shapes(BUTTERFLY_64), 32) == 64  # a fused pair: s s = 4
-    assert cg.gather_chunk(_shapes(RADIX4_256), 32) == 64  # an in-place (4,4,1)
-    assert cg.gather_chunk(_shapes("16 <-(2,2,4)- 16"), 32) == 0  # t > 1
-    assert cg.gather_chunk(_shapes(FUSED_FIRST[0]), 12) == 0  # W not a multiple of 8
+def test_step_plan_of_chains():
+    """Which passes run step by step, and on steps of how many features (change 20)."""
+    assert cg.step_plan(_shapes(FUSED_FIRST[0]), 32) == (72, (9, 18))
+    assert cg.step_plan(_shapes(FUSED_FIRST[1]), 16) == (64, (2,))
+    assert cg.step_plan(_shapes(ODD_WIDTH), 32) == (64, (4,))
+    # MIXED: the pair after (8,9,1) does not nest in it (t = 1, not 8)
+    assert cg.step_plan(_shapes(MIXED), 32) == (72, (9,))
+    # in-place groups: the butterfly's pairs (s s = 4 each), radix-4 (4,4,t) factors
+    assert cg.step_plan(_shapes(BUTTERFLY_64), 32) == (64, (4, 16, 64))
+    # ... up to blocks of _STEP_MAX = 64 input features
+    assert cg.step_plan(_shapes(RADIX4_256), 32) == (64, (4, 16, 64))
+    assert cg.step_plan(_shapes(str(Chain.butterfly(4096))), 16) == (64, (4, 16, 64))
+    # odd spans: lcm(8, 27) = 216 is too long a step
+    assert cg.step_plan(_shapes(str(Chain.butterfly(2187, radix=3))), 16) == (72, (3, 9))
+    # a chain that grows: a pass writing more features into ba than the step gathered
+    # stops the step (the next steps' input lies there), one writing them into bb not
+    assert cg.step_plan(_shapes(GROWS[0]), 16) == (64, (2,))
+    assert cg.step_plan(_shapes(GROWS[1]), 16) == (64, (4, 8))
+    assert cg.step_plan(_shapes("64 <-(2,2,16)- " + GROWS[1].replace("256", "64", 1)
+                                .replace("128", "32")), 16) == (64, (4, 8))
+    assert cg.step_plan(_shapes("16 <-(2,2,4)- 16"), 32) == (0, ())  # t > 1 first
+    assert cg.step_plan(_shapes(FUSED_FIRST[0]), 12) == (0, ())  # W not a multiple of 8
 
 
 # every chain in float32; transpose8's two other paths (float64, complex128) on the
@@ -210,7 +233,7 @@ def test_gather_fused_with_first_factor_same_bits(monkeypatch, text, dtype):
         monkeypatch.setattr(cg, "_FUSE_GATHER", fuse)
         src = cg.generate_source(st.shapes, W)
         tiles = src.split("def rows_tiles(")[1].split("def cols_tiles(")[0]
-        assert ("first_blocks(" in tiles) == fuse
+        assert ("step_blocks(" in tiles) == fuse
         ns: dict = {}
         exec(compile(src.replace("cache=True", "cache=False"), "<kernels>", "exec"), ns)
         kernels.append(ns["rows_tiles"])

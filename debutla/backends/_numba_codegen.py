@@ -30,10 +30,11 @@ per argument is a visible part of a matvec.
     ``out = X @ D.T`` for the tiles ``t0 .. t1-1`` of ``W`` rows of the flat row-major
     ``X`` (``k x xn``, ``xn <= Q``: missing features are zeros, no padded copy) and
     ``out`` (``k x P``): gather a tile transposed, ``chain_buf``, scatter it back.
-    Where the first factor is a single ``t = 1`` pass (:func:`gather_chunk`), a full
-    tile gathers its features in steps and runs that factor on each step while it is in
-    L1 (``first_blocks(V, ba, bb, wr, bl, bh)``: its blocks ``bl .. bh-1``), then the
-    other passes (``chain_rest``, the same as ``chain_buf`` after its first pass).
+    Where the first pass starts with a ``t = 1`` factor (:func:`step_plan`), a full tile
+    gathers its features in steps and runs the first passes on each step while it is in
+    L1 (``step_blocks(V, ba, bb, wr, flo, fhi)``: their blocks that read input features
+    ``flo .. fhi-1``), then the other passes (``chain_rest``, the same as ``chain_buf``
+    after those).
 ``cols_tiles(V, X, out, k, t0, t1, ba, bb, wr, xn)``
     ``out = D @ X`` for the tiles of ``W`` columns of the flat row-major ``X``
     (``xn x k``) and ``out`` (``P x k``).
@@ -582,51 +583,74 @@ def _transpose_lines(S: _Src, kind: str, L: int, W: int, fin: str) -> list[str]:
 
 _FUSE_GATHER = True  # full row tiles: gather and a t = 1 first factor interleaved (change 20)
 _FUSE_GATHER_MIN = 64  # features gathered per interleaved step, at least
+_STEP_MAX = 64  # the widest block (in input features) of a pass run step by step
+_STEP_PASSES = 64  # most passes run step by step (1: the first pass only)
 
 
-def _first_pass_inputs(shapes) -> int:
-    """Adjacent input features each block of the chain's first panel pass reads, or 0
-    when they are not adjacent (a first factor with ``t > 1``).
-    """
-    n0, cnt = panel_passes(shapes)[0]
-    if shapes[0][3] != 1:
-        return 0
-    return math.prod(sp[2] for sp in shapes[:cnt])
+def step_plan(shapes, W: int) -> tuple[int, tuple[int, ...]]:
+    """``(CF, spans)``: a full row tile gathers ``CF`` input features at a time and runs
+    the chain's first ``len(spans)`` panel passes on them before the next ``CF``;
+    ``spans[p]``: the chain's input features behind one block of pass ``p``.
+    ``(0, ())`` when the chain's row tiles gather the whole tile first.
 
-
-def gather_chunk(shapes, W: int) -> int:
-    """Features per step of a full row tile's gather interleaved with the first panel
-    pass, or 0 when the chain's row tiles gather the whole tile first.
-
-    The first pass (one factor, a fused group or an in-place radix-4 factor) must start
-    with a ``t = 1`` factor, so each of its blocks reads ``s`` adjacent features (``prod
-    s`` for a group), and the tile width must be a multiple of the ``8 x 8`` vector
-    transposes.  A step gathers a multiple of ``lcm(8, s)`` features (at least
-    :data:`_FUSE_GATHER_MIN`) and runs the first pass on its blocks while they are in
-    L1, instead of writing the whole gathered block to L2 and reading it back
+    The first pass must start with a ``t = 1`` factor, so each of its blocks reads
+    adjacent features, and the tile width must be a multiple of the ``8 x 8`` vector
+    transposes.  A later pass joins the step while its factors nest in the previous one
+    (:func:`_nests`: a block of it then reads the outputs of whole blocks before it,
+    ``spans[p]`` adjacent input features), it does not write into the gathered block
+    ``ba`` more features than the step gathered (the next steps' input lies beyond
+    them: a chain that grows writes its wider outputs into ``bb`` only), and its span
+    is at most :data:`_STEP_MAX` features (and ``lcm(8, span)`` at most twice that).
+    ``CF`` is a multiple of ``lcm(8, spans)``, at least :data:`_FUSE_GATHER_MIN`.  The
+    step's passes work on data in L1 or near it instead of on whole blocks in L2
     (``README_kernels.md``, change 20).
 
     Examples
     --------
-    >>> gather_chunk(((512, 8, 9, 1), (256, 2, 2, 8)), 16)  # VGG's (8,9,1): 8 blocks
-    72
-    >>> gather_chunk(((8, 2, 2, 4),), 16)  # t = 4: a block's inputs are not adjacent
-    0
+    >>> step_plan(((512, 8, 9, 1), (256, 2, 2, 8)), 16)  # VGG's first two factors
+    (72, (9, 18))
+    >>> step_plan(((8, 2, 2, 4),), 16)  # t = 4: a block's inputs are not adjacent
+    (0, ())
     """
-    s = _first_pass_inputs(shapes)
-    if not (s and _FUSE_GATHER and _SIMD_TRANSPOSE and W % _SIMD_BLOCK == 0):
-        return 0
-    base = math.lcm(_SIMD_BLOCK, s)
-    return base * max(1, -(-_FUSE_GATHER_MIN // base))
+    if not (_FUSE_GATHER and _SIMD_TRANSPOSE and W % _SIMD_BLOCK == 0):
+        return 0, ()
+    if shapes[0][3] != 1:
+        return 0, ()
+    spans: list[int] = []
+    span = outs = 1  # input features behind a block, and its outputs, so far
+    cur = 0  # the buffer of the current values (0: ba, which holds the gathered input)
+    for n0, cnt in panel_passes(shapes):
+        group = shapes[n0:n0 + cnt]
+        if n0 and not _nests(shapes[n0 - 1], shapes[n0]):
+            break
+        nxt = span * math.prod(sp[2] for sp in group)
+        nouts = outs * math.prod(sp[1] for sp in group)
+        inplace = (cnt == 1 and _single_as_group(group[0])) or _in_place(group)
+        dst = cur if inplace else 1 - cur
+        # a later pass that writes into ba must not write past the step's own features
+        # there: the next steps' gathered input lies beyond them
+        if spans and (nxt > _STEP_MAX or (dst == 0 and nouts > nxt)):
+            break
+        span, outs, cur = nxt, nouts, dst
+        spans.append(span)
+        if len(spans) >= _STEP_PASSES:
+            break
+    # odd spans make long steps (lcm(8, 243) = 1944): fewer passes then
+    while len(spans) > 1 and math.lcm(_SIMD_BLOCK, spans[-1]) > 2 * _STEP_MAX:
+        spans.pop()
+    if not spans:
+        return 0, ()
+    base = math.lcm(_SIMD_BLOCK, spans[-1])
+    return base * max(1, -(-_FUSE_GATHER_MIN // base)), tuple(spans)
 
 
-def _fused_gather_lines(S: _Src, Q: int, s: int, W: int, CF: int) -> list[str]:
+def _fused_gather_lines(S: _Src, Q: int, W: int, CF: int) -> list[str]:
     """Lines of a full row tile (``w == W``) of ``Q`` input features: gather ``CF``
-    features, run the first pass on their blocks of ``s`` (``first_blocks``), next
-    ``CF``; the features left last.
+    features, run the step's passes on them (``step_blocks``), next ``CF``; the
+    features left last.
     """
     V, Wc, Qc = _SIMD_BLOCK, S.c(W), S.c(Q)
-    nch, cb_ = Q // CF, CF // s
+    nch = Q // CF
 
     def t8(lo: str, hi: str) -> list[str]:
         return [f"for fb in range({lo}, {hi}, {S.c(V)}):",
@@ -635,8 +659,7 @@ def _fused_gather_lines(S: _Src, Q: int, s: int, W: int, CF: int) -> list[str]:
 
     out = [f"for ch_ in range({S.c(nch)}):", f"    fc_ = ch_ * {S.c(CF)}"]
     out += ["    " + ln for ln in t8("fc_", f"fc_ + {S.c(CF)}")]
-    out += [f"    first_blocks(V, ba, bb, min(wr, wq), ch_ * {S.c(cb_)}, "
-            f"ch_ * {S.c(cb_)} + {S.c(cb_)})"]
+    out += [f"    step_blocks(V, ba, bb, min(wr, wq), fc_, fc_ + {S.c(CF)})"]
     if Q % CF:
         Q8 = Q - Q % V
         out += t8(S.c(nch * CF), S.c(Q8))
@@ -644,7 +667,7 @@ def _fused_gather_lines(S: _Src, Q: int, s: int, W: int, CF: int) -> list[str]:
             out += [f"for f in range({S.c(Q8)}, {Qc}):",
                     f"    for c_ in range({Wc}):",
                     f"        ba[f * {Wc} + c_] = X[(c0 + c_) * {Qc} + f]"]
-        out += [f"first_blocks(V, ba, bb, min(wr, wq), {S.c(nch * cb_)}, {S.c(Q // s)})"]
+        out += [f"step_blocks(V, ba, bb, min(wr, wq), {S.c(nch * CF)}, {Qc})"]
     return out
 
 
@@ -724,20 +747,30 @@ def generate_source(shapes: tuple, W: int) -> str:
     result_in_a = cur == 0
     fin = bufs[cur]
     # -- full row tiles: the gather interleaved with a t = 1 first factor ----------
-    CF = gather_chunk(shapes, W)
+    CF, spans = step_plan(shapes, W)
     if CF:
-        chain_fn("chain_rest", 1)  # the same passes after the first
-        _def(S, "first_blocks(V, ba, bb, wr, bl, bh)")
-        cnt = passes[0][1]
-        for n in range(cnt):
+        chain_fn("chain_rest", len(spans))  # the passes after the step's
+        # step_blocks: the step's passes on the blocks of input features flo .. fhi-1
+        _def(S, "step_blocks(V, ba, bb, wr, flo, fhi)")
+        nf = sum(passes[p][1] for p in range(len(spans)))
+        for n in range(nf):
             S.add(1, f"V{n} = V[{offs[n]}:{offs[n + 1]}]")
-        lim = ("bl", "bh")
-        if cnt == 1 and not _single_as_group(shapes[0]):
-            _emit_factor_panel(S, 1, shapes[0], "V0", "ba", "bb", W, "0", blocks=lim)
-        else:
-            inplace = _in_place(shapes[:cnt]) or cnt == 1
-            _emit_group_panel(S, 1, shapes[:cnt], [f"V{n}" for n in range(cnt)], "ba",
-                              "ba" if inplace else "bb", W, "0", inplace, blocks=lim)
+        cur = 0
+        for p, span in enumerate(spans):
+            n0, cnt = passes[p]
+            lim = (f"flo // {S.c(span)}", f"fhi // {S.c(span)}")
+            single_group = cnt == 1 and _single_as_group(shapes[n0])
+            inplace = single_group or _in_place(shapes[n0:n0 + cnt])
+            src, dst = bufs[cur], bufs[cur if inplace else 1 - cur]
+            if cnt == 1 and not single_group:
+                _emit_factor_panel(S, 1, shapes[n0], f"V{n0}", src, dst, W, str(n0),
+                                   blocks=lim)
+            else:
+                _emit_group_panel(S, 1, shapes[n0:n0 + cnt],
+                                  [f"V{n}" for n in range(n0, n0 + cnt)], src, dst, W,
+                                  str(n0), inplace, blocks=lim)
+            if not inplace:
+                cur = 1 - cur
         S.add(1, "return")
         S.add(0, "")
 
@@ -779,7 +812,7 @@ def generate_source(shapes: tuple, W: int) -> str:
         if fuse:
             S.add(3, "chain_buf(V, ba, bb, min(wr, wq))")
             S.add(2, f"elif w == {Wc}:")
-            for line in _fused_gather_lines(S, Q, _first_pass_inputs(shapes), W, CF):
+            for line in _fused_gather_lines(S, Q, W, CF):
                 S.add(3, line)
             S.add(3, "chain_rest(V, ba, bb, min(wr, wq))")
         S.add(2, "else:")
