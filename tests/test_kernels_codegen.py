@@ -176,7 +176,11 @@ def test_gather_loop_orders_move_the_same_values(monkeypatch, dtype):
 # 8 x 8 blocks and one by one), no step at all (Q < CF), nothing after the first pass, and
 # first passes that are in-place groups (a fused pair, a radix-4 factor)
 GROWS = ["16 <-(4,2,2)- 8 <-(2,2,1)- 8",  # the (4,2,2) pass would write into ba
-         "256 <-(4,2,4)- 128 <-(2,2,2)- 128 <-(2,2,1)- 128"]  # (4,2,4): into bb, two steps
+         "256 <-(4,2,4)- 128 <-(2,2,2)- 128 <-(2,2,1)- 128",  # (4,2,4): into bb, two steps
+         # narrows into bb, widens into ba, widens into bb: a later step's first pass
+         # would write bb over the earlier steps' results there, so the third pass stays
+         # out of the step
+         "450 <-(5,2,10)- 180 <-(5,2,2)- 72 <-(2,5,1)- 180"]
 FUSED_FIRST = [
     "80 <-(2,2,8)- 80 <-(8,9,1)- 90",  # s = 9: CF = 72, one step, 18 left (16 + 2)
     "272 <-(4,2,1)- 136",  # s = 2: CF = 64, two steps, 8 left; chain_rest has no pass
@@ -207,6 +211,9 @@ def test_step_plan_of_chains():
     # stops the step (the next steps' input lies there), one writing them into bb not
     assert cg.step_plan(_shapes(GROWS[0]), 16) == (64, (2,))
     assert cg.step_plan(_shapes(GROWS[1]), 16) == (64, (4, 8))
+    # narrowing into bb, then widening into ba: in; widening further into bb: out (a
+    # later step's first pass would write bb over the earlier steps' results there)
+    assert cg.step_plan(_shapes(GROWS[2]), 16) == (80, (5, 10))
     assert cg.step_plan(_shapes("64 <-(2,2,16)- " + GROWS[1].replace("256", "64", 1)
                                 .replace("128", "32")), 16) == (64, (4, 8))
     assert cg.step_plan(_shapes("16 <-(2,2,4)- 16"), 32) == (0, ())  # t > 1 first

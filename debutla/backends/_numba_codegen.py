@@ -395,6 +395,28 @@ def _group_body(S: _Src, ind: int, specs, coef: dict, src: str, dst: str, W: int
         cur = new
 
 
+def _pass_in_place(shapes, n0: int, cnt: int) -> bool:
+    """Whether the panel pass of ``shapes[n0:n0 + cnt]`` writes over its input buffer."""
+    return (cnt == 1 and _single_as_group(shapes[n0])) or _in_place(shapes[n0:n0 + cnt])
+
+
+def _emit_pass(S: _Src, shapes, n0: int, cnt: int, cur: int, W: int,
+               blocks: tuple[str, str] | None = None) -> int:
+    """Emit the panel pass of ``shapes[n0:n0 + cnt]`` on the current values in buffer
+    ``cur`` (0: ``ba``, 1: ``bb``), over ``blocks`` (default all); the buffer of its
+    result.
+    """
+    bufs = ("ba", "bb")
+    inplace = _pass_in_place(shapes, n0, cnt)
+    src, dst = bufs[cur], bufs[cur if inplace else 1 - cur]
+    if cnt == 1 and not _single_as_group(shapes[n0]):
+        _emit_factor_panel(S, 1, shapes[n0], f"V{n0}", src, dst, W, str(n0), blocks)
+    else:
+        _emit_group_panel(S, 1, shapes[n0:n0 + cnt], [f"V{n}" for n in range(n0, n0 + cnt)],
+                          src, dst, W, str(n0), inplace, blocks)
+    return cur if inplace else 1 - cur
+
+
 def _single_as_group(spec) -> bool:
     """Whether one square factor runs as an in-place group pass (radix-4 ``(4,4,t)``).
 
@@ -581,7 +603,7 @@ def _transpose_lines(S: _Src, kind: str, L: int, W: int, fin: str) -> list[str]:
     return out
 
 
-_FUSE_GATHER = True  # full row tiles: gather and a t = 1 first factor interleaved (change 20)
+_FUSE_GATHER = True  # full row tiles gather in steps, each through the first passes (change 20)
 _FUSE_GATHER_MIN = 64  # features gathered per interleaved step, at least
 _STEP_MAX = 64  # the widest block (in input features) of a pass run step by step
 _STEP_PASSES = 64  # most passes run step by step (1: the first pass only)
@@ -597,13 +619,13 @@ def step_plan(shapes, W: int) -> tuple[int, tuple[int, ...]]:
     adjacent features, and the tile width must be a multiple of the ``8 x 8`` vector
     transposes.  A later pass joins the step while its factors nest in the previous one
     (:func:`_nests`: a block of it then reads the outputs of whole blocks before it,
-    ``spans[p]`` adjacent input features), it does not write into the gathered block
-    ``ba`` more features than the step gathered (the next steps' input lies beyond
-    them: a chain that grows writes its wider outputs into ``bb`` only), and its span
-    is at most :data:`_STEP_MAX` features (and ``lcm(8, span)`` at most twice that).
-    ``CF`` is a multiple of ``lcm(8, spans)``, at least :data:`_FUSE_GATHER_MIN`.  The
-    step's passes work on data in L1 or near it instead of on whole blocks in L2
-    (``README_kernels.md``, change 20).
+    ``spans[p]`` adjacent input features), no pass of the step then writes over values
+    that a later pass or step needs (:func:`_steps_safe`: a chain that grows writes
+    its wider outputs into ``bb`` only, and one that narrows then widens stops), and its
+    span is at most :data:`_STEP_MAX` features (and ``lcm(8, span)`` at most twice
+    that).  ``CF`` is a multiple of ``lcm(8, spans)``, at least
+    :data:`_FUSE_GATHER_MIN`.  The step's passes work on data in L1 or near it instead
+    of on whole blocks in L2 (``README_kernels.md``, change 20).
 
     Examples
     --------
@@ -617,6 +639,7 @@ def step_plan(shapes, W: int) -> tuple[int, tuple[int, ...]]:
     if shapes[0][3] != 1:
         return 0, ()
     spans: list[int] = []
+    writes: list[tuple[int, int, int]] = []  # per pass: buffer written, outputs, span
     span = outs = 1  # input features behind a block, and its outputs, so far
     cur = 0  # the buffer of the current values (0: ba, which holds the gathered input)
     for n0, cnt in panel_passes(shapes):
@@ -625,14 +648,12 @@ def step_plan(shapes, W: int) -> tuple[int, tuple[int, ...]]:
             break
         nxt = span * math.prod(sp[2] for sp in group)
         nouts = outs * math.prod(sp[1] for sp in group)
-        inplace = (cnt == 1 and _single_as_group(group[0])) or _in_place(group)
-        dst = cur if inplace else 1 - cur
-        # a later pass that writes into ba must not write past the step's own features
-        # there: the next steps' gathered input lies beyond them
-        if spans and (nxt > _STEP_MAX or (dst == 0 and nouts > nxt)):
+        dst = cur if _pass_in_place(shapes, n0, cnt) else 1 - cur
+        if spans and not (nxt <= _STEP_MAX and _steps_safe(writes + [(dst, nouts, nxt)])):
             break
         span, outs, cur = nxt, nouts, dst
         spans.append(span)
+        writes.append((dst, nouts, nxt))
         if len(spans) >= _STEP_PASSES:
             break
     # odd spans make long steps (lcm(8, 243) = 1944): fewer passes then
@@ -642,6 +663,22 @@ def step_plan(shapes, W: int) -> tuple[int, tuple[int, ...]]:
         return 0, ()
     base = math.lcm(_SIMD_BLOCK, spans[-1])
     return base * max(1, -(-_FUSE_GATHER_MIN // base)), tuple(spans)
+
+
+def _steps_safe(writes) -> bool:
+    """Whether passes that write, per step, ``outs / span`` times the step's features
+    into buffer ``dst`` (``writes``: ``(dst, outs, span)`` in order) leave every value a
+    later pass or step needs in place.
+
+    Step ``c`` of a pass writes positions ``[c f, (c + 1) f)`` of its buffer, ``f`` its
+    features per step.  Into ``ba`` (0) that must stay below the next steps' gathered
+    input (``f`` at most the features gathered), and into the buffer of the last pass's
+    results no pass may write fewer features per step than that last pass, or a later
+    step would write over earlier steps' results.
+    """
+    last, lo, ls = writes[-1]
+    return all((dst != 0 or outs <= span) and (dst != last or outs * ls >= lo * span)
+               for dst, outs, span in writes)
 
 
 def _fused_gather_lines(S: _Src, Q: int, W: int, CF: int) -> list[str]:
@@ -725,19 +762,10 @@ def generate_source(shapes: tuple, W: int) -> str:
         slices(1)
         cur = 0  # the buffer holding the current values
         for p, (n0, cnt) in enumerate(passes):
-            single_group = cnt == 1 and _single_as_group(shapes[n0])
-            inplace = single_group or _in_place(shapes[n0:n0 + cnt])
-            src, dst = bufs[cur], bufs[cur if inplace else 1 - cur]
-            if p < start:
-                pass
-            elif cnt == 1 and not single_group:
-                _emit_factor_panel(S, 1, shapes[n0], f"V{n0}", src, dst, W, str(n0))
+            if p < start:  # run before (step_blocks): only the buffer it leaves
+                cur = cur if _pass_in_place(shapes, n0, cnt) else 1 - cur
             else:
-                _emit_group_panel(S, 1, shapes[n0:n0 + cnt],
-                                  [f"V{n}" for n in range(n0, n0 + cnt)], src, dst, W,
-                                  str(n0), inplace)
-            if not inplace:
-                cur = 1 - cur
+                cur = _emit_pass(S, shapes, n0, cnt, cur, W)
         S.add(1, "return")
         S.add(0, "")
         return cur
@@ -746,7 +774,7 @@ def generate_source(shapes: tuple, W: int) -> str:
     cur = chain_fn("chain_buf", 0)
     result_in_a = cur == 0
     fin = bufs[cur]
-    # -- full row tiles: the gather interleaved with a t = 1 first factor ----------
+    # -- full row tiles: the gather in steps, each through the first passes -------
     CF, spans = step_plan(shapes, W)
     if CF:
         chain_fn("chain_rest", len(spans))  # the passes after the step's
@@ -758,19 +786,8 @@ def generate_source(shapes: tuple, W: int) -> str:
         cur = 0
         for p, span in enumerate(spans):
             n0, cnt = passes[p]
-            lim = (f"flo // {S.c(span)}", f"fhi // {S.c(span)}")
-            single_group = cnt == 1 and _single_as_group(shapes[n0])
-            inplace = single_group or _in_place(shapes[n0:n0 + cnt])
-            src, dst = bufs[cur], bufs[cur if inplace else 1 - cur]
-            if cnt == 1 and not single_group:
-                _emit_factor_panel(S, 1, shapes[n0], f"V{n0}", src, dst, W, str(n0),
-                                   blocks=lim)
-            else:
-                _emit_group_panel(S, 1, shapes[n0:n0 + cnt],
-                                  [f"V{n}" for n in range(n0, n0 + cnt)], src, dst, W,
-                                  str(n0), inplace, blocks=lim)
-            if not inplace:
-                cur = 1 - cur
+            cur = _emit_pass(S, shapes, n0, cnt, cur, W,
+                             (f"flo // {S.c(span)}", f"fhi // {S.c(span)}"))
         S.add(1, "return")
         S.add(0, "")
 
