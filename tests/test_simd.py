@@ -138,7 +138,9 @@ SHAPES = ((512, 8, 9, 1), (256, 2, 2, 8), (1, 2, 4, 256))
 
 def test_generated_kernels_ask_for_wide_vectors_except_rows_single(monkeypatch):
     fwd = _functions(cg.generate_source(SHAPES, 32))
-    assert set(fwd) == {"chain_buf", "rows_tiles", "cols_tiles", "rows_single"}
+    # chain_rest and step_blocks: row tiles gathered in steps (a t = 1 first factor)
+    assert set(fwd) == {"chain_buf", "chain_rest", "step_blocks", "rows_tiles", "cols_tiles",
+                        "rows_single"}
     for name, body in fwd.items():
         first = body.splitlines()[0].strip()
         assert (first == "wide_vectors()") == (name != "rows_single"), name
