@@ -51,18 +51,26 @@ def _function(src: str, name: str) -> str:
     return src.split(f"def {name}(")[1].split("\n@njit")[0]
 
 
+def _passes(src: str) -> str:
+    """The source of the functions holding the chain's panel passes: ``chain_buf``, or
+    the ``step_blocks`` and ``chain_rest`` it calls where row tiles gather in steps."""
+    if "def step_blocks(" in src:
+        return _function(src, "step_blocks") + _function(src, "chain_rest")
+    return _function(src, "chain_buf")
+
+
 def test_fused_source_has_in_place_constant_width_loops():
     src = cg.generate_source(tuple(_shapes(BUTTERFLY_64)), 16)
     # three fused passes, each with a full-tile loop of constant trip count and a
     # partial-tile loop, all in place on ba
-    body = _function(src, "chain_buf")
+    body = _passes(src)
     assert body.count("if wr == _u16:") == 3
     assert body.count("for c_ in range(_u16):") == 3
     assert "bb[" not in body
     assert "RESULT_IN_A = True" in src
     # radix-4 factors are not fused, but each runs in place like a group of one
     src = cg.generate_source(tuple(_shapes(RADIX4_256)), 16)
-    body = _function(src, "chain_buf")
+    body = _passes(src)
     assert body.count("for c_ in range(_u16):") == 4 and "bb[" not in body
 
 
@@ -123,7 +131,7 @@ def test_groups_of_three_outputs_match_dense(text, dtype):
     """Factors with r = 3, 6, 9 compute three outputs per input row loaded (change 9)."""
     op = DeBut.random(text, seed=8, dtype=dtype, backend="numba")
     W = nbk.prepare(op.factors).W
-    body = _function(cg.generate_source(tuple(_shapes(text)), W), "chain_buf")
+    body = _passes(cg.generate_source(tuple(_shapes(text)), W))
     assert f"[o_ + _u{2 * W} + c_] =" in body  # the third output of a group
     rng = np.random.default_rng(4)
     m, n = op.shape
@@ -218,6 +226,16 @@ def test_step_plan_of_chains():
                                 .replace("128", "32")), 16) == (64, (4, 8))
     assert cg.step_plan(_shapes("16 <-(2,2,4)- 16"), 32) == (0, ())  # t > 1 first
     assert cg.step_plan(_shapes(FUSED_FIRST[0]), 12) == (0, ())  # W not a multiple of 8
+
+
+def test_chain_buf_shares_the_stepped_passes():
+    """Where row tiles gather in steps, chain_buf (partial tiles, the column layout) runs
+    step_blocks over every input feature, then chain_rest: each pass is compiled once
+    (the forward module of VGG compiled in 2.8 s instead of 3.7 s)."""
+    shapes = tuple(_shapes(FUSED_FIRST[0]))
+    body = _function(cg.generate_source(shapes, 32), "chain_buf")
+    assert "step_blocks(V, ba, bb, wr, _u0, _u90)" in body and "chain_rest(" in body
+    assert "for " not in body
 
 
 # every chain in float32; transpose8's two other paths (float64, complex128) on the

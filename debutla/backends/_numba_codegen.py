@@ -33,8 +33,8 @@ per argument is a visible part of a matvec.
     Where the first pass starts with a ``t = 1`` factor (:func:`step_plan`), a full tile
     gathers its features in steps and runs the first passes on each step while it is in
     L1 (``step_blocks(V, ba, bb, wr, flo, fhi)``: their blocks that read input features
-    ``flo .. fhi-1``), then the other passes (``chain_rest``, the same as ``chain_buf``
-    after those).
+    ``flo .. fhi-1``), then the other passes (``chain_rest``); ``chain_buf`` is then
+    those two over every feature, so each pass is compiled once.
 ``cols_tiles(V, X, out, k, t0, t1, ba, bb, wr, xn)``
     ``out = D @ X`` for the tiles of ``W`` columns of the flat row-major ``X``
     (``xn x k``) and ``out`` (``P x k``).
@@ -607,6 +607,7 @@ _FUSE_GATHER = True  # full row tiles gather in steps, each through the first pa
 _FUSE_GATHER_MIN = 64  # features gathered per interleaved step, at least
 _STEP_MAX = 64  # the widest block (in input features) of a pass run step by step
 _STEP_PASSES = 64  # most passes run step by step (1: the first pass only)
+_SHARED_PASSES = True  # chain_buf calls step_blocks and chain_rest (each pass compiled once)
 
 
 def step_plan(shapes, W: int) -> tuple[int, tuple[int, ...]]:
@@ -771,13 +772,23 @@ def generate_source(shapes: tuple, W: int) -> str:
         return cur
 
     # -- chain_buf: features-major panel, ping-pong ba <-> bb ----------------------
-    cur = chain_fn("chain_buf", 0)
-    result_in_a = cur == 0
-    fin = bufs[cur]
     # -- full row tiles: the gather in steps, each through the first passes -------
     CF, spans = step_plan(shapes, W)
+    if CF and _SHARED_PASSES:
+        # chain_buf made of the two functions below: each pass compiled once
+        _def(S, "chain_buf(V, ba, bb, wr)")
+        S.add(1, f"step_blocks(V, ba, bb, wr, {S.c(0)}, {S.c(Q)})")
+        S.add(1, "chain_rest(V, ba, bb, wr)")
+        S.add(1, "return")
+        S.add(0, "")
+        cur = chain_fn("chain_rest", len(spans))  # the passes after the step's
+    else:
+        cur = chain_fn("chain_buf", 0)
+        if CF:
+            chain_fn("chain_rest", len(spans))
+    result_in_a = cur == 0
+    fin = bufs[cur]
     if CF:
-        chain_fn("chain_rest", len(spans))  # the passes after the step's
         # step_blocks: the step's passes on the blocks of input features flo .. fhi-1
         _def(S, "step_blocks(V, ba, bb, wr, flo, fhi)")
         nf = sum(passes[p][1] for p in range(len(spans)))
