@@ -395,6 +395,9 @@ def _group_body(S: _Src, ind: int, specs, coef: dict, src: str, dst: str, W: int
         cur = new
 
 
+_BUFS = ("ba", "bb")  # the tile kernels' two features-major scratch blocks
+
+
 def _pass_in_place(shapes, n0: int, cnt: int) -> bool:
     """Whether the panel pass of ``shapes[n0:n0 + cnt]`` writes over its input buffer."""
     return (cnt == 1 and _single_as_group(shapes[n0])) or _in_place(shapes[n0:n0 + cnt])
@@ -406,7 +409,7 @@ def _emit_pass(S: _Src, shapes, n0: int, cnt: int, cur: int, W: int,
     ``cur`` (0: ``ba``, 1: ``bb``), over ``blocks`` (default all); the buffer of its
     result.
     """
-    bufs = ("ba", "bb")
+    bufs = _BUFS
     inplace = _pass_in_place(shapes, n0, cnt)
     src, dst = bufs[cur], bufs[cur if inplace else 1 - cur]
     if cnt == 1 and not _single_as_group(shapes[n0]):
@@ -525,6 +528,17 @@ _SIMD_BLOCK = 8
 _GATHER_FEATURES_OUTER = True  # the row gather's 8 x 8 blocks: features outer (change 11)
 
 
+def _gather8_lines(S: _Src, L: int, W: int, flo: str, fhi: str, rows: str) -> list[str]:
+    """Lines gathering features ``flo .. fhi-1`` (multiples of 8) of the tile's first
+    ``rows`` rows (a multiple of 8) of ``X`` (``L`` features a row) into the
+    features-major ``ba``, in ``8 x 8`` vector transposes, features outer.
+    """
+    V, Lc, Wc = _SIMD_BLOCK, S.c(L), S.c(W)
+    return [f"for fb in range({flo}, {fhi}, {S.c(V)}):",
+            f"    for cb in range({S.c(0)}, {rows}, {S.c(V)}):",
+            f"        transpose8(X, (c0 + cb) * {Lc} + fb, {Lc}, ba, fb * {Wc} + cb, {Wc})"]
+
+
 def _transpose_lines(S: _Src, kind: str, L: int, W: int, fin: str) -> list[str]:
     """Lines moving a tile of ``w`` rows between row-major and features-major.
 
@@ -560,9 +574,7 @@ def _transpose_lines(S: _Src, kind: str, L: int, W: int, fin: str) -> list[str]:
             return f"transpose8({fin}, fb * {Wc} + cb, {Wc}, out, {row} + fb, {Lc})"
         if kind == "gather" and _GATHER_FEATURES_OUTER:
             # whole tile rows of the features-major block (W columns) at a time
-            simd += [f"for fb in range({S.c(0)}, {S.c(LV)}, {S.c(V)}):",
-                     f"    for cb in range({S.c(0)}, w - w % {S.c(V)}, {S.c(V)}):",
-                     f"        {mv8(f'(c0 + cb) * {Lc}')}"]
+            simd += _gather8_lines(S, L, W, S.c(0), S.c(LV), f"w - w % {S.c(V)}")
             if L % V:  # the features left, for the same rows, below
                 simd += [f"for cb in range({S.c(0)}, w - w % {S.c(V)}, {S.c(V)}):",
                          f"    rb = (c0 + cb) * {Lc}"]
@@ -690,10 +702,8 @@ def _fused_gather_lines(S: _Src, Q: int, W: int, CF: int) -> list[str]:
     V, Wc, Qc = _SIMD_BLOCK, S.c(W), S.c(Q)
     nch = Q // CF
 
-    def t8(lo: str, hi: str) -> list[str]:
-        return [f"for fb in range({lo}, {hi}, {S.c(V)}):",
-                f"    for cb in range({S.c(0)}, {Wc}, {S.c(V)}):",
-                f"        transpose8(X, (c0 + cb) * {Qc} + fb, {Qc}, ba, fb * {Wc} + cb, {Wc})"]
+    def t8(lo: str, hi: str) -> list[str]:  # every row of the full tile
+        return _gather8_lines(S, Q, W, lo, hi, Wc)
 
     out = [f"for ch_ in range({S.c(nch)}):", f"    fc_ = ch_ * {S.c(CF)}"]
     out += ["    " + ln for ln in t8("fc_", f"fc_ + {S.c(CF)}")]
@@ -751,7 +761,7 @@ def generate_source(shapes: tuple, W: int) -> str:
             S.add(ind, f"V{i} = V[{offs[i]}:{offs[i + 1]}]")
     S = _Src()
     body = S.lines
-    bufs = ("ba", "bb")
+    bufs = _BUFS
     passes = panel_passes(shapes)
 
     def chain_fn(name: str, start: int) -> int:
