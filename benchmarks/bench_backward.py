@@ -20,13 +20,16 @@ printed when it was compiled in this run (an empty kernel cache:
 generator (``debutla/backends/_numba_backward.py`` as it was there, compiled in this
 process) with the working tree's, interleaved in one process, on the same state,
 inputs and scratch; it prints both medians, their ratio and the largest difference of
-the value gradients (relative) and of the input gradients.
+the value gradients (relative) and of the input gradients.  ``--ab NAME=VALUE ...`` is
+the same comparison with the working tree's generator run with those module constants
+(e.g. ``_STEP=False``, ``_STEP_MAX=32``) as the other variant.
 
 Usage::
 
     python benchmarks/bench_backward.py [--chains vgg butterfly] [--dtypes float32]
         [--batch 256] [--threads 1] [--repeats 9]
     python benchmarks/bench_backward.py --ab-rev HEAD~1 --chains vgg butterfly
+    python benchmarks/bench_backward.py --ab _STEP_MAX=32 --chains butterfly
 """
 
 from __future__ import annotations
@@ -109,17 +112,57 @@ def _generator_of(rev: str):
     return mod
 
 
+def _source_with(overrides: dict, shapes: tuple, W: int) -> str:
+    """The working tree's backward source with generator constants overridden."""
+    from debutla.backends import _numba_backward as bw
+
+    saved = {k: getattr(bw, k) for k in overrides}
+    try:
+        for k, v in overrides.items():
+            setattr(bw, k, v)
+        bw.scratch_sizes.cache_clear()
+        old_count = bw.scratch_sizes(shapes, W)[0]
+        src = bw.generate_source(shapes, W)
+    finally:
+        for k, v in saved.items():
+            setattr(bw, k, v)
+        bw.scratch_sizes.cache_clear()
+    if old_count > bw.scratch_sizes(shapes, W)[0]:
+        raise SystemExit(f"--ab {overrides}: needs more scratch arrays than this variant; "
+                         "swap the variants")
+    return src
+
+
+def _parse_overrides(items) -> dict:
+    """``NAME=VALUE`` pairs (Python literals) for ``--ab``, checked against the module."""
+    import ast
+
+    from debutla.backends import _numba_backward as bw
+
+    out = {}
+    for item in items:
+        name, _, value = item.partition("=")
+        if not hasattr(bw, name) or not value:
+            raise SystemExit(f"--ab: {item!r} is not NAME=VALUE of a constant of "
+                             "debutla/backends/_numba_backward.py")
+        out[name] = ast.literal_eval(value)
+    return out
+
+
 def ab_rev(name: str, dtype: str, batch: int, threads: int, repeats: int,
-           rev: str) -> str:
-    """``--ab-rev``: one table row, REV's generated backward against the working tree's."""
+           rev: str | None, overrides: dict | None = None) -> str:
+    """``--ab-rev``/``--ab``: one table row, REV's generated backward (or the working
+    tree's with ``overrides``) against the working tree's."""
     from debutla.backends import _cache
     from debutla.torch._kernels import fused_backward
 
     op, state, vals, shapes, X, G = _problem(name, dtype, batch)
     m, n = op.shape
-    mods = {"old": _cache.load_module(
-                _generator_of(rev).generate_source(state.shapes, state.bw_W), "bw"),
-            "new": state.backward_module()}
+    if rev is not None:
+        old_src = _generator_of(rev).generate_source(state.shapes, state.bw_W)
+    else:
+        old_src = _source_with(overrides or {}, state.shapes, state.bw_W)
+    mods = {"old": _cache.load_module(old_src, "bw"), "new": state.backward_module()}
     out = {}
 
     def run(tag: str):
@@ -155,18 +198,26 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=9)
     p.add_argument("--ab-rev", default=None, metavar="REV",
                    help="compare the generated backward of git revision REV with this one")
+    p.add_argument("--ab", nargs="+", default=None, metavar="NAME=VALUE",
+                   help="compare the generated backward with these constants of "
+                        "_numba_backward.py with this one")
     args = p.parse_args(argv)
-    if args.ab_rev is not None:
-        print(f"# bench_backward --ab-rev {args.ab_rev}: batch {args.batch}, "
-              f"{args.threads} thread(s), {args.repeats} rounds; load average at start "
-              f"{os.getloadavg()}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
-        print(f"| chain | dtype | {args.ab_rev} ms | this ms | {args.ab_rev} / this "
+    if args.ab_rev is not None or args.ab is not None:
+        if args.ab_rev is not None and args.ab is not None:
+            p.error("--ab-rev and --ab: one or the other")
+        overrides = _parse_overrides(args.ab or [])
+        label = args.ab_rev or " ".join(args.ab)
+        print(f"# bench_backward --ab{'-rev' if args.ab_rev else ''} {label}: batch "
+              f"{args.batch}, {args.threads} thread(s), {args.repeats} rounds; load "
+              f"average at start {os.getloadavg()}; "
+              f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+        print(f"| chain | dtype | {label} ms | this ms | {label} / this "
               f"| max rel. diff of dV | max diff of dX |")
         print("|---|---|---:|---:|---:|---:|---:|")
         for name in args.chains:
             for dtype in args.dtypes:
                 print(ab_rev(name, dtype, args.batch, args.threads, args.repeats,
-                             args.ab_rev), flush=True)
+                             args.ab_rev, overrides), flush=True)
         print(f"load average at end: {os.getloadavg()}")
         return 0
     print(f"# bench_backward: batch {args.batch}, {args.threads} thread(s), "

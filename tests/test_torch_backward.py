@@ -21,7 +21,7 @@ torch = pytest.importorskip("torch")
 import debutla as db  # noqa: E402
 import debutla.backends.numba_ as nbk  # noqa: E402
 from debutla import Chain, DeBut  # noqa: E402
-from debutla.backends import _numba_backward, get_backend  # noqa: E402
+from debutla.backends import _cache, _numba_backward, get_backend  # noqa: E402
 from debutla.torch import DeButLinear, _kernels  # noqa: E402
 from strategies import reference  # noqa: E402
 
@@ -207,6 +207,91 @@ def test_generated_source_names_the_chain_and_width():
     # one array per factor input, of the widest input; two gradient buffers
     assert _numba_backward.scratch_sizes(((2, 2, 2, 1), (1, 2, 2, 2)), 16) == (
         2, 4 * 16, 4 * 16)
+
+
+# chains whose first factors run step by step (_numba_backward.step_plan), application
+# order: every factor of the step in one whole step (and the last factor outside);
+# a whole step and the features left (spans 3, 6, 12: 72 + 48 features); a widening
+# then narrowing step smaller than one step (40 features); a wide (8, 9, 1) factor first
+STEPPED = {
+    "pow2": (((32, 2, 2, 1), (16, 2, 2, 2), (8, 2, 2, 4), (4, 2, 2, 8), (2, 2, 2, 16),
+              (1, 2, 2, 32)), (64, (2, 4, 8, 16, 32))),
+    "rest": (((40, 2, 3, 1), (20, 2, 2, 2), (10, 2, 2, 4), (1, 5, 10, 8)), (72, (3, 6, 12))),
+    "grows": (((20, 3, 2, 1), (10, 1, 2, 3), (5, 2, 2, 3), (1, 4, 5, 6)), (64, (2, 4, 8))),
+    "wide": (((12, 8, 9, 1), (6, 2, 2, 8), (3, 2, 2, 16), (1, 2, 3, 32)), (72, (9, 18, 36))),
+}
+
+
+def _chain_of(shapes) -> Chain:
+    q = shapes[0][0] * shapes[0][2] * shapes[0][3]
+    text = str(q)
+    for nb, r, s, t in shapes:
+        q = nb * r * t
+        text = f"{q} <-({r},{s},{t})- " + text
+    return Chain.parse(text)
+
+
+@pytest.mark.parametrize("key, dt", [(key, np.float32) for key in sorted(STEPPED)]
+                         + [("rest", np.float64)])
+def test_stepped_backward_same_bits_as_whole_tiles(key, dt, monkeypatch):
+    """The stepped backward computes every gradient with the same arithmetic, in the
+    same order, as the backward without steps: the same bits, and the dense values."""
+    shapes, plan = STEPPED[key]
+    assert _numba_backward.step_plan(shapes) == plan
+    chain = _chain_of(shapes)
+    assert [f.value_shape for f in chain] == list(shapes)
+    P, Q = chain.shape
+    m, n = P - 1, Q - 1  # served smaller: padded input, cut output
+    rng = np.random.default_rng(7)
+    vals = [rng.standard_normal(sh).astype(dt) for sh in shapes]
+    op = DeBut(chain, vals, shape=(m, n), backend="numba")
+    state = op._state(get_backend("numba"), np.dtype(dt))
+    batch = 3 * state.bw_W + 5  # whole tiles and a partial one
+    X = rng.standard_normal((batch, n)).astype(dt)
+    G = rng.standard_normal((batch, m)).astype(dt)
+    mods = {}
+    for step in (True, False):
+        monkeypatch.setattr(_numba_backward, "_STEP", step)
+        src = _numba_backward.generate_source(tuple(shapes), state.bw_W)
+        assert ("for st_ in range(" in src or "fs_ = " in src) == step
+        mods[step] = _cache.uncached_module(src, "bw")
+    monkeypatch.setattr(_numba_backward, "_STEP", True)
+    _numba_backward.scratch_sizes.cache_clear()  # scratch for the stepped kernel
+    out = {}
+    with forced_backward(), db.config(background=False):
+        _kernels.fused_backward(X, G, vals, shapes, n, m, True, state=state)
+        assert nbk.BACKWARD in state.ready
+        for step, need_x in ((True, True), (False, True), (True, False)):
+            state._bmod = mods[step]
+            out[step, need_x] = _kernels.fused_backward(X, G, vals, shapes, n, m, need_x,
+                                                        state=state)
+    (gx, gv), (gx0, gv0), (gx_nox, gv_nox) = (out[True, True], out[False, True],
+                                              out[True, False])
+    assert np.array_equal(gx, gx0) and gx_nox is None
+    for a, a0, a_nox in zip(gv, gv0, gv_nox):
+        assert np.array_equal(a, a0) and np.array_equal(a, a_nox)
+    rx, rv = _dense_grads(op, X, G)
+    tol = 1e-4 if dt == np.float32 else 1e-11
+    np.testing.assert_allclose(gx, rx, atol=tol * np.abs(rx).max(), rtol=0)
+    for a, ref in zip(gv, rv):
+        np.testing.assert_allclose(a, ref, atol=tol * np.abs(ref).max(), rtol=0)
+
+
+def test_step_plan_of_chains():
+    """Which factors run step by step: none when factor 0 has t > 1, when the second
+    does not nest in the first, or when it is the chain's last; spans at most
+    _STEP_MAX."""
+    plan = _numba_backward.step_plan
+    assert plan(((8, 2, 2, 2), (4, 2, 2, 4), (1, 2, 4, 8))) == (0, ())
+    assert plan(((4, 8, 9, 1), (1, 2, 2, 2), (1, 2, 4, 4))) == (0, ())  # t = 2 != 8
+    assert plan(((2, 2, 2, 1), (1, 2, 2, 2))) == (0, ())  # the last factor never joins
+    assert plan(((2, 2, 130, 1), (1, 2, 2, 2), (1, 2, 2, 4))) == (0, ())  # 130 features
+    butterfly = tuple((2048 >> n, 2, 2, 1 << n) for n in range(12))
+    assert plan(butterfly) == (128, (2, 4, 8, 16, 32, 64, 128))
+    radix4 = tuple((1024 >> 2 * n, 4, 4, 1 << 2 * n) for n in range(6))
+    assert plan(radix4) == (64, (4, 16, 64))
+    assert plan(((20, 2, 5, 1), (10, 2, 2, 2), (1, 2, 10, 4))) == (70, (5, 10))
+    assert _numba_backward.scratch_sizes(butterfly, 32)[0] == 14  # 12 inputs + 2
 
 
 def test_a_failing_cached_backward_module_is_forgotten_and_compiled_again(monkeypatch):

@@ -12,6 +12,15 @@ one tile of ``W`` rows at a time,
    the input gradient of the factor, ``G_{i-1} = R_i^T G_i``;
 3. ``G_0`` (its first ``n`` features) scattered to the rows of ``dL/dX``.
 
+Where the chain's first factors nest (:func:`step_plan`, ``README_kernels.md`` change
+21), they run on at most 128 input features of the tile at a time (a *step*).  In 1,
+they compute their outputs step by step, their inputs in small blocks; 2 ends with a
+second sweep of steps that recomputes those blocks and runs the gradients back through
+the step's factors while the step is in cache.  The arithmetic and its order are those
+of the whole-tile passes, so the results are the same bits; what changes is that those
+factor inputs never fill tile-sized arrays (7 of the 4096 butterfly's 12: its
+tile-sized scratch at ``W = 32`` goes from 6 MB to 3 MB, against a 2 MiB L2).
+
 Every size is a constant of the generated source, as in the forward kernels
 (:mod:`debutla.backends._numba_codegen`), and the factor passes of steps 1 and 2 are the
 forward kernels' own panel passes (:func:`~debutla.backends._numba_codegen.
@@ -29,7 +38,8 @@ Generated functions (``nogil``, ``cache=True``, compiled lazily per dtype):
     (tiles of ``W``) and accumulates its value gradients into ``gvs[g]`` (packed like
     the values).  ``V`` the packed values (application order), ``VT`` the same with
     each factor's blocks transposed, ``xn``/``gm`` the served widths of ``X``/``G``
-    (at most ``Q``/``P``), ``A`` one scratch array per factor input, ``ga``/``gb`` the
+    (at most ``Q``/``P``), ``A`` one scratch array per factor input (and two for the
+    step's gradients: :func:`scratch_sizes`), ``ga``/``gb`` the
     gradient scratch, ``wr`` the column count of the passes (``W``, at run time: a
     constant trip count below 16 unrolls into scalar code), ``zero_`` a zero of the
     dtype.
@@ -42,31 +52,36 @@ from __future__ import annotations
 from functools import lru_cache
 
 from . import _cache
-from ._numba_codegen import GENERATOR_VERSION, _def, _emit_factor_panel, _Src
+from ._numba_codegen import GENERATOR_VERSION, _def, _emit_factor_panel, _nests, _Src
 from ._numba_codegen import norm_shapes as _norm
 
 __all__ = ["generate_source", "kernel_module", "uncached_kernel_module", "replace_module",
-           "scratch_sizes"]
+           "scratch_sizes", "step_plan"]
 
 #: Bumped when the generated backward changes (with the forward's generator version,
 #: which its panel passes come from).
-BACKWARD_VERSION = "2"
+BACKWARD_VERSION = "3"
 _VG_GROUP = 4  # most output rows per value-gradient column loop
 _VG_SUMS = 8  # most sums per value-gradient column loop (G rows times J columns)
 
 
 def _emit_value_grad(S: _Src, ind: int, spec, gname: str, cur: str, xname: str, W: int,
-                     tag: str) -> None:
+                     tag: str, count: str | None = None) -> None:
     """``gname[((b r + i) s + j) t + k] += sum_c cur[row (b,i,k)] * xname[row (b,j,k)]``.
 
     ``G`` rows of ``cur`` (block rows ``i``) against ``J`` rows of ``xname`` (columns
-    ``j``) per column loop: ``G J`` sums from ``G + J`` loads per column.
+    ``j``) per column loop: ``G J`` sums from ``G + J`` loads per column.  ``count``:
+    an expression for the number of blocks (default all ``nb``).
     """
     nb, r, s, t = spec
     G = next(g for g in (4, 2, 1) if r % g == 0 and g <= _VG_GROUP)
     J = max(1, min(s, _VG_SUMS // G))
     b, i, k, j = f"b{tag}", f"i{tag}", f"k{tag}", f"j{tag}"
-    ind1 = S.loop(ind, b, nb)
+    if count is None:
+        ind1 = S.loop(ind, b, nb)
+    else:
+        S.add(ind, f"for {b} in range({count}):")
+        ind1 = ind + 1
     ind2 = S.loop(ind1, k, t)
     ind3 = S.loop(ind2, i, r // G)
     bri = S.plus(S.mul(b, r), S.mul(i, G))
@@ -91,10 +106,55 @@ def _emit_value_grad(S: _Src, ind: int, spec, gname: str, cur: str, xname: str, 
         sums(ind3, S.c(full * J), s % J)
 
 
+#: The first nesting factors of a chain run step by step (``README_kernels.md``,
+#: change 21): switches measured by same-round A/B runs.
+_STEP = True
+_STEP_MAX = 128  # the widest block (in the chain's input features) of a factor run by step
+_STEP_MIN = 64  # the chain's input features per step, at least
+
+
+def step_plan(shapes) -> tuple[int, tuple[int, ...]]:
+    """``(CF, spans)``: the backward runs the chain's first ``len(spans)`` factors on
+    ``CF`` input features of a tile at a time; ``spans[n]``: the chain's input features
+    behind one block of factor ``n``.  ``(0, ())`` when every factor runs on the whole
+    tile.
+
+    Factor 0 must have ``t = 1`` (each block reads adjacent features) and each later
+    factor of the step must nest in the one before (:func:`._numba_codegen._nests`: a
+    block of it reads the outputs of whole blocks before it), with blocks of at most
+    :data:`_STEP_MAX` input features; the last factor of the chain never joins, and a
+    step of fewer than two factors is none.  ``CF`` is a multiple of the last span, at
+    least :data:`_STEP_MIN`.  The factor inputs inside the step then live in small
+    blocks (in L1) instead of one tile-sized array each, recomputed for the gradients.
+
+    Examples
+    --------
+    >>> step_plan(((512, 8, 9, 1), (256, 2, 2, 8), (128, 2, 2, 16), (64, 2, 2, 32),
+    ...            (16, 2, 4, 64), (1, 2, 16, 128)))  # VGG's first factors: 288 > 128
+    (72, (9, 18, 36, 72))
+    >>> step_plan(((8, 2, 2, 4), (4, 2, 2, 8)))  # t = 4: a block's inputs not adjacent
+    (0, ())
+    """
+    if not _STEP or shapes[0][3] != 1 or shapes[0][2] > _STEP_MAX:
+        return 0, ()
+    spans = [shapes[0][2]]
+    for n in range(1, len(shapes) - 1):
+        nxt = spans[-1] * shapes[n][2]
+        if not _nests(shapes[n - 1], shapes[n]) or nxt > _STEP_MAX:
+            break
+        spans.append(nxt)
+    if len(spans) < 2:
+        return 0, ()
+    base = spans[-1]
+    return base * max(1, -(-_STEP_MIN // base)), tuple(spans)
+
+
 @lru_cache(maxsize=256)
 def scratch_sizes(shapes: tuple, W: int) -> tuple[int, int, int]:
-    """``(count, acts, grads)``: the kernel's ``A`` is ``count`` arrays (one per factor
-    input) of ``acts`` entries each, ``ga`` and ``gb`` hold ``grads`` entries each.
+    """``(count, acts, grads)``: the kernel's ``A`` is ``count`` arrays of ``acts``
+    entries each (one per factor input, and two more for the gradients inside a step
+    when the chain has a :func:`step_plan`), ``ga`` and ``gb`` hold ``grads`` entries
+    each.
 
     Examples
     --------
@@ -103,7 +163,77 @@ def scratch_sizes(shapes: tuple, W: int) -> tuple[int, int, int]:
     """
     qs = [nb * s * t for nb, r, s, t in shapes]
     ps = [nb * r * t for nb, r, s, t in shapes]
-    return len(shapes), max(qs) * W, max(qs + ps) * W
+    extra = 2 if step_plan(tuple(shapes))[0] else 0
+    return len(shapes) + extra, max(qs) * W, max(qs + ps) * W
+
+
+def _emit_step(S: _Src, ind: int, shapes, offs, spans, nf: int, W: int,
+               grads: tuple[str, str] | None) -> None:
+    """One step of ``nf`` input features from ``fs_`` on: the factors of ``spans`` on
+    their blocks there.
+
+    Without ``grads``, the recompute: factor ``n``'s input in ``A<n>`` (a block of the
+    step's size), the last factor's output into the tile-sized input of the factor
+    after the step, at the step's place.  With ``grads = (cur, other)`` (the tile-sized
+    gradient of the step's last output, and the array of the input gradient, written
+    when ``need_x``), the factor inputs are recomputed, then the gradients run back
+    through the step's factors (theirs in ``A<N>`` and ``A<N+1>``).
+    """
+    K, N = len(spans), len(shapes)
+    Wc = S.c(W)
+    for n in range(K):
+        S.add(ind, f"q{n}_ = fs_ // {S.c(spans[n])}")
+
+    def part(arr: str, n: int) -> str:  # factor n's values from the step's first block
+        nb, r, s, t = shapes[n]
+        return f"{arr}[{S.c(offs[n])} + q{n}_ * {S.c(r * s * t)}:]"
+
+    def nblk(n: int) -> str:
+        return S.c(nf // spans[n])
+
+    x0 = f"A0[fs_ * {Wc}:]"
+    last = K if grads is None else K - 1  # the recompute of the gradients stops before
+    for n in range(last):
+        src = x0 if n == 0 else f"A{n}"
+        if n == K - 1:
+            nb, r, s, t = shapes[n]
+            dst = f"A{K}[q{n}_ * {S.c(r * t * W)}:]"
+        else:
+            dst = f"A{n + 1}"
+        S.add(ind, f"fw{n}({part('V', n)}, {src}, {dst}, wr, {nblk(n)})")
+    if grads is None:
+        return
+    cur, other = grads
+    nb, r, s, t = shapes[K - 1]
+    g = f"{cur}[q{K - 1}_ * {S.c(r * t * W)}:]"
+    local = [f"A{N}", f"A{N + 1}"]
+    for n in reversed(range(K)):
+        xin = x0 if n == 0 else f"A{n}"
+        S.add(ind, f"vg{n}({part('gv', n)}, {g}, {xin}, wr, zero_, {nblk(n)})")
+        if n > 0:
+            S.add(ind, f"tr{n}({part('VT', n)}, {g}, {local[0]}, wr, {nblk(n)})")
+            g = local[0]
+            local.reverse()
+        else:
+            S.add(ind, "if need_x:")
+            S.add(ind + 1, f"tr0({part('VT', 0)}, {g}, {other}[fs_ * {Wc}:], wr, "
+                           f"{nblk(0)})")
+
+
+def _emit_steps(S: _Src, ind: int, shapes, offs, CF: int, spans, W: int,
+                grads: tuple[str, str] | None = None) -> None:
+    """Every step of a tile (:func:`_emit_step`): whole steps of ``CF`` features in a
+    loop, then the features left.
+    """
+    Q = shapes[0][0] * shapes[0][2]
+    nfull, rest = divmod(Q, CF)
+    if nfull:
+        S.add(ind, f"for st_ in range({S.c(nfull)}):")
+        S.add(ind + 1, f"fs_ = st_ * {S.c(CF)}")
+        _emit_step(S, ind + 1, shapes, offs, spans, CF, W, grads)
+    if rest:
+        S.add(ind, f"fs_ = {S.c(nfull * CF)}")
+        _emit_step(S, ind, shapes, offs, spans, rest, W, grads)
 
 
 def generate_source(shapes: tuple, W: int) -> str:
@@ -115,6 +245,8 @@ def generate_source(shapes: tuple, W: int) -> str:
     offs = [0]
     for nb, r, s, t in shapes:
         offs.append(offs[-1] + nb * r * s * t)
+    CF, spans = step_plan(tuple(shapes))
+    K = len(spans)  # factors run step by step (their functions take a block count)
     S = _Src()
     dec = ("@njit(cache=True, nogil=True, fastmath={'contract', 'reassoc'}, "
            "error_model='numpy')")
@@ -122,20 +254,23 @@ def generate_source(shapes: tuple, W: int) -> str:
     # function: one function of every pass compiled 2-3x slower)
     for n in range(N):
         nb, r, s, t = shapes[n]
+        cnt = ", nblk" if n < K else ""
+        blocks = (S.c(0), "nblk") if n < K else None
         if n < N - 1:
-            _def(S, f"fw{n}(Vn, src, dst, wr)", dec)
-            _emit_factor_panel(S, 1, shapes[n], "Vn", "src", "dst", W, "_f")
+            _def(S, f"fw{n}(Vn, src, dst, wr{cnt})", dec)
+            _emit_factor_panel(S, 1, shapes[n], "Vn", "src", "dst", W, "_f", blocks)
             S.add(0, "")
-        _def(S, f"vg{n}(Dn, cur, An, wr, zero_)", dec)
-        _emit_value_grad(S, 1, shapes[n], "Dn", "cur", "An", W, "_g")
+        _def(S, f"vg{n}(Dn, cur, An, wr, zero_{cnt})", dec)
+        _emit_value_grad(S, 1, shapes[n], "Dn", "cur", "An", W, "_g",
+                         "nblk" if n < K else None)
         S.add(0, "")
-        _def(S, f"tr{n}(Tn, cur, nxt, wr)", dec)
-        _emit_factor_panel(S, 1, (nb, s, r, t), "Tn", "cur", "nxt", W, "_t")
+        _def(S, f"tr{n}(Tn, cur, nxt, wr{cnt})", dec)
+        _emit_factor_panel(S, 1, (nb, s, r, t), "Tn", "cur", "nxt", W, "_t", blocks)
         S.add(0, "")
     S.add(0, dec)
     S.add(0, "def tiles(V, VT, X, G, GX, gvs, bounds, g0, g1, xn, gm, need_x, A, ga, gb, "
              "wr, zero_):")
-    for n in range(N):
+    for n in range(N + (2 if K else 0)):
         S.add(1, f"A{n} = A[{n}]")
     Wc = S.c(W)
     S.add(1, "for g in range(g0, g1):")
@@ -145,11 +280,13 @@ def generate_source(shapes: tuple, W: int) -> str:
     S.add(2, "while r0 < hi:")
     S.add(3, f"w = min({Wc}, hi - r0)")
     S.add(3, f"gather_tile(X, r0, w, xn, {S.c(Q)}, {Wc}, A0)")
-    for n in range(N - 1):
+    if K:  # the step's factors in steps, their last output into A<K>
+        _emit_steps(S, 3, shapes, offs, CF, spans, W)
+    for n in range(K, N - 1):
         S.add(3, f"fw{n}(V[{offs[n]}:{offs[n + 1]}], A{n}, A{n + 1}, wr)")
     S.add(3, f"gather_tile(G, r0, w, gm, {S.c(P)}, {Wc}, ga)")
     cur, other = "ga", "gb"
-    for n in reversed(range(N)):
+    for n in reversed(range(K, N)):
         S.add(3, f"vg{n}(gv[{offs[n]}:{offs[n + 1]}], {cur}, A{n}, wr, zero_)")
         call = f"tr{n}(VT[{offs[n]}:{offs[n + 1]}], {cur}, {other}, wr)"
         if n > 0:
@@ -159,6 +296,10 @@ def generate_source(shapes: tuple, W: int) -> str:
             S.add(3, "if need_x:")
             S.add(4, call)
             S.add(4, f"scatter_tile({other}, r0, w, xn, {Wc}, GX)")
+    if K:  # the gradients of the step's factors in steps, from the gradient of A<K>
+        _emit_steps(S, 3, shapes, offs, CF, spans, W, (cur, other))
+        S.add(3, "if need_x:")
+        S.add(4, f"scatter_tile({other}, r0, w, xn, {Wc}, GX)")
     S.add(3, f"r0 += {Wc}")
     S.add(0, "")
     S.add(0, dec)
