@@ -210,15 +210,29 @@ def test_generated_source_names_the_chain_and_width():
 
 
 # chains whose first factors run step by step (_numba_backward.step_plan), application
-# order: every factor of the step in one whole step (and the last factor outside);
-# a whole step and the features left (spans 3, 6, 12: 72 + 48 features); a widening
-# then narrowing step smaller than one step (40 features); a wide (8, 9, 1) factor first
+# order, with their step plan and residue-group plan (group_plan, with _GROUP_MIN = 2):
+# every factor of the step in one whole step (and the last factor outside); a whole
+# step and the features left (spans 3, 6, 12: 72 + 48 features); a widening then
+# narrowing step smaller than one step (40 features); a wide (8, 9, 1) factor first;
+# nine radix-2 factors (the last two by 4 residue groups of 32 classes); factors of
+# other shapes after the step (a narrowing, a widening and a narrowing one) in residue
+# groups, one group of both classes, and two groups of one with at most 6 features of
+# a level per group
 STEPPED = {
     "pow2": (((32, 2, 2, 1), (16, 2, 2, 2), (8, 2, 2, 4), (4, 2, 2, 8), (2, 2, 2, 16),
-              (1, 2, 2, 32)), (64, (2, 4, 8, 16, 32))),
-    "rest": (((40, 2, 3, 1), (20, 2, 2, 2), (10, 2, 2, 4), (1, 5, 10, 8)), (72, (3, 6, 12))),
-    "grows": (((20, 3, 2, 1), (10, 1, 2, 3), (5, 2, 2, 3), (1, 4, 5, 6)), (64, (2, 4, 8))),
-    "wide": (((12, 8, 9, 1), (6, 2, 2, 8), (3, 2, 2, 16), (1, 2, 3, 32)), (72, (9, 18, 36))),
+              (1, 2, 2, 32)), (64, (2, 4, 8, 16, 32)), (0, 0), {}),
+    "rest": (((40, 2, 3, 1), (20, 2, 2, 2), (10, 2, 2, 4), (1, 5, 10, 8)), (72, (3, 6, 12)),
+             (0, 0), {}),
+    "grows": (((20, 3, 2, 1), (10, 1, 2, 3), (5, 2, 2, 3), (1, 4, 5, 6)), (64, (2, 4, 8)),
+              (0, 0), {}),
+    "wide": (((12, 8, 9, 1), (6, 2, 2, 8), (3, 2, 2, 16), (1, 2, 3, 32)), (72, (9, 18, 36)),
+             (0, 0), {}),
+    "groups": (tuple((256 >> n, 2, 2, 1 << n) for n in range(9)),
+               (128, (2, 4, 8, 16, 32, 64, 128)), (128, 32), {}),
+    "shapes": (((6, 2, 3, 1), (3, 2, 2, 2), (2, 2, 3, 2), (1, 3, 2, 4), (1, 5, 6, 2)),
+               (66, (3, 6)), (2, 2), {}),
+    "classes": (((6, 2, 3, 1), (3, 2, 2, 2), (2, 2, 3, 2), (1, 3, 2, 4), (1, 5, 6, 2)),
+                (66, (3, 6)), (2, 1), {"_GROUP_ROWS": 6}),
 }
 
 
@@ -231,13 +245,18 @@ def _chain_of(shapes) -> Chain:
     return Chain.parse(text)
 
 
-@pytest.mark.parametrize("key, dt", [(key, np.float32) for key in sorted(STEPPED)]
-                         + [("rest", np.float64)])
+@pytest.mark.parametrize("key, dt", [(key, np.float32) for key in sorted(STEPPED)] + [
+    pytest.param(key, np.float64, marks=pytest.mark.slow) for key in ("rest", "classes")])
 def test_stepped_backward_same_bits_as_whole_tiles(key, dt, monkeypatch):
-    """The stepped backward computes every gradient with the same arithmetic, in the
-    same order, as the backward without steps: the same bits, and the dense values."""
-    shapes, plan = STEPPED[key]
+    """The stepped backward, and the residue groups after the step, compute every
+    gradient with the same arithmetic, in the same order, as the backward on whole
+    tiles: the same bits, and the dense values."""
+    shapes, plan, groups, consts = STEPPED[key]
+    monkeypatch.setattr(_numba_backward, "_GROUP_MIN", 2)  # groups after two factors
+    for name, value in consts.items():
+        monkeypatch.setattr(_numba_backward, name, value)
     assert _numba_backward.step_plan(shapes) == plan
+    assert _numba_backward.group_plan(shapes) == groups
     chain = _chain_of(shapes)
     assert [f.value_shape for f in chain] == list(shapes)
     P, Q = chain.shape
@@ -249,31 +268,39 @@ def test_stepped_backward_same_bits_as_whole_tiles(key, dt, monkeypatch):
     batch = 3 * state.bw_W + 5  # whole tiles and a partial one
     X = rng.standard_normal((batch, n)).astype(dt)
     G = rng.standard_normal((batch, m)).astype(dt)
+    variants = [("whole", {"_STEP": False}), ("steps", {"_GROUPS": False}), ("both", {})]
+    if not groups[0]:
+        variants.pop()
     mods = {}
-    for step in (True, False):
-        monkeypatch.setattr(_numba_backward, "_STEP", step)
+    for label, switch in variants:
+        for name in ("_STEP", "_GROUPS"):
+            monkeypatch.setattr(_numba_backward, name, switch.get(name, True))
         src = _numba_backward.generate_source(tuple(shapes), state.bw_W)
-        assert ("for st_ in range(" in src or "fs_ = " in src) == step
-        mods[step] = _cache.uncached_module(src, "bw")
+        assert ("for st_ in range(" in src or "fs_ = " in src) == (label != "whole")
+        assert ("for g_ in range(" in src) == (label == "both")
+        mods[label] = _cache.uncached_module(src, "bw")
     monkeypatch.setattr(_numba_backward, "_STEP", True)
+    monkeypatch.setattr(_numba_backward, "_GROUPS", True)
     _numba_backward.scratch_sizes.cache_clear()  # scratch for the stepped kernel
     out = {}
     with forced_backward(), db.config(background=False):
         _kernels.fused_backward(X, G, vals, shapes, n, m, True, state=state)
         assert nbk.BACKWARD in state.ready
-        for step, need_x in ((True, True), (False, True), (True, False)):
-            state._bmod = mods[step]
-            out[step, need_x] = _kernels.fused_backward(X, G, vals, shapes, n, m, need_x,
-                                                        state=state)
-    (gx, gv), (gx0, gv0), (gx_nox, gv_nox) = (out[True, True], out[False, True],
-                                              out[True, False])
-    assert np.array_equal(gx, gx0) and gx_nox is None
-    for a, a0, a_nox in zip(gv, gv0, gv_nox):
-        assert np.array_equal(a, a0) and np.array_equal(a, a_nox)
+        for label in mods:
+            for need_x in (True, False):
+                state._bmod = mods[label]
+                out[label, need_x] = _kernels.fused_backward(X, G, vals, shapes, n, m,
+                                                             need_x, state=state)
+    gx0, gv0 = out["whole", True]
+    for label in mods:
+        (gx, gv), (gx_nox, gv_nox) = out[label, True], out[label, False]
+        assert np.array_equal(gx, gx0) and gx_nox is None
+        for a, a0, a_nox in zip(gv, gv0, gv_nox):
+            assert np.array_equal(a, a0) and np.array_equal(a, a_nox)
     rx, rv = _dense_grads(op, X, G)
     tol = 1e-4 if dt == np.float32 else 1e-11
-    np.testing.assert_allclose(gx, rx, atol=tol * np.abs(rx).max(), rtol=0)
-    for a, ref in zip(gv, rv):
+    np.testing.assert_allclose(gx0, rx, atol=tol * np.abs(rx).max(), rtol=0)
+    for a, ref in zip(gv0, rv):
         np.testing.assert_allclose(a, ref, atol=tol * np.abs(ref).max(), rtol=0)
 
 
@@ -290,6 +317,9 @@ def test_step_plan_of_chains():
     assert plan(butterfly) == (128, (2, 4, 8, 16, 32, 64, 128))
     radix4 = tuple((1024 >> 2 * n, 4, 4, 1 << 2 * n) for n in range(6))
     assert plan(radix4) == (64, (4, 16, 64))
+    groups = _numba_backward.group_plan
+    assert groups(butterfly) == (128, 4)  # five factors after the step, 32 rows a class
+    assert groups(radix4) == (0, 0)  # three after it: fewer than _GROUP_MIN
     assert plan(((20, 2, 5, 1), (10, 2, 2, 2), (1, 2, 10, 4))) == (70, (5, 10))
     assert _numba_backward.scratch_sizes(butterfly, 32)[0] == 14  # 12 inputs + 2
 

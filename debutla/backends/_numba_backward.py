@@ -52,7 +52,8 @@ from __future__ import annotations
 from functools import lru_cache
 
 from . import _cache
-from ._numba_codegen import GENERATOR_VERSION, _def, _emit_factor_panel, _nests, _Src
+from ._numba_codegen import (GENERATOR_VERSION, Residues, _def, _emit_factor_panel, _k_loop,
+                             _nests, _Src)
 from ._numba_codegen import norm_shapes as _norm
 
 __all__ = ["generate_source", "kernel_module", "uncached_kernel_module", "replace_module",
@@ -66,12 +67,14 @@ _VG_SUMS = 8  # most sums per value-gradient column loop (G rows times J columns
 
 
 def _emit_value_grad(S: _Src, ind: int, spec, gname: str, cur: str, xname: str, W: int,
-                     tag: str, count: str | None = None) -> None:
+                     tag: str, count: str | None = None,
+                     res: Residues | None = None) -> None:
     """``gname[((b r + i) s + j) t + k] += sum_c cur[row (b,i,k)] * xname[row (b,j,k)]``.
 
     ``G`` rows of ``cur`` (block rows ``i``) against ``J`` rows of ``xname`` (columns
     ``j``) per column loop: ``G J`` sums from ``G + J`` loads per column.  ``count``:
-    an expression for the number of blocks (default all ``nb``).
+    an expression for the number of blocks (default all ``nb``); ``res``: only the
+    features of a residue group (``cur`` the output side, ``xname`` the input side).
     """
     nb, r, s, t = spec
     G = next(g for g in (4, 2, 1) if r % g == 0 and g <= _VG_GROUP)
@@ -82,19 +85,19 @@ def _emit_value_grad(S: _Src, ind: int, spec, gname: str, cur: str, xname: str, 
     else:
         S.add(ind, f"for {b} in range({count}):")
         ind1 = ind + 1
-    ind2 = S.loop(ind1, k, t)
+    ind2, k_in, k_out, t_in, t_out = _k_loop(S, ind1, k, t, tag, res)
     ind3 = S.loop(ind2, i, r // G)
     bri = S.plus(S.mul(b, r), S.mul(i, G))
-    S.add(ind3, f"g_ = {S.mul(S.plus(S.mul(bri, t), k), W)}")
+    S.add(ind3, f"g_ = {S.mul(S.plus(S.mul(bri, t_out), k_out), W)}")
     S.add(ind3, f"v_ = {S.plus(S.mul(S.mul(bri, s), t), k)}")
-    S.add(ind3, f"x_ = {S.mul(S.plus(S.mul(S.mul(b, s), t), k), W)}")
+    S.add(ind3, f"x_ = {S.mul(S.plus(S.mul(S.mul(b, s), t_in), k_in), W)}")
 
     def sums(ind_: int, jexpr: str, nj: int) -> None:
-        S.add(ind_, f"xj_ = {S.plus('x_', S.mul(jexpr, t * W))}")
+        S.add(ind_, f"xj_ = {S.plus('x_', S.mul(jexpr, t_in * W))}")
         S.add(ind_, f"vj_ = {S.plus('v_', S.mul(jexpr, t))}")
         # G x nj dot products of the W columns (vector code: _numba_simd.add_dots)
         S.add(ind_, f"add_dots({gname}, vj_, {S.c(s * t)}, {S.c(t)}, {cur}, g_, "
-                    f"{S.c(t * W)}, {xname}, xj_, {S.c(t * W)}, {G}, {nj}, {W})")
+                    f"{S.c(t_out * W)}, {xname}, xj_, {S.c(t_in * W)}, {G}, {nj}, {W})")
 
     full = s // J
     if full == 1:
@@ -147,6 +150,47 @@ def step_plan(shapes) -> tuple[int, tuple[int, ...]]:
         return 0, ()
     base = spans[-1]
     return base * max(1, -(-_STEP_MIN // base)), tuple(spans)
+
+
+_GROUPS = True  # the factors after the step run by residue groups (change 22)
+_GROUP_ROWS = 128  # most features of a level in one residue group
+_GROUP_MIN = 4  # fewest factors after the step for the residue groups
+
+
+def group_plan(shapes) -> tuple[int, int]:
+    """``(T0, c)``: the factors after the step (:func:`step_plan`) run on the features
+    whose ``k mod T0`` lies in one group of ``c`` residues at a time (``(0, 0)``: on
+    the whole tile).
+
+    A factor whose ``t`` is a multiple of ``T0`` maps each residue class of ``k mod
+    T0`` onto itself (:class:`._numba_codegen.Residues`), so when every factor after
+    the step has such a ``t`` (``T0``: the first one's), a group of classes is a
+    problem of its own: its factor inputs and gradients are recomputed and kept packed
+    in small blocks (at most :data:`_GROUP_ROWS` features of a level) instead of one
+    tile-sized array each; the first factor reads the step's output, and the last the
+    output gradient, from the tile-sized arrays.  There must be a step, and at least
+    :data:`_GROUP_MIN` factors after it: the groups read the values, and add to their
+    gradients, ``c`` adjacent entries at a time, and with three factors after the step
+    (VGG, the radix-4 butterfly) that cost more than the two tile-sized arrays it
+    saves (``README_kernels.md``, change 22).
+
+    Examples
+    --------
+    >>> group_plan(tuple((2048 >> n, 2, 2, 1 << n) for n in range(12)))  # butterfly
+    (128, 4)
+    """
+    CF, spans = step_plan(tuple(shapes))
+    K, N = len(spans), len(shapes)
+    if not (_GROUPS and CF and N - K >= max(2, _GROUP_MIN)):
+        return 0, 0
+    T0 = shapes[K][3]
+    if T0 < 2 or any(t % T0 for nb, r, s, t in shapes[K:]):
+        return 0, 0
+    rows = max(nb * s * t for nb, r, s, t in shapes[K + 1:]) // T0
+    c = 1
+    while T0 % (2 * c) == 0 and 2 * c * rows <= _GROUP_ROWS:
+        c *= 2
+    return T0, c
 
 
 @lru_cache(maxsize=256)
@@ -247,6 +291,10 @@ def generate_source(shapes: tuple, W: int) -> str:
         offs.append(offs[-1] + nb * r * s * t)
     CF, spans = step_plan(tuple(shapes))
     K = len(spans)  # factors run step by step (their functions take a block count)
+    T0, c = group_plan(tuple(shapes))  # the factors from K on by residue groups
+
+    def res(n: int, in_local: bool, out_local: bool) -> Residues | None:
+        return Residues(T0, c, "k0_", in_local, out_local) if T0 and n >= K else None
     S = _Src()
     dec = ("@njit(cache=True, nogil=True, fastmath={'contract', 'reassoc'}, "
            "error_model='numpy')")
@@ -254,18 +302,22 @@ def generate_source(shapes: tuple, W: int) -> str:
     # function: one function of every pass compiled 2-3x slower)
     for n in range(N):
         nb, r, s, t = shapes[n]
-        cnt = ", nblk" if n < K else ""
+        cnt = ", nblk" if n < K else (", k0_" if T0 else "")
         blocks = (S.c(0), "nblk") if n < K else None
+        # in a residue group: the step's output (the input of factor K) and the output
+        # gradient are tile-sized arrays, the rest packed blocks
         if n < N - 1:
             _def(S, f"fw{n}(Vn, src, dst, wr{cnt})", dec)
-            _emit_factor_panel(S, 1, shapes[n], "Vn", "src", "dst", W, "_f", blocks)
+            _emit_factor_panel(S, 1, shapes[n], "Vn", "src", "dst", W, "_f", blocks,
+                               res(n, n != K, True))
             S.add(0, "")
         _def(S, f"vg{n}(Dn, cur, An, wr, zero_{cnt})", dec)
         _emit_value_grad(S, 1, shapes[n], "Dn", "cur", "An", W, "_g",
-                         "nblk" if n < K else None)
+                         "nblk" if n < K else None, res(n, n != K, n != N - 1))
         S.add(0, "")
         _def(S, f"tr{n}(Tn, cur, nxt, wr{cnt})", dec)
-        _emit_factor_panel(S, 1, (nb, s, r, t), "Tn", "cur", "nxt", W, "_t", blocks)
+        _emit_factor_panel(S, 1, (nb, s, r, t), "Tn", "cur", "nxt", W, "_t", blocks,
+                           res(n, n != N - 1, n != K))
         S.add(0, "")
     S.add(0, dec)
     S.add(0, "def tiles(V, VT, X, G, GX, gvs, bounds, g0, g1, xn, gm, need_x, A, ga, gb, "
@@ -282,11 +334,25 @@ def generate_source(shapes: tuple, W: int) -> str:
     S.add(3, f"gather_tile(X, r0, w, xn, {S.c(Q)}, {Wc}, A0)")
     if K:  # the step's factors in steps, their last output into A<K>
         _emit_steps(S, 3, shapes, offs, CF, spans, W)
-    for n in range(K, N - 1):
-        S.add(3, f"fw{n}(V[{offs[n]}:{offs[n + 1]}], A{n}, A{n + 1}, wr)")
+    if not T0:
+        for n in range(K, N - 1):
+            S.add(3, f"fw{n}(V[{offs[n]}:{offs[n + 1]}], A{n}, A{n + 1}, wr)")
     S.add(3, f"gather_tile(G, r0, w, gm, {S.c(P)}, {Wc}, ga)")
     cur, other = "ga", "gb"
-    for n in reversed(range(K, N)):
+    if T0:  # the factors after the step by residue groups, their gradient into gb
+        S.add(3, f"for g_ in range({S.c(T0 // c)}):")
+        S.add(4, f"k0_ = {S.mul('g_', c)}")
+        for n in range(K, N - 1):
+            S.add(4, f"fw{n}(V[{offs[n]}:{offs[n + 1]}], A{n}, A{n + 1}, wr, k0_)")
+        g, local = "ga", [f"A{N}", f"A{N + 1}"]
+        for n in reversed(range(K, N)):
+            S.add(4, f"vg{n}(gv[{offs[n]}:{offs[n + 1]}], {g}, A{n}, wr, zero_, k0_)")
+            dst = "gb" if n == K else local[0]
+            S.add(4, f"tr{n}(VT[{offs[n]}:{offs[n + 1]}], {g}, {dst}, wr, k0_)")
+            g = dst
+            local.reverse()
+        cur, other = "gb", "ga"
+    for n in reversed(range(K, N) if not T0 else ()):
         S.add(3, f"vg{n}(gv[{offs[n]}:{offs[n + 1]}], {cur}, A{n}, wr, zero_)")
         call = f"tr{n}(VT[{offs[n]}:{offs[n + 1]}], {cur}, {other}, wr)"
         if n > 0:

@@ -52,6 +52,8 @@ array arguments are copied into the call) and no steadier.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import math
 
 from . import _cache
@@ -167,14 +169,51 @@ def _panel_blocking(spec) -> tuple:
     return G, C
 
 
+class Residues(NamedTuple):
+    """The features of a residue group: ``k mod T0`` in ``k0 .. k0 + c - 1``.
+
+    A factor whose ``t`` is a multiple of ``T0`` maps each residue class of ``k mod T0``
+    onto itself, so a group of classes is a problem of its own.  A side (input or
+    output) that is ``local`` holds only the group's features, packed: feature
+    ``h t + k`` (``k = m T0 + k0 + d``) at ``h (t / T0) c + m c + d``; the other side
+    is the whole array.  The values are always indexed by the whole ``k``.
+    """
+
+    T0: int
+    c: int
+    k0: str  # an expression: the group's first residue
+    in_local: bool
+    out_local: bool
+
+
+def _k_loop(S: _Src, ind: int, k: str, t: int, tag: str, res: Residues | None
+            ) -> tuple[int, str, str, int, int]:
+    """Open the loop over the diagonal index ``k < t`` of a factor's blocks (only the
+    group's with ``res``): ``(indent, k of the input side, k of the output side,
+    t of the input side, t of the output side)``; the values' ``k`` is bound to ``k``.
+    """
+    if res is None:
+        return S.loop(ind, k, t), k, k, t, t
+    u = t // res.T0
+    m, d = f"m{tag}", f"d{tag}"
+    ind = S.loop(S.loop(ind, m, u), d, res.c)
+    S.add(ind, f"{k} = {S.plus(S.plus(res.k0, S.mul(m, res.T0)), d)}")
+    kl = f"kl{tag}"
+    S.add(ind, f"{kl} = {S.plus(S.mul(m, res.c), d)}")
+    return (ind, kl if res.in_local else k, kl if res.out_local else k,
+            u * res.c if res.in_local else t, u * res.c if res.out_local else t)
+
+
 def _emit_factor_panel(S: _Src, ind: int, spec, vname: str, src: str, dst: str, W: int,
-                       tag: str, blocks: tuple[str, str] | None = None) -> None:
+                       tag: str, blocks: tuple[str, str] | None = None,
+                       res: Residues | None = None) -> None:
     """One factor on a features-major panel of width ``W``: ``dst <- R src``.
 
     Outputs are computed in groups of ``G`` rows ``i`` of a block (4, 3, 2 or 1: the
     first that divides ``r``), so each input panel row loaded in the inner loop serves
     ``G`` outputs (a register-blocked micro GEMM ``(G x s) @ (s x W)``).  ``blocks``:
-    two expressions bounding the blocks computed (default all ``nb``).
+    two expressions bounding the blocks computed (default all ``nb``); ``res``: only the
+    features of a residue group (:class:`Residues`).
     """
     nb, r, s, t = spec
     G, C = _panel_blocking(spec)
@@ -189,15 +228,16 @@ def _emit_factor_panel(S: _Src, ind: int, spec, vname: str, src: str, dst: str, 
         S.add(ind, f"for {b} in range({blocks[0]}, {blocks[1]}):")
         ind1 = ind + 1
     ind2 = S.loop(ind1, i, r // G)
-    ind3 = S.loop(ind2, k, t)
+    ind3, k_in, k_out, t_in, t_out = _k_loop(S, ind2, k, t, tag, res)
     # output feature ((b r + i) t + k); V index of j: ((b r + i) s + j) t + k;
-    # input feature (b s + j) t + k; here i = G * i_group + g
+    # input feature (b s + j) t + k; here i = G * i_group + g (a local side of a
+    # residue group: its own t and k, see Residues)
     bri = S.plus(S.mul(b, r), S.mul(i, G))
-    S.add(ind3, f"o_ = {S.mul(S.plus(S.mul(bri, t), k), W)}")
+    S.add(ind3, f"o_ = {S.mul(S.plus(S.mul(bri, t_out), k_out), W)}")
     S.add(ind3, f"v_ = {S.plus(S.mul(S.mul(bri, s), t), k)}")
-    S.add(ind3, f"x_ = {S.mul(S.plus(S.mul(S.mul(b, s), t), k), W)}")
-    jstride_v, jstride_x = t, t * W
-    gstride_o, gstride_v = t * W, s * t
+    S.add(ind3, f"x_ = {S.mul(S.plus(S.mul(S.mul(b, s), t_in), k_in), W)}")
+    jstride_v, jstride_x = t, t_in * W
+    gstride_o, gstride_v = t_out * W, s * t
 
     def chunk(j0: int, n: int, first: bool, jvar: str | None, ind_: int) -> None:
         # j = j0 (+ jvar * C) + 0..n-1
