@@ -21,6 +21,16 @@ of the whole-tile passes, so the results are the same bits; what changes is that
 factor inputs never fill tile-sized arrays (7 of the 4096 butterfly's 12: its
 tile-sized scratch at ``W = 32`` goes from 6 MB to 3 MB, against a 2 MiB L2).
 
+Where at least four factors follow the step and each has a ``t`` that is a multiple of
+the first one's, ``T0`` (:func:`group_plan`, change 22), they run by *residue groups*:
+each factor maps the features of one class of ``k mod T0`` onto the same class, so for
+a group of classes the kernel recomputes those factors' inputs from the step's output
+and runs their gradients back, with the group's features of every level packed in
+small blocks (:class:`debutla.backends._numba_codegen.Residues`); the first factor
+reads the step's output, and the last one the output gradient, from the tile-sized
+arrays.  The same bits again; the 4096 butterfly then keeps two tile-sized factor
+inputs instead of six.
+
 Every size is a constant of the generated source, as in the forward kernels
 (:mod:`debutla.backends._numba_codegen`), and the factor passes of steps 1 and 2 are the
 forward kernels' own panel passes (:func:`~debutla.backends._numba_codegen.
