@@ -67,7 +67,7 @@ from ._numba_codegen import (GENERATOR_VERSION, Residues, _def, _emit_factor_pan
 from ._numba_codegen import norm_shapes as _norm
 
 __all__ = ["generate_source", "kernel_module", "uncached_kernel_module", "replace_module",
-           "scratch_sizes", "step_plan"]
+           "scratch_sizes", "step_plan", "group_plan"]
 
 #: Bumped when the generated backward changes (with the forward's generator version,
 #: which its panel passes come from).
