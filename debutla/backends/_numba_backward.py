@@ -362,16 +362,17 @@ def generate_source(shapes: tuple, W: int) -> str:
             g = dst
             local.reverse()
         cur, other = "gb", "ga"
-    for n in reversed(range(K, N) if not T0 else ()):
-        S.add(3, f"vg{n}(gv[{offs[n]}:{offs[n + 1]}], {cur}, A{n}, wr, zero_)")
-        call = f"tr{n}(VT[{offs[n]}:{offs[n + 1]}], {cur}, {other}, wr)"
-        if n > 0:
-            S.add(3, call)
-            cur, other = other, cur
-        else:
-            S.add(3, "if need_x:")
-            S.add(4, call)
-            S.add(4, f"scatter_tile({other}, r0, w, xn, {Wc}, GX)")
+    else:  # the factors after the step on the whole tile
+        for n in reversed(range(K, N)):
+            S.add(3, f"vg{n}(gv[{offs[n]}:{offs[n + 1]}], {cur}, A{n}, wr, zero_)")
+            call = f"tr{n}(VT[{offs[n]}:{offs[n + 1]}], {cur}, {other}, wr)"
+            if n > 0:
+                S.add(3, call)
+                cur, other = other, cur
+            else:
+                S.add(3, "if need_x:")
+                S.add(4, call)
+                S.add(4, f"scatter_tile({other}, r0, w, xn, {Wc}, GX)")
     if K:  # the gradients of the step's factors in steps, from the gradient of A<K>
         _emit_steps(S, 3, shapes, offs, CF, spans, W, (cur, other))
         S.add(3, "if need_x:")
