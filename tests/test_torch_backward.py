@@ -156,15 +156,25 @@ def test_small_chains_keep_the_generic_backward():
         assert not nbk.backward_ready(state, 5)
 
 
-@pytest.mark.parametrize("frozen_x", [False, True])
+@pytest.mark.parametrize("key, frozen_x", [("padded", False), ("padded", True),
+                                           ("stepped", False)])
 def test_layer_training_runs_the_generated_backward_bitwise_for_any_threads(
-        monkeypatch, frozen_x):
+        monkeypatch, key, frozen_x):
     """A DeButLinear's gradients come from the generated kernel, equal the dense
-    reference, and are the same bits with 1, 2 or 3 threads (groups, not threads)."""
+    reference, and are the same bits with 1, 2 or 3 threads (groups, not threads);
+    ``stepped``: a chain whose backward runs in steps and residue groups (two more
+    scratch arrays per thread in the team's bodies)."""
     monkeypatch.setattr(nbk, "PARALLEL_MIN_WORK", 0)
     monkeypatch.setattr(_kernels, "GROUP_MIN_WORK", 0)
+    monkeypatch.setattr(_numba_backward, "_GROUP_MIN", 2)
     torch.manual_seed(0)
-    text, (m, n) = CHAINS["padded"]
+    if key == "stepped":
+        shapes = STEPPED["shapes"][0]
+        assert _numba_backward.step_plan(shapes)[0] and _numba_backward.group_plan(shapes)[0]
+        chain = _chain_of(shapes)
+        text, (m, n) = str(chain), (chain.shape[0] - 1, chain.shape[1] - 1)
+    else:
+        text, (m, n) = CHAINS[key]
     layer = DeButLinear(n, m, chain=text, bias=True, dtype=torch.float64)
     x = torch.randn(3 * 16 + 5, n, dtype=torch.float64)
     w = torch.randn(x.shape[0], m, dtype=torch.float64)
