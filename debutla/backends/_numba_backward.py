@@ -62,8 +62,8 @@ from __future__ import annotations
 from functools import lru_cache
 
 from . import _cache
-from ._numba_codegen import (GENERATOR_VERSION, Residues, _def, _emit_factor_panel, _k_loop,
-                             _nests, _Src)
+from ._numba_codegen import (GENERATOR_VERSION, Residues, _block_loop, _def,
+                             _emit_factor_panel, _k_loop, _nests, _Src)
 from ._numba_codegen import norm_shapes as _norm
 
 __all__ = ["generate_source", "kernel_module", "uncached_kernel_module", "replace_module",
@@ -77,24 +77,20 @@ _VG_SUMS = 8  # most sums per value-gradient column loop (G rows times J columns
 
 
 def _emit_value_grad(S: _Src, ind: int, spec, gname: str, cur: str, xname: str, W: int,
-                     tag: str, count: str | None = None,
+                     tag: str, blocks: tuple[str, str] | None = None,
                      res: Residues | None = None) -> None:
     """``gname[((b r + i) s + j) t + k] += sum_c cur[row (b,i,k)] * xname[row (b,j,k)]``.
 
     ``G`` rows of ``cur`` (block rows ``i``) against ``J`` rows of ``xname`` (columns
-    ``j``) per column loop: ``G J`` sums from ``G + J`` loads per column.  ``count``:
-    an expression for the number of blocks (default all ``nb``); ``res``: only the
+    ``j``) per column loop: ``G J`` sums from ``G + J`` loads per column.  ``blocks``:
+    two expressions bounding the blocks (default all ``nb``); ``res``: only the
     features of a residue group (``cur`` the output side, ``xname`` the input side).
     """
     nb, r, s, t = spec
     G = next(g for g in (4, 2, 1) if r % g == 0 and g <= _VG_GROUP)
     J = max(1, min(s, _VG_SUMS // G))
     b, i, k, j = f"b{tag}", f"i{tag}", f"k{tag}", f"j{tag}"
-    if count is None:
-        ind1 = S.loop(ind, b, nb)
-    else:
-        S.add(ind, f"for {b} in range({count}):")
-        ind1 = ind + 1
+    ind1 = _block_loop(S, ind, b, nb, blocks)
     ind2, k_in, k_out, t_in, t_out = _k_loop(S, ind1, k, t, tag, res)
     ind3 = S.loop(ind2, i, r // G)
     bri = S.plus(S.mul(b, r), S.mul(i, G))
@@ -246,20 +242,17 @@ def _emit_step(S: _Src, ind: int, shapes, offs, spans, nf: int, W: int,
         return S.c(nf // spans[n])
 
     x0 = f"A0[fs_ * {Wc}:]"
+    nb, r, s, t = shapes[K - 1]
+    at = f"q{K - 1}_ * {S.c(r * t * W)}"  # the step's outputs in the tile-sized arrays
     last = K if grads is None else K - 1  # the recompute of the gradients stops before
     for n in range(last):
         src = x0 if n == 0 else f"A{n}"
-        if n == K - 1:
-            nb, r, s, t = shapes[n]
-            dst = f"A{K}[q{n}_ * {S.c(r * t * W)}:]"
-        else:
-            dst = f"A{n + 1}"
+        dst = f"A{K}[{at}:]" if n == K - 1 else f"A{n + 1}"
         S.add(ind, f"fw{n}({part('V', n)}, {src}, {dst}, wr, {nblk(n)})")
     if grads is None:
         return
     cur, other = grads
-    nb, r, s, t = shapes[K - 1]
-    g = f"{cur}[q{K - 1}_ * {S.c(r * t * W)}:]"
+    g = f"{cur}[{at}:]"
     local = [f"A{N}", f"A{N + 1}"]
     for n in reversed(range(K)):
         xin = x0 if n == 0 else f"A{n}"
@@ -322,8 +315,8 @@ def generate_source(shapes: tuple, W: int) -> str:
                                res(n, n != K, True))
             S.add(0, "")
         _def(S, f"vg{n}(Dn, cur, An, wr, zero_{cnt})", dec)
-        _emit_value_grad(S, 1, shapes[n], "Dn", "cur", "An", W, "_g",
-                         "nblk" if n < K else None, res(n, n != K, n != N - 1))
+        _emit_value_grad(S, 1, shapes[n], "Dn", "cur", "An", W, "_g", blocks,
+                         res(n, n != K, n != N - 1))
         S.add(0, "")
         _def(S, f"tr{n}(Tn, cur, nxt, wr{cnt})", dec)
         _emit_factor_panel(S, 1, (nb, s, r, t), "Tn", "cur", "nxt", W, "_t", blocks,
