@@ -231,3 +231,45 @@ def test_lane_in_place_product_takes_the_full_path(lane_spy):
     got = op.matvec(x, out=x)  # out is x: the full path computes into a copy first
     assert got is x and lane_spy == []
     np.testing.assert_allclose(x, exp, rtol=1e-12)
+
+
+def test_lane_caches_each_kernels_call_and_recovers_from_a_failing_cached_kernel(
+        lane_spy, monkeypatch):
+    from debutla.backends import _cache
+
+    op = _ready_op(np.float32, seed=8)
+    lane_spy.clear()  # (warmup's own products)
+    st = op._state(nbk, op.dtype)
+    rng = np.random.default_rng(9)
+    X = random_values(rng, (K_TILES, op.shape[1]), np.float32)
+    exp = _full_path(op, X)
+    np.testing.assert_array_equal(op.matmat_rows(X), exp)  # records the tile kernel's call
+    kname = nbk._kernel_name(K_TILES, "rows", st)
+    assert kname in st.lanes and st.lanes[kname][0] is st.module_for(kname).rows_tiles
+    np.testing.assert_array_equal(op.matmat_rows(X), exp)  # by the recorded call
+
+    # a kernel loaded from the cache that fails is forgotten and compiled again in
+    # memory; the product then has the same bits, and the recorded calls are dropped
+    fn, *rest = st.lanes[kname]
+
+    def broken(*args):
+        raise RuntimeError("a corrupted cache file")
+
+    forgotten = []
+    monkeypatch.setitem(st.lanes, kname, (broken, *rest))
+    monkeypatch.setattr(_cache, "is_cached", lambda mod: True)
+    monkeypatch.setattr(_cache, "forget_cache_files", lambda mod, e: forgotten.append(e))
+    monkeypatch.setattr(nbk._cg, "replace_module", lambda *a: None)  # this state only
+    monkeypatch.setattr(st, "_mod", st._mod)  # restored after the test
+    monkeypatch.setattr(st, "_nmod", st._nmod)
+    np.testing.assert_array_equal(op.matmat_rows(X), exp)
+    assert [str(e) for e in forgotten] == ["a corrupted cache file"]
+    assert kname not in st.lanes and st.module_for(kname).rows_tiles is not fn
+
+    # a kernel compiled in memory that fails raises its own error
+    st.lanes[kname] = (broken, *rest)
+    monkeypatch.setattr(_cache, "is_cached", lambda mod: False)
+    with pytest.raises(RuntimeError, match="a corrupted cache file"):
+        op.matmat_rows(X)
+    assert kname not in st.lanes
+    assert lane_spy == [True] * 3  # the lane ran the first three products

@@ -269,7 +269,7 @@ class _State:
 
     __slots__ = ("shapes", "dtype", "dkey", "panel", "_vflat", "dims", "adims", "Q", "P",
                  "F", "nnz", "W", "_mod", "_nmod", "_lock", "ready", "pending", "broken",
-                 "flat", "_cflat", "_adj", "_bmod", "_tflat", "live", "__weakref__")
+                 "flat", "_cflat", "_adj", "_bmod", "_tflat", "live", "lanes", "__weakref__")
 
     def __init__(self, factors, flat: np.ndarray | None = None) -> None:
         self.shapes = tuple(tuple(int(d) for d in V.shape) for V in factors)
@@ -329,6 +329,10 @@ class _State:
             self.ready: set = _READY.setdefault(key, set())
             self.pending: set = _PENDING.setdefault(key, set())
         self.broken = False
+        # the fast lane's call of each ready kernel (rows_lane): kernel name -> (kernel,
+        # values, tile rows (0: rows_single), tile rows as the kernel's uint64, scratch
+        # size, module); emptied whenever a module is replaced
+        self.lanes: dict = {}
         _all_states.add(self)
 
     @property
@@ -563,6 +567,9 @@ def aligned_empty(size: int, dtype, zero: bool = False) -> np.ndarray:
     raw = (np.zeros if zero else np.empty)(n + SCRATCH_ALIGN, np.uint8)
     start = -raw.ctypes.data % SCRATCH_ALIGN
     return raw[start:start + n].view(dt)
+
+
+_NO_BUFS: dict = {}  # a thread without scratch yet (rows_lane)
 
 
 def _scratch(dtype: np.dtype, size: int, key: str | None = None, count: int = 2):
@@ -974,17 +981,28 @@ def _fused_guarded(state: _State, kname: str, X, Y, k: int) -> None:
     try:
         _run_fused(state, mod, kname, X, Y, k)
     except Exception as e:
-        if not _cache.is_cached(mod):
-            raise
-        _cache.forget_cache_files(mod, e)
-        with state._lock:
-            if kname == "rows_narrow":
-                mod = state._nmod = _cg.uncached_kernel_module(state.shapes, NARROW_W)
-                _cg.replace_module(state.shapes, NARROW_W, mod)
-            else:
-                mod = state._mod = _cg.uncached_kernel_module(state.shapes, state.W)
-                _cg.replace_module(state.shapes, state.W, mod)
-        _run_fused(state, mod, kname, X, Y, k)
+        _run_fused(state, _recompiled(state, kname, mod, e), kname, X, Y, k)
+
+
+def _recompiled(state: _State, kname: str, mod, e: Exception):
+    """The module of kernel ``kname`` compiled in memory, after ``mod`` raised ``e``.
+
+    Called while ``e`` is handled: a kernel loaded from the cache that fails (a
+    corrupted cache file) is forgotten there and compiled again in memory; an
+    exception of an in-memory module is the kernel's own, raised again.
+    """
+    state.lanes.clear()
+    if not _cache.is_cached(mod):
+        raise e
+    _cache.forget_cache_files(mod, e)
+    with state._lock:
+        if kname == "rows_narrow":
+            mod = state._nmod = _cg.uncached_kernel_module(state.shapes, NARROW_W)
+            _cg.replace_module(state.shapes, NARROW_W, mod)
+        else:
+            mod = state._mod = _cg.uncached_kernel_module(state.shapes, state.W)
+            _cg.replace_module(state.shapes, state.W, mod)
+    return mod
 
 
 def _compile(state: _State, kname: str) -> None:
@@ -1249,8 +1267,40 @@ def rows_lane(state: _State, Xf, Yf, k: int) -> bool:
     kname = _kernel_name(k, "rows", state)
     if kname not in state.ready or state.broken or state.nnz * k >= PARALLEL_MIN_WORK:
         return False
-    _fused_guarded(state, kname, Xf, Yf, k)  # what apply_rows runs once the kernel is ready
+    lane = state.lanes.get(kname)
+    if lane is None or _EPILOGUE.get() is not None or Xf.size != k * state.Q:
+        if lane is None and not state.live:
+            _lane_call(state, kname)
+        _fused_guarded(state, kname, Xf, Yf, k)  # what apply_rows runs
+        return True
+    # what _run_fused does for this product (one thread, no epilogue, Q features),
+    # without looking anything up: the same kernel with the same arguments
+    fn, V, W, wr, size, mod = lane
+    bufs = getattr(_tls, "bufs", _NO_BUFS).get(state.dkey)  # _scratch's, inlined
+    if bufs is None or bufs[0].size < size or len(bufs) != 2:
+        bufs = _scratch(state.dtype, size, state.dkey)
+    X1 = Xf.ravel()  # C-contiguous: a flat view (half the time of reshape(-1))
+    Y1 = Yf.ravel()
+    try:
+        if W:
+            fn(V, X1, Y1, k, 0, (k + W - 1) // W, bufs[0], bufs[1], wr, state.Q)
+        else:
+            fn(V, X1, Y1, 0, k, bufs[0], bufs[1], _ONE)
+    except Exception as e:
+        _run_fused(state, _recompiled(state, kname, mod, e), kname, Xf, Yf, k)
     return True
+
+
+def _lane_call(state: _State, kname: str) -> tuple:
+    """The fast lane's call of kernel ``kname`` of ``state`` (see ``_State.lanes``)."""
+    mod = state.module_for(kname)
+    if kname == "rows_single":
+        lane = (mod.rows_single, state.vflat, 0, _ONE, state.F, mod)
+    else:
+        W = NARROW_W if kname == "rows_narrow" else state.W
+        lane = (mod.rows_tiles, state.flat, W, np.uint64(W), state.F * W, mod)
+    state.lanes[kname] = lane
+    return lane
 
 
 def apply_rows(state: _State, X, out=None, trans: str = "N"):
