@@ -26,6 +26,8 @@ BUTTERFLY_64 = str(Chain.butterfly(64))
 MIXED = "8 <-(2,4,4)- 16 <-(2,2,2)- 16 <-(2,2,1)- 16 <-(8,9,1)- 18"
 # radix-4: single (4,4,t) factors, each run as an in-place group pass
 RADIX4_256 = str(Chain.butterfly(256, radix=4))
+# LeNet FC1's chain: (2,2,16) then (1,2,32) nest and narrow (fused from W = 32)
+NARROWING = "128 <-(2,2,64)- 128 <-(2,2,32)- 128 <-(1,2,32)- 256 <-(2,2,16)- 256 <-(16,25,1)- 400"
 
 
 def _shapes(text: str) -> list:
@@ -44,6 +46,20 @@ def test_panel_passes_fuse_nesting_square_pairs():
     sh = [(8, 2, 2, 1), (4, 2, 2, 2), (2, 2, 2, 4), (1, 2, 2, 8)]
     assert cg.panel_passes(sh) == [(0, 2), (2, 2)]
     assert cg.panel_passes([(8, 2, 2, 1), (8, 2, 2, 1), (4, 2, 2, 2)]) == [(0, 1), (1, 2)]
+
+
+def test_panel_passes_fuse_narrowing_pairs_from_tiles_of_32_rows():
+    """A nesting pair with more inputs than outputs fuses at tile widths of 32 and more,
+    with at most _FUSE_NONSQUARE_COEFS coefficients (change 23)."""
+    pair = [(8, 2, 2, 1), (2, 2, 4, 2)]  # 8 inputs, 4 outputs, 16 + 16 coefficients
+    assert cg.panel_passes(pair, 32) == cg.panel_passes(pair, 64) == [(0, 2)]
+    assert cg.panel_passes(pair, 16) == cg.panel_passes(pair) == [(0, 1), (1, 1)]
+    # VGG's last two factors: 16 + 32 coefficients
+    assert cg.panel_passes([(4, 2, 4, 128), (1, 2, 4, 256)], 32) == [(0, 1), (1, 1)]
+    # LeNet FC1's chain: (2,2,16)(1,2,32) fuses, then its square pair as before
+    lenet = _shapes(NARROWING)
+    assert cg.panel_passes(lenet, 32) == [(0, 1), (1, 2), (3, 2)]
+    assert cg.panel_passes(lenet, 16) == [(0, 1), (1, 1), (2, 1), (3, 2)]
 
 
 def _function(src: str, name: str) -> str:
@@ -74,8 +90,8 @@ def test_fused_source_has_in_place_constant_width_loops():
     assert body.count("for c_ in range(_u16):") == 4 and "bb[" not in body
 
 
-@pytest.mark.parametrize("text", [BUTTERFLY_64, MIXED, RADIX4_256],
-                         ids=["butterfly64", "mixed", "radix4"])
+@pytest.mark.parametrize("text", [BUTTERFLY_64, MIXED, RADIX4_256, NARROWING],
+                         ids=["butterfly64", "mixed", "radix4", "narrowing"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, np.complex128],
                          ids=["float32", "float64", "complex128"])
 @pytest.mark.usefixtures("codegen")
@@ -95,12 +111,14 @@ def test_fused_passes_match_dense(text, dtype):
     _check(op.H, op.rmatmat(Z), Z, "cols", "rmatmat")
 
 
+@pytest.mark.parametrize("text, width", [(BUTTERFLY_64, None), (NARROWING, 32)],
+                         ids=["square", "narrowing"])
 @pytest.mark.usefixtures("codegen")
-def test_fused_passes_bitwise_equal_to_unfused(monkeypatch):
+def test_fused_passes_bitwise_equal_to_unfused(monkeypatch, text, width):
     """Fusing changes where intermediate values live, not the arithmetic."""
-    op = DeBut.random(BUTTERFLY_64, seed=2, dtype=np.float64, backend="numba")
+    op = DeBut.random(text, seed=2, dtype=np.float64, backend="numba")
     st = nbk.prepare(op.factors)
-    W = st.W
+    W = width or st.W
     k = 2 * W + 5
     X = np.random.default_rng(0).standard_normal((k, op.shape[1]))
     outs = []

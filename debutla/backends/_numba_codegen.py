@@ -73,7 +73,9 @@ _FUSE_MAX = 2  # most factors fused into one panel pass (1: no fusion, the old k
 _FUSE_RS = 8  # factors with r * s up to this can be fused
 _FUSE_VALUES = 16  # most values alive at once in a fused pass (per column)
 _FUSE_COEFS = 48  # most coefficients of a fused pass per (block, k)
-_FUSE_SQUARE_ONLY = True  # fuse only groups that can run in place
+_FUSE_SQUARE_ONLY = False  # fuse only groups that can run in place
+_FUSE_NONSQUARE_W = 32  # the other groups from this tile width (16 rows: slower fused)
+_FUSE_NONSQUARE_COEFS = 32  # ... with at most this many coefficients (48: slower)
 _CONST_W = True  # in-place passes: full tiles loop over a constant W columns
 _CONST_W_MIN = 16  # ... from this tile width (below it LLVM unrolls and scalarises)
 _INPLACE_SINGLE = False  # single square factors stay ping-pong (not measured faster)
@@ -118,9 +120,6 @@ class _Src:
             return indent
         self.add(indent, f"for {var} in range({self.c(n)}):")
         return indent + 1
-
-
-_CONST_W = True
 
 
 def _sum_terms(terms: list[str]) -> str:
@@ -311,11 +310,28 @@ def _group_cost(specs) -> tuple:
     return most, coefs
 
 
-def panel_passes(shapes) -> list:
+def _fuses(group, W: int | None) -> bool:
+    """Whether the nesting factors ``group`` run as one panel pass at tile width ``W``.
+
+    Groups that can run in place (as many outputs as inputs) fuse within the limits
+    on values and coefficients; the others from tiles of ``_FUSE_NONSQUARE_W`` rows and
+    at most ``_FUSE_NONSQUARE_COEFS`` coefficients (``README_kernels.md``, change 23).
+    """
+    most, coefs = _group_cost(group)
+    if most > _FUSE_VALUES or coefs > _FUSE_COEFS:
+        return False
+    if _in_place(group):
+        return True
+    return (not _FUSE_SQUARE_ONLY and W is not None and W >= _FUSE_NONSQUARE_W
+            and coefs <= _FUSE_NONSQUARE_COEFS)
+
+
+def panel_passes(shapes, W: int | None = None) -> list:
     """Split a chain into panel passes: runs of nesting small factors fused (greedy).
 
     Returns a list of ``(first, count)``; a pass of ``count > 1`` factors computes
     them together, keeping the intermediate values in registers (see :func:`_nests`).
+    ``W``: the tile width (None: only the groups that fuse at any width).
     """
     out, n, N = [], 0, len(shapes)
     while n < N:
@@ -323,9 +339,7 @@ def panel_passes(shapes) -> list:
         if _fusable(shapes[n]):
             while (n + m < N and m < _FUSE_MAX and _fusable(shapes[n + m])
                    and _nests(shapes[n + m - 1], shapes[n + m])
-                   and _group_cost(shapes[n:n + m + 1])[0] <= _FUSE_VALUES
-                   and _group_cost(shapes[n:n + m + 1])[1] <= _FUSE_COEFS
-                   and (not _FUSE_SQUARE_ONLY or _in_place(shapes[n:n + m + 1]))):
+                   and _fuses(shapes[n:n + m + 1], W)):
                 m += 1
         out.append((n, m))
         n += m
@@ -697,7 +711,7 @@ def step_plan(shapes, W: int) -> tuple[int, tuple[int, ...]]:
     writes: list[tuple[int, int, int]] = []  # per pass: buffer written, outputs, span
     span = outs = 1  # input features behind a block, and its outputs, so far
     cur = 0  # the buffer of the current values (0: ba, which holds the gathered input)
-    for n0, cnt in panel_passes(shapes):
+    for n0, cnt in panel_passes(shapes, W):
         group = shapes[n0:n0 + cnt]
         if n0 and not _nests(shapes[n0 - 1], shapes[n0]):
             break
@@ -804,7 +818,7 @@ def generate_source(shapes: tuple, W: int) -> str:
     S = _Src()
     body = S.lines
     bufs = _BUFS
-    passes = panel_passes(shapes)
+    passes = panel_passes(shapes, W)
 
     def chain_fn(name: str, start: int) -> int:
         """A features-major panel function running ``passes[start:]`` (ping-pong
