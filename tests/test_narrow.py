@@ -136,3 +136,43 @@ def test_warmup_compiles_the_kernel_of_each_batch():
     with forced_codegen():
         debutla.warmup(op, batch=(1, 8, 64), layout="rows", adjoint=False)
     assert {"rows_single", "rows_narrow", "rows_tiles"} <= st.ready
+
+
+VGG = [(512, 8, 9, 1), (256, 2, 2, 8), (128, 2, 2, 16), (64, 2, 2, 32), (16, 2, 4, 64),
+       (4, 2, 4, 128), (1, 2, 4, 256)]
+BUTTERFLY_4096 = [(4096 // (2 * t), 2, 2, t) for t in (2 ** i for i in range(12))]
+
+
+def test_tile_rows_go_below_16_only_for_real_chains_that_mostly_ping_pong():
+    """Tile widths (README_kernels.md, changes 5, 13 and 24)."""
+    dt = np.dtype
+    assert nbk.tile_rows([(1, 2, 2, 1)], dt("float32")) == 64  # narrow: 256 bytes a row
+    assert nbk.tile_rows([(1, 2, 2, 1)], dt("complex128")) == 16  # never below 16 here
+    # VGG: blocks over TILE_BLOCK_BYTES at 16 rows in float64, one in-place pass of six
+    assert [nbk.tile_rows(VGG, dt(d)) for d in ("float32", "float64")] == [16, 8]
+    assert nbk.tile_rows(VGG, dt("complex64")) == nbk.tile_rows(VGG, dt("complex128")) == 16
+    # the 4096 butterfly: as wide, but its six passes all run in place
+    assert nbk.tile_rows(BUTTERFLY_4096, dt("float64")) == 16
+    # the state's own width: VGG's first factor alone, float64 (blocks of 1.18 MB at 16)
+    assert nbk.prepare((np.ones(VGG[0]),)).W == 8
+    assert nbk.prepare((np.ones(VGG[0], np.float32),)).W == 16
+
+
+def test_eight_row_float64_tiles_match_dense():
+    """A mostly ping-pong chain on tiles of 8 rows (what VGG gets in float64)."""
+    from debutla.backends import _numba_codegen as cg
+
+    op = DeBut.random("8 <-(2,4,4)- 16 <-(2,2,4)- 16 <-(2,2,2)- 16 <-(8,9,1)- 18", seed=4,
+                      dtype=np.float64, backend="numba")
+    st = nbk.prepare(op.factors)
+    src = cg.generate_source(st.shapes, 8)
+    ns: dict = {}
+    exec(compile(src.replace("cache=True", "cache=False"), "<kernels>", "exec"), ns)
+    rng = np.random.default_rng(5)
+    for k in (8, 21):  # full tiles, then a partial one
+        X = rng.standard_normal((k, op.shape[1]))
+        Y = np.empty((k, op.shape[0]))
+        ba, bb = np.zeros(st.F * 8), np.zeros(st.F * 8)
+        ns["rows_tiles"](st.flat, X.reshape(-1), Y.reshape(-1), k, 0, (k + 7) // 8, ba, bb,
+                         np.uint64(8), op.shape[1])
+        np.testing.assert_allclose(Y, X @ op.to_dense().T, rtol=1e-12, atol=1e-12)

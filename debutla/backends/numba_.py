@@ -15,12 +15,13 @@ processes.  Three kernels serve all products:
   columns of the tile; the chain is applied factor after factor between two scratch
   blocks that stay in L1/L2, and the tile is scattered to the output.  ``W`` is 32
   float32 values (128 bytes per feature; 16 for the wider dtypes; twice that for chains
-  at most 1024 wide), halved down to 16
-  while the two blocks, weighted by the number of factors (``N / 6``, at least 1),
-  exceed :data:`TILE_BLOCK_BYTES`, and below 16 only for chains too wide for that (see
-  ``benchmarks/README_kernels.md``, changes 5 and 13); a partial tile computes only its columns
-  (rounded up to ``W / 4``).  Batches of 3 to :data:`NARROW_W` rows of a chain with
-  wider tiles run on a second module compiled with ``NARROW_W``-row tiles
+  at most 1024 wide), halved down to 16 while the two blocks, weighted by the number
+  of factors (``N / 6``, at least 1), exceed :data:`TILE_BLOCK_BYTES`, below 16 on
+  that rule only for real dtypes and chains whose passes mostly ping-pong
+  (:func:`tile_rows`), and for chains too wide otherwise (see
+  ``benchmarks/README_kernels.md``, changes 5, 13 and 24); a partial tile computes
+  only its columns (rounded up to ``W / 4``).  Batches of 3 to :data:`NARROW_W` rows
+  of a chain with wider tiles run on a second module compiled with ``NARROW_W``-row tiles
   (``rows_narrow``, compiled on first use; the wide tiles serve meanwhile, with the
   same bits), whose passes keep their constant-width loops (change 7);
 * **factor by factor** (the generic kernel, :mod:`debutla.backends._numba_generic`: one
@@ -91,7 +92,7 @@ __all__ = [
     "prepare", "apply_rows", "apply_cols", "rows_lane", "lane_ready", "compile_kernels",
     "wait_for_compiles", "preload",
     "get_num_threads", "set_num_threads", "set_fused", "kernel_source", "FUSED_BYTES",
-    "TILE_BLOCK_BYTES",
+    "TILE_BLOCK_BYTES", "tile_rows",
     "PARALLEL_MIN_WORK", "CODEGEN_MIN_NNZ", "CODEGEN_MIN_WORK", "SLOW_COMPILE_SECONDS",
     "aligned_empty", "SCRATCH_ALIGN", "backward_ready", "run_backward", "BACKWARD",
     "BACKWARD_MIN_NNZ", "RowsEpilogue", "rows_epilogue", "may_split", "memcmp", "same_bytes",
@@ -259,6 +260,48 @@ def _cache_misses(disp) -> int:
 
 
 # -- state ----------------------------------------------------------------------------
+def tile_rows(shapes, dtype: np.dtype) -> int:
+    """The rows ``W`` of the tile kernels of a chain (``(nb, r, s, t)`` per factor).
+
+    128 bytes per feature (256 for chains at most ``_NARROW_F`` wide), at least 16
+    columns (the in-place passes' constant-width loops start there), halved down to 16
+    while the two blocks, weighted by how many factors sweep them per tile (``N / 6``,
+    at least 1), exceed :data:`TILE_BLOCK_BYTES`; below 16 on the same rule only for a
+    real dtype and a chain whose panel passes mostly ping-pong (fewer in place than
+    not: they have no constant-width loops to lose; complex products ran 1.1-2x
+    slower on narrower tiles), and while the blocks exceed the fused limit (see
+    ``_State.fused``).  Measured in ``benchmarks/README_kernels.md``, changes 5, 13
+    and 24.
+
+    Examples
+    --------
+    >>> tile_rows([(1, 2, 2, 1)], np.dtype(np.float32))  # tiny: 256 bytes per feature
+    64
+    >>> vgg = [(512, 8, 9, 1), (256, 2, 2, 8), (128, 2, 2, 16), (64, 2, 2, 32),
+    ...        (16, 2, 4, 64), (4, 2, 4, 128), (1, 2, 4, 256)]
+    >>> [tile_rows(vgg, np.dtype(d)) for d in ("float32", "float64", "complex128")]
+    [16, 8, 16]
+    """
+    item = dtype.itemsize
+    F = max(max(nb * r * t, nb * s * t) for nb, r, s, t in shapes)
+    W = max(_CONST_W_MIN, (256 if F <= _NARROW_F else 128) // item)
+    sweeps = max(1.0, len(shapes) / 6)
+
+    def over(w: int) -> bool:
+        return 2 * F * w * item * sweeps > TILE_BLOCK_BYTES
+
+    while W > _CONST_W_MIN and over(W):
+        W //= 2
+    if W == _CONST_W_MIN and over(W) and dtype.kind == "f":
+        passes = _cg.panel_passes(shapes, W)
+        in_place = sum(_cg._pass_in_place(shapes, n0, cnt) for n0, cnt in passes)
+        while W > _MIN_W and over(W) and 2 * in_place < len(passes):
+            W //= 2
+    while W > _MIN_W and 2 * F * W * item > 4 * FUSED_BYTES:
+        W //= 2
+    return W
+
+
 class _State:
     """Prepared values of one operator and dtype (values immutable once built).
 
@@ -303,20 +346,7 @@ class _State:
         self.P = self.shapes[-1][0] * self.shapes[-1][1] * self.shapes[-1][3]
         self.F = max(max(nb * r * t, nb * s * t) for nb, r, s, t in self.shapes)
         self.nnz = sum(nb * r * s * t for nb, r, s, t in self.shapes)
-        item = self.dtype.itemsize
-        # 128 bytes per feature (256 for chains at most _NARROW_F wide), at least 16
-        # columns (the in-place passes' constant-width loops start there), halved down
-        # to 16 while the two blocks, weighted by how many factors sweep them per tile
-        # (N / 6, at least 1), exceed TILE_BLOCK_BYTES, and below 16 only while they
-        # exceed the fused limit (see ``fused``); measured in README_kernels.md, changes
-        # 5 and 13
-        W = max(_CONST_W_MIN, (256 if self.F <= _NARROW_F else 128) // item)
-        sweeps = max(1.0, len(self.shapes) / 6)
-        while W > _CONST_W_MIN and 2 * self.F * W * item * sweeps > TILE_BLOCK_BYTES:
-            W //= 2
-        while W > _MIN_W and 2 * self.F * W * item > 4 * FUSED_BYTES:
-            W //= 2
-        self.W = W
+        self.W = tile_rows(self.shapes, self.dtype)
         self._mod = None
         self._nmod = None  # the narrow-tile module (small batches; see narrow_module)
         self._lock = threading.Lock()
