@@ -1268,7 +1268,10 @@ def rows_lane(state: _State, Xf, Yf, k: int) -> bool:
     caller has checked everything :func:`apply_rows` checks and that :func:`lane_ready`
     holds under the same settings; this skips :func:`apply_rows`' choice between the
     generic kernel, a compile and the chain's kernel, and runs the chain's kernel the
-    same way (:func:`_fused_guarded`).
+    same way (:func:`_fused_guarded`).  The first product of each kernel records its
+    call (``_State.lanes``: kernel, values, tile rows, scratch size) and later ones
+    make that call directly (``README_kernels.md``, change 25); a kernel that raises
+    is handled as :func:`_fused_guarded` handles it.
 
     Parameters
     ----------
