@@ -176,3 +176,12 @@ def test_eight_row_float64_tiles_match_dense():
         ns["rows_tiles"](st.flat, X.reshape(-1), Y.reshape(-1), k, 0, (k + 7) // 8, ba, bb,
                          np.uint64(8), op.shape[1])
         np.testing.assert_allclose(Y, X @ op.to_dense().T, rtol=1e-12, atol=1e-12)
+
+
+def test_tile_rows_stop_at_the_vector_transposes_blocks():
+    """A very wide ping-pong chain goes to 8 rows on the L2 budget, not below (the
+    8 x 8 vector transposes); below 8 only for the fused limit, as before."""
+    wide = [(2048, 8, 9, 1), (1024, 2, 2, 8), (256, 4, 4, 16)]  # 18,432 features
+    assert nbk.tile_rows(wide, np.dtype("float64")) == 8  # 2.4 MB at 8 rows, 1.2 at 4
+    huge = [(65536, 8, 9, 1), (32768, 2, 4, 8)]  # blocks over the fused limit at 8 rows
+    assert nbk.tile_rows(huge, np.dtype("float64")) == 4

@@ -269,7 +269,8 @@ def tile_rows(shapes, dtype: np.dtype) -> int:
     at least 1), exceed :data:`TILE_BLOCK_BYTES`; below 16 on the same rule only for a
     real dtype and a chain whose panel passes mostly ping-pong (fewer in place than
     not: they have no constant-width loops to lose; complex products ran 1.1-2x
-    slower on narrower tiles), and while the blocks exceed the fused limit (see
+    slower on narrower tiles), down to 8 rows (the vector transposes' blocks), and
+    below that while the blocks exceed the fused limit (see
     ``_State.fused``).  Measured in ``benchmarks/README_kernels.md``, changes 5, 13
     and 24.
 
@@ -295,7 +296,8 @@ def tile_rows(shapes, dtype: np.dtype) -> int:
     if W == _CONST_W_MIN and over(W) and dtype.kind == "f":
         passes = _cg.panel_passes(shapes, W)
         in_place = sum(_cg._pass_in_place(shapes, n0, cnt) for n0, cnt in passes)
-        while W > _MIN_W and over(W) and 2 * in_place < len(passes):
+        # not below the 8 x 8 blocks of the vector transposes (measured: 8 rows)
+        while W > _cg._SIMD_BLOCK and over(W) and 2 * in_place < len(passes):
             W //= 2
     while W > _MIN_W and 2 * F * W * item > 4 * FUSED_BYTES:
         W //= 2
