@@ -207,12 +207,16 @@ GROWS = ["16 <-(4,2,2)- 8 <-(2,2,1)- 8",  # the (4,2,2) pass would write into ba
          # would write bb over the earlier steps' results there, so the third pass stays
          # out of the step
          "450 <-(5,2,10)- 180 <-(5,2,2)- 72 <-(2,5,1)- 180"]
+# a narrowing pair fused in the step from 32 rows (change 23): (2,2,4)(2,4,8) after the
+# in-place pair (2,2,1)(2,2,2)
+NARROW_STEP = "128 <-(2,4,8)- 256 <-(2,2,4)- 256 <-(2,2,2)- 256 <-(2,2,1)- 256"
 FUSED_FIRST = [
     "80 <-(2,2,8)- 80 <-(8,9,1)- 90",  # s = 9: CF = 72, one step, 18 left (16 + 2)
     "272 <-(4,2,1)- 136",  # s = 2: CF = 64, two steps, 8 left; chain_rest has no pass
     *GROWS,
     ODD_WIDTH,  # Q = 52 < CF = 64: the features left only (48 + 4)
     MIXED,  # Q = 18: the same, then a fused pair and a (2,4,4) factor
+    NARROW_STEP,
     str(Chain.butterfly(256)),  # in-place pairs: steps of 64 through three of the four
     str(Chain.butterfly(64, radix=4)),  # in-place (4,4,t): one step of every pass
     "8 <-(2,4,4)- 16 <-(2,2,2)- 16 <-(2,2,1)- 16 <-(2,2,4)- 16 <-(4,2,2)- 8 <-(2,4,1)- 16",
@@ -226,6 +230,9 @@ def test_step_plan_of_chains():
     assert cg.step_plan(_shapes(ODD_WIDTH), 32) == (64, (4,))
     # MIXED: the pair after (8,9,1) does not nest in it (t = 1, not 8)
     assert cg.step_plan(_shapes(MIXED), 32) == (72, (9,))
+    # a narrowing pair fused from 32 rows (change 23) runs in the step as one pass
+    assert cg.step_plan(_shapes(NARROW_STEP), 64) == (64, (4, 32))
+    assert cg.step_plan(_shapes(NARROW_STEP), 16) == (64, (4, 8, 32))
     # in-place groups: the butterfly's pairs (s s = 4 each), radix-4 (4,4,t) factors
     assert cg.step_plan(_shapes(BUTTERFLY_64), 32) == (64, (4, 16, 64))
     # ... up to blocks of _STEP_MAX = 64 input features
