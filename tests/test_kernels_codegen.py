@@ -216,7 +216,7 @@ FUSED_FIRST = [
     *GROWS,
     ODD_WIDTH,  # Q = 52 < CF = 64: the features left only (48 + 4)
     MIXED,  # Q = 18: the same, then a fused pair and a (2,4,4) factor
-    NARROW_STEP,
+    NARROW_STEP,  # (64-row float32 tiles: the step in 16-row parts, change 26)
     str(Chain.butterfly(256)),  # in-place pairs: steps of 64 through three of the four
     str(Chain.butterfly(64, radix=4)),  # in-place (4,4,t): one step of every pass
     "8 <-(2,4,4)- 16 <-(2,2,2)- 16 <-(2,2,1)- 16 <-(2,2,4)- 16 <-(4,2,2)- 8 <-(2,4,1)- 16",
@@ -251,6 +251,20 @@ def test_step_plan_of_chains():
                                 .replace("128", "32")), 16) == (64, (4, 8))
     assert cg.step_plan(_shapes("16 <-(2,2,4)- 16"), 32) == (0, ())  # t > 1 first
     assert cg.step_plan(_shapes(FUSED_FIRST[0]), 12) == (0, ())  # W not a multiple of 8
+
+
+def test_steps_in_parts_of_16_rows_where_a_narrowing_pair_is_in_the_step():
+    """Tiles wider than 16 rows gather and step in 16-row parts where the step holds a
+    fused pass that is not in place (change 26)."""
+    shapes = tuple(_shapes(NARROW_STEP))
+    assert cg.step_parts(shapes, 32) and cg.step_parts(shapes, 64)
+    assert not cg.step_parts(shapes, 16)  # one part
+    src = cg.generate_source(shapes, 64)
+    assert "step_blocks(V, ba[hc_:], bb[hc_:], _u16, fc_, fc_ + _u64)" in src
+    # in-place groups only (the butterfly, radix-4), or no fused pass in the step
+    for text in (BUTTERFLY_64, RADIX4_256, FUSED_FIRST[0]):
+        assert not cg.step_parts(tuple(_shapes(text)), 64)
+        assert "ba[hc_:]" not in cg.generate_source(tuple(_shapes(text)), 64)
 
 
 def test_chain_buf_shares_the_stepped_passes():

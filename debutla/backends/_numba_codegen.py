@@ -676,6 +676,7 @@ _FUSE_GATHER_MIN = 64  # features gathered per interleaved step, at least
 _STEP_MAX = 64  # the widest block (in input features) of a pass run step by step
 _STEP_PASSES = 64  # most passes run step by step (1: the first pass only)
 _SHARED_PASSES = True  # chain_buf calls step_blocks and chain_rest (each pass compiled once)
+_STEP_PART = 16  # full tiles wider than this gather and step in parts of this many rows
 
 
 def step_plan(shapes, W: int) -> tuple[int, tuple[int, ...]]:
@@ -750,10 +751,28 @@ def _steps_safe(writes) -> bool:
                for dst, outs, span in writes)
 
 
-def _fused_gather_lines(S: _Src, Q: int, W: int, CF: int) -> list[str]:
+def step_parts(shapes, W: int) -> bool:
+    """Whether full row tiles of ``W`` rows gather and run each step in parts of
+    ``_STEP_PART`` rows (``README_kernels.md``, change 26).
+
+    On tiles wider than a part, for chains whose step holds a fused pass that is not
+    in place (a narrowing pair, change 23: its inputs and middle values, two vectors a
+    row at 32 float32 rows, outgrow the registers); its other passes then run their
+    general column loops (at one part's width, not the tile's constant one).
+    """
+    H = _STEP_PART
+    if not (H and W > H and W % H == 0):
+        return False
+    CF, spans = step_plan(shapes, W)
+    passes = panel_passes(shapes, W)[:len(spans)]
+    return any(cnt > 1 and not _in_place(shapes[n0:n0 + cnt]) for n0, cnt in passes)
+
+
+def _fused_gather_lines(S: _Src, Q: int, W: int, CF: int, parts: bool) -> list[str]:
     """Lines of a full row tile (``w == W``) of ``Q`` input features: gather ``CF``
     features, run the step's passes on them (``step_blocks``), next ``CF``; the
-    features left last.
+    features left last.  ``parts``: each step in parts of ``_STEP_PART`` rows
+    (:func:`step_parts`).
     """
     V, Wc, Qc = _SIMD_BLOCK, S.c(W), S.c(Q)
     nch = Q // CF
@@ -762,8 +781,21 @@ def _fused_gather_lines(S: _Src, Q: int, W: int, CF: int) -> list[str]:
         return _gather8_lines(S, Q, W, lo, hi, Wc)
 
     out = [f"for ch_ in range({S.c(nch)}):", f"    fc_ = ch_ * {S.c(CF)}"]
-    out += ["    " + ln for ln in t8("fc_", f"fc_ + {S.c(CF)}")]
-    out += [f"    step_blocks(V, ba, bb, min(wr, wq), fc_, fc_ + {S.c(CF)})"]
+    H = _STEP_PART
+    if parts:
+        # each step gathered and run in parts of H rows (views at the part's first
+        # column, the rows still W apart): the gather and the step's passes run as
+        # on H-row tiles, the passes after the step on the whole W rows (change 26)
+        out += [f"    for h_ in range({S.c(W // H)}):",
+                f"        hc_ = h_ * {S.c(H)}",
+                f"        for fb in range(fc_, fc_ + {S.c(CF)}, {S.c(V)}):",
+                f"            for cb in range(hc_, hc_ + {S.c(H)}, {S.c(V)}):",
+                f"                transpose8(X, (c0 + cb) * {Qc} + fb, {Qc}, ba, "
+                f"fb * {Wc} + cb, {Wc})",
+                f"        step_blocks(V, ba[hc_:], bb[hc_:], {S.c(H)}, fc_, fc_ + {S.c(CF)})"]
+    else:
+        out += ["    " + ln for ln in t8("fc_", f"fc_ + {S.c(CF)}")]
+        out += [f"    step_blocks(V, ba, bb, min(wr, wq), fc_, fc_ + {S.c(CF)})"]
     if Q % CF:
         Q8 = Q - Q % V
         out += t8(S.c(nch * CF), S.c(Q8))
@@ -906,7 +938,7 @@ def generate_source(shapes: tuple, W: int) -> str:
         if fuse:
             S.add(3, "chain_buf(V, ba, bb, min(wr, wq))")
             S.add(2, f"elif w == {Wc}:")
-            for line in _fused_gather_lines(S, Q, W, CF):
+            for line in _fused_gather_lines(S, Q, W, CF, step_parts(shapes, W)):
                 S.add(3, line)
             S.add(3, "chain_rest(V, ba, bb, min(wr, wq))")
         S.add(2, "else:")
