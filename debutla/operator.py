@@ -656,17 +656,16 @@ class DeBut:
             if x.shape[0] != n:
                 return None
         else:
-            k = x.shape[0]
-            shape = (k, m)
-            if x.shape[1] != n or k == 0:
+            k, xn = x.shape
+            if xn != n or k == 0:
                 return None
+            shape = (k, m)
         if out is None:
             y = np.empty(shape, dt)
         else:
             if type(out) is not np.ndarray or out.shape != shape or out.dtype is not dt:
                 return None
-            flags = out.flags
-            if not flags.c_contiguous or not flags.writeable:
+            if not out.flags.carray:  # C-contiguous, aligned and writeable
                 return None
             # two arrays that own their memory never overlap (the cheap common case)
             if (out is x or out.base is not None or x.base is not None) and \

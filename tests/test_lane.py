@@ -233,7 +233,7 @@ def test_lane_in_place_product_takes_the_full_path(lane_spy):
     np.testing.assert_allclose(x, exp, rtol=1e-12)
 
 
-def test_lane_caches_each_kernels_call_and_recovers_from_a_failing_cached_kernel(
+def test_lane_records_each_batch_sizes_call_and_recovers_from_a_failing_cached_kernel(
         lane_spy, monkeypatch):
     from debutla.backends import _cache
 
@@ -245,18 +245,18 @@ def test_lane_caches_each_kernels_call_and_recovers_from_a_failing_cached_kernel
     exp = _full_path(op, X)
     np.testing.assert_array_equal(op.matmat_rows(X), exp)  # records the tile kernel's call
     kname = nbk._kernel_name(K_TILES, "rows", st)
-    assert kname in st.lanes and st.lanes[kname][0] is st.module_for(kname).rows_tiles
+    assert st.lanes[K_TILES][0] is st.module_for(kname).rows_tiles
     np.testing.assert_array_equal(op.matmat_rows(X), exp)  # by the recorded call
 
     # a kernel loaded from the cache that fails is forgotten and compiled again in
     # memory; the product then has the same bits, and the recorded calls are dropped
-    fn, *rest = st.lanes[kname]
+    fn, *rest = st.lanes[K_TILES]
 
     def broken(*args):
         raise RuntimeError("a corrupted cache file")
 
     forgotten = []
-    monkeypatch.setitem(st.lanes, kname, (broken, *rest))
+    monkeypatch.setitem(st.lanes, K_TILES, (broken, *rest))
     monkeypatch.setattr(_cache, "is_cached", lambda mod: True)
     monkeypatch.setattr(_cache, "forget_cache_files", lambda mod, e: forgotten.append(e))
     monkeypatch.setattr(nbk._cg, "replace_module", lambda *a: None)  # this state only
@@ -264,12 +264,24 @@ def test_lane_caches_each_kernels_call_and_recovers_from_a_failing_cached_kernel
     monkeypatch.setattr(st, "_nmod", st._nmod)
     np.testing.assert_array_equal(op.matmat_rows(X), exp)
     assert [str(e) for e in forgotten] == ["a corrupted cache file"]
-    assert kname not in st.lanes and st.module_for(kname).rows_tiles is not fn
+    assert K_TILES not in st.lanes and st.module_for(kname).rows_tiles is not fn
 
     # a kernel compiled in memory that fails raises its own error
-    st.lanes[kname] = (broken, *rest)
+    st.lanes[K_TILES] = (broken, *rest)
     monkeypatch.setattr(_cache, "is_cached", lambda mod: False)
     with pytest.raises(RuntimeError, match="a corrupted cache file"):
         op.matmat_rows(X)
-    assert kname not in st.lanes
+    assert K_TILES not in st.lanes
     assert lane_spy == [True] * 3  # the lane ran the first three products
+
+
+def test_lane_records_at_most_lanes_max_batch_sizes(lane_spy, monkeypatch):
+    op = _ready_op(np.float64, seed=10)
+    st = op._state(nbk, op.dtype)
+    st.lanes.clear()  # (what warmup's products recorded)
+    monkeypatch.setattr(nbk, "_LANES_MAX", 3)
+    rng = np.random.default_rng(11)
+    for k in (1, 2, 5, 7, 9, 1, 7):
+        X = random_values(rng, (k, op.shape[1]), np.float64)
+        np.testing.assert_array_equal(op.matmat_rows(X), _full_path(op, X))
+    assert sorted(st.lanes) == [1, 2, 5]  # sizes after the third run the lane unrecorded

@@ -361,9 +361,9 @@ class _State:
             self.ready: set = _READY.setdefault(key, set())
             self.pending: set = _PENDING.setdefault(key, set())
         self.broken = False
-        # the fast lane's call of each ready kernel (rows_lane): kernel name -> (kernel,
-        # values, tile rows (0: rows_single), tile rows as the kernel's uint64, scratch
-        # size, module); emptied whenever a module is replaced
+        # the fast lane's calls (rows_lane): rows k -> (kernel, values, tiles (0:
+        # rows_single), tile rows as the kernel's uint64, scratch size, module, kernel
+        # name); emptied whenever a module is replaced
         self.lanes: dict = {}
         _all_states.add(self)
 
@@ -1270,10 +1270,11 @@ def rows_lane(state: _State, Xf, Yf, k: int) -> bool:
     caller has checked everything :func:`apply_rows` checks and that :func:`lane_ready`
     holds under the same settings; this skips :func:`apply_rows`' choice between the
     generic kernel, a compile and the chain's kernel, and runs the chain's kernel the
-    same way (:func:`_fused_guarded`).  The first product of each kernel records its
-    call (``_State.lanes``: kernel, values, tile rows, scratch size) and later ones
-    make that call directly (``README_kernels.md``, change 25); a kernel that raises
-    is handled as :func:`_fused_guarded` handles it.
+    same way (:func:`_fused_guarded`).  The first product of each batch size records
+    its call (``_State.lanes``: kernel, values, tiles, scratch size; for at most
+    ``_LANES_MAX`` sizes) and later ones make that call directly
+    (``README_kernels.md``, change 25); a kernel that raises is handled as
+    :func:`_fused_guarded` handles it.
 
     Parameters
     ----------
@@ -1299,26 +1300,27 @@ def rows_lane(state: _State, Xf, Yf, k: int) -> bool:
     >>> rows_lane(st, np.ones(2), np.empty(2), 1)  # no specialised kernel yet
     False
     """
-    kname = _kernel_name(k, "rows", state)
-    if kname not in state.ready or state.broken or state.nnz * k >= PARALLEL_MIN_WORK:
-        return False
-    lane = state.lanes.get(kname)
-    if lane is None or _EPILOGUE.get() is not None or Xf.size != k * state.Q:
-        if lane is None and not state.live:
-            _lane_call(state, kname)
+    lane = state.lanes.get(k)
+    if (lane is None or state.broken or state.nnz * k >= PARALLEL_MIN_WORK
+            or _EPILOGUE.get() is not None or Xf.size != k * state.Q):
+        kname = _kernel_name(k, "rows", state)
+        if kname not in state.ready or state.broken or state.nnz * k >= PARALLEL_MIN_WORK:
+            return False
+        if lane is None and not state.live and len(state.lanes) < _LANES_MAX:
+            _lane_call(state, kname, k)
         _fused_guarded(state, kname, Xf, Yf, k)  # what apply_rows runs
         return True
     # what _run_fused does for this product (one thread, no epilogue, Q features),
     # without looking anything up: the same kernel with the same arguments
-    fn, V, W, wr, size, mod = lane
+    fn, V, tiles, wr, size, mod, kname = lane
     bufs = getattr(_tls, "bufs", _NO_BUFS).get(state.dkey)  # _scratch's, inlined
     if bufs is None or bufs[0].size < size or len(bufs) != 2:
         bufs = _scratch(state.dtype, size, state.dkey)
     X1 = Xf.ravel()  # C-contiguous: a flat view (half the time of reshape(-1))
     Y1 = Yf.ravel()
     try:
-        if W:
-            fn(V, X1, Y1, k, 0, (k + W - 1) // W, bufs[0], bufs[1], wr, state.Q)
+        if tiles:
+            fn(V, X1, Y1, k, 0, tiles, bufs[0], bufs[1], wr, state.Q)
         else:
             fn(V, X1, Y1, 0, k, bufs[0], bufs[1], _ONE)
     except Exception as e:
@@ -1326,15 +1328,22 @@ def rows_lane(state: _State, Xf, Yf, k: int) -> bool:
     return True
 
 
-def _lane_call(state: _State, kname: str) -> tuple:
-    """The fast lane's call of kernel ``kname`` of ``state`` (see ``_State.lanes``)."""
+_LANES_MAX = 64  # most batch sizes whose calls one state records (rows_lane)
+
+
+def _lane_call(state: _State, kname: str, k: int) -> tuple:
+    """Record the fast lane's call of kernel ``kname`` of ``state`` for ``k`` rows.
+
+    See ``_State.lanes``; :func:`rows_lane` makes the call.
+    """
     mod = state.module_for(kname)
     if kname == "rows_single":
-        lane = (mod.rows_single, state.vflat, 0, _ONE, state.F, mod)
+        lane = (mod.rows_single, state.vflat, 0, _ONE, state.F, mod, kname)
     else:
         W = NARROW_W if kname == "rows_narrow" else state.W
-        lane = (mod.rows_tiles, state.flat, W, np.uint64(W), state.F * W, mod)
-    state.lanes[kname] = lane
+        lane = (mod.rows_tiles, state.flat, (k + W - 1) // W, np.uint64(W), state.F * W, mod,
+                kname)
+    state.lanes[k] = lane
     return lane
 
 
