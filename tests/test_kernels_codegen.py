@@ -281,9 +281,10 @@ def test_chain_buf_shares_the_stepped_passes():
 # chain with a whole step and features left in 8 x 8 blocks and one by one (each case
 # compiles two kernel modules: 3-10 s)
 @pytest.mark.parametrize("text, dtype", [(t, np.float32) for t in FUSED_FIRST]
-                         + [(FUSED_FIRST[0], np.float64), (FUSED_FIRST[0], np.complex128)],
+                         + [(FUSED_FIRST[0], np.float64), (FUSED_FIRST[0], np.complex128),
+                            (NARROW_STEP, np.float64)],
                          ids=[f"float32-{i}" for i in range(len(FUSED_FIRST))]
-                         + ["float64-0", "complex128-0"])
+                         + ["float64-0", "complex128-0", "float64-parts"])
 def test_gather_fused_with_first_factor_same_bits(monkeypatch, text, dtype):
     """Full row tiles gather the input in steps and run the first factor on each step
     (change 20): bitwise the product of gathering the whole tile first, and the dense

@@ -141,6 +141,8 @@ def test_warmup_compiles_the_kernel_of_each_batch():
 VGG = [(512, 8, 9, 1), (256, 2, 2, 8), (128, 2, 2, 16), (64, 2, 2, 32), (16, 2, 4, 64),
        (4, 2, 4, 128), (1, 2, 4, 256)]
 BUTTERFLY_4096 = [(4096 // (2 * t), 2, 2, t) for t in (2 ** i for i in range(12))]
+RESNET = [(1024, 2, 2, 1), (512, 2, 2, 2), (256, 2, 2, 4), (64, 2, 4, 8), (32, 2, 2, 16),
+          (16, 2, 2, 32), (8, 2, 2, 64), (2, 2, 4, 128), (1, 2, 2, 256)]
 
 
 def test_tile_rows_go_below_16_only_for_real_chains_that_mostly_ping_pong():
@@ -153,6 +155,12 @@ def test_tile_rows_go_below_16_only_for_real_chains_that_mostly_ping_pong():
     assert nbk.tile_rows(VGG, dt("complex64")) == nbk.tile_rows(VGG, dt("complex128")) == 16
     # the 4096 butterfly: as wide, but its six passes all run in place
     assert nbk.tile_rows(BUTTERFLY_4096, dt("float64")) == 16
+    # ResNet: on 32 rows its step holds a narrowing pair and runs in 16-row parts, so
+    # 32 rows in float64 too (the budget alone gives 16); complex dtypes keep the budget
+    from debutla.backends import _numba_codegen as cg
+    assert cg.step_parts(RESNET, 32)
+    assert [nbk.tile_rows(RESNET, dt(d)) for d in ("float32", "float64", "complex128")] \
+        == [32, 32, 16]
     # the state's own width: VGG's first factor alone, float64 (blocks of 1.18 MB at 16)
     assert nbk.prepare((np.ones(VGG[0]),)).W == 8
     assert nbk.prepare((np.ones(VGG[0], np.float32),)).W == 16

@@ -271,8 +271,10 @@ def tile_rows(shapes, dtype: np.dtype) -> int:
     not: they have no constant-width loops to lose; complex products ran 1.1-2x
     slower on narrower tiles), down to 8 rows (the vector transposes' blocks), and
     below that while the blocks exceed the fused limit (see
-    ``_State.fused``).  Measured in ``benchmarks/README_kernels.md``, changes 5, 13
-    and 24.
+    ``_State.fused``).  A real chain whose step would run in 16-row parts on 32-row
+    tiles (:func:`~debutla.backends._numba_codegen.step_parts`) gets 32 rows whatever
+    the budget says, within the fused limit.  Measured in
+    ``benchmarks/README_kernels.md``, changes 5, 13, 24 and 27.
 
     Examples
     --------
@@ -301,6 +303,13 @@ def tile_rows(shapes, dtype: np.dtype) -> int:
             W //= 2
     while W > _MIN_W and 2 * F * W * item > 4 * FUSED_BYTES:
         W //= 2
+    # where a tile twice a part wide would gather and step in parts (a narrowing pair in
+    # the step, change 26), the tile's width serves only the passes after the step,
+    # which run faster on the wider tile: ResNet float64 (change 27)
+    P2 = 2 * _cg._STEP_PART
+    if (dtype.kind == "f" and W < P2 and 2 * F * P2 * item <= 4 * FUSED_BYTES
+            and _cg.step_parts(shapes, P2)):
+        W = P2
     return W
 
 
