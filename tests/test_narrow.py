@@ -15,6 +15,7 @@ import pytest
 
 import debutla
 import debutla.backends.numba_ as nbk
+from debutla.backends import _numba_codegen as cg
 from debutla import DeBut
 from debutla._config import config
 
@@ -157,7 +158,6 @@ def test_tile_rows_go_below_16_only_for_real_chains_that_mostly_ping_pong():
     assert nbk.tile_rows(BUTTERFLY_4096, dt("float64")) == 16
     # ResNet: on 32 rows its step holds a narrowing pair and runs in 16-row parts, so
     # 32 rows in float64 too (the budget alone gives 16); complex dtypes keep the budget
-    from debutla.backends import _numba_codegen as cg
     assert cg.step_parts(RESNET, 32)
     assert [nbk.tile_rows(RESNET, dt(d)) for d in ("float32", "float64", "complex128")] \
         == [32, 32, 16]
@@ -168,8 +168,6 @@ def test_tile_rows_go_below_16_only_for_real_chains_that_mostly_ping_pong():
 
 def test_eight_row_float64_tiles_match_dense():
     """A mostly ping-pong chain on tiles of 8 rows (what VGG gets in float64)."""
-    from debutla.backends import _numba_codegen as cg
-
     op = DeBut.random("8 <-(2,4,4)- 16 <-(2,2,4)- 16 <-(2,2,2)- 16 <-(8,9,1)- 18", seed=4,
                       dtype=np.float64, backend="numba")
     st = nbk.prepare(op.factors)

@@ -73,7 +73,7 @@ _FUSE_MAX = 2  # most factors fused into one panel pass (1: no fusion, the old k
 _FUSE_RS = 8  # factors with r * s up to this can be fused
 _FUSE_VALUES = 16  # most values alive at once in a fused pass (per column)
 _FUSE_COEFS = 48  # most coefficients of a fused pass per (block, k)
-_FUSE_SQUARE_ONLY = False  # fuse only groups that can run in place
+_FUSE_SQUARE_ONLY = False  # True: fuse only groups that can run in place (before change 23)
 _FUSE_NONSQUARE_W = 32  # the other groups from this tile width (16 rows: slower fused)
 _FUSE_NONSQUARE_COEFS = 32  # ... with at most this many coefficients (48: slower)
 _CONST_W = True  # in-place passes: full tiles loop over a constant W columns
@@ -584,14 +584,15 @@ _SIMD_BLOCK = 8
 _GATHER_FEATURES_OUTER = True  # the row gather's 8 x 8 blocks: features outer (change 11)
 
 
-def _gather8_lines(S: _Src, L: int, W: int, flo: str, fhi: str, rows: str) -> list[str]:
-    """Lines gathering features ``flo .. fhi-1`` (multiples of 8) of the tile's first
-    ``rows`` rows (a multiple of 8) of ``X`` (``L`` features a row) into the
-    features-major ``ba``, in ``8 x 8`` vector transposes, features outer.
+def _gather8_lines(S: _Src, L: int, W: int, flo: str, fhi: str, rows: str,
+                   first: str | None = None) -> list[str]:
+    """Lines gathering features ``flo .. fhi-1`` (multiples of 8) of the tile's rows
+    ``first .. rows-1`` (default from 0; multiples of 8) of ``X`` (``L`` features a row)
+    into the features-major ``ba``, in ``8 x 8`` vector transposes, features outer.
     """
     V, Lc, Wc = _SIMD_BLOCK, S.c(L), S.c(W)
     return [f"for fb in range({flo}, {fhi}, {S.c(V)}):",
-            f"    for cb in range({S.c(0)}, {rows}, {S.c(V)}):",
+            f"    for cb in range({first or S.c(0)}, {rows}, {S.c(V)}):",
             f"        transpose8(X, (c0 + cb) * {Lc} + fb, {Lc}, ba, fb * {Wc} + cb, {Wc})"]
 
 
@@ -763,7 +764,7 @@ def step_parts(shapes, W: int) -> bool:
     H = _STEP_PART
     if not (H and W > H and W % H == 0):
         return False
-    CF, spans = step_plan(shapes, W)
+    spans = step_plan(shapes, W)[1]
     passes = panel_passes(shapes, W)[:len(spans)]
     return any(cnt > 1 and not _in_place(shapes[n0:n0 + cnt]) for n0, cnt in passes)
 
@@ -786,13 +787,10 @@ def _fused_gather_lines(S: _Src, Q: int, W: int, CF: int, parts: bool) -> list[s
         # each step gathered and run in parts of H rows (views at the part's first
         # column, the rows still W apart): the gather and the step's passes run as
         # on H-row tiles, the passes after the step on the whole W rows (change 26)
-        out += [f"    for h_ in range({S.c(W // H)}):",
-                f"        hc_ = h_ * {S.c(H)}",
-                f"        for fb in range(fc_, fc_ + {S.c(CF)}, {S.c(V)}):",
-                f"            for cb in range(hc_, hc_ + {S.c(H)}, {S.c(V)}):",
-                f"                transpose8(X, (c0 + cb) * {Qc} + fb, {Qc}, ba, "
-                f"fb * {Wc} + cb, {Wc})",
-                f"        step_blocks(V, ba[hc_:], bb[hc_:], {S.c(H)}, fc_, fc_ + {S.c(CF)})"]
+        rows = _gather8_lines(S, Q, W, "fc_", f"fc_ + {S.c(CF)}", f"hc_ + {S.c(H)}", "hc_")
+        out += [f"    for h_ in range({S.c(W // H)}):", f"        hc_ = h_ * {S.c(H)}"]
+        out += ["        " + ln for ln in rows]
+        out += [f"        step_blocks(V, ba[hc_:], bb[hc_:], {S.c(H)}, fc_, fc_ + {S.c(CF)})"]
     else:
         out += ["    " + ln for ln in t8("fc_", f"fc_ + {S.c(CF)}")]
         out += [f"    step_blocks(V, ba, bb, min(wr, wq), fc_, fc_ + {S.c(CF)})"]

@@ -965,6 +965,11 @@ def _kernel_name(k: int, layout: str, state: "_State | None" = None) -> str:
     return "rows_tiles"
 
 
+def _tile_width(state: _State, kname: str) -> int:
+    """The rows of a tile of kernel ``kname`` (``rows_narrow``: :data:`NARROW_W`)."""
+    return NARROW_W if kname == "rows_narrow" else state.W
+
+
 def _run_fused(state: _State, mod, kname: str, X, Y, k: int) -> None:
     """One product on the generated kernel ``kname`` (``X`` with ``X.size // k`` features).
 
@@ -987,7 +992,7 @@ def _run_fused(state: _State, mod, kname: str, X, Y, k: int) -> None:
             ep.applied = True
         return
     kern = mod.cols_tiles if kname == "cols_tiles" else mod.rows_tiles
-    W = NARROW_W if kname == "rows_narrow" else state.W
+    W = _tile_width(state, kname)
     wr = np.uint64(W)
     ntiles = (k + W - 1) // W
     work = state.nnz * k
@@ -1309,11 +1314,12 @@ def rows_lane(state: _State, Xf, Yf, k: int) -> bool:
     >>> rows_lane(st, np.ones(2), np.empty(2), 1)  # no specialised kernel yet
     False
     """
+    if state.broken or state.nnz * k >= PARALLEL_MIN_WORK:
+        return False
     lane = state.lanes.get(k)
-    if (lane is None or state.broken or state.nnz * k >= PARALLEL_MIN_WORK
-            or _EPILOGUE.get() is not None or Xf.size != k * state.Q):
+    if lane is None or _EPILOGUE.get() is not None or Xf.size != k * state.Q:
         kname = _kernel_name(k, "rows", state)
-        if kname not in state.ready or state.broken or state.nnz * k >= PARALLEL_MIN_WORK:
+        if kname not in state.ready:
             return False
         if lane is None and not state.live and len(state.lanes) < _LANES_MAX:
             _lane_call(state, kname, k)
@@ -1349,7 +1355,7 @@ def _lane_call(state: _State, kname: str, k: int) -> tuple:
     if kname == "rows_single":
         lane = (mod.rows_single, state.vflat, 0, _ONE, state.F, mod, kname)
     else:
-        W = NARROW_W if kname == "rows_narrow" else state.W
+        W = _tile_width(state, kname)
         lane = (mod.rows_tiles, state.flat, (k + W - 1) // W, np.uint64(W), state.F * W, mod,
                 kname)
     state.lanes[k] = lane
