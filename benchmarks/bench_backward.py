@@ -17,7 +17,9 @@ printed when it was compiled in this run (an empty kernel cache:
 ``DEBUTLA_CACHE_DIR=$(mktemp -d)``).
 
 ``--ab-rev REV`` instead compares the generated backward of the git revision ``REV``'s
-generator (``debutla/backends/_numba_backward.py`` as it was there, compiled in this
+generator (``debutla/backends/_numba_backward.py`` as it was there, with the working
+tree's panel emitters of ``_numba_codegen.py``, which it imports: not a fair old
+version after a change there; use ``--ab`` with a ``_numba_codegen`` switch; compiled in this
 process) with the working tree's, interleaved in one process, on the same state,
 inputs and scratch; it prints both medians, their ratio and the largest difference of
 the value gradients (relative) and of the input gradients.  ``--ab NAME=VALUE ...`` is
@@ -115,17 +117,19 @@ def _generator_of(rev: str):
 def _source_with(overrides: dict, shapes: tuple, W: int) -> str:
     """The working tree's backward source with generator constants overridden."""
     from debutla.backends import _numba_backward as bw
+    from debutla.backends import _numba_codegen as cg
 
-    saved = {k: getattr(bw, k) for k in overrides}
+    owner = {k: bw if hasattr(bw, k) else cg for k in overrides}
+    saved = {k: getattr(owner[k], k) for k in overrides}
     try:
         for k, v in overrides.items():
-            setattr(bw, k, v)
+            setattr(owner[k], k, v)
         bw.scratch_sizes.cache_clear()
         old_count = bw.scratch_sizes(shapes, W)[0]
         src = bw.generate_source(shapes, W)
     finally:
         for k, v in saved.items():
-            setattr(bw, k, v)
+            setattr(owner[k], k, v)
         bw.scratch_sizes.cache_clear()
     if old_count > bw.scratch_sizes(shapes, W)[0]:
         raise SystemExit(f"--ab {overrides}: needs more scratch arrays than this variant; "
@@ -134,17 +138,20 @@ def _source_with(overrides: dict, shapes: tuple, W: int) -> str:
 
 
 def _parse_overrides(items) -> dict:
-    """``NAME=VALUE`` pairs (Python literals) for ``--ab``, checked against the module."""
+    """``NAME=VALUE`` pairs (Python literals) for ``--ab``, checked against the modules:
+    a constant of ``_numba_backward.py`` or, failing that, of ``_numba_codegen.py`` (whose
+    panel emitters the backward shares)."""
     import ast
 
     from debutla.backends import _numba_backward as bw
+    from debutla.backends import _numba_codegen as cg
 
     out = {}
     for item in items:
         name, _, value = item.partition("=")
-        if not hasattr(bw, name) or not value:
+        if not (hasattr(bw, name) or hasattr(cg, name)) or not value:
             raise SystemExit(f"--ab: {item!r} is not NAME=VALUE of a constant of "
-                             "debutla/backends/_numba_backward.py")
+                             "debutla/backends/_numba_backward.py or _numba_codegen.py")
         out[name] = ast.literal_eval(value)
     return out
 
@@ -200,7 +207,7 @@ def main(argv=None) -> int:
                    help="compare the generated backward of git revision REV with this one")
     p.add_argument("--ab", nargs="+", default=None, metavar="NAME=VALUE",
                    help="compare the generated backward with these constants of "
-                        "_numba_backward.py with this one")
+                        "_numba_backward.py (or _numba_codegen.py) with this one")
     args = p.parse_args(argv)
     if args.ab_rev is not None or args.ab is not None:
         if args.ab_rev is not None and args.ab is not None:

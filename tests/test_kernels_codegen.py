@@ -122,6 +122,7 @@ def test_fused_passes_bitwise_equal_to_unfused(monkeypatch, text, width):
     k = 2 * W + 5
     X = np.random.default_rng(0).standard_normal((k, op.shape[1]))
     outs = []
+    monkeypatch.setattr(cg, "_VEC_PANEL", False)  # its own "if wr ==" branches
     for fuse_max in (cg._FUSE_MAX, 1):
         monkeypatch.setattr(cg, "_FUSE_MAX", fuse_max)
         src = cg.generate_source(st.shapes, W)
@@ -137,6 +138,48 @@ def test_fused_passes_bitwise_equal_to_unfused(monkeypatch, text, width):
                          ba, bb, np.uint64(W), *xn)
         outs.append(Y)
     np.testing.assert_array_equal(outs[0], outs[1])
+
+
+# VGG's shape of chain, smaller: a wide t = 1 factor (8,9,1), then (2,2,t) and a (2,4,t)
+VGG_LIKE = "64 <-(2,4,32)- 128 <-(2,2,16)- 128 <-(2,2,8)- 128 <-(8,9,1)- 144"
+
+
+@pytest.mark.parametrize("text, W, dtype", [
+    (VGG_LIKE, 16, np.float32), (VGG_LIKE, 8, np.float64), (VGG_LIKE, 16, np.complex128),
+    (MIXED, 16, np.float32), (MIXED, 8, np.float64), (NARROWING, 16, np.float32),
+    (NARROWING, 32, np.float32)],  # the last: 128-byte features, no vector steps
+    ids=["vgg-16-float32", "vgg-8-float64", "vgg-16-complex128", "mixed-16-float32",
+         "mixed-8-float64", "lenet-16-float32", "lenet-32-float32"])
+@pytest.mark.usefixtures("codegen")
+def test_vector_panel_steps_bitwise_equal_to_the_loops(monkeypatch, text, W, dtype):
+    """The single-factor passes' full-tile steps in vector code (``panel_mac``, change
+    28) give the loops' bits, in full and partial tiles; complex products, and float64
+    on 16-row tiles (128 bytes a feature), run the loops (the step declines); tiles
+    of 32 rows get no vector steps."""
+    op = DeBut.random(text, seed=4, dtype=dtype, backend="numba")
+    st = nbk.prepare(op.factors)
+    rng = np.random.default_rng(W)
+    ks = (W, 2 * W + 5)
+    Xs = [random_values(rng, (k, op.shape[1]), dtype) for k in ks]
+    outs = []
+    for vec in (True, False):
+        monkeypatch.setattr(cg, "_VEC_PANEL", vec)
+        src = cg.generate_source(st.shapes, W)
+        assert ("panel_mac(" in src) == (vec and 4 * W <= cg._VEC_PANEL_BYTES)
+        ns: dict = {}
+        exec(compile(src.replace("cache=True", "cache=False"), "<kernels>", "exec"), ns)
+        res = []
+        for k, X in zip(ks, Xs):
+            Y = np.empty((k, op.shape[0]), dtype)
+            ba = np.empty(st.F * W, dtype)
+            bb = np.empty(st.F * W, dtype)
+            ns["rows_tiles"](st.flat.astype(dtype), X.reshape(-1), Y.reshape(-1), k, 0,
+                             (k + W - 1) // W, ba, bb, np.uint64(W), op.shape[1])
+            res.append(Y)
+        outs.append(res)
+    for k, X, a, b in zip(ks, Xs, *outs):
+        np.testing.assert_array_equal(a, b)
+        _check(op, a, X, "rows", f"rows k={k}")
 
 
 GROUPS_OF_THREE = ["18 <-(6,4,3)- 12 <-(3,2,1)- 8", "36 <-(2,1,18)- 18 <-(9,2,1)- 4"]

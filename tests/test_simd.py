@@ -1,6 +1,6 @@
 """The vector code of the Numba kernels (``_numba_simd``): the block transpose
-``transpose8``, the dot-product blocks ``add_dots`` and the ``wide_vectors`` request,
-alone and in the generated kernels."""
+``transpose8``, the dot-product blocks ``add_dots``, the panel steps ``panel_mac`` and
+the ``wide_vectors`` request, alone and in the generated kernels."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from hypothesis import given, settings, strategies as st
 
 from debutla.backends import _numba_backward as bw
 from debutla.backends import _numba_codegen as cg
-from debutla.backends._numba_simd import (BLOCK, VECTOR_BITS, add_dots, transpose8,
-                                          wide_vectors)
+from debutla.backends._numba_simd import (BLOCK, VECTOR_BITS, add_dots, panel_mac,
+                                          transpose8, wide_vectors)
 
 from strategies import DTYPES, random_values
 
@@ -216,3 +216,82 @@ def test_add_dots_refuses_complex_and_integer_arrays():
         x = np.zeros(16, dt)
         with pytest.raises(numba.core.errors.TypingError):
             ns["f"](x, x.copy(), x.copy())
+
+
+_MACS: dict = {}
+
+
+def _mac_kernel(G: int, N: int, W: int, ACC: int, B: int = 64):
+    """Two compiled callers of ``panel_mac`` with these literals: the intrinsic, and the
+    generated kernels' loop for the same step (``fastmath={'contract'}`` as they are)."""
+    key = (G, N, W, ACC, B)
+    if key not in _MACS:
+        terms = " + ".join(f"V[v + g * vg + {j} * vj] * src[x + {j} * xj + c]"
+                           for j in range(N))
+        op = "+=" if ACC else "="
+        ns: dict = {"panel_mac": panel_mac, "numba": numba}
+        exec(f"@numba.njit(cache=False, fastmath={{'contract'}})\n"
+             f"def f(dst, o, og, src, x, xj, V, v, vg, vj):\n"
+             f"    return panel_mac(dst, o, og, src, x, xj, V, v, vg, vj, "
+             f"{G}, {N}, {W}, {ACC}, {B})\n"
+             f"@numba.njit(cache=False, fastmath={{'contract'}})\n"
+             f"def loop(dst, o, og, src, x, xj, V, v, vg, vj):\n"
+             f"    for g in range({G}):\n"
+             f"        for c in range({W}):\n"
+             f"            dst[o + g * og + c] {op} {terms}\n", ns)
+        _MACS[key] = ns["f"], ns["loop"]
+    return _MACS[key]
+
+
+@pytest.mark.parametrize("G, N, W, ACC", [(1, 1, 16, 0), (2, 2, 16, 0), (2, 4, 16, 0),
+                                          (4, 5, 16, 0), (4, 4, 16, 1), (3, 3, 8, 1),
+                                          (4, 5, 8, 1), (1, 2, 4, 0), (2, 2, 3, 1)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_panel_mac_is_the_loop_bit_for_bit(G, N, W, ACC, dtype):
+    """Each output row gets the generated loop's value, bit for bit, and nothing else
+    is written; it says it did the work (``B`` = 256 bytes: the rows of more than 64
+    bytes run in 64-byte parts)."""
+    f, loop = _mac_kernel(G, N, W, ACC, 256)
+    rng = np.random.default_rng(G * 1000 + N * 100 + W * 10 + ACC)
+    for _ in range(3):
+        xj = int(rng.integers(W, W + 9))
+        og = int(rng.integers(W, W + 5))
+        x, o = int(rng.integers(0, 7)), int(rng.integers(0, 7))
+        vj, vg = int(rng.integers(1, 4)), int(rng.integers(1, 9))
+        v = int(rng.integers(0, 5))
+        src = rng.standard_normal(x + N * xj + 3).astype(dtype)
+        V = rng.standard_normal(v + G * vg + N * vj + 3).astype(dtype)
+        dst = rng.standard_normal(o + G * og + W + 3).astype(dtype)
+        want = dst.copy()
+        loop(want, o, og, src, x, xj, V, v, vg, vj)
+        assert f(dst, o, og, src, x, xj, V, v, vg, vj) is True
+        np.testing.assert_array_equal(dst, want)
+        ref = np.einsum("gj,jc->gc", V[v + np.arange(G)[:, None] * vg
+                                       + np.arange(N) * vj].astype(np.float64),
+                        np.stack([src[x + j * xj:x + j * xj + W] for j in range(N)]))
+        rows = np.stack([want[o + g * og:o + g * og + W] for g in range(G)])
+        assert np.isfinite(rows).all()
+        if not ACC:  # the reference too (the loop could be wrong as well)
+            tol = 2e-6 if dtype == np.float32 else 1e-13
+            np.testing.assert_allclose(rows, ref, rtol=tol, atol=tol * N)
+
+
+@pytest.mark.parametrize("dtype, W", [(np.complex128, 4), (np.complex64, 8),
+                                      (np.int64, 8), (np.float32, 32), (np.float64, 16)])
+def test_panel_mac_declines_what_its_vectors_do_not_hold(dtype, W):
+    """Complex and integer arrays, and rows of more than ``B`` bytes: ``False``, and
+    nothing written (the generated kernels then run their loop)."""
+    f, _ = _mac_kernel(2, 2, W, 0, 64)
+    dst = np.ones(4 * W, dtype)
+    src = np.ones(4 * W, dtype)
+    assert f(dst, 0, W, src, 0, W, np.ones(8, dtype), 0, 2, 1) is False
+    np.testing.assert_array_equal(dst, np.ones(4 * W, dtype))
+
+
+def test_panel_mac_refuses_what_it_cannot_compile():
+    ns: dict = {"panel_mac": panel_mac, "numba": numba}
+    exec("@numba.njit(cache=False)\ndef f(d, s, V, n):\n"
+         "    return panel_mac(d, 0, 4, s, 0, 4, V, 0, 1, 1, n, 1, 4, 0, 64)\n", ns)
+    x = np.zeros(16)
+    with pytest.raises(numba.core.errors.TypingError, match="panel_mac"):
+        ns["f"](x, x.copy(), x.copy(), 1)  # G not a literal

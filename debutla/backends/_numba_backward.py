@@ -390,7 +390,7 @@ def generate_source(shapes: tuple, W: int) -> str:
         "from numba import njit",
         "from debutla.backends._numba_tiles import gather_tile, scatter_tile",
         "from debutla.backends._numba_stack import place_stack",
-        "from debutla.backends._numba_simd import add_dots, wide_vectors",
+        "from debutla.backends._numba_simd import add_dots, panel_mac, wide_vectors",
         "",
         f"W = {W}",
     ]

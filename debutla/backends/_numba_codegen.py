@@ -58,7 +58,7 @@ import math
 
 from . import _cache
 
-GENERATOR_VERSION = "12"
+GENERATOR_VERSION = "13"
 _OPAQUE_T = 4  # per-row kernels: inner loops over t >= this get an opaque trip count
 _GROUP_MAX = 4  # outputs per register-blocked group in the panel kernels
 _GROUPS = (4, 3, 2, 1)  # outputs per group: the first that divides r (README_kernels, change 9)
@@ -81,6 +81,9 @@ _CONST_W_MIN = 16  # ... from this tile width (below it LLVM unrolls and scalari
 _INPLACE_SINGLE = False  # single square factors stay ping-pong (not measured faster)
 _SINGLE_GROUP_MIN = 16  # square single factors with r s in this range run as in-place
 _SINGLE_GROUP_MAX = 16  # ... group passes: the radix-4 (4,4,t) factors
+_VEC_PANEL = True  # single-factor panel steps of full tiles in vector code (panel_mac)
+_VEC_PANEL_WIDE = True  # ... the wide t = 1 micro-kernel's too
+_VEC_PANEL_BYTES = 64  # ... for tiles of at most this many bytes a feature (W rows)
 
 class _Src:
     """Accumulates source lines and the uint64 constants they use."""
@@ -213,6 +216,16 @@ def _k_loop(S: _Src, ind: int, k: str, t: int, tag: str, res: Residues | None
             u * res.c if res.in_local else t, u * res.c if res.out_local else t)
 
 
+def _vec_panel(W: int, wide: bool) -> bool:
+    """Whether a single-factor panel pass at tile width ``W`` gets the vector-code step
+    for full tiles (:func:`debutla.backends._numba_simd.panel_mac`): only where a
+    feature's ``W`` float32 rows fit ``_VEC_PANEL_BYTES`` (one 64-byte vector); wider
+    tiles already run several vector iterations of the loop, and there the step was no
+    faster (LeNet's 64-row float32 tiles 0.94-0.96x; ``README_kernels.md``, change 28).
+    """
+    return _VEC_PANEL and (not wide or _VEC_PANEL_WIDE) and 4 * W <= _VEC_PANEL_BYTES
+
+
 def _emit_factor_panel(S: _Src, ind: int, spec, vname: str, src: str, dst: str, W: int,
                        tag: str, blocks: tuple[str, str] | None = None,
                        res: Residues | None = None) -> None:
@@ -246,23 +259,31 @@ def _emit_factor_panel(S: _Src, ind: int, spec, vname: str, src: str, dst: str, 
 
     def chunk(j0: int, n: int, first: bool, jvar: str | None, ind_: int) -> None:
         # j = j0 (+ jvar * C) + 0..n-1
+        if jvar is not None:
+            S.add(ind_, f"xj_ = x_ + {jvar} * {S.c(C * jstride_x)}")
+            xb, vb = "xj_", f"v_ + {jvar} * {S.c(C * jstride_v)}"
+        else:
+            xb, vb = "x_", "v_"
+        if _vec_panel(W, inline):
+            # a full tile: the step in vector code, with the loop's bits (real dtypes
+            # within the byte limit; for the others panel_mac returns False and the
+            # loop below runs)
+            S.add(ind_, f"if wr == {S.c(W)} and panel_mac({dst}, o_, {S.c(gstride_o)}, "
+                        f"{src}, {S.plus(xb, S.c(j0 * jstride_x))}, {S.c(jstride_x)}, "
+                        f"{vname}, {S.plus(vb, S.c(j0 * jstride_v))}, {S.c(gstride_v)}, "
+                        f"{S.c(jstride_v)}, {G}, {n}, {W}, {0 if first else 1}, "
+                        f"{_VEC_PANEL_BYTES}):")
+            S.add(ind_ + 1, "pass")
+            S.add(ind_, "else:")
+            ind_ += 1
         wexpr = {}
         for g in range(G):
             for jj in range(n):
-                voff = S.c(g * gstride_v + (j0 + jj) * jstride_v)
-                if jvar is not None:
-                    vidx = f"v_ + {jvar} * {S.c(C * jstride_v)} + {voff}"
-                else:
-                    vidx = f"v_ + {voff}"
+                vidx = f"{vb} + {S.c(g * gstride_v + (j0 + jj) * jstride_v)}"
                 if inline:
                     wexpr[g, jj] = f"{vname}[{vidx}]"
                 else:
                     S.add(ind_, f"w{g}_{jj} = {vname}[{vidx}]")
-        if jvar is not None:
-            S.add(ind_, f"xj_ = x_ + {jvar} * {S.c(C * jstride_x)}")
-            xb = "xj_"
-        else:
-            xb = "x_"
         S.add(ind_, "for c_ in range(wr):")
         ind4 = ind_ + 1
         for jj in range(n):
@@ -979,7 +1000,7 @@ def generate_source(shapes: tuple, W: int) -> str:
         '"""',
         "import numpy as np",
         "from numba import njit",
-        "from debutla.backends._numba_simd import transpose8, wide_vectors",
+        "from debutla.backends._numba_simd import panel_mac, transpose8, wide_vectors",
         "from debutla.backends._numba_stack import place_stack",
         "",
         f"W = {W}",

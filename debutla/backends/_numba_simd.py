@@ -1,6 +1,7 @@
 """Vector code for the Numba kernels: an ``8 x 8`` block transpose written in LLVM IR,
-the value gradients' blocks of dot products (:func:`add_dots`), and the request for the
-CPU's widest vectors (:func:`wide_vectors`).
+the value gradients' blocks of dot products (:func:`add_dots`), the panel passes' steps
+on full tiles (:func:`panel_mac`), and the request for the CPU's widest vectors
+(:func:`wide_vectors`).
 
 Numba compiles without LLVM's SLP vectoriser, so a transpose written element by element
 in Python source stays a sequence of scalar moves (``benchmarks/README_kernels.md``).
@@ -22,7 +23,7 @@ from llvmlite import ir
 from numba.core import cgutils, types
 from numba.extending import intrinsic
 
-__all__ = ["transpose8", "wide_vectors", "add_dots", "BLOCK", "VECTOR_BITS"]
+__all__ = ["transpose8", "wide_vectors", "add_dots", "panel_mac", "BLOCK", "VECTOR_BITS"]
 
 #: Rows and columns of the block moved by :func:`transpose8`.
 BLOCK = 8
@@ -193,6 +194,29 @@ def _reduce_lanes(builder, vecs: list, lanes: int) -> list:
     return [builder.extract_element(v, ir.Constant(ir.IntType(32), i)) for i in range(k)]
 
 
+def _unpack(context, builder, signature, args, arrays, ints) -> tuple:
+    """An intrinsic's arguments: the data pointers of the 1-D ``arrays`` (positions) and
+    the ``ints`` (positions) as int64 values.
+    """
+    tys = signature.args
+    data = [context.make_array(tys[i])(context, builder, args[i]).data for i in arrays]
+    nums = [context.cast(builder, args[i], tys[i], types.int64) for i in ints]
+    return data, nums
+
+
+def _vector_type(context, signature, w_n: int) -> tuple:
+    """``(element type, its size, vector type)`` for rows of ``w_n`` elements of the
+    first argument's dtype: vectors of 64 bytes, or of the largest power of two below
+    that divides ``w_n``.
+    """
+    elt = context.get_data_type(signature.args[0].dtype)
+    size = context.get_abi_sizeof(elt)
+    lanes = max(1, 64 // size)
+    while w_n % lanes:
+        lanes //= 2
+    return elt, size, ir.VectorType(elt, lanes)
+
+
 @intrinsic(prefer_literal=True)
 def add_dots(typingctx, dst, do, dg, dj, a, ao, astr, b, bo, bstr, G, J, W):
     """``dst[do + g dg + j dj] += sum_{c < W} a[ao + g astr + c] * b[bo + j bstr + c]``
@@ -225,22 +249,10 @@ def add_dots(typingctx, dst, do, dg, dj, a, ao, astr, b, bo, bstr, G, J, W):
 
     def codegen(context, builder, signature, args):
         i64 = ir.IntType(64)
-        tys = signature.args
-
-        def data(i):
-            return context.make_array(tys[i])(context, builder, args[i]).data
-
-        def int64(i):
-            return context.cast(builder, args[i], tys[i], types.int64)
-
-        dd, ad, bd = data(0), data(4), data(7)
-        do_, dg_, dj_, ao_, as_, bo_, bs_ = (int64(i) for i in (1, 2, 3, 5, 6, 8, 9))
-        elt = context.get_data_type(tys[0].dtype)
-        size = context.get_abi_sizeof(elt)
-        lanes = max(1, 64 // size)
-        while w_n % lanes:
-            lanes //= 2
-        vty = ir.VectorType(elt, lanes)
+        (dd, ad, bd), (do_, dg_, dj_, ao_, as_, bo_, bs_) = _unpack(
+            context, builder, signature, args, (0, 4, 7), (1, 2, 3, 5, 6, 8, 9))
+        elt, size, vty = _vector_type(context, signature, w_n)
+        lanes = vty.count
 
         def vload(base, row_off, c):
             idx = builder.add(row_off, ir.Constant(i64, c))
@@ -283,5 +295,86 @@ def add_dots(typingctx, dst, do, dg, dj, a, ao, astr, b, bo, bstr, G, J, W):
                 ptr = builder.gep(dd, [idx])
                 builder.store(builder.fadd(builder.load(ptr), sums[g * j_n + j]), ptr)
         return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic(prefer_literal=True)
+def panel_mac(typingctx, dst, o, og, src, x, xj, V, v, vg, vj, G, N, W, ACC, B):
+    """``dst[o + g og + c] (+)= sum_{j < N} V[v + g vg + j vj] * src[x + j xj + c]``
+    for every ``g < G``, ``c < W``, in vector code; returns whether it did so.
+
+    One step of a panel pass on a full tile (:func:`debutla.backends._numba_codegen.
+    _emit_factor_panel`): the ``N`` input rows of ``W`` columns are loaded once as
+    ``W``-lane vectors, each coefficient is broadcast, and each of the ``G`` output
+    rows is stored (``ACC`` = 1: added to what it holds) once.  The arithmetic is the
+    generated loop's, term by term in the same order with the same ``contract`` flag
+    (``w0 z0 + w1 z1 + ...``, then ``dst + sum``), so the bits are the loop's.  Where
+    the loop runs one ``W``-column step per ``(block, k)`` (a 16-row tile), LLVM's loop
+    vectoriser wraps that step in trip-count and alias checks and a scalar remainder
+    loop; this is the step alone (``benchmarks/README_kernels.md``, change 28).
+
+    ``G``, ``N``, ``W`` and ``ACC`` are integer literals (constants of the generated
+    source).  For a real dtype it returns ``True``; for others (complex) it does
+    nothing and returns ``False``, and the generated source runs its loop instead:
+    ``if wr == W and panel_mac(...): pass`` / ``else: <loop>``, folded at compile time.
+    No bounds checks; ``dst`` rows must not overlap the ``src`` rows.
+    """
+    if not all(isinstance(a, types.Array) and a.ndim == 1 for a in (dst, src, V)):
+        return None
+    if not (dst.dtype == src.dtype == V.dtype):
+        return None
+    lits = (G, N, W, ACC, B)
+    if not all(isinstance(a, types.IntegerLiteral) for a in lits):
+        return None
+    g_n, n_n, w_n, acc_, b_n = (a.literal_value for a in lits)
+    if not (g_n >= 1 and n_n >= 1 and w_n >= 1):
+        return None
+    for a in (o, og, x, xj, v, vg, vj):
+        if not isinstance(a, types.Integer):
+            return None
+    sig = types.boolean(dst, o, og, src, x, xj, V, v, vg, vj, G, N, W, ACC, B)
+    real = isinstance(dst.dtype, types.Float) and w_n * dst.dtype.bitwidth <= 8 * b_n
+
+    def codegen(context, builder, signature, args):
+        if not real:
+            return ir.Constant(ir.IntType(1), 0)
+        i64, i32 = ir.IntType(64), ir.IntType(32)
+        (dd, sd, vd), (o_, og_, x_, xj_, v_, vg_, vj_) = _unpack(
+            context, builder, signature, args, (0, 3, 6), (1, 2, 4, 5, 7, 8, 9))
+        # the columns in parts of one 64-byte vector (or less), each part loaded,
+        # computed and stored before the next: fewer registers alive than W-lane vectors
+        elt, size, vty = _vector_type(context, signature, w_n)
+        lanes = vty.count
+        flags = ("contract",)  # the generated kernels' fastmath={'contract'}
+
+        def row(base, off, k, stride, c):
+            idx = builder.add(builder.add(off, builder.mul(ir.Constant(i64, k), stride)),
+                              ir.Constant(i64, c))
+            return builder.bitcast(builder.gep(base, [idx]), vty.as_pointer())
+
+        undef = ir.Constant(vty, None)
+        splat = ir.Constant(ir.VectorType(i32, lanes), [0] * lanes)
+        coef = {}
+        for g in range(g_n):
+            for j in range(n_n):
+                idx = builder.add(v_, builder.add(builder.mul(ir.Constant(i64, g), vg_),
+                                                  builder.mul(ir.Constant(i64, j), vj_)))
+                w = builder.insert_element(undef, builder.load(builder.gep(vd, [idx])),
+                                           ir.Constant(i32, 0))
+                coef[g, j] = builder.shuffle_vector(w, undef, splat)
+        for c in range(0, w_n, lanes):
+            z = [builder.load(row(sd, x_, j, xj_, c), align=size) for j in range(n_n)]
+            for g in range(g_n):
+                total = None
+                for j in range(n_n):
+                    term = builder.fmul(coef[g, j], z[j], flags=flags)
+                    total = term if total is None else builder.fadd(total, term,
+                                                                    flags=flags)
+                ptr = row(dd, o_, g, og_, c)
+                if acc_:
+                    total = builder.fadd(builder.load(ptr, align=size), total, flags=flags)
+                builder.store(total, ptr, align=size)
+        return ir.Constant(ir.IntType(1), 1)
 
     return sig, codegen
