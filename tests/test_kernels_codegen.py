@@ -140,32 +140,56 @@ def test_fused_passes_bitwise_equal_to_unfused(monkeypatch, text, width):
     np.testing.assert_array_equal(outs[0], outs[1])
 
 
+# a narrowing pair fused in the step from 32 rows (change 23): (2,2,4)(2,4,8) after the
+# in-place pair (2,2,1)(2,2,2)
+NARROW_STEP = "128 <-(2,4,8)- 256 <-(2,2,4)- 256 <-(2,2,2)- 256 <-(2,2,1)- 256"
 # VGG's shape of chain, smaller: a wide t = 1 factor (8,9,1), then (2,2,t) and a (2,4,t)
 VGG_LIKE = "64 <-(2,4,32)- 128 <-(2,2,16)- 128 <-(2,2,8)- 128 <-(8,9,1)- 144"
 
 
-@pytest.mark.parametrize("text, W, dtype", [
-    (VGG_LIKE, 16, np.float32), (VGG_LIKE, 8, np.float64), (VGG_LIKE, 16, np.complex128),
-    (MIXED, 16, np.float32), (MIXED, 8, np.float64), (NARROWING, 16, np.float32),
-    (NARROWING, 32, np.float32)],  # the last: 128-byte features, no vector steps
-    ids=["vgg-16-float32", "vgg-8-float64", "vgg-16-complex128", "mixed-16-float32",
-         "mixed-8-float64", "lenet-16-float32", "lenet-32-float32"])
+def test_vector_steps_only_where_a_step_is_one_64_byte_vector():
+    """Which passes get a vector-code step (changes 28 and 29): single-factor passes and
+    fused passes whose loop runs over ``wr``, on tiles of at most 16 float32 rows, or in
+    the 16-row parts of wider tiles; not the in-place passes' constant-width loops."""
+    vgg, lenet = tuple(_shapes(VGG_LIKE)), tuple(_shapes(NARROWING))
+    bfly, parts = tuple(_shapes(BUTTERFLY_64)), tuple(_shapes(NARROW_STEP))
+    assert "panel_mac(" in cg.generate_source(vgg, 16)
+    assert "group_mac(" not in cg.generate_source(bfly, 16)  # constant-width loops
+    assert "group_mac(" in cg.generate_source(bfly, 8)
+    for text in (lenet, vgg):
+        src = cg.generate_source(text, 32)
+        assert "panel_mac(" not in src and "group_mac(" not in src
+    src = cg.generate_source(parts, 32)
+    assert cg.step_parts(parts, 32) and "if wr == _u16 and group_mac(" in src
+    assert "group_mac(" not in _function(src, "chain_rest")
+
+
+@pytest.mark.parametrize("text, W, dtype, vec", [
+    (VGG_LIKE, 16, np.float32, True), (VGG_LIKE, 8, np.float64, True),
+    (VGG_LIKE, 16, np.complex128, True),
+    ("64 <-(2,2,32)- 64 <-(2,2,16)- 64 <-(2,2,8)- 64 <-(2,2,4)- 64 <-(2,2,2)- 64 <-(2,2,1)- 64",
+     8, np.float64, True),  # in-place pairs on 8-row tiles (no constant-width loop)
+    (NARROW_STEP, 32, np.float32, True),  # the step in 16-row parts
+    (NARROW_STEP, 32, np.complex64, True)],
+    ids=["vgg-16-float32", "vgg-8-float64", "vgg-16-complex128", "butterfly-8-float64",
+         "parts-32-float32", "parts-32-complex64"])
 @pytest.mark.usefixtures("codegen")
-def test_vector_panel_steps_bitwise_equal_to_the_loops(monkeypatch, text, W, dtype):
-    """The single-factor passes' full-tile steps in vector code (``panel_mac``, change
-    28) give the loops' bits, in full and partial tiles; complex products, and float64
-    on 16-row tiles (128 bytes a feature), run the loops (the step declines); tiles
-    of 32 rows get no vector steps."""
+def test_vector_steps_bitwise_equal_to_the_loops(monkeypatch, text, W, dtype, vec):
+    """The panel passes' steps in vector code (``panel_mac``, ``group_mac``: changes 28
+    and 29) give the loops' bits, in full and partial tiles; complex products, and
+    float64 on 16-row tiles (128 bytes a feature), run the loops (the steps decline);
+    tiles of 32 rows get vector steps only in their 16-row parts."""
     op = DeBut.random(text, seed=4, dtype=dtype, backend="numba")
     st = nbk.prepare(op.factors)
     rng = np.random.default_rng(W)
     ks = (W, 2 * W + 5)
     Xs = [random_values(rng, (k, op.shape[1]), dtype) for k in ks]
     outs = []
-    for vec in (True, False):
-        monkeypatch.setattr(cg, "_VEC_PANEL", vec)
+    for on in (True, False):
+        monkeypatch.setattr(cg, "_VEC_PANEL", on)
+        monkeypatch.setattr(cg, "_VEC_GROUP", on)
         src = cg.generate_source(st.shapes, W)
-        assert ("panel_mac(" in src) == (vec and 4 * W <= cg._VEC_PANEL_BYTES)
+        assert ("panel_mac(" in src or "group_mac(" in src) == (on and vec)
         ns: dict = {}
         exec(compile(src.replace("cache=True", "cache=False"), "<kernels>", "exec"), ns)
         res = []
@@ -250,9 +274,6 @@ GROWS = ["16 <-(4,2,2)- 8 <-(2,2,1)- 8",  # the (4,2,2) pass would write into ba
          # would write bb over the earlier steps' results there, so the third pass stays
          # out of the step
          "450 <-(5,2,10)- 180 <-(5,2,2)- 72 <-(2,5,1)- 180"]
-# a narrowing pair fused in the step from 32 rows (change 23): (2,2,4)(2,4,8) after the
-# in-place pair (2,2,1)(2,2,2)
-NARROW_STEP = "128 <-(2,4,8)- 256 <-(2,2,4)- 256 <-(2,2,2)- 256 <-(2,2,1)- 256"
 FUSED_FIRST = [
     "80 <-(2,2,8)- 80 <-(8,9,1)- 90",  # s = 9: CF = 72, one step, 18 left (16 + 2)
     "272 <-(4,2,1)- 136",  # s = 2: CF = 64, two steps, 8 left; chain_rest has no pass

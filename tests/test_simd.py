@@ -1,6 +1,6 @@
 """The vector code of the Numba kernels (``_numba_simd``): the block transpose
 ``transpose8``, the dot-product blocks ``add_dots``, the panel steps ``panel_mac`` and
-the ``wide_vectors`` request, alone and in the generated kernels."""
+``group_mac`` and the ``wide_vectors`` request, alone and in the generated kernels."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from hypothesis import given, settings, strategies as st
 
 from debutla.backends import _numba_backward as bw
 from debutla.backends import _numba_codegen as cg
-from debutla.backends._numba_simd import (BLOCK, VECTOR_BITS, add_dots, panel_mac,
-                                          transpose8, wide_vectors)
+from debutla.backends._numba_simd import (BLOCK, VECTOR_BITS, add_dots, group_mac,
+                                          panel_mac, transpose8, wide_vectors)
 
 from strategies import DTYPES, random_values
 
@@ -288,10 +288,83 @@ def test_panel_mac_declines_what_its_vectors_do_not_hold(dtype, W):
     np.testing.assert_array_equal(dst, np.ones(4 * W, dtype))
 
 
-def test_panel_mac_refuses_what_it_cannot_compile():
-    ns: dict = {"panel_mac": panel_mac, "numba": numba}
-    exec("@numba.njit(cache=False)\ndef f(d, s, V, n):\n"
-         "    return panel_mac(d, 0, 4, s, 0, 4, V, 0, 1, 1, n, 1, 4, 0, 64)\n", ns)
+# a radix-4 step as two stages: m = (c0 i0 + c1 i1, c2 i0 + c3 i1, ...), o = (c8 m..)
+_PROG = ("m1_0=0*i0,1*i1;m1_1=2*i0,3*i1;m1_2=4*i2,5*i3;m1_3=6*i2,7*i3;"
+         "o0=8*m1_0,9*m1_2;o1=10*m1_1,11*m1_3;o2=12*m1_0,13*m1_2;o3=14*m1_1,15*m1_3")
+
+
+def _group_kernel(W: int, B: int = 64):
+    """A compiled caller of ``group_mac`` running ``_PROG``, and the same step written
+    as the generated kernels' loop."""
+    ns: dict = {"group_mac": group_mac, "numba": numba}
+    cs = ", ".join(f"C[{i}]" for i in range(16))
+    exec(f"@numba.njit(cache=False, fastmath={{'contract'}})\n"
+         f"def f(dst, o, os, src, x, xs, C):\n"
+         f"    return group_mac(dst, o, os, src, x, xs, ({cs},), \"{_PROG}\", {W}, {B})\n"
+         f"@numba.njit(cache=False, fastmath={{'contract'}})\n"
+         f"def loop(dst, o, os, src, x, xs, C):\n"
+         f"    for c in range({W}):\n"
+         f"        i0 = src[x + c]\n        i1 = src[x + xs + c]\n"
+         f"        i2 = src[x + 2 * xs + c]\n        i3 = src[x + 3 * xs + c]\n"
+         f"        m0 = C[0] * i0 + C[1] * i1\n        m1 = C[2] * i0 + C[3] * i1\n"
+         f"        m2 = C[4] * i2 + C[5] * i3\n        m3 = C[6] * i2 + C[7] * i3\n"
+         f"        dst[o + c] = C[8] * m0 + C[9] * m2\n"
+         f"        dst[o + os + c] = C[10] * m1 + C[11] * m3\n"
+         f"        dst[o + 2 * os + c] = C[12] * m0 + C[13] * m2\n"
+         f"        dst[o + 3 * os + c] = C[14] * m1 + C[15] * m3\n", ns)
+    return ns["f"], ns["loop"]
+
+
+@pytest.mark.parametrize("W, B, dtype", [
+    (16, 64, np.float32), (8, 64, np.float32), (4, 64, np.float32), (32, 256, np.float32),
+    (8, 64, np.float64), (4, 64, np.float64), (16, 128, np.float64), (32, 256, np.float64)])
+def test_group_mac_is_the_loop_bit_for_bit_and_runs_in_place(W, B, dtype):
+    """Each output row gets the generated loop's value, bit for bit, in place too (every
+    input read before any output is written), in 64-byte parts where ``W`` is wider."""
+    f, loop = _group_kernel(W, B)
+    rng = np.random.default_rng(W)
+    C = rng.standard_normal(16).astype(dtype)
+    for inplace in (False, True):
+        xs = W + int(rng.integers(0, 5))
+        src = rng.standard_normal(5 * xs + 8).astype(dtype)
+        dst = src if inplace else rng.standard_normal(5 * xs + 8).astype(dtype)
+        want = dst.copy()
+        loop(want, 3, xs, src.copy() if inplace else src, 3, xs, C)
+        assert f(dst, 3, xs, src, 3, xs, C) is True
+        np.testing.assert_array_equal(dst, want)
+        # and against NumPy in float64
+        X = np.stack([src[3 + j * xs:3 + j * xs + W] for j in range(4)]).astype(np.float64)
+        if not inplace:
+            c = C.astype(np.float64)
+            m = [c[0] * X[0] + c[1] * X[1], c[2] * X[0] + c[3] * X[1],
+                 c[4] * X[2] + c[5] * X[3], c[6] * X[2] + c[7] * X[3]]
+            ref = [c[8] * m[0] + c[9] * m[2], c[10] * m[1] + c[11] * m[3],
+                   c[12] * m[0] + c[13] * m[2], c[14] * m[1] + c[15] * m[3]]
+            got = np.stack([dst[3 + j * xs:3 + j * xs + W] for j in range(4)])
+            tol = 1e-5 if dtype == np.float32 else 1e-13
+            np.testing.assert_allclose(got, np.stack(ref), rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("dtype, W", [(np.complex128, 4), (np.float64, 16),
+                                      (np.float32, 32)])
+def test_group_mac_declines_what_its_vectors_do_not_hold(dtype, W):
+    """Complex arrays and rows over ``B`` bytes: ``False``, nothing written."""
+    f, _ = _group_kernel(W, 64)
+    dst = np.ones(8 * W, dtype)
+    assert f(dst, 0, W, np.ones(8 * W, dtype), 0, W, np.ones(16, dtype)) is False
+    np.testing.assert_array_equal(dst, np.ones(8 * W, dtype))
+
+
+@pytest.mark.parametrize("name, call, arg", [
+    ("panel_mac", "panel_mac(d, 0, 4, s, 0, 4, s, 0, 1, 1, a, 1, 4, 0, 64)", 1),  # G
+    ("group_mac", "group_mac(d, 0, 4, s, 0, 4, (1.0, 2.0), a, 4, 64)", "o0=0*i0,1*i1"),
+])
+def test_vector_steps_refuse_arguments_that_are_not_literals(name, call, arg):
+    """``panel_mac``'s ``G`` and ``group_mac``'s program must be literals: a typing
+    error naming the intrinsic otherwise."""
+    ns: dict = {name: {"panel_mac": panel_mac, "group_mac": group_mac}[name],
+                "numba": numba}
+    exec(f"@numba.njit(cache=False)\ndef f(d, s, a):\n    return {call}\n", ns)
     x = np.zeros(16)
-    with pytest.raises(numba.core.errors.TypingError, match="panel_mac"):
-        ns["f"](x, x.copy(), x.copy(), 1)  # G not a literal
+    with pytest.raises(numba.core.errors.TypingError, match=name):
+        ns["f"](x, x.copy(), arg)

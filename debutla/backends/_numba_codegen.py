@@ -58,7 +58,7 @@ import math
 
 from . import _cache
 
-GENERATOR_VERSION = "13"
+GENERATOR_VERSION = "14"
 _OPAQUE_T = 4  # per-row kernels: inner loops over t >= this get an opaque trip count
 _GROUP_MAX = 4  # outputs per register-blocked group in the panel kernels
 _GROUPS = (4, 3, 2, 1)  # outputs per group: the first that divides r (README_kernels, change 9)
@@ -84,6 +84,7 @@ _SINGLE_GROUP_MAX = 16  # ... group passes: the radix-4 (4,4,t) factors
 _VEC_PANEL = True  # single-factor panel steps of full tiles in vector code (panel_mac)
 _VEC_PANEL_WIDE = True  # ... the wide t = 1 micro-kernel's too
 _VEC_PANEL_BYTES = 64  # ... for tiles of at most this many bytes a feature (W rows)
+_VEC_GROUP = True  # fused passes' steps too (group_mac), where the loop runs over wr
 
 class _Src:
     """Accumulates source lines and the uint64 constants they use."""
@@ -216,7 +217,7 @@ def _k_loop(S: _Src, ind: int, k: str, t: int, tag: str, res: Residues | None
             u * res.c if res.in_local else t, u * res.c if res.out_local else t)
 
 
-def _vec_panel(W: int, wide: bool) -> bool:
+def _vec_panel(W: int, wide: bool = False) -> bool:
     """Whether a single-factor panel pass at tile width ``W`` gets the vector-code step
     for full tiles (:func:`debutla.backends._numba_simd.panel_mac`): only where a
     feature's ``W`` float32 rows fit ``_VEC_PANEL_BYTES`` (one 64-byte vector); wider
@@ -228,16 +229,18 @@ def _vec_panel(W: int, wide: bool) -> bool:
 
 def _emit_factor_panel(S: _Src, ind: int, spec, vname: str, src: str, dst: str, W: int,
                        tag: str, blocks: tuple[str, str] | None = None,
-                       res: Residues | None = None) -> None:
+                       res: Residues | None = None, rows: int | None = None) -> None:
     """One factor on a features-major panel of width ``W``: ``dst <- R src``.
 
     Outputs are computed in groups of ``G`` rows ``i`` of a block (4, 3, 2 or 1: the
     first that divides ``r``), so each input panel row loaded in the inner loop serves
     ``G`` outputs (a register-blocked micro GEMM ``(G x s) @ (s x W)``).  ``blocks``:
     two expressions bounding the blocks computed (default all ``nb``); ``res``: only the
-    features of a residue group (:class:`Residues`).
+    features of a residue group (:class:`Residues`); ``rows``: the ``wr`` of the calls
+    that get the vector-code step (default ``W``; 16 in the steps of 16-row parts).
     """
     nb, r, s, t = spec
+    rows = rows or W
     G, C = _panel_blocking(spec)
     # wide t = 1 factors name their values inside the column loop's statements instead
     # of loading them into locals before it (LLVM hoists the broadcasts either way, but
@@ -264,14 +267,14 @@ def _emit_factor_panel(S: _Src, ind: int, spec, vname: str, src: str, dst: str, 
             xb, vb = "xj_", f"v_ + {jvar} * {S.c(C * jstride_v)}"
         else:
             xb, vb = "x_", "v_"
-        if _vec_panel(W, inline):
+        if _vec_panel(rows, inline):
             # a full tile: the step in vector code, with the loop's bits (real dtypes
             # within the byte limit; for the others panel_mac returns False and the
             # loop below runs)
-            S.add(ind_, f"if wr == {S.c(W)} and panel_mac({dst}, o_, {S.c(gstride_o)}, "
+            S.add(ind_, f"if wr == {S.c(rows)} and panel_mac({dst}, o_, {S.c(gstride_o)}, "
                         f"{src}, {S.plus(xb, S.c(j0 * jstride_x))}, {S.c(jstride_x)}, "
                         f"{vname}, {S.plus(vb, S.c(j0 * jstride_v))}, {S.c(gstride_v)}, "
-                        f"{S.c(jstride_v)}, {G}, {n}, {W}, {0 if first else 1}, "
+                        f"{S.c(jstride_v)}, {G}, {n}, {rows}, {0 if first else 1}, "
                         f"{_VEC_PANEL_BYTES}):")
             S.add(ind_ + 1, "pass")
             S.add(ind_, "else:")
@@ -382,15 +385,17 @@ def _stage_digits(specs, f_: int) -> tuple:
 
 def _emit_group_panel(S: _Src, ind: int, specs, vnames, src: str, dst: str, W: int,
                       tag: str, inplace: bool = False,
-                      blocks: tuple[str, str] | None = None) -> None:
+                      blocks: tuple[str, str] | None = None,
+                      rows: int | None = None) -> None:
     """Nesting factors ``specs`` (application order) in one pass over a panel.
 
     For each block ``B`` of the last factor and each ``k < t_1``, the ``prod s``
     input rows are loaded once per column, every factor is applied in registers and the
     ``prod r`` output rows are stored once: one read and one write of the panel instead
     of one per factor.  ``blocks``: two expressions bounding the blocks ``B`` computed
-    (default all).
+    (default all); ``rows``: as in :func:`_emit_factor_panel`.
     """
+    rows = rows or W
     nbm = specs[-1][0]
     t1 = specs[0][3]
     rs = [sp[1] for sp in specs]
@@ -430,13 +435,66 @@ def _emit_group_panel(S: _Src, ind: int, specs, vnames, src: str, dst: str, W: i
     # loop (1.5x faster on the butterfly); a partial tile runs the same body over wr.
     # Below W = 16 LLVM unrolls the constant loop fully before vectorising it and the
     # pass runs scalar (the float64 butterfly, W = 8: 3x slower), so wr is used there
-    if inplace and _CONST_W and W >= _CONST_W_MIN:
+    const = inplace and _CONST_W and W >= _CONST_W_MIN
+    if const:
         S.add(ind2, f"if wr == {S.c(W)}:")
         _group_body(S, ind2 + 1, specs, coef, src, dst, W, S.c(W))
         S.add(ind2, "else:")
-        _group_body(S, ind2 + 1, specs, coef, src, dst, W, "wr")
-    else:
-        _group_body(S, ind2, specs, coef, src, dst, W, "wr")
+        ind2 += 1
+    if _VEC_GROUP and _vec_panel(rows) and not (const and rows == W):
+        # the step of wr == rows columns in vector code, with the loop's bits (real
+        # dtypes; group_mac returns False for the others and the loop runs)
+        prog, names = _group_program(specs, coef)
+        S.add(ind2, f"if wr == {S.c(rows)} and group_mac({dst}, o_, {S.c(t1 * W)}, {src}, "
+                    f"x_, {S.c(t1 * W)}, ({', '.join(names)},), \"{prog}\", {rows}, "
+                    f"{_VEC_PANEL_BYTES}):")
+        S.add(ind2 + 1, "pass")
+        S.add(ind2, "else:")
+        ind2 += 1
+    _group_body(S, ind2, specs, coef, src, dst, W, "wr")
+
+
+def _group_statements(specs) -> list:
+    """The straight-line body of a fused group's column step, in order:
+    ``[(target, [(coefficient key, source), ...]), ...]``; a source or target is
+    ``(f, idx)``, the value ``idx`` after ``f`` factors (``f = 0``: the input rows), and
+    the last factor's targets are the output rows ``(len(specs), idx)``; a coefficient
+    key is ``(f, jh, il, i, j)`` as :func:`_emit_group_panel` names them.
+    """
+    out = []
+    for f_, (nb, r, s, t) in enumerate(specs):
+        nhi, nlo = _stage_digits(specs, f_)
+        for jh in range(nhi):
+            for i in range(r):
+                for il in range(nlo):
+                    terms = [((f_, jh, il, i, j), (f_, (jh * s + j) * nlo + il))
+                             for j in range(s)]
+                    out.append(((f_ + 1, (jh * r + i) * nlo + il), terms))
+    return out
+
+
+def _group_program(specs, coef: dict) -> tuple[str, list[str]]:
+    """``(PROG, coefficient names)``: the group's column step as the program of
+    :func:`debutla.backends._numba_simd.group_mac` (inputs ``iN``, middle values
+    ``mF_N``, outputs ``oN``), and the coefficients its indices refer to.
+    """
+    m = len(specs)
+    names: list[str] = []
+    index: dict = {}
+
+    def var(f: int, idx: int) -> str:
+        return f"i{idx}" if f == 0 else (f"o{idx}" if f == m else f"m{f}_{idx}")
+
+    stmts = []
+    for (f, idx), terms in _group_statements(specs):
+        parts = []
+        for key, (fs, js) in terms:
+            if key not in index:
+                index[key] = len(names)
+                names.append(coef[key])
+            parts.append(f"{index[key]}*{var(fs, js)}")
+        stmts.append(f"{var(f, idx)}=" + ",".join(parts))
+    return ";".join(stmts), names
 
 
 def _group_body(S: _Src, ind: int, specs, coef: dict, src: str, dst: str, W: int,
@@ -449,27 +507,14 @@ def _group_body(S: _Src, ind: int, specs, coef: dict, src: str, dst: str, W: int
         prod_s *= sp[2]
     S.add(ind, f"for c_ in range({trip}):")
     ind3 = ind + 1
-    cur = {}
     for idx in range(prod_s):
-        cur[idx] = f"y0_{idx}"
         S.add(ind3, f"y0_{idx} = {src}[x_ + {S.c(idx * t1 * W)} + c_]")
-    for f_, (nb, r, s, t) in enumerate(specs):
-        nhi, nlo = _stage_digits(specs, f_)
-        last = f_ == m - 1
-        new = {}
-        for jh in range(nhi):
-            for i in range(r):
-                for il in range(nlo):
-                    terms = [f"{coef[f_, jh, il, i, j]} * {cur[(jh * s + j) * nlo + il]}"
-                             for j in range(s)]
-                    idx = (jh * r + i) * nlo + il
-                    if last:
-                        S.add(ind3, f"{dst}[o_ + {S.c(idx * t1 * W)} + c_] = "
-                                    f"{_sum_terms(terms)}")
-                    else:
-                        S.add(ind3, f"y{f_ + 1}_{idx} = {_sum_terms(terms)}")
-                        new[idx] = f"y{f_ + 1}_{idx}"
-        cur = new
+    for (f, idx), terms in _group_statements(specs):
+        rhs = _sum_terms([f"{coef[key]} * y{fs}_{js}" for key, (fs, js) in terms])
+        if f == m:
+            S.add(ind3, f"{dst}[o_ + {S.c(idx * t1 * W)} + c_] = {rhs}")
+        else:
+            S.add(ind3, f"y{f}_{idx} = {rhs}")
 
 
 _BUFS = ("ba", "bb")  # the tile kernels' two features-major scratch blocks
@@ -481,19 +526,20 @@ def _pass_in_place(shapes, n0: int, cnt: int) -> bool:
 
 
 def _emit_pass(S: _Src, shapes, n0: int, cnt: int, cur: int, W: int,
-               blocks: tuple[str, str] | None = None) -> int:
+               blocks: tuple[str, str] | None = None, rows: int | None = None) -> int:
     """Emit the panel pass of ``shapes[n0:n0 + cnt]`` on the current values in buffer
-    ``cur`` (0: ``ba``, 1: ``bb``), over ``blocks`` (default all); the buffer of its
-    result.
+    ``cur`` (0: ``ba``, 1: ``bb``), over ``blocks`` (default all), the vector-code steps
+    for ``wr == rows`` (default ``W``); the buffer of its result.
     """
     bufs = _BUFS
     inplace = _pass_in_place(shapes, n0, cnt)
     src, dst = bufs[cur], bufs[cur if inplace else 1 - cur]
     if cnt == 1 and not _single_as_group(shapes[n0]):
-        _emit_factor_panel(S, 1, shapes[n0], f"V{n0}", src, dst, W, str(n0), blocks)
+        _emit_factor_panel(S, 1, shapes[n0], f"V{n0}", src, dst, W, str(n0), blocks,
+                           rows=rows)
     else:
         _emit_group_panel(S, 1, shapes[n0:n0 + cnt], [f"V{n}" for n in range(n0, n0 + cnt)],
-                          src, dst, W, str(n0), inplace, blocks)
+                          src, dst, W, str(n0), inplace, blocks, rows)
     return cur if inplace else 1 - cur
 
 
@@ -912,10 +958,11 @@ def generate_source(shapes: tuple, W: int) -> str:
         for n in range(nf):
             S.add(1, f"V{n} = V[{offs[n]}:{offs[n + 1]}]")
         cur = 0
+        rows = _STEP_PART if step_parts(shapes, W) else W  # full tiles' wr here
         for p, span in enumerate(spans):
             n0, cnt = passes[p]
             cur = _emit_pass(S, shapes, n0, cnt, cur, W,
-                             (f"flo // {S.c(span)}", f"fhi // {S.c(span)}"))
+                             (f"flo // {S.c(span)}", f"fhi // {S.c(span)}"), rows)
         S.add(1, "return")
         S.add(0, "")
 
@@ -1000,7 +1047,8 @@ def generate_source(shapes: tuple, W: int) -> str:
         '"""',
         "import numpy as np",
         "from numba import njit",
-        "from debutla.backends._numba_simd import panel_mac, transpose8, wide_vectors",
+        "from debutla.backends._numba_simd import group_mac, panel_mac, transpose8, "
+        "wide_vectors",
         "from debutla.backends._numba_stack import place_stack",
         "",
         f"W = {W}",

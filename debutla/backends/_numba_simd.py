@@ -23,7 +23,8 @@ from llvmlite import ir
 from numba.core import cgutils, types
 from numba.extending import intrinsic
 
-__all__ = ["transpose8", "wide_vectors", "add_dots", "panel_mac", "BLOCK", "VECTOR_BITS"]
+__all__ = ["transpose8", "wide_vectors", "add_dots", "panel_mac", "group_mac", "BLOCK",
+           "VECTOR_BITS"]
 
 #: Rows and columns of the block moved by :func:`transpose8`.
 BLOCK = 8
@@ -375,6 +376,103 @@ def panel_mac(typingctx, dst, o, og, src, x, xj, V, v, vg, vj, G, N, W, ACC, B):
                 if acc_:
                     total = builder.fadd(builder.load(ptr, align=size), total, flags=flags)
                 builder.store(total, ptr, align=size)
+        return ir.Constant(ir.IntType(1), 1)
+
+    return sig, codegen
+
+
+def _parse_program(text: str) -> list:
+    """``[(target, [(coefficient, source), ...]), ...]`` of a :func:`group_mac`
+    program: statements ``target=c*source,c*source,...`` separated by ``;``.
+    """
+    out = []
+    for stmt in text.split(";"):
+        target, _, rhs = stmt.partition("=")
+        terms = []
+        for term in rhs.split(","):
+            c, _, src = term.partition("*")
+            terms.append((int(c), src))
+        out.append((target, terms))
+    return out
+
+
+@intrinsic(prefer_literal=True)
+def group_mac(typingctx, dst, o, os_, src, x, xs, C, PROG, W, B):
+    """A fused panel pass's step on ``W`` columns in vector code: the straight-line
+    ``PROG`` over rows of ``src`` and ``dst``; returns whether it ran it.
+
+    ``PROG`` (a string literal written by
+    :func:`debutla.backends._numba_codegen._group_program`) is a list of statements
+    ``target=c*source,c*source,...`` separated by ``;``: a source ``iN`` is the input
+    row at ``x + N xs`` (loaded once), ``mN``-like names are values computed by earlier
+    statements, a target ``oN`` is the output row stored at ``o + N os_``, and ``c``
+    indexes the coefficient tuple ``C``.  Each sum is formed left to right with the
+    generated kernels' ``contract`` flag, as the generated loop writes it, so the bits
+    are the loop's.  Columns go in parts of one 64-byte vector.  ``W`` and ``B`` are
+    integer literals; for a dtype that is not real, or ``W`` elements over ``B`` bytes,
+    it returns ``False`` and does nothing (the generated source then runs its loop).
+    All input rows are loaded before any output row is stored, so ``dst`` may be
+    ``src`` (in-place passes).
+    """
+    if not all(isinstance(a, types.Array) and a.ndim == 1 for a in (dst, src)):
+        return None
+    if dst.dtype != src.dtype or not isinstance(C, types.BaseTuple):
+        return None
+    if not (isinstance(PROG, types.StringLiteral) and isinstance(W, types.IntegerLiteral)
+            and isinstance(B, types.IntegerLiteral)):
+        return None
+    for a in (o, os_, x, xs):
+        if not isinstance(a, types.Integer):
+            return None
+    prog = _parse_program(PROG.literal_value)
+    w_n, b_n = W.literal_value, B.literal_value
+    real = (isinstance(dst.dtype, types.Float) and w_n * dst.dtype.bitwidth <= 8 * b_n
+            and all(ty == dst.dtype for ty in C.types))
+    sig = types.boolean(dst, o, os_, src, x, xs, C, PROG, W, B)
+
+    def codegen(context, builder, signature, args):
+        if not real:
+            return ir.Constant(ir.IntType(1), 0)
+        i64, i32 = ir.IntType(64), ir.IntType(32)
+        (dd, sd), (o_, os2, x_, xs_) = _unpack(context, builder, signature, args,
+                                               (0, 3), (1, 2, 4, 5))
+        elt, size, vty = _vector_type(context, signature, w_n)
+        lanes = vty.count
+        flags = ("contract",)  # the generated kernels' fastmath={'contract'}
+        undef = ir.Constant(vty, None)
+        splat = ir.Constant(ir.VectorType(i32, lanes), [0] * lanes)
+        coefs: dict = {}
+
+        def coef(c):
+            if c not in coefs:
+                w = builder.insert_element(undef, builder.extract_value(args[6], c),
+                                           ir.Constant(i32, 0))
+                coefs[c] = builder.shuffle_vector(w, undef, splat)
+            return coefs[c]
+
+        def row(base, off, n, stride, part):
+            idx = builder.add(builder.add(off, builder.mul(ir.Constant(i64, n), stride)),
+                              ir.Constant(i64, part))
+            return builder.bitcast(builder.gep(base, [idx]), vty.as_pointer())
+
+        for part in range(0, w_n, lanes):
+            vals = {}
+            for _, terms in prog:  # every input row first (in place: before any store)
+                for _, name in terms:
+                    if name[0] == "i" and name not in vals:
+                        vals[name] = builder.load(row(sd, x_, int(name[1:]), xs_, part),
+                                                  align=size)
+            for target, terms in prog:
+                total = None
+                for c, name in terms:
+                    term = builder.fmul(coef(c), vals[name], flags=flags)
+                    total = term if total is None else builder.fadd(total, term,
+                                                                    flags=flags)
+                if target[0] == "o":
+                    builder.store(total, row(dd, o_, int(target[1:]), os2, part),
+                                  align=size)
+                else:
+                    vals[target] = total
         return ir.Constant(ir.IntType(1), 1)
 
     return sig, codegen
