@@ -48,18 +48,19 @@ def test_panel_passes_fuse_nesting_square_pairs():
     assert cg.panel_passes([(8, 2, 2, 1), (8, 2, 2, 1), (4, 2, 2, 2)]) == [(0, 1), (1, 2)]
 
 
-def test_panel_passes_fuse_narrowing_pairs_from_tiles_of_32_rows():
-    """A nesting pair with more inputs than outputs fuses at tile widths of 32 and more,
-    with at most _FUSE_NONSQUARE_COEFS coefficients (change 23)."""
+def test_panel_passes_fuse_narrowing_pairs_from_tiles_of_16_rows():
+    """A nesting pair with more inputs than outputs fuses at tile widths of 16 and more
+    (32 before change 30), with at most _FUSE_NONSQUARE_COEFS coefficients (change 23)."""
     pair = [(8, 2, 2, 1), (2, 2, 4, 2)]  # 8 inputs, 4 outputs, 16 + 16 coefficients
-    assert cg.panel_passes(pair, 32) == cg.panel_passes(pair, 64) == [(0, 2)]
-    assert cg.panel_passes(pair, 16) == cg.panel_passes(pair) == [(0, 1), (1, 1)]
+    assert cg.panel_passes(pair, 16) == cg.panel_passes(pair, 64) == [(0, 2)]
+    assert cg.panel_passes(pair, 8) == cg.panel_passes(pair) == [(0, 1), (1, 1)]
     # VGG's last two factors: 16 + 32 coefficients
     assert cg.panel_passes([(4, 2, 4, 128), (1, 2, 4, 256)], 32) == [(0, 1), (1, 1)]
     # LeNet FC1's chain: (2,2,16)(1,2,32) fuses, then its square pair as before
     lenet = _shapes(NARROWING)
-    assert cg.panel_passes(lenet, 32) == [(0, 1), (1, 2), (3, 2)]
-    assert cg.panel_passes(lenet, 16) == [(0, 1), (1, 1), (2, 1), (3, 2)]
+    assert cg.panel_passes(lenet, 32) == cg.panel_passes(lenet, 16) == [(0, 1), (1, 2),
+                                                                         (3, 2)]
+    assert cg.panel_passes(lenet, 8) == [(0, 1), (1, 1), (2, 1), (3, 2)]
 
 
 def _function(src: str, name: str) -> str:
@@ -294,9 +295,10 @@ def test_step_plan_of_chains():
     assert cg.step_plan(_shapes(ODD_WIDTH), 32) == (64, (4,))
     # MIXED: the pair after (8,9,1) does not nest in it (t = 1, not 8)
     assert cg.step_plan(_shapes(MIXED), 32) == (72, (9,))
-    # a narrowing pair fused from 32 rows (change 23) runs in the step as one pass
+    # a narrowing pair fused from 16 rows (changes 23, 30) runs in the step as one pass
     assert cg.step_plan(_shapes(NARROW_STEP), 64) == (64, (4, 32))
-    assert cg.step_plan(_shapes(NARROW_STEP), 16) == (64, (4, 8, 32))
+    assert cg.step_plan(_shapes(NARROW_STEP), 16) == (64, (4, 32))
+    assert cg.step_plan(_shapes(NARROW_STEP), 8) == (64, (4, 8, 32))
     # in-place groups: the butterfly's pairs (s s = 4 each), radix-4 (4,4,t) factors
     assert cg.step_plan(_shapes(BUTTERFLY_64), 32) == (64, (4, 16, 64))
     # ... up to blocks of _STEP_MAX = 64 input features
@@ -306,13 +308,18 @@ def test_step_plan_of_chains():
     assert cg.step_plan(_shapes(str(Chain.butterfly(2187, radix=3))), 16) == (72, (3, 9))
     # a chain that grows: a pass writing more features into ba than the step gathered
     # stops the step (the next steps' input lies there), one writing them into bb not
-    assert cg.step_plan(_shapes(GROWS[0]), 16) == (64, (2,))
+    assert cg.step_plan(_shapes(GROWS[0]), 8) == (64, (2,))
+    # ... unless the pair fuses (from 16 rows, change 30) into one pass writing bb
+    assert cg.panel_passes(_shapes(GROWS[0]), 16) == [(0, 2)]
+    assert cg.step_plan(_shapes(GROWS[0]), 16) == (64, (4,))
     assert cg.step_plan(_shapes(GROWS[1]), 16) == (64, (4, 8))
     # narrowing into bb, then widening into ba: in; widening further into bb: out (a
     # later step's first pass would write bb over the earlier steps' results there)
     assert cg.step_plan(_shapes(GROWS[2]), 16) == (80, (5, 10))
-    assert cg.step_plan(_shapes("64 <-(2,2,16)- " + GROWS[1].replace("256", "64", 1)
-                                .replace("128", "32")), 16) == (64, (4, 8))
+    grown = _shapes("64 <-(2,2,16)- " + GROWS[1].replace("256", "64", 1)
+                    .replace("128", "32"))
+    assert cg.step_plan(grown, 8) == (64, (4, 8))
+    assert cg.step_plan(grown, 16) == (64, (4, 16))  # (4,2,4)(2,2,16) fused (change 30)
     assert cg.step_plan(_shapes("16 <-(2,2,4)- 16"), 32) == (0, ())  # t > 1 first
     assert cg.step_plan(_shapes(FUSED_FIRST[0]), 12) == (0, ())  # W not a multiple of 8
 

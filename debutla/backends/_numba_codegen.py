@@ -74,7 +74,7 @@ _FUSE_RS = 8  # factors with r * s up to this can be fused
 _FUSE_VALUES = 16  # most values alive at once in a fused pass (per column)
 _FUSE_COEFS = 48  # most coefficients of a fused pass per (block, k)
 _FUSE_SQUARE_ONLY = False  # True: fuse only groups that can run in place (before change 23)
-_FUSE_NONSQUARE_W = 32  # the other groups from this tile width (16 rows: slower fused)
+_FUSE_NONSQUARE_W = 16  # the other groups from this tile width (32 before change 30)
 _FUSE_NONSQUARE_COEFS = 32  # ... with at most this many coefficients (48: slower)
 _CONST_W = True  # in-place passes: full tiles loop over a constant W columns
 _CONST_W_MIN = 16  # ... from this tile width (below it LLVM unrolls and scalarises)
@@ -83,7 +83,7 @@ _SINGLE_GROUP_MIN = 16  # square single factors with r s in this range run as in
 _SINGLE_GROUP_MAX = 16  # ... group passes: the radix-4 (4,4,t) factors
 _VEC_PANEL = True  # single-factor panel steps of full tiles in vector code (panel_mac)
 _VEC_PANEL_WIDE = True  # ... the wide t = 1 micro-kernel's too
-_VEC_PANEL_BYTES = 64  # ... for tiles of at most this many bytes a feature (W rows)
+_VEC_PANEL_BYTES = 64  # ... for steps of at most this many bytes per feature (wr rows)
 _VEC_GROUP = True  # fused passes' steps too (group_mac), where the loop runs over wr
 
 class _Src:
@@ -217,14 +217,16 @@ def _k_loop(S: _Src, ind: int, k: str, t: int, tag: str, res: Residues | None
             u * res.c if res.in_local else t, u * res.c if res.out_local else t)
 
 
-def _vec_panel(W: int, wide: bool = False) -> bool:
-    """Whether a single-factor panel pass at tile width ``W`` gets the vector-code step
-    for full tiles (:func:`debutla.backends._numba_simd.panel_mac`): only where a
-    feature's ``W`` float32 rows fit ``_VEC_PANEL_BYTES`` (one 64-byte vector); wider
-    tiles already run several vector iterations of the loop, and there the step was no
-    faster (LeNet's 64-row float32 tiles 0.94-0.96x; ``README_kernels.md``, change 28).
+def _vec_panel(rows: int, wide: bool = False) -> bool:
+    """Whether a panel pass whose full-tile steps run ``wr == rows`` columns gets them
+    in vector code (:func:`debutla.backends._numba_simd.panel_mac`, ``group_mac``;
+    ``wide``: a wide ``t = 1`` factor): only where ``rows`` float32 values fit
+    ``_VEC_PANEL_BYTES`` (one 64-byte vector; the intrinsics decline wider dtypes at
+    compile time).  Over more rows the loop runs several vector iterations a step, and
+    there the vector step was no faster (LeNet's 64-row float32 tiles 0.94-0.96x;
+    ``benchmarks/README_kernels.md``, change 28).
     """
-    return _VEC_PANEL and (not wide or _VEC_PANEL_WIDE) and 4 * W <= _VEC_PANEL_BYTES
+    return _VEC_PANEL and (not wide or _VEC_PANEL_WIDE) and 4 * rows <= _VEC_PANEL_BYTES
 
 
 def _emit_factor_panel(S: _Src, ind: int, spec, vname: str, src: str, dst: str, W: int,
@@ -339,7 +341,8 @@ def _fuses(group, W: int | None) -> bool:
 
     Groups that can run in place (as many outputs as inputs) fuse within the limits
     on values and coefficients; the others from tiles of ``_FUSE_NONSQUARE_W`` rows and
-    at most ``_FUSE_NONSQUARE_COEFS`` coefficients (``README_kernels.md``, change 23).
+    at most ``_FUSE_NONSQUARE_COEFS`` coefficients (``README_kernels.md``, changes 23
+    and 30: 16 rows since their steps there are vector code, change 29).
     """
     most, coefs = _group_cost(group)
     if most > _FUSE_VALUES or coefs > _FUSE_COEFS:

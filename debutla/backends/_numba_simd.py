@@ -441,7 +441,7 @@ def group_mac(typingctx, dst, o, os_, src, x, xs, C, PROG, W, B):
         flags = ("contract",)  # the generated kernels' fastmath={'contract'}
         undef = ir.Constant(vty, None)
         splat = ir.Constant(ir.VectorType(i32, lanes), [0] * lanes)
-        coefs: dict = {}
+        coefs = {}
 
         def coef(c):
             if c not in coefs:
