@@ -63,6 +63,23 @@ def test_panel_passes_fuse_narrowing_pairs_from_tiles_of_16_rows():
     assert cg.panel_passes(lenet, 8) == [(0, 1), (1, 1), (2, 1), (3, 2)]
 
 
+def _compiled(src: str) -> dict:
+    """The functions of a generated kernel module's source, compiled in memory."""
+    ns: dict = {}
+    exec(compile(src.replace("cache=True", "cache=False"), "<kernels>", "exec"), ns)
+    return ns
+
+
+def _tiles_product(rows_tiles, st, X: np.ndarray, W: int, m: int, xn: int) -> np.ndarray:
+    """``rows_tiles`` of a generated module on all of ``X`` (``k x xn``, ``k`` rows in
+    tiles of ``W``), with fresh scratch: the ``k x m`` product."""
+    k = X.shape[0]
+    Y = np.empty((k, m), X.dtype)
+    rows_tiles(st.flat, X.reshape(-1), Y.reshape(-1), k, 0, (k + W - 1) // W,
+               np.empty(st.F * W, X.dtype), np.empty(st.F * W, X.dtype), np.uint64(W), xn)
+    return Y
+
+
 def _function(src: str, name: str) -> str:
     """The source of the generated function ``name`` (to the next decorator)."""
     return src.split(f"def {name}(")[1].split("\n@njit")[0]
@@ -128,16 +145,8 @@ def test_fused_passes_bitwise_equal_to_unfused(monkeypatch, text, width):
         monkeypatch.setattr(cg, "_FUSE_MAX", fuse_max)
         src = cg.generate_source(st.shapes, W)
         assert ("if wr ==" in src) == (fuse_max > 1)
-        ns: dict = {}
-        exec(compile(src.replace("cache=True", "cache=False"), "<kernels>", "exec"), ns)
-        Y = np.empty((k, op.shape[0]))
-        ba = np.empty(st.F * W)
-        bb = np.empty(st.F * W)
-        # kernels that take the input width (``xn``, zeros beyond it) get the full width
-        xn = (op.shape[1],) if ", wr, xn):" in src else ()
-        ns["rows_tiles"](st.flat, X.reshape(-1), Y.reshape(-1), k, 0, (k + W - 1) // W,
-                         ba, bb, np.uint64(W), *xn)
-        outs.append(Y)
+        outs.append(_tiles_product(_compiled(src)["rows_tiles"], st, X, W, op.shape[0],
+                                   op.shape[1]))
     np.testing.assert_array_equal(outs[0], outs[1])
 
 
@@ -191,17 +200,9 @@ def test_vector_steps_bitwise_equal_to_the_loops(monkeypatch, text, W, dtype, ve
         monkeypatch.setattr(cg, "_VEC_GROUP", on)
         src = cg.generate_source(st.shapes, W)
         assert ("panel_mac(" in src or "group_mac(" in src) == (on and vec)
-        ns: dict = {}
-        exec(compile(src.replace("cache=True", "cache=False"), "<kernels>", "exec"), ns)
-        res = []
-        for k, X in zip(ks, Xs):
-            Y = np.empty((k, op.shape[0]), dtype)
-            ba = np.empty(st.F * W, dtype)
-            bb = np.empty(st.F * W, dtype)
-            ns["rows_tiles"](st.flat.astype(dtype), X.reshape(-1), Y.reshape(-1), k, 0,
-                             (k + W - 1) // W, ba, bb, np.uint64(W), op.shape[1])
-            res.append(Y)
-        outs.append(res)
+        kernel = _compiled(src)["rows_tiles"]
+        outs.append([_tiles_product(kernel, st, X, W, op.shape[0], op.shape[1])
+                     for X in Xs])
     for k, X, a, b in zip(ks, Xs, *outs):
         np.testing.assert_array_equal(a, b)
         _check(op, a, X, "rows", f"rows k={k}")
@@ -254,13 +255,8 @@ def test_gather_loop_orders_move_the_same_values(monkeypatch, dtype):
             tiles = src.split("def rows_tiles(")[1].split("def cols_tiles(")[0]
             head = tiles.split("transpose8(X")[0]
             assert (head.rfind("for fb in range(") < head.rfind("for cb in range(")) == outer
-            ns: dict = {}
-            exec(compile(src.replace("cache=True", "cache=False"), "<kernels>", "exec"), ns)
-            Y = np.empty((k, op.shape[0]), dtype)
-            ns["rows_tiles"](st.flat, X.reshape(-1), Y.reshape(-1), k, 0, (k + W - 1) // W,
-                             np.empty(st.F * W, dtype), np.empty(st.F * W, dtype),
-                             np.uint64(W), op.shape[1])
-            outs.append(Y)
+            outs.append(_tiles_product(_compiled(src)["rows_tiles"], st, X, W,
+                                       op.shape[0], op.shape[1]))
         np.testing.assert_array_equal(outs[0], outs[1])
         _check(op, outs[0], X, "rows", f"rows k={k}")
 
@@ -370,18 +366,13 @@ def test_gather_fused_with_first_factor_same_bits(monkeypatch, text, dtype):
         src = cg.generate_source(st.shapes, W)
         tiles = src.split("def rows_tiles(")[1].split("def cols_tiles(")[0]
         assert ("step_blocks(" in tiles) == fuse
-        ns: dict = {}
-        exec(compile(src.replace("cache=True", "cache=False"), "<kernels>", "exec"), ns)
-        kernels.append(ns["rows_tiles"])
+        kernels.append(_compiled(src)["rows_tiles"])
     rng = np.random.default_rng(8)
     for k, xn in ((W, n), (2 * W + 3, n), (W + 5, n), (W, n - 1)):
         X = random_values(rng, (k, xn), dtype)
         outs = []
         for kern in kernels:
-            Y = np.empty((k, m), dtype)
-            kern(st.flat, X.reshape(-1), Y.reshape(-1), k, 0, (k + W - 1) // W,
-                 np.empty(st.F * W, dtype), np.empty(st.F * W, dtype), np.uint64(W), xn)
-            outs.append(Y)
+            outs.append(_tiles_product(kern, st, X, W, m, xn))
         np.testing.assert_array_equal(outs[0], outs[1])
         Xp = np.zeros((k, n), dtype)
         Xp[:, :xn] = X

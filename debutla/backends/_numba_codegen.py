@@ -217,16 +217,25 @@ def _k_loop(S: _Src, ind: int, k: str, t: int, tag: str, res: Residues | None
             u * res.c if res.in_local else t, u * res.c if res.out_local else t)
 
 
-def _vec_panel(rows: int, wide: bool = False) -> bool:
-    """Whether a panel pass whose full-tile steps run ``wr == rows`` columns gets them
-    in vector code (:func:`debutla.backends._numba_simd.panel_mac`, ``group_mac``;
-    ``wide``: a wide ``t = 1`` factor): only where ``rows`` float32 values fit
-    ``_VEC_PANEL_BYTES`` (one 64-byte vector; the intrinsics decline wider dtypes at
-    compile time).  Over more rows the loop runs several vector iterations a step, and
-    there the vector step was no faster (LeNet's 64-row float32 tiles 0.94-0.96x;
-    ``benchmarks/README_kernels.md``, change 28).
+def _vec_rows(rows: int) -> bool:
+    """Whether a pass's steps of ``wr == rows`` columns may run in vector code
+    (:func:`debutla.backends._numba_simd.panel_mac`, ``group_mac``): only where ``rows``
+    float32 values fit ``_VEC_PANEL_BYTES`` (one 64-byte vector; the intrinsics decline
+    wider dtypes at compile time).  Over more rows the loop runs several vector
+    iterations a step, and there the vector step was no faster (LeNet's 64-row float32
+    tiles 0.94-0.96x; ``benchmarks/README_kernels.md``, change 28).
     """
-    return _VEC_PANEL and (not wide or _VEC_PANEL_WIDE) and 4 * rows <= _VEC_PANEL_BYTES
+    return 4 * rows <= _VEC_PANEL_BYTES
+
+
+def _vec_branch(S: _Src, ind: int, rows: int, call: str) -> int:
+    """Open ``if wr == rows and call: pass`` / ``else:`` (the intrinsic ``call`` returns
+    whether it ran the step); the indent of the ``else`` body, where the loop goes.
+    """
+    S.add(ind, f"if wr == {S.c(rows)} and {call}:")
+    S.add(ind + 1, "pass")
+    S.add(ind, "else:")
+    return ind + 1
 
 
 def _emit_factor_panel(S: _Src, ind: int, spec, vname: str, src: str, dst: str, W: int,
@@ -269,18 +278,15 @@ def _emit_factor_panel(S: _Src, ind: int, spec, vname: str, src: str, dst: str, 
             xb, vb = "xj_", f"v_ + {jvar} * {S.c(C * jstride_v)}"
         else:
             xb, vb = "x_", "v_"
-        if _vec_panel(rows, inline):
+        if _VEC_PANEL and (not inline or _VEC_PANEL_WIDE) and _vec_rows(rows):
             # a full tile: the step in vector code, with the loop's bits (real dtypes
             # within the byte limit; for the others panel_mac returns False and the
             # loop below runs)
-            S.add(ind_, f"if wr == {S.c(rows)} and panel_mac({dst}, o_, {S.c(gstride_o)}, "
-                        f"{src}, {S.plus(xb, S.c(j0 * jstride_x))}, {S.c(jstride_x)}, "
-                        f"{vname}, {S.plus(vb, S.c(j0 * jstride_v))}, {S.c(gstride_v)}, "
-                        f"{S.c(jstride_v)}, {G}, {n}, {rows}, {0 if first else 1}, "
-                        f"{_VEC_PANEL_BYTES}):")
-            S.add(ind_ + 1, "pass")
-            S.add(ind_, "else:")
-            ind_ += 1
+            ind_ = _vec_branch(S, ind_, rows, (
+                f"panel_mac({dst}, o_, {S.c(gstride_o)}, {src}, "
+                f"{S.plus(xb, S.c(j0 * jstride_x))}, {S.c(jstride_x)}, {vname}, "
+                f"{S.plus(vb, S.c(j0 * jstride_v))}, {S.c(gstride_v)}, {S.c(jstride_v)}, "
+                f"{G}, {n}, {rows}, {0 if first else 1}, {_VEC_PANEL_BYTES})"))
         wexpr = {}
         for g in range(G):
             for jj in range(n):
@@ -444,16 +450,13 @@ def _emit_group_panel(S: _Src, ind: int, specs, vnames, src: str, dst: str, W: i
         _group_body(S, ind2 + 1, specs, coef, src, dst, W, S.c(W))
         S.add(ind2, "else:")
         ind2 += 1
-    if _VEC_GROUP and _vec_panel(rows) and not (const and rows == W):
+    if _VEC_GROUP and _vec_rows(rows) and not (const and rows == W):
         # the step of wr == rows columns in vector code, with the loop's bits (real
         # dtypes; group_mac returns False for the others and the loop runs)
         prog, names = _group_program(specs, coef)
-        S.add(ind2, f"if wr == {S.c(rows)} and group_mac({dst}, o_, {S.c(t1 * W)}, {src}, "
-                    f"x_, {S.c(t1 * W)}, ({', '.join(names)},), \"{prog}\", {rows}, "
-                    f"{_VEC_PANEL_BYTES}):")
-        S.add(ind2 + 1, "pass")
-        S.add(ind2, "else:")
-        ind2 += 1
+        ind2 = _vec_branch(S, ind2, rows, (
+            f"group_mac({dst}, o_, {S.c(t1 * W)}, {src}, x_, {S.c(t1 * W)}, "
+            f"({', '.join(names)},), \"{prog}\", {rows}, {_VEC_PANEL_BYTES})"))
     _group_body(S, ind2, specs, coef, src, dst, W, "wr")
 
 

@@ -1,7 +1,7 @@
 """Vector code for the Numba kernels: an ``8 x 8`` block transpose written in LLVM IR,
 the value gradients' blocks of dot products (:func:`add_dots`), the panel passes' steps
-on full tiles (:func:`panel_mac`), and the request for the CPU's widest vectors
-(:func:`wide_vectors`).
+on full tiles (:func:`panel_mac` for one factor, :func:`group_mac` for fused ones), and
+the request for the CPU's widest vectors (:func:`wide_vectors`).
 
 Numba compiles without LLVM's SLP vectoriser, so a transpose written element by element
 in Python source stays a sequence of scalar moves (``benchmarks/README_kernels.md``).
@@ -218,6 +218,46 @@ def _vector_type(context, signature, w_n: int) -> tuple:
     return elt, size, ir.VectorType(elt, lanes)
 
 
+def _real_rows(dtype, w_n: int, b_n: int) -> bool:
+    """Whether the vector steps (:func:`panel_mac`, :func:`group_mac`) run rows of
+    ``w_n`` elements of ``dtype``: a real dtype, at most ``b_n`` bytes a row.
+    """
+    return isinstance(dtype, types.Float) and w_n * dtype.bitwidth <= 8 * b_n
+
+
+def _row_ptr(builder, vty, base, off, n: int, stride, part: int):
+    """A pointer to the ``vty`` vector at element ``off + n stride + part`` of ``base``."""
+    i64 = ir.IntType(64)
+    idx = builder.add(builder.add(off, builder.mul(ir.Constant(i64, n), stride)),
+                      ir.Constant(i64, part))
+    return builder.bitcast(builder.gep(base, [idx]), vty.as_pointer())
+
+
+def _splat(builder, vty, scalar):
+    """``scalar`` broadcast to every lane of ``vty``."""
+    undef = ir.Constant(vty, None)
+    i32 = ir.IntType(32)
+    w = builder.insert_element(undef, scalar, ir.Constant(i32, 0))
+    return builder.shuffle_vector(w, undef, ir.Constant(ir.VectorType(i32, vty.count),
+                                                        [0] * vty.count))
+
+
+#: the generated kernels' ``fastmath={'contract'}``: the vector steps' operations carry
+#: it too, so LLVM fuses the same multiply-adds as in the generated loops (same bits)
+_CONTRACT = ("contract",)
+
+
+def _sum_products(builder, pairs):
+    """``a0 b0 + a1 b1 + ...`` for ``pairs`` of vectors, left to right, as the generated
+    source writes it (:data:`_CONTRACT` on every operation).
+    """
+    total = None
+    for a, b in pairs:
+        term = builder.fmul(a, b, flags=_CONTRACT)
+        total = term if total is None else builder.fadd(total, term, flags=_CONTRACT)
+    return total
+
+
 @intrinsic(prefer_literal=True)
 def add_dots(typingctx, dst, do, dg, dj, a, ao, astr, b, bo, bstr, G, J, W):
     """``dst[do + g dg + j dj] += sum_{c < W} a[ao + g astr + c] * b[bo + j bstr + c]``
@@ -307,17 +347,18 @@ def panel_mac(typingctx, dst, o, og, src, x, xj, V, v, vg, vj, G, N, W, ACC, B):
 
     One step of a panel pass on a full tile (:func:`debutla.backends._numba_codegen.
     _emit_factor_panel`): the ``N`` input rows of ``W`` columns are loaded once as
-    ``W``-lane vectors, each coefficient is broadcast, and each of the ``G`` output
-    rows is stored (``ACC`` = 1: added to what it holds) once.  The arithmetic is the
+    vectors (in parts of 64 bytes), each coefficient is broadcast, and each of the ``G``
+    output rows is stored (``ACC`` = 1: added to what it holds) once.  The arithmetic is the
     generated loop's, term by term in the same order with the same ``contract`` flag
     (``w0 z0 + w1 z1 + ...``, then ``dst + sum``), so the bits are the loop's.  Where
     the loop runs one ``W``-column step per ``(block, k)`` (a 16-row tile), LLVM's loop
     vectoriser wraps that step in trip-count and alias checks and a scalar remainder
     loop; this is the step alone (``benchmarks/README_kernels.md``, change 28).
 
-    ``G``, ``N``, ``W`` and ``ACC`` are integer literals (constants of the generated
-    source).  For a real dtype it returns ``True``; for others (complex) it does
-    nothing and returns ``False``, and the generated source runs its loop instead:
+    ``G``, ``N``, ``W``, ``ACC`` and ``B`` are integer literals (constants of the
+    generated source).  For a real dtype and rows of at most ``B`` bytes it returns
+    ``True``; otherwise (complex, or wider rows) it does nothing and returns ``False``,
+    and the generated source runs its loop instead:
     ``if wr == W and panel_mac(...): pass`` / ``else: <loop>``, folded at compile time.
     No bounds checks; ``dst`` rows must not overlap the ``src`` rows.
     """
@@ -335,46 +376,32 @@ def panel_mac(typingctx, dst, o, og, src, x, xj, V, v, vg, vj, G, N, W, ACC, B):
         if not isinstance(a, types.Integer):
             return None
     sig = types.boolean(dst, o, og, src, x, xj, V, v, vg, vj, G, N, W, ACC, B)
-    real = isinstance(dst.dtype, types.Float) and w_n * dst.dtype.bitwidth <= 8 * b_n
+    real = _real_rows(dst.dtype, w_n, b_n)
 
     def codegen(context, builder, signature, args):
         if not real:
             return ir.Constant(ir.IntType(1), 0)
-        i64, i32 = ir.IntType(64), ir.IntType(32)
+        i64 = ir.IntType(64)
         (dd, sd, vd), (o_, og_, x_, xj_, v_, vg_, vj_) = _unpack(
             context, builder, signature, args, (0, 3, 6), (1, 2, 4, 5, 7, 8, 9))
         # the columns in parts of one 64-byte vector (or less), each part loaded,
         # computed and stored before the next: fewer registers alive than W-lane vectors
-        elt, size, vty = _vector_type(context, signature, w_n)
-        lanes = vty.count
-        flags = ("contract",)  # the generated kernels' fastmath={'contract'}
-
-        def row(base, off, k, stride, c):
-            idx = builder.add(builder.add(off, builder.mul(ir.Constant(i64, k), stride)),
-                              ir.Constant(i64, c))
-            return builder.bitcast(builder.gep(base, [idx]), vty.as_pointer())
-
-        undef = ir.Constant(vty, None)
-        splat = ir.Constant(ir.VectorType(i32, lanes), [0] * lanes)
+        _, size, vty = _vector_type(context, signature, w_n)
         coef = {}
         for g in range(g_n):
             for j in range(n_n):
                 idx = builder.add(v_, builder.add(builder.mul(ir.Constant(i64, g), vg_),
                                                   builder.mul(ir.Constant(i64, j), vj_)))
-                w = builder.insert_element(undef, builder.load(builder.gep(vd, [idx])),
-                                           ir.Constant(i32, 0))
-                coef[g, j] = builder.shuffle_vector(w, undef, splat)
-        for c in range(0, w_n, lanes):
-            z = [builder.load(row(sd, x_, j, xj_, c), align=size) for j in range(n_n)]
+                coef[g, j] = _splat(builder, vty, builder.load(builder.gep(vd, [idx])))
+        for c in range(0, w_n, vty.count):
+            z = [builder.load(_row_ptr(builder, vty, sd, x_, j, xj_, c), align=size)
+                 for j in range(n_n)]
             for g in range(g_n):
-                total = None
-                for j in range(n_n):
-                    term = builder.fmul(coef[g, j], z[j], flags=flags)
-                    total = term if total is None else builder.fadd(total, term,
-                                                                    flags=flags)
-                ptr = row(dd, o_, g, og_, c)
+                total = _sum_products(builder, [(coef[g, j], z[j]) for j in range(n_n)])
+                ptr = _row_ptr(builder, vty, dd, o_, g, og_, c)
                 if acc_:
-                    total = builder.fadd(builder.load(ptr, align=size), total, flags=flags)
+                    total = builder.fadd(builder.load(ptr, align=size), total,
+                                         flags=_CONTRACT)
                 builder.store(total, ptr, align=size)
         return ir.Constant(ir.IntType(1), 1)
 
@@ -426,51 +453,34 @@ def group_mac(typingctx, dst, o, os_, src, x, xs, C, PROG, W, B):
             return None
     prog = _parse_program(PROG.literal_value)
     w_n, b_n = W.literal_value, B.literal_value
-    real = (isinstance(dst.dtype, types.Float) and w_n * dst.dtype.bitwidth <= 8 * b_n
-            and all(ty == dst.dtype for ty in C.types))
+    real = _real_rows(dst.dtype, w_n, b_n) and all(ty == dst.dtype for ty in C.types)
     sig = types.boolean(dst, o, os_, src, x, xs, C, PROG, W, B)
 
     def codegen(context, builder, signature, args):
         if not real:
             return ir.Constant(ir.IntType(1), 0)
-        i64, i32 = ir.IntType(64), ir.IntType(32)
         (dd, sd), (o_, os2, x_, xs_) = _unpack(context, builder, signature, args,
                                                (0, 3), (1, 2, 4, 5))
-        elt, size, vty = _vector_type(context, signature, w_n)
-        lanes = vty.count
-        flags = ("contract",)  # the generated kernels' fastmath={'contract'}
-        undef = ir.Constant(vty, None)
-        splat = ir.Constant(ir.VectorType(i32, lanes), [0] * lanes)
+        _, size, vty = _vector_type(context, signature, w_n)
         coefs = {}
 
         def coef(c):
             if c not in coefs:
-                w = builder.insert_element(undef, builder.extract_value(args[6], c),
-                                           ir.Constant(i32, 0))
-                coefs[c] = builder.shuffle_vector(w, undef, splat)
+                coefs[c] = _splat(builder, vty, builder.extract_value(args[6], c))
             return coefs[c]
 
-        def row(base, off, n, stride, part):
-            idx = builder.add(builder.add(off, builder.mul(ir.Constant(i64, n), stride)),
-                              ir.Constant(i64, part))
-            return builder.bitcast(builder.gep(base, [idx]), vty.as_pointer())
-
-        for part in range(0, w_n, lanes):
+        for part in range(0, w_n, vty.count):
             vals = {}
             for _, terms in prog:  # every input row first (in place: before any store)
                 for _, name in terms:
                     if name[0] == "i" and name not in vals:
-                        vals[name] = builder.load(row(sd, x_, int(name[1:]), xs_, part),
-                                                  align=size)
+                        ptr = _row_ptr(builder, vty, sd, x_, int(name[1:]), xs_, part)
+                        vals[name] = builder.load(ptr, align=size)
             for target, terms in prog:
-                total = None
-                for c, name in terms:
-                    term = builder.fmul(coef(c), vals[name], flags=flags)
-                    total = term if total is None else builder.fadd(total, term,
-                                                                    flags=flags)
+                total = _sum_products(builder, [(coef(c), vals[name]) for c, name in terms])
                 if target[0] == "o":
-                    builder.store(total, row(dd, o_, int(target[1:]), os2, part),
-                                  align=size)
+                    builder.store(total, _row_ptr(builder, vty, dd, o_, int(target[1:]),
+                                                  os2, part), align=size)
                 else:
                     vals[target] = total
         return ir.Constant(ir.IntType(1), 1)
