@@ -639,9 +639,9 @@ class DeBut:
         the operator's dtype, ``out`` absent or a C-contiguous writeable array of the
         result's shape and dtype, not overlapping ``x``, the same settings as when the
         lane was recorded) with checks only, no conversions: the backend's
-        ``rows_lane`` runs the same kernel the full path would run (same bits) or
-        declines (kernel not compiled, product large enough to split across threads).
-        For a batch-1 product this removes most of the microseconds around the kernel.
+        ``rows_lane`` runs the same kernel the full path would run (same bits), split
+        across threads as there, or declines (kernel not compiled yet).  For a batch-1
+        product this removes most of the microseconds around the kernel.
         """
         tok, backend, state = self._lane  # type: ignore[misc]
         dt = self._dtype

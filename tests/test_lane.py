@@ -176,17 +176,28 @@ def test_no_lane_for_padded_operators_or_other_backends(lane_spy):
     assert onp._lane is None
 
 
-def test_lane_declines_products_big_enough_to_split(lane_spy, monkeypatch):
+@pytest.mark.parametrize("threads", [1, 2])
+def test_lane_splits_products_big_enough_to_split(lane_spy, monkeypatch, threads):
+    """A product big enough to split goes through the lane too (change 31): split across
+    the threads as the full path splits it, with its bits."""
     op = _ready_op()
-    lane_spy.clear()  # (warmup's own products)
-    X = np.ones((K_TILES, op.shape[1]))
-    op.matmat_rows(X)
-    assert lane_spy == [True]
-    lane_spy.clear()
+    X = np.random.default_rng(1).standard_normal((K_TILES, op.shape[1]))
+    ref = _full_path(op, X)
     monkeypatch.setattr(nbk, "PARALLEL_MIN_WORK", 1)
-    Y = op.matmat_rows(X)
-    assert lane_spy == [False]
-    np.testing.assert_allclose(Y, X @ op.to_dense().T, rtol=1e-12)
+    splits: list[int] = []
+    inner = nbk._run_split
+
+    def split(fn, ntasks, work, threads=None, native=None):
+        splits.append(nbk.get_num_threads() if threads is None else threads)
+        return inner(fn, ntasks, work, threads, native)
+    monkeypatch.setattr(nbk, "_run_split", split)
+    lane_spy.clear()  # (warmup's own products)
+    with config(threads=threads, background=False):
+        Y = op.matmat_rows(X)
+        Y2 = op.matmat_rows(X, out=np.empty_like(Y))
+    assert lane_spy == [True, True] and splits == [threads, threads]
+    np.testing.assert_array_equal(Y, ref)
+    np.testing.assert_array_equal(Y2, ref)
 
 
 def test_token():

@@ -435,3 +435,114 @@ def test_groups_summed_only_after_the_body_ran_to_the_end():
     assert not nat.groups_summed(job)  # groups done, no sum claimed
     data[nat.B_SUMNEXT] = 2
     assert nat.groups_summed(job)
+
+
+# -- on debutla's own spinning pool (change 31) -------------------------------------------
+@pytest.fixture
+def on_pool(monkeypatch):
+    """Every product split on debutla's spinning pool (its GIL-free jobs ready), whatever
+    its size; counts the pool's two kinds of job and how many workers joined each
+    GIL-free one."""
+    from debutla.backends import _numba_pool as npool
+
+    monkeypatch.setattr(nbk, "PARALLEL_MIN_WORK", 0)
+    pool = nbk._get_spin_pool(1)
+    deadline = threading.Event()
+    for _ in range(600):  # its first worker compiles post and lead (or loads them)
+        if pool.native:
+            break
+        deadline.wait(0.05)
+    assert pool.native
+    calls: dict = {"native": 0, "python": 0, "joined": []}
+    real_native, real_run = npool.SpinPool.run_native, npool.SpinPool.run
+
+    def native(self, body, data, helpers=None):
+        calls["native"] += 1
+        ran = real_native(self, body, data, helpers)
+        if ran:
+            calls["joined"].append(int(self.flags[npool._NJOINED]))
+        return ran
+
+    def run(self, fn, bounds, helpers=None):
+        calls["python"] += 1
+        return real_run(self, fn, bounds, helpers)
+    monkeypatch.setattr(npool.SpinPool, "run_native", native)
+    monkeypatch.setattr(npool.SpinPool, "run", run)
+    return calls
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_pool_products_on_the_body_are_bitwise_those_of_one_thread(on_pool, dtype):
+    for dt in DTYPES:
+        nat.body(dt, wait=True)
+    op = db.DeBut.random(CHAIN, seed=0, dtype=dtype)
+    x = _random((200, 400), dtype, 1)  # a partial last tile
+    xt = _random((200, 128), dtype, 3)
+    bias = _random(128, dtype, 2)
+    with db.config(background=False, threads=1):
+        ref, ref_t, ref_c = op.matmat_rows(x), op.T.matmat_rows(xt), op.matmat(x.T)
+    y = np.empty((200, 128), dtype)
+    with db.config(background=False, threads=2, spin=True):
+        for _ in range(3):  # a burst: the worker spinning between the jobs
+            got, got_t, got_c = op.matmat_rows(x), op.T.matmat_rows(xt), op.matmat(x.T)
+        with nbk.rows_epilogue(nbk.RowsEpilogue.adding(bias)):
+            op.matmat_rows(x, out=y)
+    # the rows and columns products on the body; the adjoint's too once its kernel is
+    # compiled (the generic one, which has no body, serves it before)
+    assert on_pool["native"] >= 7 and on_pool["native"] + on_pool["python"] == 10
+    np.testing.assert_array_equal(got, ref)
+    np.testing.assert_array_equal(got_t, ref_t)
+    np.testing.assert_array_equal(got_c, ref_c)
+    np.testing.assert_array_equal(y, ref + bias)
+
+
+def test_the_pools_workers_join_its_gil_free_jobs(on_pool):
+    """In a burst the spinning worker runs GIL-free jobs next to the caller (it joins
+    within a few tries even on a loaded machine); each job's result is the one-thread
+    one whoever computed its tiles."""
+    nat.body(np.float64, wait=True)
+    op = db.DeBut.random(CHAIN, seed=0)
+    x = _random((1000, 400), np.float64, 1)
+    with db.config(background=False, threads=1):
+        ref = op.matmat_rows(x)
+    y = np.empty_like(ref)
+    with db.config(background=False, threads=2, spin=True):
+        for _ in range(300):
+            op.matmat_rows(x, out=y)
+            np.testing.assert_array_equal(y, ref)
+            if max(on_pool["joined"]) == 1:
+                break
+    assert set(on_pool["joined"]) <= {0, 1} and max(on_pool["joined"]) == 1
+
+
+def test_a_busy_pool_leaves_the_gil_free_job_to_the_executor(on_pool):
+    nat.body(np.float64, wait=True)
+    op = db.DeBut.random(CHAIN, seed=0)
+    x = _random((300, 400), np.float64, 1)
+    with db.config(background=False, threads=1):
+        ref = op.matmat_rows(x)
+    pool = nbk._get_spin_pool(1)
+    assert pool._busy.acquire(blocking=False)  # as if another thread's product held it
+    try:
+        with db.config(background=False, threads=2, spin=True):
+            got = op.matmat_rows(x)
+    finally:
+        pool._busy.release()
+    assert on_pool["native"] == 1 and on_pool["joined"] == []  # tried, refused
+    np.testing.assert_array_equal(got, ref)
+
+
+@pytest.mark.parametrize("dtype_name", ["float32", "float64"])
+def test_layer_gradients_on_the_pools_bodies_are_bitwise_those_of_one_thread(
+        on_pool, generated_backward, dtype_name):
+    """The torch layer's forward and backward on debutla's pool (torch's OpenMP team not
+    chosen) run the GIL-free bodies there: the one-thread bits, the groups' sum made by
+    the backward body."""
+    torch = pytest.importorskip("torch")
+    layer, x, g, ref = _padded_case(torch, dtype_name)
+    for _ in range(2):
+        with db.config(threads=2, pool="debutla", spin=True, background=False):
+            got = _layer_grads(torch, layer, x, g)
+        for a, b in zip(ref, got):
+            assert torch.equal(a, b)
+    assert on_pool["native"] == 4 and on_pool["python"] == 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -241,3 +242,86 @@ def test_a_process_that_exits_right_after_a_burst_exits_cleanly():
         r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                            timeout=120)
         assert r.returncode == 0 and r.stdout.strip() == "done", r.stderr
+
+
+# -- GIL-free jobs (change 31) ------------------------------------------------------------
+@contextlib.contextmanager
+def _native_pool(kernels, workers: int):
+    """``(pool, body, data, slot)``: a pool that takes GIL-free jobs, and a job of no
+    tiles for it (each thread that runs the body takes one slot: ``data[slot]``)."""
+    from debutla.backends import _numba_native as nat
+
+    pool = SpinPool(workers, kernels)
+    try:
+        for _ in range(600):  # its first worker compiles post and lead (or loads them)
+            if pool.native:
+                break
+            time.sleep(0.05)
+        assert pool.native
+        yield pool, nat.body(np.float64, wait=True), np.zeros(nat.NFIELDS, np.int64), \
+            nat.F_SLOT
+    finally:
+        pool.close()
+
+
+def test_the_pool_and_its_spin_kernels_agree_on_the_flags(kernels):
+    import debutla.backends._numba_pool as mod
+
+    for name in ("GEN", "DONE", "BODY", "DATA", "JOINED", "HELPERS", "ROUNDS", "STOP",
+                 "NJOINED"):
+        assert getattr(kernels, name) == getattr(mod, "_" + name), name
+    assert mod._NFLAGS == 1 + max(getattr(kernels, n) for n in ("GEN", "STOP", "NJOINED"))
+
+
+@pytest.mark.parametrize("helpers", [None, 0])
+def test_run_native_runs_the_body_on_the_caller_and_the_workers_that_join(kernels,
+                                                                          helpers):
+    """Spinning workers (a burst) and sleeping ones (after a gap): the caller always
+    runs the body, at most ``helpers`` workers too, and the call returns only after
+    every one that joined is done."""
+    import debutla.backends._numba_pool as mod
+
+    runs = []
+    with _native_pool(kernels, 2) as (pool, body, data, slot):
+        for gap in (0.0, 2 * SPIN_US * 1e-6, 0.0):
+            for _ in range(30):
+                data[:] = 0
+                assert pool.run_native(body, data.ctypes.data, helpers)
+                runs.append(int(data[slot]))
+                assert data[slot] == 1 + pool.flags[mod._NJOINED]  # the caller + joined
+                assert pool.flags[mod._DONE] == pool.flags[mod._NJOINED]
+                time.sleep(gap)
+    assert min(runs) >= 1 and max(runs) <= (3 if helpers is None else 1)
+
+
+def test_python_and_gil_free_jobs_alternate_on_one_pool(kernels):
+    with _native_pool(kernels, 1) as (pool, body, data, slot):
+        for _ in range(50):
+            fn, seen = _recorder()
+            assert pool.run(fn, [0, 1, 2, 3])
+            assert sorted((lo, hi) for lo, hi, _ in seen) == [(0, 1), (1, 2), (2, 3)]
+            data[:] = 0
+            assert pool.run_native(body, data.ctypes.data)
+            assert 1 <= data[slot] <= 2
+
+
+def test_a_busy_pool_refuses_a_gil_free_job(kernels):
+    with _native_pool(kernels, 1) as (pool, body, data, slot):
+        assert pool._busy.acquire(blocking=False)
+        assert pool.run_native(body, data.ctypes.data) is False and data[slot] == 0
+        pool._busy.release()
+        pool.native = False  # as while its worker still compiles post and lead
+        assert pool.run_native(body, data.ctypes.data) is False and data[slot] == 0
+
+
+def test_close_ends_workers_that_spin_in_serve(kernels, monkeypatch):
+    import debutla.backends._numba_pool as mod
+
+    monkeypatch.setattr(mod, "SPIN_US", 60e6)  # they would serve GIL-free jobs 60 s
+    with _native_pool(kernels, 2) as (pool, body, data, _):
+        for _ in range(5):
+            data[:] = 0
+            assert pool.run_native(body, data.ctypes.data)
+    for t in pool._threads:  # (closed on leaving the block)
+        t.join(10)
+        assert not t.is_alive()

@@ -28,6 +28,7 @@ SOURCE = '''"""debutla generic Numba kernels (factor by factor; loaded by debutl
 import numpy as np
 from numba import njit
 
+from debutla.backends._numba_native import call_entry, fetch_add
 from debutla.backends._numba_sync import cpu_pause, load_acquire, store_release
 
 
@@ -55,6 +56,72 @@ def store_spin(flags, sidx, sval, idx, old, rounds, linger):
     """flags[sidx] = sval (a release store, made without the GIL), then spin()."""
     store_release(flags, sidx, sval)
     return spin(flags, idx, old, rounds, linger)
+
+
+# the pool's flags (debutla.backends._numba_pool: the same numbers, checked by a test)
+GEN, DONE, BODY, DATA, JOINED, HELPERS, ROUNDS, STOP, NJOINED = 0, 1, 2, 3, 4, 5, 6, 7, 8
+CLOSED = 1 << 40  # added to JOINED when a GIL-free job closes: no worker joins after
+
+
+@njit(cache=True, nogil=True)
+def serve(flags, seen, rounds, linger):
+    """A pool worker's wait: spin() for the next job and run the GIL-free ones here.
+
+    A GIL-free job (flags[BODY] != 0: the address of a debutla.backends._numba_native
+    body, called as body(flags[DATA])) is joined with an atomic increment of
+    flags[JOINED] (below flags[HELPERS]: the job is open and wants this worker), run,
+    and counted in flags[DONE]; then the worker spins flags[ROUNDS] rounds for the next
+    one, never taking the GIL.  Returns the generation of a job that needs Python (a
+    Python job, or the pool's end: flags[STOP]), after `linger` rounds, or -1 - seen
+    when none came within `rounds` (the worker then sleeps).
+    """
+    while True:
+        v = spin(flags, GEN, seen, rounds, 0)
+        if v == seen:
+            return -1 - seen
+        if load_acquire(flags, STOP) != 0 or load_acquire(flags, BODY) == 0:
+            for _ in range(linger):
+                cpu_pause()
+            return v
+        seen = v
+        # joined: the job stays open (its poster waits for this worker) until DONE
+        if fetch_add(flags, JOINED, 1) < load_acquire(flags, HELPERS):
+            call_entry(load_acquire(flags, BODY), (load_acquire(flags, DATA),))
+            fetch_add(flags, DONE, 1)
+        rounds = load_acquire(flags, ROUNDS)
+
+
+@njit(cache=True, nogil=True)
+def post(flags, body, data, helpers, rounds):
+    """Post a GIL-free job for serve(): its fields, then JOINED = 0 (the job opens),
+    then the next generation (release stores: a worker that sees one sees the rest).
+    `rounds`: how long the workers spin for the next job after this one.
+    """
+    store_release(flags, BODY, body)
+    store_release(flags, DATA, data)
+    store_release(flags, HELPERS, helpers)
+    store_release(flags, ROUNDS, rounds)
+    store_release(flags, DONE, 0)
+    store_release(flags, JOINED, 0)
+    store_release(flags, GEN, load_acquire(flags, GEN) + 1)
+
+
+@njit(cache=True, nogil=True)
+def lead(flags, wait):
+    """The poster's part of the job post() made: run the body on this thread, close the
+    job (no worker joins after), record in flags[NJOINED] how many workers joined and
+    spin up to `wait` rounds for them; return how many are still running.
+    """
+    call_entry(load_acquire(flags, BODY), (load_acquire(flags, DATA),))
+    joined = min(fetch_add(flags, JOINED, CLOSED), load_acquire(flags, HELPERS))
+    store_release(flags, NJOINED, joined)
+    done = load_acquire(flags, DONE)
+    for _ in range(wait):
+        if done >= joined:
+            break
+        cpu_pause()
+        done = load_acquire(flags, DONE)
+    return joined - done
 
 
 @njit(cache=True, nogil=True, fastmath={"contract"}, error_model="numpy")

@@ -1,4 +1,5 @@
-"""GIL-free bodies for the split tile products that run on an OpenMP team.
+"""GIL-free bodies for the split tile products that run on an OpenMP team (and on
+debutla's own spinning pool: :mod:`._numba_pool`, change 31).
 
 A split product on torch's OpenMP threads (:mod:`._omp_team`) used to run a ``ctypes``
 callback on each thread: the thread took the GIL, claimed a chunk of tiles in Python
@@ -394,18 +395,22 @@ def _entry_point(disp, sig: tuple) -> int | None:
 _scratch_bufs: dict[Any, np.ndarray] = {}  # by dtype
 
 
-def _scratch(dtype: np.dtype, size: int) -> np.ndarray:
-    """Zeroed, aligned scratch of at least ``size`` entries for the team's threads.
+def _scratch(dtype: np.dtype, size: int, bufs: dict | None = None) -> np.ndarray:
+    """Zeroed, aligned scratch of at least ``size`` entries for the threads of a runner.
 
-    Shared by the team's products, which run one at a time (:class:`._omp_team.
-    OpenMPTeam` refuses a second); a larger request replaces the buffer, and a job
+    ``bufs`` (by dtype) is the runner's: the team's (this module's, the default) or a
+    :class:`._numba_pool.SpinPool`'s (``pool.scratch``).  Each runner runs its
+    products one at a time (a busy team or pool refuses a second), so its jobs may share
+    a buffer; two runners never do.  A larger request replaces the buffer, and a job
     keeps the one it was built with alive.
     """
-    buf = _scratch_bufs.get(dtype)
+    if bufs is None:
+        bufs = _scratch_bufs
+    buf = bufs.get(dtype)
     if buf is None or buf.size < size:
         from .numba_ import aligned_empty  # (here: numba_ imports this module)
 
-        buf = _scratch_bufs[dtype] = aligned_empty(size, dtype, zero=True)
+        buf = bufs[dtype] = aligned_empty(size, dtype, zero=True)
     return buf
 
 
@@ -454,14 +459,16 @@ class Job:
 
 def tiles_job(disp, V: np.ndarray, X: np.ndarray, Y: np.ndarray, k: int, ntiles: int,
               W: int, xn: int, scratch_size: int, threads: int,
-              bias: np.ndarray | None = None, P: int = 0) -> Job | None:
+              bias: np.ndarray | None = None, P: int = 0,
+              bufs: dict | None = None) -> Job | None:
     """The job for ``threads`` team threads computing tiles ``0..ntiles`` of a product.
 
     The arguments are those of the tile kernel ``disp`` (``V`` the values, ``X`` and
     ``Y`` flat, ``k`` rows or columns, ``W`` the tile width, ``xn`` input features) and
     the size of each of its two scratch buffers; ``bias`` (length ``m``) is added to the
-    first ``m`` of each output row of ``P`` entries.  None when the body cannot run it
-    (see the module docstring); the caller then runs its Python body.
+    first ``m`` of each output row of ``P`` entries; ``bufs`` holds the runner's
+    scratch (see :func:`_scratch`: None for the OpenMP team).  None when the body cannot
+    run it (see the module docstring); the caller then runs its Python body.
     """
     dt = V.dtype
     addr = body(dt)
@@ -471,7 +478,7 @@ def tiles_job(disp, V: np.ndarray, X: np.ndarray, Y: np.ndarray, k: int, ntiles:
     if kern is None:
         return None
     stride = _aligned(scratch_size, dt)
-    scr = _scratch(dt, 2 * stride * threads)
+    scr = _scratch(dt, 2 * stride * threads, bufs)
     f = [0] * NFIELDS  # filled as a list, then one array (an item set each: 10-15 us)
     f[F_KERNEL], f[F_NTILES] = kern, ntiles
     f[F_V], f[F_NV] = address_of(V), V.size
@@ -487,7 +494,8 @@ def tiles_job(disp, V: np.ndarray, X: np.ndarray, Y: np.ndarray, k: int, ntiles:
 def backward_job(disp, V: np.ndarray, VT: np.ndarray, X: np.ndarray, G: np.ndarray,
                  GX: np.ndarray, gvs: np.ndarray, bounds: np.ndarray, xn: int, gm: int,
                  need_x: bool, W: int, count: int, acts_size: int, grads_size: int,
-                 threads: int, gv: np.ndarray | None = None) -> Job | None:
+                 threads: int, gv: np.ndarray | None = None,
+                 bufs: dict | None = None) -> Job | None:
     """The job for ``threads`` team threads computing every group of a backward.
 
     The arguments are those of the generated backward kernel ``disp`` (see
@@ -496,7 +504,8 @@ def backward_job(disp, V: np.ndarray, VT: np.ndarray, X: np.ndarray, G: np.ndarr
     scratch (:func:`debutla.backends._numba_backward.scratch_sizes`).  With ``gv`` (a
     row of ``gvs``' length) the body also writes the sum of the groups' rows there, in
     group order, once every group is done (:func:`groups_summed` says whether it did).
-    None when the body cannot run it; the caller then runs its Python body.
+    ``bufs``: the runner's scratch, as in :func:`tiles_job`.  None when the body cannot
+    run it; the caller then runs its Python body.
     """
     dt = V.dtype
     addr = body(dt, count=count)
@@ -508,7 +517,7 @@ def backward_job(disp, V: np.ndarray, VT: np.ndarray, X: np.ndarray, G: np.ndarr
     if kern is None or bounds.dtype != np.uint64 or not bounds.flags.c_contiguous:
         return None
     asz, gsz = _aligned(acts_size, dt), _aligned(grads_size, dt)
-    scr = _scratch(dt, (count * asz + 2 * gsz) * threads)
+    scr = _scratch(dt, (count * asz + 2 * gsz) * threads, bufs)
     f = [0] * NBFIELDS  # a list, then one array (as in tiles_job)
     f[B_KERNEL], f[B_NGROUPS] = kern, gvs.shape[0]
     f[B_V], f[B_NV], f[B_VT] = address_of(V), V.size, address_of(VT)

@@ -27,9 +27,17 @@ products) the threads here do not sleep in between:
   finds the job closed (every chunk taken) and goes back to waiting, as a cancelled
   future did.
 
+A job is a Python function over chunks (:meth:`SpinPool.run`), or, where the product
+has one, a *GIL-free body* (:meth:`SpinPool.run_native`: :mod:`._numba_native`'s machine
+code, which claims its tiles with atomics and calls the chain's kernel through its C
+entry point).  A worker runs such a job from inside its spin loop (the generic module's
+``serve``) and goes on spinning: it never takes the GIL, so it starts its first tile as
+soon as it sees the job, not after the caller's Python has reached its own kernel, and
+the caller's end needs no Python from the worker (``README_kernels.md``, change 31).
+
 One job at a time: a second Python thread that finds the pool busy gets ``False`` from
-:meth:`SpinPool.run` and runs its product on the executor instead.  Which thread
-computes a task never changes how it is computed.
+:meth:`SpinPool.run` (or :meth:`SpinPool.run_native`) and runs its product on the
+executor instead.  Which thread computes a task never changes how it is computed.
 """
 
 from __future__ import annotations
@@ -52,7 +60,13 @@ BURST_US = 100.0
 #: how long a worker keeps spinning after it sees a job before it takes the GIL
 LINGER_US = 8.0
 
-_GEN, _DONE = 0, 1  # the flags: job generation, workers finished with the current job
+# the flags (the generic module's GEN, DONE, ...: the same numbers, checked by a test):
+# job generation, workers finished with the current job, and a GIL-free job's fields
+_GEN, _DONE, _BODY, _DATA, _JOINED, _HELPERS, _ROUNDS, _STOP, _NJOINED = range(9)
+_NFLAGS = 9
+#: how long the caller of a GIL-free job sleeps between looks at a late worker's end
+#: (after WAIT_SPIN_US of spinning: the worker lost its core in the middle of a tile)
+POLL_S = 50e-6
 
 
 def _rounds_per_us(spin: Callable[..., int]) -> float:
@@ -118,11 +132,16 @@ class SpinPool:
     def __init__(self, workers: int, kernels: Any) -> None:
         self.workers = workers
         self._spin, self._store_spin = kernels.spin, kernels.store_spin
+        self._serve, self._post, self._lead = kernels.serve, kernels.post, kernels.lead
         rate = _rounds_per_us(self._spin)
         self.rounds = max(1, int(SPIN_US * rate))
         self.wait_rounds = max(1, int(WAIT_SPIN_US * rate))
         self.linger = max(0, int(LINGER_US * rate))
-        self.flags = np.zeros(2, np.int64)
+        self.flags = np.zeros(_NFLAGS, np.int64)
+        #: the GIL-free jobs' scratch, by dtype (``_numba_native.tiles_job``'s ``bufs``)
+        self.scratch: dict[Any, np.ndarray] = {}
+        #: whether run_native can post: set once the first worker compiled post and lead
+        self.native = False
         self._claim = threading.Lock()                 # claims and the job's counters
         self._fin = threading.Condition(self._claim)   # a caller sleeping on the end
         self._cond = threading.Condition(threading.Lock())  # sleeping workers
@@ -132,22 +151,47 @@ class SpinPool:
         self._stop = False
         self._last_end = 0.0
         self._job: Job | None = None
-        self._threads = [threading.Thread(target=self._worker, name=f"debutla-pool-{i}",
-                                          daemon=True) for i in range(workers)]
+        self._threads = [threading.Thread(target=self._worker, args=(i == 0,),
+                                          name=f"debutla-pool-{i}", daemon=True)
+                         for i in range(workers)]
         for t in self._threads:
             t.start()
 
-    def _worker(self) -> None:
-        flags, seen = self.flags, 0
-        gen = int(self._spin(flags, _GEN, seen, self.rounds, self.linger))
+    def _compile_native(self) -> None:
+        """Compile (or load from the kernel cache) ``post``, ``lead`` and ``serve`` for
+        the pool's flags, on the first worker (off the callers' threads); then
+        :meth:`run_native` may post.
+        """
+        try:
+            from numba import typeof, types
+
+            ft, i64 = typeof(self.flags), types.int64
+            self._post.compile((ft, i64, i64, i64, i64))
+            self._lead.compile((ft, i64))
+            self._serve.compile((ft, i64, i64, i64))
+            self.native = True
+        except Exception as e:  # no GIL-free jobs: the Python ones still run
+            import logging
+
+            logging.getLogger("debutla").debug("debutla: GIL-free pool jobs off (%s)", e)
+
+    def _worker(self, first: bool = False) -> None:
+        if first:
+            self._compile_native()
+        flags, seen, rounds = self.flags, 0, self.rounds
         while True:
-            if gen == seen:  # nothing came while spinning: sleep until a job is posted
+            gen = int(self._serve(flags, seen, rounds, self.linger))  # GIL-free jobs too
+            rounds = self.rounds
+            if gen < 0:  # nothing came while spinning: sleep until a job is posted
+                seen = -1 - gen
                 with self._cond:
                     self._sleeping += 1
                     while int(flags[_GEN]) == seen:
                         self._cond.wait()
                     self._sleeping -= 1
                 gen = int(flags[_GEN])
+                if int(flags[_BODY]) != 0 and not self._stop:
+                    continue  # a GIL-free job: serve() sees it at once and runs it
             seen = gen
             if self._stop:
                 return
@@ -160,7 +204,6 @@ class SpinPool:
                         joined = True
             if job is None or not joined:
                 rounds = self.rounds if job is not None and job.burst else 0
-                gen = int(self._spin(flags, _GEN, seen, rounds, self.linger))
                 continue
             claim_chunks(job, self._claim)
             with self._fin:
@@ -170,11 +213,8 @@ class SpinPool:
                     flags[_DONE] = done
                     self._fin.notify()
             rounds = self.rounds if job.burst else 0  # outside a burst: sleep at once
-            if notify:
-                gen = int(self._spin(flags, _GEN, seen, rounds, self.linger))
-            else:  # the caller spins: tell it without holding the GIL
-                gen = int(self._store_spin(flags, _DONE, done, _GEN, seen, rounds,
-                                           self.linger))
+            if not notify:  # the caller spins: tell it without holding the GIL
+                self._store_spin(flags, _DONE, done, _GEN, seen, 0, 0)
 
     def run(self, fn: Callable[[int, int], None], bounds: list[int],
             helpers: int | None = None) -> bool:
@@ -216,11 +256,48 @@ class SpinPool:
         finally:
             self._busy.release()
 
+    def run_native(self, body: int, data: int, helpers: int | None = None) -> bool:
+        """Run the GIL-free body at address ``body`` as ``body(data)`` on the caller and
+        at most ``helpers`` workers (default: all) that join while it runs, and return
+        True once every thread that ran it is done.
+
+        ``body`` must not call into Python and must share the job's work among however
+        many threads call it (:mod:`._numba_native`'s bodies claim tiles or groups with
+        atomics and take one scratch slot each: sized for ``helpers + 1`` threads).
+        False, with nothing run, when another thread's job holds the pool or the pool
+        cannot post such jobs yet (its worker is still compiling ``post`` and ``lead``).
+        """
+        if not self.native or not self._busy.acquire(blocking=False):
+            return False
+        try:
+            flags = self.flags
+            helpers = self.workers if helpers is None else min(helpers, self.workers)
+            burst = time.perf_counter() - self._last_end < BURST_US * 1e-6
+            self._post(flags, body, data, helpers, self.rounds if burst else 0)
+            if self._sleeping:
+                with self._cond:
+                    self._cond.notify_all()
+            stopped: BaseException | None = None
+            if self._lead(flags, self.wait_rounds) > 0:  # a worker lost its core
+                while int(flags[_DONE]) < int(flags[_NJOINED]):
+                    try:
+                        time.sleep(POLL_S)
+                    except BaseException as e:  # (Ctrl-C) the worker still reads the
+                        stopped = e             # job's arrays: wait for it, then raise
+            flags[_BODY] = 0  # a worker that sees this generation late: not a job
+            self._last_end = time.perf_counter()
+            if stopped is not None:
+                raise stopped
+            return True
+        finally:
+            self._busy.release()
+
     def close(self, timeout: float = 0.0) -> None:
         """Let the worker threads end (after the job in progress, if any), waiting up to
         ``timeout`` seconds for each.
         """
         self._stop = True
+        self.flags[_STOP] = 1  # before the generation: serve() hands it to Python
         self.flags[_GEN] += 1
         with self._cond:
             self._cond.notify_all()

@@ -112,6 +112,8 @@ TILE_BLOCK_BYTES = 2**20
 PARALLEL_MIN_WORK = 5_000_000
 _CHUNKS_PER_THREAD = 4  # chunks of tasks claimed per thread in a split product
 _SPIN_CHUNKS_PER_THREAD = 2  # ... on the spinning pool (fewer claims, each takes the GIL)
+_POOL_BODIES = True  # the spinning pool runs split products' GIL-free bodies (change 31)
+_LANE_SPLITS = True  # the fast lane serves products big enough to split too (change 31)
 _MIN_TASKS_PER_THREAD = 2  # fewer tasks (tiles, rows) per thread: no split (see _run_split)
 #: Chains with fewer values than this use the generic (precompiled) kernels until one
 #: call's work (``nnz * batch``) reaches :data:`CODEGEN_MIN_WORK`: a generated kernel
@@ -751,9 +753,11 @@ def _run_split(fn, ntasks: int, work: int, threads: int | None = None,
     ``spin=False``, uses a ``ThreadPoolExecutor``.  With ``debutla.config(pool="openmp")``
     and an OpenMP runtime registered (:mod:`._omp_team`: torch's, by the torch layers)
     the workers are that runtime's threads instead, wherever they ran that kind of
-    product faster lately (:class:`._omp_team.PoolChooser`); there ``native(threads)``,
-    when given, packs the same product for a body without Python
-    (:mod:`._numba_native`: a :class:`._numba_native.Job`, or None to run ``fn``).
+    product faster lately (:class:`._omp_team.PoolChooser`).  ``native(threads,
+    bufs=None)``, when given, packs the same product for a body without Python
+    (:mod:`._numba_native`: a :class:`._numba_native.Job`, or None to run ``fn``; its
+    scratch in ``bufs``, the runner's), which the team and the spinning pool run
+    (README_kernels.md, changes 17 and 31).
     """
     nth = min(get_num_threads() if threads is None else threads,
               ntasks // _MIN_TASKS_PER_THREAD)
@@ -762,7 +766,7 @@ def _run_split(fn, ntasks: int, work: int, threads: int | None = None,
         return
     team = _omp_team.team() if _config.get("pool") == "openmp" else None
     if team is None:
-        _run_own(fn, ntasks, nth)
+        _run_own(fn, ntasks, nth, native)
         return
     # the function's code, not its name: fused_backward's generic and generated paths
     # are two closures named "run" (5.7 against 3.6 ms for VGG: one record would mix them)
@@ -771,7 +775,7 @@ def _run_split(fn, ntasks: int, work: int, threads: int | None = None,
     if _omp_team.chooser.use_team(key) and _run_team(team, fn, ntasks, nth, native):
         _omp_team.chooser.record(key, True, time.perf_counter() - t0)
         return
-    _run_own(fn, ntasks, nth)
+    _run_own(fn, ntasks, nth, native)
     _omp_team.chooser.record(key, False, time.perf_counter() - t0)
 
 
@@ -798,9 +802,12 @@ def _run_team(team: "_omp_team.OpenMPTeam", fn, ntasks: int, nth: int, native) -
     return True
 
 
-def _run_own(fn, ntasks: int, nth: int) -> None:
+def _run_own(fn, ntasks: int, nth: int,
+             native: Callable[..., "_native.Job | None"] | None = None) -> None:
     """:func:`_run_split` on debutla's own threads (``nth`` > 1 of them, the caller's
-    one): the spinning pool, else (busy, or ``spin=False``) the executor.
+    one): the spinning pool, else (busy, or ``spin=False``) the executor.  On the pool,
+    ``native(nth, pool.scratch)``'s GIL-free job when it gives one (change 31), else
+    ``fn`` on chunks.
     """
     spin = _config.get("spin") is not False
     nchunks = min(ntasks, nth * (_SPIN_CHUNKS_PER_THREAD if spin else _CHUNKS_PER_THREAD))
@@ -811,8 +818,13 @@ def _run_own(fn, ntasks: int, nth: int) -> None:
         except Exception as e:  # e.g. the generic kernels failed to load: the executor
             _log.debug("debutla: spinning pool unavailable (%s)", e)
             pool = None
-        if pool is not None and pool.run(fn, bounds, nth - 1):
-            return
+        if pool is not None:
+            njob = (native(nth, pool.scratch) if native is not None and pool.native
+                    and _POOL_BODIES else None)
+            if njob is not None and pool.run_native(njob.body, njob.address, nth - 1):
+                return
+            if pool.run(fn, bounds, nth - 1):
+                return
 
     job, claim = Job(fn, bounds, nth - 1), threading.Lock()
     pool = _get_pool(nth - 1)
@@ -1010,11 +1022,11 @@ def _run_fused(state: _State, mod, kname: str, X, Y, k: int) -> None:
         if ep is not None:
             ep.fn(Y2[lo * W:min(hi * W, k)])
 
-    def native(threads: int):  # the same product for the team's GIL-free body, or None
+    def native(threads: int, bufs: dict | None = None):  # the GIL-free body's job, or None
         if ep is not None and ep.bias is None:
             return None
         return _native.tiles_job(kern, state.flat, Xf, Yf, k, ntiles, W, xn, state.F * W,
-                                 threads, None if ep is None else ep.bias, state.P)
+                                 threads, None if ep is None else ep.bias, state.P, bufs)
 
     _run_split(run, ntiles, work, native=native)
     if ep is not None:
@@ -1278,7 +1290,7 @@ def lane_ready(state: _State) -> bool:
 
 
 def rows_lane(state: _State, Xf, Yf, k: int) -> bool:
-    """``Y = X @ D.T`` on a ready specialised kernel, on the calling thread, or nothing.
+    """``Y = X @ D.T`` on a ready specialised kernel, or nothing.
 
     The fast lane of :func:`apply_rows` for repeated products (``trans = "N"``): the
     caller has checked everything :func:`apply_rows` checks and that :func:`lane_ready`
@@ -1304,9 +1316,10 @@ def rows_lane(state: _State, Xf, Yf, k: int) -> bool:
     -------
     bool
         True when the product was computed into ``Yf``: the chain's kernel for ``k``
-        rows is compiled and the product is too small to split across threads (the
-        same kernel and the same bits as :func:`apply_rows`).  False when nothing was
-        done: the caller runs :func:`apply_rows`, which compiles, splits or falls back.
+        rows is compiled (the same kernel and the same bits as :func:`apply_rows`; a
+        product large enough to split across threads goes to :func:`_fused_guarded`
+        as there, change 31).  False when nothing was done: the caller runs
+        :func:`apply_rows`, which compiles or falls back.
 
     Examples
     --------
@@ -1314,8 +1327,19 @@ def rows_lane(state: _State, Xf, Yf, k: int) -> bool:
     >>> rows_lane(st, np.ones(2), np.empty(2), 1)  # no specialised kernel yet
     False
     """
-    if state.broken or state.nnz * k >= PARALLEL_MIN_WORK:
+    if state.broken:
         return False
+    if state.nnz * k >= PARALLEL_MIN_WORK:  # split across threads: apply_rows' own call
+        if not _LANE_SPLITS:
+            return False
+        lane = state.lanes.get(k)
+        kname = lane[6] if lane is not None else _kernel_name(k, "rows", state)
+        if kname not in state.ready:
+            return False
+        if lane is None and not state.live and len(state.lanes) < _LANES_MAX:
+            _lane_call(state, kname, k)
+        _fused_guarded(state, kname, Xf, Yf, k)
+        return True
     lane = state.lanes.get(k)
     if lane is None or _EPILOGUE.get() is not None or Xf.size != k * state.Q:
         kname = _kernel_name(k, "rows", state)

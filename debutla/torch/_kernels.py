@@ -315,7 +315,7 @@ def _generated(state, X: np.ndarray, G: np.ndarray, GX: np.ndarray, n: int, m: i
             gvs[lo:hi] = 0
         _nbk.run_backward(state, Xf, Gf, GXf, gvs, ubounds, lo, hi, n, m, need_x, VT)
 
-    def native(threads: int):  # the same groups for the team's GIL-free body
+    def native(threads: int, bufs: dict | None = None):  # the groups for a GIL-free body
         nonlocal gvs, zero_rows
         buf, = _nbk._scratch(dt, ng * nnz, "bw-gvs" + dt.str, 1)
         scratch = buf[:ng * nnz].reshape(ng, nnz)
@@ -324,15 +324,15 @@ def _generated(state, X: np.ndarray, G: np.ndarray, GX: np.ndarray, n: int, m: i
         job = _native.backward_job(
             state.backward_module().tiles_placed, state.flat, VT, Xf, Gf,
             GXf, scratch, ubounds, n, m, need_x, state.bw_W, count, size, gsize,
-            threads, gv)
+            threads, gv, bufs)
         if job is not None:
             gvs, zero_rows = scratch, True
             jobs.append(job)
         return job
 
     _nbk._run_split(run, ng, X.shape[0] * nnz, threads=threads, native=native)
-    if jobs and _native.groups_summed(jobs[0]):
-        return jobs[0].keep[-1]
+    if jobs and _native.groups_summed(jobs[-1]):  # the last packed (a busy team: the pool's)
+        return jobs[-1].keep[-1]
     return _sum_groups(cast(np.ndarray, gvs))  # run or native set it (one group at least)
 
 
