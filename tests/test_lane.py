@@ -49,6 +49,11 @@ def _ready_op(dtype=np.float64, seed=0, **kw) -> DeBut:
     return op
 
 
+def _entries(disp) -> list:
+    """The compiled entry points of a kernel's dispatcher (one per signature)."""
+    return [cres.entry_point for cres in disp.overloads.values()]
+
+
 def _full_path(op: DeBut, X: np.ndarray) -> np.ndarray:
     """``X @ op.T`` by the backend's full path (no lane)."""
     st = op._state(nbk, op.dtype)
@@ -256,7 +261,8 @@ def test_lane_records_each_batch_sizes_call_and_recovers_from_a_failing_cached_k
     exp = _full_path(op, X)
     np.testing.assert_array_equal(op.matmat_rows(X), exp)  # records the tile kernel's call
     kname = nbk._kernel_name(K_TILES, "rows", st)
-    assert st.lanes[K_TILES][0] is st.module_for(kname).rows_tiles
+    # the call recorded is the kernel's compiled entry point (no dispatcher typing)
+    assert st.lanes[K_TILES][0] in _entries(st.module_for(kname).rows_tiles)
     np.testing.assert_array_equal(op.matmat_rows(X), exp)  # by the recorded call
 
     # a kernel loaded from the cache that fails is forgotten and compiled again in
@@ -275,7 +281,7 @@ def test_lane_records_each_batch_sizes_call_and_recovers_from_a_failing_cached_k
     monkeypatch.setattr(st, "_nmod", st._nmod)
     np.testing.assert_array_equal(op.matmat_rows(X), exp)
     assert [str(e) for e in forgotten] == ["a corrupted cache file"]
-    assert K_TILES not in st.lanes and st.module_for(kname).rows_tiles is not fn
+    assert K_TILES not in st.lanes and fn not in _entries(st.module_for(kname).rows_tiles)
 
     # a kernel compiled in memory that fails raises its own error
     st.lanes[K_TILES] = (broken, *rest)
@@ -296,3 +302,28 @@ def test_lane_records_at_most_lanes_max_batch_sizes(lane_spy, monkeypatch):
         X = random_values(rng, (k, op.shape[1]), np.float64)
         np.testing.assert_array_equal(op.matmat_rows(X), _full_path(op, X))
     assert sorted(st.lanes) == [1, 2, 5]  # sizes after the third run the lane unrecorded
+
+
+@pytest.mark.parametrize("k", [1, K_TILES])
+def test_lane_entry_takes_read_only_inputs_and_falls_back_to_the_dispatcher(lane_spy,
+                                                                           monkeypatch, k):
+    """The recorded entry point serves a read-only input (the kernel only reads it);
+    without a compiled function for the lane's types the lane calls the dispatcher."""
+    op = _ready_op(np.float64, seed=11)
+    st = op._state(nbk, op.dtype)
+    X = np.random.default_rng(12).standard_normal((k, op.shape[1]))
+    exp = _full_path(op, X)
+    X.flags.writeable = False
+    st.lanes.clear()
+    for _ in range(2):  # records, then calls the entry point
+        np.testing.assert_array_equal(op.matmat_rows(X), exp)
+    fn, *_rest, kname = st.lanes[k]
+    disp = getattr(st.module_for(kname), "rows_single" if kname == "rows_single"
+                   else "rows_tiles")
+    assert fn in _entries(disp)
+    assert nbk._entry(disp, (np.ones(2, np.int8),)) is disp  # no such overload
+    monkeypatch.setattr(nbk, "_LANE_ENTRY", False)
+    st.lanes.clear()
+    for _ in range(2):
+        np.testing.assert_array_equal(op.matmat_rows(X), exp)
+    assert st.lanes[k][0] is disp

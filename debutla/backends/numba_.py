@@ -1373,17 +1373,45 @@ _LANES_MAX = 64  # most batch sizes whose calls one state records (rows_lane)
 def _lane_call(state: _State, kname: str, k: int) -> tuple:
     """Record the fast lane's call of kernel ``kname`` of ``state`` for ``k`` rows.
 
-    See ``_State.lanes``; :func:`rows_lane` makes the call.
+    See ``_State.lanes``; :func:`rows_lane` makes the call, to the kernel's compiled
+    entry point for the lane's argument types (:func:`_entry`).
     """
     mod = state.module_for(kname)
+    buf = np.empty(1, state.dtype)  # stands for X, Y and the scratch: their Numba type
     if kname == "rows_single":
-        lane = (mod.rows_single, state.vflat, 0, _ONE, state.F, mod, kname)
+        V = state.vflat
+        fn = _entry(mod.rows_single, (V, buf, buf, 0, k, buf, buf, _ONE))
+        lane = (fn, V, 0, _ONE, state.F, mod, kname)
     else:
         W = _tile_width(state, kname)
-        lane = (mod.rows_tiles, state.flat, (k + W - 1) // W, np.uint64(W), state.F * W, mod,
-                kname)
+        V, tiles, wr = state.flat, (k + W - 1) // W, np.uint64(W)
+        fn = _entry(mod.rows_tiles, (V, buf, buf, k, 0, tiles, buf, buf, wr, state.Q))
+        lane = (fn, V, tiles, wr, state.F * W, mod, kname)
     state.lanes[k] = lane
     return lane
+
+
+_LANE_ENTRY = True  # the lane calls the kernel's compiled entry point (change 32)
+
+
+def _entry(disp, args: tuple):
+    """The compiled entry point of dispatcher ``disp`` for arguments of ``args``' Numba
+    types (what the dispatcher calls once it has typed them: the same machine code), or
+    ``disp`` itself when it holds no such compiled function.
+
+    The fast lane's arguments always have those types (the state's dtype, flat
+    C-contiguous arrays, Python ints, the tile rows as ``uint64``), so the lane skips
+    the dispatcher's typing of its ten arguments (0.3 us a call; README_kernels.md,
+    change 32).
+    """
+    if not _LANE_ENTRY:
+        return disp
+    try:
+        cres = disp.overloads.get(tuple(numba.typeof(a) for a in args))
+        fn = getattr(cres, "entry_point", None)
+    except Exception:  # a Numba without these internals: the dispatcher serves
+        fn = None
+    return disp if fn is None else fn
 
 
 def apply_rows(state: _State, X, out=None, trans: str = "N"):
