@@ -184,9 +184,11 @@ def test_no_lane_for_padded_operators_or_other_backends(lane_spy):
 @pytest.mark.parametrize("threads", [1, 2])
 def test_lane_splits_products_big_enough_to_split(lane_spy, monkeypatch, threads):
     """A product big enough to split goes through the lane too (change 31): split across
-    the threads as the full path splits it, with its bits."""
+    the threads as the full path splits it, with its bits; on one thread the lane's
+    recorded call runs it after the first (change 33)."""
     op = _ready_op()
-    X = np.random.default_rng(1).standard_normal((K_TILES, op.shape[1]))
+    k = 8 * K_TILES  # at least two tiles a thread
+    X = np.random.default_rng(1).standard_normal((k, op.shape[1]))
     ref = _full_path(op, X)
     monkeypatch.setattr(nbk, "PARALLEL_MIN_WORK", 1)
     splits: list[int] = []
@@ -200,7 +202,8 @@ def test_lane_splits_products_big_enough_to_split(lane_spy, monkeypatch, threads
     with config(threads=threads, background=False):
         Y = op.matmat_rows(X)
         Y2 = op.matmat_rows(X, out=np.empty_like(Y))
-    assert lane_spy == [True, True] and splits == [threads, threads]
+    assert lane_spy == [True, True]
+    assert splits == ([2, 2] if threads == 2 else [1])
     np.testing.assert_array_equal(Y, ref)
     np.testing.assert_array_equal(Y2, ref)
 
@@ -327,3 +330,33 @@ def test_lane_entry_takes_read_only_inputs_and_falls_back_to_the_dispatcher(lane
     for _ in range(2):
         np.testing.assert_array_equal(op.matmat_rows(X), exp)
     assert st.lanes[k][0] is disp
+
+
+def test_lane_takes_its_recorded_call_for_a_product_that_would_not_split(lane_spy,
+                                                                        monkeypatch):
+    """Above the split threshold, a product that _run_fused would run on one thread (one
+    thread set, or fewer than two tiles a thread) takes the recorded call, not the path
+    through _fused_guarded; the same bits."""
+    op = _ready_op()
+    st = op._state(nbk, op.dtype)
+    X = np.random.default_rng(2).standard_normal((K_TILES, op.shape[1]))
+    ref = _full_path(op, X)
+    monkeypatch.setattr(nbk, "PARALLEL_MIN_WORK", 1)
+    guarded: list[int] = []
+    inner = nbk._fused_guarded
+
+    def spy(state, kname, X_, Y_, k):
+        guarded.append(k)
+        inner(state, kname, X_, Y_, k)
+    monkeypatch.setattr(nbk, "_fused_guarded", spy)
+    st.lanes.clear()
+    lane_spy.clear()
+    with config(threads=1, background=False):
+        for _ in range(3):
+            np.testing.assert_array_equal(op.matmat_rows(X), ref)
+    assert lane_spy == [True] * 3 and guarded == [K_TILES]  # recorded by the first only
+    lane, work = st.lanes[K_TILES], st.nnz * K_TILES
+    assert not nbk._lane_splits(lane, work)
+    with config(threads=2):
+        assert nbk._lane_splits(lane, work) == (lane[2] >= 2 * nbk._MIN_TASKS_PER_THREAD)
+        assert not nbk._lane_splits((None, None, 0) + lane[3:], work)  # the one-row kernel

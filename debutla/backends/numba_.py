@@ -35,9 +35,10 @@ processes.  Three kernels serve all products:
 Threads
 -------
 Work of at least :data:`PARALLEL_MIN_WORK` multiply-adds, with at least two tiles per
-thread, is cut into chunks of contiguous tiles that the calling thread and a persistent
-pool of Python threads claim one after the other, each calling the ``nogil`` kernels with
-its own scratch (see :func:`_run_split`; a split changes no result bit); smaller work
+thread, is shared among the calling thread and a persistent pool of workers, each
+calling the ``nogil`` kernels with its own scratch: a GIL-free body that claims tiles
+with atomics where the product has one, chunks of tiles claimed in Python otherwise
+(see :func:`_run_split`; a split changes no result bit); smaller work
 runs in the calling thread (a parallel region costs more than it saves there).  The
 thread count is ``debutla.config(threads=...)`` or
 ``DEBUTLA_NUM_THREADS`` when set, else Numba's (``numba.get_num_threads()``).  The
@@ -108,8 +109,9 @@ FUSED_BYTES = 3 * 2**19
 #: under this size by halving ``W`` down to 16 columns (``README_kernels.md``, change 13:
 #: 1 MiB rather than FUSED_BYTES gave the VGG chain 16-row float32 tiles, 1.05-1.08x).
 TILE_BLOCK_BYTES = 2**20
-#: Multiply-adds (``nnz * batch``) from which a product is split over threads.
-PARALLEL_MIN_WORK = 5_000_000
+#: Multiply-adds (``nnz * batch``) from which a product is split over threads (5 x 10^6
+#: before change 33: with GIL-free workers, change 31, 3-5 x 10^6 gain 1.5-1.8x).
+PARALLEL_MIN_WORK = 3_000_000
 _CHUNKS_PER_THREAD = 4  # chunks of tasks claimed per thread in a split product
 _SPIN_CHUNKS_PER_THREAD = 2  # ... on the spinning pool (fewer claims, each takes the GIL)
 _POOL_BODIES = True  # the spinning pool runs split products' GIL-free bodies (change 31)
@@ -1329,25 +1331,18 @@ def rows_lane(state: _State, Xf, Yf, k: int) -> bool:
     """
     if state.broken:
         return False
-    if state.nnz * k >= PARALLEL_MIN_WORK:  # split across threads: apply_rows' own call
-        if not _LANE_SPLITS:
-            return False
-        lane = state.lanes.get(k)
+    work = state.nnz * k
+    if work >= PARALLEL_MIN_WORK and not _LANE_SPLITS:
+        return False
+    lane = state.lanes.get(k)
+    if (lane is None or _EPILOGUE.get() is not None or Xf.size != k * state.Q
+            or (work >= PARALLEL_MIN_WORK and _lane_splits(lane, work))):
         kname = lane[6] if lane is not None else _kernel_name(k, "rows", state)
         if kname not in state.ready:
             return False
         if lane is None and not state.live and len(state.lanes) < _LANES_MAX:
             _lane_call(state, kname, k)
-        _fused_guarded(state, kname, Xf, Yf, k)
-        return True
-    lane = state.lanes.get(k)
-    if lane is None or _EPILOGUE.get() is not None or Xf.size != k * state.Q:
-        kname = _kernel_name(k, "rows", state)
-        if kname not in state.ready:
-            return False
-        if lane is None and not state.live and len(state.lanes) < _LANES_MAX:
-            _lane_call(state, kname, k)
-        _fused_guarded(state, kname, Xf, Yf, k)  # what apply_rows runs
+        _fused_guarded(state, kname, Xf, Yf, k)  # what apply_rows runs (split or not)
         return True
     # what _run_fused does for this product (one thread, no epilogue, Q features),
     # without looking anything up: the same kernel with the same arguments
@@ -1368,6 +1363,16 @@ def rows_lane(state: _State, Xf, Yf, k: int) -> bool:
 
 
 _LANES_MAX = 64  # most batch sizes whose calls one state records (rows_lane)
+
+
+def _lane_splits(lane: tuple, work: int) -> bool:
+    """Whether :func:`_run_fused` would split the product the lane recorded (``work``
+    multiply-adds, at least :data:`PARALLEL_MIN_WORK`) across the threads set now: its
+    tiles, two a thread at least (:func:`_run_split`); the one-row kernel never splits.
+    """
+    tiles = lane[2]
+    return tiles > 0 and may_split(work, min(get_num_threads(),
+                                             tiles // _MIN_TASKS_PER_THREAD))
 
 
 def _lane_call(state: _State, kname: str, k: int) -> tuple:
