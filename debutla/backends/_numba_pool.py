@@ -124,9 +124,10 @@ class SpinPool:
     workers : int
         Worker threads (the caller is one more).
     kernels : module
-        Provides ``spin(flags, idx, old, rounds, linger)`` and
-        ``store_spin(flags, sidx, sval, idx, old, rounds, linger)``, compiled ``nogil``
-        (the generic kernel module).
+        Provides ``spin(flags, idx, old, rounds, linger)``,
+        ``store_spin(flags, sidx, sval, idx, old, rounds, linger)`` and, for the
+        GIL-free jobs, ``serve``, ``post`` and ``lead`` (with the flags' numbers),
+        compiled ``nogil`` (the generic kernel module).
     """
 
     def __init__(self, workers: int, kernels: Any) -> None:
