@@ -231,8 +231,9 @@ def load(path: str | os.PathLike, *, format: str | None = None) -> DeBut:
             return _load_safetensors(path, f, shown)
         try:
             zf = zipfile.ZipFile(f)
-        except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError,
-                NotImplementedError) as e:  # e.g. "zip file version 6.4" in the directory
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, NotImplementedError,
+                UnicodeDecodeError) as e:  # e.g. "zip file version 6.4" in the directory;
+            # a member name flagged UTF-8 that is not
             raise DeButFileError(f"load: {shown!r} is not a valid debutla file "
                                  f"({type(e).__name__}: {e})") from None
         with zf:
@@ -388,9 +389,10 @@ def _operator(chain: Chain, factors: list[np.ndarray], shape: tuple[int, int]) -
 def _load_npz(zf: zipfile.ZipFile, shown: str, file_size: int) -> DeBut:
     try:
         return _read_npz(zf, file_size)
-    except (zipfile.BadZipFile, zlib.error, EOFError) as e:
-        # zipfile / zlib on damaged compressed data or a truncated member (zip features
-        # zipfile does not implement are refused by _member before it is asked)
+    except (zipfile.BadZipFile, zlib.error, EOFError, UnicodeDecodeError) as e:
+        # zipfile / zlib on damaged compressed data or a truncated member, or a local
+        # header's name flagged UTF-8 that is not (zip features zipfile does not
+        # implement are refused by _member before it is asked)
         raise DeButFileError(f"load: {shown!r} is not a valid debutla file "
                              f"({type(e).__name__}: {e})") from None
 

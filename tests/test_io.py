@@ -827,6 +827,25 @@ def test_a_zip_whose_directory_points_before_the_file_start_is_a_file_error(save
         load(q)
 
 
+@pytest.mark.parametrize("header, flags_at, name_at", [
+    (b"PK\x01\x02", 8, 46),  # the zip directory: ZipFile fails to list the members
+    (b"PK\x03\x04", 6, 30),  # a member's local header: fails when the member opens
+], ids=["directory", "local-header"])
+def test_a_member_name_flagged_utf8_that_is_not_is_a_file_error(saved, tmp_path, header,
+                                                                flags_at, name_at):
+    # found by the load fuzz (stop 28): flag bit 11 says the name is UTF-8, and zipfile's
+    # decode of a name that is not raised UnicodeDecodeError out of load
+    _, p = saved
+    raw = bytearray(p.read_bytes())
+    at = raw.find(header)
+    raw[at + flags_at + 1] |= 0x08  # bit 11 of the little-endian flags
+    raw[at + name_at] = 0xFF  # never valid UTF-8
+    q = tmp_path / "utf8.npz"
+    q.write_bytes(bytes(raw))
+    with pytest.raises(DeButFileError, match="not a valid debutla file.*UnicodeDecodeError"):
+        load(q)
+
+
 @pytest.mark.parametrize("bit", [0x1, 0x20, 0x40])
 def test_encrypted_or_patched_members_are_file_errors(saved, tmp_path, bit):
     # found by the load fuzz: zipfile raises NotImplementedError for flag bit 5 (patched
