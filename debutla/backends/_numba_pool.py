@@ -42,6 +42,7 @@ executor instead.  Which thread computes a task never changes how it is computed
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from typing import Any, Callable
@@ -49,6 +50,8 @@ from typing import Any, Callable
 import numpy as np
 
 __all__ = ["SpinPool", "Job", "claim_chunks", "SPIN_US", "LINGER_US"]
+
+_log = logging.getLogger("debutla")
 
 #: how long a worker spins for the next job before it sleeps, in microseconds
 SPIN_US = 200.0
@@ -172,9 +175,7 @@ class SpinPool:
             self._serve.compile((ft, i64, i64, i64))
             self.native = True
         except Exception as e:  # no GIL-free jobs: the Python ones still run
-            import logging
-
-            logging.getLogger("debutla").debug("debutla: GIL-free pool jobs off (%s)", e)
+            _log.debug("debutla: GIL-free pool jobs off (%s)", e)
 
     def _worker(self, first: bool = False) -> None:
         if first:

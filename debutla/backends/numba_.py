@@ -736,8 +736,18 @@ def may_split(work: int, threads: int) -> bool:
     return threads > 1 and work >= PARALLEL_MIN_WORK
 
 
+def _split_threads(ntasks: int, work: int, threads: int | None = None) -> int:
+    """The threads :func:`_run_split` runs ``ntasks`` tasks of ``work`` multiply-adds on
+    (``threads``, default :func:`get_num_threads`, at most one per
+    :data:`_MIN_TASKS_PER_THREAD` tasks); 1 where it does not split them.
+    """
+    nth = min(get_num_threads() if threads is None else threads,
+              ntasks // _MIN_TASKS_PER_THREAD)
+    return nth if may_split(work, nth) else 1
+
+
 def _run_split(fn, ntasks: int, work: int, threads: int | None = None,
-               native: Callable[[int], "_native.Job | None"] | None = None) -> None:
+               native: Callable[..., "_native.Job | None"] | None = None) -> None:
     """Run ``fn(lo, hi)`` over ``range(ntasks)``, split across threads when worth it.
 
     ``threads``: the thread count (default :func:`get_num_threads`), reduced so that
@@ -761,9 +771,8 @@ def _run_split(fn, ntasks: int, work: int, threads: int | None = None,
     scratch in ``bufs``, the runner's), which the team and the spinning pool run
     (README_kernels.md, changes 17 and 31).
     """
-    nth = min(get_num_threads() if threads is None else threads,
-              ntasks // _MIN_TASKS_PER_THREAD)
-    if not may_split(work, nth):
+    nth = _split_threads(ntasks, work, threads)
+    if nth == 1:
         fn(0, ntasks)
         return
     team = _omp_team.team() if _config.get("pool") == "openmp" else None
@@ -1367,12 +1376,11 @@ _LANES_MAX = 64  # most batch sizes whose calls one state records (rows_lane)
 
 def _lane_splits(lane: tuple, work: int) -> bool:
     """Whether :func:`_run_fused` would split the product the lane recorded (``work``
-    multiply-adds, at least :data:`PARALLEL_MIN_WORK`) across the threads set now: its
-    tiles, two a thread at least (:func:`_run_split`); the one-row kernel never splits.
+    multiply-adds) across the threads set now (:func:`_split_threads`); the one-row
+    kernel never splits.
     """
     tiles = lane[2]
-    return tiles > 0 and may_split(work, min(get_num_threads(),
-                                             tiles // _MIN_TASKS_PER_THREAD))
+    return tiles > 0 and _split_threads(tiles, work) > 1
 
 
 def _lane_call(state: _State, kname: str, k: int) -> tuple:
