@@ -15,8 +15,8 @@ from .operator import DeBut
 __all__ = ["warmup"]
 
 
-def warmup(op: Any = None, batch: int | Iterable[int] = 1, *, layout: str = "both",
-           adjoint: bool = True) -> float:
+def warmup(op: Any = None, batch: int | Iterable[int] | None = None, *,
+           layout: str = "both", adjoint: bool = True) -> float:
     """Compile the kernels that products of ``op`` will use, and wait for them.
 
     A chain's first product otherwise compiles its kernels (seconds on a cold cache;
@@ -35,9 +35,11 @@ def warmup(op: Any = None, batch: int | Iterable[int] = 1, *, layout: str = "bot
     op : DeBut or None
         The operator (its dtype is the one compiled; CPU backend of NumPy inputs);
         None: load Numba only.
-    batch : int or iterable of int
+    batch : int, iterable of int or None
         Batch sizes the application will use (1: ``op @ x``; kernels differ for one
-        or two rows, and for larger batches).
+        or two rows, for batches of up to 16 rows and for larger ones).  None (the
+        default): every kernel a product of ``op`` can run on, whatever its batch
+        (four kernels a direction: a few seconds each on a cold cache).
     layout : {"both", "rows", "cols"}
         ``"rows"``: ``X @ op.T`` / ``op.matmat_rows``; ``"cols"``: ``op @ X``.
     adjoint : bool
@@ -61,7 +63,9 @@ def warmup(op: Any = None, batch: int | Iterable[int] = 1, *, layout: str = "bot
     --------
     >>> import debutla as db
     >>> op = db.DeBut.random("8 <-(2,2,4)- 8 <-(2,2,2)- 8 <-(2,2,1)- 8", seed=0)
-    >>> warmup(op, batch=(1, 64)) >= 0
+    >>> warmup(op, batch=(1, 64)) >= 0  # the kernels of these batch sizes only
+    True
+    >>> warmup(op) >= 0  # every kernel
     True
     >>> warmup() >= 0  # Numba only
     True
@@ -73,7 +77,10 @@ def warmup(op: Any = None, batch: int | Iterable[int] = 1, *, layout: str = "bot
     if not isinstance(op, DeBut):
         raise TypeError(f"warmup: op must be a DeBut operator or None, got "
                         f"{type(op).__name__}")
-    sizes = [batch] if not isinstance(batch, Iterable) else list(batch)
+    if batch is None:
+        sizes: list = list(_every_kernel_batch())
+    else:
+        sizes = [batch] if not isinstance(batch, Iterable) else list(batch)
     sizes = [check_int(k, "batch", where="warmup") for k in sizes]
     layout = check_choice(layout, "layout", ("both", "rows", "cols"), where="warmup")
     adjoint = bool(adjoint)
@@ -94,6 +101,19 @@ def warmup(op: Any = None, batch: int | Iterable[int] = 1, *, layout: str = "bot
                     op.rmatmat(np.zeros((m, k), op.dtype))
         _wait_for_background_compiles()
     return time.perf_counter() - t0
+
+
+def _every_kernel_batch() -> tuple[int, ...]:
+    """Batch sizes whose products reach every kernel of the CPU backend (1 alone where
+    Numba is unusable: the NumPy backend compiles nothing).
+    """
+    try:
+        get_backend("numba")  # ImportError (remembered) when Numba is unusable
+    except ImportError:
+        return (1,)
+    from .backends import numba_
+
+    return numba_.WARMUP_BATCHES
 
 
 def _wait_for_background_compiles() -> None:

@@ -208,6 +208,20 @@ def test_warmup_compiles_ahead_and_products_use_the_compiled_kernels(monkeypatch
     np.testing.assert_allclose(X @ op.T, X @ reference(op).T, rtol=1e-12, atol=1e-12)
 
 
+def test_warmup_by_default_compiles_every_kernel_a_product_can_run_on(monkeypatch):
+    """No batch sizes given: the one-row, narrow and wide tile kernels (the chain's
+    float32 tiles are wider than NARROW_W rows), so no batch size compiles later."""
+    monkeypatch.setattr(nbk, "CODEGEN_MIN_NNZ", 0)
+    op = DeBut.random("12 <-(3,2,2)- 8 <-(2,2,1)- 8", seed=4, dtype=np.float32,
+                      backend="numba")
+    st = op._state(nbk, op.dtype)
+    assert st.W > nbk.NARROW_W
+    assert warmup(op, layout="rows", adjoint=False) >= 0
+    assert {"rows_single", "rows_narrow", "rows_tiles"} <= st.ready
+    X = np.random.default_rng(1).standard_normal((9, 8)).astype(np.float32)
+    np.testing.assert_allclose(X @ op.T, X @ reference(op).T, rtol=1e-5, atol=1e-5)
+
+
 def test_warmup_refuses_bad_arguments():
     op = DeBut.random("4 <-(2,2,2)- 4 <-(2,2,1)- 4", seed=0)
     with pytest.raises(TypeError, match="DeBut"):

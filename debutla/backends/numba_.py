@@ -138,6 +138,10 @@ _NARROW_F = 1024  # chains at most this wide get the wider tiles (256 bytes per 
 #: run-time-width loops): ``rows_narrow``, compiled on first use.
 NARROW_W = 16
 _ROWS_SINGLE_MAX = 2  # batches up to this run one row at a time (else tiles)
+#: One batch size per kernel a product can run on (``debutla.warmup``'s default):
+#: ``rows_single``; ``rows_narrow`` where the chain's tiles are wider than NARROW_W;
+#: ``rows_tiles`` and ``cols_tiles``.
+WARMUP_BATCHES = (1, NARROW_W, NARROW_W + 1)
 _FALLBACK_PANEL_BYTES = 8 * 2**20
 _TRANS = ("N", "T", "H")
 
