@@ -15,6 +15,7 @@ import pytest
 
 import debutla as db
 from debutla import _timing, cli
+from procs import run_python
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SMALL = "16 <-(4,4,4)- 16 <-(4,4,1)- 16"
@@ -366,6 +367,30 @@ def test_library_info_logs_reach_stderr(capsys):
     cli.main(["info", SMALL])  # a second run adds no second handler
     logging.getLogger("debutla").info("once")
     assert capsys.readouterr().err.count("once") == 1
+    # the library's own messages carry the prefix already: not twice
+    logging.getLogger("debutla").warning("debutla: compiled the kernel in 3.0 s")
+    assert capsys.readouterr().err == "debutla: compiled the kernel in 3.0 s\n"
+
+
+def test_run_bench_times_the_numba_kernels_from_the_first_round():
+    """In a fresh process the first products run on the NumPy backend while Numba
+    loads (about 1 s): the benchmark waits for the kernels before it times anything."""
+    code = f"""
+        from debutla import _timing, backends, cli
+        seen = []
+        compare = _timing.compare
+
+        def spy(fns, **kw):
+            seen.append(backends._numba_ready.is_set())
+            return compare(fns, **kw)
+
+        _timing.compare = spy
+        cli.run_bench({SMALL!r}, [1, 2], repeats=3, min_time=1e-3, out=lambda s: None)
+        print(seen)
+    """
+    proc = run_python(code)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["[True,", "True]"]
 
 
 def test_run_bench_returns_rows():

@@ -63,12 +63,22 @@ class _StderrHandler(logging.StreamHandler):
         super().emit(record)
 
 
+class _Prefixed(logging.Formatter):
+    """``debutla: `` before each message that does not start with it (the library's own
+    messages do, for Python's last-resort handler).
+    """
+
+    def format(self, record: logging.LogRecord) -> str:
+        msg = super().format(record)
+        return msg if msg.startswith("debutla: ") else "debutla: " + msg
+
+
 def _setup_logging() -> None:
     """Show the library's INFO messages (e.g. kernel compiles) on stderr, once."""
     log = logging.getLogger("debutla")
     if not any(isinstance(h, _StderrHandler) for h in log.handlers):
         h = _StderrHandler(sys.stderr)
-        h.setFormatter(logging.Formatter("debutla: %(message)s"))
+        h.setFormatter(_Prefixed())
         log.addHandler(h)
     if log.level == logging.NOTSET or log.level > logging.INFO:
         log.setLevel(logging.INFO)
@@ -468,6 +478,10 @@ def run_bench(chain: Any = None, batches: Sequence[int] = (1, 256), *,
               out: Callable[[str], object] = print, header: bool = True) -> list[dict]:
     """Time ``X @ op.T`` against the dense ``X @ W.T`` on this machine.
 
+    The kernels of the batch sizes are loaded (or compiled) first, untimed
+    (:func:`debutla.warmup`), so the timings are those of the kernels every later
+    product runs on.
+
     Parameters
     ----------
     chain : Chain or str, optional
@@ -509,6 +523,13 @@ def run_bench(chain: Any = None, batches: Sequence[int] = (1, 256), *,
         out(f"       {m}x{n}, {chain.nnz:,} parameters (compression "
             f"{chain.compression:.2%}), {np.dtype(dtype).name}, X @ op.T against X @ W.T")
         out(_timing.describe_threads())
+    # the products timed run on the kernels users get once they are ready: without
+    # this, the first second's products would run on the NumPy reference backend while
+    # Numba loads, and those of a new chain on the generic kernel while it compiles
+    secs = db.warmup(op, batch=batches, layout="rows", adjoint=False)
+    if secs >= 1.0:
+        out(f"(kernels loaded and compiled in {secs:.1f} s before timing; "
+            f"kept in the kernel cache)")
     out(f"{'batch':>6}  {'DeBut median':>13} {'spread':>7}  {'dense median':>13} "
         f"{'spread':>7}  {'speed-up':>8}")
     rows = []
