@@ -80,6 +80,35 @@ def test_lane_serves_repeated_products_with_the_full_paths_bits(dtype, lane_spy)
         np.testing.assert_array_equal(g, e)
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_lane_serves_x_at_op_T_the_operators_own_rows_product(dtype, lane_spy):
+    """``X @ op.T`` and ``x @ op.T`` are ``op``'s rows products: its lane serves them
+    (same bits); ``x @ op.H`` of a complex operator (the conjugate) is not one of them,
+    nor ``x @ op`` (the adjoint kernel)."""
+    op = _ready_op(dtype)
+    rng = np.random.default_rng(3)
+    x = random_values(rng, (op.shape[1],), dtype)
+    X = random_values(rng, (K_TILES, op.shape[1]), dtype)
+    op.matmat_rows(X)  # recorded
+    lane_spy.clear()
+    got = [X @ op.T, x @ op.T, X[:2] @ op.T]
+    assert lane_spy == [True] * 3
+    for g, e in zip(got, [_full_path(op, X), _full_path(op, x)[0], _full_path(op, X[:2])]):
+        assert type(g) is np.ndarray and g.dtype == dtype and g.flags.c_contiguous
+        np.testing.assert_array_equal(g, e)
+    lane_spy.clear()
+    y = random_values(rng, (op.shape[0],), dtype)
+    dense = op.to_dense()
+    tol = 1e-4 if dtype in (np.float32, np.complex64) else 1e-12
+    if np.iscomplexobj(x):
+        np.testing.assert_allclose(x @ op.H, x @ dense.conj().T, rtol=tol, atol=tol)
+    np.testing.assert_allclose(y @ op, y @ dense, rtol=tol, atol=tol)
+    Xo = X.astype(np.complex64 if dtype == np.complex128 else np.complex128)
+    np.testing.assert_allclose(Xo @ op.T, Xo @ dense.T, rtol=tol, atol=tol)  # another
+    # dtype: the full path
+    assert lane_spy == []
+
+
 def test_lane_declines_inside_a_config_block_and_after_new_defaults(lane_spy):
     op = _ready_op()
     lane_spy.clear()  # (warmup's own products)
