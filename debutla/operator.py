@@ -249,6 +249,9 @@ class DeBut:
         # the fast lane of repeated products (see _lane_product): (settings token,
         # backend, state), recorded by _run once a product ran where the lane may serve
         self._lane: tuple | None = None
+        # the same for adjoint matrix-vector products (rmatvec, x @ op, op.T @ x), by
+        # "T" or "H" (real operators: "T" only): see _record_adjoint_lane
+        self._alanes: dict[str, tuple] = {}
 
     @classmethod
     def _from_trusted(cls, chain: Chain, vals: tuple, shape, backend) -> "DeBut":
@@ -606,9 +609,12 @@ class DeBut:
             Y = backend.apply_rows(state, X, direct, trans)
             if m_out < P_out:
                 Y = Y[:, :m_out]
-        if (layout == "rows" and trans == "N" and dt == self._dtype
-                and self._adjoint_of is None and isinstance(X, np.ndarray)):
-            self._record_lane(backend, state)
+        if (layout == "rows" and dt == self._dtype and self._adjoint_of is None
+                and isinstance(X, np.ndarray)):
+            if trans == "N":
+                self._record_lane(backend, state)
+            elif X.shape[0] == 1:
+                self._record_adjoint_lane(backend, state, trans)
         if out is not None and direct is None:
             xp.copyto(out, Y)
             return out
@@ -630,7 +636,25 @@ class DeBut:
         if ready is not None and ready(state):
             self._lane = (tok, backend, state)
 
-    def _lane_product(self, x: np.ndarray, out: Any) -> Any:
+    def _record_adjoint_lane(self, backend, state, trans: str) -> None:
+        """Remember, as :meth:`_record_lane` does, the state of the adjoint kernel that
+        just computed an adjoint matrix-vector product (``op(D) @ x``, ``trans`` "T" or
+        "H"), when the backend says later ones will run on it
+        (``adjoint_lane_state``).
+        """
+        key = "T" if trans == "H" and self._dtype.kind != "c" else trans
+        tok = _config.token()
+        lane = self._alanes.get(key)
+        if tok is None or (lane is not None and lane[0] == tok):
+            return
+        if self._shape != self._chain.shape:
+            return
+        adjoint_state = getattr(backend, "adjoint_lane_state", None)
+        adj = None if adjoint_state is None else adjoint_state(state, key)
+        if adj is not None:
+            self._alanes[key] = (tok, backend, adj)
+
+    def _lane_product(self, x: np.ndarray, out: Any, trans: str = "N") -> Any:
         """``D @ x`` (``x`` of shape ``(n,)``) or ``X @ D.T`` (``(k, n)``) by the fast lane,
         or None: the caller then takes the full path, which validates, chooses and
         raises as usual.
@@ -641,15 +665,26 @@ class DeBut:
         lane was recorded) with checks only, no conversions: the backend's
         ``rows_lane`` runs the same kernel the full path would run (same bits), split
         across threads as there, or declines (kernel not compiled yet).  For a batch-1
-        product this removes most of the microseconds around the kernel.
+        product this removes most of the microseconds around the kernel.  With
+        ``trans`` "T" or "H": ``op(D) @ x`` for a vector ``x`` (shape ``(m,)``) on the
+        adjoint kernel's state that :meth:`_record_adjoint_lane` recorded.
         """
-        tok, backend, state = self._lane  # type: ignore[misc]
+        if trans == "N":
+            tok, backend, state = self._lane  # type: ignore[misc]
+            m, n = self._shape
+        else:  # an adjoint product, of vectors only (_record_adjoint_lane)
+            if x.ndim != 1:
+                return None
+            lane = self._alanes.get("T" if self._dtype.kind != "c" else trans)
+            if lane is None:
+                return None
+            tok, backend, state = lane
+            n, m = self._shape
         dt = self._dtype
         # ``is``: NumPy's built-in dtypes are singletons; any other dtype object (e.g.
         # non-native byte order) only takes the full path
         if tok != _config.token() or x.dtype is not dt or not x.flags.c_contiguous:
             return None
-        m, n = self._shape
         shape: tuple[int, ...]
         if x.ndim == 1:
             k, shape = 1, (m,)
@@ -700,6 +735,10 @@ class DeBut:
         owner, trans = self._served_by(trans)
         if owner is not self:
             return owner._vec(x, out, trans, what)
+        if trans != "N" and self._alanes and type(x) is np.ndarray:
+            y = self._lane_product(x, out, trans)
+            if y is not None:
+                return y
         x = _as_input(x, what)
         n_in = self._sizes(trans)[1]
         col = x.ndim == 2 and x.shape[1] == 1

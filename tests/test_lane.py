@@ -109,6 +109,48 @@ def test_lane_serves_x_at_op_T_the_operators_own_rows_product(dtype, lane_spy):
     assert lane_spy == []
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_adjoint_vector_products_take_the_lane_of_the_adjoint_kernel(dtype, lane_spy):
+    """``op.rmatvec(y)``, ``y @ op``, ``op.T @ y`` and ``op.H @ y`` (vectors) take a lane
+    once an adjoint product ran on the transposed chain's kernel: the full path's bits;
+    other inputs (a column, another dtype, a bad ``out``) and config blocks take the
+    full path."""
+    op = _ready_op(dtype)
+    with forced_codegen():
+        debutla.warmup(op, batch=1, layout="rows")  # the adjoint one-row kernels too
+    st = op._state(nbk, op.dtype)
+    rng = np.random.default_rng(4)
+    y = random_values(rng, (op.shape[0],), dtype)
+    cplx = np.iscomplexobj(y)
+
+    def full(trans):
+        return nbk.apply_rows(st, y[None, :], trans=trans)[0]
+
+    op.rmatvec(y), y @ op  # (a complex y @ op compiles its own kernel in the background)
+    nbk.wait_for_compiles()
+    op.rmatvec(y), y @ op  # the full path, on the adjoint kernels: the lanes recorded
+    assert sorted(op._alanes) == (["H", "T"] if cplx else ["T"])
+    lane_spy.clear()
+    out = np.empty(op.shape[1], dtype)
+    got = [op.rmatvec(y), y @ op, op.T @ y, op.H @ y, op.rmatvec(y, out=out)]
+    assert lane_spy == [True] * 5 and got[-1] is out
+    exp = [full("H"), full("T"), full("T"), full("H"), full("H")]
+    for g, e in zip(got, exp):
+        assert type(g) is np.ndarray and g.dtype == dtype and g.shape == (op.shape[1],)
+        np.testing.assert_array_equal(g, e)
+    lane_spy.clear()
+    dense = op.to_dense()
+    tol = 1e-4 if dtype in (np.float32, np.complex64) else 1e-12
+    yo = y.astype(np.complex64 if dtype == np.complex128 else np.complex128)
+    np.testing.assert_allclose(op.rmatvec(yo), dense.conj().T @ yo, rtol=tol, atol=tol)
+    np.testing.assert_allclose(op.rmatvec(y[:, None])[:, 0], exp[0], rtol=0, atol=0)
+    with pytest.raises(ValueError, match="out"):
+        op.rmatvec(y, out=np.empty(op.shape[1] + 1, dtype))
+    with config(fused=False):
+        np.testing.assert_allclose(op.rmatvec(y), dense.conj().T @ y, rtol=tol, atol=tol)
+    assert lane_spy == []
+
+
 def test_lane_declines_inside_a_config_block_and_after_new_defaults(lane_spy):
     op = _ready_op()
     lane_spy.clear()  # (warmup's own products)
@@ -160,9 +202,8 @@ def test_lane_leaves_other_inputs_to_the_full_path(lane_spy):
     np.testing.assert_allclose(op.matmat_rows(X.reshape(1, 5, -1))[0], ref, rtol=1e-12)
     np.testing.assert_allclose(op.matmat_rows(X.tolist()), ref, rtol=1e-12)
     np.testing.assert_allclose(op @ X.T, ref.T, rtol=1e-12)  # cols layout
-    np.testing.assert_allclose(op.rmatvec(ref[0]), op.to_dense().T @ ref[0], rtol=1e-12)
-    np.testing.assert_allclose(op.T @ ref[0], op.to_dense().T @ ref[0], rtol=1e-12)
-    assert lane_spy == []
+    np.testing.assert_allclose(op.rmatmat(ref.T), op.to_dense().T @ ref.T, rtol=1e-12)
+    assert lane_spy == []  # (adjoint vector products have their own lane: see above)
 
 
 def test_lane_out_arrays_and_errors(lane_spy):

@@ -90,7 +90,8 @@ if TYPE_CHECKING:  # imported where the pool is made: the module may load at shu
     from concurrent.futures import ThreadPoolExecutor
 
 __all__ = [
-    "prepare", "apply_rows", "apply_cols", "rows_lane", "lane_ready", "compile_kernels",
+    "prepare", "apply_rows", "apply_cols", "rows_lane", "lane_ready", "adjoint_lane_state",
+    "compile_kernels",
     "wait_for_compiles", "preload",
     "get_num_threads", "set_num_threads", "set_fused", "kernel_source", "FUSED_BYTES",
     "TILE_BLOCK_BYTES", "tile_rows",
@@ -1302,6 +1303,28 @@ def lane_ready(state: _State) -> bool:
     True
     """
     return state.fused
+
+
+def adjoint_lane_state(state: _State, trans: str) -> "_State | None":
+    """The state whose one-row kernel computes ``op(D) @ x`` for a vector (``trans``
+    "T", or "H" for a complex ``D``) as :func:`apply_rows` does now, or None.
+
+    :func:`apply_rows` runs an adjoint product on the transposed chain's state
+    (:meth:`_State.adjoint`) once its kernel is compiled; until then on the generic
+    kernel with the forward state's values.  The operator's fast lane passes the state
+    returned here to :func:`rows_lane`, which runs that same one-row kernel (same
+    bits) and declines while it is not ready.
+
+    Examples
+    --------
+    >>> adjoint_lane_state(prepare((np.ones((1, 2, 2, 1)),)), "T") is None  # no kernel
+    True
+    """
+    adj = state._adj.get("T" if trans == "H" and state.dtype.kind != "c" else trans)
+    if (adj is None or "rows_single" not in adj.ready or _uses_generic(state, 1)
+            or _uses_generic(adj, 1)):
+        return None
+    return adj
 
 
 def rows_lane(state: _State, Xf, Yf, k: int) -> bool:
