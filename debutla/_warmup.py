@@ -44,8 +44,9 @@ def warmup(op: Any = None, batch: int | Iterable[int] | None = None, *,
         ``"rows"``: ``X @ op.T`` / ``op.matmat_rows``; ``"cols"``: ``op @ X``.
     adjoint : bool
         Also compile the kernels of the adjoint products ``op.rmatvec``,
-        ``op.rmatmat``, ``op.H @ y`` (and, for real dtypes, ``x @ op``); until they
-        are ready those run on the generic kernel.
+        ``op.rmatmat``, ``op.H @ y`` and of the transposed ones ``y @ op``,
+        ``op.T @ y`` (for a complex operator on values of their own, unconjugated);
+        until they are ready those run on the generic kernel.
 
     Returns
     -------
@@ -94,11 +95,12 @@ def warmup(op: Any = None, batch: int | Iterable[int] | None = None, *,
                 op.matmat(np.zeros((n, k), op.dtype))
     if adjoint:  # adjoint products start their kernels' compiles in the background
         with config(background=True):
-            for k in sizes:
-                if layout in ("both", "rows") or k == 1:
-                    op.H.matmat_rows(np.zeros((k, m), op.dtype))
-                if layout in ("both", "cols") and k > 1:
-                    op.rmatmat(np.zeros((m, k), op.dtype))
+            for A in (op.H, op.T) if op.dtype.kind == "c" else (op.H,):
+                for k in sizes:
+                    if layout in ("both", "rows") or k == 1:
+                        A.matmat_rows(np.zeros((k, m), op.dtype))
+                    if layout in ("both", "cols") and k > 1:
+                        A.matmat(np.zeros((m, k), op.dtype))
         _wait_for_background_compiles()
     return time.perf_counter() - t0
 

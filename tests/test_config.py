@@ -222,6 +222,26 @@ def test_warmup_by_default_compiles_every_kernel_a_product_can_run_on(monkeypatc
     np.testing.assert_allclose(X @ op.T, X @ reference(op).T, rtol=1e-5, atol=1e-5)
 
 
+def test_warmup_readies_both_adjoints_of_a_complex_operator(monkeypatch):
+    """``op.H`` products (conjugated values) and ``op.T`` ones (``y @ op``) run on two
+    adjoint states of a complex operator: after warmup neither takes the generic
+    kernel, from the first product on."""
+    monkeypatch.setattr(nbk, "CODEGEN_MIN_NNZ", 0)
+    op = DeBut.random("12 <-(3,2,2)- 8 <-(2,2,1)- 8", seed=5, dtype=np.complex128,
+                      backend="numba")
+    warmup(op, batch=1, layout="rows")
+    generic = []
+    run_generic = nbk._run_generic
+    monkeypatch.setattr(nbk, "_run_generic",
+                        lambda *a: generic.append(a[-1]) or run_generic(*a))
+    y = np.random.default_rng(2).standard_normal(12) + 1j
+    y @ op, op.rmatvec(y), op.T @ y, op.H @ y
+    assert generic == []
+    dense = reference(op)
+    np.testing.assert_allclose(y @ op, y @ dense, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(op.rmatvec(y), dense.conj().T @ y, rtol=1e-12, atol=1e-12)
+
+
 def test_warmup_refuses_bad_arguments():
     op = DeBut.random("4 <-(2,2,2)- 4 <-(2,2,1)- 4", seed=0)
     with pytest.raises(TypeError, match="DeBut"):
