@@ -112,15 +112,14 @@ def test_torch_save_and_load_of_a_whole_layer_keep_it_packed():
         assert torch.equal(back(x), layer(x))
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("batch", [3, 16, 300])
-def test_inference_reads_the_values_in_place_and_sees_every_write(spy, dtype, batch):
-    layer = _layer(dtype)
-    x = torch.randn(batch, 400, dtype=dtype)
+def _check_in_place_inference(layer, x, spy) -> None:
+    """Inference on ``layer`` reads its values where they lie: every write is seen
+    (through ``.data`` and a NumPy view, writes autograd never sees), and the results
+    are the bits of the checked path (a snapshot of the values)."""
+    shape = (layer.out_features, layer.in_features)
     with db.config(background=False), torch.inference_mode():
         y0 = layer(x)
         torch.testing.assert_close(y0, _reference(layer, x))
-        # writes autograd never sees: through .data, and through a NumPy view
         layer.factors[1].data.mul_(-2.0)
         y1 = layer(x)
         layer.factors[0].detach().numpy()[0, 0, 0, 0] += 1.0
@@ -128,15 +127,43 @@ def test_inference_reads_the_values_in_place_and_sees_every_write(spy, dtype, ba
     assert spy and set(spy) == {"live"}
     assert not torch.equal(y0, y1) and not torch.equal(y1, y2)
     torch.testing.assert_close(y2, _reference(layer, x))
-    # the same bits as the checked path (a snapshot of the values)
     with db.config(background=False), torch.inference_mode():
-        op = _ops._cpu_operator(layer._values(), layer.chain, (128, 400))
-        want = _ops._numba_rows(x, layer._values(), layer.chain, (128, 400),
-                                bias=layer.bias, op=op)
+        op = _ops._cpu_operator(layer._values(), layer.chain, shape)
+        want = _ops._numba_rows(x, layer._values(), layer.chain, shape, bias=layer.bias,
+                                op=op)
     assert torch.equal(y2, want)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("batch", [3, 16, 300])
+def test_inference_reads_the_values_in_place_and_sees_every_write(spy, dtype, batch):
+    layer = _layer(dtype)
+    _check_in_place_inference(layer, torch.randn(batch, 400, dtype=dtype), spy)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("batch", [1, 2])
+def test_one_or_two_rows_read_in_place_where_the_one_row_kernel_reads_the_values(
+        spy, dtype, batch):
+    """A butterfly layer (no t = 1, r >= 4 factor: the one-row kernel reads the packed
+    values as they lie) serves inference on one or two rows in place too; with
+    gradients (training) those stay on the checked path."""
+    chain = db.Chain.butterfly(64)
+    assert _ops._single_in_place(chain)
+    torch.manual_seed(1)
+    layer = DeButLinear(64, 64, chain=chain, dtype=dtype)
+    torch.nn.init.normal_(layer.bias)
+    x = torch.randn(batch, 64, dtype=dtype)
+    _check_in_place_inference(layer, x, spy)
+    spy.clear()
+    layer(x).sum().backward()
+    assert spy == ["checked"]
+
+
 def test_one_and_two_rows_and_frozen_values_use_the_checked_path(spy):
+    """(The LeNet chain's first factor, (16, 25, 1), is one the one-row kernel reads
+    transposed: a copy of the values at each product, so one or two rows keep the
+    checked snapshot.)"""
     layer = _layer()
     with torch.inference_mode():
         layer(torch.randn(1, 400))

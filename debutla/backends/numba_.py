@@ -91,6 +91,7 @@ if TYPE_CHECKING:  # imported where the pool is made: the module may load at shu
 
 __all__ = [
     "prepare", "apply_rows", "apply_cols", "rows_lane", "lane_ready", "adjoint_lane_state",
+    "single_reads_flat",
     "compile_kernels",
     "wait_for_compiles", "preload",
     "get_num_threads", "set_num_threads", "set_fused", "kernel_source", "FUSED_BYTES",
@@ -330,7 +331,7 @@ class _State:
     tile width and dtype), not to the values: every state of the chain shares them.
     """
 
-    __slots__ = ("shapes", "dtype", "dkey", "panel", "_vflat", "dims", "adims", "Q", "P",
+    __slots__ = ("shapes", "dtype", "dkey", "panel", "_vflat", "_vt", "dims", "adims", "Q", "P",
                  "F", "nnz", "W", "_mod", "_nmod", "_lock", "ready", "pending", "broken",
                  "flat", "_cflat", "_adj", "_bmod", "_tflat", "live", "lanes", "__weakref__")
 
@@ -350,6 +351,7 @@ class _State:
         self.flat = flat if flat is not None else np.concatenate(
             [np.asarray(V).reshape(-1) for V in factors])
         self.panel = tuple(self.flat[a:b] for a, b in zip(bounds[:-1], bounds[1:]))
+        self._vt = not single_reads_flat(self.shapes)  # vflat is a rearranged copy
         self._vflat = None if self.live else self._make_vflat()
         # generic kernel: (nb, r, s, t, vi, vj) forward; the adjoint applies the factors
         # in reverse order, each with r <-> s and its value strides swapped
@@ -392,7 +394,7 @@ class _State:
                 and 2 * self.F * self.W * self.dtype.itemsize <= 4 * FUSED_BYTES)
 
     def _make_vflat(self) -> np.ndarray:
-        if not any(_cg.vec_transposed(sh) for sh in self.shapes):
+        if not self._vt:
             return self.flat
         return np.concatenate([
             np.ascontiguousarray(f.reshape(sh)[..., 0].transpose(0, 2, 1)).reshape(-1)
@@ -1303,6 +1305,20 @@ def lane_ready(state: _State) -> bool:
     True
     """
     return state.fused
+
+
+def single_reads_flat(shapes) -> bool:
+    """Whether the one-row kernel of a chain (factor value shapes ``(nb, r, s, t)``, in
+    application order) reads the values packed as they are: no ``t = 1, r >= 4``
+    factor, whose blocks it wants transposed (``_State.vflat``).  A live state of such
+    a chain then makes nothing for a product of one or two rows.
+
+    Examples
+    --------
+    >>> single_reads_flat([(2, 2, 2, 1), (1, 2, 2, 2)]), single_reads_flat([(1, 4, 2, 1)])
+    (True, False)
+    """
+    return not any(_cg.vec_transposed(sh) for sh in shapes)
 
 
 def adjoint_lane_state(state: _State, trans: str) -> "_State | None":

@@ -318,6 +318,16 @@ def _numba_rows(x: torch.Tensor, values: Sequence[torch.Tensor], chain: Chain,
 
 
 @lru_cache(maxsize=64)
+def _single_in_place(chain: Chain) -> bool:
+    """Whether the one-row kernel reads ``chain``'s values as they lie packed, so that
+    inference on one or two rows may read a layer's values in place
+    (:func:`debutla.backends.numba_.single_reads_flat`): a butterfly 4096 layer at
+    batch 1 took 93-106 us on the checked snapshot, 39-40 us in place.
+    """
+    return _nbk.single_reads_flat([f.value_shape for f in chain])
+
+
+@lru_cache(maxsize=64)
 def _nnz(chain: Chain) -> int:
     """``chain.nnz``, made once per chain (a sum over the factors at each access)."""
     return chain.nnz
@@ -549,7 +559,9 @@ def _forward(x, values, chain, shape, impl, bias=None, ctx=None):
     forward computed (an autograd-visible in-place write to the values in between makes
     autograd refuse the backward anyway).  Packed values (:func:`packed_values`) are
     read in place (:func:`_live_operator`) by products of 3 rows or more, unless the
-    backward will need the values' adjoint only (frozen values).
+    backward will need the values' adjoint only (frozen values), and in inference by
+    products of one or two rows too where the one-row kernel reads the values as they
+    lie (:func:`_single_in_place`).
     """
     if x.shape[0] == 0:
         y = x.new_zeros((0, shape[0]))
@@ -561,9 +573,10 @@ def _forward(x, values, chain, shape, impl, bias=None, ctx=None):
     if _use_numba(x, impl):
         op = None
         # the tile kernels (3 rows or more), not for a backward of frozen values (its
-        # adjoint products would make the adjoint's state at every call)
-        if x.shape[0] > _nbk._ROWS_SINGLE_MAX and (ctx is None
-                                                   or any(ctx.needs_input_grad[6:])):
+        # adjoint products would make the adjoint's state at every call); one or two
+        # rows in inference where the one-row kernel reads the values as they lie
+        if ((x.shape[0] > _nbk._ROWS_SINGLE_MAX or (ctx is None and _single_in_place(chain)))
+                and (ctx is None or any(ctx.needs_input_grad[6:]))):
             op = _live_operator(values, chain, shape)
         if op is None:
             op = _cpu_operator(values, chain, shape)
