@@ -101,28 +101,27 @@ def warmup(op: Any = None, batch: int | Iterable[int] | None = None, *,
                         A.matmat_rows(np.zeros((k, m), op.dtype))
                     if layout in ("both", "cols") and k > 1:
                         A.matmat(np.zeros((m, k), op.dtype))
-        _wait_for_background_compiles()
+        nb = _numba_backend()
+        if nb is not None:
+            nb.wait_for_compiles()
     return time.perf_counter() - t0
+
+
+def _numba_backend() -> Any:
+    """The Numba backend module, or None where Numba is unusable."""
+    try:
+        get_backend("numba")  # ImportError (remembered) when Numba is unusable
+    except ImportError:
+        return None
+    from .backends import numba_  # the module get_backend just loaded
+
+    return numba_
 
 
 def _every_kernel_batch() -> tuple[int, ...]:
     """Batch sizes whose products reach every kernel of the CPU backend (1 alone where
     Numba is unusable: the NumPy backend compiles nothing).
     """
-    try:
-        get_backend("numba")  # ImportError (remembered) when Numba is unusable
-    except ImportError:
-        return (1,)
-    from .backends import numba_
+    nb = _numba_backend()
+    return (1,) if nb is None else nb.WARMUP_BATCHES
 
-    return numba_.WARMUP_BATCHES
-
-
-def _wait_for_background_compiles() -> None:
-    try:
-        get_backend("numba")  # ImportError (remembered) when Numba is unusable
-    except ImportError:
-        return
-    from .backends import numba_  # the module get_backend just loaded
-
-    numba_.wait_for_compiles()

@@ -893,12 +893,11 @@ class DeBut:
 
         Arrays of other libraries as in :meth:`__matmul__`.
         """
-        link = self._adjoint_of
-        if link is not None and type(x) is np.ndarray and 0 < x.ndim < 3:
+        if self._adjoint_of is not None and type(x) is np.ndarray and 0 < x.ndim < 3:
             # ``X @ op.T`` is ``op``'s own rows product: its fast lane, when recorded
-            parent = link[0]
-            if parent._lane is not None and (link[1] == "T" or self._dtype.kind != "c"):
-                y = parent._lane_product(x, None)
+            owner, trans = self._served_by("T")
+            if trans == "N" and owner._lane is not None:
+                y = owner._lane_product(x, None)
                 if y is not None:
                     return y
         x = _as_input(x, "x @ DeBut")

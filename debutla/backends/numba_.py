@@ -1261,10 +1261,9 @@ def _apply(state: _State, X, out, layout: str, trans: str):
     if k == 0:
         return out
     if trans != "N":
-        adj = None if _uses_generic(state, k) else state._adj.get(
-            "T" if trans == "H" and state.dtype.kind != "c" else trans)
         kname = _kernel_name(k, layout)
-        if adj is not None and kname in adj.ready and not _uses_generic(adj, k):
+        adj = _ready_adjoint(state, trans, k, kname)
+        if adj is not None:
             _fused_guarded(adj, kname, X, out, k)
             return out
         _generic_module()
@@ -1321,6 +1320,19 @@ def single_reads_flat(shapes) -> bool:
     return not any(_cg.vec_transposed(sh) for sh in shapes)
 
 
+def _ready_adjoint(state: _State, trans: str, k: int, kname: str) -> "_State | None":
+    """The transposed chain's state whose kernel ``kname`` runs ``op(D)`` products of
+    ``k`` rows (``trans`` "T" or "H") now, or None: they run on the generic kernel
+    with this state's values (:func:`_apply`).
+    """
+    if _uses_generic(state, k):
+        return None
+    adj = state._adj.get("T" if trans == "H" and state.dtype.kind != "c" else trans)
+    if adj is None or kname not in adj.ready or _uses_generic(adj, k):
+        return None
+    return adj
+
+
 def adjoint_lane_state(state: _State, trans: str) -> "_State | None":
     """The state whose one-row kernel computes ``op(D) @ x`` for a vector (``trans``
     "T", or "H" for a complex ``D``) as :func:`apply_rows` does now, or None.
@@ -1336,11 +1348,7 @@ def adjoint_lane_state(state: _State, trans: str) -> "_State | None":
     >>> adjoint_lane_state(prepare((np.ones((1, 2, 2, 1)),)), "T") is None  # no kernel
     True
     """
-    adj = state._adj.get("T" if trans == "H" and state.dtype.kind != "c" else trans)
-    if (adj is None or "rows_single" not in adj.ready or _uses_generic(state, 1)
-            or _uses_generic(adj, 1)):
-        return None
-    return adj
+    return _ready_adjoint(state, trans, 1, "rows_single")
 
 
 def rows_lane(state: _State, Xf, Yf, k: int) -> bool:
