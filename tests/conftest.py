@@ -63,3 +63,24 @@ def _no_compile_left_running():
     nbk = sys.modules.get("debutla.backends.numba_")
     if nbk is not None:
         nbk.wait_for_compiles()
+
+
+@pytest.fixture
+def kernels_seen(monkeypatch):
+    """The tile kernels the calling thread runs (``numba_._run_fused``'s kernel names;
+    not the background compiles' products)."""
+    import threading
+
+    import debutla.backends.numba_ as nbk
+
+    seen: list[str] = []
+    inner = nbk._run_fused
+    me = threading.current_thread()
+
+    def spy(state, mod, kname, X, Y, k):
+        if threading.current_thread() is me:
+            seen.append(kname)
+        return inner(state, mod, kname, X, Y, k)
+
+    monkeypatch.setattr(nbk, "_run_fused", spy)
+    return seen

@@ -8,7 +8,6 @@ every column of a tile goes through the same operations whatever the tile width.
 
 from __future__ import annotations
 
-import threading
 
 import numpy as np
 import pytest
@@ -26,20 +25,6 @@ CHAIN = "24 <-(3,2,4)- 16 <-(4,9,1)- 36"
 
 
 
-@pytest.fixture
-def kernels_seen(monkeypatch):
-    """The kernels the calling thread runs (not the background compiles' products)."""
-    seen: list[str] = []
-    inner = nbk._run_fused
-    me = threading.current_thread()
-
-    def spy(state, mod, kname, X, Y, k):
-        if threading.current_thread() is me:
-            seen.append(kname)
-        return inner(state, mod, kname, X, Y, k)
-
-    monkeypatch.setattr(nbk, "_run_fused", spy)
-    return seen
 
 
 def _wide(op: DeBut, X: np.ndarray) -> np.ndarray:

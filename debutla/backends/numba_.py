@@ -23,7 +23,10 @@ processes.  Three kernels serve all products:
   only its columns (rounded up to ``W / 4``).  Batches of 3 to :data:`NARROW_W` rows
   of a chain with wider tiles run on a second module compiled with ``NARROW_W``-row tiles
   (``rows_narrow``, compiled on first use; the wide tiles serve meanwhile, with the
-  same bits), whose passes keep their constant-width loops (change 7);
+  same bits), whose passes keep their constant-width loops (change 7).  Column-layout
+  products of real chains with tiles narrower than :data:`COLS_RUN_BYTES` a feature run
+  their full tiles on a third module of that width (``cols_wide``: :func:`cols_width`,
+  change 35), the columns left on the chain's own tiles;
 * **factor by factor** (the generic kernel, :mod:`debutla.backends._numba_generic`: one
   compiled function per dtype for every chain): small chains, below
   :data:`CODEGEN_MIN_NNZ` values, until a call is big enough to pay for compiling; a
@@ -140,10 +143,19 @@ _NARROW_F = 1024  # chains at most this wide get the wider tiles (256 bytes per 
 #: run-time-width loops): ``rows_narrow``, compiled on first use.
 NARROW_W = 16
 _ROWS_SINGLE_MAX = 2  # batches up to this run one row at a time (else tiles)
+#: Bytes of each feature's run of columns in a column-layout tile (``op @ X``) of a
+#: real chain: where the chain's own tiles are narrower, products of enough columns run
+#: their full tiles on a third module of this width (``cols_wide``, compiled on first
+#: use; the chain's own tiles serve meanwhile, with the same bits).  The tile gather
+#: reads each feature's run from rows ``k`` entries apart, which the memory side serves
+#: per line: 64-byte runs (16 float32 columns) took 1.1-1.8x the time of 256-byte runs
+#: (``benchmarks/README_kernels.md``, change 35).
+COLS_RUN_BYTES = 256
 #: One batch size per kernel a product can run on (``debutla.warmup``'s default):
 #: ``rows_single``; ``rows_narrow`` where the chain's tiles are wider than NARROW_W;
-#: ``rows_tiles`` and ``cols_tiles``.
-WARMUP_BATCHES = (1, NARROW_W, NARROW_W + 1)
+#: ``rows_tiles`` and ``cols_tiles``; ``cols_wide`` (256 columns: four float32 wide
+#: tiles, eight float64 ones, enough for two and four threads, see :func:`_wide_cols`).
+WARMUP_BATCHES = (1, NARROW_W, NARROW_W + 1, 256)
 _FALLBACK_PANEL_BYTES = 8 * 2**20
 _TRANS = ("N", "T", "H")
 
@@ -259,8 +271,8 @@ def _dispatcher(state: "_State", kname: str):
     if kname == BACKWARD:
         return state.backward_module().tiles_placed
     mod = state.module_for(kname)
-    return {"rows_single": mod.rows_single, "cols_tiles": mod.cols_tiles}.get(
-        kname, mod.rows_tiles)
+    return {"rows_single": mod.rows_single, "cols_tiles": mod.cols_tiles,
+            "cols_wide": mod.cols_tiles}.get(kname, mod.rows_tiles)
 
 
 def _cache_misses(disp) -> int:
@@ -323,6 +335,32 @@ def tile_rows(shapes, dtype: np.dtype) -> int:
     return W
 
 
+def cols_width(shapes, dtype: np.dtype, W: int | None = None) -> int:
+    """The columns of a column-layout tile of ``cols_wide`` for a chain (``(nb, r, s, t)``
+    per factor): :data:`COLS_RUN_BYTES` a feature for a real dtype, halved while the two
+    scratch blocks exceed the fused limit, never below the chain's own ``W``
+    (:func:`tile_rows`, given or computed).  Equal to ``W`` where there is no wider
+    module (complex dtypes: their column products ran 0.94-1.21x as fast on wider tiles).
+
+    Examples
+    --------
+    >>> vgg = [(512, 8, 9, 1), (256, 2, 2, 8), (128, 2, 2, 16), (64, 2, 2, 32),
+    ...        (16, 2, 4, 64), (4, 2, 4, 128), (1, 2, 4, 256)]
+    >>> [cols_width(vgg, np.dtype(d)) for d in ("float32", "float64", "complex64")]
+    [64, 32, 16]
+    """
+    if W is None:
+        W = tile_rows(shapes, dtype)
+    if dtype.kind != "f":
+        return W
+    item = dtype.itemsize
+    F = max(max(nb * r * t, nb * s * t) for nb, r, s, t in shapes)
+    cW = COLS_RUN_BYTES // item
+    while cW > W and 2 * F * cW * item > 4 * FUSED_BYTES:
+        cW //= 2
+    return max(W, cW) if cW % W == 0 else W
+
+
 class _State:
     """Prepared values of one operator and dtype (values immutable once built).
 
@@ -332,8 +370,9 @@ class _State:
     """
 
     __slots__ = ("shapes", "dtype", "dkey", "panel", "_vflat", "_vt", "dims", "adims", "Q", "P",
-                 "F", "nnz", "W", "_mod", "_nmod", "_lock", "ready", "pending", "broken",
-                 "flat", "_cflat", "_adj", "_bmod", "_tflat", "live", "lanes", "__weakref__")
+                 "F", "nnz", "W", "cW", "_mod", "_nmod", "_cmod", "_lock", "ready", "pending",
+                 "broken", "flat", "_cflat", "_adj", "_bmod", "_tflat", "live", "lanes",
+                 "__weakref__")
 
     def __init__(self, factors, flat: np.ndarray | None = None) -> None:
         self.shapes = tuple(tuple(int(d) for d in V.shape) for V in factors)
@@ -369,8 +408,10 @@ class _State:
         self.F = max(max(nb * r * t, nb * s * t) for nb, r, s, t in self.shapes)
         self.nnz = sum(nb * r * s * t for nb, r, s, t in self.shapes)
         self.W = tile_rows(self.shapes, self.dtype)
+        self.cW = cols_width(self.shapes, self.dtype, self.W)
         self._mod = None
         self._nmod = None  # the narrow-tile module (small batches; see narrow_module)
+        self._cmod = None  # the wide column-layout module (see cols_module)
         self._lock = threading.Lock()
         # the chain's kernels compiled for this dtype (and those compiling), shared by
         # every state of the same chain, tile width and dtype: an operator with new
@@ -438,21 +479,24 @@ class _State:
                         self._adj[trans] = st
         return st
 
+    def _module_at(self, attr: str, W: int):
+        """The chain's kernel module of tile width ``W`` kept in ``attr`` (made once)."""
+        mod = getattr(self, attr)
+        if mod is None:
+            with self._lock:
+                mod = getattr(self, attr)
+                if mod is None:
+                    mod = _cg.kernel_module(self.shapes, W)
+                    setattr(self, attr, mod)
+        return mod
+
     def module(self):
         """The chain's generated kernel module (written and executed on first use)."""
-        if self._mod is None:
-            with self._lock:
-                if self._mod is None:
-                    self._mod = _cg.kernel_module(self.shapes, self.W)
-        return self._mod
+        return self._module_at("_mod", self.W)
 
     def narrow_module(self):
         """The chain's kernel module with tiles of :data:`NARROW_W` rows (small batches)."""
-        if self._nmod is None:
-            with self._lock:
-                if self._nmod is None:
-                    self._nmod = _cg.kernel_module(self.shapes, NARROW_W)
-        return self._nmod
+        return self._module_at("_nmod", NARROW_W)
 
     @property
     def bw_W(self) -> int:
@@ -495,9 +539,17 @@ class _State:
                     self._bmod = _bw.kernel_module(self.shapes, self.bw_W)
         return self._bmod
 
+    def cols_module(self):
+        """The chain's kernel module with column-layout tiles of ``cW`` columns."""
+        return self._module_at("_cmod", self.cW)
+
     def module_for(self, kname: str):
-        """The module holding kernel ``kname`` (``rows_narrow``: the narrow module)."""
-        return self.narrow_module() if kname == "rows_narrow" else self.module()
+        """The module holding kernel ``kname`` (``rows_narrow``: the narrow module,
+        ``cols_wide``: the wide column-layout one).
+        """
+        if kname == "rows_narrow":
+            return self.narrow_module()
+        return self.cols_module() if kname == "cols_wide" else self.module()
 
 
 @functools.lru_cache(maxsize=1)
@@ -989,15 +1041,31 @@ def _kernel_name(k: int, layout: str, state: "_State | None" = None) -> str:
     if k == 1 or (layout == "rows" and k <= _ROWS_SINGLE_MAX):
         return "rows_single"
     if layout == "cols":
+        if state is not None and state.cW > state.W and _wide_cols(state, k):
+            return "cols_wide"
         return "cols_tiles"
     if state is not None and k <= NARROW_W < state.W:
         return "rows_narrow"  # one tile of NARROW_W rows instead of a part-empty wide one
     return "rows_tiles"
 
 
+def _wide_cols(state: _State, k: int) -> bool:
+    """Whether a column-layout product of ``k`` columns runs on ``cols_wide``: as many
+    full wide tiles as the threads the chain's own tiles would split over need (one on
+    one thread, two a thread beyond), so that the wider tiles never cost a thread.
+    """
+    nfull = k // state.cW
+    nth = _split_threads((k + state.W - 1) // state.W, state.nnz * k)
+    return nfull >= (1 if nth == 1 else _MIN_TASKS_PER_THREAD * nth)
+
+
 def _tile_width(state: _State, kname: str) -> int:
-    """The rows of a tile of kernel ``kname`` (``rows_narrow``: :data:`NARROW_W`)."""
-    return NARROW_W if kname == "rows_narrow" else state.W
+    """The rows of a tile of kernel ``kname`` (``rows_narrow``: :data:`NARROW_W`,
+    ``cols_wide``: the state's ``cW``).
+    """
+    if kname == "rows_narrow":
+        return NARROW_W
+    return state.cW if kname == "cols_wide" else state.W
 
 
 def _run_fused(state: _State, mod, kname: str, X, Y, k: int) -> None:
@@ -1012,6 +1080,9 @@ def _run_fused(state: _State, mod, kname: str, X, Y, k: int) -> None:
         X = _pad(X.reshape(k, xn), state.Q, "rows")
     Xf = X if X.ndim == 1 else X.reshape(-1)
     Yf = Y if Y.ndim == 1 else Y.reshape(-1)
+    if kname == "cols_wide":
+        _run_cols_wide(state, mod, Xf, Yf, k, xn)
+        return
     ep = _EPILOGUE.get() if kname != "cols_tiles" else None
     Y2 = Yf.reshape(k, -1) if ep is not None else Yf  # the epilogue's rows (a view)
     if kname == "rows_single":  # one or two rows: never split (no pool, no closure)
@@ -1051,6 +1122,42 @@ def _run_fused(state: _State, mod, kname: str, X, Y, k: int) -> None:
         ep.applied = True
 
 
+def _run_cols_wide(state: _State, mod, Xf, Yf, k: int, xn: int) -> None:
+    """A column-layout product on ``cols_wide``: its ``k // cW`` full tiles of ``cW``
+    columns on the wide module ``mod``, the columns left (fewer than ``cW``) on the
+    chain's own ``cols_tiles`` (a part-empty wide tile runs its passes' slower
+    run-time-width loops).  The tasks split over threads are the wide tiles, then the
+    own tiles left; a product of full wide tiles only runs on the GIL-free body.
+    """
+    cW, W = state.cW, state.W
+    nfull = k // cW
+    r0, r1 = nfull * cW // W, (k + W - 1) // W  # the chain's own tiles left
+    wide, own = mod.cols_tiles, state.module().cols_tiles
+    flat, F, work = state.flat, state.F, state.nnz * k
+
+    def run(lo: int, hi: int) -> None:
+        if lo < nfull:
+            a, b = _scratch(state.dtype, F * cW, state.dkey)
+            wide(flat, Xf, Yf, k, lo, min(hi, nfull), a, b, np.uint64(cW), xn)
+        if hi > nfull:
+            a, b = _scratch(state.dtype, F * W, state.dkey)
+            own(flat, Xf, Yf, k, r0 + max(lo, nfull) - nfull, r0 + hi - nfull, a, b,
+                np.uint64(W), xn)
+
+    ntasks = nfull + r1 - r0
+    if work < PARALLEL_MIN_WORK:
+        run(0, ntasks)
+        return
+
+    def native(threads: int, bufs: dict | None = None):
+        if r1 > r0:  # two kernels: the Python body
+            return None
+        return _native.tiles_job(wide, flat, Xf, Yf, k, nfull, cW, xn, F * cW, threads,
+                                 None, state.P, bufs)
+
+    _run_split(run, ntasks, work, native=native)
+
+
 def _fused_guarded(state: _State, kname: str, X, Y, k: int) -> None:
     """:func:`_run_fused`; after a cache failure, again on an in-memory compile."""
     mod = state.module_for(kname)
@@ -1075,6 +1182,9 @@ def _recompiled(state: _State, kname: str, mod, e: Exception):
         if kname == "rows_narrow":
             mod = state._nmod = _cg.uncached_kernel_module(state.shapes, NARROW_W)
             _cg.replace_module(state.shapes, NARROW_W, mod)
+        elif kname == "cols_wide":
+            mod = state._cmod = _cg.uncached_kernel_module(state.shapes, state.cW)
+            _cg.replace_module(state.shapes, state.cW, mod)
         else:
             mod = state._mod = _cg.uncached_kernel_module(state.shapes, state.W)
             _cg.replace_module(state.shapes, state.W, mod)
@@ -1091,9 +1201,12 @@ def _compile(state: _State, kname: str) -> None:
                      np.zeros(state.Q, state.dtype), np.zeros((1, state.nnz), state.dtype),
                      np.array([0, 1], np.uint64), 0, 1, state.Q, state.P, True)
     else:
-        k = 1
-        X = np.zeros((k, state.Q) if kname != "cols_tiles" else (state.Q, k), state.dtype)
-        Y = np.zeros((k, state.P) if kname != "cols_tiles" else (state.P, k), state.dtype)
+        if kname == "cols_wide" and "cols_tiles" not in state.ready:
+            _compile(state, "cols_tiles")  # it runs the columns left of the wide tiles
+        k = state.cW if kname == "cols_wide" else 1  # one full wide tile
+        cols = kname.startswith("cols")
+        X = np.zeros((state.Q, k) if cols else (k, state.Q), state.dtype)
+        Y = np.zeros((state.P, k) if cols else (k, state.P), state.dtype)
         with rows_epilogue(None):  # the product on zeros is not the caller's
             _fused_guarded(state, kname, X, Y, k)
     state.ready.add(kname)
@@ -1251,6 +1364,10 @@ def _pad(X, Q: int, layout: str):
     return Xp
 
 
+#: The kernel that serves while another compiles (the same bits on other tiles).
+_SERVES_MEANWHILE = {"rows_narrow": "rows_tiles", "cols_wide": "cols_tiles"}
+
+
 def _apply(state: _State, X, out, layout: str, trans: str):
     """Shared body of :func:`apply_rows` and :func:`apply_cols`."""
     k = X.shape[0] if layout == "rows" else X.shape[1]
@@ -1279,10 +1396,11 @@ def _apply(state: _State, X, out, layout: str, trans: str):
     if kname not in state.ready:
         if kname not in state.pending and not _config.get("background"):
             _compile(state, kname)  # this thread waits for the compile
-        elif kname == "rows_narrow" and "rows_tiles" in state.ready:
-            # the wide tiles serve (same bits) while the narrow ones compile
+        elif _SERVES_MEANWHILE.get(kname) in state.ready:
+            # the chain's own tiles serve (same bits) while the narrow or wide ones
+            # compile
             _compile_in_background(state, kname)
-            kname = "rows_tiles"
+            kname = _SERVES_MEANWHILE[kname]
         else:
             _generic_module()
             _run_generic(state, X, out, k, xn, layout, "N")
