@@ -98,7 +98,7 @@ __all__ = [
     "compile_kernels",
     "wait_for_compiles", "preload",
     "get_num_threads", "set_num_threads", "set_fused", "kernel_source", "FUSED_BYTES",
-    "TILE_BLOCK_BYTES", "tile_rows",
+    "TILE_BLOCK_BYTES", "tile_rows", "cols_width", "COLS_RUN_BYTES",
     "PARALLEL_MIN_WORK", "CODEGEN_MIN_NNZ", "CODEGEN_MIN_WORK", "SLOW_COMPILE_SECONDS",
     "aligned_empty", "SCRATCH_ALIGN", "backward_ready", "run_backward", "BACKWARD",
     "BACKWARD_MIN_NNZ", "RowsEpilogue", "rows_epilogue", "may_split", "memcmp", "same_bytes",
