@@ -150,6 +150,63 @@ def test_fused_passes_bitwise_equal_to_unfused(monkeypatch, text, width):
     np.testing.assert_array_equal(outs[0], outs[1])
 
 
+# chains whose consecutive factors nest the other way round once transposed (their t
+# shrink: adjoint products) or as written (the last pair of the fourth) (change 36)
+BACK_NESTING = [BUTTERFLY_64, MIXED, NARROWING,
+                "16 <-(2,2,2)- 16 <-(2,2,4)- 16 <-(2,2,1)- 16"]
+
+
+def test_factors_nesting_the_other_way_round_fuse():
+    a, b = (1, 2, 2, 32), (2, 2, 2, 16)  # a transposed butterfly's first two factors
+    assert cg._nests_back(a, b) and not cg._nests(a, b)
+    assert cg._nests(b[:3] + (1,), (1, 2, 2, 2)) and not cg._nests_back((2, 2, 2, 1), b)
+    adj = nbk.prepare(DeBut.random(BUTTERFLY_64, seed=1).factors).adjoint("T")
+    assert cg.panel_passes(adj.shapes, 16) == [(0, 2), (2, 2), (4, 2)]
+    assert cg._backward_group(adj.shapes[:2]) and not cg._backward_group(adj.shapes[:1])
+    # a chain with both: (2,2,1) alone (it nests neither way in (2,2,4)), then the pair
+    # (2,2,4)(2,2,2) the other way round; the row tiles' step stops before that pair
+    mixed = tuple(_shapes(BACK_NESTING[3]))
+    assert cg.panel_passes(mixed, 16) == [(0, 1), (1, 2)]
+    assert cg.step_plan(mixed, 16) == (64, (2,))
+
+
+@pytest.mark.parametrize("text, dtype, W", [
+    *[(t, np.float32, 16) for t in (BUTTERFLY_64, NARROWING, BACK_NESTING[3])],
+    (MIXED, np.float64, 8),  # a group with fewer outputs, vector-code steps (group_mac)
+    (BUTTERFLY_64, np.complex128, 16)])
+def test_groups_nesting_the_other_way_round_bitwise_equal_to_unfused(monkeypatch, text,
+                                                                     dtype, W):
+    """Transposed chains (and the fourth as written): fused passes of factors nesting
+    the other way round give the unfused passes' bits, and the dense product, in both
+    layouts, on full and partial tiles."""
+    op = DeBut.random(text, seed=8, dtype=dtype, backend="numba")
+    st = nbk.prepare(op.factors)
+    if text != BACK_NESTING[3]:
+        st, D = st.adjoint("T"), op.to_dense().T
+    else:
+        D = op.to_dense()
+    rng = np.random.default_rng(9)
+    for k in (W, 2 * W + 3):
+        X = random_values(rng, (k, st.Q), dtype)
+        rows, cols = [], []
+        for back in (True, False):
+            monkeypatch.setattr(cg, "_FUSE_REVERSE", back)
+            ns = _compiled(cg.generate_source(st.shapes, W))
+            rows.append(_tiles_product(ns["rows_tiles"], st, X, W, st.P, st.Q))
+            Xc = np.ascontiguousarray(X.T)
+            Yc = np.empty((st.P, k), dtype)
+            ns["cols_tiles"](st.flat, Xc.reshape(-1), Yc.reshape(-1), k, 0, (k + W - 1) // W,
+                             np.empty(st.F * W, dtype), np.empty(st.F * W, dtype),
+                             np.uint64(W), st.Q)
+            cols.append(Yc)
+        np.testing.assert_array_equal(rows[0], rows[1])
+        np.testing.assert_array_equal(cols[0], cols[1])
+        np.testing.assert_array_equal(cols[0], rows[0].T)
+        ref = X.astype(np.complex128) @ D.T.astype(np.complex128)
+        tol = 1e-4 if np.dtype(dtype).itemsize in (4, 8) and dtype != np.float64 else 1e-12
+        np.testing.assert_allclose(rows[0], ref, rtol=tol, atol=tol * np.abs(ref).max())
+
+
 # a narrowing pair fused in the step from 32 rows (change 23): (2,2,4)(2,4,8) after the
 # in-place pair (2,2,1)(2,2,2)
 NARROW_STEP = "128 <-(2,4,8)- 256 <-(2,2,4)- 256 <-(2,2,2)- 256 <-(2,2,1)- 256"

@@ -21,7 +21,8 @@ per argument is a visible part of a matvec.
     Apply the whole chain to a ``W``-wide panel held features-major in ``ba``
     (``ba[f * W + c]`` is feature ``f`` of panel column ``c``) in passes
     (:func:`panel_passes`): a pair of nesting factors whose pass maps as many inputs as
-    outputs (two ``(2,2,t)``, ``(2,2,2t)`` factors: a radix-4 step) runs as one in-place
+    outputs (two ``(2,2,t)``, ``(2,2,2t)`` factors: a radix-4 step; or ``(2,2,2t)``,
+    ``(2,2,t)`` in a transposed chain, :func:`_nests_back`) runs as one in-place
     pass with the middle values in registers, and so does a single radix-4 ``(4,4,t)``
     factor; those passes loop over a constant ``W`` columns in full tiles.  Other
     factors ping-pong between ``ba`` and ``bb``.  The result lies in ``ba`` or ``bb``
@@ -54,6 +55,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import itertools
 import math
 
 from . import _cache
@@ -70,6 +72,7 @@ _WIDE_CHUNK = 5  # at most this many terms per statement there
 # coefficients and spills: slower than pairs); only passes that can run in place
 # (as many outputs as inputs: the non-square VGG pairs ran 1.3x slower fused)
 _FUSE_MAX = 2  # most factors fused into one panel pass (1: no fusion, the old kernels)
+_FUSE_REVERSE = True  # fuse factors that nest the other way round too (change 36)
 _FUSE_RS = 8  # factors with r * s up to this can be fused
 _FUSE_VALUES = 16  # most values alive at once in a fused pass (per column)
 _FUSE_COEFS = 48  # most coefficients of a fused pass per (block, k)
@@ -321,6 +324,26 @@ def _nests(a, b) -> bool:
     return tb == ra * ta and nba == nbb * sb
 
 
+def _nests_back(a, b) -> bool:
+    """Whether factor ``b`` applied after ``a`` works inside ``a``'s blocks the other way
+    round: ``t_a = s_b t_b`` and ``nb_b = nb_a r_a`` (a transposed chain's consecutive
+    factors, whose ``t`` shrink).
+
+    Then, for each block ``B`` of ``a`` and each ``k < t_b``, the ``s_a s_b`` inputs of
+    ``a`` at features ``(B s_a s_b + j) t_b + k`` produce the ``r_a r_b`` outputs of
+    ``b`` at ``(B r_a r_b + i) t_b + k``: the mirror of :func:`_nests`, with the digits
+    of the earlier factors high and those of the later ones low.
+    """
+    nba, ra, sa, ta = a
+    nbb, rb, sb, tb = b
+    return ta == sb * tb and nbb == nba * ra
+
+
+def _backward_group(specs) -> bool:
+    """Whether a fused group's factors nest the other way round (:func:`_nests_back`)."""
+    return len(specs) > 1 and not _nests(specs[0], specs[1])
+
+
 def _fusable(spec) -> bool:
     nb, r, s, t = spec
     return r * s <= _FUSE_RS and not _wide_t1(spec)
@@ -370,8 +393,13 @@ def panel_passes(shapes, W: int | None = None) -> list:
     while n < N:
         m = 1
         if _fusable(shapes[n]):
+            # every pair of a group nests one way (the first pair's)
+            way = _nests
+            if (n + 1 < N and _FUSE_REVERSE and not _nests(shapes[n], shapes[n + 1])
+                    and _nests_back(shapes[n], shapes[n + 1])):
+                way = _nests_back
             while (n + m < N and m < _FUSE_MAX and _fusable(shapes[n + m])
-                   and _nests(shapes[n + m - 1], shapes[n + m])
+                   and way(shapes[n + m - 1], shapes[n + m])
                    and _fuses(shapes[n:n + m + 1], W)):
                 m += 1
         out.append((n, m))
@@ -405,8 +433,13 @@ def _emit_group_panel(S: _Src, ind: int, specs, vnames, src: str, dst: str, W: i
     (default all); ``rows``: as in :func:`_emit_factor_panel`.
     """
     rows = rows or W
-    nbm = specs[-1][0]
-    t1 = specs[0][3]
+    back = _backward_group(specs)
+    # the groups: blocks B of the last factor and k < t of the first one; for factors
+    # nesting the other way round, blocks of the first factor and k < t of the last
+    nbm = specs[0][0] if back else specs[-1][0]
+    t1 = specs[-1][3] if back else specs[0][3]
+    if back and blocks is not None:
+        raise ValueError("a group of factors nesting the other way round runs whole")
     rs = [sp[1] for sp in specs]
     ss = [sp[2] for sp in specs]
     prod_s, prod_r = 1, 1
@@ -418,16 +451,17 @@ def _emit_group_panel(S: _Src, ind: int, specs, vnames, src: str, dst: str, W: i
     ind2 = S.loop(ind1, k, t1)
     S.add(ind2, f"x_ = {S.mul(S.plus(S.mul(B, prod_s * t1), k), W)}")
     S.add(ind2, f"o_ = {S.mul(S.plus(S.mul(B, prod_r * t1), k), W)}")
-    # coefficient bases: V_l[B (S_above r_l s_l t_l) + k + const]
+    # coefficient bases: V_l[B (S_above r_l s_l t_l) + k + const]; the other way
+    # round V_l[B (R_below r_l s_l t_l) + k + const]
     for f_, (nb, r, s, t) in enumerate(specs):
-        above = 1
-        for s2 in ss[f_ + 1:]:
-            above *= s2
-        S.add(ind2, f"v{f_}_ = {S.plus(S.mul(B, above * r * s * t), k)}")
+        nhi, nlo = _stage_digits(specs, f_)
+        S.add(ind2, f"v{f_}_ = {S.plus(S.mul(B, (nlo if back else nhi) * r * s * t), k)}")
 
     # coefficients, loaded before the column loop: factor f_'s value for block row i,
     # column j at (high input digits jh, low output digits il) sits at
-    # v_l + jh r s t + (i s + j) t + il t_1
+    # v_l + jh r s t + (i s + j) t + il t_1; the other way round (earlier factors'
+    # output digits il high, later factors' input digits jh low) at
+    # v_l + il r s t + (i s + j) t + jh t_last
     coef = {}
     for f_, (nb, r, s, t) in enumerate(specs):
         nhi, nlo = _stage_digits(specs, f_)
@@ -437,7 +471,10 @@ def _emit_group_panel(S: _Src, ind: int, specs, vnames, src: str, dst: str, W: i
                     for j in range(s):
                         name = f"w{f_}_{jh}_{il}_{i}_{j}"
                         coef[f_, jh, il, i, j] = name
-                        off = jh * r * s * t + (i * s + j) * t + il * t1
+                        if back:
+                            off = il * r * s * t + (i * s + j) * t + jh * t1
+                        else:
+                            off = jh * r * s * t + (i * s + j) * t + il * t1
                         S.add(ind2, f"{name} = {vnames[f_]}[v{f_}_ + {S.c(off)}]")
     # in place (outputs over inputs), a full tile runs a column loop of constant trip
     # count W: LLVM then emits straight vector code with no alias checks or remainder
@@ -465,18 +502,34 @@ def _group_statements(specs) -> list:
     ``[(target, [(coefficient key, source), ...]), ...]``; a source or target is
     ``(f, idx)``, the value ``idx`` after ``f`` factors (``f = 0``: the input rows), and
     the last factor's targets are the output rows ``(len(specs), idx)``; a coefficient
-    key is ``(f, jh, il, i, j)`` as :func:`_emit_group_panel` names them.
+    key is ``(f, jh, il, i, j)`` as :func:`_emit_group_panel` names them.  A value's
+    index holds the later factors' input digits ``jh`` high and the earlier factors'
+    output digits ``il`` low, or the other way round for factors nesting that way
+    (:func:`_nests_back`).
     """
+    back = _backward_group(specs)
     out = []
     for f_, (nb, r, s, t) in enumerate(specs):
         nhi, nlo = _stage_digits(specs, f_)
-        for jh in range(nhi):
-            for i in range(r):
-                for il in range(nlo):
-                    terms = [((f_, jh, il, i, j), (f_, (jh * s + j) * nlo + il))
-                             for j in range(s)]
-                    out.append(((f_ + 1, (jh * r + i) * nlo + il), terms))
+        if back:  # statements in the order (il, i, jh)
+            keys = [(jh, il, i) for il, i, jh in
+                    itertools.product(range(nlo), range(r), range(nhi))]
+        else:  # (jh, i, il)
+            keys = list(itertools.product(range(nhi), range(nlo), range(r)))
+            keys.sort(key=lambda key: (key[0], key[2], key[1]))
+        for jh, il, i in keys:
+            terms = [((f_, jh, il, i, j), (f_, _digits_index(back, jh, il, j, s, nhi, nlo)))
+                     for j in range(s)]
+            out.append(((f_ + 1, _digits_index(back, jh, il, i, r, nhi, nlo)), terms))
     return out
+
+
+def _digits_index(back: bool, jh: int, il: int, x: int, n: int, nhi: int, nlo: int) -> int:
+    """The index of a fused group's value with the later factors' input digits ``jh``,
+    the earlier factors' output digits ``il`` and the stage's own digit ``x`` (of
+    ``n``): ``jh`` high and ``il`` low, or the other way round (``back``).
+    """
+    return (il * n + x) * nhi + jh if back else (jh * n + x) * nlo + il
 
 
 def _group_program(specs, coef: dict) -> tuple[str, list[str]]:
@@ -507,7 +560,7 @@ def _group_body(S: _Src, ind: int, specs, coef: dict, src: str, dst: str, W: int
                 trip: str) -> None:
     """The column loop of :func:`_emit_group_panel`."""
     m = len(specs)
-    t1 = specs[0][3]
+    t1 = specs[-1][3] if _backward_group(specs) else specs[0][3]
     prod_s = 1
     for sp in specs:
         prod_s *= sp[2]
@@ -788,7 +841,7 @@ def step_plan(shapes, W: int) -> tuple[int, tuple[int, ...]]:
     cur = 0  # the buffer of the current values (0: ba, which holds the gathered input)
     for n0, cnt in panel_passes(shapes, W):
         group = shapes[n0:n0 + cnt]
-        if n0 and not _nests(shapes[n0 - 1], shapes[n0]):
+        if (n0 and not _nests(shapes[n0 - 1], shapes[n0])) or _backward_group(group):
             break
         nxt = span * math.prod(sp[2] for sp in group)
         nouts = outs * math.prod(sp[1] for sp in group)
