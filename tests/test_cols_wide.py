@@ -173,5 +173,31 @@ def test_warmup_by_default_compiles_the_wide_column_tiles():
                       backend="numba")
     st = op._state(nbk, op.dtype)
     with forced_codegen(), config(threads=2):
-        assert debutla.warmup(op, layout="cols", adjoint=False) >= 0
+        assert debutla.warmup(op, layout="cols") >= 0
     assert {"rows_single", "cols_tiles", "cols_wide"} <= st.ready
+    # and the adjoint's (op.H @ Z, op.rmatmat(Z))
+    assert {"rows_single", "cols_tiles", "cols_wide"} <= st.adjoint("H").ready
+
+
+def test_adjoint_column_products_move_to_wide_tiles(kernels_seen):
+    """``op.H @ Z`` (the column layout of the adjoint): the generic kernel while the
+    transposed chain's own tiles compile, then those while its wide tiles compile, then
+    the wide tiles; the last two with the same bits."""
+    op = DeBut.random("1664 <-(2,2,2)- 1664 <-(2,2,1)- 1664", seed=29, dtype=np.float32,
+                      backend="numba")
+    st = op._state(nbk, op.dtype)
+    rng = np.random.default_rng(30)
+    with forced_codegen(), config(threads=1):
+        Z = random_values(rng, (op.shape[0], 2 * st.cW + 5), np.float32)
+        seen = []
+        for _ in range(3):
+            kernels_seen.clear()
+            seen.append((op.H @ Z, list(kernels_seen)))
+            nbk.wait_for_compiles()
+    assert [ks for _, ks in seen] == [[], ["cols_tiles"], ["cols_wide"]]  # []: generic
+    np.testing.assert_array_equal(seen[1][0], seen[2][0])
+    np.testing.assert_allclose(seen[2][0], op.to_dense().T @ Z, rtol=1e-4, atol=1e-4)
+    np.testing.assert_array_equal(op.rmatmat(Z), seen[2][0])  # the same state ("H" = "T")
+    assert {"cols_tiles", "cols_wide"} <= st.adjoint("T").ready
+    # the row layout of the adjoint keeps the transposed chain's own tiles
+    assert nbk._adjoint_kernel_name(st, "T", 4 * st.cW, "rows") == "rows_tiles"

@@ -463,8 +463,7 @@ class _State:
         the first adjoint product (or by ``debutla.warmup``); until it is ready, adjoint
         products run on the generic kernel from this state's values.
         """
-        if trans == "H" and self.dtype.kind != "c":
-            trans = "T"
+        trans = _adj_key(self, trans)
         st = self._adj.get(trans)
         if st is None:
             with self._lock:
@@ -1342,7 +1341,7 @@ def compile_kernels(state: _State, batch: int, layout: str, trans: str = "N") ->
             _run_generic(state, X, np.zeros((1, state.P), state.dtype), 1, state.Q,
                          "rows", "N")
         return
-    kname = _kernel_name(batch, layout, state if trans == "N" else None)
+    kname = _kernel_name(batch, layout, state if trans == "N" or layout == "cols" else None)
     if kname not in state.ready:
         _compile(state, kname)
 
@@ -1378,15 +1377,20 @@ def _apply(state: _State, X, out, layout: str, trans: str):
     if k == 0:
         return out
     if trans != "N":
-        kname = _kernel_name(k, layout)
+        want = kname = _adjoint_kernel_name(state, trans, k, layout)
         adj = _ready_adjoint(state, trans, k, kname)
+        if adj is None and kname in _SERVES_MEANWHILE:
+            kname = _SERVES_MEANWHILE[kname]
+            adj = _ready_adjoint(state, trans, k, kname)
         if adj is not None:
+            if kname != want and _config.get("background"):
+                _compile_in_background(adj, want)  # served by the own tiles meanwhile
             _fused_guarded(adj, kname, X, out, k)
             return out
         _generic_module()
         _run_generic(state, X, out, k, xn, layout, trans)
         if not _uses_generic(state, k) and _config.get("background"):
-            _compile_in_background(state.adjoint(trans), kname)
+            _compile_in_background(state.adjoint(trans), want)
         return out
     if _uses_generic(state, k):
         _generic_module()
@@ -1445,10 +1449,24 @@ def _ready_adjoint(state: _State, trans: str, k: int, kname: str) -> "_State | N
     """
     if _uses_generic(state, k):
         return None
-    adj = state._adj.get("T" if trans == "H" and state.dtype.kind != "c" else trans)
+    adj = state._adj.get(_adj_key(state, trans))
     if adj is None or kname not in adj.ready or _uses_generic(adj, k):
         return None
     return adj
+
+
+def _adj_key(state: _State, trans: str) -> str:
+    """The key of ``op(D)``'s state among ``state``'s adjoints (real: "H" is "T")."""
+    return "T" if trans == "H" and state.dtype.kind != "c" else trans
+
+
+def _adjoint_kernel_name(state: _State, trans: str, k: int, layout: str) -> str:
+    """The kernel of an ``op(D)`` product (``trans`` "T" or "H"): the forward's choice
+    on the transposed chain's state for the column layout, once that state is made
+    (``cols_wide``); the row layout on the transposed chain's own tiles.
+    """
+    made = state._adj.get(_adj_key(state, trans)) if layout == "cols" else None
+    return _kernel_name(k, layout, made)
 
 
 def adjoint_lane_state(state: _State, trans: str) -> "_State | None":
