@@ -344,6 +344,16 @@ def _backward_group(specs) -> bool:
     return len(specs) > 1 and not _nests(specs[0], specs[1])
 
 
+def _group_grid(specs) -> tuple[int, int]:
+    """``(blocks, t)`` of a fused group's ``(B, k)`` loop: the last factor's blocks and
+    the first factor's ``t``; the first's blocks and the last's ``t`` for factors
+    nesting the other way round.
+    """
+    if _backward_group(specs):
+        return specs[0][0], specs[-1][3]
+    return specs[-1][0], specs[0][3]
+
+
 def _fusable(spec) -> bool:
     nb, r, s, t = spec
     return r * s <= _FUSE_RS and not _wide_t1(spec)
@@ -434,10 +444,7 @@ def _emit_group_panel(S: _Src, ind: int, specs, vnames, src: str, dst: str, W: i
     """
     rows = rows or W
     back = _backward_group(specs)
-    # the groups: blocks B of the last factor and k < t of the first one; for factors
-    # nesting the other way round, blocks of the first factor and k < t of the last
-    nbm = specs[0][0] if back else specs[-1][0]
-    t1 = specs[-1][3] if back else specs[0][3]
+    nbm, t1 = _group_grid(specs)
     if back and blocks is not None:
         raise ValueError("a group of factors nesting the other way round runs whole")
     rs = [sp[1] for sp in specs]
@@ -515,8 +522,8 @@ def _group_statements(specs) -> list:
             keys = [(jh, il, i) for il, i, jh in
                     itertools.product(range(nlo), range(r), range(nhi))]
         else:  # (jh, i, il)
-            keys = list(itertools.product(range(nhi), range(nlo), range(r)))
-            keys.sort(key=lambda key: (key[0], key[2], key[1]))
+            keys = [(jh, il, i) for jh, i, il in
+                    itertools.product(range(nhi), range(r), range(nlo))]
         for jh, il, i in keys:
             terms = [((f_, jh, il, i, j), (f_, _digits_index(back, jh, il, j, s, nhi, nlo)))
                      for j in range(s)]
@@ -560,7 +567,7 @@ def _group_body(S: _Src, ind: int, specs, coef: dict, src: str, dst: str, W: int
                 trip: str) -> None:
     """The column loop of :func:`_emit_group_panel`."""
     m = len(specs)
-    t1 = specs[-1][3] if _backward_group(specs) else specs[0][3]
+    t1 = _group_grid(specs)[1]
     prod_s = 1
     for sp in specs:
         prod_s *= sp[2]

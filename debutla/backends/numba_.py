@@ -282,6 +282,18 @@ def _cache_misses(disp) -> int:
 
 
 # -- state ----------------------------------------------------------------------------
+def _widest(shapes) -> int:
+    """The most features a factor of a chain reads or writes (``(nb, r, s, t)`` each)."""
+    return max(max(nb * r * t, nb * s * t) for nb, r, s, t in shapes)
+
+
+def _blocks_fit(F: int, W: int, item: int) -> bool:
+    """Whether the two scratch blocks of ``W``-wide tiles of ``F`` features, ``item``
+    bytes each, are within the fused limit (:data:`FUSED_BYTES`).
+    """
+    return 2 * F * W * item <= 4 * FUSED_BYTES
+
+
 def tile_rows(shapes, dtype: np.dtype) -> int:
     """The rows ``W`` of the tile kernels of a chain (``(nb, r, s, t)`` per factor).
 
@@ -308,7 +320,7 @@ def tile_rows(shapes, dtype: np.dtype) -> int:
     [16, 8, 16]
     """
     item = dtype.itemsize
-    F = max(max(nb * r * t, nb * s * t) for nb, r, s, t in shapes)
+    F = _widest(shapes)
     W = max(_CONST_W_MIN, (256 if F <= _NARROW_F else 128) // item)
     sweeps = max(1.0, len(shapes) / 6)
 
@@ -323,13 +335,13 @@ def tile_rows(shapes, dtype: np.dtype) -> int:
         # not below the 8 x 8 blocks of the vector transposes (measured: 8 rows)
         while W > _cg._SIMD_BLOCK and over(W) and 2 * in_place < len(passes):
             W //= 2
-    while W > _MIN_W and 2 * F * W * item > 4 * FUSED_BYTES:
+    while W > _MIN_W and not _blocks_fit(F, W, item):
         W //= 2
     # where a tile twice a part wide would gather and step in parts (a narrowing pair in
     # the step, change 26), the tile's width serves only the passes after the step,
     # which run faster on the wider tile: ResNet float64 (change 27)
     P2 = 2 * _cg._STEP_PART
-    if (dtype.kind == "f" and W < P2 and 2 * F * P2 * item <= 4 * FUSED_BYTES
+    if (dtype.kind == "f" and W < P2 and _blocks_fit(F, P2, item)
             and _cg.step_parts(shapes, P2)):
         W = P2
     return W
@@ -353,10 +365,9 @@ def cols_width(shapes, dtype: np.dtype, W: int | None = None) -> int:
         W = tile_rows(shapes, dtype)
     if dtype.kind != "f":
         return W
-    item = dtype.itemsize
-    F = max(max(nb * r * t, nb * s * t) for nb, r, s, t in shapes)
+    item, F = dtype.itemsize, _widest(shapes)
     cW = COLS_RUN_BYTES // item
-    while cW > W and 2 * F * cW * item > 4 * FUSED_BYTES:
+    while cW > W and not _blocks_fit(F, cW, item):
         cW //= 2
     return max(W, cW) if cW % W == 0 else W
 
@@ -405,7 +416,7 @@ class _State:
         self._tflat = None  # the values with each block transposed (tflat)
         self.Q = self.shapes[0][0] * self.shapes[0][2] * self.shapes[0][3]
         self.P = self.shapes[-1][0] * self.shapes[-1][1] * self.shapes[-1][3]
-        self.F = max(max(nb * r * t, nb * s * t) for nb, r, s, t in self.shapes)
+        self.F = _widest(self.shapes)
         self.nnz = sum(nb * r * s * t for nb, r, s, t in self.shapes)
         self.W = tile_rows(self.shapes, self.dtype)
         self.cW = cols_width(self.shapes, self.dtype, self.W)
@@ -432,7 +443,7 @@ class _State:
     def fused(self) -> bool:
         """Whether this chain may use its specialised kernels (settings and width)."""
         return (not self.broken and _config.get("fused")
-                and 2 * self.F * self.W * self.dtype.itemsize <= 4 * FUSED_BYTES)
+                and _blocks_fit(self.F, self.W, self.dtype.itemsize))
 
     def _make_vflat(self) -> np.ndarray:
         if not self._vt:
