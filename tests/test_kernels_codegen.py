@@ -9,6 +9,8 @@ full tiles (the constant-width column loop) and partial ones (the run-time-width
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 
@@ -63,8 +65,12 @@ def test_panel_passes_fuse_narrowing_pairs_from_tiles_of_16_rows():
     assert cg.panel_passes(lenet, 8) == [(0, 1), (1, 1), (2, 1), (3, 2)]
 
 
+@functools.lru_cache(maxsize=None)
 def _compiled(src: str) -> dict:
-    """The functions of a generated kernel module's source, compiled in memory."""
+    """The functions of a generated kernel module's source, compiled in memory (once per
+    source in the session: the tests compare variants of one module across batches, and
+    Numba compiles a function on its first call; the namespace is read, never changed).
+    """
     ns: dict = {}
     exec(compile(src.replace("cache=True", "cache=False"), "<kernels>", "exec"), ns)
     return ns
