@@ -5,7 +5,9 @@ Usage::
 
     python benchmarks/bench_kernels.py                       # 5 chains x f32/f64 x 1/16/256
     python benchmarks/bench_kernels.py --chains butterfly --batches 256 --dtypes float32
-    python benchmarks/bench_kernels.py --set _FUSE_MAX=1     # A/B a generator constant
+    python benchmarks/bench_kernels.py --set _FUSE_MAX=1     # set a generator constant
+    python benchmarks/bench_kernels.py --ab _FUSE_REVERSE=False --product adjoint-rows \
+        --chains butterfly vgg --batches 256 --rounds 7      # A/B of change 36
     python benchmarks/bench_kernels.py --scaling --threads 1 2 --chains vgg butterfly \
         --dtypes float32 --batches 16 256 --rounds 9          # thread scaling
 
@@ -49,6 +51,22 @@ depth's median time and the slowest depth: a kernel whose register spills land o
 stack is as fast as the stack position the caller happens to give it
 (``_numba_stack``, ``README_kernels.md`` change 8).
 
+``--product`` chooses the product every mode times (default ``rows``):
+
+* ``rows``: ``op.matmat_rows(X, out=Y)``, ``X`` of shape ``(k, n)`` (``apply_rows``);
+* ``cols``: ``op.matmat(X, out=Y)``, ``X`` of shape ``(n, k)`` (``apply_cols``): the
+  layout of ``op @ X`` and of scipy's ``LinearOperator.matmat``;
+* ``adjoint-rows``: ``op.H.matmat_rows(Z, out=Y)``, ``Z`` of shape ``(k, m)``: the
+  product of ``Z @ op`` (``apply_rows(..., trans="H")``), which runs on the transposed
+  chain's kernels;
+* ``adjoint-cols``: ``op.rmatmat(Z, out=Y)``, ``Z`` of shape ``(m, k)``
+  (``apply_cols(..., trans="H")``).
+
+The roofline is the same for all four (the same bytes and flops).  ``--ab`` takes the
+constants of :mod:`debutla.backends.numba_` too (e.g. ``_COLS_WIDE=False``, the column
+tiles of the chain's own width, before change 35): they are set around each of
+``old``'s timings instead of building other kernel modules.
+
 ``--scaling`` answers another question: what does a second (third, ...) thread buy?
 For each case it times ``op.matmat_rows(X, out=Y)`` under ``debutla.config(threads=k)``
 for every ``k`` of ``--threads``, interleaved in each of ``--rounds`` rounds (the order
@@ -68,6 +86,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import argparse  # noqa: E402
+import contextlib  # noqa: E402
 import statistics  # noqa: E402
 import time  # noqa: E402
 
@@ -154,15 +173,54 @@ def _finish(args, lines: list) -> int:
     return 0
 
 
+#: ``--product``: the products the benchmark can time (see the module's docstring).
+PRODUCTS = ("rows", "cols", "adjoint-rows", "adjoint-cols")
+
+
+def product_io(product: str, op: DeBut, k: int, rng) -> tuple:
+    """``(X, Y)``: an input of ``k`` rows or columns for ``product`` and its output."""
+    m, n = op.shape
+    fin, fout = (m, n) if product.startswith("adjoint") else (n, m)
+    dt = op.dtype
+    if product.endswith("cols"):
+        return rng.standard_normal((fin, k)).astype(dt), np.empty((fout, k), dt)
+    return rng.standard_normal((k, fin)).astype(dt), np.empty((k, fout), dt)
+
+
+def op_call(product: str, op: DeBut):
+    """``f(X, Y)``: ``product`` through the operator's public method, written in ``Y``."""
+    if product == "rows":
+        return lambda X, Y: op.matmat_rows(X, out=Y)
+    if product == "cols":
+        return lambda X, Y: op.matmat(X, out=Y)
+    if product == "adjoint-cols":
+        return lambda X, Y: op.rmatmat(X, out=Y)
+    opH = op.H  # Z @ conj(op): op's state, trans "H" (as Z @ op for a real op)
+    return lambda X, Y: opH.matmat_rows(X, out=Y)
+
+
+def backend_call(product: str):
+    """``f(state, X, Y)``: ``product`` on the Numba backend alone (no operator)."""
+    trans = "H" if product.startswith("adjoint") else "N"
+    apply = nbk.apply_cols if product.endswith("cols") else nbk.apply_rows
+    return lambda st, X, Y: apply(st, X, out=Y, trans=trans)
+
+
+def compile_product(product: str, st, k: int) -> None:
+    """Compile (now) the kernel that ``product`` of ``k`` runs on from state ``st``."""
+    with config(background=False):
+        nbk.compile_kernels(st, k, "cols" if product.endswith("cols") else "rows",
+                            "H" if product.startswith("adjoint") else "N")
+
+
 def _cases(args, rng):
-    """``(chain name, dtype, batch, operator, X, Y)`` for every case of the command line."""
+    """``(chain name, dtype, batch, operator, X, Y)`` for every case of the command line
+    (``X`` and ``Y`` shaped for ``args.product``)."""
     for cname in args.chains:
         for dtn in args.dtypes:
             op = DeBut.random(ALL_CHAINS[cname], seed=1, dtype=dtn, backend="numba")
-            m, n = op.shape
             for k in args.batches:
-                yield (cname, dtn, k, op, rng.standard_normal((k, n)).astype(dtn),
-                       np.empty((k, m), dtn))
+                yield (cname, dtn, k, op, *product_io(args.product, op, k, rng))
 
 
 def roofline(op: DeBut, k: int, bw: float, peak: float) -> float:
@@ -179,6 +237,8 @@ def main(argv=None) -> int:
     ap.add_argument("--batches", nargs="*", type=int, default=[1, 16, 256])
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--budget", type=float, default=0.4, help="seconds per kernel timing")
+    ap.add_argument("--product", default="rows", choices=PRODUCTS,
+                    help="the product timed (default rows: op.matmat_rows)")
     ap.add_argument("--set", nargs="*", default=[], metavar="NAME=VALUE",
                     help="override _numba_codegen constants (A/B runs)")
     ap.add_argument("--ab", nargs="*", default=[], metavar="NAME=VALUE",
@@ -197,13 +257,21 @@ def main(argv=None) -> int:
                          "and on the executor alone (config(spin=False)), interleaved")
     args = ap.parse_args(argv)
 
-    def parse(items: list) -> dict:
-        out = {}
+    def parse(items: list, backend: bool = False) -> dict:
+        """``NAME=VALUE`` items as {name: value}: constants of the generator, and of the
+        backend too when ``backend`` (those come back in ``out["backend"]``)."""
+        out: dict = {}
         for item in items:
             name, _, value = item.partition("=")
-            if not hasattr(cg, name):
-                ap.error(f"_numba_codegen has no constant {name!r}")
-            out[name] = type(getattr(cg, name))(eval(value, {}))  # noqa: S307
+            mod = cg if hasattr(cg, name) else nbk if backend and hasattr(nbk, name) else None
+            if mod is None or callable(getattr(mod, name)):
+                ap.error(f"_numba_codegen{' or numba_' if backend else ''} has no constant "
+                         f"{name!r}")
+            v = type(getattr(mod, name))(eval(value, {}))  # noqa: S307
+            if mod is nbk:
+                out.setdefault("backend", {})[name] = v
+            else:
+                out[name] = v
         return out
 
     for name, value in parse(args.set).items():
@@ -215,22 +283,25 @@ def main(argv=None) -> int:
             ap.error("--ab-width must be at least 1")
         return run_ab(args, {}, width=args.ab_width)
     if args.ab:
-        return (run_depths if args.depths > 1 else run_ab)(args, parse(args.ab))
+        return (run_depths if args.depths > 1 else run_ab)(args, parse(args.ab, backend=True))
     if args.scaling:
         if not args.threads or min(args.threads) < 1:
             ap.error("--threads needs positive thread counts")
         return run_scaling(args)
-    machine, rng, head = _start(f"# bench_kernels: {' '.join(sys.argv[1:]) or '(defaults)'}")
+    machine, rng, head = _start(f"# bench_kernels: {' '.join(sys.argv[1:]) or '(defaults)'}"
+                                f"; product {args.product}")
     rows = []
     for cname, dtn, k, op, X, Y in _cases(args, rng):
         # compile / load the kernel and wait for it (a cold cache would otherwise time
         # the generic kernel that serves products while the chain's kernel compiles)
-        debutla.warmup(op, batch=k, layout="rows", adjoint=False)
-        op.matmat_rows(X, out=Y)
+        debutla.warmup(op, batch=k, layout="cols" if args.product.endswith("cols") else "rows",
+                       adjoint=args.product.startswith("adjoint"))
+        call = op_call(args.product, op)
+        call(X, Y)
         times, ratios = [], []
         for _ in range(args.rounds):
             bw, peak = machine.measure(dtn)
-            t = tmin(lambda: op.matmat_rows(X, out=Y), args.budget)
+            t = tmin(lambda: call(X, Y), args.budget)
             times.append(t)
             ratios.append(t / roofline(op, k, bw, peak))
         rows.append((cname, dtn, k, op, times, statistics.median(ratios)))
@@ -273,40 +344,65 @@ def at_depth(depth: int, fn):
     return list(map(lambda _: at_depth(depth - 1, fn), (0,)))[0]
 
 
-def _state_with(op: DeBut, overrides: dict, width: int | None = None):
-    """A kernel state of ``op`` whose modules (wide and narrow) use ``overrides``, with
-    tiles of ``width`` rows instead of the backend's own when given."""
+def _state_with(op: DeBut, overrides: dict, width: int | None = None,
+                adjoint: bool = False):
+    """A kernel state of ``op`` whose modules (own, narrow and wide column tiles) use
+    the generator ``overrides``, with tiles of ``width`` rows instead of the backend's
+    own when given; with ``adjoint``, its transposed chain's state (the one adjoint
+    products run on) made now, likewise.
+    """
     st = nbk.prepare(op.factors)
-    if width is not None:
-        st.W = width
-        # the compiled-kernel bookkeeping is per chain, tile width and dtype
-        st.ready = nbk._READY.setdefault((st.shapes, width, st.dkey), set())
-        st.pending = nbk._PENDING.setdefault((st.shapes, width, st.dkey), set())
-    st._mod = _module_with(st, overrides)
-    st._nmod = _module_with(st, overrides, nbk.NARROW_W)  # batches 3-16 of wide tiles
+    overrides = {n: v for n, v in overrides.items() if n != "backend"}
+    for s in (st, st.adjoint("H")) if adjoint else (st,):
+        if width is not None:
+            s.W = width
+            # the compiled-kernel bookkeeping is per chain, tile width and dtype
+            s.ready = nbk._READY.setdefault((s.shapes, width, s.dkey), set())
+            s.pending = nbk._PENDING.setdefault((s.shapes, width, s.dkey), set())
+        s._mod = _module_with(s, overrides)
+        s._nmod = _module_with(s, overrides, nbk.NARROW_W)  # batches 3-16 of wide tiles
+        s._cmod = _module_with(s, overrides, s.cW)  # column products' full wide tiles
     return st
+
+
+@contextlib.contextmanager
+def backend_set(overrides: dict):
+    """The backend constants of ``overrides["backend"]`` set for the ``with`` body."""
+    saved = {n: getattr(nbk, n) for n in overrides.get("backend", {})}
+    try:
+        for n, v in overrides.get("backend", {}).items():
+            setattr(nbk, n, v)
+        yield
+    finally:
+        for n, v in saved.items():
+            setattr(nbk, n, v)
 
 
 def run_depths(args, overrides: dict) -> int:
     """The A/B of ``--ab`` with every timing taken from ``--depths`` call depths."""
     machine, rng, head = _start(f"# bench_kernels A/B over {args.depths} call depths: new = "
-                                f"generator defaults, old = {overrides}")
+                                f"generator defaults, old = {overrides}; product "
+                                f"{args.product}")
+    call = backend_call(args.product)
+    adjoint = args.product.startswith("adjoint")
     rows = []
     for cname, dtn, k, op, X, Y in _cases(args, rng):
         states = {}
         for label, ov in (("new", {}), ("old", overrides)):
-            st = _state_with(op, ov)
-            with config(background=False):  # compile now: time the chain's kernel
-                nbk.apply_rows(st, X, out=Y)
-            states[label] = st
+            st = _state_with(op, ov, adjoint=adjoint)
+            compile_product(args.product, st, k)  # time the chain's kernel
+            with backend_set(ov):
+                call(st, X, Y)
+            states[label] = (st, ov)
         times: dict = {lb: {d: [] for d in range(args.depths)} for lb in states}
         for rd in range(args.rounds):
             machine.measure(dtn)
             for d in range(args.depths):
-                for lb, st in (states.items() if (rd + d) % 2 == 0
-                               else list(states.items())[::-1]):
-                    times[lb][d].append(at_depth(d, lambda st=st: tmin(
-                        lambda: nbk.apply_rows(st, X, out=Y), args.budget / args.depths)))
+                for lb, (st, ov) in (states.items() if (rd + d) % 2 == 0
+                                     else list(states.items())[::-1]):
+                    with backend_set(ov):
+                        times[lb][d].append(at_depth(d, lambda st=st: tmin(
+                            lambda: call(st, X, Y), args.budget / args.depths)))
         per = {lb: sorted(statistics.median(v) for v in times[lb].values()) for lb in states}
         med = {lb: statistics.median(v) for lb, v in per.items()}
         rows.append((cname, dtn, k, per, med))
@@ -329,32 +425,34 @@ def run_ab(args, overrides: dict, width: int | None = None) -> int:
     what = f"tiles of {width} rows" if width is not None else str(overrides)
     threads = args.threads[0] if width is not None and len(args.threads) == 1 else 1
     machine, rng, head = _start(f"# bench_kernels A/B: new = generator defaults, "
-                                f"old = {what}; threads {threads}")
+                                f"old = {what}; threads {threads}; product {args.product}")
     set_defaults(threads=threads)
+    call = backend_call(args.product)
+    adjoint = args.product.startswith("adjoint")
     rows = []
     for cname in args.chains:
         for dtn in args.dtypes:
             op = DeBut.random(ALL_CHAINS[cname], seed=1, dtype=dtn, backend="numba")
-            m, n = op.shape
-            states = {label: _state_with(op, ov, w)
+            states = {label: (_state_with(op, ov, w, adjoint), ov)
                       for label, ov, w in (("new", {}, None), ("old", overrides, width))}
             for k in args.batches:
-                X = rng.standard_normal((k, n)).astype(dtn)
-                Ys = {lb: np.empty((k, m), dtn) for lb in states}
-                for lb, st in states.items():
-                    with config(background=False):  # compile now: time the chain's kernel
-                        nbk.apply_rows(st, X, out=Ys[lb])
+                X, Y0 = product_io(args.product, op, k, rng)
+                Ys = {lb: np.empty_like(Y0) for lb in states}
+                for lb, (st, ov) in states.items():
+                    compile_product(args.product, st, k)  # time the chain's kernel
+                    with backend_set(ov):
+                        call(st, X, Ys[lb])
                 scale = np.abs(Ys["old"]).max()
                 if np.abs(Ys["new"] - Ys["old"]).max() > 1e-3 * scale:
                     raise AssertionError(f"{cname} {dtn} k={k}: variants disagree")
-                times = {lb: [] for lb in states}
-                peaks = []
-                for _ in range(args.rounds):
-                    peaks.append(machine.measure(dtn))
-                    for lb, st in states.items():
+                times: dict = {lb: [] for lb in states}
+                for rd in range(args.rounds):
+                    machine.measure(dtn)
+                    for lb, (st, ov) in (states.items() if rd % 2 == 0
+                                         else list(states.items())[::-1]):
                         Y = Ys[lb]
-                        times[lb].append(tmin(lambda: nbk.apply_rows(st, X, out=Y),
-                                              args.budget))
+                        with backend_set(ov):
+                            times[lb].append(tmin(lambda: call(st, X, Y), args.budget))
                 paired = statistics.median(o / nw for o, nw in zip(times["old"], times["new"]))
                 rows.append((cname, dtn, k, op, times, paired))
                 print(f"{cname:10s} {dtn:8s} k={k:5d}  new best {min(times['new']) * 1e6:9.1f} us"
@@ -377,7 +475,7 @@ def run_scaling(args) -> int:
 
     machine, rng, head = _start(f"# bench_kernels --scaling: threads {args.threads}"
                                 f"{' (--pool-ab)' if args.pool_ab else ''}, "
-                                f"op.matmat_rows(X, out=Y), BLAS pinned to one thread")
+                                f"product {args.product}, BLAS pinned to one thread")
     # variants: (threads, spinning pool); --pool-ab adds the executor for threads > 1
     ths = [(th, True) for th in args.threads]
     if args.pool_ab:
@@ -394,16 +492,17 @@ def run_scaling(args) -> int:
 
     rows = []
     for cname, dtn, k, op, X, Y in _cases(args, rng):
-        with config(background=False):
-            want = op.matmat_rows(X)  # compile / load the kernel
+        debutla.warmup(op, batch=k, layout="cols" if args.product.endswith("cols") else "rows",
+                       adjoint=args.product.startswith("adjoint"))  # compile / load
+        call = op_call(args.product, op)
+        want = call(X, Y).copy()
         for v in ths:
-            if not np.array_equal(timed(v, lambda: op.matmat_rows(X, out=Y)), want):
+            if not np.array_equal(timed(v, lambda: call(X, Y)), want):
                 raise AssertionError(f"{cname} {dtn} k={k}: {label(v)} changes the result")
         times: dict = {v: [] for v in ths}
         for rd in range(args.rounds):
             for v in (ths if rd % 2 == 0 else ths[::-1]):
-                times[v].append(timed(v, lambda: tmin(lambda: op.matmat_rows(X, out=Y),
-                                                      args.budget)))
+                times[v].append(timed(v, lambda: tmin(lambda: call(X, Y), args.budget)))
         ups = {v: statistics.median(a / b for a, b in zip(times[ths[0]], times[v]))
                for v in ths}
         rows.append((cname, dtn, k, times, ups))

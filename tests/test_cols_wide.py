@@ -132,6 +132,9 @@ def test_wide_tiles_only_where_they_keep_every_thread(monkeypatch):
     assert cst.cW == cst.W
     with config(threads=1):
         assert nbk._kernel_name(8 * cst.W, "cols", cst) == "cols_tiles"
+    monkeypatch.setattr(nbk, "_COLS_WIDE", False)  # the A/B switch of bench_kernels.py
+    with config(threads=1):
+        assert nbk._kernel_name(4 * st.cW, "cols", st) == "cols_tiles"
 
 
 def test_own_tiles_serve_while_the_wide_ones_compile(kernels_seen):

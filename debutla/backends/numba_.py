@@ -151,6 +151,7 @@ _ROWS_SINGLE_MAX = 2  # batches up to this run one row at a time (else tiles)
 #: per line: 64-byte runs (16 float32 columns) took 1.1-1.8x the time of 256-byte runs
 #: (``benchmarks/README_kernels.md``, change 35).
 COLS_RUN_BYTES = 256
+_COLS_WIDE = True  # False: column products on the own tiles only (before change 35)
 #: One batch size per kernel a product can run on (``debutla.warmup``'s default):
 #: ``rows_single``; ``rows_narrow`` where the chain's tiles are wider than NARROW_W;
 #: ``rows_tiles`` and ``cols_tiles``; ``cols_wide`` (256 columns: four float32 wide
@@ -1064,6 +1065,8 @@ def _wide_cols(state: _State, k: int) -> bool:
     full wide tiles as the threads the chain's own tiles would split over need (one on
     one thread, two a thread beyond), so that the wider tiles never cost a thread.
     """
+    if not _COLS_WIDE:
+        return False
     nfull = k // state.cW
     nth = _split_threads((k + state.W - 1) // state.W, state.nnz * k)
     return nfull >= (1 if nth == 1 else _MIN_TASKS_PER_THREAD * nth)
