@@ -93,9 +93,13 @@ def _function(src: str, name: str) -> str:
 
 def _passes(src: str) -> str:
     """The source of the functions holding the chain's panel passes: ``chain_buf``, or
-    the ``step_blocks`` and ``chain_rest`` it calls where row tiles gather in steps."""
+    the ``step_blocks`` and ``chain_rest`` it calls where row tiles gather in steps, or
+    the ``chain_head`` and ``step_tail`` where they run their last passes in steps."""
     if "def step_blocks(" in src:
         return _function(src, "step_blocks") + _function(src, "chain_rest")
+    if "def step_tail(" in src:
+        head = _function(src, "chain_head") if "def chain_head(" in src else ""
+        return head + _function(src, "step_tail")
     return _function(src, "chain_buf")
 
 
@@ -218,6 +222,84 @@ def test_groups_nesting_the_other_way_round_bitwise_equal_to_unfused(monkeypatch
 NARROW_STEP = "128 <-(2,4,8)- 256 <-(2,2,4)- 256 <-(2,2,2)- 256 <-(2,2,1)- 256"
 # VGG's shape of chain, smaller: a wide t = 1 factor (8,9,1), then (2,2,t) and a (2,4,t)
 VGG_LIKE = "64 <-(2,4,32)- 128 <-(2,2,16)- 128 <-(2,2,8)- 128 <-(8,9,1)- 144"
+
+
+# tails in steps (change 37): the last pass alone, 60 blocks in steps of 24 and 12 left
+# (P = 180: 4 features a row left of the 8 x 8 scatter); the rest in transposed chains
+TAIL_LAST = "180 <-(3,4,1)- 240 <-(3,2,4)- 160"
+BUTTERFLY_256 = str(Chain.butterfly(256))
+
+
+def test_tail_plans():
+    """Which passes run in steps before the scatter: the last ones while each has a
+    multiple of the blocks of the one before, their blocks span at most 64 outputs, and
+    no pass writes more into the buffer of the step's input than the step reads; none
+    for chains that gather in steps, whose last factor has t > 1, or on tiles that are
+    not a multiple of 8 rows."""
+    plan = cg.tail_plan
+    bfly = tuple(nbk.prepare(DeBut.random(BUTTERFLY_256, seed=1).factors).adjoint("T").shapes)
+    assert cg.panel_passes(bfly, 16) == [(0, 2), (2, 2), (4, 2), (6, 2)]
+    assert plan(bfly, 16) == (1, 1, (64, 16, 4))  # 4 steps of the pass (1, 2, 2, 32)...
+    assert plan(tuple(_shapes(BUTTERFLY_256)), 16) == (0, 0, ())  # forward: t > 1 last
+    assert plan(bfly, 12) == (0, 0, ())
+    # the first pass would leave the step's input for the last one's 180 outputs
+    assert plan(tuple(_shapes(TAIL_LAST)), 16) == (1, 24, (3,))
+    # a block of the last pass would read outputs of two blocks of the first
+    assert plan(((2, 3, 2, 2), (3, 2, 4, 1)), 16) == (1, 3, (2,))
+    # a block of 72 outputs: lcm(8, 72) = 72, within twice _STEP_MAX
+    assert plan(((1, 4, 2, 32), (4, 2, 2, 16), (8, 2, 2, 8), (16, 9, 8, 1)), 8) == (
+        1, 2, (36, 9))
+    # LeNet's transposed chain: a block of 25 outputs (lcm(8, 25) = 200): none
+    lenet_t = nbk.prepare(DeBut.random(NARROWING, seed=1).factors).adjoint("T").shapes
+    assert plan(tuple(lenet_t), 32) == (0, 0, ())
+    fwd = tuple(_shapes(MIXED))
+    assert cg.step_plan(fwd, 16)[0] and plan(fwd, 16) == (0, 0, ())
+
+
+def test_tail_steps_only_where_a_step_keeps_8_rows_per_l1_set():
+    """Rows 4 KiB apart share an L1 set: the steps write all W rows of the tile at once,
+    so they run only for item sizes that leave at most 8 rows a set (change 37)."""
+    sizes = cg.tail_itemsizes
+    assert sizes(4608, 16) == (4,) and sizes(4608, 8) == (4, 8, 16)  # VGG's transposed chain
+    assert sizes(4096, 16) == () and sizes(4096, 8) == (4, 8, 16)  # the 4096 butterfly's
+    assert sizes(2187, 32) == (4, 8, 16) and sizes(180, 16) == (4, 8, 16)
+    bfly = tuple(nbk.prepare(DeBut.random(BUTTERFLY_256, seed=1).factors).adjoint("T").shapes)
+    assert sizes(256, 16) == (4, 8)
+    src = cg.generate_source(bfly, 16)
+    assert "if w == _u16 and (out.itemsize == 4 or out.itemsize == 8):" in src
+    assert "step_tail(" not in cg.generate_source(bfly, 64)  # 64 rows 1 KiB apart
+    assert "if w == _u16:" in cg.generate_source(tuple(_shapes(TAIL_LAST)), 16)
+
+
+@pytest.mark.parametrize("text, dtype, W, transposed", [
+    (TAIL_LAST, np.float32, 16, False),
+    (VGG_LIKE, np.float64, 8, True),  # a fused pair and the last factor, in 2 steps
+    (BUTTERFLY_256, np.float32, 16, True),  # three in-place pairs, 4 steps
+    (TAIL_LAST, np.complex128, 16, False)])
+def test_tail_steps_same_bits(monkeypatch, text, dtype, W, transposed):
+    """Full row tiles run the tail's passes in steps, each scattered at once (change
+    37): bitwise the products of the whole tile's passes then its scatter, and the dense
+    product, on full and partial tiles and inputs of fewer features."""
+    op = DeBut.random(text, seed=11, dtype=dtype, backend="numba")
+    st = nbk.prepare(op.factors)
+    D = op.to_dense()
+    if transposed:
+        st, D = st.adjoint("T"), D.T
+    assert cg.tail_plan(st.shapes, W)[1]
+    kernels = []
+    for on in (True, False):
+        monkeypatch.setattr(cg, "_TAIL_STEPS", on)
+        src = cg.generate_source(st.shapes, W)
+        assert ("step_tail(" in src) == on
+        kernels.append(_compiled(src)["rows_tiles"])
+    rng = np.random.default_rng(12)
+    for k, xn in ((W, st.Q), (2 * W + 3, st.Q), (W, st.Q - 3)):
+        X = random_values(rng, (k, xn), dtype)
+        outs = [_tiles_product(kern, st, X, W, st.P, xn) for kern in kernels]
+        np.testing.assert_array_equal(outs[0], outs[1])
+        ref = X.astype(np.complex128) @ D[:, :xn].T.astype(np.complex128)
+        tol = 1e-4 if np.dtype(dtype) in (np.float32, np.complex64) else 1e-12
+        np.testing.assert_allclose(outs[0], ref, rtol=tol, atol=tol * np.abs(ref).max())
 
 
 def test_vector_steps_only_where_a_step_is_one_64_byte_vector():

@@ -445,8 +445,6 @@ def _emit_group_panel(S: _Src, ind: int, specs, vnames, src: str, dst: str, W: i
     rows = rows or W
     back = _backward_group(specs)
     nbm, t1 = _group_grid(specs)
-    if back and blocks is not None:
-        raise ValueError("a group of factors nesting the other way round runs whole")
     rs = [sp[1] for sp in specs]
     ss = [sp[2] for sp in specs]
     prod_s, prod_r = 1, 1
@@ -869,6 +867,96 @@ def step_plan(shapes, W: int) -> tuple[int, tuple[int, ...]]:
     return base * max(1, -(-_FUSE_GATHER_MIN // base)), tuple(spans)
 
 
+_TAIL_STEPS = True  # full row tiles run the last passes in steps, each scattered (change 37)
+_TAIL_MIN = 64  # output features scattered per step, at least
+_TAIL_SET_ROWS = 8  # most output rows of a step whose lines share an L1 set (4 KiB apart)
+
+
+def tail_itemsizes(P: int, W: int) -> tuple[int, ...]:
+    """The item sizes (4, 8, 16 bytes) whose products of ``P`` outputs a row run the
+    tail steps of :func:`tail_plan` on tiles of ``W`` rows.
+
+    A step writes all ``W`` rows of the tile before the next, where the whole tile's
+    scatter writes 8 rows at a time: rows a multiple of 4 KiB apart fall in the same
+    L1 set, and more than :data:`_TAIL_SET_ROWS` of them there (the L1 has 12 ways)
+    evict the tile's own scratch (the 4096 butterfly's transposed chain, float32 on
+    16-row tiles: 0.88-1.0x with the steps, VGG's 4608 outputs 1.09-1.32x; change 37).
+
+    Examples
+    --------
+    >>> tail_itemsizes(4608, 16), tail_itemsizes(4608, 8), tail_itemsizes(4096, 16)
+    ((4,), (4, 8, 16), ())
+    """
+    return tuple(isz for isz in (4, 8, 16)
+                 if W * math.gcd(P * isz, 4096) <= _TAIL_SET_ROWS * 4096)
+
+
+def tail_plan(shapes, W: int) -> tuple[int, int, tuple[int, ...]]:
+    """``(p0, G, spans)``: a full row tile runs the chain's panel passes from ``p0`` on
+    in steps of ``G`` blocks of pass ``p0`` and scatters each step's outputs to the
+    product's rows while they are in L1 or near it; ``spans[i]``: the chain's output
+    features behind one block of pass ``p0 + i``.  ``(0, 0, ())`` where the row tiles
+    run every pass on the whole tile first.
+
+    The mirror of :func:`step_plan` for chains whose last factor has ``t = 1``: the
+    transposed chains of adjoint products (``Z @ op``), whose first factor has
+    ``t > 1`` and so no gather step.  Every panel pass reads and writes its blocks'
+    features as adjacent ranges (a block of ``nb`` of a single factor, a ``B`` of a
+    fused group: :func:`_group_grid`), so a block of a pass and the blocks of the
+    passes after it that read its outputs form a closed product whenever each pass has
+    a multiple of the blocks of the one before; the last passes join while they do,
+    while a block spans at most :data:`_STEP_MAX` output features (``lcm(8, span)`` at
+    most twice that), and while no pass writes, per step, more features into the
+    buffer that holds pass ``p0``'s input than pass ``p0`` reads from it (the next
+    steps' inputs lie beyond them).  A step covers a multiple of ``lcm(8, span)``
+    output features, at least :data:`_FUSE_GATHER_MIN`.  Chains whose full tiles
+    gather in steps (:func:`step_plan`) keep that plan only.
+
+    Examples
+    --------
+    >>> tail_plan(((1, 2, 2, 4), (2, 2, 2, 2), (4, 2, 2, 1)), 16)  # an 8-point butterfly
+    (0, 1, (8, 2))
+    >>> tail_plan(((4, 2, 2, 1), (2, 2, 2, 2), (1, 2, 2, 4)), 16)  # forward: a gather step
+    (0, 0, ())
+    """
+    none = (0, 0, ())
+    if not (_TAIL_STEPS and _SIMD_TRANSPOSE and W % _SIMD_BLOCK == 0):
+        return none
+    if shapes[-1][3] != 1 or step_plan(shapes, W)[0]:
+        return none
+    passes = panel_passes(shapes, W)
+    P = shapes[-1][0] * shapes[-1][1] * shapes[-1][3]
+    # the buffer each pass reads, and its input and output sizes
+    cur, reads = 0, []
+    for n0, cnt in passes:
+        reads.append(cur)
+        cur = cur if _pass_in_place(shapes, n0, cnt) else 1 - cur
+    writes = [reads[i + 1] if i + 1 < len(passes) else cur for i in range(len(passes))]
+    grid = [_group_grid(shapes[n0:n0 + cnt])[0] for n0, cnt in passes]
+    size_in = [shapes[n0][0] * shapes[n0][2] * shapes[n0][3] for n0, cnt in passes]
+    size_out = [shapes[n0 + cnt - 1][0] * shapes[n0 + cnt - 1][1] * shapes[n0 + cnt - 1][3]
+                for n0, cnt in passes]
+    p0 = None
+    for p in range(len(passes) - 1, -1, -1):
+        span = P // grid[p]
+        if p < len(passes) - 1 and grid[p + 1] % grid[p]:
+            break  # a block of pass p + 1 would read outputs of two blocks of pass p
+        if span > _STEP_MAX or math.lcm(_SIMD_BLOCK, span) > 2 * _STEP_MAX:
+            break
+        if any(writes[q] == reads[p] and size_out[q] > size_in[p]
+               for q in range(p, len(passes))):
+            break
+        p0 = p
+        if len(passes) - p >= _STEP_PASSES:
+            break
+    if p0 is None:
+        return none
+    span = P // grid[p0]
+    base = math.lcm(_SIMD_BLOCK, span)
+    CF = base * max(1, -(-_TAIL_MIN // base))
+    return p0, min(CF // span, grid[p0]), tuple(P // grid[p] for p in range(p0, len(passes)))
+
+
 def _steps_safe(writes) -> bool:
     """Whether passes that write, per step, ``outs / span`` times the step's features
     into buffer ``dst`` (``writes``: ``(dst, outs, span)`` in order) leave every value a
@@ -938,6 +1026,43 @@ def _fused_gather_lines(S: _Src, Q: int, W: int, CF: int, parts: bool) -> list[s
     return out
 
 
+def _scatter8_lines(S: _Src, L: int, W: int, fin: str, flo: str, n: int) -> list[str]:
+    """Lines scattering features ``flo .. flo + n - 1`` (``flo`` a multiple of 8) of a
+    full tile's features-major ``fin`` to its ``W`` rows of ``out`` (``L`` features a
+    row): ``8 x 8`` vector transposes, rows outer as the whole tile's scatter, and the
+    last ``n % 8`` features one by one.
+    """
+    V, Lc, Wc = _SIMD_BLOCK, S.c(L), S.c(W)
+    out = []
+    if n >= V:
+        out += [f"for cb in range({S.c(0)}, {Wc}, {S.c(V)}):",
+                f"    rb = (c0 + cb) * {Lc}",
+                f"    for fb in range({flo}, {S.plus(flo, S.c(n - n % V))}, {S.c(V)}):",
+                f"        transpose8({fin}, fb * {Wc} + cb, {Wc}, out, rb + fb, {Lc})"]
+    if n % V:
+        out += [f"for f in range({S.plus(flo, S.c(n - n % V))}, {S.plus(flo, S.c(n))}):",
+                f"    for c_ in range({Wc}):",
+                f"        out[(c0 + c_) * {Lc} + f] = {fin}[f * {Wc} + c_]"]
+    return out
+
+
+def _tail_step_lines(S: _Src, P: int, W: int, fin: str, nblocks: int, G: int,
+                     span: int) -> list[str]:
+    """Lines of a full row tile's tail (:func:`tail_plan`): ``step_tail`` on ``G`` of
+    the ``nblocks`` blocks of its first pass at a time (each ``span`` output features),
+    and the step's ``G span`` outputs scattered at once; the blocks left last.
+    """
+    nst, rem = divmod(nblocks, G)
+    out = [f"for st_ in range({S.c(nst)}):",
+           f"    bs_ = st_ * {S.c(G)}",
+           f"    step_tail(V, ba, bb, min(wr, wq), bs_, bs_ + {S.c(G)})"]
+    out += ["    " + ln for ln in _scatter8_lines(S, P, W, fin, f"bs_ * {S.c(span)}", G * span)]
+    if rem:
+        out += [f"step_tail(V, ba, bb, min(wr, wq), {S.c(nst * G)}, {S.c(nblocks)})"]
+        out += _scatter8_lines(S, P, W, fin, S.c(nst * G * span), rem * span)
+    return out
+
+
 _DECOR = "@njit(cache=True, nogil=True, fastmath={'contract'}, error_model='numpy')"
 _WIDE_VECTORS = True  # every kernel calls _numba_simd.wide_vectors (README_kernels, change 10)
 
@@ -983,19 +1108,25 @@ def generate_source(shapes: tuple, W: int) -> str:
     bufs = _BUFS
     passes = panel_passes(shapes, W)
 
-    def chain_fn(name: str, start: int) -> int:
-        """A features-major panel function running ``passes[start:]`` (ping-pong
+    def chain_fn(name: str, start: int, stop: int | None = None,
+                 blocks: tuple[str, str] | None = None) -> int:
+        """A features-major panel function running ``passes[start:stop]`` (ping-pong
         ``ba <-> bb``, the current values in ``ba`` at pass 0); the buffer index of the
-        result.
+        result.  ``blocks``: arguments ``blo, bhi`` bounding the blocks of pass
+        ``start`` it runs, and the blocks of the later passes they feed (``step_tail``).
         """
-        _def(S, f"{name}(V, ba, bb, wr)")
+        _def(S, f"{name}(V, ba, bb, wr{', blo, bhi' if blocks else ''})")
         slices(1)
         cur = 0  # the buffer holding the current values
         for p, (n0, cnt) in enumerate(passes):
             if p < start:  # run before (step_blocks): only the buffer it leaves
                 cur = cur if _pass_in_place(shapes, n0, cnt) else 1 - cur
-            else:
-                cur = _emit_pass(S, shapes, n0, cnt, cur, W)
+            elif stop is None or p < stop:
+                rng = None
+                if blocks:
+                    m = grid[p] // grid[start]  # blocks of pass p per block of pass start
+                    rng = (S.mul("blo", m), S.mul("bhi", m))
+                cur = _emit_pass(S, shapes, n0, cnt, cur, W, rng)
         S.add(1, "return")
         S.add(0, "")
         return cur
@@ -1003,7 +1134,23 @@ def generate_source(shapes: tuple, W: int) -> str:
     # -- chain_buf: features-major panel, ping-pong ba <-> bb ----------------------
     # -- full row tiles: the gather in steps, each through the first passes -------
     CF, spans = step_plan(shapes, W)
-    if CF and _SHARED_PASSES:
+    grid = [_group_grid(shapes[n0:n0 + cnt])[0] for n0, cnt in passes]
+    p0, G, tspans = tail_plan(shapes, W)
+    tail_sizes = tail_itemsizes(P, W)
+    if not tail_sizes:
+        G = 0
+    if G:
+        # chain_buf made of the passes before the tail's and the tail's over all blocks
+        _def(S, "chain_buf(V, ba, bb, wr)")
+        if p0:
+            S.add(1, "chain_head(V, ba, bb, wr)")
+        S.add(1, f"step_tail(V, ba, bb, wr, {S.c(0)}, {S.c(grid[p0])})")
+        S.add(1, "return")
+        S.add(0, "")
+        if p0:
+            chain_fn("chain_head", 0, p0)
+        cur = chain_fn("step_tail", p0, None, ("blo", "bhi"))
+    elif CF and _SHARED_PASSES:
         # chain_buf made of the two functions below: each pass compiled once
         _def(S, "chain_buf(V, ba, bb, wr)")
         S.add(1, f"step_blocks(V, ba, bb, wr, {S.c(0)}, {S.c(Q)})")
@@ -1082,6 +1229,24 @@ def generate_source(shapes: tuple, W: int) -> str:
         S.add(6, f"ba[f * {Wc} + c_] = 0")
         for line in gather:
             S.add(3, line)
+        if G and fname == "rows_tiles":
+            # full tiles: the passes before the tail's on the whole tile, then the
+            # tail's in steps, each step's outputs scattered at once (change 37)
+            if len(tail_sizes) < 3:  # the others' rows: chain_buf, then the scatter
+                sizes = " or ".join(f"out.itemsize == {isz}" for isz in tail_sizes)
+                S.add(2, f"if w == {Wc} and ({sizes}):")
+            else:
+                S.add(2, f"if w == {Wc}:")
+            if p0:
+                S.add(3, "chain_head(V, ba, bb, min(wr, wq))")
+            for line in _tail_step_lines(S, P, W, fin, grid[p0], G, tspans[0]):
+                S.add(3, line)
+            S.add(2, "else:")
+            S.add(3, "chain_buf(V, ba, bb, min(wr, wq))")
+            for line in scatter:
+                S.add(3, line)
+            S.add(0, "")
+            continue
         S.add(3 if fuse else 2, "chain_buf(V, ba, bb, min(wr, wq))")
         for line in scatter:
             S.add(2, line)
