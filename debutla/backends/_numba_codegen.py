@@ -909,7 +909,7 @@ def tail_plan(shapes, W: int) -> tuple[int, int, tuple[int, ...]]:
     most twice that), and while no pass writes, per step, more features into the
     buffer that holds pass ``p0``'s input than pass ``p0`` reads from it (the next
     steps' inputs lie beyond them).  A step covers a multiple of ``lcm(8, span)``
-    output features, at least :data:`_FUSE_GATHER_MIN`.  Chains whose full tiles
+    output features, at least :data:`_TAIL_MIN`.  Chains whose full tiles
     gather in steps (:func:`step_plan`) keep that plan only.
 
     Examples
