@@ -354,6 +354,11 @@ def _group_grid(specs) -> tuple[int, int]:
     return specs[-1][0], specs[0][3]
 
 
+def _pass_grid(shapes, passes) -> list[int]:
+    """The blocks that each panel pass of ``passes`` loops over (:func:`_group_grid`)."""
+    return [_group_grid(shapes[n0:n0 + cnt])[0] for n0, cnt in passes]
+
+
 def _fusable(spec) -> bool:
     nb, r, s, t = spec
     return r * s <= _FUSE_RS and not _wide_t1(spec)
@@ -926,13 +931,13 @@ def tail_plan(shapes, W: int) -> tuple[int, int, tuple[int, ...]]:
         return none
     passes = panel_passes(shapes, W)
     P = shapes[-1][0] * shapes[-1][1] * shapes[-1][3]
-    # the buffer each pass reads, and its input and output sizes
-    cur, reads = 0, []
+    # the buffer each pass reads and writes, and its input and output sizes
+    cur, reads, writes = 0, [], []
     for n0, cnt in passes:
         reads.append(cur)
         cur = cur if _pass_in_place(shapes, n0, cnt) else 1 - cur
-    writes = [reads[i + 1] if i + 1 < len(passes) else cur for i in range(len(passes))]
-    grid = [_group_grid(shapes[n0:n0 + cnt])[0] for n0, cnt in passes]
+        writes.append(cur)
+    grid = _pass_grid(shapes, passes)
     size_in = [shapes[n0][0] * shapes[n0][2] * shapes[n0][3] for n0, cnt in passes]
     size_out = [shapes[n0 + cnt - 1][0] * shapes[n0 + cnt - 1][1] * shapes[n0 + cnt - 1][3]
                 for n0, cnt in passes]
@@ -1134,7 +1139,7 @@ def generate_source(shapes: tuple, W: int) -> str:
     # -- chain_buf: features-major panel, ping-pong ba <-> bb ----------------------
     # -- full row tiles: the gather in steps, each through the first passes -------
     CF, spans = step_plan(shapes, W)
-    grid = [_group_grid(shapes[n0:n0 + cnt])[0] for n0, cnt in passes]
+    grid = _pass_grid(shapes, passes)
     p0, G, tspans = tail_plan(shapes, W)
     tail_sizes = tail_itemsizes(P, W)
     if not tail_sizes:
