@@ -28,3 +28,17 @@ def padded_operator():
     chain = db.Chain.parse("12 <-(3,2,2)- 8 <-(2,2,1)- 8")
     full = db.DeBut.random(chain, seed=5)
     return db.DeBut(chain, full.factors, shape=(11, 7))
+
+
+def ready_spin_pool(workers: int = 1):
+    """debutla's spinning pool with at least ``workers`` workers, once it takes GIL-free
+    jobs (its first worker compiles, or loads, ``post`` and ``lead``: up to 30 s)."""
+    import time
+
+    pool = nbk._get_spin_pool(workers)
+    for _ in range(600):
+        if pool.native:
+            break
+        time.sleep(0.05)
+    assert pool.native
+    return pool

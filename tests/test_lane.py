@@ -10,7 +10,6 @@ settings, dtypes, layouts, shapes, ``out`` arrays, errors) still takes the full 
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 
@@ -19,7 +18,7 @@ import debutla.backends.numba_ as nbk
 from debutla import DeBut, _config
 from debutla._config import config
 
-from codegen import forced_codegen
+from codegen import forced_codegen, ready_spin_pool
 from strategies import DTYPES, DTYPE_IDS, random_values
 
 CHAIN = "24 <-(3,2,4)- 16 <-(4,9,1)- 36"  # t = 1 with r = 4: the transposed per-row layout
@@ -254,8 +253,9 @@ def test_no_lane_for_padded_operators_or_other_backends(lane_spy):
 @pytest.mark.parametrize("threads", [1, 2])
 def test_lane_splits_products_big_enough_to_split(lane_spy, monkeypatch, threads):
     """A product big enough to split goes through the lane too (change 31): split across
-    the threads as the full path splits it, with its bits; on one thread the lane's
-    recorded call runs it after the first (change 33)."""
+    the threads as the full path splits it, with its bits (the first through the full
+    path's split, later ones as the lane's recorded job where the pool takes it, change
+    38); on one thread the lane's recorded call runs it after the first (change 33)."""
     op = _ready_op()
     k = 8 * K_TILES  # at least two tiles a thread
     X = np.random.default_rng(1).standard_normal((k, op.shape[1]))
@@ -268,12 +268,23 @@ def test_lane_splits_products_big_enough_to_split(lane_spy, monkeypatch, threads
         splits.append(nbk.get_num_threads() if threads is None else threads)
         return inner(fn, ntasks, work, threads, native)
     monkeypatch.setattr(nbk, "_run_split", split)
+    jobs: list[tuple] = []
+    inner_job = nbk._lane_split
+
+    def lane_job(state, lane, Xf, Yf, k_, nth):
+        jobs.append((nth, inner_job(state, lane, Xf, Yf, k_, nth)))
+        return jobs[-1][1]
+    monkeypatch.setattr(nbk, "_lane_split", lane_job)
     lane_spy.clear()  # (warmup's own products)
     with config(threads=threads, background=False):
         Y = op.matmat_rows(X)
         Y2 = op.matmat_rows(X, out=np.empty_like(Y))
     assert lane_spy == [True, True]
-    assert splits == ([2, 2] if threads == 2 else [1])
+    if threads == 2:  # the second on the lane's job, or the full path's split
+        assert [nth for nth, _ in jobs] == [2]
+        assert splits == [2] + [2] * (not jobs[0][1])
+    else:
+        assert splits == [1] and jobs == []
     np.testing.assert_array_equal(Y, ref)
     np.testing.assert_array_equal(Y2, ref)
 
@@ -390,7 +401,7 @@ def test_lane_entry_takes_read_only_inputs_and_falls_back_to_the_dispatcher(lane
     st.lanes.clear()
     for _ in range(2):  # records, then calls the entry point
         np.testing.assert_array_equal(op.matmat_rows(X), exp)
-    fn, *_rest, kname = st.lanes[k]
+    fn, *_rest, kname, _jobs = st.lanes[k]
     disp = getattr(st.module_for(kname), "rows_single" if kname == "rows_single"
                    else "rows_tiles")
     assert fn in _entries(disp)
@@ -426,7 +437,123 @@ def test_lane_takes_its_recorded_call_for_a_product_that_would_not_split(lane_sp
             np.testing.assert_array_equal(op.matmat_rows(X), ref)
     assert lane_spy == [True] * 3 and guarded == [K_TILES]  # recorded by the first only
     lane, work = st.lanes[K_TILES], st.nnz * K_TILES
-    assert not nbk._lane_splits(lane, work)
+    assert nbk._lane_threads(lane, work) == 1
     with config(threads=2):
-        assert nbk._lane_splits(lane, work) == (lane[2] >= 2 * nbk._MIN_TASKS_PER_THREAD)
-        assert not nbk._lane_splits((None, None, 0) + lane[3:], work)  # the one-row kernel
+        assert (nbk._lane_threads(lane, work) > 1) == (lane[2] >= 2 * nbk._MIN_TASKS_PER_THREAD)
+        assert nbk._lane_threads((None, None, 0) + lane[3:], work) == 1  # the one-row kernel
+
+
+# -- split products from the lane's recorded job (change 38) -------------------------------
+@pytest.fixture
+def pool_jobs(monkeypatch):
+    """Products split from two tiles a thread, on a spinning pool that takes GIL-free
+    jobs (its bodies ready); counts the jobs packed by ``tiles_job`` and the GIL-free
+    jobs run."""
+    from debutla.backends import _numba_native as nat
+    from debutla.backends import _numba_pool as npool
+
+    monkeypatch.setattr(nbk, "PARALLEL_MIN_WORK", 1)
+    ready_spin_pool(1)
+    for dt in DTYPES:
+        nat.body(dt, wait=True)
+    counts = {"packed": 0, "ran": 0}
+    real_pack, real_run = nat.tiles_job, npool.SpinPool.run_native
+
+    def pack(*args, **kw):
+        counts["packed"] += 1
+        return real_pack(*args, **kw)
+
+    def run(self, body, data, helpers=None):
+        ran = real_run(self, body, data, helpers)
+        counts["ran"] += ran
+        return ran
+    monkeypatch.setattr(nat, "tiles_job", pack)
+    monkeypatch.setattr(npool.SpinPool, "run_native", run)
+    return counts
+
+
+def _split_op(dtype, seed: int = 0) -> tuple[DeBut, int]:
+    """A ready operator and a batch of at least two tiles a thread on two threads, the
+    last tile partial."""
+    op = _ready_op(dtype, seed=seed)
+    k = 4 * op._state(nbk, op.dtype).W + 5
+    with forced_codegen():
+        debutla.warmup(op, batch=k, layout="rows", adjoint=False)
+    return op, k
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_lane_split_packs_its_job_once_with_the_one_thread_bits(pool_jobs, dtype):
+    """After the first split product of a batch size (the full path, which records the
+    lane), the second records the job and later ones copy it with the new input's and
+    result's addresses: each result is the one-thread one, inputs and ``out`` arrays
+    changing from call to call."""
+    op, k = _split_op(dtype, seed=1)
+    st = op._state(nbk, op.dtype)
+    st.lanes.clear()
+    rng = np.random.default_rng(3)
+    Xs = [random_values(rng, (k, op.shape[1]), dtype) for _ in range(4)]
+    with config(threads=1):
+        refs = [_full_path(op, X) for X in Xs]
+    pool_jobs.update(packed=0, ran=0)
+    with config(threads=2, background=False):
+        got = [op.matmat_rows(X) for X in Xs[:2]]
+        outs = [np.full_like(refs[0], np.nan) for _ in range(2)]
+        for X, out in zip(Xs[2:], outs):
+            assert op.matmat_rows(X, out=out) is out
+    for g, r in zip(got + outs, refs):
+        np.testing.assert_array_equal(g, r)
+    # the full path packs the first, the lane records the second's; none after that
+    assert pool_jobs == {"packed": 2, "ran": 4}
+    assert list(st.lanes[k][7]) == [2]
+
+
+def test_lane_split_declines_where_the_full_path_would_not_post_the_job(pool_jobs,
+                                                                       monkeypatch):
+    """The OpenMP team chosen, the executor chosen (``spin=False``), a read-only input,
+    the switch off or a busy pool: the lane leaves the product to the full path (same
+    bits); a pool whose scratch was replaced (by a larger product) gets the job packed
+    again."""
+    op, k = _split_op(np.float64, seed=2)
+    st = op._state(nbk, op.dtype)
+    X = np.random.default_rng(4).standard_normal((k, op.shape[1]))
+    with config(threads=1):
+        ref = _full_path(op, X)
+    declined: list[bool] = []
+    inner = nbk._lane_split
+
+    def spy(*args):
+        declined.append(not inner(*args))
+        return not declined[-1]
+    monkeypatch.setattr(nbk, "_lane_split", spy)
+    with config(threads=2, background=False):
+        op.matmat_rows(X)  # records the lane (and its job) if warmup did not
+        np.testing.assert_array_equal(op.matmat_rows(X), ref)
+        assert declined[-1] is False
+        for settings in ({"pool": "openmp"}, {"spin": False}):
+            with config(**settings):
+                np.testing.assert_array_equal(op.matmat_rows(X), ref)
+            assert declined[-1] is True, settings
+        Xr = X.copy()
+        Xr.flags.writeable = False
+        np.testing.assert_array_equal(op.matmat_rows(Xr), ref)
+        assert declined[-1] is True
+        monkeypatch.setattr(nbk, "_LANE_JOBS", False)
+        np.testing.assert_array_equal(op.matmat_rows(X), ref)
+        assert declined[-1] is True
+        monkeypatch.setattr(nbk, "_LANE_JOBS", True)
+        pool = nbk._get_spin_pool(1)
+        assert pool._busy.acquire(blocking=False)  # as if another thread's product held it
+        try:
+            np.testing.assert_array_equal(op.matmat_rows(X), ref)  # on the executor
+        finally:
+            pool._busy.release()
+        assert declined[-1] is True
+        pool_jobs.update(packed=0)
+        old = pool.scratch[op.dtype]
+        monkeypatch.setitem(pool.scratch, op.dtype, np.zeros(2 * old.size, op.dtype))
+        for _ in range(2):
+            np.testing.assert_array_equal(op.matmat_rows(X), ref)
+            assert declined[-1] is False
+        assert pool_jobs["packed"] == 1  # packed again once, for the new scratch
+        assert st.lanes[k][7][2][2] is pool.scratch[op.dtype]

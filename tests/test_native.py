@@ -4,7 +4,6 @@ OpenMP team threads run machine code only, bitwise the same as any other split."
 from __future__ import annotations
 
 import threading
-import time
 
 import numpy as np
 import pytest
@@ -12,7 +11,7 @@ from numba import njit
 from numba.core.errors import TypingError
 
 import debutla as db
-from codegen import padded_operator
+from codegen import padded_operator, ready_spin_pool
 from debutla.backends import _numba_native as nat
 from debutla.backends import _omp_team
 from debutla.backends import numba_ as nbk
@@ -447,12 +446,7 @@ def on_pool(monkeypatch):
     from debutla.backends import _numba_pool as npool
 
     monkeypatch.setattr(nbk, "PARALLEL_MIN_WORK", 0)
-    pool = nbk._get_spin_pool(1)
-    for _ in range(600):  # its first worker compiles post and lead (or loads them)
-        if pool.native:
-            break
-        time.sleep(0.05)
-    assert pool.native
+    ready_spin_pool(1)
     calls: dict = {"native": 0, "python": 0, "joined": []}
     real_native, real_run = npool.SpinPool.run_native, npool.SpinPool.run
 

@@ -436,7 +436,8 @@ class _State:
         self.broken = False
         # the fast lane's calls (rows_lane): rows k -> (kernel, values, tiles (0:
         # rows_single), tile rows as the kernel's uint64, scratch size, module, kernel
-        # name); emptied whenever a module is replaced
+        # name, the split products' jobs by thread count (_lane_split)); emptied
+        # whenever a module is replaced
         self.lanes: dict = {}
         _all_states.add(self)
 
@@ -1530,7 +1531,9 @@ def rows_lane(state: _State, Xf, Yf, k: int) -> bool:
         True when the product was computed into ``Yf``: the chain's kernel for ``k``
         rows is compiled (the same kernel and the same bits as :func:`apply_rows`; a
         product large enough to split across threads goes to :func:`_fused_guarded`
-        as there, change 31).  False when nothing was done: the caller runs
+        as there, change 31, or from its second call on posts the job the lane
+        recorded for it, :func:`_lane_split`, change 38).  False when nothing was
+        done: the caller runs
         :func:`apply_rows`, which compiles or falls back.
 
     Examples
@@ -1545,18 +1548,21 @@ def rows_lane(state: _State, Xf, Yf, k: int) -> bool:
     if work >= PARALLEL_MIN_WORK and not _LANE_SPLITS:
         return False
     lane = state.lanes.get(k)
-    if (lane is None or _EPILOGUE.get() is not None or Xf.size != k * state.Q
-            or (work >= PARALLEL_MIN_WORK and _lane_splits(lane, work))):
+    nth = 0  # the lane's recorded call does not serve this product
+    if lane is not None and _EPILOGUE.get() is None and Xf.size == k * state.Q:
+        nth = 1 if work < PARALLEL_MIN_WORK else _lane_threads(lane, work)
+    if lane is None or nth != 1:
         kname = lane[6] if lane is not None else _kernel_name(k, "rows", state)
         if kname not in state.ready:
             return False
         if lane is None and not state.live and len(state.lanes) < _LANES_MAX:
             _lane_call(state, kname, k)
-        _fused_guarded(state, kname, Xf, Yf, k)  # what apply_rows runs (split or not)
+        if not (lane is not None and nth > 1 and _lane_split(state, lane, Xf, Yf, k, nth)):
+            _fused_guarded(state, kname, Xf, Yf, k)  # what apply_rows runs (split or not)
         return True
     # what _run_fused does for this product (one thread, no epilogue, Q features),
     # without looking anything up: the same kernel with the same arguments
-    fn, V, tiles, wr, size, mod, kname = lane
+    fn, V, tiles, wr, size, mod, kname, _ = lane
     bufs = getattr(_tls, "bufs", _NO_BUFS).get(state.dkey)  # _scratch's, inlined
     if bufs is None or bufs[0].size < size or len(bufs) != 2:
         bufs = _scratch(state.dtype, size, state.dkey)
@@ -1575,13 +1581,55 @@ def rows_lane(state: _State, Xf, Yf, k: int) -> bool:
 _LANES_MAX = 64  # most batch sizes whose calls one state records (rows_lane)
 
 
-def _lane_splits(lane: tuple, work: int) -> bool:
-    """Whether :func:`_run_fused` would split the product the lane recorded (``work``
-    multiply-adds) across the threads set now (:func:`_split_threads`); the one-row
-    kernel never splits.
+def _lane_threads(lane: tuple, work: int) -> int:
+    """The threads :func:`_run_fused` would split the product the lane recorded
+    (``work`` multiply-adds) across, with the threads set now (:func:`_split_threads`);
+    1 where it would not split it (the one-row kernel never splits).
     """
     tiles = lane[2]
-    return tiles > 0 and _split_threads(tiles, work) > 1
+    return _split_threads(tiles, work) if tiles > 0 else 1
+
+
+_LANE_JOBS = True  # the lane packs split products from a recorded job (change 38)
+
+
+def _lane_split(state: _State, lane: tuple, Xf, Yf, k: int, nth: int) -> bool:
+    """The split product of the lane ``lane`` (``k`` rows, no epilogue, ``Q`` features,
+    on ``nth`` threads) as the GIL-free job that :func:`_run_fused` would post to the
+    spinning pool, packed from the lane's recorded job; False, with nothing run, where
+    that path would not run it (the pool absent, busy, or not ready for such jobs; the
+    OpenMP team or the executor chosen; an input the body does not take).
+
+    :func:`_run_fused` packs each split product's job anew (:func:`._numba_native.
+    tiles_job`: 8-10 us, most of it Python run cold after the product before it), and
+    the calls around it cost a few more.  For the lane's product everything but the
+    input's and the result's addresses is the same at every call: the first call
+    records the job (``lane[7]``, by thread count; again when the pool or its scratch
+    changed), later ones copy it and set the two addresses.  The same body, kernel,
+    tiles and scratch as :func:`_run_fused`'s job: the same bits (change 38).
+    """
+    if (not _LANE_JOBS or not _POOL_BODIES or _config.get("pool") == "openmp"
+            or _config.get("spin") is False):
+        return False
+    pool = _spin_pool
+    if pool is None or pool.workers < nth - 1 or not pool.native:
+        return False
+    X1, Y1 = Xf.ravel(), Yf.ravel()
+    if not (X1.flags.writeable and Y1.flags.writeable):  # the body's kernel types
+        return False
+    jobs = lane[7]
+    rec = jobs.get(nth)
+    if rec is None or rec[0] is not pool or pool.scratch.get(state.dtype) is not rec[2]:
+        job = _native.tiles_job(lane[5].rows_tiles, lane[1], X1, Y1, k, lane[2],
+                                int(lane[3]), state.Q, lane[4], nth, None, state.P,
+                                pool.scratch)
+        if job is None:
+            return False
+        rec = jobs[nth] = (pool, job.data, job.keep[3], job.body)
+    data = rec[1].copy()
+    data[_native.F_X] = _native.address_of(X1)
+    data[_native.F_Y] = _native.address_of(Y1)
+    return pool.run_native(rec[3], _native.address_of(data), nth - 1)
 
 
 def _lane_call(state: _State, kname: str, k: int) -> tuple:
@@ -1592,15 +1640,16 @@ def _lane_call(state: _State, kname: str, k: int) -> tuple:
     """
     mod = state.module_for(kname)
     buf = np.empty(1, state.dtype)  # stands for X, Y and the scratch: their Numba type
+    lane: tuple
     if kname == "rows_single":
         V = state.vflat
         fn = _entry(mod.rows_single, (V, buf, buf, 0, k, buf, buf, _ONE))
-        lane = (fn, V, 0, _ONE, state.F, mod, kname)
+        lane = (fn, V, 0, _ONE, state.F, mod, kname, {})
     else:
         W = _tile_width(state, kname)
         V, tiles, wr = state.flat, (k + W - 1) // W, np.uint64(W)
         fn = _entry(mod.rows_tiles, (V, buf, buf, k, 0, tiles, buf, buf, wr, state.Q))
-        lane = (fn, V, tiles, wr, state.F * W, mod, kname)
+        lane = (fn, V, tiles, wr, state.F * W, mod, kname, {})
     state.lanes[k] = lane
     return lane
 
