@@ -76,6 +76,11 @@ and the speed-up over the first thread count as the median over rounds of the pa
 ratios.  It checks first that every thread count gives bitwise the same result.
 ``--pool-ab`` adds each thread count above one on the executor alone (the split
 products' pool before change 12, ``debutla.config(spin=False)``), in the same rounds.
+``--ab NAME=VALUE`` (constants of :mod:`debutla.backends.numba_` only) adds each thread
+count above one with those constants set around its timings (``old``), in the same
+rounds, and reports ``old / new`` as the median of the paired ratios: e.g.
+``--scaling --ab _LANE_JOBS=False``, the split products' jobs packed anew at every call
+(before change 38), which acts on the operator's path, not on the kernels.
 """
 
 from __future__ import annotations
@@ -282,12 +287,16 @@ def main(argv=None) -> int:
         if args.ab_width < 1:
             ap.error("--ab-width must be at least 1")
         return run_ab(args, {}, width=args.ab_width)
-    if args.ab:
-        return (run_depths if args.depths > 1 else run_ab)(args, parse(args.ab, backend=True))
     if args.scaling:
         if not args.threads or min(args.threads) < 1:
             ap.error("--threads needs positive thread counts")
-        return run_scaling(args)
+        overrides = parse(args.ab, backend=True)
+        if set(overrides) - {"backend"}:  # the operator's path runs the built modules
+            ap.error("--scaling --ab takes constants of numba_ only, not of "
+                     f"_numba_codegen: {sorted(set(overrides) - {'backend'})}")
+        return run_scaling(args, overrides)
+    if args.ab:
+        return (run_depths if args.depths > 1 else run_ab)(args, parse(args.ab, backend=True))
     machine, rng, head = _start(f"# bench_kernels: {' '.join(sys.argv[1:]) or '(defaults)'}"
                                 f"; product {args.product}")
     rows = []
@@ -470,24 +479,32 @@ def run_ab(args, overrides: dict, width: int | None = None) -> int:
     return _finish(args, lines)
 
 
-def run_scaling(args) -> int:
-    """Thread counts against each other, interleaved, per chain, dtype and batch."""
-
+def run_scaling(args, overrides: dict | None = None) -> int:
+    """Thread counts against each other, interleaved, per chain, dtype and batch;
+    ``overrides`` (``{"backend": {name: value}}``, from ``--ab``) adds each count above
+    one with those backend constants set.
+    """
+    overrides = overrides or {}
+    ab = bool(overrides.get("backend"))
+    what = f" (--ab: old = {overrides['backend']})" if ab else ""
     machine, rng, head = _start(f"# bench_kernels --scaling: threads {args.threads}"
-                                f"{' (--pool-ab)' if args.pool_ab else ''}, "
+                                f"{' (--pool-ab)' if args.pool_ab else ''}{what}, "
                                 f"product {args.product}, BLAS pinned to one thread")
-    # variants: (threads, spinning pool); --pool-ab adds the executor for threads > 1
-    ths = [(th, True) for th in args.threads]
+    # variants: (threads, spinning pool, overrides set); --pool-ab adds the executor for
+    # threads > 1, --ab the overrides
+    ths = [(th, True, False) for th in args.threads]
     if args.pool_ab:
-        ths += [(th, False) for th in args.threads if th > 1]
+        ths += [(th, False, False) for th in args.threads if th > 1]
+    if ab:
+        ths += [(th, True, True) for th in args.threads if th > 1]
 
     def label(v) -> str:
-        th, spin = v
+        th, spin, old = v
         return f"{th} thr" + ("" if th == 1 or not args.pool_ab else
-                              (" spin" if spin else " exec"))
+                              (" spin" if spin else " exec")) + (" old" if old else "")
 
     def timed(v, fn):
-        with config(threads=v[0], spin=v[1]):
+        with config(threads=v[0], spin=v[1]), backend_set(overrides if v[2] else {}):
             return fn()
 
     rows = []
@@ -505,19 +522,26 @@ def run_scaling(args) -> int:
                 times[v].append(timed(v, lambda: tmin(lambda: call(X, Y), args.budget)))
         ups = {v: statistics.median(a / b for a, b in zip(times[ths[0]], times[v]))
                for v in ths}
-        rows.append((cname, dtn, k, times, ups))
+        # --ab: each old variant's paired ratio over the same thread count's new one
+        olds = {v: statistics.median(a / b for a, b in zip(times[v], times[v[:2] + (False,)]))
+                for v in ths if v[2]}
+        rows.append((cname, dtn, k, times, ups, olds))
         print(f"{cname:10s} {dtn:8s} k={k:5d}  " + "  ".join(
             f"{label(v)} {statistics.median(times[v]) * 1e6:8.1f} us (x{ups[v]:.2f})"
-            for v in ths), flush=True)
+            for v in ths) + "".join(f"  {label(v)}/new x{r:.3f}" for v, r in olds.items()),
+            flush=True)
+    olds_head = [v for v in ths if v[2]]
     lines = head + [f"load average at end: {os.getloadavg()}", "",
                     "| chain | dtype | batch | " + " | ".join(
                         f"{label(v)}: median (range)" for v in ths)
-                    + " | " + " | ".join(f"speed-up {label(v)}" for v in ths[1:]) + " |",
-                    "|---|---|---:|" + "---:|" * (2 * len(ths) - 1)]
-    for cname, dtn, k, times, ups in rows:
+                    + " | " + " | ".join(f"speed-up {label(v)}" for v in ths[1:])
+                    + "".join(f" | {label(v)} / new (paired)" for v in olds_head) + " |",
+                    "|---|---|---:|" + "---:|" * (2 * len(ths) - 1 + len(olds_head))]
+    for cname, dtn, k, times, ups, olds in rows:
         cells = [f"{statistics.median(times[v]) * 1e6:.1f} us ({min(times[v]) * 1e6:.0f}-"
                  f"{max(times[v]) * 1e6:.0f})" for v in ths]
         cells += [f"{ups[v]:.2f}x" for v in ths[1:]]
+        cells += [f"{olds[v]:.3f}" for v in olds_head]
         lines.append(f"| {cname} | {dtn} | {k} | " + " | ".join(cells) + " |")
     return _finish(args, lines)
 

@@ -56,3 +56,34 @@ def test_ab_refuses_what_is_not_a_constant(item, capsys):
         bk.main(["--ab", item])
     assert e.value.code == 2
     assert "has no constant" in capsys.readouterr().err
+
+
+def test_scaling_ab_times_the_old_constants_per_thread_count(monkeypatch, tmp_path):
+    """``--scaling --ab`` adds each thread count above one with the backend constants
+    set around its timings (and only there), and reports their paired ratio."""
+    seen: list[tuple] = []
+    real_tmin = bk.tmin
+
+    def tmin(fn, budget, min_reps=5):
+        seen.append((nbk.get_num_threads(), nbk._LANE_JOBS))
+        return real_tmin(fn, 0.0, 1)
+    monkeypatch.setattr(bk, "tmin", tmin)
+    monkeypatch.setattr(bk, "Machine", lambda: None)  # (no 64 MiB probe: not measured)
+    monkeypatch.setattr(bk, "set_defaults", lambda **kw: None)  # process-wide settings
+    monkeypatch.setattr(bk, "threadpool_limits", lambda **kw: None)
+    monkeypatch.setitem(bk.ALL_CHAINS, "lenet", CHAIN)  # the generic kernel: no compile
+    out = tmp_path / "table.md"
+    assert bk.main(["--scaling", "--ab", "_LANE_JOBS=False", "--chains", "lenet",
+                    "--dtypes", "float64", "--batches", "3", "--rounds", "2",
+                    "--out", str(out)]) == 0
+    assert sorted(set(seen)) == [(1, True), (2, False), (2, True)]
+    assert len(seen) == 6 and nbk._LANE_JOBS is True
+    table = out.read_text()
+    assert "2 thr old / new (paired)" in table and "_LANE_JOBS" in table
+
+
+def test_scaling_ab_refuses_generator_constants(capsys):
+    with pytest.raises(SystemExit) as e:
+        bk.main(["--scaling", "--ab", "_FUSE_MAX=1"])
+    assert e.value.code == 2
+    assert "numba_ only" in capsys.readouterr().err
