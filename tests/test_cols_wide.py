@@ -19,7 +19,7 @@ import debutla.backends.numba_ as nbk
 from debutla import DeBut
 from debutla._config import config
 
-from codegen import forced_codegen
+from codegen import forced_codegen, ready_spin_pool
 from strategies import random_values
 
 # over 1024 features wide (the narrower tiles' rule): float32 tiles of 32 columns, wide
@@ -93,6 +93,7 @@ def test_split_column_products_on_wide_tiles(monkeypatch, extra, kernels_seen):
     """Split over two threads: full wide tiles only run on the GIL-free body, with own
     tiles left on the Python one; the bits are one thread's."""
     monkeypatch.setattr(nbk, "PARALLEL_MIN_WORK", 0)
+    ready_spin_pool(1)  # (else the pool's worker may still compile what posts the body)
     op = DeBut.random(CHAIN, seed=23, dtype=np.float32, backend="numba")
     st = op._state(nbk, op.dtype)
     k = 2 * nbk._MIN_TASKS_PER_THREAD * st.cW + extra  # enough wide tiles for 2 threads

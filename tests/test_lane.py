@@ -378,6 +378,8 @@ def test_lane_records_each_batch_sizes_call_and_recovers_from_a_failing_cached_k
 
 def test_lane_records_at_most_lanes_max_batch_sizes(lane_spy, monkeypatch):
     op = _ready_op(np.float64, seed=10)
+    with forced_codegen():  # the kernels of every size below (not only of _ready_op's)
+        debutla.warmup(op, batch=(1, 5, K_TILES), layout="rows", adjoint=False)
     st = op._state(nbk, op.dtype)
     st.lanes.clear()  # (what warmup's products recorded)
     monkeypatch.setattr(nbk, "_LANES_MAX", 3)
@@ -401,7 +403,7 @@ def test_lane_entry_takes_read_only_inputs_and_falls_back_to_the_dispatcher(lane
     st.lanes.clear()
     for _ in range(2):  # records, then calls the entry point
         np.testing.assert_array_equal(op.matmat_rows(X), exp)
-    fn, *_rest, kname, _jobs = st.lanes[k]
+    fn, *_rest, kname = st.lanes[k]
     disp = getattr(st.module_for(kname), "rows_single" if kname == "rows_single"
                    else "rows_tiles")
     assert fn in _entries(disp)
@@ -447,8 +449,8 @@ def test_lane_takes_its_recorded_call_for_a_product_that_would_not_split(lane_sp
 @pytest.fixture
 def pool_jobs(monkeypatch):
     """Products split from two tiles a thread, on a spinning pool that takes GIL-free
-    jobs (its bodies ready); counts the jobs packed by ``tiles_job`` and the GIL-free
-    jobs run."""
+    jobs (its bodies ready); counts the jobs that ``tiles_job`` packed anew (not from a
+    record: only those look up the kernel's address) and the GIL-free jobs run."""
     from debutla.backends import _numba_native as nat
     from debutla.backends import _numba_pool as npool
 
@@ -457,7 +459,7 @@ def pool_jobs(monkeypatch):
     for dt in DTYPES:
         nat.body(dt, wait=True)
     counts = {"packed": 0, "ran": 0}
-    real_pack, real_run = nat.tiles_job, npool.SpinPool.run_native
+    real_pack, real_run = nat.kernel_address, npool.SpinPool.run_native
 
     def pack(*args, **kw):
         counts["packed"] += 1
@@ -467,7 +469,7 @@ def pool_jobs(monkeypatch):
         ran = real_run(self, body, data, helpers)
         counts["ran"] += ran
         return ran
-    monkeypatch.setattr(nat, "tiles_job", pack)
+    monkeypatch.setattr(nat, "kernel_address", pack)
     monkeypatch.setattr(npool.SpinPool, "run_native", run)
     return counts
 
@@ -484,13 +486,14 @@ def _split_op(dtype, seed: int = 0) -> tuple[DeBut, int]:
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 def test_lane_split_packs_its_job_once_with_the_one_thread_bits(pool_jobs, dtype):
-    """After the first split product of a batch size (the full path, which records the
-    lane), the second records the job and later ones copy it with the new input's and
-    result's addresses: each result is the one-thread one, inputs and ``out`` arrays
-    changing from call to call."""
+    """The first split product of a batch size (the full path, which records the lane)
+    packs the job and records it; the lane's later ones post copies with the new
+    input's and result's addresses: each result is the one-thread one, inputs and
+    ``out`` arrays changing from call to call."""
     op, k = _split_op(dtype, seed=1)
     st = op._state(nbk, op.dtype)
     st.lanes.clear()
+    st.jobs.clear()  # (what warmup's products recorded)
     rng = np.random.default_rng(3)
     Xs = [random_values(rng, (k, op.shape[1]), dtype) for _ in range(4)]
     with config(threads=1):
@@ -503,9 +506,9 @@ def test_lane_split_packs_its_job_once_with_the_one_thread_bits(pool_jobs, dtype
             assert op.matmat_rows(X, out=out) is out
     for g, r in zip(got + outs, refs):
         np.testing.assert_array_equal(g, r)
-    # the full path packs the first, the lane records the second's; none after that
-    assert pool_jobs == {"packed": 2, "ran": 4}
-    assert list(st.lanes[k][7]) == [2]
+    # the full path packs the first; the lane copies it for the three after it
+    assert pool_jobs == {"packed": 1, "ran": 4}
+    assert len(st.jobs) == 1
 
 
 def test_lane_split_declines_where_the_full_path_would_not_post_the_job(pool_jobs,
@@ -556,4 +559,4 @@ def test_lane_split_declines_where_the_full_path_would_not_post_the_job(pool_job
             np.testing.assert_array_equal(op.matmat_rows(X), ref)
             assert declined[-1] is False
         assert pool_jobs["packed"] == 1  # packed again once, for the new scratch
-        assert st.lanes[k][7][2][2] is pool.scratch[op.dtype]
+        assert any(rec[2] is pool.scratch[op.dtype] for rec in st.jobs.values())

@@ -126,6 +126,9 @@ def _body_dispatcher(dtype):
 def test_tiles_job_refuses_what_the_body_cannot_run(monkeypatch):
     nat.body(np.float64, wait=True)
     op = db.DeBut.random(CHAIN, seed=0)
+    with db.config(background=False):  # compiled (or loaded) before: no other split
+        op.matmat_rows(np.ones((64, 400)))  # captured than the two products below
+    op._state(nbk, op.dtype).lanes.clear()  # the first product takes the full path
     jobs = []
 
     def capture(fn, ntasks, work, threads=None, native=None):
@@ -148,7 +151,65 @@ def test_tiles_job_refuses_what_the_body_cannot_run(monkeypatch):
     assert nat.tiles_job(disp, V, ro, V, 1, 1, 1, 1, 1, 2) is None
     assert nat.tiles_job(disp, V, V[::2], V, 1, 1, 1, 1, 1, 2) is None
     monkeypatch.setattr(nat, "body", lambda dtype, wait=False: None)
+    op._state(nbk, op.dtype).jobs.clear()  # (a recorded job holds its ready body)
     assert plain(2) is None
+
+
+def test_tiles_job_memo_copies_the_record_with_each_products_addresses(monkeypatch):
+    """With a ``memo``, the second job of the same product comes from the record: the
+    same fields but the input's, result's and bias's addresses (and none of the fields
+    the body counts in), in no array of the first product's kept alive; other values,
+    another runner scratch or thread count, or a full memo pack anew (change 38)."""
+    nat.body(np.float64, wait=True)
+    op = db.DeBut.random(CHAIN, seed=0)
+    with db.config(background=False):
+        op.matmat_rows(np.ones((64, 400)))  # the chain's tile kernel, compiled or loaded
+    st = op._state(nbk, op.dtype)
+    disp, W, k = st.module().rows_tiles, st.W, 64
+    ntiles = -(-k // W)
+    arrays = [(_random((k, 400), np.float64, s), np.zeros((k, 128)),
+               _random(128, np.float64, s + 10)) for s in range(3)]
+    bufs: dict = {}
+    memo: dict = {}
+
+    def job(i, V=st.flat, threads=2, **kw):
+        X, Y, b = arrays[i]
+        return nat.tiles_job(disp, V, X.reshape(-1), Y.reshape(-1), k, ntiles, W, 400,
+                             st.F * W, threads, b, st.P, bufs, kw.get("memo", memo))
+
+    first = job(0)
+    packs: list = []
+    real = nat.kernel_address
+    monkeypatch.setattr(nat, "kernel_address", lambda *a: packs.append(a) or real(*a))
+    second = job(1)
+    assert packs == [] and len(memo) == 1
+    assert set(np.flatnonzero(first.data != second.data)) == {nat.F_X, nat.F_Y, nat.F_BIAS}
+    X, Y, b = arrays[1]
+    assert (second.data[nat.F_X], second.data[nat.F_Y], second.data[nat.F_BIAS]) == (
+        nat.address_of(X), nat.address_of(Y), nat.address_of(b))
+    (rec,) = memo.values()
+    assert not any(a is arr for a in rec for arr in arrays[0])
+    # run on one thread (the body the team runs): the one-thread bits of its own arrays
+    _body_dispatcher(np.float64)(int(second.data.ctypes.data))
+    with db.config(background=False, threads=1):
+        np.testing.assert_array_equal(Y, op.matmat_rows(X) + b)
+    assert second.data[nat.F_NEXT] >= ntiles and job(2).data[nat.F_NEXT] == 0
+    assert packs == []
+    # packed anew: other values, a replaced scratch, another thread count
+    job(2, V=st.flat.copy())
+    bufs[np.dtype(np.float64)] = np.zeros(2 * bufs[np.dtype(np.float64)].size)
+    job(2)
+    job(2, threads=3)
+    assert len(packs) == 3 and len(memo) == 2  # (new values or scratch: the same key)
+    # a read-only input: refused from the record as when packing
+    ro = arrays[2][0].copy()
+    ro.flags.writeable = False
+    assert nat.tiles_job(disp, st.flat, ro.reshape(-1), arrays[2][1].reshape(-1), k, ntiles,
+                         W, 400, st.F * W, 2, None, st.P, bufs, memo) is None
+    # a full memo records no more products (the jobs are packed all the same)
+    monkeypatch.setattr(nat, "MEMO_MAX", len(memo))
+    assert job(2, threads=4) is not None and job(2, threads=4) is not None
+    assert len(packs) == 5 and len(memo) == 2
 
 
 def test_rows_epilogue_adding_refuses_a_bias_that_is_not_1d():
@@ -314,10 +375,11 @@ def _layer_grads(torch, layer, x, g):
 
 def _padded_case(torch, dtype_name: str):
     """``(layer, x, g, one-thread outputs and gradients)`` of the padded test chain, its
-    backward body compiled."""
+    bodies (forward and backward) compiled."""
     from debutla.torch import DeButLinear
 
     dtype = getattr(torch, dtype_name)
+    nat.body(np.dtype(dtype_name), wait=True)  # the forward tiles' body
     nat.body(np.dtype(dtype_name), wait=True, count=3)
     torch.manual_seed(0)
     layer = DeButLinear(29, 11, chain=LAYER_CHAIN, dtype=dtype)
@@ -524,6 +586,31 @@ def test_a_busy_pool_leaves_the_gil_free_job_to_the_executor(on_pool):
         pool._busy.release()
     assert on_pool["native"] == 1 and on_pool["joined"] == []  # tried, refused
     np.testing.assert_array_equal(got, ref)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.complex128])
+def test_pool_products_from_recorded_jobs_have_each_products_bits(on_pool, dtype):
+    """Rows products with a bias and column products, each repeated with other arrays
+    on the pool: the second and later come from the jobs the state recorded (change
+    38), with the one-thread bits of their own input, result and bias."""
+    nat.body(dtype, wait=True)
+    op = db.DeBut.random(CHAIN, seed=4, dtype=dtype)
+    st = op._state(nbk, op.dtype)
+    xs = [_random((200, 400), dtype, s) for s in range(3)]
+    biases = [_random(128, dtype, s + 5) for s in range(3)]
+    with db.config(background=False, threads=1):
+        refs = [op.matmat_rows(x) for x in xs]
+        crefs = [op.matmat(x.T) for x in xs]
+    st.jobs.clear()
+    with db.config(background=False, threads=2, spin=True):
+        for x, b, ref, cref in zip(xs, biases, refs, crefs):
+            y = np.empty((200, 128), dtype)
+            with nbk.rows_epilogue(nbk.RowsEpilogue.adding(b)):
+                op.matmat_rows(x, out=y)
+            np.testing.assert_array_equal(y, ref + b)
+            np.testing.assert_array_equal(op.matmat(x.T), cref)
+    assert on_pool["native"] >= 6
+    assert len(st.jobs) >= 1  # (the column product's kernel may be the wide one's)
 
 
 @pytest.mark.parametrize("dtype_name", ["float32", "float64"])

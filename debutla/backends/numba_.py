@@ -384,7 +384,7 @@ class _State:
     __slots__ = ("shapes", "dtype", "dkey", "panel", "_vflat", "_vt", "dims", "adims", "Q", "P",
                  "F", "nnz", "W", "cW", "_mod", "_nmod", "_cmod", "_lock", "ready", "pending",
                  "broken", "flat", "_cflat", "_adj", "_bmod", "_tflat", "live", "lanes",
-                 "__weakref__")
+                 "jobs", "__weakref__")
 
     def __init__(self, factors, flat: np.ndarray | None = None) -> None:
         self.shapes = tuple(tuple(int(d) for d in V.shape) for V in factors)
@@ -436,9 +436,12 @@ class _State:
         self.broken = False
         # the fast lane's calls (rows_lane): rows k -> (kernel, values, tiles (0:
         # rows_single), tile rows as the kernel's uint64, scratch size, module, kernel
-        # name, the split products' jobs by thread count (_lane_split)); emptied
-        # whenever a module is replaced
+        # name); emptied whenever a module is replaced
         self.lanes: dict = {}
+        # the split products' GIL-free jobs as recorded (the memo of
+        # _native.tiles_job: _run_fused's and the lane's, change 38); emptied whenever a
+        # module is replaced
+        self.jobs: dict = {}
         _all_states.add(self)
 
     @property
@@ -1129,7 +1132,8 @@ def _run_fused(state: _State, mod, kname: str, X, Y, k: int) -> None:
         if ep is not None and ep.bias is None:
             return None
         return _native.tiles_job(kern, state.flat, Xf, Yf, k, ntiles, W, xn, state.F * W,
-                                 threads, None if ep is None else ep.bias, state.P, bufs)
+                                 threads, None if ep is None else ep.bias, state.P, bufs,
+                                 state.jobs if _LANE_JOBS else None)
 
     _run_split(run, ntiles, work, native=native)
     if ep is not None:
@@ -1167,7 +1171,7 @@ def _run_cols_wide(state: _State, mod, Xf, Yf, k: int, xn: int) -> None:
         if r1 > r0:  # two kernels: the Python body
             return None
         return _native.tiles_job(wide, flat, Xf, Yf, k, nfull, cW, xn, F * cW, threads,
-                                 None, state.P, bufs)
+                                 None, state.P, bufs, state.jobs if _LANE_JOBS else None)
 
     _run_split(run, ntasks, work, native=native)
 
@@ -1189,6 +1193,7 @@ def _recompiled(state: _State, kname: str, mod, e: Exception):
     exception of an in-memory module is the kernel's own, raised again.
     """
     state.lanes.clear()
+    state.jobs.clear()
     if not _cache.is_cached(mod):
         raise e
     _cache.forget_cache_files(mod, e)
@@ -1562,7 +1567,7 @@ def rows_lane(state: _State, Xf, Yf, k: int) -> bool:
         return True
     # what _run_fused does for this product (one thread, no epilogue, Q features),
     # without looking anything up: the same kernel with the same arguments
-    fn, V, tiles, wr, size, mod, kname, _ = lane
+    fn, V, tiles, wr, size, mod, kname = lane
     bufs = getattr(_tls, "bufs", _NO_BUFS).get(state.dkey)  # _scratch's, inlined
     if bufs is None or bufs[0].size < size or len(bufs) != 2:
         bufs = _scratch(state.dtype, size, state.dkey)
@@ -1590,23 +1595,22 @@ def _lane_threads(lane: tuple, work: int) -> int:
     return _split_threads(tiles, work) if tiles > 0 else 1
 
 
-_LANE_JOBS = True  # the lane packs split products from a recorded job (change 38)
+_LANE_JOBS = True  # split products' jobs from a recorded one, the lane's posted (change 38)
 
 
 def _lane_split(state: _State, lane: tuple, Xf, Yf, k: int, nth: int) -> bool:
     """The split product of the lane ``lane`` (``k`` rows, no epilogue, ``Q`` features,
     on ``nth`` threads) as the GIL-free job that :func:`_run_fused` would post to the
-    spinning pool, packed from the lane's recorded job; False, with nothing run, where
-    that path would not run it (the pool absent, busy, or not ready for such jobs; the
+    spinning pool, without the calls in between; False, with nothing run, where that
+    path would not post it (the pool absent, busy, or not ready for such jobs; the
     OpenMP team or the executor chosen; an input the body does not take).
 
-    :func:`_run_fused` packs each split product's job anew (:func:`._numba_native.
-    tiles_job`: 8-10 us, most of it Python run cold after the product before it), and
-    the calls around it cost a few more.  For the lane's product everything but the
-    input's and the result's addresses is the same at every call: the first call
-    records the job (``lane[7]``, by thread count; again when the pool or its scratch
-    changed), later ones copy it and set the two addresses.  The same body, kernel,
-    tiles and scratch as :func:`_run_fused`'s job: the same bits (change 38).
+    The job is a copy of the one recorded for the product (``state.jobs``, the
+    ``memo`` of :func:`._numba_native.tiles_job`, which :func:`_run_fused` fills
+    too: packing a job anew took 8-10 us, most of it Python run cold after the
+    product before it), and the calls of :func:`_run_fused`, :func:`_run_split` and
+    :func:`_run_own` are left out (a few us more).  The same body, kernel, tiles and
+    scratch as :func:`_run_fused`'s job: the same bits (change 38).
     """
     if (not _LANE_JOBS or not _POOL_BODIES or _config.get("pool") == "openmp"
             or _config.get("spin") is False):
@@ -1614,22 +1618,10 @@ def _lane_split(state: _State, lane: tuple, Xf, Yf, k: int, nth: int) -> bool:
     pool = _spin_pool
     if pool is None or pool.workers < nth - 1 or not pool.native:
         return False
-    X1, Y1 = Xf.ravel(), Yf.ravel()
-    if not (X1.flags.writeable and Y1.flags.writeable):  # the body's kernel types
-        return False
-    jobs = lane[7]
-    rec = jobs.get(nth)
-    if rec is None or rec[0] is not pool or pool.scratch.get(state.dtype) is not rec[2]:
-        job = _native.tiles_job(lane[5].rows_tiles, lane[1], X1, Y1, k, lane[2],
-                                int(lane[3]), state.Q, lane[4], nth, None, state.P,
-                                pool.scratch)
-        if job is None:
-            return False
-        rec = jobs[nth] = (pool, job.data, job.keep[3], job.body)
-    data = rec[1].copy()
-    data[_native.F_X] = _native.address_of(X1)
-    data[_native.F_Y] = _native.address_of(Y1)
-    return pool.run_native(rec[3], _native.address_of(data), nth - 1)
+    job = _native.tiles_job(lane[5].rows_tiles, lane[1], Xf.ravel(), Yf.ravel(), k,
+                            lane[2], int(lane[3]), state.Q, lane[4], nth, None, state.P,
+                            pool.scratch, state.jobs)
+    return job is not None and pool.run_native(job.body, job.address, nth - 1)
 
 
 def _lane_call(state: _State, kname: str, k: int) -> tuple:
@@ -1644,12 +1636,12 @@ def _lane_call(state: _State, kname: str, k: int) -> tuple:
     if kname == "rows_single":
         V = state.vflat
         fn = _entry(mod.rows_single, (V, buf, buf, 0, k, buf, buf, _ONE))
-        lane = (fn, V, 0, _ONE, state.F, mod, kname, {})
+        lane = (fn, V, 0, _ONE, state.F, mod, kname)
     else:
         W = _tile_width(state, kname)
         V, tiles, wr = state.flat, (k + W - 1) // W, np.uint64(W)
         fn = _entry(mod.rows_tiles, (V, buf, buf, k, 0, tiles, buf, buf, wr, state.Q))
-        lane = (fn, V, tiles, wr, state.F * W, mod, kname, {})
+        lane = (fn, V, tiles, wr, state.F * W, mod, kname)
     state.lanes[k] = lane
     return lane
 
