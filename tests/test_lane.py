@@ -559,4 +559,4 @@ def test_lane_split_declines_where_the_full_path_would_not_post_the_job(pool_job
             np.testing.assert_array_equal(op.matmat_rows(X), ref)
             assert declined[-1] is False
         assert pool_jobs["packed"] == 1  # packed again once, for the new scratch
-        assert any(rec[2] is pool.scratch[op.dtype] for rec in st.jobs.values())
+        assert any(rec[2]() is pool.scratch[op.dtype] for rec in st.jobs.values())

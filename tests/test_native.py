@@ -189,6 +189,7 @@ def test_tiles_job_memo_copies_the_record_with_each_products_addresses(monkeypat
         nat.address_of(X), nat.address_of(Y), nat.address_of(b))
     (rec,) = memo.values()
     assert not any(a is arr for a in rec for arr in arrays[0])
+    assert rec[2]() is bufs[np.dtype(np.float64)]  # the scratch, held weakly
     # run on one thread (the body the team runs): the one-thread bits of its own arrays
     _body_dispatcher(np.float64)(int(second.data.ctypes.data))
     with db.config(background=False, threads=1):

@@ -49,6 +49,7 @@ import atexit
 import ctypes
 import logging
 import threading
+import weakref
 from typing import Any
 
 import numpy as np
@@ -489,15 +490,15 @@ def tiles_job(disp, V: np.ndarray, X: np.ndarray, Y: np.ndarray, k: int, ntiles:
         key = (id(disp), k, ntiles, W, xn, threads, None if bias is None else bias.size,
                id(bufs), P, scratch_size)
         rec = memo.get(key)
-        if (rec is not None and rec[0] is disp and rec[1] is V
-                and (_scratch_bufs if bufs is None else bufs).get(dt) is rec[2]
-                and _usable(dt, X, Y, *(() if bias is None else (bias,)))):
+        scr = (_scratch_bufs if bufs is None else bufs).get(dt)
+        if (rec is not None and rec[0] is disp and rec[1] is V and scr is not None
+                and scr is rec[2]() and _usable(dt, X, Y, *(() if bias is None else (bias,)))):
             data = rec[3].copy()
             data[F_X], data[F_NX] = address_of(X), X.size
             data[F_Y], data[F_NY] = address_of(Y), Y.size
             if bias is not None:
                 data[F_BIAS] = address_of(bias)
-            return Job(data, (V, X, Y, rec[2], bias), rec[4])
+            return Job(data, (V, X, Y, scr, bias), rec[4])
     addr = body(dt)
     if addr is None or not _usable(dt, V, X, Y, *(() if bias is None else (bias,))):
         return None
@@ -517,8 +518,9 @@ def tiles_job(disp, V: np.ndarray, X: np.ndarray, Y: np.ndarray, k: int, ntiles:
         f[F_BIAS], f[F_M], f[F_P] = address_of(bias), bias.size, P
     job = Job(np.array(f, np.int64), (V, X, Y, scr, bias), addr)
     if memo is not None and (key in memo or len(memo) < MEMO_MAX):
-        # not X, Y or the bias: a record keeps no caller's array alive
-        memo[key] = (disp, V, scr, job.data.copy(), addr)
+        # not X, Y or the bias, and the scratch weakly: a record keeps no caller's array
+        # alive, nor a scratch buffer that its runner replaced with a larger one
+        memo[key] = (disp, V, weakref.ref(scr), job.data.copy(), addr)
     return job
 
 
