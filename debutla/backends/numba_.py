@@ -1536,10 +1536,9 @@ def rows_lane(state: _State, Xf, Yf, k: int) -> bool:
         True when the product was computed into ``Yf``: the chain's kernel for ``k``
         rows is compiled (the same kernel and the same bits as :func:`apply_rows`; a
         product large enough to split across threads goes to :func:`_fused_guarded`
-        as there, change 31, or from its second call on posts the job the lane
-        recorded for it, :func:`_lane_split`, change 38).  False when nothing was
-        done: the caller runs
-        :func:`apply_rows`, which compiles or falls back.
+        as there, change 31; once the lane is recorded, the lane posts the product's
+        recorded job itself, :func:`_lane_split`, change 38).  False when nothing was
+        done: the caller runs :func:`apply_rows`, which compiles or falls back.
 
     Examples
     --------
@@ -1595,7 +1594,7 @@ def _lane_threads(lane: tuple, work: int) -> int:
     return _split_threads(tiles, work) if tiles > 0 else 1
 
 
-_LANE_JOBS = True  # split products' jobs from a recorded one, the lane's posted (change 38)
+_LANE_JOBS = True  # change 38: split products' jobs copied from records, the lane posts its
 
 
 def _lane_split(state: _State, lane: tuple, Xf, Yf, k: int, nth: int) -> bool:
